@@ -1,0 +1,173 @@
+//! Real HTTP/1.1 backends on loopback, served by a shared tokio runtime.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+use tokio::task::JoinHandle;
+
+fn runtime() -> &'static Runtime {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("start the backends' tokio runtime")
+    })
+}
+
+struct Behaviour {
+    name: String,
+    status: AtomicU16,
+    hang: AtomicBool,
+    hits: AtomicU64,
+}
+
+/// A backend that answers every request with its name as the body. Its status code can be
+/// changed, or it can be told to hang, to stand in for a failing version. Dropping it closes the
+/// listener and every open connection.
+pub struct Backend {
+    addr: SocketAddr,
+    behaviour: Arc<Behaviour>,
+    task: JoinHandle<()>,
+}
+
+impl Backend {
+    /// Starts a backend on a free port of 127.0.0.1.
+    pub fn start(name: &str) -> Backend {
+        Backend::start_on(name, 0)
+    }
+
+    /// Starts a backend on the given port of 127.0.0.1 (0 for any free one).
+    pub fn start_on(name: &str, port: u16) -> Backend {
+        let behaviour = Arc::new(Behaviour {
+            name: name.to_string(),
+            status: AtomicU16::new(200),
+            hang: AtomicBool::new(false),
+            hits: AtomicU64::new(0),
+        });
+        let listener = runtime()
+            .block_on(TcpListener::bind(("127.0.0.1", port)))
+            .unwrap_or_else(|err| panic!("backend {name}: bind 127.0.0.1:{port}: {err}"));
+        let addr = listener.local_addr().expect("backend address");
+        let task = runtime().spawn(serve(listener, behaviour.clone()));
+        Backend { addr, behaviour, task }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.behaviour.name
+    }
+
+    /// Requests answered (or, when hanging, received) so far.
+    pub fn hits(&self) -> u64 {
+        self.behaviour.hits.load(Ordering::SeqCst)
+    }
+
+    /// The status code of the following answers.
+    pub fn set_status(&self, status: u16) {
+        self.behaviour.status.store(status, Ordering::SeqCst);
+    }
+
+    /// While set, requests are read but never answered.
+    pub fn set_hang(&self, hang: bool) {
+        self.behaviour.hang.store(hang, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(listener: TcpListener, behaviour: Arc<Behaviour>) {
+    // Connections live in a JoinSet so that aborting this task closes them all.
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    connections.spawn(serve_connection(stream, behaviour.clone()));
+                }
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+async fn serve_connection(stream: TcpStream, behaviour: Arc<Behaviour>) {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    loop {
+        let Some(body_len) = read_request_head(&mut reader).await else {
+            return;
+        };
+        let mut body = vec![0; body_len];
+        if reader.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        behaviour.hits.fetch_add(1, Ordering::SeqCst);
+        if behaviour.hang.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        let status = behaviour.status.load(Ordering::SeqCst);
+        let answer = format!(
+            "HTTP/1.1 {status} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{}",
+            reason(status),
+            behaviour.name.len(),
+            behaviour.name
+        );
+        if write.write_all(answer.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads a request's head; returns its body length, or `None` when the connection is done.
+async fn read_request_head<R: AsyncBufReadExt + Unpin>(reader: &mut R) -> Option<usize> {
+    let mut line = String::new();
+    let mut body_len = 0;
+    let mut first = true;
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).await.ok()? == 0 {
+            return None;
+        }
+        let trimmed = line.trim_end();
+        if trimmed.is_empty() {
+            if first {
+                continue; // tolerate stray CRLF between requests
+            }
+            return Some(body_len);
+        }
+        first = false;
+        if let Some((name, value)) = trimmed.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                body_len = value.trim().parse().ok()?;
+            }
+        }
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        404 => "Not Found",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "Status",
+    }
+}

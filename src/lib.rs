@@ -1,0 +1,49 @@
+//! Test harness shared by the integration tests (`tests/`) and the benchmarks (`benches/`):
+//! a real Nginx with the module loaded, running on a generated config in a temporary prefix, and
+//! real HTTP backends that answer with their own name so a test can count who served what.
+
+mod backend;
+mod client;
+mod nginx;
+
+pub use backend::Backend;
+pub use client::{api_request, HttpClient, Response};
+pub use nginx::{check_config, ConfigCheck, Nginx, NginxOptions};
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+
+/// The Nginx binary the tests run: `SHIFT_NGINX` if set, else the vendored build.
+pub fn nginx_binary() -> PathBuf {
+    let path = std::env::var_os("SHIFT_NGINX")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("SHIFT_VENDORED_NGINX")));
+    assert!(
+        path.is_file(),
+        "no Nginx binary at {}: build the vendored one with `cargo build`, or set SHIFT_NGINX",
+        path.display()
+    );
+    path
+}
+
+/// The module the tests load: `SHIFT_MODULE` if set, else this profile's build of it.
+pub fn module_path() -> PathBuf {
+    let path = std::env::var_os("SHIFT_MODULE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("SHIFT_MODULE_PATH")));
+    assert!(
+        path.is_file(),
+        "no module at {}: run `cargo build -p nginx-shift-module` first (with --release for \
+         release tests), or set SHIFT_MODULE",
+        path.display()
+    );
+    path
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("bind an ephemeral port on 127.0.0.1")
+}

@@ -1,0 +1,264 @@
+//! A real Nginx with the module loaded, on a generated config in a temporary prefix.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+
+use crate::{module_path, nginx_binary};
+
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How to run Nginx. `http` is the body of the `http {}` block; `{prefix}` in it is replaced by
+/// the temporary prefix directory (for Unix sockets and state files).
+#[derive(Debug, Clone)]
+pub struct NginxOptions {
+    pub workers: u32,
+    pub http: String,
+    /// Lines for the main context, after the harness's own.
+    pub main: String,
+}
+
+impl NginxOptions {
+    pub fn new(http: impl Into<String>) -> NginxOptions {
+        NginxOptions { workers: 2, http: http.into(), main: String::new() }
+    }
+
+    pub fn workers(mut self, workers: u32) -> NginxOptions {
+        self.workers = workers;
+        self
+    }
+}
+
+/// A running Nginx master with its workers. Dropping it stops Nginx; when the test is failing,
+/// the drop also prints Nginx's error log.
+pub struct Nginx {
+    prefix: TempDir,
+    child: Option<Child>,
+    options: NginxOptions,
+}
+
+/// What `nginx -t` said about a config.
+#[derive(Debug)]
+pub struct ConfigCheck {
+    pub ok: bool,
+    pub output: String,
+}
+
+/// Runs `nginx -t` on the config these options generate.
+pub fn check_config(options: &NginxOptions) -> ConfigCheck {
+    let prefix = new_prefix();
+    write_config(prefix.path(), options);
+    let output = Command::new(nginx_binary())
+        .arg("-t")
+        .args(prefix_args(prefix.path()))
+        .output()
+        .expect("run nginx -t");
+    ConfigCheck {
+        ok: output.status.success(),
+        output: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+impl Nginx {
+    /// Starts Nginx and waits until its listeners are open and its workers are running.
+    pub fn start(options: NginxOptions) -> Nginx {
+        let prefix = new_prefix();
+        write_config(prefix.path(), &options);
+        let stderr = fs::File::create(prefix.path().join("logs/stderr.log")).expect("stderr log");
+        let child = Command::new(nginx_binary())
+            .args(prefix_args(prefix.path()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start nginx");
+        let mut nginx = Nginx { prefix, child: Some(child), options };
+        nginx.wait_for_workers(&[]);
+        nginx
+    }
+
+    /// The temporary prefix; `{prefix}` in the config.
+    pub fn prefix(&self) -> &Path {
+        self.prefix.path()
+    }
+
+    /// A path inside the prefix.
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.prefix.path().join(relative)
+    }
+
+    pub fn master_pid(&self) -> u32 {
+        self.child.as_ref().expect("nginx is running").id()
+    }
+
+    /// The error log so far.
+    pub fn error_log(&self) -> String {
+        fs::read_to_string(self.path("logs/error.log")).unwrap_or_default()
+    }
+
+    /// The pids of the master's worker processes.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        children_of(self.master_pid())
+    }
+
+    /// `nginx -s reload` with a new `http {}` body (or the same one): rewrites the config, signals
+    /// the master, and waits until every old worker is gone and the new ones run.
+    pub fn reload(&mut self, http: Option<&str>) {
+        if let Some(http) = http {
+            self.options.http = http.to_string();
+        }
+        write_config(self.prefix(), &self.options);
+        let old = self.worker_pids();
+        self.signal(Signal::SIGHUP);
+        self.wait_for_workers(&old);
+    }
+
+    /// Stops Nginx and restarts it on the same prefix (state files survive, shared memory not).
+    pub fn restart(&mut self) {
+        self.stop();
+        let stderr = fs::OpenOptions::new()
+            .append(true)
+            .open(self.path("logs/stderr.log"))
+            .expect("stderr log");
+        self.child = Some(
+            Command::new(nginx_binary())
+                .args(prefix_args(self.prefix()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(stderr)
+                .spawn()
+                .expect("restart nginx"),
+        );
+        self.wait_for_workers(&[]);
+    }
+
+    fn signal(&self, signal: Signal) {
+        let pid = Pid::from_raw(self.master_pid() as i32);
+        kill(pid, signal).expect("signal the nginx master");
+    }
+
+    fn wait_for_workers(&mut self, old: &[u32]) {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let pid_file = self.path("logs/nginx.pid");
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!(
+                    "nginx exited with {status} while starting\n--- stderr ---\n{}\n--- error.log ---\n{}",
+                    fs::read_to_string(self.path("logs/stderr.log")).unwrap_or_default(),
+                    self.error_log()
+                );
+            }
+            let workers = self.worker_pids();
+            let ready = pid_file.exists()
+                && workers.len() == self.options.workers as usize
+                && workers.iter().all(|pid| !old.contains(pid));
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not get {} fresh workers in {STARTUP_TIMEOUT:?} (have {workers:?}, \
+                 old {old:?})\n--- error.log ---\n{}",
+                self.options.workers,
+                self.error_log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let pid = Pid::from_raw(child.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!(
+                "--- nginx error.log ({}) ---\n{}--- end of error.log ---",
+                self.path("logs/error.log").display(),
+                self.error_log()
+            );
+        }
+        self.stop();
+    }
+}
+
+fn new_prefix() -> TempDir {
+    let prefix = tempfile::Builder::new().prefix("nginx-shift-").tempdir().expect("temp prefix");
+    // Workers run as an unprivileged user when the tests run as root: let them in.
+    fs::set_permissions(prefix.path(), fs::Permissions::from_mode(0o755)).expect("chmod prefix");
+    fs::create_dir_all(prefix.path().join("logs")).expect("logs dir");
+    fs::create_dir_all(prefix.path().join("conf")).expect("conf dir");
+    prefix
+}
+
+fn prefix_args(prefix: &Path) -> Vec<String> {
+    vec![
+        "-p".into(),
+        format!("{}/", prefix.display()),
+        "-c".into(),
+        prefix.join("conf/nginx.conf").display().to_string(),
+    ]
+}
+
+fn write_config(prefix: &Path, options: &NginxOptions) {
+    let prefix_text = prefix.display().to_string();
+    let config = format!(
+        "load_module {module};\n\
+         daemon off;\n\
+         master_process on;\n\
+         worker_processes {workers};\n\
+         error_log {prefix}/logs/error.log info;\n\
+         pid {prefix}/logs/nginx.pid;\n\
+         {main}\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{\n\
+         access_log off;\n\
+         {http}\n\
+         }}\n",
+        module = module_path().display(),
+        workers = options.workers,
+        prefix = prefix_text,
+        main = options.main,
+        http = options.http.replace("{prefix}", &prefix_text),
+    );
+    fs::write(prefix.join("conf/nginx.conf"), config).expect("write nginx.conf");
+}
+
+/// Pids whose parent is `parent`, read from /proc.
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    let mut pids: Vec<u32> = entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                // The command name is in parentheses and may hold spaces: the ppid is the second
+                // field after the closing one.
+                .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.to_string()))
+                .and_then(|rest| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                == Some(parent)
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}

@@ -1,0 +1,103 @@
+//! The module loads into a real Nginx, its directives are checked by `nginx -t`, and a `shift`
+//! upstream proxies like plain round robin.
+
+use harness::{check_config, free_port, Backend, HttpClient, Nginx, NginxOptions};
+
+fn upstream_config(extra_upstream: &str, servers: &[u16], listen: u16) -> String {
+    let servers: String =
+        servers.iter().map(|port| format!("server 127.0.0.1:{port};\n")).collect();
+    format!(
+        "upstream app {{\n{servers}{extra_upstream}\n}}\n\
+         server {{ listen 127.0.0.1:{listen}; location / {{ proxy_pass http://app; }} }}\n\
+         server {{ listen unix:{{prefix}}/api.sock; location /api/ {{ shift_api; }} }}\n"
+    )
+}
+
+#[test]
+fn nginx_t_accepts_shift_and_shift_api() {
+    let check = check_config(&NginxOptions::new(upstream_config(
+        "shift state={prefix}/app.state;",
+        &[8000, 8001],
+        free_port(),
+    )));
+    assert!(check.ok, "nginx -t failed:\n{}", check.output);
+    assert!(check.output.contains("test is successful"), "{}", check.output);
+}
+
+#[test]
+fn misspelt_shift_parameter_is_rejected_naming_the_directive() {
+    let check = check_config(&NginxOptions::new(upstream_config(
+        "shift stat=/tmp/app.state;",
+        &[8000],
+        free_port(),
+    )));
+    assert!(!check.ok, "nginx -t accepted a misspelt parameter:\n{}", check.output);
+    assert!(
+        check.output.contains("invalid parameter \"stat=/tmp/app.state\" in \"shift\" directive"),
+        "{}",
+        check.output
+    );
+    assert!(check.output.contains("nginx.conf:"), "no file and line: {}", check.output);
+}
+
+#[test]
+fn misspelt_shift_api_parameter_is_rejected() {
+    let mut config = upstream_config("shift;", &[8000], free_port());
+    config = config.replace("shift_api;", "shift_api writer=0;");
+    let check = check_config(&NginxOptions::new(config));
+    assert!(!check.ok);
+    assert!(
+        check.output.contains("invalid parameter \"writer=0\" in \"shift_api\" directive"),
+        "{}",
+        check.output
+    );
+}
+
+#[test]
+fn shift_outside_an_upstream_is_rejected() {
+    let config = format!(
+        "shift;\nserver {{ listen 127.0.0.1:{}; location / {{ return 200; }} }}",
+        free_port()
+    );
+    let check = check_config(&NginxOptions::new(config));
+    assert!(!check.ok);
+    assert!(check.output.contains("\"shift\" directive is not allowed here"), "{}", check.output);
+}
+
+#[test]
+fn shift_refuses_another_balancer_and_zone() {
+    for (extra, expected) in [
+        ("least_conn;\nshift;", "\"shift\" works with the default round robin only"),
+        ("shift;\nleast_conn;", "uses another load balancing method after \"shift\""),
+        ("zone app 64k;\nshift;", "\"shift\" cannot be used with \"zone\""),
+    ] {
+        let check = check_config(&NginxOptions::new(upstream_config(extra, &[8000], free_port())));
+        assert!(!check.ok, "accepted {extra:?}:\n{}", check.output);
+        assert!(check.output.contains(expected), "for {extra:?}:\n{}", check.output);
+    }
+}
+
+#[test]
+fn requests_through_a_shift_upstream_reach_both_backends() {
+    let blue = Backend::start("blue");
+    let green = Backend::start("green");
+    let port = free_port();
+    let _nginx = Nginx::start(NginxOptions::new(upstream_config(
+        "shift;",
+        &[blue.port(), green.port()],
+        port,
+    )));
+    let mut client = HttpClient::new(port);
+    let mut served = std::collections::HashMap::<String, u32>::new();
+    for _ in 0..200 {
+        let response = client.get("/").expect("request through nginx");
+        assert_eq!(response.status, 200, "body: {}", response.body);
+        *served.entry(response.body).or_default() += 1;
+    }
+    // Plain round robin with equal weights: an even split, give or take the two workers' phase.
+    let blue_count = served.get("blue").copied().unwrap_or(0);
+    let green_count = served.get("green").copied().unwrap_or(0);
+    assert_eq!(blue_count + green_count, 200, "unexpected answers: {served:?}");
+    assert!((95..=105).contains(&blue_count), "uneven split: {served:?}");
+    assert_eq!(blue.hits() + green.hits(), 200);
+}
