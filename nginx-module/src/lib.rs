@@ -4,7 +4,10 @@
 //! left out of unit-test builds, which have no Nginx to link against. Everything else is safe Rust
 //! tested with `cargo test -p nginx-shift-module`.
 
+pub mod api;
 pub mod directives;
+pub mod state_file;
+pub mod table;
 
 #[cfg(not(test))]
 mod api_handler;

@@ -1,1 +1,197 @@
+//! Wire types of the nginx-shift admin API, defined once and used by both the Nginx module (which
+//! serves them) and `shiftctl` (which sends and reads them).
+//!
+//! Routes, relative to the `shift_api` location:
+//! - `GET upstreams` → [`UpstreamList`]
+//! - `GET upstreams/{name}` → [`Upstream`]
+//! - `PATCH upstreams/{name}` with an [`UpstreamPatch`] → [`Upstream`] (its new state)
+//!
+//! Every error answers an [`ApiError`] body.
 
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Highest weight a peer can be given at run time (0 means no new requests).
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// Largest PATCH body the API reads, in bytes; larger ones get 413.
+pub const MAX_BODY_BYTES: usize = 8 * 1024;
+
+/// Whether a peer takes new requests (besides its weight and health).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerState {
+    /// Takes new requests according to its weight.
+    Up,
+    /// Finishes the requests it has and takes no new ones.
+    Drain,
+    /// Standby: takes no requests (`server ... down` in the config starts here).
+    Down,
+}
+
+impl PeerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::Up => "up",
+            PeerState::Drain => "drain",
+            PeerState::Down => "down",
+        }
+    }
+}
+
+impl fmt::Display for PeerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the active health checks last concluded about a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// No check configured, or none finished yet.
+    Unchecked,
+    Healthy,
+    Unhealthy,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Unchecked => "unchecked",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// Responses a peer sent, by status class.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseCounts {
+    #[serde(rename = "1xx")]
+    pub informational: u64,
+    #[serde(rename = "2xx")]
+    pub success: u64,
+    #[serde(rename = "3xx")]
+    pub redirection: u64,
+    #[serde(rename = "4xx")]
+    pub client_error: u64,
+    #[serde(rename = "5xx")]
+    pub server_error: u64,
+}
+
+/// One peer of an upstream, as live in shared memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    /// The peer's address as Nginx names it, e.g. `127.0.0.1:8001`; the key for PATCH.
+    pub server: String,
+    /// The weight selection uses now.
+    pub weight: u32,
+    pub state: PeerState,
+    pub health: Health,
+    /// A `backup` server: used only when no primary peer can take a request.
+    pub backup: bool,
+    /// The weight the config gives it; `weight` differs once changed at run time.
+    pub config_weight: u32,
+    /// Requests sent to this peer (every attempt, retries included).
+    pub requests: u64,
+    /// Attempts that failed (connect error, timeout, or a `proxy_next_upstream` status).
+    pub failures: u64,
+    /// Requests in progress on this peer right now.
+    pub active: u64,
+    pub responses: ResponseCounts,
+}
+
+/// One `shift` upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upstream {
+    pub name: String,
+    /// Grows by one on every change of weights or states.
+    pub generation: u64,
+    pub peers: Vec<Peer>,
+}
+
+/// `GET upstreams`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamList {
+    pub upstreams: Vec<Upstream>,
+}
+
+/// The change to one peer in a PATCH; absent fields are left as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerPatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<PeerState>,
+}
+
+/// `PATCH upstreams/{name}`: applied all or nothing, as one new generation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamPatch {
+    /// Changes keyed by the peer's `server` address.
+    pub peers: BTreeMap<String, PeerPatch>,
+    /// When set, the PATCH applies only if the upstream is still at this generation (else 409).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_generation: Option<u64>,
+}
+
+/// The body of every error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// A short machine-readable code, e.g. `bad_request`, `not_found`, `conflict`.
+    pub error: String,
+    /// What was wrong and what to do about it.
+    pub detail: String,
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.error, self.detail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_reads_the_documented_shape() {
+        let patch: UpstreamPatch = serde_json::from_str(
+            r#"{"peers": {"127.0.0.1:8001": {"weight": 30},
+                          "127.0.0.1:8000": {"weight": 70, "state": "up"}},
+                "expect_generation": 7}"#,
+        )
+        .unwrap();
+        assert_eq!(patch.expect_generation, Some(7));
+        assert_eq!(patch.peers["127.0.0.1:8001"], PeerPatch { weight: Some(30), state: None });
+        assert_eq!(
+            patch.peers["127.0.0.1:8000"],
+            PeerPatch { weight: Some(70), state: Some(PeerState::Up) }
+        );
+    }
+
+    #[test]
+    fn patch_rejects_unknown_fields_and_states() {
+        assert!(serde_json::from_str::<UpstreamPatch>(r#"{"peers": {}, "gen": 1}"#).is_err());
+        assert!(serde_json::from_str::<UpstreamPatch>(
+            r#"{"peers": {"a:1": {"weigth": 1}}}"#
+        )
+        .is_err());
+        assert!(serde_json::from_str::<UpstreamPatch>(
+            r#"{"peers": {"a:1": {"state": "paused"}}}"#
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn responses_use_status_class_names() {
+        let json = serde_json::to_value(ResponseCounts { success: 3, ..Default::default() }).unwrap();
+        assert_eq!(json["2xx"], 3);
+        assert_eq!(json["5xx"], 0);
+    }
+}

@@ -1,0 +1,381 @@
+//! The admin API's logic: routing, access, validation and the all-or-nothing PATCH. The FFI
+//! handler reads the request and sends the [`Reply`]; nothing here touches Nginx.
+
+use std::path::Path;
+
+use shift_wire::{ApiError, UpstreamList, UpstreamPatch, MAX_BODY_BYTES, MAX_WEIGHT};
+
+use crate::state_file::{self, SavedUpstream};
+use crate::table::{PeerChange, Table};
+
+/// What the caller may do, from its uid and the `shift_api` allow-lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// The caller's uid from SO_PEERCRED; `None` when the socket has no peer credentials.
+    pub uid: Option<u32>,
+    pub may_read: bool,
+    pub may_write: bool,
+}
+
+/// A `shift` upstream the API serves.
+#[derive(Clone, Copy)]
+pub struct Endpoint<'a> {
+    pub table: Table<'a>,
+    pub state_path: Option<&'a Path>,
+}
+
+/// The answer to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    /// For 405: the methods the resource allows.
+    pub allow: Option<&'static str>,
+}
+
+/// The writer's identity for the table lock: its pid, and how to tell whether a pid still runs.
+pub struct Writer<'a> {
+    pub pid: u32,
+    pub is_alive: &'a dyn Fn(u32) -> bool,
+}
+
+/// Answers one API request. `path` is relative to the `shift_api` location.
+pub fn handle(
+    method: &str,
+    path: &str,
+    body: &[u8],
+    caller: Caller,
+    endpoints: &[Endpoint],
+    writer: &Writer,
+) -> Reply {
+    match respond(method, path, body, caller, endpoints, writer) {
+        Ok(reply) => reply,
+        Err(failure) => failure.into_reply(),
+    }
+}
+
+struct Failure {
+    status: u16,
+    error: &'static str,
+    detail: String,
+    allow: Option<&'static str>,
+}
+
+impl Failure {
+    fn new(status: u16, error: &'static str, detail: impl Into<String>) -> Failure {
+        Failure { status, error, detail: detail.into(), allow: None }
+    }
+
+    fn into_reply(self) -> Reply {
+        let body = ApiError { error: self.error.to_string(), detail: self.detail };
+        Reply { status: self.status, body: to_json(&body), allow: self.allow }
+    }
+}
+
+fn respond(
+    method: &str,
+    path: &str,
+    body: &[u8],
+    caller: Caller,
+    endpoints: &[Endpoint],
+    writer: &Writer,
+) -> Result<Reply, Failure> {
+    let route = path.trim_start_matches('/');
+    let (allow, target) = match route.strip_prefix("upstreams") {
+        Some("" | "/") => ("GET, HEAD", None),
+        Some(rest) if rest.starts_with('/') && !rest[1..].contains('/') => {
+            ("GET, HEAD, PATCH", Some(&rest[1..]))
+        }
+        _ => {
+            return Err(Failure::new(
+                404,
+                "not_found",
+                format!("no API resource \"{route}\"; try \"upstreams\" or \"upstreams/NAME\""),
+            ))
+        }
+    };
+    let writing = match method {
+        "GET" | "HEAD" => false,
+        "PATCH" if target.is_some() => true,
+        _ => {
+            let mut failure = Failure::new(
+                405,
+                "method_not_allowed",
+                format!("{method} is not allowed here; allowed: {allow}"),
+            );
+            failure.allow = Some(allow);
+            return Err(failure);
+        }
+    };
+    check_access(caller, writing)?;
+
+    let Some(name) = target else {
+        let upstreams = endpoints.iter().map(|endpoint| endpoint.table.to_wire()).collect();
+        return Ok(ok(&UpstreamList { upstreams }));
+    };
+    let endpoint = endpoints.iter().find(|endpoint| endpoint.table.name() == name).ok_or_else(|| {
+        let known: Vec<_> = endpoints.iter().map(|endpoint| endpoint.table.name()).collect();
+        Failure::new(
+            404,
+            "not_found",
+            format!("no shift upstream \"{name}\"; shift upstreams: {}", known.join(", ")),
+        )
+    })?;
+    if !writing {
+        return Ok(ok(&endpoint.table.to_wire()));
+    }
+    patch(endpoint, body, writer)
+}
+
+fn check_access(caller: Caller, writing: bool) -> Result<(), Failure> {
+    let allowed = if writing { caller.may_write } else { caller.may_read };
+    if allowed {
+        return Ok(());
+    }
+    let action = if writing { "change" } else { "read" };
+    let detail = match caller.uid {
+        Some(uid) => format!(
+            "uid {uid} may not {action} upstreams; allow it with \"shift_api writers=...\" \
+             or \"readers=...\""
+        ),
+        None => "the caller's uid is unknown (no SO_PEERCRED): serve shift_api on a \
+                 \"listen unix:\" socket"
+            .to_string(),
+    };
+    Err(Failure::new(403, "forbidden", detail))
+}
+
+fn patch(endpoint: &Endpoint, body: &[u8], writer: &Writer) -> Result<Reply, Failure> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(too_large());
+    }
+    let request: UpstreamPatch = serde_json::from_slice(body)
+        .map_err(|err| Failure::new(400, "bad_request", format!("invalid PATCH body: {err}")))?;
+    let table = endpoint.table;
+    let changes = plan(table, &request)?;
+
+    let guard = table
+        .lock(writer.pid, writer.is_alive)
+        .map_err(|err| Failure::new(503, "busy", err.to_string()))?;
+    if let Some(expected) = request.expect_generation {
+        let current = table.generation();
+        if current != expected {
+            return Err(Failure::new(
+                409,
+                "conflict",
+                format!(
+                    "upstream \"{}\" is at generation {current}, not {expected}: read it again \
+                     and retry",
+                    table.name()
+                ),
+            ));
+        }
+    }
+    if let Some(path) = endpoint.state_path {
+        // Save first: if the file cannot be written, nothing changes.
+        let mut peers = table.carried();
+        for change in &changes {
+            let peer = &mut peers[change.index];
+            peer.weight = change.weight.unwrap_or(peer.weight);
+            peer.state = change.state.unwrap_or(peer.state);
+        }
+        let saved = SavedUpstream::new(table.name(), table.generation() + 1, &peers);
+        state_file::save(path, &saved).map_err(|err| {
+            Failure::new(
+                500,
+                "state_not_saved",
+                format!(
+                    "could not save the state file \"{}\" ({err}); nothing was changed: make the \
+                     file's directory writable by the Nginx worker user",
+                    path.display()
+                ),
+            )
+        })?;
+    }
+    guard.apply(&changes);
+    drop(guard);
+    Ok(ok(&table.to_wire()))
+}
+
+/// Validates every change before any is applied.
+fn plan(table: Table, request: &UpstreamPatch) -> Result<Vec<PeerChange>, Failure> {
+    if request.peers.is_empty() {
+        return Err(Failure::new(400, "bad_request", "\"peers\" is empty: name at least one peer"));
+    }
+    request
+        .peers
+        .iter()
+        .map(|(server, change)| {
+            let index = table.peer_index(server).ok_or_else(|| {
+                let known: Vec<_> = table.peers().iter().map(|peer| peer.server()).collect();
+                Failure::new(
+                    404,
+                    "not_found",
+                    format!(
+                        "upstream \"{}\" has no peer \"{server}\"; its peers: {}",
+                        table.name(),
+                        known.join(", ")
+                    ),
+                )
+            })?;
+            if let Some(weight) = change.weight.filter(|&weight| weight > MAX_WEIGHT) {
+                return Err(Failure::new(
+                    400,
+                    "bad_request",
+                    format!("weight {weight} of peer \"{server}\" is out of range 0..={MAX_WEIGHT}"),
+                ));
+            }
+            if change.weight.is_none() && change.state.is_none() {
+                return Err(Failure::new(
+                    400,
+                    "bad_request",
+                    format!("peer \"{server}\" has neither \"weight\" nor \"state\" to change"),
+                ));
+            }
+            Ok(PeerChange { index, weight: change.weight, state: change.state })
+        })
+        .collect()
+}
+
+/// The 413 answer, also used by the FFI handler for bodies it refuses to read.
+pub fn too_large_reply() -> Reply {
+    too_large().into_reply()
+}
+
+fn too_large() -> Failure {
+    Failure::new(
+        413,
+        "payload_too_large",
+        format!("the request body is over {MAX_BODY_BYTES} bytes; send fewer peers per PATCH"),
+    )
+}
+
+fn ok<T: serde::Serialize>(value: &T) -> Reply {
+    Reply { status: 200, body: to_json(value), allow: None }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    let mut json = serde_json::to_string(value).unwrap_or_else(|_| "{}".into());
+    json.push('\n');
+    json
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::tests::OwnedTable;
+    use shift_wire::{PeerState, Upstream};
+
+    const WRITER: Caller = Caller { uid: Some(0), may_read: true, may_write: true };
+
+    fn call(owned: &OwnedTable, method: &str, path: &str, body: &str, caller: Caller) -> Reply {
+        let endpoints = [Endpoint { table: owned.view(), state_path: None }];
+        handle(method, path, body.as_bytes(), caller, &endpoints, &Writer { pid: 1, is_alive: &|_| true })
+    }
+
+    fn app() -> OwnedTable {
+        OwnedTable::new("app", &[("127.0.0.1:8000", 1, false), ("127.0.0.1:8001", 1, true)])
+    }
+
+    fn error_code(reply: &Reply) -> String {
+        serde_json::from_str::<ApiError>(&reply.body).unwrap().error
+    }
+
+    #[test]
+    fn lists_and_reads_upstreams() {
+        let owned = app();
+        let reply = call(&owned, "GET", "upstreams", "", WRITER);
+        assert_eq!(reply.status, 200);
+        let list: UpstreamList = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(list.upstreams.len(), 1);
+        let one: Upstream =
+            serde_json::from_str(&call(&owned, "GET", "/upstreams/app", "", WRITER).body).unwrap();
+        assert_eq!(one.peers[1].state, PeerState::Down);
+    }
+
+    #[test]
+    fn patch_applies_all_changes_as_one_generation() {
+        let owned = app();
+        let body = r#"{"peers": {"127.0.0.1:8000": {"weight": 70},
+                                 "127.0.0.1:8001": {"weight": 30, "state": "up"}},
+                       "expect_generation": 1}"#;
+        let reply = call(&owned, "PATCH", "upstreams/app", body, WRITER);
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let upstream: Upstream = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(upstream.generation, 2);
+        assert_eq!((upstream.peers[0].weight, upstream.peers[1].weight), (70, 30));
+        assert_eq!(upstream.peers[1].state, PeerState::Up);
+    }
+
+    #[test]
+    fn bad_patches_get_their_status_and_change_nothing() {
+        let owned = app();
+        let before = owned.view().to_wire();
+        for (body, status, code) in [
+            ("{not json", 400, "bad_request"),
+            (r#"{"peers": {"127.0.0.1:8000": {"weigth": 1}}}"#, 400, "bad_request"),
+            (r#"{"peers": {"127.0.0.1:8000": {"state": "paused"}}}"#, 400, "bad_request"),
+            (r#"{"peers": {"127.0.0.1:8000": {"weight": 1001}}}"#, 400, "bad_request"),
+            (r#"{"peers": {"127.0.0.1:8000": {"weight": -1}}}"#, 400, "bad_request"),
+            (r#"{"peers": {}}"#, 400, "bad_request"),
+            (r#"{"peers": {"127.0.0.1:8000": {}}}"#, 400, "bad_request"),
+            // One good change with one bad one: neither is applied.
+            (
+                r#"{"peers": {"127.0.0.1:8000": {"weight": 5}, "10.0.0.1:80": {"weight": 5}}}"#,
+                404,
+                "not_found",
+            ),
+            (r#"{"peers": {"127.0.0.1:8000": {"weight": 5}}, "expect_generation": 9}"#, 409, "conflict"),
+        ] {
+            let reply = call(&owned, "PATCH", "upstreams/app", body, WRITER);
+            assert_eq!((reply.status, error_code(&reply).as_str()), (status, code), "{body}");
+        }
+        let big = format!(r#"{{"peers": {{"{}": {{"weight": 1}}}}}}"#, "x".repeat(MAX_BODY_BYTES));
+        assert_eq!(call(&owned, "PATCH", "upstreams/app", &big, WRITER).status, 413);
+        assert_eq!(owned.view().to_wire(), before);
+    }
+
+    #[test]
+    fn unknown_routes_and_methods() {
+        let owned = app();
+        assert_eq!(call(&owned, "GET", "upstreams/nope", "", WRITER).status, 404);
+        assert_eq!(call(&owned, "GET", "status", "", WRITER).status, 404);
+        let reply = call(&owned, "DELETE", "upstreams/app", "", WRITER);
+        assert_eq!((reply.status, reply.allow), (405, Some("GET, HEAD, PATCH")));
+        assert_eq!(call(&owned, "PATCH", "upstreams", "{}", WRITER).status, 405);
+    }
+
+    #[test]
+    fn readers_cannot_write_and_strangers_cannot_read() {
+        let owned = app();
+        let reader = Caller { uid: Some(1000), may_read: true, may_write: false };
+        assert_eq!(call(&owned, "GET", "upstreams", "", reader).status, 200);
+        let body = r#"{"peers": {"127.0.0.1:8000": {"weight": 5}}}"#;
+        let reply = call(&owned, "PATCH", "upstreams/app", body, reader);
+        assert_eq!(reply.status, 403);
+        assert!(reply.body.contains("uid 1000"), "{}", reply.body);
+        let stranger = Caller { uid: Some(1001), may_read: false, may_write: false };
+        assert_eq!(call(&owned, "GET", "upstreams", "", stranger).status, 403);
+        assert_eq!(owned.view().to_wire().generation, 1);
+    }
+
+    #[test]
+    fn an_unwritable_state_file_fails_the_patch_and_changes_nothing() {
+        let owned = app();
+        let dir = tempfile::tempdir().unwrap();
+        let missing_dir = dir.path().join("missing/app.json");
+        let endpoints = [Endpoint { table: owned.view(), state_path: Some(&missing_dir) }];
+        let body = br#"{"peers": {"127.0.0.1:8000": {"weight": 5}}}"#;
+        let writer = Writer { pid: 1, is_alive: &|_| true };
+        let reply = handle("PATCH", "upstreams/app", body, WRITER, &endpoints, &writer);
+        assert_eq!(reply.status, 500);
+        assert_eq!(owned.view().to_wire().peers[0].weight, 1);
+
+        let path = dir.path().join("app.json");
+        let endpoints = [Endpoint { table: owned.view(), state_path: Some(&path) }];
+        let reply = handle("PATCH", "upstreams/app", body, WRITER, &endpoints, &writer);
+        assert_eq!(reply.status, 200);
+        let saved = state_file::load(&path).unwrap().unwrap();
+        assert_eq!((saved.generation, saved.peers[0].weight), (2, 5));
+    }
+}
