@@ -1,9 +1,181 @@
-//! FFI: the content handler of `shift_api` locations.
+//! FFI: the content handler of `shift_api` locations. It reads the request (and a PATCH body),
+//! learns the caller's uid from the Unix socket, and sends what `api::handle` answers.
 
-use ngx::ffi::{ngx_http_request_t, ngx_int_t};
+use std::os::fd::BorrowedFd;
 
-/// Serves the admin API. Not implemented yet: answers 501 with a JSON error.
+use ngx::core::{Buffer, Status};
+use ngx::ffi::{
+    ngx_chain_t, ngx_http_discard_request_body, ngx_http_finalize_request,
+    ngx_http_read_client_request_body, ngx_http_request_t, ngx_http_send_header, ngx_int_t,
+    ngx_str_t, NGX_HTTP_SPECIAL_RESPONSE,
+};
+use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf, Request};
+use nix::errno::Errno;
+use nix::sys::signal::kill;
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use nix::unistd::Pid;
+use shift_wire::MAX_BODY_BYTES;
+
+use crate::api::{self, Endpoint, Reply, Writer};
+use crate::ngx_module::Module;
+use crate::shm::table_of;
+
+/// Serves the admin API.
 pub extern "C" fn handle(r: *mut ngx_http_request_t) -> ngx_int_t {
-    let _ = r;
-    ngx::http::HTTPStatus::NOT_IMPLEMENTED.0 as ngx_int_t
+    // SAFETY: Nginx calls content handlers with a valid request of this location.
+    unsafe {
+        if method(r) != "PATCH" {
+            let rc = ngx_http_discard_request_body(r);
+            if rc != Status::NGX_OK.0 {
+                return rc;
+            }
+            return answer(r, &[]);
+        }
+        if (*r).headers_in.content_length_n > MAX_BODY_BYTES as i64 {
+            let rc = ngx_http_discard_request_body(r);
+            if rc != Status::NGX_OK.0 {
+                return rc;
+            }
+            return send(r, &api::too_large_reply());
+        }
+        (*r).set_request_body_in_single_buf(1);
+        let rc = ngx_http_read_client_request_body(r, Some(body_read));
+        if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
+            return rc;
+        }
+        Status::NGX_DONE.0
+    }
+}
+
+/// Called once the PATCH body is read.
+extern "C" fn body_read(r: *mut ngx_http_request_t) {
+    // SAFETY: Nginx calls this with the request whose body it has read into `request_body`.
+    unsafe {
+        let rc = match request_body(r) {
+            Some(body) => answer(r, &body),
+            None => send(r, &api::too_large_reply()),
+        };
+        ngx_http_finalize_request(r, rc);
+    }
+}
+
+/// The body from memory; `None` when it is over the limit or Nginx wrote it to a file.
+///
+/// SAFETY: `r` is a request whose body has been read.
+unsafe fn request_body(r: *mut ngx_http_request_t) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    // SAFETY: per the contract; the chain and its buffers belong to the request's pool.
+    unsafe {
+        let request_body = (*r).request_body;
+        if request_body.is_null() {
+            return Some(body);
+        }
+        if !(*request_body).temp_file.is_null() {
+            return None;
+        }
+        let mut link = (*request_body).bufs;
+        while !link.is_null() {
+            let buf = (*link).buf;
+            if (*buf).in_file() != 0 {
+                return None;
+            }
+            let len = (*buf).last.offset_from((*buf).pos) as usize;
+            body.extend_from_slice(std::slice::from_raw_parts((*buf).pos, len));
+            if body.len() > MAX_BODY_BYTES {
+                return None;
+            }
+            link = (*link).next;
+        }
+    }
+    Some(body)
+}
+
+/// Answers the request with what the API logic says.
+///
+/// SAFETY: `r` is a valid request of a `shift_api` location.
+unsafe fn answer(r: *mut ngx_http_request_t, body: &[u8]) -> ngx_int_t {
+    // SAFETY: per the contract.
+    let request = unsafe { Request::from_ngx_http_request(r) };
+    let Some(api_conf) = Module::location_conf(request).and_then(|loc| loc.api.as_ref()) else {
+        return Status::NGX_ERROR.0;
+    };
+    let Some(main) = Module::main_conf(request) else {
+        return Status::NGX_ERROR.0;
+    };
+    let endpoints: Vec<Endpoint> = main
+        .upstreams
+        .iter()
+        .filter_map(|&uscf| {
+            // SAFETY: the upstream confs live as long as the configuration serving `r`.
+            let conf = Module::server_conf(unsafe { &*uscf })?;
+            Some(Endpoint { table: table_of(conf)?, state_path: conf.state_path.as_deref() })
+        })
+        .collect();
+
+    // SAFETY: per the contract.
+    let (uid, path, method) = unsafe { (caller_uid(r), (*r).uri.to_string(), method(r)) };
+    let relative = path.strip_prefix(api_conf.prefix.as_str()).unwrap_or(&path);
+    let is_alive = |pid: u32| {
+        !matches!(kill(Pid::from_raw(pid as i32), None), Err(Errno::ESRCH))
+    };
+    // SAFETY: ngx_pid is set once at process start.
+    let writer = Writer { pid: unsafe { ngx::ffi::ngx_pid } as u32, is_alive: &is_alive };
+    let reply = api::handle(&method, relative, body, api_conf.caller(uid), &endpoints, &writer);
+    // SAFETY: per the contract.
+    unsafe { send(r, &reply) }
+}
+
+/// The uid of the process at the other end of a Unix socket connection.
+///
+/// SAFETY: `r` is a valid request.
+unsafe fn caller_uid(r: *mut ngx_http_request_t) -> Option<u32> {
+    // SAFETY: the request's connection, its address and its fd are valid while it runs.
+    unsafe {
+        let connection = (*r).connection;
+        let sockaddr = (*connection).sockaddr;
+        if sockaddr.is_null() || (*sockaddr).sa_family != nix::libc::AF_UNIX as u16 {
+            return None;
+        }
+        let fd = BorrowedFd::borrow_raw((*connection).fd);
+        getsockopt(&fd, PeerCredentials).ok().map(|credentials| credentials.uid())
+    }
+}
+
+/// SAFETY: `r` is a valid request.
+unsafe fn method(r: *mut ngx_http_request_t) -> String {
+    // SAFETY: per the contract.
+    unsafe { (*r).method_name.to_string() }
+}
+
+/// Sends `reply` as a JSON response.
+///
+/// SAFETY: `r` is a valid request that has not sent its header yet.
+unsafe fn send(r: *mut ngx_http_request_t, reply: &Reply) -> ngx_int_t {
+    // SAFETY: per the contract; the buffer and header strings are allocated in the request's
+    // pool, which outlives the response.
+    unsafe {
+        let request = Request::from_ngx_http_request(r);
+        (*r).headers_out.status = reply.status as usize;
+        (*r).headers_out.content_length_n = reply.body.len() as i64;
+        let content_type = "application/json";
+        (*r).headers_out.content_type =
+            ngx_str_t { len: content_type.len(), data: content_type.as_ptr().cast_mut() };
+        (*r).headers_out.content_type_len = content_type.len();
+        if let Some(allow) = reply.allow {
+            if request.add_header_out("Allow", allow).is_none() {
+                return Status::NGX_ERROR.0;
+            }
+        }
+        let rc = ngx_http_send_header(r);
+        if rc == Status::NGX_ERROR.0 || rc > Status::NGX_OK.0 || request.header_only() {
+            return rc;
+        }
+        let Some(mut buffer) = request.pool().create_buffer_from_str(&reply.body) else {
+            return Status::NGX_ERROR.0;
+        };
+        buffer.set_last_buf(true);
+        buffer.set_last_in_chain(true);
+        let mut chain = ngx_chain_t { buf: buffer.as_ngx_buf_mut(), next: std::ptr::null_mut() };
+        request.output_filter(&mut chain).into()
+    }
 }

@@ -1,6 +1,6 @@
 //! nginx-shift's Nginx module: runtime-controlled upstream weights and an admin API.
 //!
-//! The FFI lives in a few named modules (`ngx_module`, `upstream_hook`, `api_handler`); they are
+//! The FFI lives in a few named modules (`ngx_module`, `shm`, `upstream_hook`, `api_handler`); they are
 //! left out of unit-test builds, which have no Nginx to link against. Everything else is safe Rust
 //! tested with `cargo test -p nginx-shift-module`.
 
@@ -13,5 +13,7 @@ pub mod table;
 mod api_handler;
 #[cfg(not(test))]
 mod ngx_module;
+#[cfg(not(test))]
+mod shm;
 #[cfg(not(test))]
 mod upstream_hook;

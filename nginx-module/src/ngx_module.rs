@@ -19,24 +19,63 @@ use ngx::http::{
 };
 use ngx::{ngx_conf_log_error, ngx_string};
 
-use crate::directives::{self, ShiftApiArgs, ShiftArgs};
+use std::path::PathBuf;
 
-/// Per-`http` state: the upstreams that use `shift`.
-#[derive(Default)]
+use ngx::ffi::{ngx_http_upstream_rr_peer_t, ngx_shm_zone_t};
+use nix::unistd::{Uid, User};
+
+use crate::api::Caller;
+use crate::directives::{self, Principal, Readers, ShiftArgs};
+use crate::shm;
+use crate::table::{Route, TableHeader};
+
+/// Per-`http` state: the upstreams that use `shift`, and the shared zone of their tables.
 pub struct MainConf {
     pub upstreams: Vec<*mut ngx_http_upstream_srv_conf_t>,
+    pub zone: *mut ngx_shm_zone_t,
+}
+
+impl Default for MainConf {
+    fn default() -> Self {
+        MainConf { upstreams: Vec::new(), zone: ptr::null_mut() }
+    }
 }
 
 /// Per-upstream state (Nginx also creates one for every `server` block; those stay unused).
-#[derive(Default)]
 pub struct UpstreamConf {
     pub shift: Option<ShiftArgs>,
-    /// The balancer `shift` wraps; only round robin is accepted today.
+    pub state_path: Option<PathBuf>,
+    /// The balancer `shift` wraps: round robin, or what `keepalive` put before it.
     pub original_init_upstream: ngx_http_upstream_init_pt,
     pub original_init_peer: ngx_http_upstream_init_peer_pt,
     /// Set once `upstream_hook::init_upstream` ran; another balancer written after `shift`
     /// would have replaced it.
     pub hooked: bool,
+    /// This upstream's table in the shared zone (set by the zone's init, in the master).
+    pub table: *mut TableHeader,
+    /// Round robin's peers, in table order. Each worker steers its own copy of them.
+    pub rr_peers: Vec<*mut ngx_http_upstream_rr_peer_t>,
+    /// The table `seq` this worker last copied into `rr_peers`.
+    pub seen_seq: u64,
+    /// Scratch space for that copy, kept to avoid an allocation per change.
+    pub routes: Vec<Route>,
+}
+
+impl Default for UpstreamConf {
+    fn default() -> Self {
+        UpstreamConf {
+            shift: None,
+            state_path: None,
+            original_init_upstream: None,
+            original_init_peer: None,
+            hooked: false,
+            table: ptr::null_mut(),
+            rr_peers: Vec::new(),
+            // Never a real seq: the first request copies the table (which may hold carried state).
+            seen_seq: u64::MAX,
+            routes: Vec::new(),
+        }
+    }
 }
 
 impl Merge for UpstreamConf {
@@ -52,9 +91,39 @@ pub struct LocationConf {
 }
 
 pub struct ApiConf {
-    pub args: ShiftApiArgs,
+    /// Uids that may change state.
+    pub writers: Vec<u32>,
+    /// Uids that may read besides the writers; `None` means anyone.
+    pub readers: Option<Vec<u32>>,
     /// The location's own prefix, stripped from request paths.
     pub prefix: String,
+}
+
+impl ApiConf {
+    pub fn caller(&self, uid: Option<u32>) -> Caller {
+        let may_write = uid.is_some_and(|uid| self.writers.contains(&uid));
+        let may_read = may_write
+            || match &self.readers {
+                None => true,
+                Some(readers) => uid.is_some_and(|uid| readers.contains(&uid)),
+            };
+        Caller { uid, may_read, may_write }
+    }
+}
+
+/// Resolves `shift_api` principals to uids (user names through the system's user database).
+fn resolve(principals: &[Principal]) -> Result<Vec<u32>, String> {
+    principals
+        .iter()
+        .map(|principal| match principal {
+            Principal::Uid(uid) => Ok(*uid),
+            Principal::User(name) => match User::from_name(name) {
+                Ok(Some(user)) => Ok(user.uid.as_raw()),
+                Ok(None) => Err(format!("unknown user \"{name}\" in \"shift_api\" directive")),
+                Err(err) => Err(format!("cannot look up user \"{name}\": {err}")),
+            },
+        })
+        .collect()
 }
 
 impl Merge for LocationConf {
@@ -78,7 +147,7 @@ impl HttpModule for Module {
         // module; the upstream pointers were taken from this same configuration cycle.
         unsafe {
             let Some(main) = Module::main_conf(&*cf) else {
-                return Status::NGX_ERROR.into();
+                return Status::NGX_ERROR.0;
             };
             for &uscf in &main.upstreams {
                 if !Module::server_conf(&*uscf).is_some_and(|conf| conf.hooked) {
@@ -89,11 +158,11 @@ impl HttpModule for Module {
                          \"shift\" works with the default round robin only",
                         (*uscf).host
                     );
-                    return Status::NGX_ERROR.into();
+                    return Status::NGX_ERROR.0;
                 }
             }
         }
-        Status::NGX_OK.into()
+        Status::NGX_OK.0
     }
 }
 
@@ -195,10 +264,14 @@ extern "C" fn set_shift(
         if uscf.peer.init_upstream.is_some() {
             return conf_error(
                 cf,
-                "\"shift\" works with the default round robin only; \
-                 remove the other load balancing method from this upstream",
+                "\"shift\" must come before \"keepalive\" in an upstream, and works with the \
+                 default round robin only (no least_conn, hash, ip_hash or random)",
             );
         }
+        if shm::add_zone(cf, main).is_err() {
+            return NGX_CONF_ERROR;
+        }
+        ours.state_path = parsed.state_path.as_ref().map(PathBuf::from);
         ours.shift = Some(parsed);
         ours.original_init_upstream = Some(ngx_http_upstream_init_round_robin);
         uscf.peer.init_upstream = Some(crate::upstream_hook::init_upstream);
@@ -227,9 +300,23 @@ extern "C" fn set_shift_api(
         let Some(clcf) = NgxHttpCoreModule::location_conf_mut(&*cf) else {
             return NGX_CONF_ERROR;
         };
+        let writers = match &args.writers {
+            Some(writers) => resolve(writers),
+            // Root and whoever runs the master (the one parsing this config).
+            None => Ok(vec![0, Uid::effective().as_raw()]),
+        };
+        let readers = match &args.readers {
+            Readers::Writers => Ok(Some(Vec::new())),
+            Readers::Any => Ok(None),
+            Readers::List(readers) => resolve(readers).map(Some),
+        };
+        let (writers, readers) = match (writers, readers) {
+            (Ok(writers), Ok(readers)) => (writers, readers),
+            (Err(msg), _) | (_, Err(msg)) => return conf_error(cf, &msg),
+        };
         let prefix = clcf.name.to_string();
         clcf.handler = Some(crate::api_handler::handle);
-        loc.api = Some(ApiConf { args, prefix });
+        loc.api = Some(ApiConf { writers, readers, prefix });
     }
     NGX_CONF_OK
 }

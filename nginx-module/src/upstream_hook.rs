@@ -1,12 +1,23 @@
 //! FFI: the upstream balancer hook. `shift` wraps Nginx's own round robin: Nginx builds its
-//! per-worker peer list as usual, and this module steers it.
+//! per-worker peer list as usual, and on each request this hook copies the shared table into it
+//! if the table changed (one atomic load when it did not). Round robin then picks the peer —
+//! smooth weighted, with max_fails, fail_timeout, backup servers and proxy_next_upstream retries
+//! all as stock Nginx does them — and the hook counts the attempt in the shared table.
 
-use ngx::core::Status;
-use ngx::ffi::{ngx_conf_t, ngx_http_request_t, ngx_http_upstream_srv_conf_t, ngx_int_t, NGX_LOG_EMERG};
+use std::ffi::c_void;
+
+use ngx::core::{Pool, Status};
+use ngx::ffi::{
+    ngx_conf_t, ngx_event_free_peer_pt, ngx_event_get_peer_pt, ngx_event_save_peer_session_pt,
+    ngx_event_set_peer_session_pt, ngx_http_request_t, ngx_http_upstream_rr_peer_data_t,
+    ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_peer_connection_t, ngx_uint_t, NGX_LOG_EMERG,
+    NGX_PEER_FAILED,
+};
 use ngx::http::HttpModuleServerConf;
 use ngx::ngx_conf_log_error;
 
-use crate::ngx_module::Module;
+use crate::ngx_module::{Module, UpstreamConf};
+use crate::shm::table_of;
 
 /// `peer.init_upstream`: lets round robin build the peers, then takes over `peer.init`.
 pub extern "C" fn init_upstream(
@@ -17,13 +28,13 @@ pub extern "C" fn init_upstream(
     unsafe {
         let uscf = &mut *uscf;
         let Some(conf) = Module::server_conf_mut(uscf) else {
-            return Status::NGX_ERROR.into();
+            return Status::NGX_ERROR.0;
         };
         let Some(original) = conf.original_init_upstream else {
-            return Status::NGX_ERROR.into();
+            return Status::NGX_ERROR.0;
         };
-        if original(cf, uscf) != Status::NGX_OK.into() {
-            return Status::NGX_ERROR.into();
+        if original(cf, uscf) != Status::NGX_OK.0 {
+            return Status::NGX_ERROR.0;
         }
         if !uscf.shm_zone.is_null() {
             ngx_conf_log_error!(
@@ -33,25 +44,157 @@ pub extern "C" fn init_upstream(
                  shift keeps its own shared state, remove \"zone\"",
                 uscf.host
             );
-            return Status::NGX_ERROR.into();
+            return Status::NGX_ERROR.0;
         }
         conf.original_init_peer = uscf.peer.init;
         uscf.peer.init = Some(init_peer);
         conf.hooked = true;
     }
-    Status::NGX_OK.into()
+    Status::NGX_OK.0
 }
 
-/// `peer.init`, once per request: sets up round robin for it.
-extern "C" fn init_peer(r: *mut ngx_http_request_t, uscf: *mut ngx_http_upstream_srv_conf_t) -> ngx_int_t {
-    // SAFETY: Nginx passes the request being proxied and the upstream's srv conf.
+/// What this module keeps per request: round robin's own callbacks and data, and the table slot
+/// of the peer the current attempt uses.
+#[derive(Clone, Copy)]
+struct Attempt {
+    rr_data: *mut c_void,
+    rr_get: ngx_event_get_peer_pt,
+    rr_free: ngx_event_free_peer_pt,
+    rr_set_session: ngx_event_set_peer_session_pt,
+    rr_save_session: ngx_event_save_peer_session_pt,
+    conf: *const UpstreamConf,
+    request: *mut ngx_http_request_t,
+    slot: Option<usize>,
+}
+
+/// `peer.init`, once per request.
+extern "C" fn init_peer(
+    r: *mut ngx_http_request_t,
+    uscf: *mut ngx_http_upstream_srv_conf_t,
+) -> ngx_int_t {
+    // SAFETY: Nginx passes the request being proxied and the upstream's srv conf; this worker is
+    // single-threaded, so mutating its own (copy-on-write) conf and peers is unshared.
     unsafe {
-        let Some(conf) = Module::server_conf(&*uscf) else {
-            return Status::NGX_ERROR.into();
+        let Some(conf) = Module::server_conf_mut(&*uscf) else {
+            return Status::NGX_ERROR.0;
         };
-        match conf.original_init_peer {
-            Some(original) => original(r, uscf),
-            None => Status::NGX_ERROR.into(),
+        copy_routes_if_changed(conf);
+        let Some(original) = conf.original_init_peer else {
+            return Status::NGX_ERROR.0;
+        };
+        let rc = original(r, uscf);
+        if rc != Status::NGX_OK.0 {
+            return rc;
+        }
+        let attempt = Pool::from_ngx_pool((*r).pool).alloc_type::<Attempt>();
+        if attempt.is_null() {
+            return Status::NGX_ERROR.0;
+        }
+        let peer = &mut (*(*r).upstream).peer;
+        attempt.write(Attempt {
+            rr_data: peer.data,
+            rr_get: peer.get,
+            rr_free: peer.free,
+            rr_set_session: peer.set_session,
+            rr_save_session: peer.save_session,
+            conf,
+            request: r,
+            slot: None,
+        });
+        peer.data = attempt.cast();
+        peer.get = Some(get_peer);
+        peer.free = Some(free_peer);
+        if peer.set_session.is_some() {
+            peer.set_session = Some(set_session);
+        }
+        if peer.save_session.is_some() {
+            peer.save_session = Some(save_session);
+        }
+    }
+    Status::NGX_OK.0
+}
+
+/// Copies weights and eligibility from the shared table into this worker's round-robin peers
+/// when the table's `seq` moved since the last copy.
+fn copy_routes_if_changed(conf: &mut UpstreamConf) {
+    let Some(table) = table_of(conf) else { return };
+    let Some(seq) = table.routes_if_changed(conf.seen_seq, &mut conf.routes) else { return };
+    for (&peer, route) in conf.rr_peers.iter().zip(&conf.routes) {
+        // SAFETY: `rr_peers` are this upstream's round-robin peers, alive for the cycle and
+        // touched only by this (single-threaded) worker.
+        let peer = unsafe { &mut *peer };
+        if route.eligible {
+            peer.down = 0;
+            peer.weight = route.weight as isize;
+            peer.effective_weight = route.weight as isize;
+        } else {
+            peer.down = 1;
+        }
+        // Start the smooth weighted round robin afresh on the new weights.
+        peer.current_weight = 0;
+    }
+    conf.seen_seq = seq;
+}
+
+unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void) -> ngx_int_t {
+    // SAFETY: `data` is the Attempt init_peer installed; round robin's data is its own.
+    unsafe {
+        let attempt = &mut *data.cast::<Attempt>();
+        let Some(rr_get) = attempt.rr_get else {
+            return Status::NGX_ERROR.0;
+        };
+        let rc = rr_get(pc, attempt.rr_data);
+        if rc == Status::NGX_OK.0 {
+            let current = (*attempt.rr_data.cast::<ngx_http_upstream_rr_peer_data_t>()).current;
+            let conf = &*attempt.conf;
+            attempt.slot = conf.rr_peers.iter().position(|&peer| peer == current);
+            if let (Some(slot), Some(table)) = (attempt.slot, table_of(conf)) {
+                table.peers()[slot].record_request();
+            }
+        }
+        rc
+    }
+}
+
+unsafe extern "C" fn free_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void, state: ngx_uint_t) {
+    // SAFETY: as in get_peer; the request outlives its upstream attempts.
+    unsafe {
+        let attempt = &mut *data.cast::<Attempt>();
+        if let Some(slot) = attempt.slot.take() {
+            if let Some(table) = table_of(&*attempt.conf) {
+                let upstream = (*attempt.request).upstream;
+                let status = if upstream.is_null() || (*upstream).state.is_null() {
+                    None
+                } else {
+                    Some((*(*upstream).state).status as u16).filter(|&status| status != 0)
+                };
+                let failed = state & NGX_PEER_FAILED as ngx_uint_t != 0;
+                table.peers()[slot].record_finish(failed, status);
+            }
+        }
+        if let Some(rr_free) = attempt.rr_free {
+            rr_free(pc, attempt.rr_data, state);
+        }
+    }
+}
+
+unsafe extern "C" fn set_session(pc: *mut ngx_peer_connection_t, data: *mut c_void) -> ngx_int_t {
+    // SAFETY: installed only when round robin had this callback; it gets its own data back.
+    unsafe {
+        let attempt = &*data.cast::<Attempt>();
+        match attempt.rr_set_session {
+            Some(rr_set_session) => rr_set_session(pc, attempt.rr_data),
+            None => Status::NGX_OK.0,
+        }
+    }
+}
+
+unsafe extern "C" fn save_session(pc: *mut ngx_peer_connection_t, data: *mut c_void) {
+    // SAFETY: as in set_session.
+    unsafe {
+        let attempt = &*data.cast::<Attempt>();
+        if let Some(rr_save_session) = attempt.rr_save_session {
+            rr_save_session(pc, attempt.rr_data);
         }
     }
 }
