@@ -7,11 +7,22 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-/// A response: status code and body text.
+/// A response: status code, headers and body text.
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: u16,
+    pub headers: Vec<(String, String)>,
     pub body: String,
+}
+
+impl Response {
+    /// The first header of that name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
 }
 
 /// A keep-alive client for one Nginx port; it reconnects when Nginx closes the connection.
@@ -90,6 +101,7 @@ fn read_response<R: BufRead>(reader: &mut R) -> io::Result<(Response, bool)> {
     let mut content_length = None;
     let mut chunked = false;
     let mut keep_alive = true;
+    let mut headers = Vec::new();
     loop {
         line.clear();
         reader.read_line(&mut line)?;
@@ -99,6 +111,7 @@ fn read_response<R: BufRead>(reader: &mut R) -> io::Result<(Response, bool)> {
         }
         let Some((name, value)) = header.split_once(':') else { continue };
         let value = value.trim();
+        headers.push((name.to_string(), value.to_string()));
         if name.eq_ignore_ascii_case("content-length") {
             content_length = Some(value.parse().map_err(|_| invalid("bad Content-Length"))?);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
@@ -120,7 +133,7 @@ fn read_response<R: BufRead>(reader: &mut R) -> io::Result<(Response, bool)> {
         body
     };
     let body = String::from_utf8(body).map_err(|_| invalid("body is not UTF-8"))?;
-    Ok((Response { status, body }, keep_alive))
+    Ok((Response { status, headers, body }, keep_alive))
 }
 
 fn read_chunked<R: BufRead>(reader: &mut R) -> io::Result<Vec<u8>> {

@@ -2,10 +2,12 @@
 //! a real Nginx with the module loaded, running on a generated config in a temporary prefix, and
 //! real HTTP backends that answer with their own name so a test can count who served what.
 
+mod admin;
 mod backend;
 mod client;
 mod nginx;
 
+pub use admin::Admin;
 pub use backend::Backend;
 pub use client::{api_request, HttpClient, Response};
 pub use nginx::{check_config, ConfigCheck, Nginx, NginxOptions};

@@ -1,0 +1,55 @@
+//! A typed client of the admin API for tests, using the module's own wire types.
+
+use std::path::{Path, PathBuf};
+
+use shift_wire::{Upstream, UpstreamList};
+
+use crate::client::{api_request, Response};
+
+/// The admin API at a Unix socket, under a location prefix such as `/api/`.
+pub struct Admin {
+    socket: PathBuf,
+    prefix: String,
+}
+
+impl Admin {
+    pub fn new(socket: impl AsRef<Path>, prefix: &str) -> Admin {
+        Admin { socket: socket.as_ref().to_path_buf(), prefix: prefix.to_string() }
+    }
+
+    /// A raw request; `path` is relative to the prefix.
+    pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> Response {
+        let full = format!("{}{path}", self.prefix);
+        api_request(&self.socket, method, &full, body)
+            .unwrap_or_else(|err| panic!("{method} {full} on {}: {err}", self.socket.display()))
+    }
+
+    pub fn upstreams(&self) -> UpstreamList {
+        decode(self.request("GET", "upstreams", None))
+    }
+
+    pub fn upstream(&self, name: &str) -> Upstream {
+        decode(self.request("GET", &format!("upstreams/{name}"), None))
+    }
+
+    /// PATCHes `body` and returns the raw answer.
+    pub fn patch(&self, name: &str, body: &str) -> Response {
+        self.request("PATCH", &format!("upstreams/{name}"), Some(body))
+    }
+
+    /// Sets weights (`server`, weight) and requires success.
+    pub fn set_weights(&self, name: &str, weights: &[(&str, u32)]) -> Upstream {
+        let peers: serde_json::Map<String, serde_json::Value> = weights
+            .iter()
+            .map(|(server, weight)| (server.to_string(), serde_json::json!({ "weight": weight })))
+            .collect();
+        let body = serde_json::json!({ "peers": peers }).to_string();
+        decode(self.patch(name, &body))
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(response: Response) -> T {
+    assert_eq!(response.status, 200, "admin API answered: {}", response.body);
+    serde_json::from_str(&response.body)
+        .unwrap_or_else(|err| panic!("admin API body does not parse ({err}): {}", response.body))
+}

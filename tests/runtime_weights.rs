@@ -1,0 +1,288 @@
+//! Runtime weights against a real Nginx with two workers: a PATCH moves traffic in every worker
+//! at once, the split is exact, ineligible peers get nothing, state survives reload and restart,
+//! and bad input changes nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use harness::{free_port, Admin, Backend, HttpClient, Nginx, NginxOptions};
+use shift_wire::{ApiError, PeerState};
+
+/// An upstream `app` over `servers` (address plus extra server parameters), a traffic port that
+/// names the answering worker in `X-Worker`, and the admin API on `{prefix}/api.sock`.
+fn config(servers: &[(String, &str)], shift_args: &str, api_args: &str, port: u16) -> String {
+    let servers: String = servers
+        .iter()
+        .map(|(address, params)| format!("    server {address} {params};\n"))
+        .collect();
+    format!(
+        "upstream app {{\n{servers}    shift {shift_args};\n}}\n\
+         server {{\n    listen 127.0.0.1:{port};\n    location / {{\n        \
+         proxy_pass http://app;\n        add_header X-Worker $pid always;\n    }}\n}}\n\
+         server {{\n    listen unix:{{prefix}}/api.sock;\n    \
+         location /api/ {{ shift_api {api_args}; }}\n}}\n"
+    )
+}
+
+struct Setup {
+    nginx: Nginx,
+    admin: Admin,
+    port: u16,
+    backends: Vec<Backend>,
+}
+
+impl Setup {
+    fn start(names: &[(&str, &str)], shift_args: &str, api_args: &str) -> Setup {
+        let backends: Vec<Backend> = names.iter().map(|(name, _)| Backend::start(name)).collect();
+        let servers: Vec<(String, &str)> = backends
+            .iter()
+            .zip(names)
+            .map(|(backend, (_, params))| (backend.addr().to_string(), *params))
+            .collect();
+        let port = free_port();
+        let nginx = Nginx::start(NginxOptions::new(config(&servers, shift_args, api_args, port)));
+        let admin = Admin::new(nginx.path("api.sock"), "/api/");
+        Setup { nginx, admin, port, backends }
+    }
+
+    fn addr(&self, index: usize) -> String {
+        self.backends[index].addr().to_string()
+    }
+
+    /// `count` requests, each on a new connection so that both workers take some; returns who
+    /// answered how often, and which workers served them.
+    fn spread(&self, count: usize) -> (BTreeMap<String, usize>, BTreeSet<String>) {
+        let mut served = BTreeMap::new();
+        let mut workers = BTreeSet::new();
+        for _ in 0..count {
+            let response = HttpClient::new(self.port).get("/").expect("request through nginx");
+            assert_eq!(response.status, 200, "answer: {}", response.body);
+            workers.extend(response.header("X-Worker").map(str::to_string));
+            *served.entry(response.body).or_default() += 1;
+        }
+        (served, workers)
+    }
+}
+
+fn only(name: &str, count: usize) -> BTreeMap<String, usize> {
+    BTreeMap::from([(name.to_string(), count)])
+}
+
+#[test]
+fn a_patch_moves_the_next_requests_in_every_worker() {
+    let setup = Setup::start(&[("blue", ""), ("green", "")], "", "");
+    let (blue, green) = (setup.addr(0), setup.addr(1));
+    let mut workers_seen = BTreeSet::new();
+    for round in 0..6 {
+        let (to, weights) = if round % 2 == 0 {
+            ("green", [(blue.as_str(), 0), (green.as_str(), 100)])
+        } else {
+            ("blue", [(blue.as_str(), 100), (green.as_str(), 0)])
+        };
+        let upstream = setup.admin.set_weights("app", &weights);
+        assert_eq!(upstream.generation, round + 2);
+        // Every request after the PATCH's answer follows the new weights, whichever worker.
+        let (served, workers) = setup.spread(40);
+        assert_eq!(served, only(to, 40), "round {round}");
+        workers_seen.extend(workers);
+    }
+    assert_eq!(workers_seen.len(), 2, "both workers served: {workers_seen:?}");
+}
+
+#[test]
+fn a_95_5_split_holds_within_one_point_over_10000_requests() {
+    let setup = Setup::start(&[("blue", ""), ("green", "")], "", "");
+    setup.admin.set_weights("app", &[(&setup.addr(0), 95), (&setup.addr(1), 5)]);
+    // Eight keep-alive connections, taken in turn, so both workers share the load.
+    let mut clients: Vec<HttpClient> = (0..8).map(|_| HttpClient::new(setup.port)).collect();
+    let mut served = BTreeMap::<String, usize>::new();
+    let mut workers = BTreeSet::new();
+    for i in 0..10_000 {
+        let connections = clients.len();
+        let response = clients[i % connections].get("/").expect("request through nginx");
+        assert_eq!(response.status, 200);
+        workers.extend(response.header("X-Worker").map(str::to_string));
+        *served.entry(response.body).or_default() += 1;
+    }
+    let green = served.get("green").copied().unwrap_or(0) as f64;
+    let green_share = green / 10_000.0 * 100.0;
+    assert!((4.0..=6.0).contains(&green_share), "green got {green_share:.2}%: {served:?}");
+    assert_eq!(workers.len(), 2, "both workers served: {workers:?}");
+
+    let upstream = setup.admin.upstream("app");
+    let requests: u64 = upstream.peers.iter().map(|peer| peer.requests).sum();
+    let successes: u64 = upstream.peers.iter().map(|peer| peer.responses.success).sum();
+    assert_eq!((requests, successes), (10_000, 10_000));
+    assert_eq!(upstream.peers[1].requests, green as u64, "the API counts what green served");
+}
+
+#[test]
+fn zero_weight_drained_and_standby_peers_get_no_requests() {
+    let setup = Setup::start(&[("a", ""), ("b", ""), ("c", "down")], "", "");
+    // c is standby from the config: only a and b serve.
+    let (served, _) = setup.spread(60);
+    assert_eq!(served.keys().cloned().collect::<Vec<_>>(), ["a", "b"]);
+
+    let patch = format!(
+        r#"{{"peers": {{"{}": {{"weight": 0}}, "{}": {{"state": "drain"}}, "{}": {{"state": "up"}}}}}}"#,
+        setup.addr(0),
+        setup.addr(1),
+        setup.addr(2)
+    );
+    assert_eq!(setup.admin.patch("app", &patch).status, 200);
+    let hits_before = (setup.backends[0].hits(), setup.backends[1].hits());
+    let (served, _) = setup.spread(60);
+    assert_eq!(served, only("c", 60));
+    assert_eq!((setup.backends[0].hits(), setup.backends[1].hits()), hits_before);
+
+    let upstream = setup.admin.upstream("app");
+    let states: Vec<_> = upstream.peers.iter().map(|peer| (peer.weight, peer.state)).collect();
+    assert_eq!(states, [(0, PeerState::Up), (1, PeerState::Drain), (1, PeerState::Up)]);
+}
+
+#[test]
+fn no_eligible_peer_answers_502_and_logs_the_upstream() {
+    let setup = Setup::start(&[("a", ""), ("b", "")], "", "");
+    let patch = format!(
+        r#"{{"peers": {{"{}": {{"state": "down"}}, "{}": {{"weight": 0}}}}}}"#,
+        setup.addr(0),
+        setup.addr(1)
+    );
+    assert_eq!(setup.admin.patch("app", &patch).status, 200);
+    for _ in 0..10 {
+        let response = HttpClient::new(setup.port).get("/").expect("nginx answers");
+        assert_eq!(response.status, 502);
+    }
+    assert_eq!(setup.backends[0].hits() + setup.backends[1].hits(), 0);
+    let log = setup.nginx.error_log();
+    assert!(
+        log.lines().any(|line| line.contains("no live upstreams") && line.contains("http://app")),
+        "no error-log line names the upstream:\n{log}"
+    );
+}
+
+#[test]
+fn a_dead_peer_is_retried_elsewhere_and_counted_as_failed() {
+    let mut setup = Setup::start(&[("a", "max_fails=1 fail_timeout=30s"), ("b", "")], "", "");
+    let dead = setup.backends.remove(0);
+    drop(dead); // connection refused from now on
+    let (served, _) = setup.spread(40);
+    assert_eq!(served, only("b", 40), "proxy_next_upstream sends retries to b");
+    let upstream = setup.admin.upstream("app");
+    assert!(upstream.peers[0].failures >= 1, "{:?}", upstream.peers[0]);
+    assert_eq!(upstream.peers[0].failures, upstream.peers[0].requests);
+    assert_eq!(upstream.peers[0].active, 0);
+}
+
+#[test]
+fn runtime_weights_survive_a_reload_unless_the_config_line_changed() {
+    let mut setup = Setup::start(&[("blue", ""), ("green", "down")], "", "");
+    let (blue, green) = (setup.addr(0), setup.addr(1));
+    let patch = format!(
+        r#"{{"peers": {{"{blue}": {{"weight": 0}}, "{green}": {{"weight": 10, "state": "up"}}}}}}"#
+    );
+    assert_eq!(setup.admin.patch("app", &patch).status, 200);
+    let generation = setup.admin.upstream("app").generation;
+
+    setup.nginx.reload(None);
+    let upstream = setup.admin.upstream("app");
+    let live: Vec<_> = upstream.peers.iter().map(|peer| (peer.weight, peer.state)).collect();
+    assert_eq!(live, [(0, PeerState::Up), (10, PeerState::Up)]);
+    assert!(upstream.generation > generation);
+    assert_eq!(setup.spread(30).0, only("green", 30));
+    let log = setup.nginx.error_log();
+    assert!(log.contains(&format!("peer {green} keeps weight=10 state=up")), "{log}");
+
+    // The operator edits green's line: green takes the config, blue keeps its runtime weight.
+    let edited = config(
+        &[(blue.clone(), ""), (green.clone(), "weight=3")],
+        "",
+        "",
+        setup.port,
+    );
+    setup.nginx.reload(Some(&edited));
+    let upstream = setup.admin.upstream("app");
+    let live: Vec<_> = upstream.peers.iter().map(|peer| (peer.weight, peer.state)).collect();
+    assert_eq!(live, [(0, PeerState::Up), (3, PeerState::Up)]);
+    assert!(
+        setup.nginx.error_log().contains(&format!("peer {green} changed in the config")),
+        "{}",
+        setup.nginx.error_log()
+    );
+}
+
+#[test]
+fn runtime_weights_survive_a_restart_through_the_state_file() {
+    // The workers write the state file; when the tests run as root they run as nobody.
+    let state_dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(state_dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let state_file = state_dir.path().join("app.json");
+    let shift_args = format!("state={}", state_file.display());
+    let mut setup = Setup::start(&[("blue", ""), ("green", "down")], &shift_args, "");
+    let (blue, green) = (setup.addr(0), setup.addr(1));
+    let patch = format!(
+        r#"{{"peers": {{"{blue}": {{"state": "drain"}}, "{green}": {{"state": "up"}}}}}}"#
+    );
+    assert_eq!(setup.admin.patch("app", &patch).status, 200);
+    assert!(state_file.exists(), "the PATCH saved the state file");
+
+    setup.nginx.restart();
+    let upstream = setup.admin.upstream("app");
+    let live: Vec<_> = upstream.peers.iter().map(|peer| peer.state).collect();
+    assert_eq!(live, [PeerState::Drain, PeerState::Up]);
+    assert_eq!(setup.spread(30).0, only("green", 30), "no traffic back to the old version");
+}
+
+#[test]
+fn bad_requests_get_their_status_and_change_nothing() {
+    let setup = Setup::start(&[("blue", ""), ("green", "")], "", "");
+    let blue = setup.addr(0);
+    let before = setup.admin.upstream("app");
+    let big = format!(r#"{{"peers": {{"{blue}": {{"weight": 1}}}}, "pad": "{}"}}"#, "x".repeat(9000));
+    let cases: Vec<(&str, &str, String, u16, &str)> = vec![
+        ("PATCH", "upstreams/app", "{not json".into(), 400, "bad_request"),
+        ("PATCH", "upstreams/app", format!(r#"{{"peers": {{"{blue}": {{"weigth": 1}}}}}}"#), 400, "bad_request"),
+        ("PATCH", "upstreams/app", format!(r#"{{"peers": {{"{blue}": {{"weight": 1001}}}}}}"#), 400, "bad_request"),
+        ("PATCH", "upstreams/app", format!(r#"{{"peers": {{"{blue}": {{"state": "off"}}}}}}"#), 400, "bad_request"),
+        ("PATCH", "upstreams/nope", format!(r#"{{"peers": {{"{blue}": {{"weight": 1}}}}}}"#), 404, "not_found"),
+        ("PATCH", "upstreams/app", r#"{"peers": {"10.9.9.9:80": {"weight": 1}}}"#.into(), 404, "not_found"),
+        ("DELETE", "upstreams/app", String::new(), 405, "method_not_allowed"),
+        ("PATCH", "upstreams/app", format!(r#"{{"peers": {{"{blue}": {{"weight": 1}}}}, "expect_generation": 99}}"#), 409, "conflict"),
+        ("PATCH", "upstreams/app", big, 413, "payload_too_large"),
+        ("GET", "nothing-here", String::new(), 404, "not_found"),
+    ];
+    for (method, path, body, status, code) in cases {
+        let response = setup.admin.request(method, path, Some(&body));
+        assert_eq!(response.status, status, "{method} {path} {body:.80}: {}", response.body);
+        let error: ApiError = serde_json::from_str(&response.body)
+            .unwrap_or_else(|_| panic!("not a JSON error: {}", response.body));
+        assert_eq!(error.error, code, "{method} {path}");
+        assert!(!error.detail.is_empty());
+    }
+    assert_eq!(setup.admin.upstream("app"), before, "nothing changed");
+}
+
+#[test]
+fn a_caller_outside_the_allow_list_gets_403() {
+    let me = nix::unistd::Uid::effective().as_raw();
+    let stranger = me.wrapping_add(4242);
+    // Only a stranger may write; anyone may read.
+    let setup =
+        Setup::start(&[("blue", "")], "", &format!("writers={stranger} readers=any"));
+    assert_eq!(setup.admin.request("GET", "upstreams", None).status, 200);
+    let patch = format!(r#"{{"peers": {{"{}": {{"weight": 5}}}}}}"#, setup.addr(0));
+    let response = setup.admin.patch("app", &patch);
+    assert_eq!(response.status, 403, "{}", response.body);
+    assert!(response.body.contains(&format!("uid {me}")), "{}", response.body);
+    assert_eq!(setup.admin.upstream("app").peers[0].weight, 1);
+
+    // Readers default to the writers: the stranger's list shuts us out of reads too.
+    let setup = Setup::start(&[("blue", "")], "", &format!("writers={stranger}"));
+    assert_eq!(setup.admin.request("GET", "upstreams", None).status, 403);
+
+    // By default root and the master's user (us) may write.
+    let setup = Setup::start(&[("blue", "")], "", "");
+    let patch = format!(r#"{{"peers": {{"{}": {{"weight": 5}}}}}}"#, setup.addr(0));
+    assert_eq!(setup.admin.patch("app", &patch).status, 200);
+}
