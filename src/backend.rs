@@ -1,8 +1,9 @@
 //! Real HTTP/1.1 backends on loopback, served by a shared tokio runtime.
 
 use std::net::SocketAddr;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -25,6 +26,7 @@ struct Behaviour {
     status: AtomicU16,
     hang: AtomicBool,
     hits: AtomicU64,
+    hits_by_path: Mutex<HashMap<String, u64>>,
 }
 
 /// A backend that answers every request with its name as the body. Its status code can be
@@ -49,6 +51,7 @@ impl Backend {
             status: AtomicU16::new(200),
             hang: AtomicBool::new(false),
             hits: AtomicU64::new(0),
+            hits_by_path: Mutex::new(HashMap::new()),
         });
         let listener = runtime()
             .block_on(TcpListener::bind(("127.0.0.1", port)))
@@ -73,6 +76,12 @@ impl Backend {
     /// Requests answered (or, when hanging, received) so far.
     pub fn hits(&self) -> u64 {
         self.behaviour.hits.load(Ordering::SeqCst)
+    }
+
+    /// Requests received for `path` so far (e.g. health probes on `/health` apart from traffic).
+    pub fn hits_on(&self, path: &str) -> u64 {
+        let hits = self.behaviour.hits_by_path.lock().expect("hits lock");
+        hits.get(path).copied().unwrap_or(0)
     }
 
     /// The status code of the following answers.
@@ -111,7 +120,7 @@ async fn serve_connection(stream: TcpStream, behaviour: Arc<Behaviour>) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     loop {
-        let Some(body_len) = read_request_head(&mut reader).await else {
+        let Some((path, body_len)) = read_request_head(&mut reader).await else {
             return;
         };
         let mut body = vec![0; body_len];
@@ -119,6 +128,7 @@ async fn serve_connection(stream: TcpStream, behaviour: Arc<Behaviour>) {
             return;
         }
         behaviour.hits.fetch_add(1, Ordering::SeqCst);
+        *behaviour.hits_by_path.lock().expect("hits lock").entry(path).or_default() += 1;
         if behaviour.hang.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
@@ -135,11 +145,13 @@ async fn serve_connection(stream: TcpStream, behaviour: Arc<Behaviour>) {
     }
 }
 
-/// Reads a request's head; returns its body length, or `None` when the connection is done.
-async fn read_request_head<R: AsyncBufReadExt + Unpin>(reader: &mut R) -> Option<usize> {
+/// Reads a request's head; returns its path and body length, or `None` when the connection is
+/// done.
+async fn read_request_head<R: AsyncBufReadExt + Unpin>(reader: &mut R) -> Option<(String, usize)> {
     let mut line = String::new();
     let mut body_len = 0;
     let mut first = true;
+    let mut path = String::new();
     loop {
         line.clear();
         if reader.read_line(&mut line).await.ok()? == 0 {
@@ -150,7 +162,10 @@ async fn read_request_head<R: AsyncBufReadExt + Unpin>(reader: &mut R) -> Option
             if first {
                 continue; // tolerate stray CRLF between requests
             }
-            return Some(body_len);
+            return Some((path, body_len));
+        }
+        if first {
+            path = trimmed.split(' ').nth(1).unwrap_or("").to_string();
         }
         first = false;
         if let Some((name, value)) = trimmed.split_once(':') {

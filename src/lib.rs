@@ -49,3 +49,21 @@ pub fn free_port() -> u16 {
         .map(|addr| addr.port())
         .expect("bind an ephemeral port on 127.0.0.1")
 }
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes; returns how long it took,
+/// or `None` if it never held.
+pub fn wait_until(
+    timeout: std::time::Duration,
+    mut condition: impl FnMut() -> bool,
+) -> Option<std::time::Duration> {
+    let start = std::time::Instant::now();
+    loop {
+        if condition() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

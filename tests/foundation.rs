@@ -67,7 +67,8 @@ fn shift_outside_an_upstream_is_rejected() {
 #[test]
 fn shift_refuses_another_balancer_and_zone() {
     for (extra, expected) in [
-        ("least_conn;\nshift;", "\"shift\" works with the default round robin only"),
+        ("least_conn;\nshift;", "works with the default round robin only"),
+        ("keepalive 4;\nshift;", "\"shift\" must come before \"keepalive\""),
         ("shift;\nleast_conn;", "uses another load balancing method after \"shift\""),
         ("zone app 64k;\nshift;", "\"shift\" cannot be used with \"zone\""),
     ] {
@@ -75,6 +76,13 @@ fn shift_refuses_another_balancer_and_zone() {
         assert!(!check.ok, "accepted {extra:?}:\n{}", check.output);
         assert!(check.output.contains(expected), "for {extra:?}:\n{}", check.output);
     }
+}
+
+#[test]
+fn keepalive_after_shift_is_accepted() {
+    let check =
+        check_config(&NginxOptions::new(upstream_config("shift;\nkeepalive 4;", &[8000], free_port())));
+    assert!(check.ok, "{}", check.output);
 }
 
 #[test]

@@ -25,25 +25,28 @@ use ngx::ffi::{ngx_http_upstream_rr_peer_t, ngx_shm_zone_t};
 use nix::unistd::{Uid, User};
 
 use crate::api::Caller;
-use crate::directives::{self, Principal, Readers, ShiftArgs};
+use crate::directives::{self, CheckArgs, Principal, Readers, ShiftArgs};
 use crate::shm;
 use crate::table::{Route, TableHeader};
 
 /// Per-`http` state: the upstreams that use `shift`, and the shared zone of their tables.
 pub struct MainConf {
     pub upstreams: Vec<*mut ngx_http_upstream_srv_conf_t>,
+    /// Upstreams with `shift_check`, to verify they also have `shift`.
+    pub checked: Vec<*mut ngx_http_upstream_srv_conf_t>,
     pub zone: *mut ngx_shm_zone_t,
 }
 
 impl Default for MainConf {
     fn default() -> Self {
-        MainConf { upstreams: Vec::new(), zone: ptr::null_mut() }
+        MainConf { upstreams: Vec::new(), checked: Vec::new(), zone: ptr::null_mut() }
     }
 }
 
 /// Per-upstream state (Nginx also creates one for every `server` block; those stay unused).
 pub struct UpstreamConf {
     pub shift: Option<ShiftArgs>,
+    pub check: Option<CheckArgs>,
     pub state_path: Option<PathBuf>,
     /// The balancer `shift` wraps: round robin, or what `keepalive` put before it.
     pub original_init_upstream: ngx_http_upstream_init_pt,
@@ -65,6 +68,7 @@ impl Default for UpstreamConf {
     fn default() -> Self {
         UpstreamConf {
             shift: None,
+            check: None,
             state_path: None,
             original_init_upstream: None,
             original_init_peer: None,
@@ -149,6 +153,17 @@ impl HttpModule for Module {
             let Some(main) = Module::main_conf(&*cf) else {
                 return Status::NGX_ERROR.0;
             };
+            for &uscf in &main.checked {
+                if !Module::server_conf(&*uscf).is_some_and(|conf| conf.shift.is_some()) {
+                    ngx_conf_log_error!(
+                        NGX_LOG_EMERG,
+                        cf,
+                        "\"shift_check\" in upstream \"{}\" needs \"shift\" in the same upstream",
+                        (*uscf).host
+                    );
+                    return Status::NGX_ERROR.0;
+                }
+            }
             for &uscf in &main.upstreams {
                 if !Module::server_conf(&*uscf).is_some_and(|conf| conf.hooked) {
                     ngx_conf_log_error!(
@@ -179,11 +194,19 @@ unsafe impl HttpModuleLocationConf for Module {
     type LocationConf = LocationConf;
 }
 
-static mut COMMANDS: [ngx_command_t; 3] = [
+static mut COMMANDS: [ngx_command_t; 4] = [
     ngx_command_t {
         name: ngx_string!("shift"),
         type_: (NGX_HTTP_UPS_CONF | NGX_CONF_ANY) as ngx_uint_t,
         set: Some(set_shift),
+        conf: NGX_HTTP_MAIN_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("shift_check"),
+        type_: (NGX_HTTP_UPS_CONF | NGX_CONF_ANY) as ngx_uint_t,
+        set: Some(set_shift_check),
         conf: NGX_HTTP_MAIN_CONF_OFFSET,
         offset: 0,
         post: ptr::null_mut(),
@@ -221,6 +244,7 @@ pub static mut ngx_http_shift_module: ngx_module_t = ngx_module_t {
     // SAFETY: taking the address of a static does not read it.
     commands: unsafe { ptr::addr_of_mut!(COMMANDS[0]) },
     type_: NGX_HTTP_MODULE as _,
+    init_process: Some(crate::health_probe::init_process),
     ..ngx_module_t::default()
 };
 
@@ -276,6 +300,34 @@ extern "C" fn set_shift(
         ours.original_init_upstream = Some(ngx_http_upstream_init_round_robin);
         uscf.peer.init_upstream = Some(crate::upstream_hook::init_upstream);
         main.upstreams.push(uscf);
+    }
+    NGX_CONF_OK
+}
+
+extern "C" fn set_shift_check(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: as in set_shift.
+    unsafe {
+        let main = &mut *conf.cast::<MainConf>();
+        let parsed = match directive_args(cf).map(|args| directives::parse_shift_check(&args)) {
+            Ok(Ok(parsed)) => parsed,
+            Ok(Err(err)) => return conf_error(cf, &err.to_string()),
+            Err(msg) => return conf_error(cf, &msg),
+        };
+        let Some(uscf) = NgxHttpUpstreamModule::server_conf_mut(&*cf) else {
+            return NGX_CONF_ERROR;
+        };
+        let Some(ours) = Module::server_conf_mut(&*cf) else {
+            return NGX_CONF_ERROR;
+        };
+        if ours.check.is_some() {
+            return c"is duplicate".as_ptr().cast_mut();
+        }
+        ours.check = Some(parsed);
+        main.checked.push(uscf);
     }
     NGX_CONF_OK
 }

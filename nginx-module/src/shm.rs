@@ -23,7 +23,7 @@ use ngx::ngx_log_error;
 
 use crate::ngx_module::{MainConf, Module, UpstreamConf};
 use crate::state_file;
-use crate::table::{CarriedPeer, CarryNote, PeerConfig, PeerSlot, Table, TableHeader};
+use crate::table::{CarriedPeer, CarryNote, CheckMode, PeerConfig, PeerSlot, Table, TableHeader};
 
 /// Fixed, so that a reload reuses the zone (Nginx reuses a zone only at the same size).
 pub const ZONE_SIZE: usize = 1024 * 1024;
@@ -143,7 +143,12 @@ unsafe fn build_tables(
             let conf = Module::server_conf_mut(&*uscf).ok_or("no shift conf for an upstream")?;
             let name = (*uscf).host.to_string();
             let (configs, rr_peers) = round_robin_peers(&*uscf);
-            let header = place_table(pool, &name, epoch, &configs)?;
+            let checks = match &conf.check {
+                None => CheckMode::Off,
+                Some(check) if check.mandatory => CheckMode::Mandatory,
+                Some(_) => CheckMode::On,
+            };
+            let header = place_table(pool, &name, epoch, checks, &configs)?;
             conf.table = header;
             conf.rr_peers = rr_peers;
             let table = table_of(conf).ok_or("table just placed is missing")?;
@@ -160,7 +165,8 @@ unsafe fn build_tables(
                 (Vec::new(), 0, String::new())
             };
             if !carried.is_empty() {
-                let guard = table.lock(0, |_| true).map_err(|err| err.to_string())?;
+                let guard =
+                    table.lock(std::process::id(), |_| true).map_err(|err| err.to_string())?;
                 let notes = guard.carry_over(&carried, generation);
                 drop(guard);
                 log_carry_notes(log, &name, &source, &notes);
@@ -214,9 +220,11 @@ unsafe fn place_table(
     pool: *mut ngx_slab_pool_t,
     name: &str,
     epoch: u64,
+    checks: CheckMode,
     configs: &[PeerConfig],
 ) -> Result<*mut TableHeader, String> {
-    let header_value = TableHeader::new(name, epoch, configs.len()).map_err(|err| err.to_string())?;
+    let header_value =
+        TableHeader::new(name, epoch, configs.len(), checks).map_err(|err| err.to_string())?;
     let slots: Vec<PeerSlot> = configs
         .iter()
         .map(PeerSlot::new)

@@ -13,7 +13,9 @@
 
 use std::sync::atomic::{fence, AtomicI64, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
-use shift_wire::{Health, Peer, PeerState, ResponseCounts, Upstream};
+use shift_wire::{CheckStatus, Health, Peer, PeerState, ResponseCounts, Upstream};
+
+use crate::health::{judge, ProbeError, Tally};
 
 /// Longest upstream or peer name a table holds (a `unix:` peer path fits).
 pub const NAME_CAPACITY: usize = 128;
@@ -59,18 +61,35 @@ pub struct TableHeader {
     pub epoch: u64,
     name: FixedName,
     peer_count: u32,
+    checks: CheckMode,
     writer: AtomicU32,
     seq: AtomicU64,
     generation: AtomicU64,
 }
 
+/// Whether the upstream's peers are health-checked, and whether they must pass first.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckMode {
+    Off,
+    On,
+    /// `shift_check mandatory`: a peer that has not passed a check gets no traffic.
+    Mandatory,
+}
+
 impl TableHeader {
-    pub fn new(name: &str, epoch: u64, peer_count: usize) -> Result<TableHeader, NameTooLong> {
+    pub fn new(
+        name: &str,
+        epoch: u64,
+        peer_count: usize,
+        checks: CheckMode,
+    ) -> Result<TableHeader, NameTooLong> {
         Ok(TableHeader {
             next: AtomicUsize::new(0),
             epoch,
             name: FixedName::new(name)?,
             peer_count: peer_count as u32,
+            checks,
             writer: AtomicU32::new(0),
             seq: AtomicU64::new(0),
             generation: AtomicU64::new(1),
@@ -109,6 +128,14 @@ pub struct PeerSlot {
     failures: AtomicU64,
     active: AtomicI64,
     responses: [AtomicU64; 5],
+    /// When the next health check is due (monotonic ms); the worker that moves it on probes.
+    next_check_ms: AtomicU64,
+    check_fails: AtomicU32,
+    check_passes: AtomicU32,
+    /// When the last check finished (Unix ms), 0 before the first.
+    last_check_ms: AtomicU64,
+    /// `ProbeError::encode` of the last check, 0 when it passed.
+    last_error: AtomicU64,
 }
 
 impl PeerSlot {
@@ -127,6 +154,11 @@ impl PeerSlot {
             failures: AtomicU64::new(0),
             active: AtomicI64::new(0),
             responses: Default::default(),
+            next_check_ms: AtomicU64::new(0),
+            check_fails: AtomicU32::new(0),
+            check_passes: AtomicU32::new(0),
+            last_check_ms: AtomicU64::new(0),
+            last_error: AtomicU64::new(0),
         })
     }
 
@@ -173,7 +205,18 @@ impl PeerSlot {
         }
     }
 
-    fn to_wire(&self, weight: u32, state: PeerState, health: Health) -> Peer {
+    fn check_status(&self) -> CheckStatus {
+        let last_check_ms = self.last_check_ms.load(Ordering::Relaxed);
+        CheckStatus {
+            last_check_ms: (last_check_ms != 0).then_some(last_check_ms),
+            last_error: ProbeError::decode(self.last_error.load(Ordering::Relaxed))
+                .map(ProbeError::describe),
+            consecutive_fails: self.check_fails.load(Ordering::Relaxed),
+            consecutive_passes: self.check_passes.load(Ordering::Relaxed),
+        }
+    }
+
+    fn to_wire(&self, weight: u32, state: PeerState, health: Health, checked: bool) -> Peer {
         let count = |class: usize| self.responses[class].load(Ordering::Relaxed);
         Peer {
             server: self.server().to_string(),
@@ -192,6 +235,7 @@ impl PeerSlot {
                 client_error: count(3),
                 server_error: count(4),
             },
+            check: checked.then(|| self.check_status()),
         }
     }
 }
@@ -266,9 +310,10 @@ impl<'a> Table<'a> {
         }
         self.read_consistent(|peers| {
             routes.clear();
+            let mandatory = self.header.checks == CheckMode::Mandatory;
             routes.extend(peers.iter().map(|peer| Route {
                 weight: peer.weight(),
-                eligible: eligible(peer.weight(), peer.state(), peer.health()),
+                eligible: eligible(peer.weight(), peer.state(), peer.health(), mandatory),
             }));
         })
         .map(|(seq, ())| seq)
@@ -284,6 +329,7 @@ impl<'a> Table<'a> {
         let values = snapshot.map(|(_, values)| values).unwrap_or_else(|| {
             self.peers.iter().map(|peer| (peer.weight(), peer.state(), peer.health())).collect()
         });
+        let checked = self.header.checks != CheckMode::Off;
         Upstream {
             name: self.name().to_string(),
             generation: self.generation(),
@@ -291,7 +337,7 @@ impl<'a> Table<'a> {
                 .peers
                 .iter()
                 .zip(values)
-                .map(|(peer, (weight, state, health))| peer.to_wire(weight, state, health))
+                .map(|(peer, (weight, state, health))| peer.to_wire(weight, state, health, checked))
                 .collect(),
         }
     }
@@ -342,9 +388,72 @@ impl<'a> Table<'a> {
     }
 }
 
-/// Weight 0, `drain`, `down` and unhealthy peers take no new requests.
-pub fn eligible(weight: u32, state: PeerState, health: Health) -> bool {
-    weight > 0 && state == PeerState::Up && health != Health::Unhealthy
+/// Weight 0, `drain`, `down` and unhealthy peers take no new requests; nor do unchecked ones
+/// when checks are `mandatory`.
+pub fn eligible(weight: u32, state: PeerState, health: Health, mandatory: bool) -> bool {
+    weight > 0
+        && state == PeerState::Up
+        && health != Health::Unhealthy
+        && !(mandatory && health == Health::Unchecked)
+}
+
+/// A health transition a check caused, for the error log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub server: String,
+    pub from: Health,
+    pub to: Health,
+    pub error: Option<ProbeError>,
+}
+
+impl<'a> Table<'a> {
+    /// Claims the check of peer `index` that is due at `now_ms` (monotonic): true for exactly
+    /// one caller per interval, whichever worker it is. A worker that dies mid-check only
+    /// delays the next one to the following interval.
+    pub fn claim_check(&self, index: usize, now_ms: u64, interval_ms: u64) -> bool {
+        let next = &self.peers[index].next_check_ms;
+        let due = next.load(Ordering::Acquire);
+        now_ms >= due
+            && next
+                .compare_exchange(due, now_ms + interval_ms, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// Records a check's result and moves the peer's health as `fails`/`passes` say; returns the
+    /// transition if the health changed (routing then changes at once, in every worker).
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_check(
+        &self,
+        index: usize,
+        result: Result<(), ProbeError>,
+        fails_needed: u32,
+        passes_needed: u32,
+        finished_unix_ms: u64,
+        pid: u32,
+        is_alive: impl Fn(u32) -> bool,
+    ) -> Result<Option<Transition>, LockError> {
+        let peer = &self.peers[index];
+        let tally = Tally {
+            fails: peer.check_fails.load(Ordering::Relaxed),
+            passes: peer.check_passes.load(Ordering::Relaxed),
+        };
+        let current = peer.health();
+        let (health, tally) = judge(current, tally, result.is_ok(), fails_needed, passes_needed);
+        peer.check_fails.store(tally.fails, Ordering::Relaxed);
+        peer.check_passes.store(tally.passes, Ordering::Relaxed);
+        peer.last_check_ms.store(finished_unix_ms, Ordering::Relaxed);
+        peer.last_error.store(result.err().map_or(0, ProbeError::encode), Ordering::Relaxed);
+        if health == current {
+            return Ok(None);
+        }
+        self.lock(pid, is_alive)?.set_health(index, health);
+        Ok(Some(Transition {
+            server: peer.server().to_string(),
+            from: current,
+            to: health,
+            error: result.err(),
+        }))
+    }
 }
 
 /// The write lock of one table; released on drop.
@@ -540,7 +649,28 @@ pub(crate) mod tests {
                     .unwrap()
                 })
                 .collect();
-            OwnedTable { header: TableHeader::new(name, 1, slots.len()).unwrap(), peers: slots }
+            OwnedTable::with_checks(name, slots, CheckMode::Off)
+        }
+
+        pub(crate) fn checked(name: &str, peers: &[&str], checks: CheckMode) -> OwnedTable {
+            let slots = peers
+                .iter()
+                .map(|server| {
+                    PeerSlot::new(&PeerConfig {
+                        server: server.to_string(),
+                        weight: 1,
+                        down: false,
+                        backup: false,
+                    })
+                    .unwrap()
+                })
+                .collect();
+            OwnedTable::with_checks(name, slots, checks)
+        }
+
+        fn with_checks(name: &str, peers: Vec<PeerSlot>, checks: CheckMode) -> OwnedTable {
+            let header = TableHeader::new(name, 1, peers.len(), checks).unwrap();
+            OwnedTable { header, peers }
         }
 
         pub(crate) fn view(&self) -> Table<'_> {
@@ -589,12 +719,54 @@ pub(crate) mod tests {
 
     #[test]
     fn drain_and_unhealthy_peers_are_not_eligible() {
-        assert!(eligible(1, PeerState::Up, Health::Unchecked));
-        assert!(eligible(1, PeerState::Up, Health::Healthy));
-        assert!(!eligible(0, PeerState::Up, Health::Healthy));
-        assert!(!eligible(1, PeerState::Drain, Health::Healthy));
-        assert!(!eligible(1, PeerState::Down, Health::Healthy));
-        assert!(!eligible(1, PeerState::Up, Health::Unhealthy));
+        assert!(eligible(1, PeerState::Up, Health::Unchecked, false));
+        assert!(eligible(1, PeerState::Up, Health::Healthy, false));
+        assert!(!eligible(0, PeerState::Up, Health::Healthy, false));
+        assert!(!eligible(1, PeerState::Drain, Health::Healthy, false));
+        assert!(!eligible(1, PeerState::Down, Health::Healthy, false));
+        assert!(!eligible(1, PeerState::Up, Health::Unhealthy, false));
+        // Mandatory checks: unchecked peers wait for their first pass.
+        assert!(!eligible(1, PeerState::Up, Health::Unchecked, true));
+        assert!(eligible(1, PeerState::Up, Health::Healthy, true));
+    }
+
+    #[test]
+    fn one_claim_per_interval_whoever_asks() {
+        let owned = OwnedTable::checked("app", &["a:1"], CheckMode::On);
+        let table = owned.view();
+        assert!(table.claim_check(0, 1_000, 500));
+        assert!(!table.claim_check(0, 1_000, 500), "a second worker at the same moment");
+        assert!(!table.claim_check(0, 1_499, 500));
+        assert!(table.claim_check(0, 1_500, 500));
+    }
+
+    #[test]
+    fn check_results_move_health_and_routing() {
+        let owned = OwnedTable::checked("app", &["a:1", "b:1"], CheckMode::Mandatory);
+        let table = owned.view();
+        let mut routes = Vec::new();
+        let seq = table.routes_if_changed(u64::MAX, &mut routes).unwrap();
+        assert!(routes.iter().all(|route| !route.eligible), "mandatory: unchecked peers wait");
+
+        let passed = table.record_check(0, Ok(()), 2, 2, 10, 1, |_| true).unwrap();
+        assert_eq!(passed, None, "one pass of two");
+        let transition = table.record_check(0, Ok(()), 2, 2, 20, 1, |_| true).unwrap();
+        assert_eq!(
+            transition,
+            Some(Transition { server: "a:1".into(), from: Health::Unchecked, to: Health::Healthy, error: None })
+        );
+        let seq = table.routes_if_changed(seq, &mut routes).expect("health moved routing");
+        assert_eq!(routes.iter().map(|route| route.eligible).collect::<Vec<_>>(), [true, false]);
+
+        table.record_check(0, Err(ProbeError::Status(503)), 2, 2, 30, 1, |_| true).unwrap();
+        let down = table.record_check(0, Err(ProbeError::Status(503)), 2, 2, 40, 1, |_| true).unwrap();
+        assert_eq!(down.map(|t| t.to), Some(Health::Unhealthy));
+        table.routes_if_changed(seq, &mut routes).unwrap();
+        assert!(!routes[0].eligible);
+
+        let check = owned.view().to_wire().peers[0].check.clone().unwrap();
+        assert_eq!(check.last_error.as_deref(), Some("status 503"));
+        assert_eq!((check.consecutive_fails, check.last_check_ms), (2, Some(40)));
     }
 
     #[test]

@@ -102,6 +102,21 @@ pub struct Peer {
     /// Requests in progress on this peer right now.
     pub active: u64,
     pub responses: ResponseCounts,
+    /// The active health check's view of the peer; absent without `shift_check`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckStatus>,
+}
+
+/// What the last health checks of a peer found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckStatus {
+    /// When the last check finished, in milliseconds since the Unix epoch; absent before one.
+    pub last_check_ms: Option<u64>,
+    /// Why the last check failed (e.g. `connect refused`, `status 503`, `timeout`); absent
+    /// when it passed.
+    pub last_error: Option<String>,
+    pub consecutive_fails: u32,
+    pub consecutive_passes: u32,
 }
 
 /// One `shift` upstream.

@@ -1,0 +1,345 @@
+//! FFI: active health checks, run on each worker's own event loop (no threads, no blocking I/O).
+//!
+//! Every worker keeps a timer per checked peer that ticks a few times per interval. At a tick,
+//! the worker tries to claim the check that is due through the shared table
+//! (`Table::claim_check`): exactly one worker wins each interval, so a peer sees one probe per
+//! interval however many workers there are, and if the winner dies, another worker wins the
+//! next interval. The winner connects with `ngx_event_connect_peer`, sends the HTTP request (or,
+//! for `type=tcp`, only connects), reads the answer until the peer closes, and records the
+//! result; a health change updates routing in every worker at once.
+
+use std::mem::MaybeUninit;
+use std::os::fd::BorrowedFd;
+use std::ptr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ngx::core::Status;
+use ngx::ffi::{
+    ngx_close_connection, ngx_connection_log_error_e_NGX_ERROR_ERR, ngx_connection_t, ngx_cycle_t,
+    ngx_event_connect_peer, ngx_event_get_peer, ngx_event_t, ngx_handle_read_event,
+    ngx_handle_write_event, ngx_int_t, ngx_log_t, ngx_peer_connection_t, ngx_socket_errno,
+    ngx_str_t, sockaddr, NGX_LOG_CRIT, NGX_LOG_ERR, NGX_LOG_WARN,
+};
+use ngx::http::{HttpModuleMainConf, HttpModuleServerConf};
+use ngx::ngx_log_error;
+use nix::errno::Errno;
+use nix::sys::signal::kill;
+use nix::sys::socket::{getsockopt, sockopt::SocketError};
+use nix::time::{clock_gettime, ClockId};
+use nix::unistd::Pid;
+
+use crate::directives::{CheckArgs, CheckKind};
+use crate::health::{http_request, judge_http, ProbeError, MAX_RESPONSE_BYTES};
+use crate::ngx_module::{Module, UpstreamConf};
+use crate::shm::table_of;
+
+/// One peer's prober in this worker. Leaked on purpose: it lives as long as the worker.
+struct Probe {
+    tick: ngx_event_t,
+    deadline: ngx_event_t,
+    conf: *const UpstreamConf,
+    check: *const CheckArgs,
+    index: usize,
+    tick_ms: usize,
+    /// The address probed: the peer's, with `port=` applied.
+    address: Vec<u8>,
+    name: ngx_str_t,
+    request: Vec<u8>,
+    sent: usize,
+    response: Vec<u8>,
+    connection: *mut ngx_connection_t,
+    /// The cycle's log with its level capped, so that a refused connect every interval does not
+    /// flood the error log (the result is in the API, and transitions are logged).
+    quiet_log: ngx_log_t,
+}
+
+/// `init_process`: starts the probers of this worker.
+pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    // SAFETY: Nginx calls init_process with the worker's cycle; the upstream confs and their
+    // round-robin peers live as long as it.
+    unsafe {
+        let Some(main) = Module::main_conf(&*cycle) else {
+            return Status::NGX_OK.0; // no http block
+        };
+        for &uscf in &main.upstreams {
+            let Some(conf) = Module::server_conf(&*uscf) else { continue };
+            let Some(check) = &conf.check else { continue };
+            if table_of(conf).is_none() {
+                continue;
+            }
+            let host = (*uscf).host.to_string();
+            for (index, &peer) in conf.rr_peers.iter().enumerate() {
+                let mut address =
+                    std::slice::from_raw_parts((*peer).sockaddr.cast::<u8>(), (*peer).socklen as usize)
+                        .to_vec();
+                if let Some(port) = check.port {
+                    set_port(&mut address, port);
+                }
+                let tick_ms = (check.interval_ms / 5).clamp(20, 1000) as usize;
+                let mut quiet_log = *(*cycle).log;
+                quiet_log.log_level = quiet_log.log_level.min(NGX_LOG_CRIT as usize);
+                let probe = Box::leak(Box::new(Probe {
+                    tick: MaybeUninit::zeroed().assume_init(),
+                    deadline: MaybeUninit::zeroed().assume_init(),
+                    conf,
+                    check,
+                    index,
+                    tick_ms,
+                    address,
+                    name: (*peer).name,
+                    request: http_request(check, &host),
+                    sent: 0,
+                    response: Vec::new(),
+                    connection: ptr::null_mut(),
+                    quiet_log,
+                }));
+                let data: *mut Probe = probe;
+                for (event, handler) in [
+                    (&mut probe.tick, on_tick as unsafe extern "C" fn(*mut ngx_event_t)),
+                    (&mut probe.deadline, on_deadline),
+                ] {
+                    event.handler = Some(handler);
+                    event.data = data.cast();
+                    event.log = (*cycle).log;
+                    // Do not hold up a graceful shutdown.
+                    event.set_cancelable(1);
+                }
+                // Spread the workers' ticks over the tick period.
+                let offset = nginx_sys::ngx_random() as usize % tick_ms;
+                nginx_sys::ngx_add_timer(&mut probe.tick, offset as usize);
+            }
+        }
+    }
+    Status::NGX_OK.0
+}
+
+/// Writes `port` into an AF_INET or AF_INET6 address (same offset in both); leaves others.
+fn set_port(address: &mut [u8], port: u16) {
+    let family = address.get(..2).map(|bytes| u16::from_ne_bytes([bytes[0], bytes[1]]));
+    let inet = [nix::libc::AF_INET as u16, nix::libc::AF_INET6 as u16];
+    if family.is_some_and(|family| inet.contains(&family)) && address.len() >= 4 {
+        address[2..4].copy_from_slice(&port.to_be_bytes());
+    }
+}
+
+unsafe extern "C" fn on_tick(event: *mut ngx_event_t) {
+    // SAFETY: the tick's data is its leaked Probe; the worker is single-threaded.
+    unsafe {
+        let probe = &mut *(*event).data.cast::<Probe>();
+        if ngx::ffi::ngx_exiting != 0 || ngx::ffi::ngx_quit != 0 || ngx::ffi::ngx_terminate != 0 {
+            return;
+        }
+        nginx_sys::ngx_add_timer(event, probe.tick_ms);
+        if !probe.connection.is_null() {
+            return;
+        }
+        let Some(table) = table_of(&*probe.conf) else { return };
+        let check = &*probe.check;
+        if table.claim_check(probe.index, monotonic_ms(), check.interval_ms) {
+            start(probe);
+        }
+    }
+}
+
+/// SAFETY: `probe` is idle (no connection) and its fields are valid.
+unsafe fn start(probe: &mut Probe) {
+    // SAFETY: per the contract; the peer connection struct only needs to outlive the call.
+    unsafe {
+        let mut pc: ngx_peer_connection_t = MaybeUninit::zeroed().assume_init();
+        pc.sockaddr = probe.address.as_mut_ptr().cast::<sockaddr>();
+        pc.socklen = probe.address.len() as _;
+        pc.name = &mut probe.name;
+        pc.get = Some(ngx_event_get_peer);
+        pc.log = &mut probe.quiet_log;
+        pc.set_log_error(ngx_connection_log_error_e_NGX_ERROR_ERR);
+        let rc = ngx_event_connect_peer(&mut pc);
+        if rc == Status::NGX_ERROR.0 || rc == Status::NGX_BUSY.0 || rc == Status::NGX_DECLINED.0 {
+            let errno = ngx_socket_errno();
+            if !pc.connection.is_null() {
+                ngx_close_connection(pc.connection);
+            }
+            finish(probe, Err(connect_error(errno)));
+            return;
+        }
+        let connection = pc.connection;
+        (*connection).data = ptr::from_mut(probe).cast();
+        (*(*connection).read).handler = Some(on_read);
+        (*(*connection).write).handler = Some(on_write);
+        probe.connection = connection;
+        probe.sent = 0;
+        probe.response.clear();
+        nginx_sys::ngx_add_timer(&mut probe.deadline, (*probe.check).timeout_ms as usize);
+        if rc == Status::NGX_OK.0 {
+            on_write((*connection).write);
+        }
+    }
+}
+
+fn connect_error(errno: i32) -> ProbeError {
+    if errno == Errno::ECONNREFUSED as i32 {
+        ProbeError::ConnectRefused
+    } else {
+        ProbeError::ConnectFailed(errno)
+    }
+}
+
+/// The pending error of a connecting socket, if any.
+///
+/// SAFETY: `connection` is open.
+unsafe fn pending_error(connection: *mut ngx_connection_t) -> Option<ProbeError> {
+    // SAFETY: per the contract, its fd is open.
+    let fd = unsafe { BorrowedFd::borrow_raw((*connection).fd) };
+    match getsockopt(&fd, SocketError) {
+        Ok(0) => None,
+        Ok(errno) => Some(connect_error(errno)),
+        Err(errno) => Some(ProbeError::ConnectFailed(errno as i32)),
+    }
+}
+
+unsafe extern "C" fn on_write(event: *mut ngx_event_t) {
+    // SAFETY: the event belongs to a probe connection whose data is its Probe.
+    unsafe {
+        let connection = (*event).data.cast::<ngx_connection_t>();
+        let probe = &mut *(*connection).data.cast::<Probe>();
+        if let Some(error) = pending_error(connection) {
+            return finish(probe, Err(error));
+        }
+        if (*probe.check).kind == CheckKind::Tcp {
+            return finish(probe, Ok(()));
+        }
+        let Some(send) = (*connection).send else {
+            return finish(probe, Err(ProbeError::Io(0)));
+        };
+        while probe.sent < probe.request.len() {
+            let rest = &mut probe.request[probe.sent..];
+            let sent = send(connection, rest.as_mut_ptr(), rest.len());
+            if sent == Status::NGX_AGAIN.0 {
+                if ngx_handle_write_event(event, 0) != Status::NGX_OK.0 {
+                    finish(probe, Err(ProbeError::Io(ngx_socket_errno())));
+                }
+                return;
+            }
+            if sent <= 0 {
+                return finish(probe, Err(ProbeError::Io(ngx_socket_errno())));
+            }
+            probe.sent += sent as usize;
+        }
+        (*event).handler = Some(ignore_event);
+        if (*(*connection).read).ready() != 0 {
+            on_read((*connection).read);
+        }
+    }
+}
+
+unsafe extern "C" fn on_read(event: *mut ngx_event_t) {
+    // SAFETY: as on_write.
+    unsafe {
+        let connection = (*event).data.cast::<ngx_connection_t>();
+        let probe = &mut *(*connection).data.cast::<Probe>();
+        if let Some(error) = pending_error(connection) {
+            return finish(probe, Err(error));
+        }
+        if probe.sent < probe.request.len() {
+            return; // the answer can only come after the request
+        }
+        let Some(recv) = (*connection).recv else {
+            return finish(probe, Err(ProbeError::Io(0)));
+        };
+        let mut chunk = [0u8; 4096];
+        loop {
+            let room = chunk.len().min(MAX_RESPONSE_BYTES - probe.response.len());
+            let read = recv(connection, chunk.as_mut_ptr(), room);
+            if read > 0 {
+                probe.response.extend_from_slice(&chunk[..read as usize]);
+                let full = probe.response.len() >= MAX_RESPONSE_BYTES;
+                if let Some(result) = judge_http(&probe.response, full, &*probe.check) {
+                    return finish(probe, result);
+                }
+                continue;
+            }
+            if read == 0 {
+                let result = judge_http(&probe.response, true, &*probe.check)
+                    .unwrap_or(Err(ProbeError::Closed));
+                return finish(probe, result);
+            }
+            if read == Status::NGX_AGAIN.0 {
+                if ngx_handle_read_event(event, 0) != Status::NGX_OK.0 {
+                    finish(probe, Err(ProbeError::Io(ngx_socket_errno())));
+                }
+                return;
+            }
+            return finish(probe, Err(ProbeError::Io(ngx_socket_errno())));
+        }
+    }
+}
+
+unsafe extern "C" fn ignore_event(_event: *mut ngx_event_t) {}
+
+unsafe extern "C" fn on_deadline(event: *mut ngx_event_t) {
+    // SAFETY: the deadline's data is its Probe.
+    unsafe {
+        let probe = &mut *(*event).data.cast::<Probe>();
+        if !probe.connection.is_null() {
+            finish(probe, Err(ProbeError::Timeout));
+        }
+    }
+}
+
+/// Closes the probe's connection and records its result.
+///
+/// SAFETY: `probe` is valid; its connection, if any, is open.
+unsafe fn finish(probe: &mut Probe, result: Result<(), ProbeError>) {
+    // SAFETY: per the contract.
+    unsafe {
+        if probe.deadline.timer_set() != 0 {
+            nginx_sys::ngx_del_timer(&mut probe.deadline);
+        }
+        if !probe.connection.is_null() {
+            ngx_close_connection(probe.connection);
+            probe.connection = ptr::null_mut();
+        }
+        let Some(table) = table_of(&*probe.conf) else { return };
+        let check = &*probe.check;
+        let is_alive =
+            |pid: u32| !matches!(kill(Pid::from_raw(pid as i32), None), Err(Errno::ESRCH));
+        let log = (*ngx::ffi::ngx_cycle).log;
+        match table.record_check(
+            probe.index,
+            result,
+            check.fails,
+            check.passes,
+            unix_ms(),
+            ngx::ffi::ngx_pid as u32,
+            is_alive,
+        ) {
+            Ok(Some(transition)) => {
+                let reason = transition.error.map(ProbeError::describe);
+                ngx_log_error!(
+                    NGX_LOG_WARN,
+                    log,
+                    "shift: upstream \"{}\" peer {} is {} (was {}){}{}",
+                    table.name(),
+                    transition.server,
+                    transition.to.as_str(),
+                    transition.from.as_str(),
+                    if reason.is_some() { ": " } else { "" },
+                    reason.unwrap_or_default()
+                );
+            }
+            Ok(None) => {}
+            Err(err) => {
+                ngx_log_error!(NGX_LOG_ERR, log, "shift: health of peer not recorded: {}", err);
+            }
+        }
+    }
+}
+
+fn monotonic_ms() -> u64 {
+    clock_gettime(ClockId::CLOCK_MONOTONIC)
+        .map(|now| now.tv_sec() as u64 * 1000 + now.tv_nsec() as u64 / 1_000_000)
+        .unwrap_or(0)
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64)
+}
