@@ -242,3 +242,21 @@ fn killing_the_live_backend_under_load_costs_no_client_errors() {
     assert!(ok > 100, "the load ran: {ok}");
     assert_eq!(failed, 0, "proxy_next_upstream and the checks absorb the kill");
 }
+
+#[test]
+fn checks_go_on_when_the_probing_workers_are_killed() {
+    let backend = Backend::start("solo");
+    let setup = Setup::start(&[(&backend, "")], "uri=/health interval=200ms");
+    setup.wait_for_health(&backend, Health::Healthy);
+    // Kill every worker (the master starts new ones), whichever was probing.
+    for pid in setup.nginx.worker_pids() {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL)
+            .expect("kill a worker");
+    }
+    backend.set_status(503);
+    setup.wait_for_health(&backend, Health::Unhealthy);
+    let before = backend.hits_on("/health");
+    thread::sleep(Duration::from_millis(1000));
+    let probes = backend.hits_on("/health") - before;
+    assert!((3..=7).contains(&probes), "{probes} probes in 5 intervals after the kill");
+}
