@@ -28,7 +28,7 @@ if [[ -f "$HOME/.cargo/env" ]]; then
   source "$HOME/.cargo/env"
 fi
 if ! command -v cargo >/dev/null; then
-  echo "nginx-shift: no Rust toolchain found. Install Rust 1.81 or newer with rustup" \
+  echo "nginx-shift: no Rust toolchain found. Install Rust 1.85 or newer with rustup" \
        "(Debian 12's own cargo is too old), then run this again." >&2
   exit 1
 fi

@@ -42,6 +42,26 @@ pub fn module_path() -> PathBuf {
     path
 }
 
+/// The `shiftctl` binary of this profile: `SHIFT_CTL` if set, else next to the module.
+pub fn shiftctl_binary() -> PathBuf {
+    let path = std::env::var_os("SHIFT_CTL").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("SHIFT_MODULE_PATH")).with_file_name("shiftctl")
+    });
+    assert!(
+        path.is_file(),
+        "no shiftctl at {}: run `cargo build -p shiftctl` first, or set SHIFT_CTL",
+        path.display()
+    );
+    path
+}
+
+/// The standalone `backend` binary of this profile (see `src/bin/backend.rs`).
+pub fn backend_binary() -> PathBuf {
+    let path = PathBuf::from(env!("SHIFT_MODULE_PATH")).with_file_name("backend");
+    assert!(path.is_file(), "no backend binary at {}: run `cargo build --workspace` first", path.display());
+    path
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -1,1 +1,198 @@
-fn main() {}
+//! `shiftctl`: moves traffic between versions of a backend through nginx-shift's admin API.
+//!
+//! Exit codes: 0 done, 1 aborted or rolled back, 2 usage or config error, 3 cannot reach Nginx.
+
+mod client;
+mod commands;
+mod deploy;
+mod fleet;
+mod plan;
+mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use shift_wire::PeerState;
+
+use crate::client::AdminClient;
+use crate::commands::{CanaryOptions, Ctx, Failure, OnInterrupt, Unhealthy};
+use crate::fleet::Fleet;
+use crate::progress::Progress;
+
+#[derive(Parser)]
+#[command(version, about = "Shift traffic between backend versions behind Nginx, with no reload")]
+struct Cli {
+    /// Unix socket of an Nginx serving shift_api; repeat it to change several Nginx together
+    /// (all of them, or none)
+    #[arg(long = "socket", env = "SHIFT_SOCKET", value_delimiter = ',', default_value = "/run/nginx-shift.sock", global = true)]
+    sockets: Vec<PathBuf>,
+    /// Location prefix of shift_api in that server
+    #[arg(long, env = "SHIFT_API_PREFIX", default_value = "/api/", global = true)]
+    prefix: String,
+    /// Where shiftctl keeps the stable set for rollback and the live side of deploys
+    #[arg(long, env = "SHIFT_STATE_DIR", default_value = "/var/lib/nginx-shift", global = true)]
+    state_dir: PathBuf,
+    /// Print results as JSON
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show weights, shares, states, health and counters
+    Status {
+        /// One upstream (default: all shift upstreams)
+        upstream: Option<String>,
+        /// Refresh until interrupted
+        #[arg(long)]
+        watch: bool,
+        /// Refresh period with --watch
+        #[arg(long, default_value = "1s", value_parser = duration)]
+        every: Duration,
+    },
+    /// Set weights in one atomic change: shiftctl set app 127.0.0.1:8001=30 127.0.0.1:8000=70
+    Set {
+        upstream: String,
+        /// SERVER=WEIGHT (0 to 1000)
+        #[arg(required = true)]
+        weights: Vec<String>,
+        /// Retry this many times when the upstream changed meanwhile
+        #[arg(long, default_value_t = 0)]
+        retry: u32,
+    },
+    /// Stop sending new requests to a peer; it finishes what it has
+    Drain {
+        upstream: String,
+        server: String,
+        /// Wait until the peer has no requests in progress
+        #[arg(long)]
+        wait: bool,
+        /// Longest wait with --wait
+        #[arg(long, default_value = "60s", value_parser = duration)]
+        timeout: Duration,
+    },
+    /// Send new requests to a drained or standby peer again
+    Undrain { upstream: String, server: String },
+    /// Blue-green: wait until SERVER is healthy, move all traffic to it, drain the others
+    Switch {
+        upstream: String,
+        #[arg(long)]
+        to: String,
+        /// Also require this URL to answer 2xx/3xx first
+        #[arg(long)]
+        check_url: Option<String>,
+        /// Longest wait for the target to become ready
+        #[arg(long, default_value = "60s", value_parser = duration)]
+        timeout: Duration,
+    },
+    /// Shift traffic to SERVER in steps, watching its health and error rate; roll back on failure
+    Canary {
+        upstream: String,
+        #[arg(long)]
+        to: String,
+        /// Percentages of traffic for the target, ending at 100
+        #[arg(long, default_value = "5,25,50,100", value_parser = steps)]
+        steps: Steps,
+        /// How long each step is watched
+        #[arg(long, default_value = "30s", value_parser = duration)]
+        interval: Duration,
+        /// Highest error rate (5xx and failed attempts) allowed in a step, e.g. 0.01 for 1%
+        #[arg(long, default_value_t = 0.01)]
+        max_error_rate: f64,
+        /// Wait for "shiftctl promote" (or Enter) between steps
+        #[arg(long)]
+        pause: bool,
+        /// On Ctrl-C or SIGTERM: roll back, or hold the current step
+        #[arg(long, value_enum, default_value_t = OnInterrupt::Rollback)]
+        on_interrupt: OnInterrupt,
+        /// Also require this URL to answer 2xx/3xx before the first step
+        #[arg(long)]
+        check_url: Option<String>,
+        /// Longest wait for the target to become ready
+        #[arg(long, default_value = "60s", value_parser = duration)]
+        timeout: Duration,
+    },
+    /// Let a canary paused with --pause take its next step
+    Promote { upstream: String },
+    /// Put all traffic back on the stable set recorded by the last switch or canary, at once
+    Rollback { upstream: String },
+    /// Run a deploy plan: start the idle side, wait for health, shift, stop the old side
+    Deploy { plan: PathBuf },
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    plan::parse_duration(text)
+}
+
+/// Canary steps as one argument (`5,25,50,100`), not one value per step.
+#[derive(Clone)]
+struct Steps(Vec<u32>);
+
+fn steps(text: &str) -> Result<Steps, String> {
+    plan::parse_steps(text).map(Steps)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return ExitCode::from(if err.use_stderr() { commands::EXIT_USAGE } else { 0 });
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("shiftctl: {:#}", failure.error);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let clients = cli.sockets.iter().map(|socket| AdminClient::new(socket, &cli.prefix)).collect();
+    let ctx = Ctx { fleet: Fleet::new(clients), json: cli.json, state_dir: cli.state_dir, progress: Progress::new() };
+    match cli.command {
+        Command::Status { upstream, watch, every } => commands::status(&ctx, upstream, watch, every).await,
+        Command::Set { upstream, weights, retry } => commands::set(&ctx, &upstream, &weights, retry).await,
+        Command::Drain { upstream, server, wait, timeout } => {
+            commands::set_state(&ctx, &upstream, &server, PeerState::Drain, wait.then_some(timeout)).await
+        }
+        Command::Undrain { upstream, server } => {
+            commands::set_state(&ctx, &upstream, &server, PeerState::Up, None).await
+        }
+        Command::Switch { upstream, to, check_url, timeout } => {
+            commands::switch(&ctx, &upstream, &to, check_url.as_deref(), timeout, Unhealthy::Refuse).await
+        }
+        Command::Canary { upstream, to, steps, interval, max_error_rate, pause, on_interrupt, check_url, timeout } => {
+            if !(0.0..=1.0).contains(&max_error_rate) {
+                return Err(Failure::usage(anyhow::anyhow!(
+                    "--max-error-rate {max_error_rate} must be a fraction from 0 to 1, e.g. 0.01"
+                )));
+            }
+            let options = CanaryOptions {
+                target: to,
+                steps: steps.0,
+                interval,
+                max_error_rate,
+                pause,
+                on_interrupt,
+                check_url,
+                ready_timeout: timeout,
+                unhealthy: Unhealthy::Refuse,
+            };
+            commands::canary(&ctx, &upstream, &options).await
+        }
+        Command::Promote { upstream } => commands::promote(&ctx, &upstream),
+        Command::Rollback { upstream } => commands::rollback(&ctx, &upstream).await,
+        Command::Deploy { plan } => deploy::deploy(&ctx, &plan).await,
+    }
+}

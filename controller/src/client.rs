@@ -1,0 +1,111 @@
+//! The admin API client: HTTP over the Unix socket Nginx serves `shift_api` on.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use shift_wire::{ApiError, Upstream, UpstreamList, UpstreamPatch};
+
+/// What can go wrong talking to one Nginx.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "cannot reach Nginx at {socket} ({reason}): is Nginx running with shift_api on that \
+         socket? (set it with --socket or SHIFT_SOCKET)"
+    )]
+    Unreachable { socket: PathBuf, reason: String },
+    #[error("Nginx at {socket} answered {status}: {error}")]
+    Api { socket: PathBuf, status: u16, error: ApiError },
+    #[error("Nginx at {socket} answered {status} with a body that is not the shift API's: {body}")]
+    Unexpected { socket: PathBuf, status: u16, body: String },
+}
+
+impl ClientError {
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, ClientError::Unreachable { .. })
+    }
+
+    /// The API's error code (e.g. `conflict`), if the API answered one.
+    pub fn api_code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { error, .. } => Some(&error.error),
+            _ => None,
+        }
+    }
+}
+
+/// The innermost error: "No such file or directory (os error 2)" rather than reqwest's layers.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}
+
+/// One Nginx's admin API.
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    socket: PathBuf,
+    prefix: String,
+    http: reqwest::Client,
+}
+
+impl AdminClient {
+    pub fn new(socket: &Path, prefix: &str) -> AdminClient {
+        let http = reqwest::Client::builder()
+            .unix_socket(socket)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("an HTTP client with static settings builds");
+        let mut prefix = prefix.to_string();
+        if !prefix.starts_with('/') {
+            prefix.insert(0, '/');
+        }
+        if !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        AdminClient { socket: socket.to_path_buf(), prefix, http }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    fn url(&self, path: &str) -> String {
+        // The host is ignored on a Unix socket; Nginx only needs one.
+        format!("http://localhost{}{path}", self.prefix)
+    }
+
+    pub async fn upstreams(&self) -> Result<UpstreamList, ClientError> {
+        self.send(self.http.get(self.url("upstreams"))).await
+    }
+
+    pub async fn upstream(&self, name: &str) -> Result<Upstream, ClientError> {
+        self.send(self.http.get(self.url(&format!("upstreams/{name}")))).await
+    }
+
+    pub async fn patch(&self, name: &str, patch: &UpstreamPatch) -> Result<Upstream, ClientError> {
+        self.send(self.http.patch(self.url(&format!("upstreams/{name}"))).json(patch)).await
+    }
+
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let unreachable = |error: reqwest::Error| ClientError::Unreachable {
+            socket: self.socket.clone(),
+            reason: root_cause(&error),
+        };
+        let response = request.send().await.map_err(unreachable)?;
+        let status = response.status().as_u16();
+        let body = response.text().await.map_err(unreachable)?;
+        if status == 200 {
+            if let Ok(value) = serde_json::from_str(&body) {
+                return Ok(value);
+            }
+        } else if let Ok(error) = serde_json::from_str::<ApiError>(&body) {
+            return Err(ClientError::Api { socket: self.socket.clone(), status, error });
+        }
+        Err(ClientError::Unexpected { socket: self.socket.clone(), status, body })
+    }
+}

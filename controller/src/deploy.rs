@@ -1,0 +1,246 @@
+//! `shiftctl deploy PLAN.toml`: the seed note's whole deploy as one command. Start the idle
+//! side, wait until it is healthy, shift traffic to it (switch or canary), stop the old side,
+//! and remember which side is live so the next deploy goes the other way.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use shift_wire::{PeerState, Upstream};
+
+use crate::commands::{self, write_file, CanaryOptions, Ctx, Failure, OnInterrupt, Unhealthy};
+use crate::plan;
+
+/// A deploy plan.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployPlan {
+    /// The `shift` upstream the sides are peers of.
+    pub upstream: String,
+    /// `switch` (all at once) or `canary` (in steps).
+    #[serde(default = "default_strategy")]
+    pub strategy: Strategy,
+    /// Canary steps, e.g. "5,25,50,100".
+    #[serde(default = "default_steps")]
+    pub steps: String,
+    /// Time each canary step is watched.
+    #[serde(default = "default_interval")]
+    pub interval: String,
+    /// Highest error rate a canary step may show (0.05 = 5%).
+    #[serde(default = "default_max_error_rate")]
+    pub max_error_rate: f64,
+    /// How long the new side may take to become healthy.
+    #[serde(default = "default_health_timeout")]
+    pub health_timeout: String,
+    /// Exactly two sides, e.g. `[sides.blue]` and `[sides.green]`.
+    pub sides: BTreeMap<String, Side>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    Switch,
+    Canary,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Side {
+    /// The peer's address as the upstream lists it, e.g. "127.0.0.1:8001".
+    pub server: String,
+    /// Shell command that starts this side (e.g. "docker compose up -d backend_green").
+    pub start: Option<String>,
+    /// Shell command that stops it.
+    pub stop: Option<String>,
+    /// A URL that must answer 2xx/3xx before traffic moves (besides the module's checks).
+    pub check_url: Option<String>,
+}
+
+fn default_strategy() -> Strategy {
+    Strategy::Switch
+}
+fn default_steps() -> String {
+    "5,25,50,100".into()
+}
+fn default_interval() -> String {
+    "30s".into()
+}
+fn default_max_error_rate() -> f64 {
+    0.05
+}
+fn default_health_timeout() -> String {
+    "60s".into()
+}
+
+impl DeployPlan {
+    pub fn load(path: &Path) -> Result<DeployPlan, Failure> {
+        let text = fs::read_to_string(path)
+            .map_err(|err| Failure::usage(anyhow::anyhow!("cannot read {}: {err}", path.display())))?;
+        let plan: DeployPlan = toml::from_str(&text)
+            .map_err(|err| Failure::usage(anyhow::anyhow!("{} is not a valid plan: {err}", path.display())))?;
+        if plan.sides.len() != 2 {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "{} must have exactly two [sides.NAME] tables, it has {}",
+                path.display(),
+                plan.sides.len()
+            )));
+        }
+        plan::parse_steps(&plan.steps).map_err(|err| Failure::usage(anyhow::anyhow!(err)))?;
+        for duration in [&plan.interval, &plan.health_timeout] {
+            plan::parse_duration(duration).map_err(|err| Failure::usage(anyhow::anyhow!(err)))?;
+        }
+        Ok(plan)
+    }
+}
+
+/// The side taking traffic now: the one recorded by the last deploy, else the one whose peer
+/// is up with a weight.
+fn live_side(ctx: &Ctx, plan: &DeployPlan, upstream: &Upstream) -> Result<String, Failure> {
+    let record = ctx.state_dir.join(format!("{}.live", plan.upstream));
+    if let Ok(text) = fs::read_to_string(&record) {
+        let name = text.trim().to_string();
+        if plan.sides.contains_key(&name) {
+            return Ok(name);
+        }
+    }
+    let mut live = Vec::new();
+    for (name, side) in &plan.sides {
+        let peer = plan::find_peer(upstream, &side.server)?;
+        if peer.state == PeerState::Up && peer.weight > 0 {
+            live.push(name.clone());
+        }
+    }
+    match live.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => Err(Failure::usage(anyhow::anyhow!(
+            "cannot tell which side of \"{}\" is live ({} of them take traffic); write its name \
+             to {}",
+            plan.upstream,
+            live.len(),
+            record.display()
+        ))),
+    }
+}
+
+async fn run_hook(ctx: &Ctx, plan: &DeployPlan, side_name: &str, side: &Side, which: &str) -> Result<(), String> {
+    let command = match which {
+        "start" => side.start.as_deref(),
+        _ => side.stop.as_deref(),
+    };
+    let Some(command) = command else { return Ok(()) };
+    ctx.progress.event(&format!("{which} hook of {side_name}: {command}"));
+    let status = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .env("SHIFT_UPSTREAM", &plan.upstream)
+        .env("SHIFT_SIDE", side_name)
+        .env("SHIFT_SERVER", &side.server)
+        .status()
+        .await
+        .map_err(|err| format!("{which} hook of {side_name} could not run: {err}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{which} hook of {side_name} ({command}) failed with {status}"))
+    }
+}
+
+pub async fn deploy(ctx: &Ctx, plan_path: &Path) -> Result<(), Failure> {
+    let plan = DeployPlan::load(plan_path)?;
+    let current = ctx.fleet.read(&plan.upstream).await?;
+    let old_name = live_side(ctx, &plan, &current[0])?;
+    let (new_name, new_side) = plan
+        .sides
+        .iter()
+        .find(|(name, _)| **name != old_name)
+        .map(|(name, side)| (name.clone(), side.clone()))
+        .expect("two sides");
+    let old_side = plan.sides[&old_name].clone();
+    ctx.progress.event(&format!("deploying {new_name} ({}); {old_name} is live", new_side.server));
+
+    run_hook(ctx, &plan, &new_name, &new_side, "start")
+        .await
+        .map_err(|why| Failure::aborted(anyhow::anyhow!("{why}; traffic stays on {old_name}")))?;
+    let health_timeout = plan::parse_duration(&plan.health_timeout).map_err(|err| Failure::usage(anyhow::anyhow!(err)))?;
+    let shifted = match plan.strategy {
+        Strategy::Switch => {
+            let check_url = new_side.check_url.as_deref();
+            commands::switch(ctx, &plan.upstream, &new_side.server, check_url, health_timeout, Unhealthy::AwaitRecovery)
+                .await
+        }
+        Strategy::Canary => {
+            let options = CanaryOptions {
+                target: new_side.server.clone(),
+                steps: plan::parse_steps(&plan.steps).map_err(|err| Failure::usage(anyhow::anyhow!(err)))?,
+                interval: plan::parse_duration(&plan.interval).map_err(|err| Failure::usage(anyhow::anyhow!(err)))?,
+                max_error_rate: plan.max_error_rate,
+                pause: false,
+                on_interrupt: OnInterrupt::Rollback,
+                check_url: new_side.check_url.clone(),
+                ready_timeout: health_timeout,
+                // The side was stopped until the start hook ran: its checks need time to pass.
+                unhealthy: Unhealthy::AwaitRecovery,
+            };
+            commands::canary(ctx, &plan.upstream, &options).await
+        }
+    };
+    shifted.map_err(|failure| Failure {
+        code: failure.code,
+        error: failure.error.context(format!("deploy of {new_name} stopped; traffic stays on {old_name}")),
+    })?;
+
+    write_file(&ctx.state_dir.join(format!("{}.live", plan.upstream)), format!("{new_name}\n").as_bytes())?;
+    // Let requests the old side still has finish before it is stopped.
+    wait_drained(ctx, &plan.upstream, &old_side.server).await;
+    run_hook(ctx, &plan, &old_name, &old_side, "stop").await.map_err(|why| {
+        Failure::aborted(anyhow::anyhow!("{new_name} is live, but {why}; stop {old_name} by hand"))
+    })?;
+    ctx.progress.event(&format!("deploy done: {new_name} is live, {old_name} is stopped"));
+    Ok(())
+}
+
+/// Waits (up to 30 s) until `server` has no requests in progress anywhere.
+async fn wait_drained(ctx: &Ctx, upstream: &str, server: &str) {
+    for _ in 0..120 {
+        let Ok(states) = ctx.fleet.read(upstream).await else { return };
+        let active: u64 = states.iter().filter_map(|s| plan::find_peer(s, server).ok()).map(|p| p.active).sum();
+        if active == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_reads_with_defaults() {
+        let plan: DeployPlan = toml::from_str(
+            r#"
+            upstream = "app"
+            [sides.blue]
+            server = "127.0.0.1:8000"
+            start = "docker compose up -d backend_blue"
+            stop = "docker compose stop backend_blue"
+            [sides.green]
+            server = "127.0.0.1:8001"
+            check_url = "http://127.0.0.1:8001/api/users/"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(plan.strategy, Strategy::Switch);
+        assert_eq!(plan.steps, "5,25,50,100");
+        assert_eq!(plan.sides["green"].check_url.as_deref(), Some("http://127.0.0.1:8001/api/users/"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = toml::from_str::<DeployPlan>("upstream = \"app\"\nstrategy = \"switch\"\nstratgy = 1\n[sides]\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("stratgy"), "{err}");
+    }
+}

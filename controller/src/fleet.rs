@@ -1,0 +1,98 @@
+//! One change applied to several Nginx instances: to all of them, or — on any failure — to none
+//! (what was applied is put back), so a few Nginx hosts move together.
+
+use shift_wire::{Upstream, UpstreamPatch};
+
+use crate::client::{AdminClient, ClientError};
+use crate::plan;
+
+/// The Nginx instances a command acts on.
+pub struct Fleet {
+    clients: Vec<AdminClient>,
+}
+
+/// A fleet change that did not happen everywhere.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{0}")]
+    Plan(String),
+    #[error("{cause}; put back the {restored} Nginx(es) already changed, so nothing changed")]
+    RolledBack { cause: ClientError, restored: usize },
+    #[error(
+        "{cause}; and putting back {socket} failed too ({restore_error}): the fleet is split, \
+         check it with \"shiftctl status\""
+    )]
+    Split { cause: ClientError, socket: String, restore_error: ClientError },
+}
+
+impl FleetError {
+    /// The client error behind this failure, if there is one.
+    pub fn client_error(&self) -> Option<&ClientError> {
+        match self {
+            FleetError::Client(error) => Some(error),
+            FleetError::RolledBack { cause, .. } | FleetError::Split { cause, .. } => Some(cause),
+            FleetError::Plan(_) => None,
+        }
+    }
+}
+
+impl Fleet {
+    pub fn new(clients: Vec<AdminClient>) -> Fleet {
+        assert!(!clients.is_empty(), "a fleet has at least one Nginx");
+        Fleet { clients }
+    }
+
+    pub fn clients(&self) -> &[AdminClient] {
+        &self.clients
+    }
+
+    /// The upstream as every Nginx has it, or the first failure.
+    pub async fn read(&self, upstream: &str) -> Result<Vec<Upstream>, ClientError> {
+        let mut states = Vec::with_capacity(self.clients.len());
+        for client in &self.clients {
+            states.push(client.upstream(upstream).await?);
+        }
+        Ok(states)
+    }
+
+    /// Applies the patch `make` returns for each Nginx's current state. Every Nginx is read
+    /// first, so an unreachable one stops the change before anything is written; each PATCH
+    /// carries the generation that was read, so a concurrent change is not overwritten.
+    pub async fn apply<F>(&self, upstream: &str, make: F) -> Result<Vec<Upstream>, FleetError>
+    where
+        F: Fn(usize, &Upstream) -> Result<UpstreamPatch, String>,
+    {
+        let current = self.read(upstream).await?;
+        let mut patches = Vec::with_capacity(current.len());
+        for (index, state) in current.iter().enumerate() {
+            let mut patch = make(index, state).map_err(FleetError::Plan)?;
+            patch.expect_generation = Some(state.generation);
+            patches.push(patch);
+        }
+        let mut applied = Vec::with_capacity(current.len());
+        for (index, (client, patch)) in self.clients.iter().zip(&patches).enumerate() {
+            match client.patch(upstream, patch).await {
+                Ok(state) => applied.push(state),
+                Err(cause) => return Err(self.put_back(upstream, &current[..index], cause).await),
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Restores the Nginx instances that were changed before `cause` stopped the change.
+    async fn put_back(&self, upstream: &str, before: &[Upstream], cause: ClientError) -> FleetError {
+        for (client, state) in self.clients.iter().zip(before) {
+            if let Err(restore_error) = client.patch(upstream, &plan::snapshot(state)).await {
+                let socket = client.socket().display().to_string();
+                return FleetError::Split { cause, socket, restore_error };
+            }
+        }
+        if before.is_empty() {
+            FleetError::Client(cause)
+        } else {
+            FleetError::RolledBack { cause, restored: before.len() }
+        }
+    }
+}

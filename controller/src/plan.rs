@@ -1,0 +1,285 @@
+//! What each shift asks of an upstream, decided from its current state alone: the weights of a
+//! canary step, a blue-green switch, the stable set to roll back to, and a step's error rate.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use shift_wire::{Health, Peer, PeerPatch, PeerState, Upstream, UpstreamPatch, MAX_WEIGHT};
+
+/// A plan that cannot be made from the upstream as it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("upstream \"{upstream}\" has no peer \"{server}\"; its peers: {known}")]
+    UnknownPeer { upstream: String, server: String, known: String },
+    #[error(
+        "no peer of upstream \"{upstream}\" other than {target} takes traffic now, so there is \
+         nothing to shift from; use \"shiftctl set\" to bring peers up"
+    )]
+    NoStablePeer { upstream: String, target: String },
+    #[error("refusing to shift to {server}: its health check says it is unhealthy{reason}")]
+    Unhealthy { server: String, reason: String },
+}
+
+pub fn find_peer<'a>(upstream: &'a Upstream, server: &str) -> Result<&'a Peer, PlanError> {
+    upstream.peers.iter().find(|peer| peer.server == server).ok_or_else(|| PlanError::UnknownPeer {
+        upstream: upstream.name.clone(),
+        server: server.to_string(),
+        known: upstream.peers.iter().map(|peer| peer.server.as_str()).collect::<Vec<_>>().join(", "),
+    })
+}
+
+/// Fails if the module's check calls `server` unhealthy.
+pub fn require_not_unhealthy(upstream: &Upstream, server: &str) -> Result<(), PlanError> {
+    let peer = find_peer(upstream, server)?;
+    if peer.health != Health::Unhealthy {
+        return Ok(());
+    }
+    let reason = peer
+        .check
+        .as_ref()
+        .and_then(|check| check.last_error.clone())
+        .map(|error| format!(" (last check: {error})"))
+        .unwrap_or_default();
+    Err(PlanError::Unhealthy { server: server.to_string(), reason })
+}
+
+/// The patch that puts every peer back as it is now: what `rollback` applies later.
+pub fn snapshot(upstream: &Upstream) -> UpstreamPatch {
+    UpstreamPatch {
+        peers: upstream
+            .peers
+            .iter()
+            .map(|peer| {
+                (peer.server.clone(), PeerPatch { weight: Some(peer.weight), state: Some(peer.state) })
+            })
+            .collect(),
+        expect_generation: None,
+    }
+}
+
+/// The peers other than `target` that take traffic now, with their weights.
+fn stable_peers<'a>(upstream: &'a Upstream, target: &str) -> Vec<&'a Peer> {
+    upstream
+        .peers
+        .iter()
+        .filter(|peer| peer.server != target && peer.state == PeerState::Up && peer.weight > 0)
+        .collect()
+}
+
+/// A canary step: `target` gets `percent` of the weight, the `stable` peers (as in the
+/// snapshot taken before the canary) share the rest in their old proportions. At 100% the
+/// stable peers are drained.
+pub fn canary_step(
+    stable: &UpstreamPatch,
+    target: &str,
+    percent: u32,
+) -> UpstreamPatch {
+    let target_weight = MAX_WEIGHT * percent.min(100) / 100;
+    let rest = MAX_WEIGHT - target_weight;
+    let stable_weights: Vec<(&String, u32)> = stable
+        .peers
+        .iter()
+        .filter(|(server, patch)| {
+            server.as_str() != target
+                && patch.state == Some(PeerState::Up)
+                && patch.weight.unwrap_or(0) > 0
+        })
+        .map(|(server, patch)| (server, patch.weight.unwrap_or(0)))
+        .collect();
+    let total: u32 = stable_weights.iter().map(|(_, weight)| weight).sum();
+
+    let mut peers = BTreeMap::new();
+    peers.insert(
+        target.to_string(),
+        PeerPatch { weight: Some(target_weight), state: Some(PeerState::Up) },
+    );
+    let mut given = 0;
+    for (index, (server, weight)) in stable_weights.iter().enumerate() {
+        // The last peer takes the rounding remainder so the shares add up exactly.
+        let share = if index + 1 == stable_weights.len() {
+            rest - given
+        } else {
+            rest * weight / total.max(1)
+        };
+        given += share;
+        let state = if percent >= 100 { PeerState::Drain } else { PeerState::Up };
+        peers.insert((*server).clone(), PeerPatch { weight: Some(share), state: Some(state) });
+    }
+    UpstreamPatch { peers, expect_generation: None }
+}
+
+/// Checks that a canary can start: the target exists and is not unhealthy, and some other peer
+/// takes traffic now.
+pub fn check_canary(upstream: &Upstream, target: &str) -> Result<(), PlanError> {
+    require_not_unhealthy(upstream, target)?;
+    if stable_peers(upstream, target).is_empty() {
+        return Err(PlanError::NoStablePeer {
+            upstream: upstream.name.clone(),
+            target: target.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// A blue-green switch: `target` up (with its weight, or 1 if it had none), every other peer
+/// that takes traffic drained.
+pub fn switch(upstream: &Upstream, target: &str) -> Result<UpstreamPatch, PlanError> {
+    let peer = find_peer(upstream, target)?;
+    require_not_unhealthy(upstream, target)?;
+    let weight = if peer.weight > 0 { peer.weight } else { peer.config_weight.max(1) };
+    let mut peers = BTreeMap::new();
+    peers.insert(target.to_string(), PeerPatch { weight: Some(weight), state: Some(PeerState::Up) });
+    for other in stable_peers(upstream, target) {
+        peers.insert(other.server.clone(), PeerPatch { weight: None, state: Some(PeerState::Drain) });
+    }
+    Ok(UpstreamPatch { peers, expect_generation: None })
+}
+
+/// The share of `target`'s requests since `before` that failed: the larger of its 5xx answers
+/// and its failed attempts (an attempt retried on a 5xx shows in both). `None` without
+/// requests.
+pub fn error_rate(before: &Peer, now: &Peer) -> Option<f64> {
+    let requests = now.requests.saturating_sub(before.requests);
+    if requests == 0 {
+        return None;
+    }
+    let server_errors = now.responses.server_error.saturating_sub(before.responses.server_error);
+    let failures = now.failures.saturating_sub(before.failures);
+    Some(server_errors.max(failures) as f64 / requests as f64)
+}
+
+/// Parses `500ms`, `30s`, `2m`, `1h` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 =
+        number.parse().map_err(|_| format!("\"{text}\" is not a duration such as 30s or 500ms"))?;
+    let millis = match unit {
+        "ms" => number,
+        "" | "s" => number * 1000,
+        "m" => number * 60_000,
+        "h" => number * 3_600_000,
+        _ => return Err(format!("\"{text}\" has an unknown unit; use ms, s, m or h")),
+    };
+    Ok(Duration::from_millis(millis))
+}
+
+/// Parses canary steps such as `5,25,50,100`: rising percentages ending at 100.
+pub fn parse_steps(text: &str) -> Result<Vec<u32>, String> {
+    let steps: Vec<u32> = text
+        .split(',')
+        .map(|step| step.trim().trim_end_matches('%').parse::<u32>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("steps \"{text}\" must be percentages such as 5,25,50,100"))?;
+    let rising = steps.windows(2).all(|pair| pair[0] < pair[1]);
+    if steps.is_empty() || !rising || steps[0] == 0 || steps.last() != Some(&100) {
+        return Err(format!("steps \"{text}\" must rise from above 0 and end at 100"));
+    }
+    Ok(steps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shift_wire::ResponseCounts;
+
+    fn peer(server: &str, weight: u32, state: PeerState, health: Health) -> Peer {
+        Peer {
+            server: server.into(),
+            weight,
+            state,
+            health,
+            backup: false,
+            config_weight: 1,
+            requests: 0,
+            failures: 0,
+            active: 0,
+            responses: ResponseCounts::default(),
+            check: None,
+        }
+    }
+
+    fn upstream(peers: Vec<Peer>) -> Upstream {
+        Upstream { name: "app".into(), generation: 4, peers }
+    }
+
+    fn weights(patch: &UpstreamPatch) -> Vec<(&str, Option<u32>, Option<PeerState>)> {
+        patch.peers.iter().map(|(server, p)| (server.as_str(), p.weight, p.state)).collect()
+    }
+
+    #[test]
+    fn canary_steps_split_the_weight_and_drain_at_100() {
+        let app = upstream(vec![
+            peer("blue:1", 3, PeerState::Up, Health::Healthy),
+            peer("blue:2", 1, PeerState::Up, Health::Healthy),
+            peer("green:1", 1, PeerState::Down, Health::Healthy),
+        ]);
+        check_canary(&app, "green:1").unwrap();
+        let stable = snapshot(&app);
+        assert_eq!(
+            weights(&canary_step(&stable, "green:1", 5)),
+            [
+                ("blue:1", Some(712), Some(PeerState::Up)),
+                ("blue:2", Some(238), Some(PeerState::Up)),
+                ("green:1", Some(50), Some(PeerState::Up)),
+            ]
+        );
+        assert_eq!(
+            weights(&canary_step(&stable, "green:1", 100)),
+            [
+                ("blue:1", Some(0), Some(PeerState::Drain)),
+                ("blue:2", Some(0), Some(PeerState::Drain)),
+                ("green:1", Some(1000), Some(PeerState::Up)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_canary_needs_a_stable_peer_and_a_healthy_target() {
+        let alone = upstream(vec![peer("green:1", 1, PeerState::Down, Health::Healthy)]);
+        assert!(matches!(check_canary(&alone, "green:1"), Err(PlanError::NoStablePeer { .. })));
+        let sick = upstream(vec![
+            peer("blue:1", 1, PeerState::Up, Health::Healthy),
+            peer("green:1", 1, PeerState::Down, Health::Unhealthy),
+        ]);
+        let err = check_canary(&sick, "green:1").unwrap_err();
+        assert!(err.to_string().starts_with("refusing to shift to green:1"), "{err}");
+        assert!(matches!(check_canary(&sick, "red:1"), Err(PlanError::UnknownPeer { .. })));
+    }
+
+    #[test]
+    fn switch_brings_the_target_up_and_drains_the_rest() {
+        let app = upstream(vec![
+            peer("blue:1", 5, PeerState::Up, Health::Healthy),
+            peer("green:1", 0, PeerState::Down, Health::Healthy),
+        ]);
+        assert_eq!(
+            weights(&switch(&app, "green:1").unwrap()),
+            [("blue:1", None, Some(PeerState::Drain)), ("green:1", Some(1), Some(PeerState::Up))]
+        );
+    }
+
+    #[test]
+    fn error_rate_over_a_step() {
+        let mut before = peer("green:1", 1, PeerState::Up, Health::Healthy);
+        before.requests = 100;
+        let mut now = before.clone();
+        assert_eq!(error_rate(&before, &now), None);
+        now.requests = 200;
+        now.responses.server_error = 10;
+        now.failures = 4;
+        assert_eq!(error_rate(&before, &now), Some(0.1));
+    }
+
+    #[test]
+    fn durations_and_steps_parse() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_steps("5,25,50,100"), Ok(vec![5, 25, 50, 100]));
+        assert!(parse_steps("5,25,50").is_err());
+        assert!(parse_steps("50,25,100").is_err());
+        assert!(parse_steps("0,100").is_err());
+    }
+}

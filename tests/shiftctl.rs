@@ -1,0 +1,417 @@
+//! `shiftctl`, the real binary, against real Nginx instances and real backends.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use harness::{free_port, shiftctl_binary, wait_until, Admin, Backend, HttpClient, Nginx, NginxOptions};
+use shift_wire::{Health, PeerState, Upstream};
+use tempfile::TempDir;
+
+/// Nginx with upstream `app` over blue (live) and green (standby), and the admin API.
+struct Setup {
+    nginx: Nginx,
+    admin: Admin,
+    port: u16,
+    blue: Backend,
+    green: Backend,
+    state_dir: TempDir,
+}
+
+fn config(blue: &Backend, green: &Backend, check: &str, port: u16) -> String {
+    format!(
+        "upstream app {{\n    server {} ;\n    server {} down;\n    shift;\n    {check}\n}}\n\
+         server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://app; }} }}\n\
+         server {{ listen unix:{{prefix}}/api.sock; location /api/ {{ shift_api; }} }}\n",
+        blue.addr(),
+        green.addr()
+    )
+}
+
+impl Setup {
+    fn start(check: &str) -> Setup {
+        let blue = Backend::start("blue");
+        let green = Backend::start("green");
+        let port = free_port();
+        let nginx = Nginx::start(NginxOptions::new(config(&blue, &green, check, port)));
+        let admin = Admin::new(nginx.path("api.sock"), "/api/");
+        Setup { nginx, admin, port, blue, green, state_dir: TempDir::new().unwrap() }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(shiftctl_binary());
+        command
+            .arg("--socket")
+            .arg(self.nginx.path("api.sock"))
+            .arg("--state-dir")
+            .arg(self.state_dir.path())
+            .args(args)
+            .env_remove("SHIFT_SOCKET")
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run shiftctl")
+    }
+
+    fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn shiftctl")
+    }
+
+    fn green(&self) -> String {
+        self.green.addr().to_string()
+    }
+
+    fn blue(&self) -> String {
+        self.blue.addr().to_string()
+    }
+
+    fn weights(&self) -> (u32, u32) {
+        let upstream = self.admin.upstream("app");
+        (upstream.peers[0].weight, upstream.peers[1].weight)
+    }
+
+    /// Green's share of `count` requests, over eight keep-alive connections (both workers).
+    fn green_share(&self, count: usize) -> f64 {
+        let mut clients: Vec<HttpClient> = (0..8).map(|_| HttpClient::new(self.port)).collect();
+        let mut green = 0;
+        for i in 0..count {
+            let response = clients[i % 8].get("/").expect("request through nginx");
+            assert_eq!(response.status, 200, "{}", response.body);
+            green += usize::from(response.body == "green");
+        }
+        green as f64 * 100.0 / count as f64
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Requests in a loop on four connections until stopped; counts answers by status.
+struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<BTreeMap<u16, u64>>>,
+}
+
+impl Load {
+    fn start(port: u16) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..4)
+            .map(|_| {
+                let stop = stop.clone();
+                thread::spawn(move || {
+                    let mut client = HttpClient::new(port);
+                    let mut counts = BTreeMap::new();
+                    while !stop.load(Ordering::SeqCst) {
+                        let status = client.get("/").map_or(0, |response| response.status);
+                        *counts.entry(status).or_default() += 1;
+                    }
+                    counts
+                })
+            })
+            .collect();
+        Load { stop, threads }
+    }
+
+    fn stop(self) -> BTreeMap<u16, u64> {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut total = BTreeMap::new();
+        for thread in self.threads {
+            for (status, count) in thread.join().unwrap() {
+                *total.entry(status).or_default() += count;
+            }
+        }
+        total
+    }
+}
+
+#[test]
+fn status_prints_the_table_and_json() {
+    let setup = Setup::start("");
+    let output = setup.run(&["status", "app"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let table = text(&output.stdout);
+    assert!(table.contains("upstream app (generation 1)"), "{table}");
+    assert!(table.contains(&setup.blue()) && table.contains("100.0%"), "{table}");
+
+    let output = setup.run(&["--json", "status"]);
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let upstreams: Vec<Upstream> = serde_json::from_value(json[0]["upstreams"].clone()).unwrap();
+    assert_eq!(upstreams[0].peers[1].state, PeerState::Down);
+
+    let output = Command::new(shiftctl_binary())
+        .args(["--socket", "/nonexistent/shift.sock", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3));
+    assert!(text(&output.stderr).contains("is Nginx running with shift_api"), "{}", text(&output.stderr));
+}
+
+#[test]
+fn set_changes_weights_atomically_and_rejects_bad_input() {
+    let setup = Setup::start("");
+    let blue_weight = format!("{}=70", setup.blue());
+    let green_weight = format!("{}=30", setup.green());
+    let output = setup.run(&["set", "app", &blue_weight, &green_weight]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(setup.weights(), (70, 30));
+    assert_eq!(setup.admin.upstream("app").generation, 2);
+
+    let output = setup.run(&["set", "app", "10.1.1.1:80=5"]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+    assert!(text(&output.stderr).contains("has no peer \"10.1.1.1:80\""), "{}", text(&output.stderr));
+    let output = setup.run(&["set", "app", &format!("{}=1001", setup.blue())]);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(setup.admin.upstream("app").generation, 2, "nothing changed");
+}
+
+#[test]
+fn canary_walks_the_steps_and_traffic_follows_each() {
+    let setup = Setup::start("");
+    let mut canary = setup.spawn(&[
+        "canary", "app", "--to", &setup.green(), "--steps", "5,25,50,100", "--interval", "2s",
+        "--max-error-rate", "0.05",
+    ]);
+    let mut measured = BTreeMap::new();
+    while canary.try_wait().unwrap().is_none() {
+        let green = setup.admin.upstream("app").peers.remove(1);
+        let percent = green.weight / 10;
+        if green.state == PeerState::Up && !measured.contains_key(&percent) {
+            measured.insert(percent, setup.green_share(400));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let output = canary.wait_with_output().unwrap();
+    assert!(output.status.success(), "canary failed: {}", text(&output.stderr));
+    assert_eq!(measured.keys().copied().collect::<Vec<_>>(), [5, 25, 50, 100], "{measured:?}");
+    for (percent, share) in &measured {
+        assert!((share - *percent as f64).abs() <= 3.0, "step {percent}%: green got {share:.1}%");
+    }
+    let upstream = setup.admin.upstream("app");
+    assert_eq!(upstream.peers[0].state, PeerState::Drain, "the stable peer is drained at 100%");
+}
+
+#[test]
+fn a_canary_whose_target_fails_is_rolled_back() {
+    let setup = Setup::start("");
+    let load = Load::start(setup.port);
+    let canary = setup.spawn(&[
+        "canary", "app", "--to", &setup.green(), "--steps", "5,25,50,100", "--interval", "3s",
+        "--max-error-rate", "0.05",
+    ]);
+    // Green starts failing once the canary reaches 25%.
+    let reached = wait_until(Duration::from_secs(20), || setup.weights().1 == 250);
+    assert!(reached.is_some(), "the canary never reached 25%");
+    setup.green.set_status(500);
+    let output = canary.wait_with_output().unwrap();
+    let counts = load.stop();
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("rolled back because step 2/4 (25%"), "{stderr}");
+    assert!(stderr.contains("error rate"), "{stderr}");
+    eprintln!("load during the canary: {counts:?}");
+
+    let upstream = setup.admin.upstream("app");
+    assert_eq!(upstream.peers[1].state, PeerState::Down, "green is standby again");
+    let before = setup.green.hits_on("/");
+    assert_eq!(setup.green_share(100), 0.0);
+    assert_eq!(setup.green.hits_on("/"), before, "green gets no requests after the rollback");
+}
+
+#[test]
+fn switch_refuses_an_unhealthy_target_and_rollback_returns() {
+    let setup = Setup::start("shift_check interval=200ms;");
+    setup.green.set_status(500);
+    let unhealthy = wait_until(Duration::from_secs(10), || {
+        setup.admin.upstream("app").peers[1].health == Health::Unhealthy
+    });
+    assert!(unhealthy.is_some());
+    let output = setup.run(&["switch", "app", "--to", &setup.green(), "--timeout", "5s"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("refusing to shift to") && stderr.contains("unhealthy"), "{stderr}");
+    assert_eq!(setup.admin.upstream("app").generation, 1, "nothing changed");
+
+    setup.green.set_status(200);
+    let healthy = wait_until(Duration::from_secs(10), || {
+        setup.admin.upstream("app").peers[1].health == Health::Healthy
+    });
+    assert!(healthy.is_some());
+    let output = setup.run(&["switch", "app", "--to", &setup.green(), "--timeout", "10s"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(setup.green_share(50), 100.0);
+    assert_eq!(setup.admin.upstream("app").peers[0].state, PeerState::Drain);
+
+    let output = setup.run(&["rollback", "app"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(setup.green_share(50), 0.0);
+}
+
+/// Backends run as processes by deploy hooks, as containers would be; killed at the end.
+struct Sides {
+    dir: TempDir,
+    blue: u16,
+    green: u16,
+}
+
+impl Sides {
+    fn new() -> Sides {
+        Sides { dir: TempDir::new().unwrap(), blue: free_port(), green: free_port() }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("hooks.log")).unwrap_or_default()
+    }
+
+    /// The shell command that starts side `$SHIFT_SIDE` on `port` and logs it.
+    fn start_hook(&self, port: u16) -> String {
+        let dir = self.dir.path().display();
+        format!(
+            "echo start $SHIFT_SIDE >> {dir}/hooks.log; {} $SHIFT_SIDE {port} >/dev/null 2>&1 & \
+             echo $! > {dir}/$SHIFT_SIDE.pid",
+            harness::backend_binary().display()
+        )
+    }
+
+    fn stop_hook(&self) -> String {
+        let dir = self.dir.path().display();
+        format!("echo stop $SHIFT_SIDE >> {dir}/hooks.log; kill $(cat {dir}/$SHIFT_SIDE.pid)")
+    }
+
+    fn plan(&self, start_green: &str) -> std::path::PathBuf {
+        let plan = format!(
+            "upstream = \"app\"\nstrategy = \"switch\"\nhealth_timeout = \"10s\"\n\
+             [sides.blue]\nserver = \"127.0.0.1:{blue}\"\nstart = \"{start_blue}\"\nstop = \"{stop}\"\n\
+             [sides.green]\nserver = \"127.0.0.1:{green}\"\nstart = \"{start_green}\"\nstop = \"{stop}\"\n\
+             check_url = \"http://127.0.0.1:{green}/health\"\n",
+            blue = self.blue,
+            green = self.green,
+            start_blue = self.start_hook(self.blue),
+            stop = self.stop_hook(),
+        );
+        let path = self.dir.path().join("deploy.toml");
+        fs::write(&path, plan).unwrap();
+        path
+    }
+}
+
+impl Drop for Sides {
+    fn drop(&mut self) {
+        for side in ["blue", "green"] {
+            if let Ok(pid) = fs::read_to_string(self.dir.path().join(format!("{side}.pid"))) {
+                let _ = Command::new("kill").arg(pid.trim()).status();
+            }
+        }
+    }
+}
+
+#[test]
+fn deploy_runs_the_hooks_in_order_and_alternates_sides() {
+    let sides = Sides::new();
+    let port = free_port();
+    let nginx = Nginx::start(NginxOptions::new(format!(
+        "upstream app {{\n    server 127.0.0.1:{} ;\n    server 127.0.0.1:{} down;\n    shift;\n\
+             shift_check interval=200ms;\n}}\n\
+         server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://app; }} }}\n\
+         server {{ listen unix:{{prefix}}/api.sock; location /api/ {{ shift_api; }} }}\n",
+        sides.blue, sides.green
+    )));
+    let admin = Admin::new(nginx.path("api.sock"), "/api/");
+    let state_dir = TempDir::new().unwrap();
+    let plan = sides.plan(&sides.start_hook(sides.green));
+    // Blue runs, as the previous deploy left it; green is stopped.
+    let started = Command::new("sh")
+        .arg("-c")
+        .arg(sides.start_hook(sides.blue))
+        .env("SHIFT_SIDE", "blue")
+        .status()
+        .unwrap();
+    assert!(started.success());
+    fs::write(sides.dir.path().join("hooks.log"), "").unwrap();
+    let healthy = |index: usize| admin.upstream("app").peers[index].health == Health::Healthy;
+    assert!(wait_until(Duration::from_secs(10), || healthy(0)).is_some());
+    let deploy = || {
+        Command::new(shiftctl_binary())
+            .arg("--socket")
+            .arg(nginx.path("api.sock"))
+            .arg("--state-dir")
+            .arg(state_dir.path())
+            .arg("deploy")
+            .arg(&plan)
+            .output()
+            .unwrap()
+    };
+    let served = || {
+        let mut client = HttpClient::new(port);
+        (0..20).map(|_| client.get("/").unwrap().body).collect::<std::collections::BTreeSet<_>>()
+    };
+
+    let output = deploy();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(sides.log(), "start green\nstop blue\n");
+    assert_eq!(served(), ["green".to_string()].into());
+    assert!(wait_until(Duration::from_secs(10), || !healthy(0)).is_some(), "blue was stopped");
+
+    let output = deploy();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(sides.log(), "start green\nstop blue\nstart blue\nstop green\n");
+    assert_eq!(served(), ["blue".to_string()].into());
+}
+
+#[test]
+fn a_failing_start_hook_leaves_traffic_on_the_old_side() {
+    let setup = Setup::start("");
+    let sides = Sides { dir: TempDir::new().unwrap(), blue: setup.blue.port(), green: setup.green.port() };
+    let plan = sides.plan("exit 7");
+    let output = setup.run(&["deploy", plan.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("start hook of green (exit 7) failed") && stderr.contains("traffic stays on blue"), "{stderr}");
+    assert_eq!(setup.admin.upstream("app").generation, 1);
+    assert_eq!(setup.green_share(20), 0.0);
+}
+
+#[test]
+fn a_fleet_change_applies_everywhere_or_nowhere() {
+    let first = Setup::start("");
+    let second = Setup::start("");
+    let both = |args: &[&str]| {
+        Command::new(shiftctl_binary())
+            .arg("--socket")
+            .arg(first.nginx.path("api.sock"))
+            .arg("--socket")
+            .arg(second.nginx.path("api.sock"))
+            .arg("--state-dir")
+            .arg(first.state_dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // Each Nginx has its own backends: a peer of the first is unknown to the second, so the
+    // change fails there after it succeeded on the first, which must be put back.
+    let output = both(&["set", "app", &format!("{}=9", first.blue())]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+    assert!(text(&output.stderr).contains("put back the 1 Nginx(es) already changed"), "{}", text(&output.stderr));
+    assert_eq!(first.weights(), (1, 1), "the first Nginx is as it was");
+
+    // With the second Nginx down, nothing is written anywhere.
+    let second_socket = second.nginx.path("api.sock");
+    drop(second);
+    let output = Command::new(shiftctl_binary())
+        .arg("--socket")
+        .arg(first.nginx.path("api.sock"))
+        .arg("--socket")
+        .arg(&second_socket)
+        .args(["set", "app", &format!("{}=9", first.blue())])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3), "{}", text(&output.stderr));
+    let upstream = first.admin.upstream("app");
+    assert_eq!((upstream.peers[0].weight, upstream.generation), (1, 3));
+}
