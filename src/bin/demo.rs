@@ -1,13 +1,22 @@
-//! The demo behind `scripts/demo.sh`: Nginx with the shift module in front of two demo backends,
-//! blue (live) and green (standby, `down` in the config), until Ctrl-C.
+//! The demo behind `scripts/demo.sh`: Nginx with the shift module in front of two backends,
+//! blue (live) and green (standby), a small load generator, and `shiftctl canary` moving the
+//! traffic from blue to green while the split is shown live. Then the same canary again, with
+//! green made to fail on purpose, to show the automatic rollback.
 //!
-//! `--port N` picks the port Nginx listens on (default 8080); `--once` shows the traffic and
-//! exits instead of waiting for Ctrl-C.
+//! `--port N` picks the port Nginx listens on (default 8080); `--once` exits at the end instead
+//! of leaving everything running until Ctrl-C.
 
 use std::collections::BTreeMap;
-use std::process::ExitCode;
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
 
-use harness::{Backend, HttpClient, Nginx, NginxOptions};
+use harness::{shiftctl_binary, wait_until, Admin, Backend, HttpClient, Nginx, NginxOptions};
+
+/// Answers seen by the load generator since the last report, by who served them.
+type Tally = Arc<Mutex<BTreeMap<String, u64>>>;
 
 fn main() -> ExitCode {
     let mut port = 8080;
@@ -29,8 +38,9 @@ fn main() -> ExitCode {
     let nginx = Nginx::start(NginxOptions::new(format!(
         "upstream app {{\n\
              server 127.0.0.1:{blue};\n\
-             server 127.0.0.1:{green} down;  # green: standby, brought up by a deploy\n\
+             server 127.0.0.1:{green} down;  # green: standby until the canary brings it up\n\
              shift;\n\
+             shift_check interval=500ms;\n\
          }}\n\
          server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://app; }} }}\n\
          server {{ listen unix:{{prefix}}/shift.sock; location /api/ {{ shift_api; }} }}\n",
@@ -38,34 +48,125 @@ fn main() -> ExitCode {
         green = green.port(),
     )));
     let socket = nginx.path("shift.sock");
+    let admin = Admin::new(&socket, "/api/");
+    let state_dir = nginx.path("shiftctl");
+    let green_server = green.addr().to_string();
 
     println!("Nginx (master pid {}) with the shift module:", nginx.master_pid());
     println!("  traffic:   http://127.0.0.1:{port}/");
     println!("  admin API: unix:{} (location /api/)", socket.display());
-    println!("  backends:  blue on 127.0.0.1:{}, green on 127.0.0.1:{} (standby)", blue.port(), green.port());
+    println!("  shiftctl:  {} --socket {} status", shiftctl_binary().display(), socket.display());
+    println!("  blue on {}, green on {} (standby)\n", blue.addr(), green.addr());
 
-    let mut client = HttpClient::new(port);
-    let mut served = BTreeMap::<String, u32>::new();
-    for _ in 0..20 {
-        match client.get("/") {
-            Ok(response) => *served.entry(response.body).or_default() += 1,
-            Err(err) => {
-                eprintln!("demo: request through Nginx failed: {err}");
-                return ExitCode::FAILURE;
-            }
-        }
+    let green_ready = wait_until(Duration::from_secs(10), || {
+        admin.upstream("app").peers[1].health == shift_wire::Health::Healthy
+    });
+    if green_ready.is_none() {
+        eprintln!("demo: green never passed its health check");
+        return ExitCode::FAILURE;
     }
-    println!("20 requests through Nginx were served by: {served:?}");
 
+    let tally: Tally = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = start_load(port, tally.clone(), stop.clone());
+    let reporter = start_reporter(tally, stop.clone());
+
+    let shiftctl = |args: &[&str]| {
+        Command::new(shiftctl_binary())
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .status()
+            .expect("run shiftctl")
+    };
+    let canary = ["canary", "app", "--to", &green_server, "--steps", "10,50,100", "--interval", "3s",
+        "--max-error-rate", "0.05"];
+
+    println!("== 1. canary from blue to green: 10% → 50% → 100%, 3s per step ==");
+    let first = shiftctl(&canary);
+    println!("shiftctl canary exited with {first}\n");
+
+    println!("== 2. back to blue, then the same canary with green failing at 50% ==");
+    shiftctl(&["rollback", "app"]);
+    let saboteur = {
+        let green = Arc::new(green);
+        let watcher = green.clone();
+        let admin = Admin::new(&socket, "/api/");
+        let handle = thread::spawn(move || {
+            let at_half = wait_until(Duration::from_secs(30), || admin.upstream("app").peers[1].weight == 500);
+            if at_half.is_some() {
+                println!("demo: green now answers 500 on purpose");
+                watcher.set_status(500);
+            }
+        });
+        (green, handle)
+    };
+    let second = shiftctl(&canary);
+    let _ = saboteur.1.join();
+    println!("shiftctl canary exited with {second} (1 = rolled back); the traffic after it:");
+    thread::sleep(Duration::from_millis(2100));
+
+    stop.store(true, Ordering::SeqCst);
+    for client in load {
+        let _ = client.join();
+    }
+    let _ = reporter.join();
+    let succeeded = first.success() && second.code() == Some(1);
+    if !succeeded {
+        eprintln!("demo: the canaries did not end as expected");
+        return ExitCode::FAILURE;
+    }
     if once {
         return ExitCode::SUCCESS;
     }
-    println!("Try: curl http://127.0.0.1:{port}/");
-    println!("Press Ctrl-C to stop Nginx and the backends.");
+    println!("Nginx keeps running: try curl http://127.0.0.1:{port}/ and shiftctl; Ctrl-C stops it all.");
     wait_for_interrupt();
     println!("\nstopping Nginx and the backends");
     drop(nginx);
     ExitCode::SUCCESS
+}
+
+/// Four keep-alive clients sending requests until `stop`.
+fn start_load(port: u16, tally: Tally, stop: Arc<AtomicBool>) -> Vec<thread::JoinHandle<()>> {
+    (0..4)
+        .map(|_| {
+            let (tally, stop) = (tally.clone(), stop.clone());
+            thread::spawn(move || {
+                let mut client = HttpClient::new(port);
+                while !stop.load(Ordering::SeqCst) {
+                    let who = match client.get("/") {
+                        Ok(response) if response.status == 200 => response.body,
+                        Ok(response) => format!("error {}", response.status),
+                        Err(_) => "error".to_string(),
+                    };
+                    *tally.lock().expect("tally").entry(who).or_default() += 1;
+                    thread::sleep(Duration::from_millis(2));
+                }
+            })
+        })
+        .collect()
+}
+
+/// Prints the split of the last second, every second.
+fn start_reporter(tally: Tally, stop: Arc<AtomicBool>) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            thread::sleep(Duration::from_secs(1));
+            let window = std::mem::take(&mut *tally.lock().expect("tally"));
+            let total: u64 = window.values().sum();
+            if total == 0 {
+                continue;
+            }
+            let split: Vec<String> = window
+                .iter()
+                .map(|(who, count)| format!("{who} {:>5.1}%", *count as f64 * 100.0 / total as f64))
+                .collect();
+            println!("  traffic, last second ({total:>4} requests): {}", split.join("  "));
+        }
+    })
 }
 
 fn wait_for_interrupt() {
