@@ -415,3 +415,55 @@ fn a_fleet_change_applies_everywhere_or_nowhere() {
     let upstream = first.admin.upstream("app");
     assert_eq!((upstream.peers[0].weight, upstream.generation), (1, 3));
 }
+
+#[test]
+fn drain_waits_for_active_requests_and_undrain_brings_the_peer_back() {
+    let setup = Setup::start("");
+    let output = setup.run(&["drain", "app", &setup.blue(), "--wait", "--timeout", "5s"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(setup.admin.upstream("app").peers[0].state, PeerState::Drain);
+    let output = setup.run(&["undrain", "app", &setup.blue()]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(setup.admin.upstream("app").peers[0].state, PeerState::Up);
+
+    // A request held by a hanging blue keeps the drain waiting until the timeout.
+    setup.blue.set_hang(true);
+    let port = setup.port;
+    let _held = thread::spawn(move || HttpClient::new(port).get("/"));
+    assert!(wait_until(Duration::from_secs(5), || setup.admin.upstream("app").peers[0].active == 1).is_some());
+    let output = setup.run(&["drain", "app", &setup.blue(), "--wait", "--timeout", "1s"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).contains("still has 1 active request"), "{}", text(&output.stderr));
+}
+
+#[test]
+fn a_paused_canary_waits_for_promote() {
+    let setup = Setup::start("");
+    let canary = setup.spawn(&["canary", "app", "--to", &setup.green(), "--steps", "50,100", "--interval", "500ms", "--pause"]);
+    assert!(wait_until(Duration::from_secs(10), || setup.weights().1 == 500).is_some());
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(setup.weights().1, 500, "still at the first step, waiting for promote");
+    let output = setup.run(&["promote", "app"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let output = canary.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(setup.weights(), (0, 1000));
+}
+
+#[test]
+fn a_signal_during_a_canary_rolls_back_or_holds() {
+    for (mode, expected_green) in [("rollback", 1), ("hold", 500)] {
+        let setup = Setup::start("");
+        let canary = setup.spawn(&[
+            "canary", "app", "--to", &setup.green(), "--steps", "50,100", "--interval", "30s",
+            "--on-interrupt", mode,
+        ]);
+        assert!(wait_until(Duration::from_secs(10), || setup.weights().1 == 500).is_some());
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(canary.id() as i32), nix::sys::signal::SIGTERM)
+            .unwrap();
+        let output = canary.wait_with_output().unwrap();
+        assert_eq!(output.status.code(), Some(1), "{mode}: {}", text(&output.stderr));
+        assert_eq!(setup.weights().1, expected_green, "{mode}: {}", text(&output.stderr));
+        assert!(text(&output.stderr).contains("interrupted"), "{}", text(&output.stderr));
+    }
+}
