@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building nginx-shift needs on Debian 12, and nothing when it is all there.
-# Sourced by demo.sh and test.sh; safe to run again.
+# Sourced by demo.sh and test.sh, which may name more packages as arguments; safe to run again.
 set -euo pipefail
 
-packages=(clang libclang-dev libssl-dev libpcre2-dev zlib1g-dev make pkg-config curl)
+packages=(clang libclang-dev libssl-dev libpcre2-dev zlib1g-dev make pkg-config curl "$@")
 
 missing=()
 for package in "${packages[@]}"; do

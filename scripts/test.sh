@@ -2,7 +2,8 @@
 # Sets up what is missing, builds Nginx (vendored, once) and the module, and runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/setup.sh
+# Debian's own Nginx and its configured source, to test the module in the Nginx people run.
+source scripts/setup.sh nginx nginx-dev
 
 # The module's .so is what the integration tests load; build it (and everything else) first.
 cargo build --workspace --all-targets --quiet
@@ -12,6 +13,18 @@ trap 'rm -f "$log"' EXIT
 status=0
 # --all-targets: unit, integration and bench-smoke tests (there are no doc tests).
 cargo test --workspace --all-targets 2>&1 | tee "$log" || status=$?
+
+# The same module built for Debian's Nginx (1.22), loaded into /usr/sbin/nginx: the tests of
+# weights, the API, health checks and the directives again.
+if module=$(scripts/build-for-system-nginx.sh); then
+  echo "--- again against $(/usr/sbin/nginx -v 2>&1) with $module ---"
+  SHIFT_NGINX=/usr/sbin/nginx SHIFT_MODULE=$module \
+    cargo test --workspace --test runtime_weights --test health_checks --test foundation 2>&1 | tee -a "$log" \
+    || status=$?
+else
+  echo "could not build the module for the system Nginx" >&2
+  status=1
+fi
 
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
