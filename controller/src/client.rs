@@ -88,6 +88,22 @@ impl AdminClient {
         self.send(self.http.patch(self.url(&format!("upstreams/{name}"))).json(patch)).await
     }
 
+    /// The Prometheus text of `GET metrics`.
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        let unreachable = |error: reqwest::Error| ClientError::Unreachable {
+            socket: self.socket.clone(),
+            reason: root_cause(&error),
+        };
+        let response = self.http.get(self.url("metrics")).send().await.map_err(unreachable)?;
+        let status = response.status().as_u16();
+        let body = response.text().await.map_err(unreachable)?;
+        match (status, serde_json::from_str::<ApiError>(&body)) {
+            (200, _) => Ok(body),
+            (_, Ok(error)) => Err(ClientError::Api { socket: self.socket.clone(), status, error }),
+            (_, Err(_)) => Err(ClientError::Unexpected { socket: self.socket.clone(), status, body }),
+        }
+    }
+
     async fn send<T: serde::de::DeserializeOwned>(
         &self,
         request: reqwest::RequestBuilder,

@@ -236,6 +236,17 @@ pub async fn status(ctx: &Ctx, upstream: Option<String>, watch: bool, every: Dur
     }
 }
 
+pub async fn metrics(ctx: &Ctx) -> Result<(), Failure> {
+    for client in ctx.fleet.clients() {
+        let text = client.metrics().await?;
+        if ctx.fleet.clients().len() > 1 {
+            println!("# socket {}", client.socket().display());
+        }
+        print!("{text}");
+    }
+    Ok(())
+}
+
 /// Parses `SERVER=WEIGHT` arguments.
 pub fn parse_assignments(assignments: &[String]) -> Result<BTreeMap<String, PeerPatch>, Failure> {
     assignments

@@ -54,6 +54,8 @@ enum Command {
         #[arg(long, default_value = "1s", value_parser = duration)]
         every: Duration,
     },
+    /// Print the Prometheus metrics of every Nginx
+    Metrics,
     /// Set weights in one atomic change: shiftctl set app 127.0.0.1:8001=30 127.0.0.1:8000=70
     Set {
         upstream: String,
@@ -162,6 +164,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let ctx = Ctx { fleet: Fleet::new(clients), json: cli.json, state_dir: cli.state_dir, progress: Progress::new() };
     match cli.command {
         Command::Status { upstream, watch, every } => commands::status(&ctx, upstream, watch, every).await,
+        Command::Metrics => commands::metrics(&ctx).await,
         Command::Set { upstream, weights, retry } => commands::set(&ctx, &upstream, &weights, retry).await,
         Command::Drain { upstream, server, wait, timeout } => {
             commands::set_state(&ctx, &upstream, &server, PeerState::Drain, wait.then_some(timeout)).await

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use shift_wire::{ApiError, UpstreamList, UpstreamPatch, MAX_BODY_BYTES, MAX_WEIGHT};
 
+use crate::metrics;
 use crate::state_file::{self, SavedUpstream};
 use crate::table::{PeerChange, Table};
 
@@ -28,6 +29,7 @@ pub struct Endpoint<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     pub status: u16,
+    pub content_type: &'static str,
     pub body: String,
     /// For 405: the methods the resource allows.
     pub allow: Option<&'static str>,
@@ -68,7 +70,7 @@ impl Failure {
 
     fn into_reply(self) -> Reply {
         let body = ApiError { error: self.error.to_string(), detail: self.detail };
-        Reply { status: self.status, body: to_json(&body), allow: self.allow }
+        Reply { status: self.status, content_type: JSON, body: to_json(&body), allow: self.allow }
     }
 }
 
@@ -81,6 +83,16 @@ fn respond(
     writer: &Writer,
 ) -> Result<Reply, Failure> {
     let route = path.trim_start_matches('/');
+    if route == "metrics" {
+        if method != "GET" && method != "HEAD" {
+            let mut failure = Failure::new(405, "method_not_allowed", format!("{method} is not allowed here; allowed: GET, HEAD"));
+            failure.allow = Some("GET, HEAD");
+            return Err(failure);
+        }
+        check_access(caller, false)?;
+        let upstreams: Vec<_> = endpoints.iter().map(|endpoint| endpoint.table.to_wire()).collect();
+        return Ok(Reply { status: 200, content_type: metrics::CONTENT_TYPE, body: metrics::render(&upstreams), allow: None });
+    }
     let (allow, target) = match route.strip_prefix("upstreams") {
         Some("" | "/") => ("GET, HEAD", None),
         Some(rest) if rest.starts_with('/') && !rest[1..].contains('/') => {
@@ -90,7 +102,7 @@ fn respond(
             return Err(Failure::new(
                 404,
                 "not_found",
-                format!("no API resource \"{route}\"; try \"upstreams\" or \"upstreams/NAME\""),
+                format!("no API resource \"{route}\"; try \"upstreams\", \"upstreams/NAME\" or \"metrics\""),
             ))
         }
     };
@@ -250,8 +262,10 @@ fn too_large() -> Failure {
     )
 }
 
+const JSON: &str = "application/json";
+
 fn ok<T: serde::Serialize>(value: &T) -> Reply {
-    Reply { status: 200, body: to_json(value), allow: None }
+    Reply { status: 200, content_type: JSON, body: to_json(value), allow: None }
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {

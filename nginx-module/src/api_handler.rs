@@ -157,7 +157,7 @@ unsafe fn send(r: *mut ngx_http_request_t, reply: &Reply) -> ngx_int_t {
         let request = Request::from_ngx_http_request(r);
         (*r).headers_out.status = reply.status as usize;
         (*r).headers_out.content_length_n = reply.body.len() as i64;
-        let content_type = "application/json";
+        let content_type = reply.content_type;
         (*r).headers_out.content_type =
             ngx_str_t { len: content_type.len(), data: content_type.as_ptr().cast_mut() };
         (*r).headers_out.content_type_len = content_type.len();

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod directives;
 pub mod health;
+pub mod metrics;
 pub mod state_file;
 pub mod table;
 
