@@ -6,11 +6,13 @@ mod admin;
 mod backend;
 mod client;
 mod nginx;
+mod processes;
 
 pub use admin::Admin;
 pub use backend::Backend;
 pub use client::{api_request, HttpClient, Response};
 pub use nginx::{check_config, ConfigCheck, Nginx, NginxOptions};
+pub use processes::HookedBackends;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -23,11 +23,19 @@ pub struct NginxOptions {
     pub http: String,
     /// Lines for the main context, after the harness's own.
     pub main: String,
+    /// A whole nginx.conf used as it is (`http` and `main` are then unused); it must load the
+    /// module itself and not set `daemon`. Its `worker_processes` must match `workers`.
+    pub full: Option<String>,
 }
 
 impl NginxOptions {
     pub fn new(http: impl Into<String>) -> NginxOptions {
-        NginxOptions { workers: 2, http: http.into(), main: String::new() }
+        NginxOptions { workers: 2, http: http.into(), main: String::new(), full: None }
+    }
+
+    /// Runs a complete nginx.conf, as an operator would write it.
+    pub fn full_config(config: impl Into<String>, workers: u32) -> NginxOptions {
+        NginxOptions { workers, http: String::new(), main: String::new(), full: Some(config.into()) }
     }
 
     pub fn workers(mut self, workers: u32) -> NginxOptions {
@@ -74,6 +82,7 @@ impl Nginx {
         let stderr = fs::File::create(prefix.path().join("logs/stderr.log")).expect("stderr log");
         let child = Command::new(nginx_binary())
             .args(prefix_args(prefix.path()))
+            .args(daemon_args(&options))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -130,6 +139,7 @@ impl Nginx {
         self.child = Some(
             Command::new(nginx_binary())
                 .args(prefix_args(self.prefix()))
+                .args(daemon_args(&self.options))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(stderr)
@@ -220,8 +230,22 @@ fn prefix_args(prefix: &Path) -> Vec<String> {
     ]
 }
 
+/// A whole config sets neither `daemon` nor runs in the foreground by itself.
+fn daemon_args(options: &NginxOptions) -> Vec<&'static str> {
+    if options.full.is_some() {
+        vec!["-g", "daemon off;"]
+    } else {
+        Vec::new()
+    }
+}
+
 fn write_config(prefix: &Path, options: &NginxOptions) {
     let prefix_text = prefix.display().to_string();
+    if let Some(full) = &options.full {
+        let config = full.replace("{prefix}", &prefix_text);
+        fs::write(prefix.join("conf/nginx.conf"), config).expect("write nginx.conf");
+        return;
+    }
     let config = format!(
         "load_module {module};\n\
          daemon off;\n\

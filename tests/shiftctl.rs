@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use harness::{free_port, shiftctl_binary, wait_until, Admin, Backend, HttpClient, Nginx, NginxOptions};
+use harness::{
+    free_port, shiftctl_binary, wait_until, Admin, Backend, HookedBackends, HttpClient, Nginx,
+    NginxOptions,
+};
 use shift_wire::{Health, PeerState, Upstream};
 use tempfile::TempDir;
 
@@ -253,87 +256,37 @@ fn switch_refuses_an_unhealthy_target_and_rollback_returns() {
     assert_eq!(setup.green_share(50), 0.0);
 }
 
-/// Backends run as processes by deploy hooks, as containers would be; killed at the end.
-struct Sides {
-    dir: TempDir,
-    blue: u16,
-    green: u16,
-}
-
-impl Sides {
-    fn new() -> Sides {
-        Sides { dir: TempDir::new().unwrap(), blue: free_port(), green: free_port() }
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("hooks.log")).unwrap_or_default()
-    }
-
-    /// The shell command that starts side `$SHIFT_SIDE` on `port` and logs it.
-    fn start_hook(&self, port: u16) -> String {
-        let dir = self.dir.path().display();
-        format!(
-            "echo start $SHIFT_SIDE >> {dir}/hooks.log; {} $SHIFT_SIDE {port} >/dev/null 2>&1 & \
-             echo $! > {dir}/$SHIFT_SIDE.pid",
-            harness::backend_binary().display()
-        )
-    }
-
-    fn stop_hook(&self) -> String {
-        let dir = self.dir.path().display();
-        format!("echo stop $SHIFT_SIDE >> {dir}/hooks.log; kill $(cat {dir}/$SHIFT_SIDE.pid)")
-    }
-
-    fn plan(&self, start_green: &str) -> std::path::PathBuf {
-        let plan = format!(
-            "upstream = \"app\"\nstrategy = \"switch\"\nhealth_timeout = \"10s\"\n\
-             [sides.blue]\nserver = \"127.0.0.1:{blue}\"\nstart = \"{start_blue}\"\nstop = \"{stop}\"\n\
-             [sides.green]\nserver = \"127.0.0.1:{green}\"\nstart = \"{start_green}\"\nstop = \"{stop}\"\n\
-             check_url = \"http://127.0.0.1:{green}/health\"\n",
-            blue = self.blue,
-            green = self.green,
-            start_blue = self.start_hook(self.blue),
-            stop = self.stop_hook(),
-        );
-        let path = self.dir.path().join("deploy.toml");
-        fs::write(&path, plan).unwrap();
-        path
-    }
-}
-
-impl Drop for Sides {
-    fn drop(&mut self) {
-        for side in ["blue", "green"] {
-            if let Ok(pid) = fs::read_to_string(self.dir.path().join(format!("{side}.pid"))) {
-                let _ = Command::new("kill").arg(pid.trim()).status();
-            }
-        }
-    }
+/// The plan of a blue-green deploy over `sides`, blue on `blue` and green on `green`, whose
+/// green side starts with `start_green`.
+fn plan(sides: &HookedBackends, blue: u16, green: u16, start_green: &str) -> std::path::PathBuf {
+    let plan = format!(
+        "upstream = \"app\"\nstrategy = \"switch\"\nhealth_timeout = \"10s\"\n\
+         [sides.blue]\nserver = \"127.0.0.1:{blue}\"\nstart = \"{start_blue}\"\nstop = \"{stop}\"\n\
+         [sides.green]\nserver = \"127.0.0.1:{green}\"\nstart = \"{start_green}\"\nstop = \"{stop}\"\n\
+         check_url = \"http://127.0.0.1:{green}/health\"\n",
+        start_blue = sides.start_hook(blue),
+        stop = sides.stop_hook(),
+    );
+    let path = sides.dir().join("deploy.toml");
+    fs::write(&path, plan).unwrap();
+    path
 }
 
 #[test]
 fn deploy_runs_the_hooks_in_order_and_alternates_sides() {
-    let sides = Sides::new();
-    let port = free_port();
+    let sides = HookedBackends::new();
+    let (blue, green, port) = (free_port(), free_port(), free_port());
     let nginx = Nginx::start(NginxOptions::new(format!(
-        "upstream app {{\n    server 127.0.0.1:{} ;\n    server 127.0.0.1:{} down;\n    shift;\n\
+        "upstream app {{\n    server 127.0.0.1:{blue} ;\n    server 127.0.0.1:{green} down;\n    shift;\n\
              shift_check interval=200ms;\n}}\n\
          server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://app; }} }}\n\
-         server {{ listen unix:{{prefix}}/api.sock; location /api/ {{ shift_api; }} }}\n",
-        sides.blue, sides.green
+         server {{ listen unix:{{prefix}}/api.sock; location /api/ {{ shift_api; }} }}\n"
     )));
     let admin = Admin::new(nginx.path("api.sock"), "/api/");
     let state_dir = TempDir::new().unwrap();
-    let plan = sides.plan(&sides.start_hook(sides.green));
+    let plan = plan(&sides, blue, green, &sides.start_hook(green));
     // Blue runs, as the previous deploy left it; green is stopped.
-    let started = Command::new("sh")
-        .arg("-c")
-        .arg(sides.start_hook(sides.blue))
-        .env("SHIFT_SIDE", "blue")
-        .status()
-        .unwrap();
-    assert!(started.success());
-    fs::write(sides.dir.path().join("hooks.log"), "").unwrap();
+    sides.start_now("blue", blue);
     let healthy = |index: usize| admin.upstream("app").peers[index].health == Health::Healthy;
     assert!(wait_until(Duration::from_secs(10), || healthy(0)).is_some());
     let deploy = || {
@@ -367,8 +320,8 @@ fn deploy_runs_the_hooks_in_order_and_alternates_sides() {
 #[test]
 fn a_failing_start_hook_leaves_traffic_on_the_old_side() {
     let setup = Setup::start("");
-    let sides = Sides { dir: TempDir::new().unwrap(), blue: setup.blue.port(), green: setup.green.port() };
-    let plan = sides.plan("exit 7");
+    let sides = HookedBackends::new();
+    let plan = plan(&sides, setup.blue.port(), setup.green.port(), "exit 7");
     let output = setup.run(&["deploy", plan.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = text(&output.stderr);
