@@ -22,7 +22,10 @@ fn main() {
 
     // OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out; the module lands in <target>/<profile>.
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
-    let profile_dir = out_dir.ancestors().nth(3).expect("OUT_DIR has the usual depth");
+    let profile_dir = out_dir
+        .ancestors()
+        .nth(3)
+        .expect("OUT_DIR has the usual depth");
     let module = profile_dir.join("libngx_http_shift_module.so");
     println!("cargo::rustc-env=SHIFT_MODULE_PATH={}", module.display());
 }

@@ -14,7 +14,10 @@ pub struct Admin {
 
 impl Admin {
     pub fn new(socket: impl AsRef<Path>, prefix: &str) -> Admin {
-        Admin { socket: socket.as_ref().to_path_buf(), prefix: prefix.to_string() }
+        Admin {
+            socket: socket.as_ref().to_path_buf(),
+            prefix: prefix.to_string(),
+        }
     }
 
     /// A raw request; `path` is relative to the prefix.
@@ -49,7 +52,11 @@ impl Admin {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(response: Response) -> T {
-    assert_eq!(response.status, 200, "admin API answered: {}", response.body);
+    assert_eq!(
+        response.status, 200,
+        "admin API answered: {}",
+        response.body
+    );
     serde_json::from_str(&response.body)
         .unwrap_or_else(|err| panic!("admin API body does not parse ({err}): {}", response.body))
 }

@@ -1,7 +1,7 @@
 //! Real HTTP/1.1 backends on loopback, served by a shared tokio runtime.
 
-use std::net::SocketAddr;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -58,7 +58,11 @@ impl Backend {
             .unwrap_or_else(|err| panic!("backend {name}: bind 127.0.0.1:{port}: {err}"));
         let addr = listener.local_addr().expect("backend address");
         let task = runtime().spawn(serve(listener, behaviour.clone()));
-        Backend { addr, behaviour, task }
+        Backend {
+            addr,
+            behaviour,
+            task,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -128,7 +132,12 @@ async fn serve_connection(stream: TcpStream, behaviour: Arc<Behaviour>) {
             return;
         }
         behaviour.hits.fetch_add(1, Ordering::SeqCst);
-        *behaviour.hits_by_path.lock().expect("hits lock").entry(path).or_default() += 1;
+        *behaviour
+            .hits_by_path
+            .lock()
+            .expect("hits lock")
+            .entry(path)
+            .or_default() += 1;
         if behaviour.hang.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }

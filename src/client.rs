@@ -91,7 +91,10 @@ pub fn api_request(
 fn read_response<R: BufRead>(reader: &mut R) -> io::Result<(Response, bool)> {
     let mut line = String::new();
     if reader.read_line(&mut line)? == 0 {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"));
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed",
+        ));
     }
     let status = line
         .split_whitespace()
@@ -109,7 +112,9 @@ fn read_response<R: BufRead>(reader: &mut R) -> io::Result<(Response, bool)> {
         if header.is_empty() {
             break;
         }
-        let Some((name, value)) = header.split_once(':') else { continue };
+        let Some((name, value)) = header.split_once(':') else {
+            continue;
+        };
         let value = value.trim();
         headers.push((name.to_string(), value.to_string()));
         if name.eq_ignore_ascii_case("content-length") {
@@ -133,7 +138,14 @@ fn read_response<R: BufRead>(reader: &mut R) -> io::Result<(Response, bool)> {
         body
     };
     let body = String::from_utf8(body).map_err(|_| invalid("body is not UTF-8"))?;
-    Ok((Response { status, headers, body }, keep_alive))
+    Ok((
+        Response {
+            status,
+            headers,
+            body,
+        },
+        keep_alive,
+    ))
 }
 
 fn read_chunked<R: BufRead>(reader: &mut R) -> io::Result<Vec<u8>> {

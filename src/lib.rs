@@ -46,9 +46,9 @@ pub fn module_path() -> PathBuf {
 
 /// The `shiftctl` binary of this profile: `SHIFT_CTL` if set, else next to the module.
 pub fn shiftctl_binary() -> PathBuf {
-    let path = std::env::var_os("SHIFT_CTL").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("SHIFT_MODULE_PATH")).with_file_name("shiftctl")
-    });
+    let path = std::env::var_os("SHIFT_CTL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("SHIFT_MODULE_PATH")).with_file_name("shiftctl"));
     assert!(
         path.is_file(),
         "no shiftctl at {}: run `cargo build -p shiftctl` first, or set SHIFT_CTL",
@@ -60,7 +60,11 @@ pub fn shiftctl_binary() -> PathBuf {
 /// The standalone `backend` binary of this profile (see `src/bin/backend.rs`).
 pub fn backend_binary() -> PathBuf {
     let path = PathBuf::from(env!("SHIFT_MODULE_PATH")).with_file_name("backend");
-    assert!(path.is_file(), "no backend binary at {}: run `cargo build --workspace` first", path.display());
+    assert!(
+        path.is_file(),
+        "no backend binary at {}: run `cargo build --workspace` first",
+        path.display()
+    );
     path
 }
 

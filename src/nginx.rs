@@ -30,12 +30,22 @@ pub struct NginxOptions {
 
 impl NginxOptions {
     pub fn new(http: impl Into<String>) -> NginxOptions {
-        NginxOptions { workers: 2, http: http.into(), main: String::new(), full: None }
+        NginxOptions {
+            workers: 2,
+            http: http.into(),
+            main: String::new(),
+            full: None,
+        }
     }
 
     /// Runs a complete nginx.conf, as an operator would write it.
     pub fn full_config(config: impl Into<String>, workers: u32) -> NginxOptions {
-        NginxOptions { workers, http: String::new(), main: String::new(), full: Some(config.into()) }
+        NginxOptions {
+            workers,
+            http: String::new(),
+            main: String::new(),
+            full: Some(config.into()),
+        }
     }
 
     pub fn workers(mut self, workers: u32) -> NginxOptions {
@@ -88,7 +98,11 @@ impl Nginx {
             .stderr(stderr)
             .spawn()
             .expect("start nginx");
-        let mut nginx = Nginx { prefix, child: Some(child), options };
+        let mut nginx = Nginx {
+            prefix,
+            child: Some(child),
+            options,
+        };
         nginx.wait_for_workers(&[]);
         nginx
     }
@@ -158,7 +172,11 @@ impl Nginx {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         let pid_file = self.path("logs/nginx.pid");
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!(
                     "nginx exited with {status} while starting\n--- stderr ---\n{}\n--- error.log ---\n{}",
                     fs::read_to_string(self.path("logs/stderr.log")).unwrap_or_default(),
@@ -184,7 +202,9 @@ impl Nginx {
     }
 
     fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         let pid = Pid::from_raw(child.id() as i32);
         let _ = kill(pid, Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -213,7 +233,10 @@ impl Drop for Nginx {
 }
 
 fn new_prefix() -> TempDir {
-    let prefix = tempfile::Builder::new().prefix("nginx-shift-").tempdir().expect("temp prefix");
+    let prefix = tempfile::Builder::new()
+        .prefix("nginx-shift-")
+        .tempdir()
+        .expect("temp prefix");
     // Workers run as an unprivileged user when the tests run as root: let them in.
     fs::set_permissions(prefix.path(), fs::Permissions::from_mode(0o755)).expect("chmod prefix");
     fs::create_dir_all(prefix.path().join("logs")).expect("logs dir");
@@ -270,7 +293,9 @@ fn write_config(prefix: &Path, options: &NginxOptions) {
 
 /// Pids whose parent is `parent`, read from /proc.
 fn children_of(parent: u32) -> Vec<u32> {
-    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     let mut pids: Vec<u32> = entries
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {

@@ -17,7 +17,9 @@ pub struct HookedBackends {
 
 impl HookedBackends {
     pub fn new() -> HookedBackends {
-        HookedBackends { dir: TempDir::new().expect("hooks dir") }
+        HookedBackends {
+            dir: TempDir::new().expect("hooks dir"),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -67,7 +69,9 @@ impl Default for HookedBackends {
 
 impl Drop for HookedBackends {
     fn drop(&mut self) {
-        let Ok(entries) = fs::read_dir(self.dir()) else { return };
+        let Ok(entries) = fs::read_dir(self.dir()) else {
+            return;
+        };
         for entry in entries.flatten() {
             if entry.path().extension().is_some_and(|ext| ext == "pid") {
                 if let Ok(pid) = fs::read_to_string(entry.path()) {

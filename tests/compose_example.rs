@@ -33,34 +33,70 @@ fn backend_ports(compose: &serde_yaml::Value) -> BTreeMap<String, String> {
 
 #[test]
 fn the_compose_file_matches_the_config_and_the_plan() {
-    let compose: serde_yaml::Value = serde_yaml::from_str(&example("docker-compose.yml")).expect("YAML");
-    let services: Vec<&str> =
-        compose["services"].as_mapping().unwrap().keys().filter_map(|k| k.as_str()).collect();
+    let compose: serde_yaml::Value =
+        serde_yaml::from_str(&example("docker-compose.yml")).expect("YAML");
+    let services: Vec<&str> = compose["services"]
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .filter_map(|k| k.as_str())
+        .collect();
     assert_eq!(services, ["nginx", "backend_blue", "backend_green"]);
     let ports = backend_ports(&compose);
-    assert_eq!(ports, BTreeMap::from([("backend_blue".into(), "8000".into()), ("backend_green".into(), "8001".into())]));
+    assert_eq!(
+        ports,
+        BTreeMap::from([
+            ("backend_blue".into(), "8000".into()),
+            ("backend_green".into(), "8001".into())
+        ])
+    );
 
     let config = example("nginx.conf");
     let plan: toml::Value = toml::from_str(&example("deploy.toml")).expect("TOML");
     for (service, port) in &ports {
-        assert!(config.contains(&format!("server 127.0.0.1:{port}")), "nginx.conf lacks {service}'s port {port}");
+        assert!(
+            config.contains(&format!("server 127.0.0.1:{port}")),
+            "nginx.conf lacks {service}'s port {port}"
+        );
         let side = plan["sides"]
             .as_table()
             .unwrap()
             .values()
             .find(|side| side["start"].as_str() == Some(&format!("docker compose up -d {service}")))
             .unwrap_or_else(|| panic!("no side of deploy.toml starts {service}"));
-        assert_eq!(side["server"].as_str(), Some(format!("127.0.0.1:{port}").as_str()));
-        assert_eq!(side["stop"].as_str(), Some(format!("docker compose stop {service}").as_str()));
+        assert_eq!(
+            side["server"].as_str(),
+            Some(format!("127.0.0.1:{port}").as_str())
+        );
+        assert_eq!(
+            side["stop"].as_str(),
+            Some(format!("docker compose stop {service}").as_str())
+        );
     }
 
-    let volumes: Vec<&str> =
-        compose["services"]["nginx"]["volumes"].as_sequence().unwrap().iter().filter_map(|v| v.as_str()).collect();
-    assert!(volumes.contains(&"./nginx.conf:/etc/nginx/nginx.conf:ro"), "{volumes:?}");
-    let module_mount = volumes.iter().find(|v| v.contains("libngx_http_shift_module.so")).expect("module mounted");
+    let volumes: Vec<&str> = compose["services"]["nginx"]["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        volumes.contains(&"./nginx.conf:/etc/nginx/nginx.conf:ro"),
+        "{volumes:?}"
+    );
+    let module_mount = volumes
+        .iter()
+        .find(|v| v.contains("libngx_http_shift_module.so"))
+        .expect("module mounted");
     let module_in_container = module_mount.split(':').nth(1).unwrap();
-    assert!(config.contains(&format!("load_module {module_in_container};")), "load_module path differs");
-    assert!(volumes.contains(&"./run:/run/nginx-shift"), "the socket directory reaches the host");
+    assert!(
+        config.contains(&format!("load_module {module_in_container};")),
+        "load_module path differs"
+    );
+    assert!(
+        volumes.contains(&"./run:/run/nginx-shift"),
+        "the socket directory reaches the host"
+    );
     assert!(config.contains("listen unix:/run/nginx-shift/shift.sock;"));
 }
 
@@ -71,19 +107,28 @@ fn the_example_config_and_plan_deploy_with_local_processes() {
     fs::set_permissions(state_dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
     // The same nginx.conf, with this machine's paths and free ports in place of the container's.
     let config = example("nginx.conf")
-        .replace("/etc/nginx/modules/libngx_http_shift_module.so", &module_path().display().to_string())
+        .replace(
+            "/etc/nginx/modules/libngx_http_shift_module.so",
+            &module_path().display().to_string(),
+        )
         .replace("127.0.0.1:8000", &format!("127.0.0.1:{blue}"))
         .replace("127.0.0.1:8001", &format!("127.0.0.1:{green}"))
         .replace("listen 80;", &format!("listen 127.0.0.1:{http};"))
         .replace("/run/nginx-shift/shift.sock", "{prefix}/shift.sock")
-        .replace("/var/lib/nginx-shift", &state_dir.path().display().to_string());
+        .replace(
+            "/var/lib/nginx-shift",
+            &state_dir.path().display().to_string(),
+        );
     let nginx = Nginx::start(NginxOptions::full_config(config, 2));
 
     // The same plan, with local processes instead of compose services, and 1s canary steps.
     let sides = HookedBackends::new();
     let plan = example("deploy.toml")
         .replace("docker compose up -d backend_blue", &sides.start_hook(blue))
-        .replace("docker compose up -d backend_green", &sides.start_hook(green))
+        .replace(
+            "docker compose up -d backend_green",
+            &sides.start_hook(green),
+        )
         .replace("docker compose stop backend_blue", &sides.stop_hook())
         .replace("docker compose stop backend_green", &sides.stop_hook())
         .replace("127.0.0.1:8000", &format!("127.0.0.1:{blue}"))
@@ -95,11 +140,19 @@ fn the_example_config_and_plan_deploy_with_local_processes() {
     // `docker compose up -d nginx backend_blue`, as the example's README starts it.
     sides.start_now("blue", blue);
     let admin = Admin::new(nginx.path("shift.sock"), "/api/");
-    let blue_healthy = wait_until(Duration::from_secs(15), || admin.upstream("backend").peers[0].health == Health::Healthy);
-    assert!(blue_healthy.is_some(), "blue never passed GET /api/users/: {:?}", admin.upstream("backend"));
+    let blue_healthy = wait_until(Duration::from_secs(15), || {
+        admin.upstream("backend").peers[0].health == Health::Healthy
+    });
+    assert!(
+        blue_healthy.is_some(),
+        "blue never passed GET /api/users/: {:?}",
+        admin.upstream("backend")
+    );
     let served = || {
         let mut client = HttpClient::new(http);
-        (0..20).map(|_| client.get("/").expect("nginx answers").body).collect::<std::collections::BTreeSet<_>>()
+        (0..20)
+            .map(|_| client.get("/").expect("nginx answers").body)
+            .collect::<std::collections::BTreeSet<_>>()
     };
     assert_eq!(served(), ["blue".to_string()].into());
 
@@ -115,13 +168,27 @@ fn the_example_config_and_plan_deploy_with_local_processes() {
             .unwrap()
     };
     let output = deploy();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert_eq!(sides.log(), "start green\nstop blue\n");
     assert_eq!(served(), ["green".to_string()].into());
-    assert!(state_dir.path().join("backend.json").exists(), "the workers saved the state file");
+    assert!(
+        state_dir.path().join("backend.json").exists(),
+        "the workers saved the state file"
+    );
 
     let output = deploy();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert_eq!(sides.log(), "start green\nstop blue\nstart blue\nstop green\n");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        sides.log(),
+        "start green\nstop blue\nstart blue\nstop green\n"
+    );
     assert_eq!(served(), ["blue".to_string()].into());
 }

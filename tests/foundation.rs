@@ -4,8 +4,10 @@
 use harness::{check_config, free_port, Backend, HttpClient, Nginx, NginxOptions};
 
 fn upstream_config(extra_upstream: &str, servers: &[u16], listen: u16) -> String {
-    let servers: String =
-        servers.iter().map(|port| format!("server 127.0.0.1:{port};\n")).collect();
+    let servers: String = servers
+        .iter()
+        .map(|port| format!("server 127.0.0.1:{port};\n"))
+        .collect();
     format!(
         "upstream app {{\n{servers}{extra_upstream}\n}}\n\
          server {{ listen 127.0.0.1:{listen}; location / {{ proxy_pass http://app; }} }}\n\
@@ -21,7 +23,11 @@ fn nginx_t_accepts_shift_and_shift_api() {
         free_port(),
     )));
     assert!(check.ok, "nginx -t failed:\n{}", check.output);
-    assert!(check.output.contains("test is successful"), "{}", check.output);
+    assert!(
+        check.output.contains("test is successful"),
+        "{}",
+        check.output
+    );
 }
 
 #[test]
@@ -31,13 +37,23 @@ fn misspelt_shift_parameter_is_rejected_naming_the_directive() {
         &[8000],
         free_port(),
     )));
-    assert!(!check.ok, "nginx -t accepted a misspelt parameter:\n{}", check.output);
     assert!(
-        check.output.contains("invalid parameter \"stat=/tmp/app.state\" in \"shift\" directive"),
+        !check.ok,
+        "nginx -t accepted a misspelt parameter:\n{}",
+        check.output
+    );
+    assert!(
+        check
+            .output
+            .contains("invalid parameter \"stat=/tmp/app.state\" in \"shift\" directive"),
         "{}",
         check.output
     );
-    assert!(check.output.contains("nginx.conf:"), "no file and line: {}", check.output);
+    assert!(
+        check.output.contains("nginx.conf:"),
+        "no file and line: {}",
+        check.output
+    );
 }
 
 #[test]
@@ -47,7 +63,9 @@ fn misspelt_shift_api_parameter_is_rejected() {
     let check = check_config(&NginxOptions::new(config));
     assert!(!check.ok);
     assert!(
-        check.output.contains("invalid parameter \"writer=0\" in \"shift_api\" directive"),
+        check
+            .output
+            .contains("invalid parameter \"writer=0\" in \"shift_api\" directive"),
         "{}",
         check.output
     );
@@ -61,27 +79,56 @@ fn shift_outside_an_upstream_is_rejected() {
     );
     let check = check_config(&NginxOptions::new(config));
     assert!(!check.ok);
-    assert!(check.output.contains("\"shift\" directive is not allowed here"), "{}", check.output);
+    assert!(
+        check
+            .output
+            .contains("\"shift\" directive is not allowed here"),
+        "{}",
+        check.output
+    );
 }
 
 #[test]
 fn shift_refuses_another_balancer_and_zone() {
     for (extra, expected) in [
-        ("least_conn;\nshift;", "works with the default round robin only"),
-        ("keepalive 4;\nshift;", "\"shift\" must come before \"keepalive\""),
-        ("shift;\nleast_conn;", "uses another load balancing method after \"shift\""),
-        ("zone app 64k;\nshift;", "\"shift\" cannot be used with \"zone\""),
+        (
+            "least_conn;\nshift;",
+            "works with the default round robin only",
+        ),
+        (
+            "keepalive 4;\nshift;",
+            "\"shift\" must come before \"keepalive\"",
+        ),
+        (
+            "shift;\nleast_conn;",
+            "uses another load balancing method after \"shift\"",
+        ),
+        (
+            "zone app 64k;\nshift;",
+            "\"shift\" cannot be used with \"zone\"",
+        ),
     ] {
-        let check = check_config(&NginxOptions::new(upstream_config(extra, &[8000], free_port())));
+        let check = check_config(&NginxOptions::new(upstream_config(
+            extra,
+            &[8000],
+            free_port(),
+        )));
         assert!(!check.ok, "accepted {extra:?}:\n{}", check.output);
-        assert!(check.output.contains(expected), "for {extra:?}:\n{}", check.output);
+        assert!(
+            check.output.contains(expected),
+            "for {extra:?}:\n{}",
+            check.output
+        );
     }
 }
 
 #[test]
 fn keepalive_after_shift_is_accepted() {
-    let check =
-        check_config(&NginxOptions::new(upstream_config("shift;\nkeepalive 4;", &[8000], free_port())));
+    let check = check_config(&NginxOptions::new(upstream_config(
+        "shift;\nkeepalive 4;",
+        &[8000],
+        free_port(),
+    )));
     assert!(check.ok, "{}", check.output);
 }
 
@@ -105,7 +152,11 @@ fn requests_through_a_shift_upstream_reach_both_backends() {
     // Plain round robin with equal weights: an even split, give or take the two workers' phase.
     let blue_count = served.get("blue").copied().unwrap_or(0);
     let green_count = served.get("green").copied().unwrap_or(0);
-    assert_eq!(blue_count + green_count, 200, "unexpected answers: {served:?}");
+    assert_eq!(
+        blue_count + green_count,
+        200,
+        "unexpected answers: {served:?}"
+    );
     assert!((95..=105).contains(&blue_count), "uneven split: {served:?}");
     assert_eq!(blue.hits() + green.hits(), 200);
 }

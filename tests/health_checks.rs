@@ -12,8 +12,10 @@ use shift_wire::{Health, Upstream};
 const PATIENCE: Duration = Duration::from_secs(10);
 
 fn config(servers: &[(String, &str)], check: &str, port: u16) -> String {
-    let servers: String =
-        servers.iter().map(|(address, params)| format!("    server {address} {params};\n")).collect();
+    let servers: String = servers
+        .iter()
+        .map(|(address, params)| format!("    server {address} {params};\n"))
+        .collect();
     format!(
         "upstream app {{\n{servers}    shift;\n    shift_check {check};\n}}\n\
          server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://app; }} }}\n\
@@ -29,8 +31,10 @@ struct Setup {
 
 impl Setup {
     fn start(servers: &[(&Backend, &str)], check: &str) -> Setup {
-        let servers: Vec<(String, &str)> =
-            servers.iter().map(|(backend, params)| (backend.addr().to_string(), *params)).collect();
+        let servers: Vec<(String, &str)> = servers
+            .iter()
+            .map(|(backend, params)| (backend.addr().to_string(), *params))
+            .collect();
         let port = free_port();
         let nginx = Nginx::start(NginxOptions::new(config(&servers, check, port)));
         let admin = Admin::new(nginx.path("api.sock"), "/api/");
@@ -44,12 +48,20 @@ impl Setup {
     fn peer(&self, backend: &Backend) -> shift_wire::Peer {
         let upstream: Upstream = self.admin.upstream("app");
         let server = backend.addr().to_string();
-        upstream.peers.into_iter().find(|peer| peer.server == server).expect("peer listed")
+        upstream
+            .peers
+            .into_iter()
+            .find(|peer| peer.server == server)
+            .expect("peer listed")
     }
 
     fn wait_for_health(&self, backend: &Backend, health: Health) -> Duration {
         wait_until(PATIENCE, || self.health(backend) == health).unwrap_or_else(|| {
-            panic!("{} never became {health:?}: {:?}", backend.name(), self.peer(backend))
+            panic!(
+                "{} never became {health:?}: {:?}",
+                backend.name(),
+                self.peer(backend)
+            )
         })
     }
 
@@ -80,7 +92,9 @@ fn a_failing_backend_is_taken_out_and_comes_back_after_passes() {
 
     green.set_status(503);
     let took = setup.wait_for_health(&green, Health::Unhealthy);
-    eprintln!("green marked unhealthy {took:?} after it started answering 503 (interval 200ms, fails=2)");
+    eprintln!(
+        "green marked unhealthy {took:?} after it started answering 503 (interval 200ms, fails=2)"
+    );
     let peer = setup.peer(&green);
     let check = peer.check.expect("check status shown");
     assert_eq!(check.last_error.as_deref(), Some("status 503"));
@@ -88,22 +102,46 @@ fn a_failing_backend_is_taken_out_and_comes_back_after_passes() {
 
     let traffic_before = green.hits_on("/");
     assert_eq!(setup.traffic(40), ok_from("blue", 40));
-    assert_eq!(green.hits_on("/"), traffic_before, "an unhealthy peer gets no requests");
+    assert_eq!(
+        green.hits_on("/"),
+        traffic_before,
+        "an unhealthy peer gets no requests"
+    );
 
     green.set_status(200);
     setup.wait_for_health(&green, Health::Healthy);
     let check = setup.peer(&green).check.unwrap();
-    assert!(check.consecutive_passes >= 2 && check.last_error.is_none(), "{check:?}");
+    assert!(
+        check.consecutive_passes >= 2 && check.last_error.is_none(),
+        "{check:?}"
+    );
     let answers = setup.traffic(40);
-    assert!(answers.contains_key(&(200, "green".to_string())), "green is back: {answers:?}");
+    assert!(
+        answers.contains_key(&(200, "green".to_string())),
+        "green is back: {answers:?}"
+    );
 
     let log = setup.nginx.error_log();
-    let transitions: Vec<_> = log.lines().filter(|line| line.contains("shift: upstream \"app\" peer")).collect();
+    let transitions: Vec<_> = log
+        .lines()
+        .filter(|line| line.contains("shift: upstream \"app\" peer"))
+        .collect();
     let green_addr = green.addr().to_string();
-    let green_lines: Vec<_> = transitions.iter().filter(|line| line.contains(&green_addr)).collect();
+    let green_lines: Vec<_> = transitions
+        .iter()
+        .filter(|line| line.contains(&green_addr))
+        .collect();
     assert!(
-        green_lines.iter().filter(|line| line.contains("is unhealthy (was healthy): status 503")).count() == 1
-            && green_lines.iter().filter(|line| line.contains("is healthy (was unhealthy)")).count() == 1,
+        green_lines
+            .iter()
+            .filter(|line| line.contains("is unhealthy (was healthy): status 503"))
+            .count()
+            == 1
+            && green_lines
+                .iter()
+                .filter(|line| line.contains("is healthy (was unhealthy)"))
+                .count()
+                == 1,
         "each transition logged once:\n{}",
         transitions.join("\n")
     );
@@ -127,28 +165,48 @@ fn a_killed_and_a_hanging_backend_are_both_detected() {
 
     let upstream_has = |server: String, error: &str| {
         wait_until(PATIENCE, || {
-            let peer = setup.admin.upstream("app").peers.into_iter().find(|p| p.server == server).unwrap();
+            let peer = setup
+                .admin
+                .upstream("app")
+                .peers
+                .into_iter()
+                .find(|p| p.server == server)
+                .unwrap();
             peer.health == Health::Unhealthy
                 && peer.check.and_then(|c| c.last_error).as_deref() == Some(error)
         })
         .is_some()
     };
-    assert!(upstream_has(killed_peer.to_string(), "connect refused"), "{:?}", setup.admin.upstream("app"));
-    assert!(upstream_has(hanging.addr().to_string(), "timeout"), "{:?}", setup.admin.upstream("app"));
+    assert!(
+        upstream_has(killed_peer.to_string(), "connect refused"),
+        "{:?}",
+        setup.admin.upstream("app")
+    );
+    assert!(
+        upstream_has(hanging.addr().to_string(), "timeout"),
+        "{:?}",
+        setup.admin.upstream("app")
+    );
     assert_eq!(setup.traffic(20), ok_from("fine", 20));
 }
 
 #[test]
 fn two_workers_send_one_probe_per_interval() {
     let backend = Backend::start("solo");
-    let setup = Setup::start(&[(&backend, "")], "uri=/health interval=250ms timeout=200ms");
+    let setup = Setup::start(
+        &[(&backend, "")],
+        "uri=/health interval=250ms timeout=200ms",
+    );
     setup.wait_for_health(&backend, Health::Healthy);
     let start = Instant::now();
     let before = backend.hits_on("/health");
     thread::sleep(Duration::from_millis(3000));
     let probes = backend.hits_on("/health") - before;
     let intervals = start.elapsed().as_millis() as u64 / 250;
-    eprintln!("{probes} probes in {intervals} intervals with {} workers", setup.nginx.worker_pids().len());
+    eprintln!(
+        "{probes} probes in {intervals} intervals with {} workers",
+        setup.nginx.worker_pids().len()
+    );
     assert!(
         probes + 2 >= intervals && probes <= intervals + 2,
         "{probes} probes in {intervals} intervals: not one per interval"
@@ -165,15 +223,24 @@ fn when_every_peer_is_unhealthy_requests_fail_fast_with_502() {
     setup.wait_for_health(&blue, Health::Unhealthy);
     setup.wait_for_health(&green, Health::Unhealthy);
     let start = Instant::now();
-    assert_eq!(setup.traffic(10), BTreeMap::from([((502, expected_502_body()), 10)]));
-    eprintln!("10 requests with no healthy peer answered 502 in {:?}", start.elapsed());
+    assert_eq!(
+        setup.traffic(10),
+        BTreeMap::from([((502, expected_502_body()), 10)])
+    );
+    eprintln!(
+        "10 requests with no healthy peer answered 502 in {:?}",
+        start.elapsed()
+    );
     assert_eq!(blue.hits_on("/") + green.hits_on("/"), 0);
 }
 
 fn expected_502_body() -> String {
     // Nginx's own error page; only its status matters, the body is compared whole to be sure
     // no backend answered.
-    let nginx = std::process::Command::new(harness::nginx_binary()).arg("-v").output().unwrap();
+    let nginx = std::process::Command::new(harness::nginx_binary())
+        .arg("-v")
+        .output()
+        .unwrap();
     let version = String::from_utf8_lossy(&nginx.stderr);
     let version = version.trim().trim_start_matches("nginx version: ");
     format!(
@@ -192,16 +259,36 @@ fn mandatory_checks_keep_a_new_peer_out_until_it_passes_and_health_survives_relo
     setup.wait_for_health(&blue, Health::Healthy);
 
     // Deploy green by reload: blue keeps its health, green starts unchecked and gets nothing.
-    let servers = [(blue.addr().to_string(), ""), (green.addr().to_string(), "")];
-    setup.nginx.reload(Some(&config(&servers, check, setup.port)));
-    assert_eq!(setup.health(&blue), Health::Healthy, "health survives the reload");
+    let servers = [
+        (blue.addr().to_string(), ""),
+        (green.addr().to_string(), ""),
+    ];
+    setup
+        .nginx
+        .reload(Some(&config(&servers, check, setup.port)));
+    assert_eq!(
+        setup.health(&blue),
+        Health::Healthy,
+        "health survives the reload"
+    );
     assert_eq!(setup.health(&green), Health::Unchecked);
-    assert_eq!(setup.traffic(20), ok_from("blue", 20), "an unchecked peer gets nothing");
-    assert_eq!(setup.health(&green), Health::Unchecked, "still unchecked during the traffic");
+    assert_eq!(
+        setup.traffic(20),
+        ok_from("blue", 20),
+        "an unchecked peer gets nothing"
+    );
+    assert_eq!(
+        setup.health(&green),
+        Health::Unchecked,
+        "still unchecked during the traffic"
+    );
     assert_eq!(green.hits_on("/"), 0);
     setup.wait_for_health(&green, Health::Healthy);
     let answers = setup.traffic(20);
-    assert!(answers.contains_key(&(200, "green".to_string())), "{answers:?}");
+    assert!(
+        answers.contains_key(&(200, "green".to_string())),
+        "{answers:?}"
+    );
 }
 
 #[test]
@@ -240,7 +327,10 @@ fn killing_the_live_backend_under_load_costs_no_client_errors() {
         .fold((0, 0), |(ok, failed), (o, f)| (ok + o, failed + f));
     eprintln!("killing blue under load: {ok} requests answered 200, {failed} failed");
     assert!(ok > 100, "the load ran: {ok}");
-    assert_eq!(failed, 0, "proxy_next_upstream and the checks absorb the kill");
+    assert_eq!(
+        failed, 0,
+        "proxy_next_upstream and the checks absorb the kill"
+    );
 }
 
 #[test]
@@ -250,13 +340,19 @@ fn checks_go_on_when_the_probing_workers_are_killed() {
     setup.wait_for_health(&backend, Health::Healthy);
     // Kill every worker (the master starts new ones), whichever was probing.
     for pid in setup.nginx.worker_pids() {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL)
-            .expect("kill a worker");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::SIGKILL,
+        )
+        .expect("kill a worker");
     }
     backend.set_status(503);
     setup.wait_for_health(&backend, Health::Unhealthy);
     let before = backend.hits_on("/health");
     thread::sleep(Duration::from_millis(1000));
     let probes = backend.hits_on("/health") - before;
-    assert!((3..=7).contains(&probes), "{probes} probes in 5 intervals after the kill");
+    assert!(
+        (3..=7).contains(&probes),
+        "{probes} probes in 5 intervals after the kill"
+    );
 }

@@ -48,18 +48,46 @@ fn metrics_are_valid_prometheus_text_matching_the_api() {
 
     let response = admin.request("GET", "metrics", None);
     assert_eq!(response.status, 200);
-    assert_eq!(response.header("Content-Type"), Some("text/plain; version=0.0.4; charset=utf-8"));
+    assert_eq!(
+        response.header("Content-Type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
     let metrics = scrape(&response.body);
     let (b, g) = (blue.addr().to_string(), green.addr().to_string());
-    assert_eq!(sample(&metrics, "nginx_shift_peer_weight", &peer(&b, None)), 3.0);
-    assert_eq!(sample(&metrics, "nginx_shift_peer_requests_total", &peer(&b, None)), 25.0);
+    assert_eq!(
+        sample(&metrics, "nginx_shift_peer_weight", &peer(&b, None)),
+        3.0
+    );
+    assert_eq!(
+        sample(&metrics, "nginx_shift_peer_requests_total", &peer(&b, None)),
+        25.0
+    );
     let two_xx = peer(&b, Some(("class", "2xx")));
-    assert_eq!(sample(&metrics, "nginx_shift_peer_responses_total", &two_xx), 25.0);
+    assert_eq!(
+        sample(&metrics, "nginx_shift_peer_responses_total", &two_xx),
+        25.0
+    );
     let down = peer(&g, Some(("state", "down")));
     assert_eq!(sample(&metrics, "nginx_shift_peer_state", &down), 1.0);
-    assert_eq!(sample(&metrics, "nginx_shift_upstream_generation", &[("upstream", "app")]), 1.0);
-    let counters: Vec<_> = metrics.samples.iter().filter(|s| s.metric.ends_with("_total")).collect();
-    assert!(counters.iter().all(|s| matches!(s.value, Value::Counter(_))), "counters typed as counters");
+    assert_eq!(
+        sample(
+            &metrics,
+            "nginx_shift_upstream_generation",
+            &[("upstream", "app")]
+        ),
+        1.0
+    );
+    let counters: Vec<_> = metrics
+        .samples
+        .iter()
+        .filter(|s| s.metric.ends_with("_total"))
+        .collect();
+    assert!(
+        counters
+            .iter()
+            .all(|s| matches!(s.value, Value::Counter(_))),
+        "counters typed as counters"
+    );
 
     // shiftctl reads the same.
     let output = Command::new(shiftctl_binary())
@@ -70,5 +98,8 @@ fn metrics_are_valid_prometheus_text_matching_the_api() {
         .unwrap();
     assert!(output.status.success());
     let via_shiftctl = scrape(&String::from_utf8(output.stdout).unwrap());
-    assert_eq!(sample(&via_shiftctl, "nginx_shift_peer_weight", &peer(&b, None)), 3.0);
+    assert_eq!(
+        sample(&via_shiftctl, "nginx_shift_peer_weight", &peer(&b, None)),
+        3.0
+    );
 }

@@ -41,9 +41,16 @@ impl Setup {
             .map(|(backend, (_, params))| (backend.addr().to_string(), *params))
             .collect();
         let port = free_port();
-        let nginx = Nginx::start(NginxOptions::new(config(&servers, shift_args, api_args, port)));
+        let nginx = Nginx::start(NginxOptions::new(config(
+            &servers, shift_args, api_args, port,
+        )));
         let admin = Admin::new(nginx.path("api.sock"), "/api/");
-        Setup { nginx, admin, port, backends }
+        Setup {
+            nginx,
+            admin,
+            port,
+            backends,
+        }
     }
 
     fn addr(&self, index: usize) -> String {
@@ -56,7 +63,9 @@ impl Setup {
         let mut served = BTreeMap::new();
         let mut workers = BTreeSet::new();
         for _ in 0..count {
-            let response = HttpClient::new(self.port).get("/").expect("request through nginx");
+            let response = HttpClient::new(self.port)
+                .get("/")
+                .expect("request through nginx");
             assert_eq!(response.status, 200, "answer: {}", response.body);
             workers.extend(response.header("X-Worker").map(str::to_string));
             *served.entry(response.body).or_default() += 1;
@@ -87,34 +96,52 @@ fn a_patch_moves_the_next_requests_in_every_worker() {
         assert_eq!(served, only(to, 40), "round {round}");
         workers_seen.extend(workers);
     }
-    assert_eq!(workers_seen.len(), 2, "both workers served: {workers_seen:?}");
+    assert_eq!(
+        workers_seen.len(),
+        2,
+        "both workers served: {workers_seen:?}"
+    );
 }
 
 #[test]
 fn a_95_5_split_holds_within_one_point_over_10000_requests() {
     let setup = Setup::start(&[("blue", ""), ("green", "")], "", "");
-    setup.admin.set_weights("app", &[(&setup.addr(0), 95), (&setup.addr(1), 5)]);
+    setup
+        .admin
+        .set_weights("app", &[(&setup.addr(0), 95), (&setup.addr(1), 5)]);
     // Eight keep-alive connections, taken in turn, so both workers share the load.
     let mut clients: Vec<HttpClient> = (0..8).map(|_| HttpClient::new(setup.port)).collect();
     let mut served = BTreeMap::<String, usize>::new();
     let mut workers = BTreeSet::new();
     for i in 0..10_000 {
         let connections = clients.len();
-        let response = clients[i % connections].get("/").expect("request through nginx");
+        let response = clients[i % connections]
+            .get("/")
+            .expect("request through nginx");
         assert_eq!(response.status, 200);
         workers.extend(response.header("X-Worker").map(str::to_string));
         *served.entry(response.body).or_default() += 1;
     }
     let green = served.get("green").copied().unwrap_or(0) as f64;
     let green_share = green / 10_000.0 * 100.0;
-    assert!((4.0..=6.0).contains(&green_share), "green got {green_share:.2}%: {served:?}");
+    assert!(
+        (4.0..=6.0).contains(&green_share),
+        "green got {green_share:.2}%: {served:?}"
+    );
     assert_eq!(workers.len(), 2, "both workers served: {workers:?}");
 
     let upstream = setup.admin.upstream("app");
     let requests: u64 = upstream.peers.iter().map(|peer| peer.requests).sum();
-    let successes: u64 = upstream.peers.iter().map(|peer| peer.responses.success).sum();
+    let successes: u64 = upstream
+        .peers
+        .iter()
+        .map(|peer| peer.responses.success)
+        .sum();
     assert_eq!((requests, successes), (10_000, 10_000));
-    assert_eq!(upstream.peers[1].requests, green as u64, "the API counts what green served");
+    assert_eq!(
+        upstream.peers[1].requests, green as u64,
+        "the API counts what green served"
+    );
 }
 
 #[test]
@@ -134,11 +161,25 @@ fn zero_weight_drained_and_standby_peers_get_no_requests() {
     let hits_before = (setup.backends[0].hits(), setup.backends[1].hits());
     let (served, _) = setup.spread(60);
     assert_eq!(served, only("c", 60));
-    assert_eq!((setup.backends[0].hits(), setup.backends[1].hits()), hits_before);
+    assert_eq!(
+        (setup.backends[0].hits(), setup.backends[1].hits()),
+        hits_before
+    );
 
     let upstream = setup.admin.upstream("app");
-    let states: Vec<_> = upstream.peers.iter().map(|peer| (peer.weight, peer.state)).collect();
-    assert_eq!(states, [(0, PeerState::Up), (1, PeerState::Drain), (1, PeerState::Up)]);
+    let states: Vec<_> = upstream
+        .peers
+        .iter()
+        .map(|peer| (peer.weight, peer.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (0, PeerState::Up),
+            (1, PeerState::Drain),
+            (1, PeerState::Up)
+        ]
+    );
 }
 
 #[test]
@@ -157,7 +198,8 @@ fn no_eligible_peer_answers_502_and_logs_the_upstream() {
     assert_eq!(setup.backends[0].hits() + setup.backends[1].hits(), 0);
     let log = setup.nginx.error_log();
     assert!(
-        log.lines().any(|line| line.contains("no live upstreams") && line.contains("http://app")),
+        log.lines()
+            .any(|line| line.contains("no live upstreams") && line.contains("http://app")),
         "no error-log line names the upstream:\n{log}"
     );
 }
@@ -168,7 +210,11 @@ fn a_dead_peer_is_retried_elsewhere_and_counted_as_failed() {
     let dead = setup.backends.remove(0);
     drop(dead); // connection refused from now on
     let (served, _) = setup.spread(40);
-    assert_eq!(served, only("b", 40), "proxy_next_upstream sends retries to b");
+    assert_eq!(
+        served,
+        only("b", 40),
+        "proxy_next_upstream sends retries to b"
+    );
     let upstream = setup.admin.upstream("app");
     assert!(upstream.peers[0].failures >= 1, "{:?}", upstream.peers[0]);
     assert_eq!(upstream.peers[0].failures, upstream.peers[0].requests);
@@ -187,12 +233,19 @@ fn runtime_weights_survive_a_reload_unless_the_config_line_changed() {
 
     setup.nginx.reload(None);
     let upstream = setup.admin.upstream("app");
-    let live: Vec<_> = upstream.peers.iter().map(|peer| (peer.weight, peer.state)).collect();
+    let live: Vec<_> = upstream
+        .peers
+        .iter()
+        .map(|peer| (peer.weight, peer.state))
+        .collect();
     assert_eq!(live, [(0, PeerState::Up), (10, PeerState::Up)]);
     assert!(upstream.generation > generation);
     assert_eq!(setup.spread(30).0, only("green", 30));
     let log = setup.nginx.error_log();
-    assert!(log.contains(&format!("peer {green} keeps weight=10 state=up")), "{log}");
+    assert!(
+        log.contains(&format!("peer {green} keeps weight=10 state=up")),
+        "{log}"
+    );
 
     // The operator edits green's line: green takes the config, blue keeps its runtime weight.
     let edited = config(
@@ -203,10 +256,17 @@ fn runtime_weights_survive_a_reload_unless_the_config_line_changed() {
     );
     setup.nginx.reload(Some(&edited));
     let upstream = setup.admin.upstream("app");
-    let live: Vec<_> = upstream.peers.iter().map(|peer| (peer.weight, peer.state)).collect();
+    let live: Vec<_> = upstream
+        .peers
+        .iter()
+        .map(|peer| (peer.weight, peer.state))
+        .collect();
     assert_eq!(live, [(0, PeerState::Up), (3, PeerState::Up)]);
     assert!(
-        setup.nginx.error_log().contains(&format!("peer {green} changed in the config")),
+        setup
+            .nginx
+            .error_log()
+            .contains(&format!("peer {green} changed in the config")),
         "{}",
         setup.nginx.error_log()
     );
@@ -221,9 +281,8 @@ fn runtime_weights_survive_a_restart_through_the_state_file() {
     let shift_args = format!("state={}", state_file.display());
     let mut setup = Setup::start(&[("blue", ""), ("green", "down")], &shift_args, "");
     let (blue, green) = (setup.addr(0), setup.addr(1));
-    let patch = format!(
-        r#"{{"peers": {{"{blue}": {{"state": "drain"}}, "{green}": {{"state": "up"}}}}}}"#
-    );
+    let patch =
+        format!(r#"{{"peers": {{"{blue}": {{"state": "drain"}}, "{green}": {{"state": "up"}}}}}}"#);
     assert_eq!(setup.admin.patch("app", &patch).status, 200);
     assert!(state_file.exists(), "the PATCH saved the state file");
 
@@ -231,7 +290,11 @@ fn runtime_weights_survive_a_restart_through_the_state_file() {
     let upstream = setup.admin.upstream("app");
     let live: Vec<_> = upstream.peers.iter().map(|peer| peer.state).collect();
     assert_eq!(live, [PeerState::Drain, PeerState::Up]);
-    assert_eq!(setup.spread(30).0, only("green", 30), "no traffic back to the old version");
+    assert_eq!(
+        setup.spread(30).0,
+        only("green", 30),
+        "no traffic back to the old version"
+    );
 }
 
 #[test]
@@ -239,22 +302,77 @@ fn bad_requests_get_their_status_and_change_nothing() {
     let setup = Setup::start(&[("blue", ""), ("green", "")], "", "");
     let blue = setup.addr(0);
     let before = setup.admin.upstream("app");
-    let big = format!(r#"{{"peers": {{"{blue}": {{"weight": 1}}}}, "pad": "{}"}}"#, "x".repeat(9000));
+    let big = format!(
+        r#"{{"peers": {{"{blue}": {{"weight": 1}}}}, "pad": "{}"}}"#,
+        "x".repeat(9000)
+    );
     let cases: Vec<(&str, &str, String, u16, &str)> = vec![
-        ("PATCH", "upstreams/app", "{not json".into(), 400, "bad_request"),
-        ("PATCH", "upstreams/app", format!(r#"{{"peers": {{"{blue}": {{"weigth": 1}}}}}}"#), 400, "bad_request"),
-        ("PATCH", "upstreams/app", format!(r#"{{"peers": {{"{blue}": {{"weight": 1001}}}}}}"#), 400, "bad_request"),
-        ("PATCH", "upstreams/app", format!(r#"{{"peers": {{"{blue}": {{"state": "off"}}}}}}"#), 400, "bad_request"),
-        ("PATCH", "upstreams/nope", format!(r#"{{"peers": {{"{blue}": {{"weight": 1}}}}}}"#), 404, "not_found"),
-        ("PATCH", "upstreams/app", r#"{"peers": {"10.9.9.9:80": {"weight": 1}}}"#.into(), 404, "not_found"),
-        ("DELETE", "upstreams/app", String::new(), 405, "method_not_allowed"),
-        ("PATCH", "upstreams/app", format!(r#"{{"peers": {{"{blue}": {{"weight": 1}}}}, "expect_generation": 99}}"#), 409, "conflict"),
+        (
+            "PATCH",
+            "upstreams/app",
+            "{not json".into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "PATCH",
+            "upstreams/app",
+            format!(r#"{{"peers": {{"{blue}": {{"weigth": 1}}}}}}"#),
+            400,
+            "bad_request",
+        ),
+        (
+            "PATCH",
+            "upstreams/app",
+            format!(r#"{{"peers": {{"{blue}": {{"weight": 1001}}}}}}"#),
+            400,
+            "bad_request",
+        ),
+        (
+            "PATCH",
+            "upstreams/app",
+            format!(r#"{{"peers": {{"{blue}": {{"state": "off"}}}}}}"#),
+            400,
+            "bad_request",
+        ),
+        (
+            "PATCH",
+            "upstreams/nope",
+            format!(r#"{{"peers": {{"{blue}": {{"weight": 1}}}}}}"#),
+            404,
+            "not_found",
+        ),
+        (
+            "PATCH",
+            "upstreams/app",
+            r#"{"peers": {"10.9.9.9:80": {"weight": 1}}}"#.into(),
+            404,
+            "not_found",
+        ),
+        (
+            "DELETE",
+            "upstreams/app",
+            String::new(),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "PATCH",
+            "upstreams/app",
+            format!(r#"{{"peers": {{"{blue}": {{"weight": 1}}}}, "expect_generation": 99}}"#),
+            409,
+            "conflict",
+        ),
         ("PATCH", "upstreams/app", big, 413, "payload_too_large"),
         ("GET", "nothing-here", String::new(), 404, "not_found"),
     ];
     for (method, path, body, status, code) in cases {
         let response = setup.admin.request(method, path, Some(&body));
-        assert_eq!(response.status, status, "{method} {path} {body:.80}: {}", response.body);
+        assert_eq!(
+            response.status, status,
+            "{method} {path} {body:.80}: {}",
+            response.body
+        );
         let error: ApiError = serde_json::from_str(&response.body)
             .unwrap_or_else(|_| panic!("not a JSON error: {}", response.body));
         assert_eq!(error.error, code, "{method} {path}");
@@ -268,13 +386,20 @@ fn a_caller_outside_the_allow_list_gets_403() {
     let me = nix::unistd::Uid::effective().as_raw();
     let stranger = me.wrapping_add(4242);
     // Only a stranger may write; anyone may read.
-    let setup =
-        Setup::start(&[("blue", "")], "", &format!("writers={stranger} readers=any"));
+    let setup = Setup::start(
+        &[("blue", "")],
+        "",
+        &format!("writers={stranger} readers=any"),
+    );
     assert_eq!(setup.admin.request("GET", "upstreams", None).status, 200);
     let patch = format!(r#"{{"peers": {{"{}": {{"weight": 5}}}}}}"#, setup.addr(0));
     let response = setup.admin.patch("app", &patch);
     assert_eq!(response.status, 403, "{}", response.body);
-    assert!(response.body.contains(&format!("uid {me}")), "{}", response.body);
+    assert!(
+        response.body.contains(&format!("uid {me}")),
+        "{}",
+        response.body
+    );
     assert_eq!(setup.admin.upstream("app").peers[0].weight, 1);
 
     // Readers default to the writers: the stranger's list shuts us out of reads too.

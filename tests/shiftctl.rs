@@ -42,7 +42,14 @@ impl Setup {
         let port = free_port();
         let nginx = Nginx::start(NginxOptions::new(config(&blue, &green, check, port)));
         let admin = Admin::new(nginx.path("api.sock"), "/api/");
-        Setup { nginx, admin, port, blue, green, state_dir: TempDir::new().unwrap() }
+        Setup {
+            nginx,
+            admin,
+            port,
+            blue,
+            green,
+            state_dir: TempDir::new().unwrap(),
+        }
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -63,7 +70,11 @@ impl Setup {
     }
 
     fn spawn(&self, args: &[&str]) -> Child {
-        self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn shiftctl")
+        self.command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn shiftctl")
     }
 
     fn green(&self) -> String {
@@ -141,7 +152,10 @@ fn status_prints_the_table_and_json() {
     assert!(output.status.success(), "{}", text(&output.stderr));
     let table = text(&output.stdout);
     assert!(table.contains("upstream app (generation 1)"), "{table}");
-    assert!(table.contains(&setup.blue()) && table.contains("100.0%"), "{table}");
+    assert!(
+        table.contains(&setup.blue()) && table.contains("100.0%"),
+        "{table}"
+    );
 
     let output = setup.run(&["--json", "status"]);
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
@@ -153,7 +167,11 @@ fn status_prints_the_table_and_json() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(3));
-    assert!(text(&output.stderr).contains("is Nginx running with shift_api"), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("is Nginx running with shift_api"),
+        "{}",
+        text(&output.stderr)
+    );
 }
 
 #[test]
@@ -168,7 +186,11 @@ fn set_changes_weights_atomically_and_rejects_bad_input() {
 
     let output = setup.run(&["set", "app", "10.1.1.1:80=5"]);
     assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
-    assert!(text(&output.stderr).contains("has no peer \"10.1.1.1:80\""), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("has no peer \"10.1.1.1:80\""),
+        "{}",
+        text(&output.stderr)
+    );
     let output = setup.run(&["set", "app", &format!("{}=1001", setup.blue())]);
     assert_eq!(output.status.code(), Some(2));
     assert_eq!(setup.admin.upstream("app").generation, 2, "nothing changed");
@@ -178,8 +200,16 @@ fn set_changes_weights_atomically_and_rejects_bad_input() {
 fn canary_walks_the_steps_and_traffic_follows_each() {
     let setup = Setup::start("");
     let mut canary = setup.spawn(&[
-        "canary", "app", "--to", &setup.green(), "--steps", "5,25,50,100", "--interval", "2s",
-        "--max-error-rate", "0.05",
+        "canary",
+        "app",
+        "--to",
+        &setup.green(),
+        "--steps",
+        "5,25,50,100",
+        "--interval",
+        "2s",
+        "--max-error-rate",
+        "0.05",
     ]);
     let mut measured = BTreeMap::new();
     while canary.try_wait().unwrap().is_none() {
@@ -191,13 +221,28 @@ fn canary_walks_the_steps_and_traffic_follows_each() {
         thread::sleep(Duration::from_millis(50));
     }
     let output = canary.wait_with_output().unwrap();
-    assert!(output.status.success(), "canary failed: {}", text(&output.stderr));
-    assert_eq!(measured.keys().copied().collect::<Vec<_>>(), [5, 25, 50, 100], "{measured:?}");
+    assert!(
+        output.status.success(),
+        "canary failed: {}",
+        text(&output.stderr)
+    );
+    assert_eq!(
+        measured.keys().copied().collect::<Vec<_>>(),
+        [5, 25, 50, 100],
+        "{measured:?}"
+    );
     for (percent, share) in &measured {
-        assert!((share - *percent as f64).abs() <= 3.0, "step {percent}%: green got {share:.1}%");
+        assert!(
+            (share - *percent as f64).abs() <= 3.0,
+            "step {percent}%: green got {share:.1}%"
+        );
     }
     let upstream = setup.admin.upstream("app");
-    assert_eq!(upstream.peers[0].state, PeerState::Drain, "the stable peer is drained at 100%");
+    assert_eq!(
+        upstream.peers[0].state,
+        PeerState::Drain,
+        "the stable peer is drained at 100%"
+    );
 }
 
 #[test]
@@ -205,8 +250,16 @@ fn a_canary_whose_target_fails_is_rolled_back() {
     let setup = Setup::start("");
     let load = Load::start(setup.port);
     let canary = setup.spawn(&[
-        "canary", "app", "--to", &setup.green(), "--steps", "5,25,50,100", "--interval", "3s",
-        "--max-error-rate", "0.05",
+        "canary",
+        "app",
+        "--to",
+        &setup.green(),
+        "--steps",
+        "5,25,50,100",
+        "--interval",
+        "3s",
+        "--max-error-rate",
+        "0.05",
     ]);
     // Green starts failing once the canary reaches 25%.
     let reached = wait_until(Duration::from_secs(20), || setup.weights().1 == 250);
@@ -216,15 +269,26 @@ fn a_canary_whose_target_fails_is_rolled_back() {
     let counts = load.stop();
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("rolled back because step 2/4 (25%"), "{stderr}");
+    assert!(
+        stderr.contains("rolled back because step 2/4 (25%"),
+        "{stderr}"
+    );
     assert!(stderr.contains("error rate"), "{stderr}");
     eprintln!("load during the canary: {counts:?}");
 
     let upstream = setup.admin.upstream("app");
-    assert_eq!(upstream.peers[1].state, PeerState::Down, "green is standby again");
+    assert_eq!(
+        upstream.peers[1].state,
+        PeerState::Down,
+        "green is standby again"
+    );
     let before = setup.green.hits_on("/");
     assert_eq!(setup.green_share(100), 0.0);
-    assert_eq!(setup.green.hits_on("/"), before, "green gets no requests after the rollback");
+    assert_eq!(
+        setup.green.hits_on("/"),
+        before,
+        "green gets no requests after the rollback"
+    );
 }
 
 #[test]
@@ -238,7 +302,10 @@ fn switch_refuses_an_unhealthy_target_and_rollback_returns() {
     let output = setup.run(&["switch", "app", "--to", &setup.green(), "--timeout", "5s"]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = text(&output.stderr);
-    assert!(stderr.contains("refusing to shift to") && stderr.contains("unhealthy"), "{stderr}");
+    assert!(
+        stderr.contains("refusing to shift to") && stderr.contains("unhealthy"),
+        "{stderr}"
+    );
     assert_eq!(setup.admin.upstream("app").generation, 1, "nothing changed");
 
     setup.green.set_status(200);
@@ -302,18 +369,26 @@ fn deploy_runs_the_hooks_in_order_and_alternates_sides() {
     };
     let served = || {
         let mut client = HttpClient::new(port);
-        (0..20).map(|_| client.get("/").unwrap().body).collect::<std::collections::BTreeSet<_>>()
+        (0..20)
+            .map(|_| client.get("/").unwrap().body)
+            .collect::<std::collections::BTreeSet<_>>()
     };
 
     let output = deploy();
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert_eq!(sides.log(), "start green\nstop blue\n");
     assert_eq!(served(), ["green".to_string()].into());
-    assert!(wait_until(Duration::from_secs(10), || !healthy(0)).is_some(), "blue was stopped");
+    assert!(
+        wait_until(Duration::from_secs(10), || !healthy(0)).is_some(),
+        "blue was stopped"
+    );
 
     let output = deploy();
     assert!(output.status.success(), "{}", text(&output.stderr));
-    assert_eq!(sides.log(), "start green\nstop blue\nstart blue\nstop green\n");
+    assert_eq!(
+        sides.log(),
+        "start green\nstop blue\nstart blue\nstop green\n"
+    );
     assert_eq!(served(), ["blue".to_string()].into());
 }
 
@@ -325,7 +400,11 @@ fn a_failing_start_hook_leaves_traffic_on_the_old_side() {
     let output = setup.run(&["deploy", plan.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = text(&output.stderr);
-    assert!(stderr.contains("start hook of green (exit 7) failed") && stderr.contains("traffic stays on blue"), "{stderr}");
+    assert!(
+        stderr.contains("start hook of green (exit 7) failed")
+            && stderr.contains("traffic stays on blue"),
+        "{stderr}"
+    );
     assert_eq!(setup.admin.upstream("app").generation, 1);
     assert_eq!(setup.green_share(20), 0.0);
 }
@@ -350,7 +429,11 @@ fn a_fleet_change_applies_everywhere_or_nowhere() {
     // change fails there after it succeeded on the first, which must be put back.
     let output = both(&["set", "app", &format!("{}=9", first.blue())]);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
-    assert!(text(&output.stderr).contains("put back the 1 Nginx(es) already changed"), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("put back the 1 Nginx(es) already changed"),
+        "{}",
+        text(&output.stderr)
+    );
     assert_eq!(first.weights(), (1, 1), "the first Nginx is as it was");
 
     // With the second Nginx down, nothing is written anywhere.
@@ -383,19 +466,43 @@ fn drain_waits_for_active_requests_and_undrain_brings_the_peer_back() {
     setup.blue.set_hang(true);
     let port = setup.port;
     let _held = thread::spawn(move || HttpClient::new(port).get("/"));
-    assert!(wait_until(Duration::from_secs(5), || setup.admin.upstream("app").peers[0].active == 1).is_some());
+    assert!(
+        wait_until(Duration::from_secs(5), || setup.admin.upstream("app").peers
+            [0]
+        .active
+            == 1)
+        .is_some()
+    );
     let output = setup.run(&["drain", "app", &setup.blue(), "--wait", "--timeout", "1s"]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(text(&output.stderr).contains("still has 1 active request"), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("still has 1 active request"),
+        "{}",
+        text(&output.stderr)
+    );
 }
 
 #[test]
 fn a_paused_canary_waits_for_promote() {
     let setup = Setup::start("");
-    let canary = setup.spawn(&["canary", "app", "--to", &setup.green(), "--steps", "50,100", "--interval", "500ms", "--pause"]);
+    let canary = setup.spawn(&[
+        "canary",
+        "app",
+        "--to",
+        &setup.green(),
+        "--steps",
+        "50,100",
+        "--interval",
+        "500ms",
+        "--pause",
+    ]);
     assert!(wait_until(Duration::from_secs(10), || setup.weights().1 == 500).is_some());
     thread::sleep(Duration::from_millis(1500));
-    assert_eq!(setup.weights().1, 500, "still at the first step, waiting for promote");
+    assert_eq!(
+        setup.weights().1,
+        500,
+        "still at the first step, waiting for promote"
+    );
     let output = setup.run(&["promote", "app"]);
     assert!(output.status.success(), "{}", text(&output.stderr));
     let output = canary.wait_with_output().unwrap();
@@ -408,15 +515,40 @@ fn a_signal_during_a_canary_rolls_back_or_holds() {
     for (mode, expected_green) in [("rollback", 1), ("hold", 500)] {
         let setup = Setup::start("");
         let canary = setup.spawn(&[
-            "canary", "app", "--to", &setup.green(), "--steps", "50,100", "--interval", "30s",
-            "--on-interrupt", mode,
+            "canary",
+            "app",
+            "--to",
+            &setup.green(),
+            "--steps",
+            "50,100",
+            "--interval",
+            "30s",
+            "--on-interrupt",
+            mode,
         ]);
         assert!(wait_until(Duration::from_secs(10), || setup.weights().1 == 500).is_some());
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(canary.id() as i32), nix::sys::signal::SIGTERM)
-            .unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(canary.id() as i32),
+            nix::sys::signal::SIGTERM,
+        )
+        .unwrap();
         let output = canary.wait_with_output().unwrap();
-        assert_eq!(output.status.code(), Some(1), "{mode}: {}", text(&output.stderr));
-        assert_eq!(setup.weights().1, expected_green, "{mode}: {}", text(&output.stderr));
-        assert!(text(&output.stderr).contains("interrupted"), "{}", text(&output.stderr));
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{mode}: {}",
+            text(&output.stderr)
+        );
+        assert_eq!(
+            setup.weights().1,
+            expected_green,
+            "{mode}: {}",
+            text(&output.stderr)
+        );
+        assert!(
+            text(&output.stderr).contains("interrupted"),
+            "{}",
+            text(&output.stderr)
+        );
     }
 }

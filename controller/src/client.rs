@@ -14,9 +14,17 @@ pub enum ClientError {
     )]
     Unreachable { socket: PathBuf, reason: String },
     #[error("Nginx at {socket} answered {status}: {error}")]
-    Api { socket: PathBuf, status: u16, error: ApiError },
+    Api {
+        socket: PathBuf,
+        status: u16,
+        error: ApiError,
+    },
     #[error("Nginx at {socket} answered {status} with a body that is not the shift API's: {body}")]
-    Unexpected { socket: PathBuf, status: u16, body: String },
+    Unexpected {
+        socket: PathBuf,
+        status: u16,
+        body: String,
+    },
 }
 
 impl ClientError {
@@ -64,7 +72,11 @@ impl AdminClient {
         if !prefix.ends_with('/') {
             prefix.push('/');
         }
-        AdminClient { socket: socket.to_path_buf(), prefix, http }
+        AdminClient {
+            socket: socket.to_path_buf(),
+            prefix,
+            http,
+        }
     }
 
     pub fn socket(&self) -> &Path {
@@ -81,11 +93,17 @@ impl AdminClient {
     }
 
     pub async fn upstream(&self, name: &str) -> Result<Upstream, ClientError> {
-        self.send(self.http.get(self.url(&format!("upstreams/{name}")))).await
+        self.send(self.http.get(self.url(&format!("upstreams/{name}"))))
+            .await
     }
 
     pub async fn patch(&self, name: &str, patch: &UpstreamPatch) -> Result<Upstream, ClientError> {
-        self.send(self.http.patch(self.url(&format!("upstreams/{name}"))).json(patch)).await
+        self.send(
+            self.http
+                .patch(self.url(&format!("upstreams/{name}")))
+                .json(patch),
+        )
+        .await
     }
 
     /// The Prometheus text of `GET metrics`.
@@ -94,13 +112,26 @@ impl AdminClient {
             socket: self.socket.clone(),
             reason: root_cause(&error),
         };
-        let response = self.http.get(self.url("metrics")).send().await.map_err(unreachable)?;
+        let response = self
+            .http
+            .get(self.url("metrics"))
+            .send()
+            .await
+            .map_err(unreachable)?;
         let status = response.status().as_u16();
         let body = response.text().await.map_err(unreachable)?;
         match (status, serde_json::from_str::<ApiError>(&body)) {
             (200, _) => Ok(body),
-            (_, Ok(error)) => Err(ClientError::Api { socket: self.socket.clone(), status, error }),
-            (_, Err(_)) => Err(ClientError::Unexpected { socket: self.socket.clone(), status, body }),
+            (_, Ok(error)) => Err(ClientError::Api {
+                socket: self.socket.clone(),
+                status,
+                error,
+            }),
+            (_, Err(_)) => Err(ClientError::Unexpected {
+                socket: self.socket.clone(),
+                status,
+                body,
+            }),
         }
     }
 
@@ -120,8 +151,16 @@ impl AdminClient {
                 return Ok(value);
             }
         } else if let Ok(error) = serde_json::from_str::<ApiError>(&body) {
-            return Err(ClientError::Api { socket: self.socket.clone(), status, error });
+            return Err(ClientError::Api {
+                socket: self.socket.clone(),
+                status,
+                error,
+            });
         }
-        Err(ClientError::Unexpected { socket: self.socket.clone(), status, body })
+        Err(ClientError::Unexpected {
+            socket: self.socket.clone(),
+            status,
+            body,
+        })
     }
 }

@@ -31,25 +31,37 @@ pub const EXIT_UNREACHABLE: u8 = 3;
 
 impl Failure {
     pub fn aborted(error: impl Into<anyhow::Error>) -> Failure {
-        Failure { code: EXIT_ABORTED, error: error.into() }
+        Failure {
+            code: EXIT_ABORTED,
+            error: error.into(),
+        }
     }
 
     pub fn usage(error: impl Into<anyhow::Error>) -> Failure {
-        Failure { code: EXIT_USAGE, error: error.into() }
+        Failure {
+            code: EXIT_USAGE,
+            error: error.into(),
+        }
     }
 }
 
 fn client_exit_code(error: &ClientError) -> u8 {
     match error {
         ClientError::Unreachable { .. } => EXIT_UNREACHABLE,
-        ClientError::Api { status: 400 | 404 | 405 | 413, .. } => EXIT_USAGE,
+        ClientError::Api {
+            status: 400 | 404 | 405 | 413,
+            ..
+        } => EXIT_USAGE,
         _ => EXIT_ABORTED,
     }
 }
 
 impl From<ClientError> for Failure {
     fn from(error: ClientError) -> Failure {
-        Failure { code: client_exit_code(&error), error: error.into() }
+        Failure {
+            code: client_exit_code(&error),
+            error: error.into(),
+        }
     }
 }
 
@@ -61,7 +73,10 @@ impl From<FleetError> for Failure {
             FleetError::RolledBack { cause, .. } if cause.is_unreachable() => EXIT_UNREACHABLE,
             FleetError::RolledBack { .. } | FleetError::Split { .. } => EXIT_ABORTED,
         };
-        Failure { code, error: error.into() }
+        Failure {
+            code,
+            error: error.into(),
+        }
     }
 }
 
@@ -71,7 +86,10 @@ impl From<PlanError> for Failure {
             PlanError::UnknownPeer { .. } => EXIT_USAGE,
             _ => EXIT_ABORTED,
         };
-        Failure { code, error: error.into() }
+        Failure {
+            code,
+            error: error.into(),
+        }
     }
 }
 
@@ -86,13 +104,21 @@ pub struct Ctx {
 impl Ctx {
     fn print_upstreams(&self, upstreams: &[Upstream]) {
         if self.json {
-            let sockets: Vec<_> = self.fleet.clients().iter().map(|c| c.socket().display().to_string()).collect();
+            let sockets: Vec<_> = self
+                .fleet
+                .clients()
+                .iter()
+                .map(|c| c.socket().display().to_string())
+                .collect();
             let value: Vec<_> = sockets
                 .iter()
                 .zip(upstreams)
                 .map(|(socket, upstream)| serde_json::json!({ "socket": socket, "upstream": upstream }))
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&value).expect("JSON of wire types"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&value).expect("JSON of wire types")
+            );
             return;
         }
         for (client, upstream) in self.fleet.clients().iter().zip(upstreams) {
@@ -111,7 +137,10 @@ impl Ctx {
     fn save_stable(&self, upstreams: &[Upstream]) -> Result<(), Failure> {
         let snapshots: Vec<UpstreamPatch> = upstreams.iter().map(plan::snapshot).collect();
         let path = self.stable_path(&upstreams[0].name);
-        write_file(&path, &serde_json::to_vec_pretty(&snapshots).expect("JSON of wire types"))
+        write_file(
+            &path,
+            &serde_json::to_vec_pretty(&snapshots).expect("JSON of wire types"),
+        )
     }
 
     fn load_stable(&self, upstream: &str) -> Result<Vec<UpstreamPatch>, Failure> {
@@ -124,7 +153,10 @@ impl Ctx {
             ))
         })?;
         let snapshots: Vec<UpstreamPatch> = serde_json::from_slice(&bytes).map_err(|err| {
-            Failure::usage(anyhow::anyhow!("{} is not a stable set: {err}", path.display()))
+            Failure::usage(anyhow::anyhow!(
+                "{} is not a stable set: {err}",
+                path.display()
+            ))
         })?;
         if snapshots.len() != self.fleet.clients().len() {
             return Err(Failure::usage(anyhow::anyhow!(
@@ -140,7 +172,10 @@ impl Ctx {
     /// Puts every Nginx back to the recorded stable set.
     async fn restore_stable(&self, upstream: &str) -> Result<Vec<Upstream>, Failure> {
         let snapshots = self.load_stable(upstream)?;
-        Ok(self.fleet.apply(upstream, |index, _| Ok(snapshots[index].clone())).await?)
+        Ok(self
+            .fleet
+            .apply(upstream, |index, _| Ok(snapshots[index].clone()))
+            .await?)
     }
 }
 
@@ -163,8 +198,16 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
 
 /// The status table of one upstream.
 pub fn render_table(upstream: &Upstream) -> String {
-    let total: u64 = upstream.peers.iter().filter(|peer| takes_traffic(peer)).map(|peer| peer.weight as u64).sum();
-    let mut out = format!("upstream {} (generation {})\n", upstream.name, upstream.generation);
+    let total: u64 = upstream
+        .peers
+        .iter()
+        .filter(|peer| takes_traffic(peer))
+        .map(|peer| peer.weight as u64)
+        .sum();
+    let mut out = format!(
+        "upstream {} (generation {})\n",
+        upstream.name, upstream.generation
+    );
     out += &format!(
         "{:<24} {:>6} {:>7} {:<6} {:<10} {:>10} {:>9} {:>7}\n",
         "PEER", "WEIGHT", "SHARE", "STATE", "HEALTH", "REQUESTS", "FAILURES", "ACTIVE"
@@ -175,7 +218,11 @@ pub fn render_table(upstream: &Upstream) -> String {
         } else {
             "-".into()
         };
-        let server = if peer.backup { format!("{} (backup)", peer.server) } else { peer.server.clone() };
+        let server = if peer.backup {
+            format!("{} (backup)", peer.server)
+        } else {
+            peer.server.clone()
+        };
         out += &format!(
             "{:<24} {:>6} {:>7} {:<6} {:<10} {:>10} {:>9} {:>7}\n",
             server,
@@ -192,10 +239,18 @@ pub fn render_table(upstream: &Upstream) -> String {
 }
 
 fn takes_traffic(peer: &Peer) -> bool {
-    peer.state == PeerState::Up && peer.weight > 0 && peer.health != Health::Unhealthy && !peer.backup
+    peer.state == PeerState::Up
+        && peer.weight > 0
+        && peer.health != Health::Unhealthy
+        && !peer.backup
 }
 
-pub async fn status(ctx: &Ctx, upstream: Option<String>, watch: bool, every: Duration) -> Result<(), Failure> {
+pub async fn status(
+    ctx: &Ctx,
+    upstream: Option<String>,
+    watch: bool,
+    every: Duration,
+) -> Result<(), Failure> {
     loop {
         let mut all = Vec::new();
         for client in ctx.fleet.clients() {
@@ -208,13 +263,21 @@ pub async fn status(ctx: &Ctx, upstream: Option<String>, watch: bool, every: Dur
             print!("\x1b[2J\x1b[H");
         }
         if ctx.json && !watch {
-            let sockets: Vec<_> = ctx.fleet.clients().iter().map(|c| c.socket().display().to_string()).collect();
+            let sockets: Vec<_> = ctx
+                .fleet
+                .clients()
+                .iter()
+                .map(|c| c.socket().display().to_string())
+                .collect();
             let value: Vec<_> = sockets
                 .iter()
                 .zip(&all)
                 .map(|(socket, upstreams)| serde_json::json!({ "socket": socket, "upstreams": upstreams }))
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&value).expect("JSON of wire types"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&value).expect("JSON of wire types")
+            );
             return Ok(());
         }
         for (client, upstreams) in ctx.fleet.clients().iter().zip(&all) {
@@ -223,7 +286,10 @@ pub async fn status(ctx: &Ctx, upstream: Option<String>, watch: bool, every: Dur
             }
             for upstream in upstreams {
                 if ctx.json {
-                    println!("{}", serde_json::to_string(upstream).expect("JSON of wire types"));
+                    println!(
+                        "{}",
+                        serde_json::to_string(upstream).expect("JSON of wire types")
+                    );
                 } else {
                     print!("{}", render_table(upstream));
                 }
@@ -253,32 +319,61 @@ pub fn parse_assignments(assignments: &[String]) -> Result<BTreeMap<String, Peer
         .iter()
         .map(|assignment| {
             let (server, weight) = assignment.rsplit_once('=').ok_or_else(|| {
-                Failure::usage(anyhow::anyhow!("\"{assignment}\" is not SERVER=WEIGHT, e.g. 127.0.0.1:8001=30"))
+                Failure::usage(anyhow::anyhow!(
+                    "\"{assignment}\" is not SERVER=WEIGHT, e.g. 127.0.0.1:8001=30"
+                ))
             })?;
-            let weight: u32 = weight.parse().ok().filter(|&w| w <= MAX_WEIGHT).ok_or_else(|| {
-                Failure::usage(anyhow::anyhow!("weight \"{weight}\" of {server} must be a number from 0 to {MAX_WEIGHT}"))
-            })?;
-            Ok((server.to_string(), PeerPatch { weight: Some(weight), state: None }))
+            let weight: u32 = weight
+                .parse()
+                .ok()
+                .filter(|&w| w <= MAX_WEIGHT)
+                .ok_or_else(|| {
+                    Failure::usage(anyhow::anyhow!(
+                        "weight \"{weight}\" of {server} must be a number from 0 to {MAX_WEIGHT}"
+                    ))
+                })?;
+            Ok((
+                server.to_string(),
+                PeerPatch {
+                    weight: Some(weight),
+                    state: None,
+                },
+            ))
         })
         .collect()
 }
 
-pub async fn set(ctx: &Ctx, upstream: &str, assignments: &[String], retries: u32) -> Result<(), Failure> {
+pub async fn set(
+    ctx: &Ctx,
+    upstream: &str,
+    assignments: &[String],
+    retries: u32,
+) -> Result<(), Failure> {
     let peers = parse_assignments(assignments)?;
     let mut attempt = 0;
     loop {
         let result = ctx
             .fleet
-            .apply(upstream, |_, _| Ok(UpstreamPatch { peers: peers.clone(), expect_generation: None }))
+            .apply(upstream, |_, _| {
+                Ok(UpstreamPatch {
+                    peers: peers.clone(),
+                    expect_generation: None,
+                })
+            })
             .await;
         match result {
             Ok(states) => {
                 ctx.print_upstreams(&states);
                 return Ok(());
             }
-            Err(error) if attempt < retries && error.client_error().and_then(ClientError::api_code) == Some("conflict") => {
+            Err(error)
+                if attempt < retries
+                    && error.client_error().and_then(ClientError::api_code) == Some("conflict") =>
+            {
                 attempt += 1;
-                ctx.progress.event(&format!("upstream changed meanwhile; retrying ({attempt}/{retries})"));
+                ctx.progress.event(&format!(
+                    "upstream changed meanwhile; retrying ({attempt}/{retries})"
+                ));
             }
             Err(error) => return Err(error.into()),
         }
@@ -297,8 +392,17 @@ pub async fn set_state(
         .apply(upstream, |_, current| {
             plan::find_peer(current, server).map_err(|err| err.to_string())?;
             let mut peers = BTreeMap::new();
-            peers.insert(server.to_string(), PeerPatch { weight: None, state: Some(state) });
-            Ok(UpstreamPatch { peers, expect_generation: None })
+            peers.insert(
+                server.to_string(),
+                PeerPatch {
+                    weight: None,
+                    state: Some(state),
+                },
+            );
+            Ok(UpstreamPatch {
+                peers,
+                expect_generation: None,
+            })
         })
         .await?;
     if let Some(timeout) = wait {
@@ -321,7 +425,9 @@ pub async fn set_state(
                     "{server} still has {active} active request(s) after {timeout:?}; it stays drained"
                 )));
             }
-            ctx.progress.status(&format!("waiting for {server} to finish {active} active request(s)"));
+            ctx.progress.status(&format!(
+                "waiting for {server} to finish {active} active request(s)"
+            ));
             tokio::time::sleep(POLL).await;
         }
     }
@@ -349,7 +455,10 @@ pub async fn wait_ready(
     unhealthy: Unhealthy,
 ) -> Result<(), Failure> {
     let deadline = Instant::now() + timeout;
-    let direct = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
+    let direct = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
     let mut first = true;
     loop {
         let states = ctx.fleet.read(upstream).await?;
@@ -360,7 +469,10 @@ pub async fn wait_ready(
                 plan::require_not_unhealthy(state, target)?;
             }
             if peer.check.is_some() && peer.health != Health::Healthy {
-                let last = peer.check.as_ref().and_then(|check| check.last_error.as_deref());
+                let last = peer
+                    .check
+                    .as_ref()
+                    .and_then(|check| check.last_error.as_deref());
                 waiting_for.push(match last {
                     Some(error) => format!("a passed health check (last: {error})"),
                     None => "a passed health check".to_string(),
@@ -370,7 +482,8 @@ pub async fn wait_ready(
         first = false;
         if let Some(url) = check_url {
             match direct.get(url).send().await {
-                Ok(response) if response.status().is_success() || response.status().is_redirection() => {}
+                Ok(response)
+                    if response.status().is_success() || response.status().is_redirection() => {}
                 Ok(response) => waiting_for.push(format!("{url} answered {}", response.status())),
                 Err(err) => waiting_for.push(format!("{url}: {err}")),
             }
@@ -386,7 +499,8 @@ pub async fn wait_ready(
                 waiting_for.join("; ")
             )));
         }
-        ctx.progress.status(&format!("waiting for {target}: {}", waiting_for.join("; ")));
+        ctx.progress
+            .status(&format!("waiting for {target}: {}", waiting_for.join("; ")));
         tokio::time::sleep(POLL).await;
     }
 }
@@ -403,23 +517,34 @@ pub async fn switch(
     ctx.save_stable(&ctx.fleet.read(upstream).await?)?;
     let states = ctx
         .fleet
-        .apply(upstream, |_, current| plan::switch(current, target).map_err(|err| err.to_string()))
+        .apply(upstream, |_, current| {
+            plan::switch(current, target).map_err(|err| err.to_string())
+        })
         .await?;
-    ctx.progress.event(&format!("switched upstream \"{upstream}\" to {target}; the others drain"));
+    ctx.progress.event(&format!(
+        "switched upstream \"{upstream}\" to {target}; the others drain"
+    ));
     ctx.print_upstreams(&states);
     Ok(())
 }
 
 pub async fn rollback(ctx: &Ctx, upstream: &str) -> Result<(), Failure> {
     let states = ctx.restore_stable(upstream).await?;
-    ctx.progress.event(&format!("upstream \"{upstream}\" is back on its stable set"));
+    ctx.progress.event(&format!(
+        "upstream \"{upstream}\" is back on its stable set"
+    ));
     ctx.print_upstreams(&states);
     Ok(())
 }
 
 pub fn promote(ctx: &Ctx, upstream: &str) -> Result<(), Failure> {
-    write_file(&ctx.state_dir.join(format!("{upstream}.promote")), b"promote\n")?;
-    ctx.progress.event(&format!("asked the paused canary of \"{upstream}\" to take its next step"));
+    write_file(
+        &ctx.state_dir.join(format!("{upstream}.promote")),
+        b"promote\n",
+    )?;
+    ctx.progress.event(&format!(
+        "asked the paused canary of \"{upstream}\" to take its next step"
+    ));
     Ok(())
 }
 
@@ -453,7 +578,15 @@ enum Watch {
 pub async fn canary(ctx: &Ctx, upstream: &str, options: &CanaryOptions) -> Result<(), Failure> {
     let target = options.target.as_str();
     let check_url = options.check_url.as_deref();
-    wait_ready(ctx, upstream, target, check_url, options.ready_timeout, options.unhealthy).await?;
+    wait_ready(
+        ctx,
+        upstream,
+        target,
+        check_url,
+        options.ready_timeout,
+        options.unhealthy,
+    )
+    .await?;
     let before = ctx.fleet.read(upstream).await?;
     for state in &before {
         plan::check_canary(state, target)?;
@@ -463,13 +596,24 @@ pub async fn canary(ctx: &Ctx, upstream: &str, options: &CanaryOptions) -> Resul
     let mut interrupts = Interrupts::new()?;
 
     for (number, &percent) in options.steps.iter().enumerate() {
-        let step = format!("step {}/{} ({percent}% to {target})", number + 1, options.steps.len());
+        let step = format!(
+            "step {}/{} ({percent}% to {target})",
+            number + 1,
+            options.steps.len()
+        );
         let applied = ctx
             .fleet
-            .apply(upstream, |index, _| Ok(plan::canary_step(&stable[index], target, percent)))
+            .apply(upstream, |index, _| {
+                Ok(plan::canary_step(&stable[index], target, percent))
+            })
             .await;
         if let Err(error) = applied {
-            return Err(roll_back(ctx, upstream, &format!("{step} could not be applied: {error}")).await);
+            return Err(roll_back(
+                ctx,
+                upstream,
+                &format!("{step} could not be applied: {error}"),
+            )
+            .await);
         }
         ctx.progress.event(&format!("{step} applied"));
         match watch_step(ctx, upstream, target, options, &step, &mut interrupts).await? {
@@ -490,13 +634,18 @@ pub async fn canary(ctx: &Ctx, upstream: &str, options: &CanaryOptions) -> Resul
             match wait_for_promote(ctx, upstream, &mut interrupts).await {
                 Ok(()) => {}
                 Err(()) if options.on_interrupt == OnInterrupt::Hold => {
-                    return Err(Failure::aborted(anyhow::anyhow!("interrupted; holding at {step}")));
+                    return Err(Failure::aborted(anyhow::anyhow!(
+                        "interrupted; holding at {step}"
+                    )));
                 }
-                Err(()) => return Err(roll_back(ctx, upstream, &format!("interrupted at {step}")).await),
+                Err(()) => {
+                    return Err(roll_back(ctx, upstream, &format!("interrupted at {step}")).await)
+                }
             }
         }
     }
-    ctx.progress.event(&format!("canary of {target} done: it takes all traffic"));
+    ctx.progress
+        .event(&format!("canary of {target} done: it takes all traffic"));
     ctx.print_upstreams(&ctx.fleet.read(upstream).await?);
     Ok(())
 }
@@ -506,7 +655,9 @@ async fn roll_back(ctx: &Ctx, upstream: &str, why: &str) -> Failure {
     ctx.progress.finish();
     match ctx.restore_stable(upstream).await {
         Ok(_) => {
-            ctx.progress.event(&format!("rolled back: all traffic is on the stable peers again ({why})"));
+            ctx.progress.event(&format!(
+                "rolled back: all traffic is on the stable peers again ({why})"
+            ));
             Failure::aborted(anyhow::anyhow!("rolled back because {why}"))
         }
         Err(failure) => Failure::aborted(anyhow::anyhow!(
@@ -540,8 +691,14 @@ async fn watch_step(
         for (state, before) in states.iter().zip(&baseline) {
             let now = plan::find_peer(state, target)?;
             if now.health == Health::Unhealthy {
-                let reason = now.check.as_ref().and_then(|c| c.last_error.clone()).unwrap_or_default();
-                return Ok(Watch::Failed(format!("{target} became unhealthy ({reason})")));
+                let reason = now
+                    .check
+                    .as_ref()
+                    .and_then(|c| c.last_error.clone())
+                    .unwrap_or_default();
+                return Ok(Watch::Failed(format!(
+                    "{target} became unhealthy ({reason})"
+                )));
             }
             if let Some(rate) = plan::error_rate(before, now) {
                 worst = Some(worst.map_or(rate, |w: f64| w.max(rate)));
@@ -560,8 +717,13 @@ async fn watch_step(
             ctx.progress.finish();
             return Ok(Watch::Passed);
         }
-        let rate = worst.map_or("no requests yet".to_string(), |rate| format!("error rate {:.1}%", rate * 100.0));
-        ctx.progress.status(&format!("{step}: {rate}; next step in {}s", left.as_secs() + 1));
+        let rate = worst.map_or("no requests yet".to_string(), |rate| {
+            format!("error rate {:.1}%", rate * 100.0)
+        });
+        ctx.progress.status(&format!(
+            "{step}: {rate}; next step in {}s",
+            left.as_secs() + 1
+        ));
         tokio::select! {
             _ = tokio::time::sleep(POLL.min(left)) => {}
             _ = interrupts.recv() => return Ok(Watch::Interrupted),
@@ -570,10 +732,16 @@ async fn watch_step(
 }
 
 /// Waits for `shiftctl promote` (or Enter on a terminal); `Err` when interrupted.
-async fn wait_for_promote(ctx: &Ctx, upstream: &str, interrupts: &mut Interrupts) -> Result<(), ()> {
+async fn wait_for_promote(
+    ctx: &Ctx,
+    upstream: &str,
+    interrupts: &mut Interrupts,
+) -> Result<(), ()> {
     let flag = ctx.state_dir.join(format!("{upstream}.promote"));
     let _ = fs::remove_file(&flag);
-    ctx.progress.event(&format!("paused: run \"shiftctl promote {upstream}\" (or press Enter) for the next step"));
+    ctx.progress.event(&format!(
+        "paused: run \"shiftctl promote {upstream}\" (or press Enter) for the next step"
+    ));
     let mut stdin = std::io::stdin()
         .is_terminal()
         .then(|| tokio::io::BufReader::new(tokio::io::stdin()).lines());

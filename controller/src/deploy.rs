@@ -76,10 +76,15 @@ fn default_health_timeout() -> String {
 
 impl DeployPlan {
     pub fn load(path: &Path) -> Result<DeployPlan, Failure> {
-        let text = fs::read_to_string(path)
-            .map_err(|err| Failure::usage(anyhow::anyhow!("cannot read {}: {err}", path.display())))?;
-        let plan: DeployPlan = toml::from_str(&text)
-            .map_err(|err| Failure::usage(anyhow::anyhow!("{} is not a valid plan: {err}", path.display())))?;
+        let text = fs::read_to_string(path).map_err(|err| {
+            Failure::usage(anyhow::anyhow!("cannot read {}: {err}", path.display()))
+        })?;
+        let plan: DeployPlan = toml::from_str(&text).map_err(|err| {
+            Failure::usage(anyhow::anyhow!(
+                "{} is not a valid plan: {err}",
+                path.display()
+            ))
+        })?;
         if plan.sides.len() != 2 {
             return Err(Failure::usage(anyhow::anyhow!(
                 "{} must have exactly two [sides.NAME] tables, it has {}",
@@ -124,13 +129,22 @@ fn live_side(ctx: &Ctx, plan: &DeployPlan, upstream: &Upstream) -> Result<String
     }
 }
 
-async fn run_hook(ctx: &Ctx, plan: &DeployPlan, side_name: &str, side: &Side, which: &str) -> Result<(), String> {
+async fn run_hook(
+    ctx: &Ctx,
+    plan: &DeployPlan,
+    side_name: &str,
+    side: &Side,
+    which: &str,
+) -> Result<(), String> {
     let command = match which {
         "start" => side.start.as_deref(),
         _ => side.stop.as_deref(),
     };
-    let Some(command) = command else { return Ok(()) };
-    ctx.progress.event(&format!("{which} hook of {side_name}: {command}"));
+    let Some(command) = command else {
+        return Ok(());
+    };
+    ctx.progress
+        .event(&format!("{which} hook of {side_name}: {command}"));
     let status = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)
@@ -143,7 +157,9 @@ async fn run_hook(ctx: &Ctx, plan: &DeployPlan, side_name: &str, side: &Side, wh
     if status.success() {
         Ok(())
     } else {
-        Err(format!("{which} hook of {side_name} ({command}) failed with {status}"))
+        Err(format!(
+            "{which} hook of {side_name} ({command}) failed with {status}"
+        ))
     }
 }
 
@@ -158,23 +174,36 @@ pub async fn deploy(ctx: &Ctx, plan_path: &Path) -> Result<(), Failure> {
         .map(|(name, side)| (name.clone(), side.clone()))
         .expect("two sides");
     let old_side = plan.sides[&old_name].clone();
-    ctx.progress.event(&format!("deploying {new_name} ({}); {old_name} is live", new_side.server));
+    ctx.progress.event(&format!(
+        "deploying {new_name} ({}); {old_name} is live",
+        new_side.server
+    ));
 
     run_hook(ctx, &plan, &new_name, &new_side, "start")
         .await
         .map_err(|why| Failure::aborted(anyhow::anyhow!("{why}; traffic stays on {old_name}")))?;
-    let health_timeout = plan::parse_duration(&plan.health_timeout).map_err(|err| Failure::usage(anyhow::anyhow!(err)))?;
+    let health_timeout = plan::parse_duration(&plan.health_timeout)
+        .map_err(|err| Failure::usage(anyhow::anyhow!(err)))?;
     let shifted = match plan.strategy {
         Strategy::Switch => {
             let check_url = new_side.check_url.as_deref();
-            commands::switch(ctx, &plan.upstream, &new_side.server, check_url, health_timeout, Unhealthy::AwaitRecovery)
-                .await
+            commands::switch(
+                ctx,
+                &plan.upstream,
+                &new_side.server,
+                check_url,
+                health_timeout,
+                Unhealthy::AwaitRecovery,
+            )
+            .await
         }
         Strategy::Canary => {
             let options = CanaryOptions {
                 target: new_side.server.clone(),
-                steps: plan::parse_steps(&plan.steps).map_err(|err| Failure::usage(anyhow::anyhow!(err)))?,
-                interval: plan::parse_duration(&plan.interval).map_err(|err| Failure::usage(anyhow::anyhow!(err)))?,
+                steps: plan::parse_steps(&plan.steps)
+                    .map_err(|err| Failure::usage(anyhow::anyhow!(err)))?,
+                interval: plan::parse_duration(&plan.interval)
+                    .map_err(|err| Failure::usage(anyhow::anyhow!(err)))?,
                 max_error_rate: plan.max_error_rate,
                 pause: false,
                 on_interrupt: OnInterrupt::Rollback,
@@ -188,24 +217,41 @@ pub async fn deploy(ctx: &Ctx, plan_path: &Path) -> Result<(), Failure> {
     };
     shifted.map_err(|failure| Failure {
         code: failure.code,
-        error: failure.error.context(format!("deploy of {new_name} stopped; traffic stays on {old_name}")),
+        error: failure.error.context(format!(
+            "deploy of {new_name} stopped; traffic stays on {old_name}"
+        )),
     })?;
 
-    write_file(&ctx.state_dir.join(format!("{}.live", plan.upstream)), format!("{new_name}\n").as_bytes())?;
+    write_file(
+        &ctx.state_dir.join(format!("{}.live", plan.upstream)),
+        format!("{new_name}\n").as_bytes(),
+    )?;
     // Let requests the old side still has finish before it is stopped.
     wait_drained(ctx, &plan.upstream, &old_side.server).await;
-    run_hook(ctx, &plan, &old_name, &old_side, "stop").await.map_err(|why| {
-        Failure::aborted(anyhow::anyhow!("{new_name} is live, but {why}; stop {old_name} by hand"))
-    })?;
-    ctx.progress.event(&format!("deploy done: {new_name} is live, {old_name} is stopped"));
+    run_hook(ctx, &plan, &old_name, &old_side, "stop")
+        .await
+        .map_err(|why| {
+            Failure::aborted(anyhow::anyhow!(
+                "{new_name} is live, but {why}; stop {old_name} by hand"
+            ))
+        })?;
+    ctx.progress.event(&format!(
+        "deploy done: {new_name} is live, {old_name} is stopped"
+    ));
     Ok(())
 }
 
 /// Waits (up to 30 s) until `server` has no requests in progress anywhere.
 async fn wait_drained(ctx: &Ctx, upstream: &str, server: &str) {
     for _ in 0..120 {
-        let Ok(states) = ctx.fleet.read(upstream).await else { return };
-        let active: u64 = states.iter().filter_map(|s| plan::find_peer(s, server).ok()).map(|p| p.active).sum();
+        let Ok(states) = ctx.fleet.read(upstream).await else {
+            return;
+        };
+        let active: u64 = states
+            .iter()
+            .filter_map(|s| plan::find_peer(s, server).ok())
+            .map(|p| p.active)
+            .sum();
         if active == 0 {
             return;
         }
@@ -234,13 +280,18 @@ mod tests {
         .unwrap();
         assert_eq!(plan.strategy, Strategy::Switch);
         assert_eq!(plan.steps, "5,25,50,100");
-        assert_eq!(plan.sides["green"].check_url.as_deref(), Some("http://127.0.0.1:8001/api/users/"));
+        assert_eq!(
+            plan.sides["green"].check_url.as_deref(),
+            Some("http://127.0.0.1:8001/api/users/")
+        );
     }
 
     #[test]
     fn unknown_keys_are_refused() {
-        let err = toml::from_str::<DeployPlan>("upstream = \"app\"\nstrategy = \"switch\"\nstratgy = 1\n[sides]\n")
-            .unwrap_err();
+        let err = toml::from_str::<DeployPlan>(
+            "upstream = \"app\"\nstrategy = \"switch\"\nstratgy = 1\n[sides]\n",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("stratgy"), "{err}");
     }
 }

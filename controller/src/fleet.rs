@@ -24,7 +24,11 @@ pub enum FleetError {
         "{cause}; and putting back {socket} failed too ({restore_error}): the fleet is split, \
          check it with \"shiftctl status\""
     )]
-    Split { cause: ClientError, socket: String, restore_error: ClientError },
+    Split {
+        cause: ClientError,
+        socket: String,
+        restore_error: ClientError,
+    },
 }
 
 impl FleetError {
@@ -82,17 +86,29 @@ impl Fleet {
     }
 
     /// Restores the Nginx instances that were changed before `cause` stopped the change.
-    async fn put_back(&self, upstream: &str, before: &[Upstream], cause: ClientError) -> FleetError {
+    async fn put_back(
+        &self,
+        upstream: &str,
+        before: &[Upstream],
+        cause: ClientError,
+    ) -> FleetError {
         for (client, state) in self.clients.iter().zip(before) {
             if let Err(restore_error) = client.patch(upstream, &plan::snapshot(state)).await {
                 let socket = client.socket().display().to_string();
-                return FleetError::Split { cause, socket, restore_error };
+                return FleetError::Split {
+                    cause,
+                    socket,
+                    restore_error,
+                };
             }
         }
         if before.is_empty() {
             FleetError::Client(cause)
         } else {
-            FleetError::RolledBack { cause, restored: before.len() }
+            FleetError::RolledBack {
+                cause,
+                restored: before.len(),
+            }
         }
     }
 }

@@ -22,17 +22,31 @@ use crate::fleet::Fleet;
 use crate::progress::Progress;
 
 #[derive(Parser)]
-#[command(version, about = "Shift traffic between backend versions behind Nginx, with no reload")]
+#[command(
+    version,
+    about = "Shift traffic between backend versions behind Nginx, with no reload"
+)]
 struct Cli {
     /// Unix socket of an Nginx serving shift_api; repeat it to change several Nginx together
     /// (all of them, or none)
-    #[arg(long = "socket", env = "SHIFT_SOCKET", value_delimiter = ',', default_value = "/run/nginx-shift.sock", global = true)]
+    #[arg(
+        long = "socket",
+        env = "SHIFT_SOCKET",
+        value_delimiter = ',',
+        default_value = "/run/nginx-shift.sock",
+        global = true
+    )]
     sockets: Vec<PathBuf>,
     /// Location prefix of shift_api in that server
     #[arg(long, env = "SHIFT_API_PREFIX", default_value = "/api/", global = true)]
     prefix: String,
     /// Where shiftctl keeps the stable set for rollback and the live side of deploys
-    #[arg(long, env = "SHIFT_STATE_DIR", default_value = "/var/lib/nginx-shift", global = true)]
+    #[arg(
+        long,
+        env = "SHIFT_STATE_DIR",
+        default_value = "/var/lib/nginx-shift",
+        global = true
+    )]
     state_dir: PathBuf,
     /// Print results as JSON
     #[arg(long, global = true)]
@@ -143,7 +157,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => {
             let _ = err.print();
-            return ExitCode::from(if err.use_stderr() { commands::EXIT_USAGE } else { 0 });
+            return ExitCode::from(if err.use_stderr() {
+                commands::EXIT_USAGE
+            } else {
+                0
+            });
         }
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -160,22 +178,74 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let clients = cli.sockets.iter().map(|socket| AdminClient::new(socket, &cli.prefix)).collect();
-    let ctx = Ctx { fleet: Fleet::new(clients), json: cli.json, state_dir: cli.state_dir, progress: Progress::new() };
+    let clients = cli
+        .sockets
+        .iter()
+        .map(|socket| AdminClient::new(socket, &cli.prefix))
+        .collect();
+    let ctx = Ctx {
+        fleet: Fleet::new(clients),
+        json: cli.json,
+        state_dir: cli.state_dir,
+        progress: Progress::new(),
+    };
     match cli.command {
-        Command::Status { upstream, watch, every } => commands::status(&ctx, upstream, watch, every).await,
+        Command::Status {
+            upstream,
+            watch,
+            every,
+        } => commands::status(&ctx, upstream, watch, every).await,
         Command::Metrics => commands::metrics(&ctx).await,
-        Command::Set { upstream, weights, retry } => commands::set(&ctx, &upstream, &weights, retry).await,
-        Command::Drain { upstream, server, wait, timeout } => {
-            commands::set_state(&ctx, &upstream, &server, PeerState::Drain, wait.then_some(timeout)).await
+        Command::Set {
+            upstream,
+            weights,
+            retry,
+        } => commands::set(&ctx, &upstream, &weights, retry).await,
+        Command::Drain {
+            upstream,
+            server,
+            wait,
+            timeout,
+        } => {
+            commands::set_state(
+                &ctx,
+                &upstream,
+                &server,
+                PeerState::Drain,
+                wait.then_some(timeout),
+            )
+            .await
         }
         Command::Undrain { upstream, server } => {
             commands::set_state(&ctx, &upstream, &server, PeerState::Up, None).await
         }
-        Command::Switch { upstream, to, check_url, timeout } => {
-            commands::switch(&ctx, &upstream, &to, check_url.as_deref(), timeout, Unhealthy::Refuse).await
+        Command::Switch {
+            upstream,
+            to,
+            check_url,
+            timeout,
+        } => {
+            commands::switch(
+                &ctx,
+                &upstream,
+                &to,
+                check_url.as_deref(),
+                timeout,
+                Unhealthy::Refuse,
+            )
+            .await
         }
-        Command::Canary { upstream, to, steps, interval, max_error_rate, pause, on_interrupt, check_url, timeout } => {
+        Command::Canary {
+            upstream,
+            to,
+            steps,
+            interval,
+            max_error_rate,
+            pause,
+            on_interrupt,
+            check_url,
+            timeout,
+        } => {
             if !(0.0..=1.0).contains(&max_error_rate) {
                 return Err(Failure::usage(anyhow::anyhow!(
                     "--max-error-rate {max_error_rate} must be a fraction from 0 to 1, e.g. 0.01"

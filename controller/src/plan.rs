@@ -10,7 +10,11 @@ use shift_wire::{Health, Peer, PeerPatch, PeerState, Upstream, UpstreamPatch, MA
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
     #[error("upstream \"{upstream}\" has no peer \"{server}\"; its peers: {known}")]
-    UnknownPeer { upstream: String, server: String, known: String },
+    UnknownPeer {
+        upstream: String,
+        server: String,
+        known: String,
+    },
     #[error(
         "no peer of upstream \"{upstream}\" other than {target} takes traffic now, so there is \
          nothing to shift from; use \"shiftctl set\" to bring peers up"
@@ -21,11 +25,20 @@ pub enum PlanError {
 }
 
 pub fn find_peer<'a>(upstream: &'a Upstream, server: &str) -> Result<&'a Peer, PlanError> {
-    upstream.peers.iter().find(|peer| peer.server == server).ok_or_else(|| PlanError::UnknownPeer {
-        upstream: upstream.name.clone(),
-        server: server.to_string(),
-        known: upstream.peers.iter().map(|peer| peer.server.as_str()).collect::<Vec<_>>().join(", "),
-    })
+    upstream
+        .peers
+        .iter()
+        .find(|peer| peer.server == server)
+        .ok_or_else(|| PlanError::UnknownPeer {
+            upstream: upstream.name.clone(),
+            server: server.to_string(),
+            known: upstream
+                .peers
+                .iter()
+                .map(|peer| peer.server.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
 }
 
 /// Fails if the module's check calls `server` unhealthy.
@@ -40,7 +53,10 @@ pub fn require_not_unhealthy(upstream: &Upstream, server: &str) -> Result<(), Pl
         .and_then(|check| check.last_error.clone())
         .map(|error| format!(" (last check: {error})"))
         .unwrap_or_default();
-    Err(PlanError::Unhealthy { server: server.to_string(), reason })
+    Err(PlanError::Unhealthy {
+        server: server.to_string(),
+        reason,
+    })
 }
 
 /// The patch that puts every peer back as it is now: what `rollback` applies later.
@@ -50,7 +66,13 @@ pub fn snapshot(upstream: &Upstream) -> UpstreamPatch {
             .peers
             .iter()
             .map(|peer| {
-                (peer.server.clone(), PeerPatch { weight: Some(peer.weight), state: Some(peer.state) })
+                (
+                    peer.server.clone(),
+                    PeerPatch {
+                        weight: Some(peer.weight),
+                        state: Some(peer.state),
+                    },
+                )
             })
             .collect(),
         expect_generation: None,
@@ -69,11 +91,7 @@ fn stable_peers<'a>(upstream: &'a Upstream, target: &str) -> Vec<&'a Peer> {
 /// A canary step: `target` gets `percent` of the weight, the `stable` peers (as in the
 /// snapshot taken before the canary) share the rest in their old proportions. At 100% the
 /// stable peers are drained.
-pub fn canary_step(
-    stable: &UpstreamPatch,
-    target: &str,
-    percent: u32,
-) -> UpstreamPatch {
+pub fn canary_step(stable: &UpstreamPatch, target: &str, percent: u32) -> UpstreamPatch {
     let target_weight = MAX_WEIGHT * percent.min(100) / 100;
     let rest = MAX_WEIGHT - target_weight;
     let stable_weights: Vec<(&String, u32)> = stable
@@ -91,7 +109,10 @@ pub fn canary_step(
     let mut peers = BTreeMap::new();
     peers.insert(
         target.to_string(),
-        PeerPatch { weight: Some(target_weight), state: Some(PeerState::Up) },
+        PeerPatch {
+            weight: Some(target_weight),
+            state: Some(PeerState::Up),
+        },
     );
     let mut given = 0;
     for (index, (server, weight)) in stable_weights.iter().enumerate() {
@@ -102,10 +123,23 @@ pub fn canary_step(
             rest * weight / total.max(1)
         };
         given += share;
-        let state = if percent >= 100 { PeerState::Drain } else { PeerState::Up };
-        peers.insert((*server).clone(), PeerPatch { weight: Some(share), state: Some(state) });
+        let state = if percent >= 100 {
+            PeerState::Drain
+        } else {
+            PeerState::Up
+        };
+        peers.insert(
+            (*server).clone(),
+            PeerPatch {
+                weight: Some(share),
+                state: Some(state),
+            },
+        );
     }
-    UpstreamPatch { peers, expect_generation: None }
+    UpstreamPatch {
+        peers,
+        expect_generation: None,
+    }
 }
 
 /// Checks that a canary can start: the target exists and is not unhealthy, and some other peer
@@ -126,13 +160,32 @@ pub fn check_canary(upstream: &Upstream, target: &str) -> Result<(), PlanError> 
 pub fn switch(upstream: &Upstream, target: &str) -> Result<UpstreamPatch, PlanError> {
     let peer = find_peer(upstream, target)?;
     require_not_unhealthy(upstream, target)?;
-    let weight = if peer.weight > 0 { peer.weight } else { peer.config_weight.max(1) };
+    let weight = if peer.weight > 0 {
+        peer.weight
+    } else {
+        peer.config_weight.max(1)
+    };
     let mut peers = BTreeMap::new();
-    peers.insert(target.to_string(), PeerPatch { weight: Some(weight), state: Some(PeerState::Up) });
+    peers.insert(
+        target.to_string(),
+        PeerPatch {
+            weight: Some(weight),
+            state: Some(PeerState::Up),
+        },
+    );
     for other in stable_peers(upstream, target) {
-        peers.insert(other.server.clone(), PeerPatch { weight: None, state: Some(PeerState::Drain) });
+        peers.insert(
+            other.server.clone(),
+            PeerPatch {
+                weight: None,
+                state: Some(PeerState::Drain),
+            },
+        );
     }
-    Ok(UpstreamPatch { peers, expect_generation: None })
+    Ok(UpstreamPatch {
+        peers,
+        expect_generation: None,
+    })
 }
 
 /// The share of `target`'s requests since `before` that failed: the larger of its 5xx answers
@@ -143,17 +196,23 @@ pub fn error_rate(before: &Peer, now: &Peer) -> Option<f64> {
     if requests == 0 {
         return None;
     }
-    let server_errors = now.responses.server_error.saturating_sub(before.responses.server_error);
+    let server_errors = now
+        .responses
+        .server_error
+        .saturating_sub(before.responses.server_error);
     let failures = now.failures.saturating_sub(before.failures);
     Some(server_errors.max(failures) as f64 / requests as f64)
 }
 
 /// Parses `500ms`, `30s`, `2m`, `1h` (a bare number is seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 =
-        number.parse().map_err(|_| format!("\"{text}\" is not a duration such as 30s or 500ms"))?;
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("\"{text}\" is not a duration such as 30s or 500ms"))?;
     let millis = match unit {
         "ms" => number,
         "" | "s" => number * 1000,
@@ -173,7 +232,9 @@ pub fn parse_steps(text: &str) -> Result<Vec<u32>, String> {
         .map_err(|_| format!("steps \"{text}\" must be percentages such as 5,25,50,100"))?;
     let rising = steps.windows(2).all(|pair| pair[0] < pair[1]);
     if steps.is_empty() || !rising || steps[0] == 0 || steps.last() != Some(&100) {
-        return Err(format!("steps \"{text}\" must rise from above 0 and end at 100"));
+        return Err(format!(
+            "steps \"{text}\" must rise from above 0 and end at 100"
+        ));
     }
     Ok(steps)
 }
@@ -200,11 +261,19 @@ mod tests {
     }
 
     fn upstream(peers: Vec<Peer>) -> Upstream {
-        Upstream { name: "app".into(), generation: 4, peers }
+        Upstream {
+            name: "app".into(),
+            generation: 4,
+            peers,
+        }
     }
 
     fn weights(patch: &UpstreamPatch) -> Vec<(&str, Option<u32>, Option<PeerState>)> {
-        patch.peers.iter().map(|(server, p)| (server.as_str(), p.weight, p.state)).collect()
+        patch
+            .peers
+            .iter()
+            .map(|(server, p)| (server.as_str(), p.weight, p.state))
+            .collect()
     }
 
     #[test]
@@ -237,14 +306,23 @@ mod tests {
     #[test]
     fn a_canary_needs_a_stable_peer_and_a_healthy_target() {
         let alone = upstream(vec![peer("green:1", 1, PeerState::Down, Health::Healthy)]);
-        assert!(matches!(check_canary(&alone, "green:1"), Err(PlanError::NoStablePeer { .. })));
+        assert!(matches!(
+            check_canary(&alone, "green:1"),
+            Err(PlanError::NoStablePeer { .. })
+        ));
         let sick = upstream(vec![
             peer("blue:1", 1, PeerState::Up, Health::Healthy),
             peer("green:1", 1, PeerState::Down, Health::Unhealthy),
         ]);
         let err = check_canary(&sick, "green:1").unwrap_err();
-        assert!(err.to_string().starts_with("refusing to shift to green:1"), "{err}");
-        assert!(matches!(check_canary(&sick, "red:1"), Err(PlanError::UnknownPeer { .. })));
+        assert!(
+            err.to_string().starts_with("refusing to shift to green:1"),
+            "{err}"
+        );
+        assert!(matches!(
+            check_canary(&sick, "red:1"),
+            Err(PlanError::UnknownPeer { .. })
+        ));
     }
 
     #[test]
@@ -255,7 +333,10 @@ mod tests {
         ]);
         assert_eq!(
             weights(&switch(&app, "green:1").unwrap()),
-            [("blue:1", None, Some(PeerState::Drain)), ("green:1", Some(1), Some(PeerState::Up))]
+            [
+                ("blue:1", None, Some(PeerState::Drain)),
+                ("green:1", Some(1), Some(PeerState::Up))
+            ]
         );
     }
 

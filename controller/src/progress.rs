@@ -14,7 +14,10 @@ pub struct Progress {
 
 impl Progress {
     pub fn new() -> Progress {
-        Progress { terminal: std::io::stderr().is_terminal(), last_plain_status: Mutex::new(None) }
+        Progress {
+            terminal: std::io::stderr().is_terminal(),
+            last_plain_status: Mutex::new(None),
+        }
     }
 
     /// Something that happened: always printed on a line of its own.

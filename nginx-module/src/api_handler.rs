@@ -16,9 +16,9 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::unistd::Pid;
 use shift_wire::MAX_BODY_BYTES;
 
-use crate::api::{self, Endpoint, Reply, Writer};
 use crate::ngx_module::Module;
 use crate::shm::table_of;
+use shift_core::api::{self, Endpoint, Reply, Writer};
 
 /// Serves the admin API.
 pub extern "C" fn handle(r: *mut ngx_http_request_t) -> ngx_int_t {
@@ -108,19 +108,30 @@ unsafe fn answer(r: *mut ngx_http_request_t, body: &[u8]) -> ngx_int_t {
         .filter_map(|&uscf| {
             // SAFETY: the upstream confs live as long as the configuration serving `r`.
             let conf = Module::server_conf(unsafe { &*uscf })?;
-            Some(Endpoint { table: table_of(conf)?, state_path: conf.state_path.as_deref() })
+            Some(Endpoint {
+                table: table_of(conf)?,
+                state_path: conf.state_path.as_deref(),
+            })
         })
         .collect();
 
     // SAFETY: per the contract.
     let (uid, path, method) = unsafe { (caller_uid(r), (*r).uri.to_string(), method(r)) };
     let relative = path.strip_prefix(api_conf.prefix.as_str()).unwrap_or(&path);
-    let is_alive = |pid: u32| {
-        !matches!(kill(Pid::from_raw(pid as i32), None), Err(Errno::ESRCH))
-    };
+    let is_alive = |pid: u32| !matches!(kill(Pid::from_raw(pid as i32), None), Err(Errno::ESRCH));
     // SAFETY: ngx_pid is set once at process start.
-    let writer = Writer { pid: unsafe { ngx::ffi::ngx_pid } as u32, is_alive: &is_alive };
-    let reply = api::handle(&method, relative, body, api_conf.caller(uid), &endpoints, &writer);
+    let writer = Writer {
+        pid: unsafe { ngx::ffi::ngx_pid } as u32,
+        is_alive: &is_alive,
+    };
+    let reply = api::handle(
+        &method,
+        relative,
+        body,
+        api_conf.caller(uid),
+        &endpoints,
+        &writer,
+    );
     // SAFETY: per the contract.
     unsafe { send(r, &reply) }
 }
@@ -137,7 +148,9 @@ unsafe fn caller_uid(r: *mut ngx_http_request_t) -> Option<u32> {
             return None;
         }
         let fd = BorrowedFd::borrow_raw((*connection).fd);
-        getsockopt(&fd, PeerCredentials).ok().map(|credentials| credentials.uid())
+        getsockopt(&fd, PeerCredentials)
+            .ok()
+            .map(|credentials| credentials.uid())
     }
 }
 
@@ -158,8 +171,10 @@ unsafe fn send(r: *mut ngx_http_request_t, reply: &Reply) -> ngx_int_t {
         (*r).headers_out.status = reply.status as usize;
         (*r).headers_out.content_length_n = reply.body.len() as i64;
         let content_type = reply.content_type;
-        (*r).headers_out.content_type =
-            ngx_str_t { len: content_type.len(), data: content_type.as_ptr().cast_mut() };
+        (*r).headers_out.content_type = ngx_str_t {
+            len: content_type.len(),
+            data: content_type.as_ptr().cast_mut(),
+        };
         (*r).headers_out.content_type_len = content_type.len();
         if let Some(allow) = reply.allow {
             if request.add_header_out("Allow", allow).is_none() {
@@ -175,7 +190,10 @@ unsafe fn send(r: *mut ngx_http_request_t, reply: &Reply) -> ngx_int_t {
         };
         buffer.set_last_buf(true);
         buffer.set_last_in_chain(true);
-        let mut chain = ngx_chain_t { buf: buffer.as_ngx_buf_mut(), next: std::ptr::null_mut() };
+        let mut chain = ngx_chain_t {
+            buf: buffer.as_ngx_buf_mut(),
+            next: std::ptr::null_mut(),
+        };
         request.output_filter(&mut chain).into()
     }
 }

@@ -28,10 +28,10 @@ use nix::sys::socket::{getsockopt, sockopt::SocketError};
 use nix::time::{clock_gettime, ClockId};
 use nix::unistd::Pid;
 
-use crate::directives::{CheckArgs, CheckKind};
-use crate::health::{http_request, judge_http, ProbeError, MAX_RESPONSE_BYTES};
 use crate::ngx_module::{Module, UpstreamConf};
 use crate::shm::table_of;
+use shift_core::directives::{CheckArgs, CheckKind};
+use shift_core::health::{http_request, judge_http, ProbeError, MAX_RESPONSE_BYTES};
 
 /// One peer's prober in this worker. Leaked on purpose: it lives as long as the worker.
 struct Probe {
@@ -62,16 +62,20 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
             return Status::NGX_OK.0; // no http block
         };
         for &uscf in &main.upstreams {
-            let Some(conf) = Module::server_conf(&*uscf) else { continue };
+            let Some(conf) = Module::server_conf(&*uscf) else {
+                continue;
+            };
             let Some(check) = &conf.check else { continue };
             if table_of(conf).is_none() {
                 continue;
             }
             let host = (*uscf).host.to_string();
             for (index, &peer) in conf.rr_peers.iter().enumerate() {
-                let mut address =
-                    std::slice::from_raw_parts((*peer).sockaddr.cast::<u8>(), (*peer).socklen as usize)
-                        .to_vec();
+                let mut address = std::slice::from_raw_parts(
+                    (*peer).sockaddr.cast::<u8>(),
+                    (*peer).socklen as usize,
+                )
+                .to_vec();
                 if let Some(port) = check.port {
                     set_port(&mut address, port);
                 }
@@ -95,7 +99,10 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
                 }));
                 let data: *mut Probe = probe;
                 for (event, handler) in [
-                    (&mut probe.tick, on_tick as unsafe extern "C" fn(*mut ngx_event_t)),
+                    (
+                        &mut probe.tick,
+                        on_tick as unsafe extern "C" fn(*mut ngx_event_t),
+                    ),
                     (&mut probe.deadline, on_deadline),
                 ] {
                     event.handler = Some(handler);
@@ -115,7 +122,9 @@ pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
 
 /// Writes `port` into an AF_INET or AF_INET6 address (same offset in both); leaves others.
 fn set_port(address: &mut [u8], port: u16) {
-    let family = address.get(..2).map(|bytes| u16::from_ne_bytes([bytes[0], bytes[1]]));
+    let family = address
+        .get(..2)
+        .map(|bytes| u16::from_ne_bytes([bytes[0], bytes[1]]));
     let inet = [nix::libc::AF_INET as u16, nix::libc::AF_INET6 as u16];
     if family.is_some_and(|family| inet.contains(&family)) && address.len() >= 4 {
         address[2..4].copy_from_slice(&port.to_be_bytes());
@@ -133,7 +142,9 @@ unsafe extern "C" fn on_tick(event: *mut ngx_event_t) {
         if !probe.connection.is_null() {
             return;
         }
-        let Some(table) = table_of(&*probe.conf) else { return };
+        let Some(table) = table_of(&*probe.conf) else {
+            return;
+        };
         let check = &*probe.check;
         if table.claim_check(probe.index, monotonic_ms(), check.interval_ms) {
             start(probe);
@@ -298,7 +309,9 @@ unsafe fn finish(probe: &mut Probe, result: Result<(), ProbeError>) {
             ngx_close_connection(probe.connection);
             probe.connection = ptr::null_mut();
         }
-        let Some(table) = table_of(&*probe.conf) else { return };
+        let Some(table) = table_of(&*probe.conf) else {
+            return;
+        };
         let check = &*probe.check;
         let is_alive =
             |pid: u32| !matches!(kill(Pid::from_raw(pid as i32), None), Err(Errno::ESRCH));
@@ -328,7 +341,12 @@ unsafe fn finish(probe: &mut Probe, result: Result<(), ProbeError>) {
             }
             Ok(None) => {}
             Err(err) => {
-                ngx_log_error!(NGX_LOG_ERR, log, "shift: health of peer not recorded: {}", err);
+                ngx_log_error!(
+                    NGX_LOG_ERR,
+                    log,
+                    "shift: health of peer not recorded: {}",
+                    err
+                );
             }
         }
     }
@@ -341,5 +359,7 @@ fn monotonic_ms() -> u64 {
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
 }

@@ -24,10 +24,10 @@ use std::path::PathBuf;
 use ngx::ffi::{ngx_http_upstream_rr_peer_t, ngx_shm_zone_t};
 use nix::unistd::{Uid, User};
 
-use crate::api::Caller;
-use crate::directives::{self, CheckArgs, Principal, Readers, ShiftArgs};
 use crate::shm;
-use crate::table::{Route, TableHeader};
+use shift_core::api::Caller;
+use shift_core::directives::{self, CheckArgs, Principal, Readers, ShiftArgs};
+use shift_core::table::{Route, TableHeader};
 
 /// Per-`http` state: the upstreams that use `shift`, and the shared zone of their tables.
 pub struct MainConf {
@@ -39,7 +39,11 @@ pub struct MainConf {
 
 impl Default for MainConf {
     fn default() -> Self {
-        MainConf { upstreams: Vec::new(), checked: Vec::new(), zone: ptr::null_mut() }
+        MainConf {
+            upstreams: Vec::new(),
+            checked: Vec::new(),
+            zone: ptr::null_mut(),
+        }
     }
 }
 
@@ -111,7 +115,11 @@ impl ApiConf {
                 None => true,
                 Some(readers) => uid.is_some_and(|uid| readers.contains(&uid)),
             };
-        Caller { uid, may_read, may_write }
+        Caller {
+            uid,
+            may_read,
+            may_write,
+        }
     }
 }
 
@@ -123,7 +131,9 @@ fn resolve(principals: &[Principal]) -> Result<Vec<u32>, String> {
             Principal::Uid(uid) => Ok(*uid),
             Principal::User(name) => match User::from_name(name) {
                 Ok(Some(user)) => Ok(user.uid.as_raw()),
-                Ok(None) => Err(format!("unknown user \"{name}\" in \"shift_api\" directive")),
+                Ok(None) => Err(format!(
+                    "unknown user \"{name}\" in \"shift_api\" directive"
+                )),
                 Err(err) => Err(format!("cannot look up user \"{name}\": {err}")),
             },
         })
@@ -257,7 +267,8 @@ unsafe fn directive_args<'a>(cf: *mut ngx_conf_t) -> Result<Vec<&'a str>, String
     words[1..]
         .iter()
         .map(|word| {
-            word.to_str().map_err(|_| format!("parameter \"{word}\" is not valid UTF-8"))
+            word.to_str()
+                .map_err(|_| format!("parameter \"{word}\" is not valid UTF-8"))
         })
         .collect()
 }
@@ -368,7 +379,11 @@ extern "C" fn set_shift_api(
         };
         let prefix = clcf.name.to_string();
         clcf.handler = Some(crate::api_handler::handle);
-        loc.api = Some(ApiConf { writers, readers, prefix });
+        loc.api = Some(ApiConf {
+            writers,
+            readers,
+            prefix,
+        });
     }
     NGX_CONF_OK
 }

@@ -22,8 +22,10 @@ use ngx::http::HttpModuleServerConf;
 use ngx::ngx_log_error;
 
 use crate::ngx_module::{MainConf, Module, UpstreamConf};
-use crate::state_file;
-use crate::table::{CarriedPeer, CarryNote, CheckMode, PeerConfig, PeerSlot, Table, TableHeader};
+use shift_core::state_file;
+use shift_core::table::{
+    CarriedPeer, CarryNote, CheckMode, PeerConfig, PeerSlot, Table, TableHeader,
+};
 
 /// Fixed, so that a reload reuses the zone (Nginx reuses a zone only at the same size).
 pub const ZONE_SIZE: usize = 1024 * 1024;
@@ -49,7 +51,10 @@ pub unsafe fn add_zone(cf: *mut ngx_conf_t, main: &mut MainConf) -> Result<(), (
     if !main.zone.is_null() {
         return Ok(());
     }
-    let mut name = ngx_str_t { len: ZONE_NAME.len(), data: ZONE_NAME.as_ptr().cast_mut() };
+    let mut name = ngx_str_t {
+        len: ZONE_NAME.len(),
+        data: ZONE_NAME.as_ptr().cast_mut(),
+    };
     // SAFETY: a valid cf; the tag is our module's static, as Nginx's own modules use theirs.
     let zone = unsafe {
         ngx_shared_memory_add(
@@ -78,8 +83,15 @@ pub fn table_of(conf: &UpstreamConf) -> Option<Table<'static>> {
     // and is not freed while this configuration can still be in use (KEEP_EPOCHS).
     unsafe {
         let header = conf.table.as_ref()?;
-        let slots = conf.table.cast::<u8>().add(slots_offset()).cast::<PeerSlot>();
-        Some(Table::new(header, std::slice::from_raw_parts(slots, header.peer_count())))
+        let slots = conf
+            .table
+            .cast::<u8>()
+            .add(slots_offset())
+            .cast::<PeerSlot>();
+        Some(Table::new(
+            header,
+            std::slice::from_raw_parts(slots, header.peer_count()),
+        ))
     }
 }
 
@@ -124,7 +136,11 @@ unsafe fn build_tables(
             if root.is_null() {
                 return Err(zone_full());
             }
-            root.write(ZoneRoot { magic: ROOT_MAGIC, epoch: 0, tables: 0 });
+            root.write(ZoneRoot {
+                magic: ROOT_MAGIC,
+                epoch: 0,
+                tables: 0,
+            });
             (*pool).data = root.cast();
             root
         } else {
@@ -155,18 +171,27 @@ unsafe fn build_tables(
 
             let previous = find_table(root, &name, previous_epoch);
             let (carried, generation, source) = if let Some(previous) = previous {
-                (previous.carried(), previous.generation(), "the running configuration".to_string())
+                (
+                    previous.carried(),
+                    previous.generation(),
+                    "the running configuration".to_string(),
+                )
             } else if let Some(path) = &conf.state_path {
                 match state_file::load(path)? {
-                    Some(saved) => (saved.carried(), saved.generation, format!("\"{}\"", path.display())),
+                    Some(saved) => (
+                        saved.carried(),
+                        saved.generation,
+                        format!("\"{}\"", path.display()),
+                    ),
                     None => (Vec::<CarriedPeer>::new(), 0, String::new()),
                 }
             } else {
                 (Vec::new(), 0, String::new())
             };
             if !carried.is_empty() {
-                let guard =
-                    table.lock(std::process::id(), |_| true).map_err(|err| err.to_string())?;
+                let guard = table
+                    .lock(std::process::id(), |_| true)
+                    .map_err(|err| err.to_string())?;
                 let notes = guard.carry_over(&carried, generation);
                 drop(guard);
                 log_carry_notes(log, &name, &source, &notes);
@@ -289,7 +314,11 @@ unsafe fn free_old_tables(pool: *mut ngx_slab_pool_t, root: *mut ZoneRoot, epoch
 fn log_carry_notes(log: *mut ngx_log_t, upstream: &str, source: &str, notes: &[CarryNote]) {
     for note in notes {
         match note {
-            CarryNote::Kept { server, weight, state } => {
+            CarryNote::Kept {
+                server,
+                weight,
+                state,
+            } => {
                 ngx_log_error!(
                     NGX_LOG_NOTICE,
                     log,

@@ -118,7 +118,9 @@ extern "C" fn init_peer(
 /// when the table's `seq` moved since the last copy.
 fn copy_routes_if_changed(conf: &mut UpstreamConf) {
     let Some(table) = table_of(conf) else { return };
-    let Some(seq) = table.routes_if_changed(conf.seen_seq, &mut conf.routes) else { return };
+    let Some(seq) = table.routes_if_changed(conf.seen_seq, &mut conf.routes) else {
+        return;
+    };
     for (&peer, route) in conf.rr_peers.iter().zip(&conf.routes) {
         // SAFETY: `rr_peers` are this upstream's round-robin peers, alive for the cycle and
         // touched only by this (single-threaded) worker.
@@ -156,7 +158,11 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
     }
 }
 
-unsafe extern "C" fn free_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void, state: ngx_uint_t) {
+unsafe extern "C" fn free_peer(
+    pc: *mut ngx_peer_connection_t,
+    data: *mut c_void,
+    state: ngx_uint_t,
+) {
     // SAFETY: as in get_peer; the request outlives its upstream attempts.
     unsafe {
         let attempt = &mut *data.cast::<Attempt>();

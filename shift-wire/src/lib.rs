@@ -183,20 +183,28 @@ mod tests {
         )
         .unwrap();
         assert_eq!(patch.expect_generation, Some(7));
-        assert_eq!(patch.peers["127.0.0.1:8001"], PeerPatch { weight: Some(30), state: None });
+        assert_eq!(
+            patch.peers["127.0.0.1:8001"],
+            PeerPatch {
+                weight: Some(30),
+                state: None
+            }
+        );
         assert_eq!(
             patch.peers["127.0.0.1:8000"],
-            PeerPatch { weight: Some(70), state: Some(PeerState::Up) }
+            PeerPatch {
+                weight: Some(70),
+                state: Some(PeerState::Up)
+            }
         );
     }
 
     #[test]
     fn patch_rejects_unknown_fields_and_states() {
         assert!(serde_json::from_str::<UpstreamPatch>(r#"{"peers": {}, "gen": 1}"#).is_err());
-        assert!(serde_json::from_str::<UpstreamPatch>(
-            r#"{"peers": {"a:1": {"weigth": 1}}}"#
-        )
-        .is_err());
+        assert!(
+            serde_json::from_str::<UpstreamPatch>(r#"{"peers": {"a:1": {"weigth": 1}}}"#).is_err()
+        );
         assert!(serde_json::from_str::<UpstreamPatch>(
             r#"{"peers": {"a:1": {"state": "paused"}}}"#
         )
@@ -205,7 +213,11 @@ mod tests {
 
     #[test]
     fn responses_use_status_class_names() {
-        let json = serde_json::to_value(ResponseCounts { success: 3, ..Default::default() }).unwrap();
+        let json = serde_json::to_value(ResponseCounts {
+            success: 3,
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!(json["2xx"], 3);
         assert_eq!(json["5xx"], 0);
     }

@@ -52,11 +52,22 @@ fn main() -> ExitCode {
     let state_dir = nginx.path("shiftctl");
     let green_server = green.addr().to_string();
 
-    println!("Nginx (master pid {}) with the shift module:", nginx.master_pid());
+    println!(
+        "Nginx (master pid {}) with the shift module:",
+        nginx.master_pid()
+    );
     println!("  traffic:   http://127.0.0.1:{port}/");
     println!("  admin API: unix:{} (location /api/)", socket.display());
-    println!("  shiftctl:  {} --socket {} status", shiftctl_binary().display(), socket.display());
-    println!("  blue on {}, green on {} (standby)\n", blue.addr(), green.addr());
+    println!(
+        "  shiftctl:  {} --socket {} status",
+        shiftctl_binary().display(),
+        socket.display()
+    );
+    println!(
+        "  blue on {}, green on {} (standby)\n",
+        blue.addr(),
+        green.addr()
+    );
 
     let green_ready = wait_until(Duration::from_secs(10), || {
         admin.upstream("app").peers[1].health == shift_wire::Health::Healthy
@@ -82,8 +93,18 @@ fn main() -> ExitCode {
             .status()
             .expect("run shiftctl")
     };
-    let canary = ["canary", "app", "--to", &green_server, "--steps", "10,50,100", "--interval", "3s",
-        "--max-error-rate", "0.05"];
+    let canary = [
+        "canary",
+        "app",
+        "--to",
+        &green_server,
+        "--steps",
+        "10,50,100",
+        "--interval",
+        "3s",
+        "--max-error-rate",
+        "0.05",
+    ];
 
     println!("== 1. canary from blue to green: 10% → 50% → 100%, 3s per step ==");
     let first = shiftctl(&canary);
@@ -96,7 +117,9 @@ fn main() -> ExitCode {
         let watcher = green.clone();
         let admin = Admin::new(&socket, "/api/");
         let handle = thread::spawn(move || {
-            let at_half = wait_until(Duration::from_secs(30), || admin.upstream("app").peers[1].weight == 500);
+            let at_half = wait_until(Duration::from_secs(30), || {
+                admin.upstream("app").peers[1].weight == 500
+            });
             if at_half.is_some() {
                 println!("demo: green now answers 500 on purpose");
                 watcher.set_status(500);
@@ -122,7 +145,9 @@ fn main() -> ExitCode {
     if once {
         return ExitCode::SUCCESS;
     }
-    println!("Nginx keeps running: try curl http://127.0.0.1:{port}/ and shiftctl; Ctrl-C stops it all.");
+    println!(
+        "Nginx keeps running: try curl http://127.0.0.1:{port}/ and shiftctl; Ctrl-C stops it all."
+    );
     wait_for_interrupt();
     println!("\nstopping Nginx and the backends");
     drop(nginx);
@@ -164,7 +189,10 @@ fn start_reporter(tally: Tally, stop: Arc<AtomicBool>) -> thread::JoinHandle<()>
                 .iter()
                 .map(|(who, count)| format!("{who} {:>5.1}%", *count as f64 * 100.0 / total as f64))
                 .collect();
-            println!("  traffic, last second ({total:>4} requests): {}", split.join("  "));
+            println!(
+                "  traffic, last second ({total:>4} requests): {}",
+                split.join("  ")
+            );
         }
     })
 }
@@ -175,8 +203,9 @@ fn wait_for_interrupt() {
         .build()
         .expect("signal runtime");
     runtime.block_on(async {
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("listen for SIGTERM");
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("listen for SIGTERM");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = terminate.recv() => {}

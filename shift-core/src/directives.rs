@@ -40,28 +40,51 @@ pub struct ShiftApiArgs {
 
 impl Default for ShiftApiArgs {
     fn default() -> Self {
-        ShiftApiArgs { writers: None, readers: Readers::Writers }
+        ShiftApiArgs {
+            writers: None,
+            readers: Readers::Writers,
+        }
     }
 }
 
 /// A directive argument Nginx should reject; `Display` is the message `nginx -t` prints.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DirectiveError {
-    InvalidParameter { directive: &'static str, param: String, expected: &'static str },
-    DuplicateParameter { directive: &'static str, param: String },
-    EmptyValue { directive: &'static str, param: String },
-    Conflict { directive: &'static str, detail: String },
+    InvalidParameter {
+        directive: &'static str,
+        param: String,
+        expected: &'static str,
+    },
+    DuplicateParameter {
+        directive: &'static str,
+        param: String,
+    },
+    EmptyValue {
+        directive: &'static str,
+        param: String,
+    },
+    Conflict {
+        directive: &'static str,
+        detail: String,
+    },
 }
 
 impl fmt::Display for DirectiveError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DirectiveError::InvalidParameter { directive, param, expected } => write!(
+            DirectiveError::InvalidParameter {
+                directive,
+                param,
+                expected,
+            } => write!(
                 f,
                 "invalid parameter \"{param}\" in \"{directive}\" directive, expected {expected}"
             ),
             DirectiveError::DuplicateParameter { directive, param } => {
-                write!(f, "duplicate parameter \"{param}\" in \"{directive}\" directive")
+                write!(
+                    f,
+                    "duplicate parameter \"{param}\" in \"{directive}\" directive"
+                )
             }
             DirectiveError::EmptyValue { directive, param } => {
                 write!(f, "empty value in \"{param}\" of \"{directive}\" directive")
@@ -135,7 +158,10 @@ pub fn parse_shift(args: &[&str]) -> Result<ShiftArgs, DirectiveError> {
                     return Err(duplicate(SHIFT, arg));
                 }
                 if path.is_empty() {
-                    return Err(DirectiveError::EmptyValue { directive: SHIFT, param: arg.into() });
+                    return Err(DirectiveError::EmptyValue {
+                        directive: SHIFT,
+                        param: arg.into(),
+                    });
                 }
                 parsed.state_path = Some(path.to_string());
             }
@@ -212,26 +238,40 @@ pub fn parse_shift_check(args: &[&str]) -> Result<CheckArgs, DirectiveError> {
             ("uri", true) if value.starts_with('/') => parsed.uri = value.into(),
             ("uri", true) => return Err(invalid("a URI that starts with \"/\"")),
             ("interval", true) => {
-                parsed.interval_ms = parse_time(value).ok_or_else(|| invalid("a time such as \"5s\""))?
+                parsed.interval_ms =
+                    parse_time(value).ok_or_else(|| invalid("a time such as \"5s\""))?
             }
             ("timeout", true) => {
-                parsed.timeout_ms = parse_time(value).ok_or_else(|| invalid("a time such as \"1s\""))?
+                parsed.timeout_ms =
+                    parse_time(value).ok_or_else(|| invalid("a time such as \"1s\""))?
             }
-            ("fails", true) => parsed.fails = parse_count(value).ok_or_else(|| invalid("a number from 1"))?,
-            ("passes", true) => parsed.passes = parse_count(value).ok_or_else(|| invalid("a number from 1"))?,
+            ("fails", true) => {
+                parsed.fails = parse_count(value).ok_or_else(|| invalid("a number from 1"))?
+            }
+            ("passes", true) => {
+                parsed.passes = parse_count(value).ok_or_else(|| invalid("a number from 1"))?
+            }
             ("status", true) => {
-                parsed.status = parse_status_list(value)
-                    .ok_or_else(|| invalid("codes or ranges from 100 to 599, such as \"200-399,404\""))?
+                parsed.status = parse_status_list(value).ok_or_else(|| {
+                    invalid("codes or ranges from 100 to 599, such as \"200-399,404\"")
+                })?
             }
             ("port", true) => {
                 parsed.port = Some(
-                    value.parse().ok().filter(|&port| port > 0).ok_or_else(|| invalid("a port from 1 to 65535"))?,
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|&port| port > 0)
+                        .ok_or_else(|| invalid("a port from 1 to 65535"))?,
                 )
             }
             ("host", true) if !value.is_empty() => parsed.host = Some(value.into()),
             ("body", true) if !value.is_empty() => parsed.body = Some(value.into()),
             ("host" | "body", true) => {
-                return Err(DirectiveError::EmptyValue { directive: SHIFT_CHECK, param: arg.into() })
+                return Err(DirectiveError::EmptyValue {
+                    directive: SHIFT_CHECK,
+                    param: arg.into(),
+                })
             }
             _ => {
                 return Err(invalid(
@@ -259,7 +299,9 @@ pub fn parse_shift_check(args: &[&str]) -> Result<CheckArgs, DirectiveError> {
 
 /// Nginx-style time: `500ms`, `5s`, `1m`, `1h`; a bare number means seconds. Zero is refused.
 fn parse_time(value: &str) -> Option<u64> {
-    let split = value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len());
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
     let (number, unit) = value.split_at(split);
     let number: u64 = number.parse().ok()?;
     let factor = match unit {
@@ -291,7 +333,10 @@ fn parse_principals(arg: &str, list: &str) -> Result<Vec<Principal>, DirectiveEr
     list.split(',')
         .map(|item| {
             if item.is_empty() {
-                return Err(DirectiveError::EmptyValue { directive: SHIFT_API, param: arg.into() });
+                return Err(DirectiveError::EmptyValue {
+                    directive: SHIFT_API,
+                    param: arg.into(),
+                });
             }
             Ok(match item.parse::<u32>() {
                 Ok(uid) => Principal::Uid(uid),
@@ -303,7 +348,10 @@ fn parse_principals(arg: &str, list: &str) -> Result<Vec<Principal>, DirectiveEr
 
 fn duplicate(directive: &'static str, arg: &str) -> DirectiveError {
     let name = arg.split_once('=').map_or(arg, |(name, _)| name);
-    DirectiveError::DuplicateParameter { directive, param: name.to_string() }
+    DirectiveError::DuplicateParameter {
+        directive,
+        param: name.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -318,7 +366,10 @@ mod tests {
     #[test]
     fn shift_takes_a_state_file() {
         let parsed = parse_shift(&["state=/var/lib/nginx-shift/app.json"]).unwrap();
-        assert_eq!(parsed.state_path.as_deref(), Some("/var/lib/nginx-shift/app.json"));
+        assert_eq!(
+            parsed.state_path.as_deref(),
+            Some("/var/lib/nginx-shift/app.json")
+        );
     }
 
     #[test]
@@ -332,9 +383,15 @@ mod tests {
 
     #[test]
     fn shift_rejects_an_empty_or_repeated_state() {
-        assert!(matches!(parse_shift(&["state="]), Err(DirectiveError::EmptyValue { .. })));
+        assert!(matches!(
+            parse_shift(&["state="]),
+            Err(DirectiveError::EmptyValue { .. })
+        ));
         let err = parse_shift(&["state=/a", "state=/b"]).unwrap_err();
-        assert_eq!(err.to_string(), "duplicate parameter \"state\" in \"shift\" directive");
+        assert_eq!(
+            err.to_string(),
+            "duplicate parameter \"state\" in \"shift\" directive"
+        );
     }
 
     #[test]
@@ -374,15 +431,34 @@ mod tests {
                 mandatory: true,
             }
         );
-        assert_eq!(parse_shift_check(&["type=tcp", "interval=1m"]).unwrap().interval_ms, 60_000);
-        assert_eq!(parse_shift_check(&["interval=200ms"]).unwrap().timeout_ms, 200);
+        assert_eq!(
+            parse_shift_check(&["type=tcp", "interval=1m"])
+                .unwrap()
+                .interval_ms,
+            60_000
+        );
+        assert_eq!(
+            parse_shift_check(&["interval=200ms"]).unwrap().timeout_ms,
+            200
+        );
     }
 
     #[test]
     fn shift_check_rejects_bad_values() {
         for bad in [
-            "type=udp", "uri=health", "interval=5x", "interval=0", "timeout=-1", "fails=0",
-            "passes=x", "status=600", "status=300-200", "port=0", "port=70000", "host=", "tries=3",
+            "type=udp",
+            "uri=health",
+            "interval=5x",
+            "interval=0",
+            "timeout=-1",
+            "fails=0",
+            "passes=x",
+            "status=600",
+            "status=300-200",
+            "port=0",
+            "port=70000",
+            "host=",
+            "tries=3",
             "mandatory=yes",
         ] {
             let err = parse_shift_check(&[bad]).expect_err(bad);
@@ -419,7 +495,9 @@ mod tests {
     #[test]
     fn shift_api_rejects_unknown_and_empty_items() {
         let err = parse_shift_api(&["allow=0"]).unwrap_err();
-        assert!(err.to_string().starts_with("invalid parameter \"allow=0\" in \"shift_api\""));
+        assert!(err
+            .to_string()
+            .starts_with("invalid parameter \"allow=0\" in \"shift_api\""));
         assert!(matches!(
             parse_shift_api(&["writers=0,,1"]),
             Err(DirectiveError::EmptyValue { .. })

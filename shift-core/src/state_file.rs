@@ -87,7 +87,10 @@ pub fn load(path: &Path) -> Result<Option<SavedUpstream>, String> {
             .map(Some)
             .map_err(|err| format!("state file \"{}\" is not valid: {err}", path.display())),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(err) => Err(format!("cannot read state file \"{}\": {err}", path.display())),
+        Err(err) => Err(format!(
+            "cannot read state file \"{}\": {err}",
+            path.display()
+        )),
     }
 }
 
@@ -124,6 +127,9 @@ mod tests {
         let path = dir.path().join("app.json");
         fs::write(&path, "{not json").unwrap();
         let err = load(&path).unwrap_err();
-        assert!(err.contains("app.json") && err.contains("not valid"), "{err}");
+        assert!(
+            err.contains("app.json") && err.contains("not valid"),
+            "{err}"
+        );
     }
 }

@@ -65,12 +65,25 @@ struct Failure {
 
 impl Failure {
     fn new(status: u16, error: &'static str, detail: impl Into<String>) -> Failure {
-        Failure { status, error, detail: detail.into(), allow: None }
+        Failure {
+            status,
+            error,
+            detail: detail.into(),
+            allow: None,
+        }
     }
 
     fn into_reply(self) -> Reply {
-        let body = ApiError { error: self.error.to_string(), detail: self.detail };
-        Reply { status: self.status, content_type: JSON, body: to_json(&body), allow: self.allow }
+        let body = ApiError {
+            error: self.error.to_string(),
+            detail: self.detail,
+        };
+        Reply {
+            status: self.status,
+            content_type: JSON,
+            body: to_json(&body),
+            allow: self.allow,
+        }
     }
 }
 
@@ -85,26 +98,38 @@ fn respond(
     let route = path.trim_start_matches('/');
     if route == "metrics" {
         if method != "GET" && method != "HEAD" {
-            let mut failure = Failure::new(405, "method_not_allowed", format!("{method} is not allowed here; allowed: GET, HEAD"));
+            let mut failure = Failure::new(
+                405,
+                "method_not_allowed",
+                format!("{method} is not allowed here; allowed: GET, HEAD"),
+            );
             failure.allow = Some("GET, HEAD");
             return Err(failure);
         }
         check_access(caller, false)?;
-        let upstreams: Vec<_> = endpoints.iter().map(|endpoint| endpoint.table.to_wire()).collect();
-        return Ok(Reply { status: 200, content_type: metrics::CONTENT_TYPE, body: metrics::render(&upstreams), allow: None });
+        let upstreams: Vec<_> = endpoints
+            .iter()
+            .map(|endpoint| endpoint.table.to_wire())
+            .collect();
+        return Ok(Reply {
+            status: 200,
+            content_type: metrics::CONTENT_TYPE,
+            body: metrics::render(&upstreams),
+            allow: None,
+        });
     }
     let (allow, target) = match route.strip_prefix("upstreams") {
         Some("" | "/") => ("GET, HEAD", None),
         Some(rest) if rest.starts_with('/') && !rest[1..].contains('/') => {
             ("GET, HEAD, PATCH", Some(&rest[1..]))
         }
-        _ => {
-            return Err(Failure::new(
-                404,
-                "not_found",
-                format!("no API resource \"{route}\"; try \"upstreams\", \"upstreams/NAME\" or \"metrics\""),
-            ))
-        }
+        _ => return Err(Failure::new(
+            404,
+            "not_found",
+            format!(
+                "no API resource \"{route}\"; try \"upstreams\", \"upstreams/NAME\" or \"metrics\""
+            ),
+        )),
     };
     let writing = match method {
         "GET" | "HEAD" => false,
@@ -122,17 +147,29 @@ fn respond(
     check_access(caller, writing)?;
 
     let Some(name) = target else {
-        let upstreams = endpoints.iter().map(|endpoint| endpoint.table.to_wire()).collect();
+        let upstreams = endpoints
+            .iter()
+            .map(|endpoint| endpoint.table.to_wire())
+            .collect();
         return Ok(ok(&UpstreamList { upstreams }));
     };
-    let endpoint = endpoints.iter().find(|endpoint| endpoint.table.name() == name).ok_or_else(|| {
-        let known: Vec<_> = endpoints.iter().map(|endpoint| endpoint.table.name()).collect();
-        Failure::new(
-            404,
-            "not_found",
-            format!("no shift upstream \"{name}\"; shift upstreams: {}", known.join(", ")),
-        )
-    })?;
+    let endpoint = endpoints
+        .iter()
+        .find(|endpoint| endpoint.table.name() == name)
+        .ok_or_else(|| {
+            let known: Vec<_> = endpoints
+                .iter()
+                .map(|endpoint| endpoint.table.name())
+                .collect();
+            Failure::new(
+                404,
+                "not_found",
+                format!(
+                    "no shift upstream \"{name}\"; shift upstreams: {}",
+                    known.join(", ")
+                ),
+            )
+        })?;
     if !writing {
         return Ok(ok(&endpoint.table.to_wire()));
     }
@@ -140,7 +177,11 @@ fn respond(
 }
 
 fn check_access(caller: Caller, writing: bool) -> Result<(), Failure> {
-    let allowed = if writing { caller.may_write } else { caller.may_read };
+    let allowed = if writing {
+        caller.may_write
+    } else {
+        caller.may_read
+    };
     if allowed {
         return Ok(());
     }
@@ -212,7 +253,11 @@ fn patch(endpoint: &Endpoint, body: &[u8], writer: &Writer) -> Result<Reply, Fai
 /// Validates every change before any is applied.
 fn plan(table: Table, request: &UpstreamPatch) -> Result<Vec<PeerChange>, Failure> {
     if request.peers.is_empty() {
-        return Err(Failure::new(400, "bad_request", "\"peers\" is empty: name at least one peer"));
+        return Err(Failure::new(
+            400,
+            "bad_request",
+            "\"peers\" is empty: name at least one peer",
+        ));
     }
     request
         .peers
@@ -234,7 +279,9 @@ fn plan(table: Table, request: &UpstreamPatch) -> Result<Vec<PeerChange>, Failur
                 return Err(Failure::new(
                     400,
                     "bad_request",
-                    format!("weight {weight} of peer \"{server}\" is out of range 0..={MAX_WEIGHT}"),
+                    format!(
+                        "weight {weight} of peer \"{server}\" is out of range 0..={MAX_WEIGHT}"
+                    ),
                 ));
             }
             if change.weight.is_none() && change.state.is_none() {
@@ -244,7 +291,11 @@ fn plan(table: Table, request: &UpstreamPatch) -> Result<Vec<PeerChange>, Failur
                     format!("peer \"{server}\" has neither \"weight\" nor \"state\" to change"),
                 ));
             }
-            Ok(PeerChange { index, weight: change.weight, state: change.state })
+            Ok(PeerChange {
+                index,
+                weight: change.weight,
+                state: change.state,
+            })
         })
         .collect()
 }
@@ -265,7 +316,12 @@ fn too_large() -> Failure {
 const JSON: &str = "application/json";
 
 fn ok<T: serde::Serialize>(value: &T) -> Reply {
-    Reply { status: 200, content_type: JSON, body: to_json(value), allow: None }
+    Reply {
+        status: 200,
+        content_type: JSON,
+        body: to_json(value),
+        allow: None,
+    }
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {
@@ -280,15 +336,35 @@ mod tests {
     use crate::table::tests::OwnedTable;
     use shift_wire::{PeerState, Upstream};
 
-    const WRITER: Caller = Caller { uid: Some(0), may_read: true, may_write: true };
+    const WRITER: Caller = Caller {
+        uid: Some(0),
+        may_read: true,
+        may_write: true,
+    };
 
     fn call(owned: &OwnedTable, method: &str, path: &str, body: &str, caller: Caller) -> Reply {
-        let endpoints = [Endpoint { table: owned.view(), state_path: None }];
-        handle(method, path, body.as_bytes(), caller, &endpoints, &Writer { pid: 1, is_alive: &|_| true })
+        let endpoints = [Endpoint {
+            table: owned.view(),
+            state_path: None,
+        }];
+        handle(
+            method,
+            path,
+            body.as_bytes(),
+            caller,
+            &endpoints,
+            &Writer {
+                pid: 1,
+                is_alive: &|_| true,
+            },
+        )
     }
 
     fn app() -> OwnedTable {
-        OwnedTable::new("app", &[("127.0.0.1:8000", 1, false), ("127.0.0.1:8001", 1, true)])
+        OwnedTable::new(
+            "app",
+            &[("127.0.0.1:8000", 1, false), ("127.0.0.1:8001", 1, true)],
+        )
     }
 
     fn error_code(reply: &Reply) -> String {
@@ -317,7 +393,10 @@ mod tests {
         assert_eq!(reply.status, 200, "{}", reply.body);
         let upstream: Upstream = serde_json::from_str(&reply.body).unwrap();
         assert_eq!(upstream.generation, 2);
-        assert_eq!((upstream.peers[0].weight, upstream.peers[1].weight), (70, 30));
+        assert_eq!(
+            (upstream.peers[0].weight, upstream.peers[1].weight),
+            (70, 30)
+        );
         assert_eq!(upstream.peers[1].state, PeerState::Up);
     }
 
@@ -327,10 +406,26 @@ mod tests {
         let before = owned.view().to_wire();
         for (body, status, code) in [
             ("{not json", 400, "bad_request"),
-            (r#"{"peers": {"127.0.0.1:8000": {"weigth": 1}}}"#, 400, "bad_request"),
-            (r#"{"peers": {"127.0.0.1:8000": {"state": "paused"}}}"#, 400, "bad_request"),
-            (r#"{"peers": {"127.0.0.1:8000": {"weight": 1001}}}"#, 400, "bad_request"),
-            (r#"{"peers": {"127.0.0.1:8000": {"weight": -1}}}"#, 400, "bad_request"),
+            (
+                r#"{"peers": {"127.0.0.1:8000": {"weigth": 1}}}"#,
+                400,
+                "bad_request",
+            ),
+            (
+                r#"{"peers": {"127.0.0.1:8000": {"state": "paused"}}}"#,
+                400,
+                "bad_request",
+            ),
+            (
+                r#"{"peers": {"127.0.0.1:8000": {"weight": 1001}}}"#,
+                400,
+                "bad_request",
+            ),
+            (
+                r#"{"peers": {"127.0.0.1:8000": {"weight": -1}}}"#,
+                400,
+                "bad_request",
+            ),
             (r#"{"peers": {}}"#, 400, "bad_request"),
             (r#"{"peers": {"127.0.0.1:8000": {}}}"#, 400, "bad_request"),
             // One good change with one bad one: neither is applied.
@@ -339,20 +434,37 @@ mod tests {
                 404,
                 "not_found",
             ),
-            (r#"{"peers": {"127.0.0.1:8000": {"weight": 5}}, "expect_generation": 9}"#, 409, "conflict"),
+            (
+                r#"{"peers": {"127.0.0.1:8000": {"weight": 5}}, "expect_generation": 9}"#,
+                409,
+                "conflict",
+            ),
         ] {
             let reply = call(&owned, "PATCH", "upstreams/app", body, WRITER);
-            assert_eq!((reply.status, error_code(&reply).as_str()), (status, code), "{body}");
+            assert_eq!(
+                (reply.status, error_code(&reply).as_str()),
+                (status, code),
+                "{body}"
+            );
         }
-        let big = format!(r#"{{"peers": {{"{}": {{"weight": 1}}}}}}"#, "x".repeat(MAX_BODY_BYTES));
-        assert_eq!(call(&owned, "PATCH", "upstreams/app", &big, WRITER).status, 413);
+        let big = format!(
+            r#"{{"peers": {{"{}": {{"weight": 1}}}}}}"#,
+            "x".repeat(MAX_BODY_BYTES)
+        );
+        assert_eq!(
+            call(&owned, "PATCH", "upstreams/app", &big, WRITER).status,
+            413
+        );
         assert_eq!(owned.view().to_wire(), before);
     }
 
     #[test]
     fn unknown_routes_and_methods() {
         let owned = app();
-        assert_eq!(call(&owned, "GET", "upstreams/nope", "", WRITER).status, 404);
+        assert_eq!(
+            call(&owned, "GET", "upstreams/nope", "", WRITER).status,
+            404
+        );
         assert_eq!(call(&owned, "GET", "status", "", WRITER).status, 404);
         let reply = call(&owned, "DELETE", "upstreams/app", "", WRITER);
         assert_eq!((reply.status, reply.allow), (405, Some("GET, HEAD, PATCH")));
@@ -362,13 +474,21 @@ mod tests {
     #[test]
     fn readers_cannot_write_and_strangers_cannot_read() {
         let owned = app();
-        let reader = Caller { uid: Some(1000), may_read: true, may_write: false };
+        let reader = Caller {
+            uid: Some(1000),
+            may_read: true,
+            may_write: false,
+        };
         assert_eq!(call(&owned, "GET", "upstreams", "", reader).status, 200);
         let body = r#"{"peers": {"127.0.0.1:8000": {"weight": 5}}}"#;
         let reply = call(&owned, "PATCH", "upstreams/app", body, reader);
         assert_eq!(reply.status, 403);
         assert!(reply.body.contains("uid 1000"), "{}", reply.body);
-        let stranger = Caller { uid: Some(1001), may_read: false, may_write: false };
+        let stranger = Caller {
+            uid: Some(1001),
+            may_read: false,
+            may_write: false,
+        };
         assert_eq!(call(&owned, "GET", "upstreams", "", stranger).status, 403);
         assert_eq!(owned.view().to_wire().generation, 1);
     }
@@ -378,15 +498,24 @@ mod tests {
         let owned = app();
         let dir = tempfile::tempdir().unwrap();
         let missing_dir = dir.path().join("missing/app.json");
-        let endpoints = [Endpoint { table: owned.view(), state_path: Some(&missing_dir) }];
+        let endpoints = [Endpoint {
+            table: owned.view(),
+            state_path: Some(&missing_dir),
+        }];
         let body = br#"{"peers": {"127.0.0.1:8000": {"weight": 5}}}"#;
-        let writer = Writer { pid: 1, is_alive: &|_| true };
+        let writer = Writer {
+            pid: 1,
+            is_alive: &|_| true,
+        };
         let reply = handle("PATCH", "upstreams/app", body, WRITER, &endpoints, &writer);
         assert_eq!(reply.status, 500);
         assert_eq!(owned.view().to_wire().peers[0].weight, 1);
 
         let path = dir.path().join("app.json");
-        let endpoints = [Endpoint { table: owned.view(), state_path: Some(&path) }];
+        let endpoints = [Endpoint {
+            table: owned.view(),
+            state_path: Some(&path),
+        }];
         let reply = handle("PATCH", "upstreams/app", body, WRITER, &endpoints, &writer);
         assert_eq!(reply.status, 200);
         let saved = state_file::load(&path).unwrap().unwrap();

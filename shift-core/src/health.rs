@@ -91,12 +91,26 @@ pub fn judge(
     passes_needed: u32,
 ) -> (Health, Tally) {
     if passed {
-        let tally = Tally { fails: 0, passes: tally.passes.saturating_add(1) };
-        let health = if tally.passes >= passes_needed { Health::Healthy } else { current };
+        let tally = Tally {
+            fails: 0,
+            passes: tally.passes.saturating_add(1),
+        };
+        let health = if tally.passes >= passes_needed {
+            Health::Healthy
+        } else {
+            current
+        };
         (health, tally)
     } else {
-        let tally = Tally { fails: tally.fails.saturating_add(1), passes: 0 };
-        let health = if tally.fails >= fails_needed { Health::Unhealthy } else { current };
+        let tally = Tally {
+            fails: tally.fails.saturating_add(1),
+            passes: 0,
+        };
+        let health = if tally.fails >= fails_needed {
+            Health::Unhealthy
+        } else {
+            current
+        };
         (health, tally)
     }
 }
@@ -118,10 +132,18 @@ pub const MAX_RESPONSE_BYTES: usize = 16 * 1024;
 
 /// Judges an HTTP answer read so far. `complete` says the peer closed (or the buffer is full).
 /// `None` means more bytes are needed to decide.
-pub fn judge_http(response: &[u8], complete: bool, args: &CheckArgs) -> Option<Result<(), ProbeError>> {
+pub fn judge_http(
+    response: &[u8],
+    complete: bool,
+    args: &CheckArgs,
+) -> Option<Result<(), ProbeError>> {
     let Some(line_end) = find(response, b"\r\n") else {
         return if complete || response.len() > 1024 {
-            Some(Err(if response.is_empty() { ProbeError::Closed } else { ProbeError::BadResponse }))
+            Some(Err(if response.is_empty() {
+                ProbeError::Closed
+            } else {
+                ProbeError::BadResponse
+            }))
         } else {
             None
         };
@@ -130,7 +152,11 @@ pub fn judge_http(response: &[u8], complete: bool, args: &CheckArgs) -> Option<R
     let Some(status) = status else {
         return Some(Err(ProbeError::BadResponse));
     };
-    if !args.status.iter().any(|&(low, high)| (low..=high).contains(&status)) {
+    if !args
+        .status
+        .iter()
+        .any(|&(low, high)| (low..=high).contains(&status))
+    {
         return Some(Err(ProbeError::Status(status)));
     }
     let Some(expected) = &args.body else {
@@ -154,11 +180,15 @@ fn parse_status_line(line: &[u8]) -> Option<u16> {
     if code.len() != 3 {
         return None;
     }
-    code.parse().ok().filter(|status| (100..=599).contains(status))
+    code.parse()
+        .ok()
+        .filter(|status| (100..=599).contains(status))
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|window| window == needle)
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
 }
 
 #[cfg(test)]
@@ -178,7 +208,16 @@ mod tests {
         (health, tally) = judge(health, tally, false, 3, 3);
         // A pass in between resets the failure count.
         (health, tally) = judge(health, tally, true, 3, 3);
-        assert_eq!((health, tally), (Health::Healthy, Tally { fails: 0, passes: 1 }));
+        assert_eq!(
+            (health, tally),
+            (
+                Health::Healthy,
+                Tally {
+                    fails: 0,
+                    passes: 1
+                }
+            )
+        );
         for _ in 0..3 {
             (health, tally) = judge(health, tally, false, 3, 3);
         }
@@ -187,7 +226,10 @@ mod tests {
 
     #[test]
     fn the_first_failure_of_an_unchecked_peer_counts() {
-        assert_eq!(judge(Health::Unchecked, Tally::default(), false, 1, 2).0, Health::Unhealthy);
+        assert_eq!(
+            judge(Health::Unchecked, Tally::default(), false, 1, 2).0,
+            Health::Unhealthy
+        );
     }
 
     #[test]
@@ -209,32 +251,61 @@ mod tests {
     }
 
     fn args(status: Vec<(u16, u16)>, body: Option<&str>) -> CheckArgs {
-        CheckArgs { status, body: body.map(str::to_string), ..CheckArgs::default() }
+        CheckArgs {
+            status,
+            body: body.map(str::to_string),
+            ..CheckArgs::default()
+        }
     }
 
     #[test]
     fn http_answers_are_judged_by_status_and_body() {
         let plain = args(vec![(200, 399)], None);
-        assert_eq!(judge_http(b"HTTP/1.1 200 OK\r\n", false, &plain), Some(Ok(())));
-        assert_eq!(judge_http(b"HTTP/1.1 503 Busy\r\n\r\n", true, &plain), Some(Err(ProbeError::Status(503))));
+        assert_eq!(
+            judge_http(b"HTTP/1.1 200 OK\r\n", false, &plain),
+            Some(Ok(()))
+        );
+        assert_eq!(
+            judge_http(b"HTTP/1.1 503 Busy\r\n\r\n", true, &plain),
+            Some(Err(ProbeError::Status(503)))
+        );
         assert_eq!(judge_http(b"HTTP/1.1 20", false, &plain), None);
         assert_eq!(judge_http(b"", true, &plain), Some(Err(ProbeError::Closed)));
-        assert_eq!(judge_http(b"SSH-2.0-OpenSSH\r\n", false, &plain), Some(Err(ProbeError::BadResponse)));
+        assert_eq!(
+            judge_http(b"SSH-2.0-OpenSSH\r\n", false, &plain),
+            Some(Err(ProbeError::BadResponse))
+        );
 
         let with_body = args(vec![(200, 200)], Some("ready"));
-        assert_eq!(judge_http(b"HTTP/1.1 200 OK\r\n\r\nnot yet", false, &with_body), None);
+        assert_eq!(
+            judge_http(b"HTTP/1.1 200 OK\r\n\r\nnot yet", false, &with_body),
+            None
+        );
         assert_eq!(
             judge_http(b"HTTP/1.1 200 OK\r\n\r\nnot yet", true, &with_body),
             Some(Err(ProbeError::BodyMismatch))
         );
-        assert_eq!(judge_http(b"HTTP/1.1 200 OK\r\nX: y\r\n\r\nall ready", false, &with_body), Some(Ok(())));
+        assert_eq!(
+            judge_http(
+                b"HTTP/1.1 200 OK\r\nX: y\r\n\r\nall ready",
+                false,
+                &with_body
+            ),
+            Some(Ok(()))
+        );
     }
 
     #[test]
     fn the_request_names_uri_and_host() {
-        let args = CheckArgs { uri: "/api/users/".into(), ..CheckArgs::default() };
+        let args = CheckArgs {
+            uri: "/api/users/".into(),
+            ..CheckArgs::default()
+        };
         let request = String::from_utf8(http_request(&args, "app")).unwrap();
-        assert!(request.starts_with("GET /api/users/ HTTP/1.0\r\nHost: app\r\n"), "{request}");
+        assert!(
+            request.starts_with("GET /api/users/ HTTP/1.0\r\nHost: app\r\n"),
+            "{request}"
+        );
         assert!(request.ends_with("\r\n\r\n"));
     }
 }

@@ -39,7 +39,10 @@ impl FixedName {
         }
         let mut bytes = [0; NAME_CAPACITY];
         bytes[..name.len()].copy_from_slice(name.as_bytes());
-        Ok(FixedName { len: name.len() as u16, bytes })
+        Ok(FixedName {
+            len: name.len() as u16,
+            bytes,
+        })
     }
 
     pub fn as_str(&self) -> &str {
@@ -141,7 +144,11 @@ pub struct PeerSlot {
 impl PeerSlot {
     /// A peer as the config describes it: `down` peers start as standby.
     pub fn new(config: &PeerConfig) -> Result<PeerSlot, NameTooLong> {
-        let state = if config.down { PeerState::Down } else { PeerState::Up };
+        let state = if config.down {
+            PeerState::Down
+        } else {
+            PeerState::Up
+        };
         Ok(PeerSlot {
             name: FixedName::new(&config.server)?,
             config_weight: config.weight,
@@ -265,14 +272,20 @@ pub struct Table<'a> {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LockError {
-    #[error("another change to upstream \"{upstream}\" is in progress (worker pid {holder}); try again")]
+    #[error(
+        "another change to upstream \"{upstream}\" is in progress (worker pid {holder}); try again"
+    )]
     Busy { upstream: String, holder: u32 },
 }
 
 impl<'a> Table<'a> {
     /// Pairs a header with its peers; `peers` must hold exactly `header.peer_count()` slots.
     pub fn new(header: &'a TableHeader, peers: &'a [PeerSlot]) -> Table<'a> {
-        assert_eq!(header.peer_count(), peers.len(), "table header and peers disagree");
+        assert_eq!(
+            header.peer_count(),
+            peers.len(),
+            "table header and peers disagree"
+        );
         Table { header, peers }
     }
 
@@ -322,12 +335,18 @@ impl<'a> Table<'a> {
     /// The upstream as the API shows it: weights and states from one consistent snapshot.
     pub fn to_wire(&self) -> Upstream {
         let snapshot = self.read_consistent(|peers| {
-            peers.iter().map(|peer| (peer.weight(), peer.state(), peer.health())).collect::<Vec<_>>()
+            peers
+                .iter()
+                .map(|peer| (peer.weight(), peer.state(), peer.health()))
+                .collect::<Vec<_>>()
         });
         // A writer that holds the table for a whole snapshot attempt is dead or stuck; show the
         // values as they are rather than nothing.
         let values = snapshot.map(|(_, values)| values).unwrap_or_else(|| {
-            self.peers.iter().map(|peer| (peer.weight(), peer.state(), peer.health())).collect()
+            self.peers
+                .iter()
+                .map(|peer| (peer.weight(), peer.state(), peer.health()))
+                .collect()
         });
         let checked = self.header.checks != CheckMode::Off;
         Upstream {
@@ -372,8 +391,11 @@ impl<'a> Table<'a> {
                 Ok(_) => return Ok(WriteGuard { table: *self }),
                 Err(current) => holder = current,
             }
-            if holder != pid && !is_alive(holder)
-                && writer.compare_exchange(holder, pid, Ordering::Acquire, Ordering::Relaxed).is_ok()
+            if holder != pid
+                && !is_alive(holder)
+                && writer
+                    .compare_exchange(holder, pid, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
             {
                 // The dead writer may have left `seq` odd: close its section.
                 let seq = self.header.seq.load(Ordering::Relaxed);
@@ -384,7 +406,10 @@ impl<'a> Table<'a> {
             }
             std::thread::yield_now();
         }
-        Err(LockError::Busy { upstream: self.name().to_string(), holder })
+        Err(LockError::Busy {
+            upstream: self.name().to_string(),
+            holder,
+        })
     }
 }
 
@@ -415,7 +440,12 @@ impl<'a> Table<'a> {
         let due = next.load(Ordering::Acquire);
         now_ms >= due
             && next
-                .compare_exchange(due, now_ms + interval_ms, Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange(
+                    due,
+                    now_ms + interval_ms,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
     }
 
@@ -441,8 +471,12 @@ impl<'a> Table<'a> {
         let (health, tally) = judge(current, tally, result.is_ok(), fails_needed, passes_needed);
         peer.check_fails.store(tally.fails, Ordering::Relaxed);
         peer.check_passes.store(tally.passes, Ordering::Relaxed);
-        peer.last_check_ms.store(finished_unix_ms, Ordering::Relaxed);
-        peer.last_error.store(result.err().map_or(0, ProbeError::encode), Ordering::Relaxed);
+        peer.last_check_ms
+            .store(finished_unix_ms, Ordering::Relaxed);
+        peer.last_error.store(
+            result.err().map_or(0, ProbeError::encode),
+            Ordering::Relaxed,
+        );
         if health == current {
             return Ok(None);
         }
@@ -485,7 +519,9 @@ impl<'a> WriteGuard<'a> {
     /// Sets a peer's health; routing changes at once. Health is not a generation of its own.
     pub fn set_health(&self, index: usize, health: Health) {
         self.write_section(|peers| {
-            peers[index].health.store(encode_health(health), Ordering::Relaxed);
+            peers[index]
+                .health
+                .store(encode_health(health), Ordering::Relaxed);
         });
     }
 
@@ -496,7 +532,9 @@ impl<'a> WriteGuard<'a> {
         let mut notes = Vec::new();
         self.write_section(|peers| {
             for peer in peers {
-                let Some(old) = previous.iter().find(|old| old.config.server == peer.server())
+                let Some(old) = previous
+                    .iter()
+                    .find(|old| old.config.server == peer.server())
                 else {
                     continue;
                 };
@@ -508,7 +546,9 @@ impl<'a> WriteGuard<'a> {
                     peer.health.store(encode_health(health), Ordering::Relaxed);
                 }
                 if old.config != peer.config() {
-                    notes.push(CarryNote::ConfigChanged { server: peer.server().to_string() });
+                    notes.push(CarryNote::ConfigChanged {
+                        server: peer.server().to_string(),
+                    });
                     continue;
                 }
                 peer.weight.store(old.weight, Ordering::Relaxed);
@@ -522,7 +562,10 @@ impl<'a> WriteGuard<'a> {
                 }
             }
         });
-        self.table.header.generation.store(previous_generation + 1, Ordering::Release);
+        self.table
+            .header
+            .generation
+            .store(previous_generation + 1, Ordering::Release);
         notes
     }
 
@@ -581,8 +624,14 @@ impl Table<'_> {
 /// What `carry_over` did with a peer, for the error log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CarryNote {
-    Kept { server: String, weight: u32, state: PeerState },
-    ConfigChanged { server: String },
+    Kept {
+        server: String,
+        weight: u32,
+        state: PeerState,
+    },
+    ConfigChanged {
+        server: String,
+    },
 }
 
 fn config_state(peer: &PeerSlot) -> PeerState {
@@ -680,7 +729,9 @@ pub(crate) mod tests {
 
     fn routes(table: Table) -> Vec<Route> {
         let mut routes = Vec::new();
-        table.routes_if_changed(u64::MAX, &mut routes).expect("a quiet table reads");
+        table
+            .routes_if_changed(u64::MAX, &mut routes)
+            .expect("a quiet table reads");
         routes
     }
 
@@ -689,7 +740,16 @@ pub(crate) mod tests {
         let owned = OwnedTable::new("app", &[("a:1", 5, false), ("b:1", 1, true)]);
         assert_eq!(
             routes(owned.view()),
-            vec![Route { weight: 5, eligible: true }, Route { weight: 1, eligible: false }]
+            vec![
+                Route {
+                    weight: 5,
+                    eligible: true
+                },
+                Route {
+                    weight: 1,
+                    eligible: false
+                }
+            ]
         );
         let wire = owned.view().to_wire();
         assert_eq!(wire.peers[1].state, PeerState::Down);
@@ -703,18 +763,40 @@ pub(crate) mod tests {
         let seen = table.seq();
         let guard = table.lock(7, |_| true).unwrap();
         let generation = guard.apply(&[
-            PeerChange { index: 0, weight: Some(0), state: None },
-            PeerChange { index: 1, weight: Some(30), state: Some(PeerState::Up) },
+            PeerChange {
+                index: 0,
+                weight: Some(0),
+                state: None,
+            },
+            PeerChange {
+                index: 1,
+                weight: Some(30),
+                state: Some(PeerState::Up),
+            },
         ]);
         drop(guard);
         assert_eq!(generation, 2);
         let mut routes = Vec::new();
-        let seq = table.routes_if_changed(seen, &mut routes).expect("seq moved");
+        let seq = table
+            .routes_if_changed(seen, &mut routes)
+            .expect("seq moved");
         assert_eq!(
             routes,
-            vec![Route { weight: 0, eligible: false }, Route { weight: 30, eligible: true }]
+            vec![
+                Route {
+                    weight: 0,
+                    eligible: false
+                },
+                Route {
+                    weight: 30,
+                    eligible: true
+                }
+            ]
         );
-        assert!(table.routes_if_changed(seq, &mut routes).is_none(), "nothing new since");
+        assert!(
+            table.routes_if_changed(seq, &mut routes).is_none(),
+            "nothing new since"
+        );
     }
 
     #[test]
@@ -735,7 +817,10 @@ pub(crate) mod tests {
         let owned = OwnedTable::checked("app", &["a:1"], CheckMode::On);
         let table = owned.view();
         assert!(table.claim_check(0, 1_000, 500));
-        assert!(!table.claim_check(0, 1_000, 500), "a second worker at the same moment");
+        assert!(
+            !table.claim_check(0, 1_000, 500),
+            "a second worker at the same moment"
+        );
         assert!(!table.claim_check(0, 1_499, 500));
         assert!(table.claim_check(0, 1_500, 500));
     }
@@ -746,27 +831,54 @@ pub(crate) mod tests {
         let table = owned.view();
         let mut routes = Vec::new();
         let seq = table.routes_if_changed(u64::MAX, &mut routes).unwrap();
-        assert!(routes.iter().all(|route| !route.eligible), "mandatory: unchecked peers wait");
+        assert!(
+            routes.iter().all(|route| !route.eligible),
+            "mandatory: unchecked peers wait"
+        );
 
-        let passed = table.record_check(0, Ok(()), 2, 2, 10, 1, |_| true).unwrap();
+        let passed = table
+            .record_check(0, Ok(()), 2, 2, 10, 1, |_| true)
+            .unwrap();
         assert_eq!(passed, None, "one pass of two");
-        let transition = table.record_check(0, Ok(()), 2, 2, 20, 1, |_| true).unwrap();
+        let transition = table
+            .record_check(0, Ok(()), 2, 2, 20, 1, |_| true)
+            .unwrap();
         assert_eq!(
             transition,
-            Some(Transition { server: "a:1".into(), from: Health::Unchecked, to: Health::Healthy, error: None })
+            Some(Transition {
+                server: "a:1".into(),
+                from: Health::Unchecked,
+                to: Health::Healthy,
+                error: None
+            })
         );
-        let seq = table.routes_if_changed(seq, &mut routes).expect("health moved routing");
-        assert_eq!(routes.iter().map(|route| route.eligible).collect::<Vec<_>>(), [true, false]);
+        let seq = table
+            .routes_if_changed(seq, &mut routes)
+            .expect("health moved routing");
+        assert_eq!(
+            routes
+                .iter()
+                .map(|route| route.eligible)
+                .collect::<Vec<_>>(),
+            [true, false]
+        );
 
-        table.record_check(0, Err(ProbeError::Status(503)), 2, 2, 30, 1, |_| true).unwrap();
-        let down = table.record_check(0, Err(ProbeError::Status(503)), 2, 2, 40, 1, |_| true).unwrap();
+        table
+            .record_check(0, Err(ProbeError::Status(503)), 2, 2, 30, 1, |_| true)
+            .unwrap();
+        let down = table
+            .record_check(0, Err(ProbeError::Status(503)), 2, 2, 40, 1, |_| true)
+            .unwrap();
         assert_eq!(down.map(|t| t.to), Some(Health::Unhealthy));
         table.routes_if_changed(seq, &mut routes).unwrap();
         assert!(!routes[0].eligible);
 
         let check = owned.view().to_wire().peers[0].check.clone().unwrap();
         assert_eq!(check.last_error.as_deref(), Some("status 503"));
-        assert_eq!((check.consecutive_fails, check.last_check_ms), (2, Some(40)));
+        assert_eq!(
+            (check.consecutive_fails, check.last_check_ms),
+            (2, Some(40))
+        );
     }
 
     #[test]
@@ -776,7 +888,10 @@ pub(crate) mod tests {
         let held = table.lock(100, |_| true).unwrap();
         assert_eq!(
             table.lock(200, |_| true).err(),
-            Some(LockError::Busy { upstream: "app".into(), holder: 100 })
+            Some(LockError::Busy {
+                upstream: "app".into(),
+                holder: 100
+            })
         );
         std::mem::forget(held); // pid 100 "crashes" holding the lock
         let taken = table.lock(200, |pid| pid != 100);
@@ -795,29 +910,58 @@ pub(crate) mod tests {
         peer.record_finish(true, Some(503));
         let wire = owned.view().to_wire().peers.remove(0);
         assert_eq!((wire.requests, wire.failures, wire.active), (2, 1, 0));
-        assert_eq!((wire.responses.success, wire.responses.server_error), (1, 1));
+        assert_eq!(
+            (wire.responses.success, wire.responses.server_error),
+            (1, 1)
+        );
     }
 
     #[test]
     fn carry_over_keeps_runtime_values_unless_the_config_line_changed() {
-        let old = OwnedTable::new("app", &[("a:1", 5, false), ("b:1", 5, true), ("c:1", 5, false)]);
+        let old = OwnedTable::new(
+            "app",
+            &[("a:1", 5, false), ("b:1", 5, true), ("c:1", 5, false)],
+        );
         let guard = old.view().lock(1, |_| true).unwrap();
         guard.apply(&[
-            PeerChange { index: 0, weight: Some(0), state: None },
-            PeerChange { index: 1, weight: Some(100), state: Some(PeerState::Up) },
-            PeerChange { index: 2, weight: Some(9), state: None },
+            PeerChange {
+                index: 0,
+                weight: Some(0),
+                state: None,
+            },
+            PeerChange {
+                index: 1,
+                weight: Some(100),
+                state: Some(PeerState::Up),
+            },
+            PeerChange {
+                index: 2,
+                weight: Some(9),
+                state: None,
+            },
         ]);
         drop(guard);
         // The new config keeps a:1 and b:1 as they were, changes c:1's weight, adds d:1.
         let new = OwnedTable::new(
             "app",
-            &[("a:1", 5, false), ("b:1", 5, true), ("c:1", 7, false), ("d:1", 3, false)],
+            &[
+                ("a:1", 5, false),
+                ("b:1", 5, true),
+                ("c:1", 7, false),
+                ("d:1", 3, false),
+            ],
         );
-        let notes =
-            new.view().lock(1, |_| true).unwrap().carry_over(&old.view().carried(), old.view().generation());
+        let notes = new
+            .view()
+            .lock(1, |_| true)
+            .unwrap()
+            .carry_over(&old.view().carried(), old.view().generation());
         let wire = new.view().to_wire();
-        let summary: Vec<_> =
-            wire.peers.iter().map(|peer| (peer.server.as_str(), peer.weight, peer.state)).collect();
+        let summary: Vec<_> = wire
+            .peers
+            .iter()
+            .map(|peer| (peer.server.as_str(), peer.weight, peer.state))
+            .collect();
         assert_eq!(
             summary,
             vec![
@@ -831,9 +975,19 @@ pub(crate) mod tests {
         assert_eq!(
             notes,
             vec![
-                CarryNote::Kept { server: "a:1".into(), weight: 0, state: PeerState::Up },
-                CarryNote::Kept { server: "b:1".into(), weight: 100, state: PeerState::Up },
-                CarryNote::ConfigChanged { server: "c:1".into() },
+                CarryNote::Kept {
+                    server: "a:1".into(),
+                    weight: 0,
+                    state: PeerState::Up
+                },
+                CarryNote::Kept {
+                    server: "b:1".into(),
+                    weight: 100,
+                    state: PeerState::Up
+                },
+                CarryNote::ConfigChanged {
+                    server: "c:1".into()
+                },
             ]
         );
     }

@@ -1,0 +1,11 @@
+//! The logic of nginx-shift's Nginx module, in safe Rust with no Nginx in it, so that it can be
+//! tested and benchmarked alone: directive parsing, the shared peer table, the health-check
+//! state machine, the admin API and its metrics, and the state file. The `nginx-shift-module`
+//! crate connects it to Nginx through a few small FFI modules.
+
+pub mod api;
+pub mod directives;
+pub mod health;
+pub mod metrics;
+pub mod state_file;
+pub mod table;

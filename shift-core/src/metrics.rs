@@ -1,0 +1,193 @@
+//! `GET {prefix}metrics`: the upstreams in Prometheus' text format (version 0.0.4).
+
+use std::fmt::Write;
+
+use shift_wire::{Health, PeerState, Upstream};
+
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Renders every upstream's generation and every peer's weight, state, health and counters.
+pub fn render(upstreams: &[Upstream]) -> String {
+    let mut out = String::new();
+    family(
+        &mut out,
+        "nginx_shift_upstream_generation",
+        "gauge",
+        "Changes made to the upstream's weights and states so far.",
+    );
+    for upstream in upstreams {
+        let _ = writeln!(
+            out,
+            "nginx_shift_upstream_generation{{upstream=\"{}\"}} {}",
+            escape(&upstream.name),
+            upstream.generation
+        );
+    }
+
+    type Value = fn(&shift_wire::Peer) -> u64;
+    let numbers: [(&str, &str, &str, Value); 6] = [
+        (
+            "nginx_shift_peer_weight",
+            "gauge",
+            "Weight the peer is selected by now.",
+            |p| p.weight as u64,
+        ),
+        (
+            "nginx_shift_peer_config_weight",
+            "gauge",
+            "Weight the config gives the peer.",
+            |p| p.config_weight as u64,
+        ),
+        (
+            "nginx_shift_peer_active",
+            "gauge",
+            "Requests in progress on the peer.",
+            |p| p.active,
+        ),
+        (
+            "nginx_shift_peer_requests_total",
+            "counter",
+            "Requests sent to the peer, retries included.",
+            |p| p.requests,
+        ),
+        (
+            "nginx_shift_peer_failures_total",
+            "counter",
+            "Request attempts on the peer that failed.",
+            |p| p.failures,
+        ),
+        (
+            "nginx_shift_peer_backup",
+            "gauge",
+            "1 for a backup server.",
+            |p| p.backup as u64,
+        ),
+    ];
+    for (name, kind, help, value) in numbers {
+        family(&mut out, name, kind, help);
+        for (upstream, peer) in peers(upstreams) {
+            let _ = writeln!(out, "{name}{{{}}} {}", labels(upstream, peer), value(peer));
+        }
+    }
+
+    family(
+        &mut out,
+        "nginx_shift_peer_responses_total",
+        "counter",
+        "Responses from the peer by status class.",
+    );
+    for (upstream, peer) in peers(upstreams) {
+        let r = &peer.responses;
+        for (class, count) in [
+            ("1xx", r.informational),
+            ("2xx", r.success),
+            ("3xx", r.redirection),
+            ("4xx", r.client_error),
+            ("5xx", r.server_error),
+        ] {
+            let _ = writeln!(
+                out,
+                "nginx_shift_peer_responses_total{{{},class=\"{class}\"}} {count}",
+                labels(upstream, peer)
+            );
+        }
+    }
+
+    family(
+        &mut out,
+        "nginx_shift_peer_state",
+        "gauge",
+        "1 for the peer's current state (up, drain, down).",
+    );
+    for (upstream, peer) in peers(upstreams) {
+        for state in [PeerState::Up, PeerState::Drain, PeerState::Down] {
+            let on = u8::from(peer.state == state);
+            let _ = writeln!(
+                out,
+                "nginx_shift_peer_state{{{},state=\"{}\"}} {on}",
+                labels(upstream, peer),
+                state.as_str()
+            );
+        }
+    }
+
+    family(
+        &mut out,
+        "nginx_shift_peer_health",
+        "gauge",
+        "1 for the peer's current health (unchecked, healthy, unhealthy).",
+    );
+    for (upstream, peer) in peers(upstreams) {
+        for health in [Health::Unchecked, Health::Healthy, Health::Unhealthy] {
+            let on = u8::from(peer.health == health);
+            let _ = writeln!(
+                out,
+                "nginx_shift_peer_health{{{},health=\"{}\"}} {on}",
+                labels(upstream, peer),
+                health.as_str()
+            );
+        }
+    }
+    out
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn peers(upstreams: &[Upstream]) -> impl Iterator<Item = (&Upstream, &shift_wire::Peer)> {
+    upstreams
+        .iter()
+        .flat_map(|upstream| upstream.peers.iter().map(move |peer| (upstream, peer)))
+}
+
+fn labels(upstream: &Upstream, peer: &shift_wire::Peer) -> String {
+    format!(
+        "upstream=\"{}\",peer=\"{}\"",
+        escape(&upstream.name),
+        escape(&peer.server)
+    )
+}
+
+/// Label values escape backslash, double quote and newline.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::tests::OwnedTable;
+
+    #[test]
+    fn renders_every_family_with_labels() {
+        let owned = OwnedTable::new(
+            "app",
+            &[
+                ("127.0.0.1:8000", 5, false),
+                ("unix:/run/b\"x.sock", 1, true),
+            ],
+        );
+        let text = render(&[owned.view().to_wire()]);
+        assert!(
+            text.contains("nginx_shift_upstream_generation{upstream=\"app\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("nginx_shift_peer_weight{upstream=\"app\",peer=\"127.0.0.1:8000\"} 5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("peer=\"unix:/run/b\\\"x.sock\",state=\"down\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE nginx_shift_peer_requests_total counter\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("# TYPE").count(), 10);
+    }
+}
