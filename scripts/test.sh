@@ -2,8 +2,9 @@
 # Sets up what is missing, builds Nginx (vendored, once) and the module, and runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Debian's own Nginx and its configured source, to test the module in the Nginx people run.
-source scripts/setup.sh nginx nginx-dev
+# Debian's own Nginx and its configured source, to test the module in the Nginx people run;
+# wrk and HAProxy for the smoke pass of the load benchmarks.
+source scripts/setup.sh nginx nginx-dev wrk haproxy
 
 # The module's .so is what the integration tests load; build it (and everything else) first.
 cargo build --workspace --all-targets --quiet
@@ -11,7 +12,8 @@ cargo build --workspace --all-targets --quiet
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-# --all-targets: unit, integration and bench-smoke tests (there are no doc tests).
+# --all-targets: unit and integration tests, plus the benchmarks in test mode (criterion runs
+# each once; benches/load.rs runs its smoke pass). There are no doc tests.
 cargo test --workspace --all-targets 2>&1 | tee "$log" || status=$?
 
 # The same module built for Debian's Nginx (1.22), loaded into /usr/sbin/nginx: the tests of

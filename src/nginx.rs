@@ -134,13 +134,25 @@ impl Nginx {
     /// `nginx -s reload` with a new `http {}` body (or the same one): rewrites the config, signals
     /// the master, and waits until every old worker is gone and the new ones run.
     pub fn reload(&mut self, http: Option<&str>) {
+        let old = self.begin_reload(http);
+        self.finish_reload(&old);
+    }
+
+    /// The first half of `reload`: rewrites the config and signals the master, without waiting;
+    /// returns the old workers' pids for `finish_reload`.
+    pub fn begin_reload(&mut self, http: Option<&str>) -> Vec<u32> {
         if let Some(http) = http {
             self.options.http = http.to_string();
         }
         write_config(self.prefix(), &self.options);
         let old = self.worker_pids();
         self.signal(Signal::SIGHUP);
-        self.wait_for_workers(&old);
+        old
+    }
+
+    /// Waits until the workers in `old` are gone and the new ones run.
+    pub fn finish_reload(&mut self, old: &[u32]) {
+        self.wait_for_workers(old);
     }
 
     /// Stops Nginx and restarts it on the same prefix (state files survive, shared memory not).

@@ -18,6 +18,7 @@ use ngx::ngx_conf_log_error;
 
 use crate::ngx_module::{Module, UpstreamConf};
 use crate::shm::table_of;
+use shift_core::table::slot_of;
 
 /// `peer.init_upstream`: lets round robin build the peers, then takes over `peer.init`.
 pub extern "C" fn init_upstream(
@@ -149,7 +150,7 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
         if rc == Status::NGX_OK.0 {
             let current = (*attempt.rr_data.cast::<ngx_http_upstream_rr_peer_data_t>()).current;
             let conf = &*attempt.conf;
-            attempt.slot = conf.rr_peers.iter().position(|&peer| peer == current);
+            attempt.slot = slot_of(&conf.rr_peers, &current);
             if let (Some(slot), Some(table)) = (attempt.slot, table_of(conf)) {
                 table.peers()[slot].record_request();
             }

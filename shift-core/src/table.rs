@@ -413,6 +413,12 @@ impl<'a> Table<'a> {
     }
 }
 
+/// The table slot of the peer round robin chose: its position in the worker's peer list, which
+/// is in table order. Linear, as the lists are short and this beats hashing a pointer.
+pub fn slot_of<T: PartialEq>(peers: &[T], chosen: &T) -> Option<usize> {
+    peers.iter().position(|peer| peer == chosen)
+}
+
 /// Weight 0, `drain`, `down` and unhealthy peers take no new requests; nor do unchecked ones
 /// when checks are `mandatory`.
 pub fn eligible(weight: u32, state: PeerState, health: Health, mandatory: bool) -> bool {

@@ -1,0 +1,75 @@
+//! What the shift module adds to each proxied request, at 2, 10 and 100 peers.
+//!
+//! The pick itself is Nginx's own smooth weighted round robin (C code inside Nginx, measured with
+//! the whole data path in `benches/load.rs`). Around it, the module does, per request: one load
+//! of the table's sequence number to see whether anything changed; on the chosen peer, finding
+//! its slot and counting the request; and when the attempt ends, counting its result. Only
+//! after a change does a worker copy every peer's weight and eligibility.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use shift_core::table::{slot_of, PeerChange, PeerConfig, PeerSlot, Table, TableHeader, CheckMode};
+
+fn peers(count: usize) -> (TableHeader, Vec<PeerSlot>) {
+    let slots = (0..count)
+        .map(|i| {
+            let config = PeerConfig { server: format!("10.0.{}.{}:8080", i / 250, i % 250), weight: 1, down: false, backup: false };
+            PeerSlot::new(&config).expect("short name")
+        })
+        .collect();
+    (TableHeader::new("app", 1, count, CheckMode::On).expect("short name"), slots)
+}
+
+fn per_request(c: &mut Criterion) {
+    let mut group = c.benchmark_group("per_request");
+    for count in [2, 10, 100] {
+        let (header, slots) = peers(count);
+        let table = Table::new(&header, &slots);
+        // Stand-ins for the worker's round-robin peer pointers, in table order.
+        let rr_peers: Vec<usize> = (0..count).map(|i| 0x1000 + i * 64).collect();
+        let mut routes = Vec::new();
+        let seen = table.routes_if_changed(u64::MAX, &mut routes).expect("first copy");
+        let mut next = 0;
+        group.bench_with_input(BenchmarkId::from_parameter(count), &count, |b, &count| {
+            b.iter(|| {
+                // init_peer: anything new in the table?
+                let changed = table.routes_if_changed(black_box(seen), &mut routes);
+                // get_peer: round robin chose a peer (rotating, so every position is looked up).
+                next = (next + 1) % count;
+                let slot = slot_of(&rr_peers, black_box(&rr_peers[next])).expect("listed");
+                table.peers()[slot].record_request();
+                // free_peer: the attempt ended with a 200.
+                table.peers()[slot].record_finish(false, Some(200));
+                black_box(changed)
+            })
+        });
+    }
+    group.finish();
+}
+
+fn after_a_change(c: &mut Criterion) {
+    let mut group = c.benchmark_group("copy_after_change");
+    for count in [2, 10, 100] {
+        let (header, slots) = peers(count);
+        let table = Table::new(&header, &slots);
+        let mut routes = Vec::with_capacity(count);
+        let mut weight = 1;
+        group.bench_with_input(BenchmarkId::from_parameter(count), &count, |b, _| {
+            b.iter(|| {
+                // Another worker's PATCH, then this worker's copy on its next request.
+                weight = weight % 1000 + 1;
+                let seen = table.seq();
+                table
+                    .lock(1, |_| true)
+                    .expect("unlocked")
+                    .apply(&[PeerChange { index: 0, weight: Some(weight), state: None }]);
+                black_box(table.routes_if_changed(seen, &mut routes))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, per_request, after_a_change);
+criterion_main!(benches);
