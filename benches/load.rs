@@ -15,7 +15,9 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use harness::{api_request, free_port, shiftctl_binary, wait_until, Backend, HttpClient, Nginx, NginxOptions};
+use harness::{
+    api_request, free_port, shiftctl_command, wait_until, Backend, HttpClient, Nginx, NginxOptions,
+};
 
 struct Settings {
     full: bool,
@@ -37,9 +39,27 @@ struct Settings {
 impl Settings {
     fn new(full: bool) -> Settings {
         if full {
-            Settings { full, wrk_seconds: 10, rounds: 3, switches: 1000, shiftctl_switches: 50, reloads: 10, load_seconds: 6, restart_gap: Duration::from_secs(1) }
+            Settings {
+                full,
+                wrk_seconds: 10,
+                rounds: 3,
+                switches: 1000,
+                shiftctl_switches: 50,
+                reloads: 10,
+                load_seconds: 6,
+                restart_gap: Duration::from_secs(1),
+            }
         } else {
-            Settings { full, wrk_seconds: 1, rounds: 1, switches: 20, shiftctl_switches: 3, reloads: 2, load_seconds: 2, restart_gap: Duration::from_millis(200) }
+            Settings {
+                full,
+                wrk_seconds: 1,
+                rounds: 1,
+                switches: 20,
+                shiftctl_switches: 3,
+                reloads: 2,
+                load_seconds: 2,
+                restart_gap: Duration::from_millis(200),
+            }
         }
     }
 }
@@ -48,10 +68,24 @@ fn main() {
     let full = std::env::args().any(|arg| arg == "--bench");
     let settings = Settings::new(full);
     for tool in ["wrk", "haproxy"] {
-        let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success());
-        assert!(found, "{tool} is not installed: apt-get install wrk haproxy (scripts/test.sh does)");
+        let found = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            found,
+            "{tool} is not installed: apt-get install wrk haproxy (scripts/test.sh does)"
+        );
     }
-    println!("# nginx-shift load benchmarks ({})\n", if full { "full run" } else { "smoke run: the figures mean nothing" });
+    println!(
+        "# nginx-shift load benchmarks ({})\n",
+        if full {
+            "full run"
+        } else {
+            "smoke run: the figures mean nothing"
+        }
+    );
     println!("{}", machine());
     data_path(&settings);
     switch_latency(&settings);
@@ -61,11 +95,29 @@ fn main() {
 fn machine() -> String {
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|info| info.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
     let cores = thread::available_parallelism().map_or(0, |n| n.get());
-    let nginx = Command::new(harness::nginx_binary()).arg("-v").output().map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string()).unwrap_or_default();
-    let haproxy = Command::new("haproxy").arg("-v").output().map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string()).unwrap_or_default();
+    let nginx = Command::new(harness::nginx_binary())
+        .arg("-v")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
+        .unwrap_or_default();
+    let haproxy = Command::new("haproxy")
+        .arg("-v")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_default();
     format!("Machine: {cores} cores ({cpu}); {nginx}, 2 workers; {haproxy}; wrk -t2 -c32, keep-alive, loopback.\n")
 }
 
@@ -89,7 +141,13 @@ impl WrkResult {
 
 fn wrk(port: u16, seconds: u32) -> Child {
     Command::new("wrk")
-        .args(["-t2", "-c32", &format!("-d{seconds}s"), "--latency", &format!("http://127.0.0.1:{port}/")])
+        .args([
+            "-t2",
+            "-c32",
+            &format!("-d{seconds}s"),
+            "--latency",
+            &format!("http://127.0.0.1:{port}/"),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -99,7 +157,11 @@ fn wrk(port: u16, seconds: u32) -> Child {
 fn wrk_result(child: Child) -> WrkResult {
     let output = child.wait_with_output().expect("wrk finishes");
     let text = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "wrk failed: {text}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "wrk failed: {text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let mut result = WrkResult::default();
     for line in text.lines().map(str::trim) {
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -156,8 +218,14 @@ fn data_path(settings: &Settings) {
     let servers = format!("server 127.0.0.1:{b1}; server 127.0.0.1:{b2};");
     let configs = [
         ("stock round robin", format!("{servers} keepalive 16;")),
-        ("stock round robin with zone", format!("zone app 64k; {servers} keepalive 16;")),
-        ("shift, with shift_check", format!("{servers} shift; shift_check interval=1s; keepalive 16;")),
+        (
+            "stock round robin with zone",
+            format!("zone app 64k; {servers} keepalive 16;"),
+        ),
+        (
+            "shift, with shift_check",
+            format!("{servers} shift; shift_check interval=1s; keepalive 16;"),
+        ),
     ];
     let mut results: Vec<Vec<WrkResult>> = vec![Vec::new(); configs.len()];
     for _ in 0..settings.rounds {
@@ -169,7 +237,12 @@ fn data_path(settings: &Settings) {
                  server {{ listen unix:{{prefix}}/api.sock; location /api/ {{ shift_api; }} }}"
             )));
             let result = wrk_result(wrk(port, settings.wrk_seconds));
-            assert_eq!(result.failed(), 0, "{}: requests failed: {result:?}", configs[index].0);
+            assert_eq!(
+                result.failed(),
+                0,
+                "{}: requests failed: {result:?}",
+                configs[index].0
+            );
             results[index].push(result);
         }
     }
@@ -177,11 +250,24 @@ fn data_path(settings: &Settings) {
     println!("Requests/s and p99 latency through Nginx to a local backend (median of {} run(s) of {} s each, interleaved).\n", settings.rounds, settings.wrk_seconds);
     println!("| upstream | requests/s | ratio to stock | p99 |");
     println!("| --- | ---: | ---: | ---: |");
-    let stock = median(&mut results[0].iter().map(|r| r.requests_per_second).collect::<Vec<_>>());
+    let stock = median(
+        &mut results[0]
+            .iter()
+            .map(|r| r.requests_per_second)
+            .collect::<Vec<_>>(),
+    );
     for ((name, _), runs) in configs.iter().zip(&results) {
-        let rps = median(&mut runs.iter().map(|r| r.requests_per_second).collect::<Vec<_>>());
+        let rps = median(
+            &mut runs
+                .iter()
+                .map(|r| r.requests_per_second)
+                .collect::<Vec<_>>(),
+        );
         let p99 = median(&mut runs.iter().map(|r| r.p99_ms).collect::<Vec<_>>());
-        println!("| {name} | {rps:.0} | {:.1}% | {p99:.2} ms |", rps * 100.0 / stock);
+        println!(
+            "| {name} | {rps:.0} | {:.1}% | {p99:.2} ms |",
+            rps * 100.0 / stock
+        );
     }
     println!();
 }
@@ -197,16 +283,25 @@ struct Pair {
 
 impl Pair {
     fn new() -> Pair {
-        Pair { blue: Backend::start("blue"), green: Backend::start("green") }
+        Pair {
+            blue: Backend::start("blue"),
+            green: Backend::start("green"),
+        }
     }
 
     fn name(index: usize) -> &'static str {
-        if index % 2 == 0 { "green" } else { "blue" }
+        if index % 2 == 0 {
+            "green"
+        } else {
+            "blue"
+        }
     }
 }
 
 fn first_answer(port: u16) -> String {
-    HttpClient::new(port).get("/").map_or_else(|err| format!("error: {err}"), |response| response.body)
+    HttpClient::new(port)
+        .get("/")
+        .map_or_else(|err| format!("error: {err}"), |response| response.body)
 }
 
 struct SwitchFigures {
@@ -219,14 +314,21 @@ struct SwitchFigures {
 }
 
 fn switch_latency(settings: &Settings) {
-    let mut rows = vec![shift_api_switches(settings), shiftctl_switches(settings), haproxy_switches(settings)];
+    let mut rows = vec![
+        shift_api_switches(settings),
+        shiftctl_switches(settings),
+        haproxy_switches(settings),
+    ];
     rows.push(reload_switches(settings));
     println!("## Switch latency\n");
     println!("From issuing the change to its acknowledgement (for a reload: to the first answer from the new version), and stale answers (the old version) on the first request after it, each on a new connection.\n");
     println!("| how | switches | p50 | p99 | stale answers after the ack | note |");
     println!("| --- | ---: | ---: | ---: | ---: | --- |");
     for row in rows {
-        println!("| {} | {} | {:.0} µs | {:.0} µs | {} | {} |", row.how, row.samples, row.p50_us, row.p99_us, row.stale, row.note);
+        println!(
+            "| {} | {} | {:.0} µs | {:.0} µs | {} | {} |",
+            row.how, row.samples, row.p50_us, row.p99_us, row.stale, row.note
+        );
     }
     println!();
 }
@@ -244,13 +346,27 @@ fn shift_nginx(pair: &Pair) -> (Nginx, u16) {
 }
 
 fn weights_for(pair: &Pair, index: usize) -> (String, String) {
-    let (blue, green) = if Pair::name(index) == "green" { (0, 1) } else { (1, 0) };
-    (format!("{}={blue}", pair.blue.addr()), format!("{}={green}", pair.green.addr()))
+    let (blue, green) = if Pair::name(index) == "green" {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
+    (
+        format!("{}={blue}", pair.blue.addr()),
+        format!("{}={green}", pair.green.addr()),
+    )
 }
 
 fn figures(how: &str, mut micros: Vec<f64>, stale: usize, note: &str) -> SwitchFigures {
     micros.sort_by(|a, b| a.total_cmp(b));
-    SwitchFigures { how: how.into(), samples: micros.len(), p50_us: percentile(&micros, 0.5), p99_us: percentile(&micros, 0.99), stale, note: note.into() }
+    SwitchFigures {
+        how: how.into(),
+        samples: micros.len(),
+        p50_us: percentile(&micros, 0.5),
+        p99_us: percentile(&micros, 0.99),
+        stale,
+        note: note.into(),
+    }
 }
 
 fn shift_api_switches(settings: &Settings) -> SwitchFigures {
@@ -268,12 +384,18 @@ fn shift_api_switches(settings: &Settings) -> SwitchFigures {
             green.rsplit('=').next().unwrap()
         );
         let start = Instant::now();
-        let response = api_request(&socket, "PATCH", "/api/upstreams/app", Some(&body)).expect("PATCH");
+        let response =
+            api_request(&socket, "PATCH", "/api/upstreams/app", Some(&body)).expect("PATCH");
         micros.push(start.elapsed().as_secs_f64() * 1e6);
         assert_eq!(response.status, 200, "{}", response.body);
         stale += usize::from(first_answer(port) != Pair::name(index));
     }
-    figures("shift API (PATCH over the Unix socket)", micros, stale, "one request on a new connection per PATCH")
+    figures(
+        "shift API (PATCH over the Unix socket)",
+        micros,
+        stale,
+        "one request on a new connection per PATCH",
+    )
 }
 
 fn shiftctl_switches(settings: &Settings) -> SwitchFigures {
@@ -283,9 +405,7 @@ fn shiftctl_switches(settings: &Settings) -> SwitchFigures {
     for index in 0..settings.shiftctl_switches {
         let (blue, green) = weights_for(&pair, index);
         let start = Instant::now();
-        let status = Command::new(shiftctl_binary())
-            .arg("--socket")
-            .arg(nginx.path("api.sock"))
+        let status = shiftctl_command(&[nginx.path("api.sock")], None)
             .args(["set", "app", &blue, &green])
             .stdout(Stdio::null())
             .status()
@@ -294,7 +414,12 @@ fn shiftctl_switches(settings: &Settings) -> SwitchFigures {
         assert!(status.success());
         stale += usize::from(first_answer(port) != Pair::name(index));
     }
-    figures("`shiftctl set`", micros, stale, "a process start, a GET and a PATCH")
+    figures(
+        "`shiftctl set`",
+        micros,
+        stale,
+        "a process start, a GET and a PATCH",
+    )
 }
 
 fn haproxy_switches(settings: &Settings) -> SwitchFigures {
@@ -320,11 +445,21 @@ fn haproxy_switches(settings: &Settings) -> SwitchFigures {
         .stderr(Stdio::null())
         .spawn()
         .expect("start haproxy");
-    assert!(wait_until(Duration::from_secs(10), || socket.exists() && HttpClient::new(port).get("/").is_ok()).is_some(), "haproxy did not start");
+    assert!(
+        wait_until(Duration::from_secs(10), || socket.exists()
+            && HttpClient::new(port).get("/").is_ok())
+        .is_some(),
+        "haproxy did not start"
+    );
     let (mut micros, mut stale) = (Vec::new(), 0);
     for index in 0..settings.switches {
-        let (blue, green) = if Pair::name(index) == "green" { (0, 1) } else { (1, 0) };
-        let command = format!("set server be/blue weight {blue};set server be/green weight {green}\n");
+        let (blue, green) = if Pair::name(index) == "green" {
+            (0, 1)
+        } else {
+            (1, 0)
+        };
+        let command =
+            format!("set server be/blue weight {blue};set server be/green weight {green}\n");
         let start = Instant::now();
         haproxy_command(&socket, &command);
         micros.push(start.elapsed().as_secs_f64() * 1e6);
@@ -332,12 +467,19 @@ fn haproxy_switches(settings: &Settings) -> SwitchFigures {
     }
     let _ = haproxy.kill();
     let _ = haproxy.wait();
-    figures("HAProxy runtime API (`set server ... weight` over its socket)", micros, stale, "one request on a new connection per change")
+    figures(
+        "HAProxy runtime API (`set server ... weight` over its socket)",
+        micros,
+        stale,
+        "one request on a new connection per change",
+    )
 }
 
 fn haproxy_command(socket: &Path, command: &str) -> String {
     let mut stream = UnixStream::connect(socket).expect("haproxy socket");
-    stream.write_all(command.as_bytes()).expect("send to haproxy");
+    stream
+        .write_all(command.as_bytes())
+        .expect("send to haproxy");
     let mut answer = String::new();
     stream.read_to_string(&mut answer).expect("haproxy answers");
     answer
@@ -355,10 +497,17 @@ fn plain_upstream(target: &str, port: u16) -> String {
 fn reload_switches(settings: &Settings) -> SwitchFigures {
     let pair = Pair::new();
     let port = free_port();
-    let mut nginx = Nginx::start(NginxOptions::new(plain_upstream(&pair.blue.addr().to_string(), port)));
+    let mut nginx = Nginx::start(NginxOptions::new(plain_upstream(
+        &pair.blue.addr().to_string(),
+        port,
+    )));
     let (mut micros, mut stale) = (Vec::new(), 0);
     for index in 0..settings.reloads {
-        let target = if Pair::name(index) == "green" { &pair.green } else { &pair.blue };
+        let target = if Pair::name(index) == "green" {
+            &pair.green
+        } else {
+            &pair.blue
+        };
         let start = Instant::now();
         let old = nginx.begin_reload(Some(&plain_upstream(&target.addr().to_string(), port)));
         // Until the new workers answer, new connections still reach the old ones.
@@ -368,12 +517,20 @@ fn reload_switches(settings: &Settings) -> SwitchFigures {
                 break;
             }
             stale += 1;
-            assert!(start.elapsed() < Duration::from_secs(10), "the reload never took effect: {answer}");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the reload never took effect: {answer}"
+            );
         }
         micros.push(start.elapsed().as_secs_f64() * 1e6);
         nginx.finish_reload(&old);
     }
-    figures("stock `nginx -s reload` with an edited upstream", micros, stale, "time until the new version answers; stale = old answers after the signal")
+    figures(
+        "stock `nginx -s reload` with an edited upstream",
+        micros,
+        stale,
+        "time until the new version answers; stale = old answers after the signal",
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -388,12 +545,29 @@ fn zero_downtime(settings: &Settings) {
         let pair = Pair::new();
         let (nginx, port) = shift_nginx(&pair);
         let socket = nginx.path("api.sock");
-        let start_body = format!(r#"{{"peers": {{"{}": {{"weight": 0}}}}}}"#, pair.green.addr());
-        assert_eq!(api_request(&socket, "PATCH", "/api/upstreams/app", Some(&start_body)).unwrap().status, 200);
+        let start_body = format!(
+            r#"{{"peers": {{"{}": {{"weight": 0}}}}}}"#,
+            pair.green.addr()
+        );
+        assert_eq!(
+            api_request(&socket, "PATCH", "/api/upstreams/app", Some(&start_body))
+                .unwrap()
+                .status,
+            200
+        );
         let load = wrk(port, seconds);
         thread::sleep(switch_at);
-        let body = format!(r#"{{"peers": {{"{}": {{"weight": 0}}, "{}": {{"weight": 1}}}}}}"#, pair.blue.addr(), pair.green.addr());
-        assert_eq!(api_request(&socket, "PATCH", "/api/upstreams/app", Some(&body)).unwrap().status, 200);
+        let body = format!(
+            r#"{{"peers": {{"{}": {{"weight": 0}}, "{}": {{"weight": 1}}}}}}"#,
+            pair.blue.addr(),
+            pair.green.addr()
+        );
+        assert_eq!(
+            api_request(&socket, "PATCH", "/api/upstreams/app", Some(&body))
+                .unwrap()
+                .status,
+            200
+        );
         let result = wrk_result(load);
         assert!(pair.green.hits() > 0, "the switch moved traffic");
         rows.push(("shift: PATCH blue → green", result));
@@ -401,7 +575,10 @@ fn zero_downtime(settings: &Settings) {
     {
         let pair = Pair::new();
         let port = free_port();
-        let mut nginx = Nginx::start(NginxOptions::new(plain_upstream(&pair.blue.addr().to_string(), port)));
+        let mut nginx = Nginx::start(NginxOptions::new(plain_upstream(
+            &pair.blue.addr().to_string(),
+            port,
+        )));
         let load = wrk(port, seconds);
         thread::sleep(switch_at);
         let old = nginx.begin_reload(Some(&plain_upstream(&pair.green.addr().to_string(), port)));
@@ -414,7 +591,10 @@ fn zero_downtime(settings: &Settings) {
         let port = free_port();
         let backend_port = free_port();
         let blue = Backend::start_on("blue", backend_port);
-        let _nginx = Nginx::start(NginxOptions::new(plain_upstream(&format!("127.0.0.1:{backend_port}"), port)));
+        let _nginx = Nginx::start(NginxOptions::new(plain_upstream(
+            &format!("127.0.0.1:{backend_port}"),
+            port,
+        )));
         let load = wrk(port, seconds);
         thread::sleep(switch_at);
         drop(blue); // stop the old version
@@ -422,7 +602,10 @@ fn zero_downtime(settings: &Settings) {
         let green = Backend::start_on("green", backend_port);
         let result = wrk_result(load);
         assert!(green.hits() > 0);
-        rows.push(("the seed's old way: stop old backend, start new on the same port", result));
+        rows.push((
+            "the seed's old way: stop old backend, start new on the same port",
+            result,
+        ));
     }
 
     println!("## Zero downtime under load\n");

@@ -9,16 +9,24 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use shift_core::table::{slot_of, PeerChange, PeerConfig, PeerSlot, Table, TableHeader, CheckMode};
+use shift_core::table::{slot_of, CheckMode, PeerChange, PeerConfig, PeerSlot, Table, TableHeader};
 
 fn peers(count: usize) -> (TableHeader, Vec<PeerSlot>) {
     let slots = (0..count)
         .map(|i| {
-            let config = PeerConfig { server: format!("10.0.{}.{}:8080", i / 250, i % 250), weight: 1, down: false, backup: false };
+            let config = PeerConfig {
+                server: format!("10.0.{}.{}:8080", i / 250, i % 250),
+                weight: 1,
+                down: false,
+                backup: false,
+            };
             PeerSlot::new(&config).expect("short name")
         })
         .collect();
-    (TableHeader::new("app", 1, count, CheckMode::On).expect("short name"), slots)
+    (
+        TableHeader::new("app", 1, count, CheckMode::On).expect("short name"),
+        slots,
+    )
 }
 
 fn per_request(c: &mut Criterion) {
@@ -29,7 +37,9 @@ fn per_request(c: &mut Criterion) {
         // Stand-ins for the worker's round-robin peer pointers, in table order.
         let rr_peers: Vec<usize> = (0..count).map(|i| 0x1000 + i * 64).collect();
         let mut routes = Vec::new();
-        let seen = table.routes_if_changed(u64::MAX, &mut routes).expect("first copy");
+        let seen = table
+            .routes_if_changed(u64::MAX, &mut routes)
+            .expect("first copy");
         let mut next = 0;
         group.bench_with_input(BenchmarkId::from_parameter(count), &count, |b, &count| {
             b.iter(|| {
@@ -63,7 +73,11 @@ fn after_a_change(c: &mut Criterion) {
                 table
                     .lock(1, |_| true)
                     .expect("unlocked")
-                    .apply(&[PeerChange { index: 0, weight: Some(weight), state: None }]);
+                    .apply(&[PeerChange {
+                        index: 0,
+                        weight: Some(weight),
+                        state: None,
+                    }]);
                 black_box(table.routes_if_changed(seen, &mut routes))
             })
         });

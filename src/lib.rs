@@ -57,6 +57,25 @@ pub fn shiftctl_binary() -> PathBuf {
     path
 }
 
+/// A `shiftctl` command for the Nginx instances at `sockets`, keeping its state in `state_dir`
+/// (when given); the caller adds the subcommand. `SHIFT_SOCKET` from the environment is ignored.
+pub fn shiftctl_command<P: AsRef<std::path::Path>>(
+    sockets: &[P],
+    state_dir: Option<&std::path::Path>,
+) -> std::process::Command {
+    let mut command = std::process::Command::new(shiftctl_binary());
+    command
+        .env_remove("SHIFT_SOCKET")
+        .env_remove("SHIFT_STATE_DIR");
+    for socket in sockets {
+        command.arg("--socket").arg(socket.as_ref());
+    }
+    if let Some(dir) = state_dir {
+        command.arg("--state-dir").arg(dir);
+    }
+    command
+}
+
 /// The standalone `backend` binary of this profile (see `src/bin/backend.rs`).
 pub fn backend_binary() -> PathBuf {
     let path = PathBuf::from(env!("SHIFT_MODULE_PATH")).with_file_name("backend");
@@ -92,4 +111,21 @@ pub fn wait_until(
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// Blocks until the process gets Ctrl-C (SIGINT) or SIGTERM.
+pub fn wait_for_interrupt() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("signal runtime");
+    runtime.block_on(async {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("listen for SIGTERM");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    });
 }

@@ -5,11 +5,10 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 use std::time::Duration;
 
 use harness::{
-    free_port, module_path, shiftctl_binary, wait_until, Admin, HookedBackends, HttpClient, Nginx,
+    free_port, module_path, shiftctl_command, wait_until, Admin, HookedBackends, HttpClient, Nginx,
     NginxOptions,
 };
 use shift_wire::Health;
@@ -157,11 +156,7 @@ fn the_example_config_and_plan_deploy_with_local_processes() {
     assert_eq!(served(), ["blue".to_string()].into());
 
     let deploy = || {
-        Command::new(shiftctl_binary())
-            .arg("--socket")
-            .arg(nginx.path("shift.sock"))
-            .arg("--state-dir")
-            .arg(state_dir.path())
+        shiftctl_command(&[nginx.path("shift.sock")], Some(state_dir.path()))
             .arg("deploy")
             .arg(&plan_path)
             .output()

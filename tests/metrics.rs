@@ -1,8 +1,6 @@
 //! `GET {prefix}metrics` answers valid Prometheus text that matches the API.
 
-use std::process::Command;
-
-use harness::{free_port, shiftctl_binary, Admin, Backend, HttpClient, Nginx, NginxOptions};
+use harness::{free_port, shiftctl_command, Admin, Backend, HttpClient, Nginx, NginxOptions};
 use prometheus_parse::{Scrape, Value};
 
 fn scrape(text: &str) -> Scrape {
@@ -90,9 +88,7 @@ fn metrics_are_valid_prometheus_text_matching_the_api() {
     );
 
     // shiftctl reads the same.
-    let output = Command::new(shiftctl_binary())
-        .arg("--socket")
-        .arg(nginx.path("api.sock"))
+    let output = shiftctl_command(&[nginx.path("api.sock")], None)
         .arg("metrics")
         .output()
         .unwrap();

@@ -9,7 +9,7 @@ use std::thread;
 use std::time::Duration;
 
 use harness::{
-    free_port, shiftctl_binary, wait_until, Admin, Backend, HookedBackends, HttpClient, Nginx,
+    free_port, shiftctl_command, wait_until, Admin, Backend, HookedBackends, HttpClient, Nginx,
     NginxOptions,
 };
 use shift_wire::{Health, PeerState, Upstream};
@@ -53,15 +53,9 @@ impl Setup {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(shiftctl_binary());
-        command
-            .arg("--socket")
-            .arg(self.nginx.path("api.sock"))
-            .arg("--state-dir")
-            .arg(self.state_dir.path())
-            .args(args)
-            .env_remove("SHIFT_SOCKET")
-            .stdin(Stdio::null());
+        let mut command =
+            shiftctl_command(&[self.nginx.path("api.sock")], Some(self.state_dir.path()));
+        command.args(args).stdin(Stdio::null());
         command
     }
 
@@ -162,8 +156,8 @@ fn status_prints_the_table_and_json() {
     let upstreams: Vec<Upstream> = serde_json::from_value(json[0]["upstreams"].clone()).unwrap();
     assert_eq!(upstreams[0].peers[1].state, PeerState::Down);
 
-    let output = Command::new(shiftctl_binary())
-        .args(["--socket", "/nonexistent/shift.sock", "status"])
+    let output = shiftctl_command(&["/nonexistent/shift.sock"], None)
+        .arg("status")
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(3));
@@ -357,11 +351,7 @@ fn deploy_runs_the_hooks_in_order_and_alternates_sides() {
     let healthy = |index: usize| admin.upstream("app").peers[index].health == Health::Healthy;
     assert!(wait_until(Duration::from_secs(10), || healthy(0)).is_some());
     let deploy = || {
-        Command::new(shiftctl_binary())
-            .arg("--socket")
-            .arg(nginx.path("api.sock"))
-            .arg("--state-dir")
-            .arg(state_dir.path())
+        shiftctl_command(&[nginx.path("api.sock")], Some(state_dir.path()))
             .arg("deploy")
             .arg(&plan)
             .output()
@@ -414,13 +404,8 @@ fn a_fleet_change_applies_everywhere_or_nowhere() {
     let first = Setup::start("");
     let second = Setup::start("");
     let both = |args: &[&str]| {
-        Command::new(shiftctl_binary())
-            .arg("--socket")
-            .arg(first.nginx.path("api.sock"))
-            .arg("--socket")
-            .arg(second.nginx.path("api.sock"))
-            .arg("--state-dir")
-            .arg(first.state_dir.path())
+        let sockets = [first.nginx.path("api.sock"), second.nginx.path("api.sock")];
+        shiftctl_command(&sockets, Some(first.state_dir.path()))
             .args(args)
             .output()
             .unwrap()
@@ -439,17 +424,17 @@ fn a_fleet_change_applies_everywhere_or_nowhere() {
     // With the second Nginx down, nothing is written anywhere.
     let second_socket = second.nginx.path("api.sock");
     drop(second);
-    let output = Command::new(shiftctl_binary())
-        .arg("--socket")
-        .arg(first.nginx.path("api.sock"))
-        .arg("--socket")
-        .arg(&second_socket)
+    let output = shiftctl_command(&[first.nginx.path("api.sock"), second_socket], None)
         .args(["set", "app", &format!("{}=9", first.blue())])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(3), "{}", text(&output.stderr));
     let upstream = first.admin.upstream("app");
     assert_eq!((upstream.peers[0].weight, upstream.generation), (1, 3));
+}
+
+fn blue_active(setup: &Setup) -> u64 {
+    setup.admin.upstream("app").peers[0].active
 }
 
 #[test]
@@ -466,13 +451,7 @@ fn drain_waits_for_active_requests_and_undrain_brings_the_peer_back() {
     setup.blue.set_hang(true);
     let port = setup.port;
     let _held = thread::spawn(move || HttpClient::new(port).get("/"));
-    assert!(
-        wait_until(Duration::from_secs(5), || setup.admin.upstream("app").peers
-            [0]
-        .active
-            == 1)
-        .is_some()
-    );
+    assert!(wait_until(Duration::from_secs(5), || blue_active(&setup) == 1).is_some());
     let output = setup.run(&["drain", "app", &setup.blue(), "--wait", "--timeout", "1s"]);
     assert_eq!(output.status.code(), Some(1));
     assert!(

@@ -102,23 +102,24 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// Prints one value per Nginx as a JSON array of `{"socket": ..., key: value}`.
+    fn print_json_per_socket<T: serde::Serialize>(&self, key: &str, values: &[T]) {
+        let entries: Vec<_> = self
+            .fleet
+            .clients()
+            .iter()
+            .zip(values)
+            .map(|(client, value)| {
+                serde_json::json!({ "socket": client.socket().display().to_string(), key: value })
+            })
+            .collect();
+        let json = serde_json::to_string_pretty(&entries).expect("JSON of wire types");
+        println!("{json}");
+    }
+
     fn print_upstreams(&self, upstreams: &[Upstream]) {
         if self.json {
-            let sockets: Vec<_> = self
-                .fleet
-                .clients()
-                .iter()
-                .map(|c| c.socket().display().to_string())
-                .collect();
-            let value: Vec<_> = sockets
-                .iter()
-                .zip(upstreams)
-                .map(|(socket, upstream)| serde_json::json!({ "socket": socket, "upstream": upstream }))
-                .collect();
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&value).expect("JSON of wire types")
-            );
+            self.print_json_per_socket("upstream", upstreams);
             return;
         }
         for (client, upstream) in self.fleet.clients().iter().zip(upstreams) {
@@ -263,21 +264,7 @@ pub async fn status(
             print!("\x1b[2J\x1b[H");
         }
         if ctx.json && !watch {
-            let sockets: Vec<_> = ctx
-                .fleet
-                .clients()
-                .iter()
-                .map(|c| c.socket().display().to_string())
-                .collect();
-            let value: Vec<_> = sockets
-                .iter()
-                .zip(&all)
-                .map(|(socket, upstreams)| serde_json::json!({ "socket": socket, "upstreams": upstreams }))
-                .collect();
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&value).expect("JSON of wire types")
-            );
+            ctx.print_json_per_socket("upstreams", &all);
             return Ok(());
         }
         for (client, upstreams) in ctx.fleet.clients().iter().zip(&all) {

@@ -273,25 +273,50 @@ unsafe fn directive_args<'a>(cf: *mut ngx_conf_t) -> Result<Vec<&'a str>, String
         .collect()
 }
 
+/// What an upstream directive handler starts from: its parsed arguments, this module's main
+/// conf, and the enclosing upstream's own conf and this module's conf for it. `Err` is what the
+/// handler returns (the error is logged).
+///
+/// SAFETY: `cf` is the configuration being parsed inside an `upstream` block, and `conf` this
+/// module's main conf (NGX_HTTP_MAIN_CONF_OFFSET), as Nginx passes them to a directive handler.
+unsafe fn upstream_directive<'a, T>(
+    cf: *mut ngx_conf_t,
+    conf: *mut c_void,
+    parse: fn(&[&str]) -> Result<T, directives::DirectiveError>,
+) -> Result<
+    (
+        T,
+        &'a mut MainConf,
+        &'a mut ngx_http_upstream_srv_conf_t,
+        &'a mut UpstreamConf,
+    ),
+    *mut c_char,
+> {
+    // SAFETY: per the contract; the upstream's confs live as long as the configuration.
+    unsafe {
+        let parsed = match directive_args(cf).map(|args| parse(&args)) {
+            Ok(Ok(parsed)) => parsed,
+            Ok(Err(err)) => return Err(conf_error(cf, &err.to_string())),
+            Err(msg) => return Err(conf_error(cf, &msg)),
+        };
+        let main = &mut *conf.cast::<MainConf>();
+        let uscf = NgxHttpUpstreamModule::server_conf_mut(&*cf).ok_or(NGX_CONF_ERROR)?;
+        let ours = Module::server_conf_mut(&*cf).ok_or(NGX_CONF_ERROR)?;
+        Ok((parsed, main, uscf, ours))
+    }
+}
+
 extern "C" fn set_shift(
     cf: *mut ngx_conf_t,
     _cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: Nginx calls directive handlers with a valid cf, and `conf` is this module's main
-    // conf (NGX_HTTP_MAIN_CONF_OFFSET). The upstream conf is the one of the enclosing block.
+    // SAFETY: Nginx calls directive handlers with a valid cf and this module's main conf.
     unsafe {
-        let main = &mut *conf.cast::<MainConf>();
-        let parsed = match directive_args(cf).map(|args| directives::parse_shift(&args)) {
-            Ok(Ok(parsed)) => parsed,
-            Ok(Err(err)) => return conf_error(cf, &err.to_string()),
-            Err(msg) => return conf_error(cf, &msg),
-        };
-        let Some(uscf) = NgxHttpUpstreamModule::server_conf_mut(&*cf) else {
-            return NGX_CONF_ERROR;
-        };
-        let Some(ours) = Module::server_conf_mut(&*cf) else {
-            return NGX_CONF_ERROR;
+        let (parsed, main, uscf, ours) = match upstream_directive(cf, conf, directives::parse_shift)
+        {
+            Ok(found) => found,
+            Err(rc) => return rc,
         };
         if ours.shift.is_some() {
             return c"is duplicate".as_ptr().cast_mut();
@@ -320,20 +345,13 @@ extern "C" fn set_shift_check(
     _cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: as in set_shift.
+    // SAFETY: Nginx calls directive handlers with a valid cf and this module's main conf.
     unsafe {
-        let main = &mut *conf.cast::<MainConf>();
-        let parsed = match directive_args(cf).map(|args| directives::parse_shift_check(&args)) {
-            Ok(Ok(parsed)) => parsed,
-            Ok(Err(err)) => return conf_error(cf, &err.to_string()),
-            Err(msg) => return conf_error(cf, &msg),
-        };
-        let Some(uscf) = NgxHttpUpstreamModule::server_conf_mut(&*cf) else {
-            return NGX_CONF_ERROR;
-        };
-        let Some(ours) = Module::server_conf_mut(&*cf) else {
-            return NGX_CONF_ERROR;
-        };
+        let (parsed, main, uscf, ours) =
+            match upstream_directive(cf, conf, directives::parse_shift_check) {
+                Ok(found) => found,
+                Err(rc) => return rc,
+            };
         if ours.check.is_some() {
             return c"is duplicate".as_ptr().cast_mut();
         }

@@ -123,13 +123,15 @@ fn respond(
         Some(rest) if rest.starts_with('/') && !rest[1..].contains('/') => {
             ("GET, HEAD, PATCH", Some(&rest[1..]))
         }
-        _ => return Err(Failure::new(
-            404,
-            "not_found",
-            format!(
+        _ => {
+            return Err(Failure::new(
+                404,
+                "not_found",
+                format!(
                 "no API resource \"{route}\"; try \"upstreams\", \"upstreams/NAME\" or \"metrics\""
             ),
-        )),
+            ))
+        }
     };
     let writing = match method {
         "GET" | "HEAD" => false,

@@ -16,19 +16,7 @@ fn main() -> ExitCode {
         _ => return usage("expected NAME PORT"),
     };
     let backend = Backend::start_on(name, port);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("listen for SIGTERM");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        }
-    });
+    harness::wait_for_interrupt();
     drop(backend);
     ExitCode::SUCCESS
 }

@@ -7,13 +7,16 @@
 //! of leaving everything running until Ctrl-C.
 
 use std::collections::BTreeMap;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use harness::{shiftctl_binary, wait_until, Admin, Backend, HttpClient, Nginx, NginxOptions};
+use harness::{
+    shiftctl_binary, shiftctl_command, wait_for_interrupt, wait_until, Admin, Backend, HttpClient,
+    Nginx, NginxOptions,
+};
 
 /// Answers seen by the load generator since the last report, by who served them.
 type Tally = Arc<Mutex<BTreeMap<String, u64>>>;
@@ -83,11 +86,7 @@ fn main() -> ExitCode {
     let reporter = start_reporter(tally, stop.clone());
 
     let shiftctl = |args: &[&str]| {
-        Command::new(shiftctl_binary())
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(&state_dir)
+        shiftctl_command(&[&socket], Some(&state_dir))
             .args(args)
             .stdin(Stdio::null())
             .status()
@@ -195,22 +194,6 @@ fn start_reporter(tally: Tally, stop: Arc<AtomicBool>) -> thread::JoinHandle<()>
             );
         }
     })
-}
-
-fn wait_for_interrupt() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("signal runtime");
-    runtime.block_on(async {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("listen for SIGTERM");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        }
-    });
 }
 
 fn usage(problem: &str) -> ExitCode {
