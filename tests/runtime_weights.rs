@@ -74,6 +74,14 @@ impl Setup {
     }
 }
 
+fn weights_and_states(upstream: &shift_wire::Upstream) -> Vec<(u32, PeerState)> {
+    upstream
+        .peers
+        .iter()
+        .map(|peer| (peer.weight, peer.state))
+        .collect()
+}
+
 fn only(name: &str, count: usize) -> BTreeMap<String, usize> {
     BTreeMap::from([(name.to_string(), count)])
 }
@@ -166,12 +174,7 @@ fn zero_weight_drained_and_standby_peers_get_no_requests() {
         hits_before
     );
 
-    let upstream = setup.admin.upstream("app");
-    let states: Vec<_> = upstream
-        .peers
-        .iter()
-        .map(|peer| (peer.weight, peer.state))
-        .collect();
+    let states = weights_and_states(&setup.admin.upstream("app"));
     assert_eq!(
         states,
         [
@@ -233,11 +236,7 @@ fn runtime_weights_survive_a_reload_unless_the_config_line_changed() {
 
     setup.nginx.reload(None);
     let upstream = setup.admin.upstream("app");
-    let live: Vec<_> = upstream
-        .peers
-        .iter()
-        .map(|peer| (peer.weight, peer.state))
-        .collect();
+    let live = weights_and_states(&upstream);
     assert_eq!(live, [(0, PeerState::Up), (10, PeerState::Up)]);
     assert!(upstream.generation > generation);
     assert_eq!(setup.spread(30).0, only("green", 30));
@@ -256,11 +255,7 @@ fn runtime_weights_survive_a_reload_unless_the_config_line_changed() {
     );
     setup.nginx.reload(Some(&edited));
     let upstream = setup.admin.upstream("app");
-    let live: Vec<_> = upstream
-        .peers
-        .iter()
-        .map(|peer| (peer.weight, peer.state))
-        .collect();
+    let live = weights_and_states(&upstream);
     assert_eq!(live, [(0, PeerState::Up), (3, PeerState::Up)]);
     assert!(
         setup
