@@ -1,7 +1,9 @@
 //! A real Nginx with the module loaded, on a generated config in a temporary prefix.
 
 use std::fs;
+use std::io;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -90,11 +92,7 @@ impl Nginx {
         let prefix = new_prefix();
         write_config(prefix.path(), &options);
         let stderr = fs::File::create(prefix.path().join("logs/stderr.log")).expect("stderr log");
-        let child = Command::new(nginx_binary())
-            .args(prefix_args(prefix.path()))
-            .args(daemon_args(&options))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+        let child = nginx_command(prefix.path(), &options)
             .stderr(stderr)
             .spawn()
             .expect("start nginx");
@@ -163,11 +161,7 @@ impl Nginx {
             .open(self.path("logs/stderr.log"))
             .expect("stderr log");
         self.child = Some(
-            Command::new(nginx_binary())
-                .args(prefix_args(self.prefix()))
-                .args(daemon_args(&self.options))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
+            nginx_command(self.prefix(), &self.options)
                 .stderr(stderr)
                 .spawn()
                 .expect("restart nginx"),
@@ -263,6 +257,25 @@ fn prefix_args(prefix: &Path) -> Vec<String> {
         "-c".into(),
         prefix.join("conf/nginx.conf").display().to_string(),
     ]
+}
+
+/// The Nginx master, in the foreground. It gets SIGTERM when the thread that started it dies, so
+/// a test or demo that is killed (or whose terminal hangs up, which Nginx would take for a
+/// reload) leaves no Nginx behind.
+fn nginx_command(prefix: &Path, options: &NginxOptions) -> Command {
+    let mut command = Command::new(nginx_binary());
+    command
+        .args(prefix_args(prefix))
+        .args(daemon_args(options))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    // SAFETY: the closure runs in the forked child before exec and only makes one
+    // async-signal-safe system call (prctl).
+    unsafe {
+        command
+            .pre_exec(|| nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(io::Error::from));
+    }
+    command
 }
 
 /// A whole config sets neither `daemon` nor runs in the foreground by itself.

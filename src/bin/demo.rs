@@ -7,6 +7,7 @@
 //! of leaving everything running until Ctrl-C.
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::process::{ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -120,7 +121,7 @@ fn main() -> ExitCode {
                 admin.upstream("app").peers[1].weight == 500
             });
             if at_half.is_some() {
-                println!("demo: green now answers 500 on purpose");
+                say("demo: green now answers 500 on purpose");
                 watcher.set_status(500);
             }
         });
@@ -188,12 +189,22 @@ fn start_reporter(tally: Tally, stop: Arc<AtomicBool>) -> thread::JoinHandle<()>
                 .iter()
                 .map(|(who, count)| format!("{who} {:>5.1}%", *count as f64 * 100.0 / total as f64))
                 .collect();
-            println!(
+            say(&format!(
                 "  traffic, last second ({total:>4} requests): {}",
                 split.join("  ")
-            );
+            ));
         }
     })
+}
+
+/// Prints a line while shiftctl may be redrawing its status line on the same terminal: clear
+/// that line first, so the line printed here stands above shiftctl's next redraw.
+fn say(line: &str) {
+    if std::io::stdout().is_terminal() {
+        println!("\r\x1b[K{line}");
+    } else {
+        println!("{line}");
+    }
 }
 
 fn usage(problem: &str) -> ExitCode {
