@@ -10,15 +10,13 @@ use ngx::ffi::{
     ngx_str_t, NGX_HTTP_SPECIAL_RESPONSE,
 };
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf, Request};
-use nix::errno::Errno;
-use nix::sys::signal::kill;
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
-use nix::unistd::Pid;
 use shift_wire::MAX_BODY_BYTES;
 
 use crate::ngx_module::Module;
 use crate::shm::table_of;
 use shift_core::api::{self, Endpoint, Reply, Writer};
+use shift_core::table::process_alive;
 
 /// Serves the admin API.
 pub extern "C" fn handle(r: *mut ngx_http_request_t) -> ngx_int_t {
@@ -118,11 +116,10 @@ unsafe fn answer(r: *mut ngx_http_request_t, body: &[u8]) -> ngx_int_t {
     // SAFETY: per the contract.
     let (uid, path, method) = unsafe { (caller_uid(r), (*r).uri.to_string(), method(r)) };
     let relative = path.strip_prefix(api_conf.prefix.as_str()).unwrap_or(&path);
-    let is_alive = |pid: u32| !matches!(kill(Pid::from_raw(pid as i32), None), Err(Errno::ESRCH));
     // SAFETY: ngx_pid is set once at process start.
     let writer = Writer {
         pid: unsafe { ngx::ffi::ngx_pid } as u32,
-        is_alive: &is_alive,
+        is_alive: &process_alive,
     };
     let reply = api::handle(
         &method,

@@ -23,15 +23,14 @@ use ngx::ffi::{
 use ngx::http::{HttpModuleMainConf, HttpModuleServerConf};
 use ngx::ngx_log_error;
 use nix::errno::Errno;
-use nix::sys::signal::kill;
 use nix::sys::socket::{getsockopt, sockopt::SocketError};
 use nix::time::{clock_gettime, ClockId};
-use nix::unistd::Pid;
 
 use crate::ngx_module::{Module, UpstreamConf};
 use crate::shm::table_of;
 use shift_core::directives::{CheckArgs, CheckKind};
 use shift_core::health::{http_request, judge_http, ProbeError, MAX_RESPONSE_BYTES};
+use shift_core::table::process_alive;
 
 /// One peer's prober in this worker. Leaked on purpose: it lives as long as the worker.
 struct Probe {
@@ -313,8 +312,6 @@ unsafe fn finish(probe: &mut Probe, result: Result<(), ProbeError>) {
             return;
         };
         let check = &*probe.check;
-        let is_alive =
-            |pid: u32| !matches!(kill(Pid::from_raw(pid as i32), None), Err(Errno::ESRCH));
         let log = (*ngx::ffi::ngx_cycle).log;
         match table.record_check(
             probe.index,
@@ -323,7 +320,7 @@ unsafe fn finish(probe: &mut Probe, result: Result<(), ProbeError>) {
             check.passes,
             unix_ms(),
             ngx::ffi::ngx_pid as u32,
-            is_alive,
+            process_alive,
         ) {
             Ok(Some(transition)) => {
                 let reason = transition.error.map(ProbeError::describe);

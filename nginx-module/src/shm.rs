@@ -81,17 +81,21 @@ pub fn table_of(conf: &UpstreamConf) -> Option<Table<'static>> {
     // SAFETY: `conf.table` is null or was set by `init_zone` to a header it wrote, followed by
     // `peer_count` initialised slots, in shared memory that stays mapped for the process's life
     // and is not freed while this configuration can still be in use (KEEP_EPOCHS).
+    unsafe { (!conf.table.is_null()).then(|| table_at(conf.table)) }
+}
+
+/// The table whose header is at `header`.
+///
+/// SAFETY: `header` points to a header `place_table` wrote, followed by its initialised slots,
+/// still allocated in the zone.
+unsafe fn table_at(header: *mut TableHeader) -> Table<'static> {
+    // SAFETY: per the contract; the slots start `slots_offset()` bytes after the header.
     unsafe {
-        let header = conf.table.as_ref()?;
-        let slots = conf
-            .table
-            .cast::<u8>()
-            .add(slots_offset())
-            .cast::<PeerSlot>();
-        Some(Table::new(
-            header,
-            std::slice::from_raw_parts(slots, header.peer_count()),
-        ))
+        let slots = header.cast::<u8>().add(slots_offset()).cast::<PeerSlot>();
+        Table::new(
+            &*header,
+            std::slice::from_raw_parts(slots, (*header).peer_count()),
+        )
     }
 }
 
@@ -281,11 +285,7 @@ unsafe fn find_table(root: *mut ZoneRoot, name: &str, epoch: u64) -> Option<Tabl
         while address != 0 {
             let header = address as *mut TableHeader;
             if (*header).epoch == epoch && (*header).name() == name {
-                let slots = header.cast::<u8>().add(slots_offset()).cast::<PeerSlot>();
-                return Some(Table::new(
-                    &*header,
-                    std::slice::from_raw_parts(slots, (*header).peer_count()),
-                ));
+                return Some(table_at(header));
             }
             address = (*header).next.load(Ordering::Acquire);
         }

@@ -73,6 +73,14 @@ impl Failure {
         }
     }
 
+    /// 405, with the `Allow` header the resource's methods give.
+    fn method_not_allowed(method: &str, allow: &'static str) -> Failure {
+        let detail = format!("{method} is not allowed here; allowed: {allow}");
+        let mut failure = Failure::new(405, "method_not_allowed", detail);
+        failure.allow = Some(allow);
+        failure
+    }
+
     fn into_reply(self) -> Reply {
         let body = ApiError {
             error: self.error.to_string(),
@@ -98,13 +106,7 @@ fn respond(
     let route = path.trim_start_matches('/');
     if route == "metrics" {
         if method != "GET" && method != "HEAD" {
-            let mut failure = Failure::new(
-                405,
-                "method_not_allowed",
-                format!("{method} is not allowed here; allowed: GET, HEAD"),
-            );
-            failure.allow = Some("GET, HEAD");
-            return Err(failure);
+            return Err(Failure::method_not_allowed(method, "GET, HEAD"));
         }
         check_access(caller, false)?;
         let upstreams: Vec<_> = endpoints
@@ -136,15 +138,7 @@ fn respond(
     let writing = match method {
         "GET" | "HEAD" => false,
         "PATCH" if target.is_some() => true,
-        _ => {
-            let mut failure = Failure::new(
-                405,
-                "method_not_allowed",
-                format!("{method} is not allowed here; allowed: {allow}"),
-            );
-            failure.allow = Some(allow);
-            return Err(failure);
-        }
+        _ => return Err(Failure::method_not_allowed(method, allow)),
     };
     check_access(caller, writing)?;
 

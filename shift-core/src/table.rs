@@ -413,6 +413,14 @@ impl<'a> Table<'a> {
     }
 }
 
+/// Whether process `pid` still runs: the liveness test the write lock uses to take over a lock
+/// left by a crashed worker. A process we may not signal (EPERM) still runs.
+pub fn process_alive(pid: u32) -> bool {
+    use nix::errno::Errno;
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    !matches!(nix::sys::signal::kill(pid, None), Err(Errno::ESRCH))
+}
+
 /// The table slot of the peer round robin chose: its position in the worker's peer list, which
 /// is in table order. Linear, as the lists are short and this beats hashing a pointer.
 pub fn slot_of<T: PartialEq>(peers: &[T], chosen: &T) -> Option<usize> {
@@ -902,6 +910,15 @@ pub(crate) mod tests {
         std::mem::forget(held); // pid 100 "crashes" holding the lock
         let taken = table.lock(200, |pid| pid != 100);
         assert!(taken.is_ok());
+    }
+
+    #[test]
+    fn a_reaped_process_is_not_alive() {
+        assert!(process_alive(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(!process_alive(pid));
     }
 
     #[test]
