@@ -108,37 +108,30 @@ impl AdminClient {
 
     /// The Prometheus text of `GET metrics`.
     pub async fn metrics(&self) -> Result<String, ClientError> {
-        let unreachable = |error: reqwest::Error| ClientError::Unreachable {
-            socket: self.socket.clone(),
-            reason: root_cause(&error),
-        };
-        let response = self
-            .http
-            .get(self.url("metrics"))
-            .send()
-            .await
-            .map_err(unreachable)?;
-        let status = response.status().as_u16();
-        let body = response.text().await.map_err(unreachable)?;
-        match (status, serde_json::from_str::<ApiError>(&body)) {
-            (200, _) => Ok(body),
-            (_, Ok(error)) => Err(ClientError::Api {
-                socket: self.socket.clone(),
-                status,
-                error,
-            }),
-            (_, Err(_)) => Err(ClientError::Unexpected {
-                socket: self.socket.clone(),
-                status,
-                body,
-            }),
+        match self.fetch(self.http.get(self.url("metrics"))).await? {
+            (200, body) => Ok(body),
+            (status, body) => Err(self.failure(status, body)),
         }
     }
 
+    /// A JSON answer of the API, decoded.
     async fn send<T: serde::de::DeserializeOwned>(
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
+        let (status, body) = self.fetch(request).await?;
+        if status != 200 {
+            return Err(self.failure(status, body));
+        }
+        serde_json::from_str(&body).map_err(|_| ClientError::Unexpected {
+            socket: self.socket.clone(),
+            status,
+            body,
+        })
+    }
+
+    /// The status and body of an answer, or why Nginx could not be reached.
+    async fn fetch(&self, request: reqwest::RequestBuilder) -> Result<(u16, String), ClientError> {
         let unreachable = |error: reqwest::Error| ClientError::Unreachable {
             socket: self.socket.clone(),
             reason: root_cause(&error),
@@ -146,21 +139,23 @@ impl AdminClient {
         let response = request.send().await.map_err(unreachable)?;
         let status = response.status().as_u16();
         let body = response.text().await.map_err(unreachable)?;
-        if status == 200 {
-            if let Ok(value) = serde_json::from_str(&body) {
-                return Ok(value);
-            }
-        } else if let Ok(error) = serde_json::from_str::<ApiError>(&body) {
-            return Err(ClientError::Api {
-                socket: self.socket.clone(),
+        Ok((status, body))
+    }
+
+    /// A failed answer: the API's own error, or whatever else answered on the socket.
+    fn failure(&self, status: u16, body: String) -> ClientError {
+        let socket = self.socket.clone();
+        match serde_json::from_str::<ApiError>(&body) {
+            Ok(error) => ClientError::Api {
+                socket,
                 status,
                 error,
-            });
+            },
+            Err(_) => ClientError::Unexpected {
+                socket,
+                status,
+                body,
+            },
         }
-        Err(ClientError::Unexpected {
-            socket: self.socket.clone(),
-            status,
-            body,
-        })
     }
 }

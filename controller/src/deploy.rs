@@ -23,17 +23,17 @@ pub struct DeployPlan {
     #[serde(default = "default_strategy")]
     pub strategy: Strategy,
     /// Canary steps, e.g. "5,25,50,100".
-    #[serde(default = "default_steps")]
-    pub steps: String,
+    #[serde(default = "default_steps", deserialize_with = "steps")]
+    pub steps: Vec<u32>,
     /// Time each canary step is watched.
-    #[serde(default = "default_interval")]
-    pub interval: String,
+    #[serde(default = "default_interval", deserialize_with = "duration")]
+    pub interval: Duration,
     /// Highest error rate a canary step may show (0.05 = 5%).
     #[serde(default = "default_max_error_rate")]
     pub max_error_rate: f64,
     /// How long the new side may take to become healthy.
-    #[serde(default = "default_health_timeout")]
-    pub health_timeout: String,
+    #[serde(default = "default_health_timeout", deserialize_with = "duration")]
+    pub health_timeout: Duration,
     /// Exactly two sides, e.g. `[sides.blue]` and `[sides.green]`.
     pub sides: BTreeMap<String, Side>,
 }
@@ -61,17 +61,29 @@ pub struct Side {
 fn default_strategy() -> Strategy {
     Strategy::Switch
 }
-fn default_steps() -> String {
-    "5,25,50,100".into()
+fn default_steps() -> Vec<u32> {
+    vec![5, 25, 50, 100]
 }
-fn default_interval() -> String {
-    "30s".into()
+fn default_interval() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_max_error_rate() -> f64 {
     0.05
 }
-fn default_health_timeout() -> String {
-    "60s".into()
+fn default_health_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// Reads steps such as "5,25,50,100" with the same rules as `canary --steps`.
+fn steps<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<u32>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    plan::parse_steps(&text).map_err(serde::de::Error::custom)
+}
+
+/// Reads durations such as "30s" with the same rules as the command line.
+fn duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    plan::parse_duration(&text).map_err(serde::de::Error::custom)
 }
 
 impl DeployPlan {
@@ -91,10 +103,6 @@ impl DeployPlan {
                 path.display(),
                 plan.sides.len()
             )));
-        }
-        plan::parse_steps(&plan.steps).map_err(|err| Failure::usage(anyhow::anyhow!(err)))?;
-        for duration in [&plan.interval, &plan.health_timeout] {
-            plan::parse_duration(duration).map_err(|err| Failure::usage(anyhow::anyhow!(err)))?;
         }
         Ok(plan)
     }
@@ -182,8 +190,7 @@ pub async fn deploy(ctx: &Ctx, plan_path: &Path) -> Result<(), Failure> {
     run_hook(ctx, &plan, &new_name, &new_side, "start")
         .await
         .map_err(|why| Failure::aborted(anyhow::anyhow!("{why}; traffic stays on {old_name}")))?;
-    let health_timeout = plan::parse_duration(&plan.health_timeout)
-        .map_err(|err| Failure::usage(anyhow::anyhow!(err)))?;
+    let health_timeout = plan.health_timeout;
     let shifted = match plan.strategy {
         Strategy::Switch => {
             let check_url = new_side.check_url.as_deref();
@@ -200,10 +207,8 @@ pub async fn deploy(ctx: &Ctx, plan_path: &Path) -> Result<(), Failure> {
         Strategy::Canary => {
             let options = CanaryOptions {
                 target: new_side.server.clone(),
-                steps: plan::parse_steps(&plan.steps)
-                    .map_err(|err| Failure::usage(anyhow::anyhow!(err)))?,
-                interval: plan::parse_duration(&plan.interval)
-                    .map_err(|err| Failure::usage(anyhow::anyhow!(err)))?,
+                steps: plan.steps.clone(),
+                interval: plan.interval,
                 max_error_rate: plan.max_error_rate,
                 pause: false,
                 on_interrupt: OnInterrupt::Rollback,
@@ -279,11 +284,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(plan.strategy, Strategy::Switch);
-        assert_eq!(plan.steps, "5,25,50,100");
+        assert_eq!(plan.steps, [5, 25, 50, 100]);
+        assert_eq!(plan.health_timeout, Duration::from_secs(60));
         assert_eq!(
             plan.sides["green"].check_url.as_deref(),
             Some("http://127.0.0.1:8001/api/users/")
         );
+    }
+
+    #[test]
+    fn bad_steps_and_durations_are_refused_when_read() {
+        let base = "upstream = \"app\"\n[sides]\n";
+        let err = toml::from_str::<DeployPlan>(&format!("steps = \"50,25\"\n{base}")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("must rise from above 0 and end at 100"),
+            "{err}"
+        );
+        let err =
+            toml::from_str::<DeployPlan>(&format!("interval = \"soon\"\n{base}")).unwrap_err();
+        assert!(err.to_string().contains("not a duration"), "{err}");
     }
 
     #[test]
