@@ -3,12 +3,16 @@
 //! The pick itself is Nginx's own smooth weighted round robin (C code inside Nginx, measured with
 //! the whole data path in `benches/load.rs`). Around it, the module does, per request: one load
 //! of the table's sequence number to see whether anything changed; on the chosen peer, finding
-//! its slot and counting the request; and when the attempt ends, counting its result. Only
-//! after a change does a worker copy every peer's weight and eligibility.
+//! its slot, counting the request and this worker's in-flight count; and when the attempt ends,
+//! counting its result and the in-flight count back. Only after a change does a worker copy
+//! every peer's weight and eligibility.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use std::sync::atomic::AtomicU32;
+
+use shift_core::inflight::InFlight;
 use shift_core::table::{slot_of, CheckMode, PeerChange, PeerConfig, PeerSlot, Table, TableHeader};
 
 fn peers(count: usize) -> (TableHeader, Vec<PeerSlot>) {
@@ -24,7 +28,7 @@ fn peers(count: usize) -> (TableHeader, Vec<PeerSlot>) {
         })
         .collect();
     (
-        TableHeader::new("app", 1, count, CheckMode::On).expect("short name"),
+        TableHeader::new("app", CheckMode::On).expect("short name"),
         slots,
     )
 }
@@ -33,7 +37,10 @@ fn per_request(c: &mut Criterion) {
     let mut group = c.benchmark_group("per_request");
     for count in [2, 10, 100] {
         let (header, slots) = peers(count);
-        let table = Table::new(&header, &slots);
+        let views: Vec<&PeerSlot> = slots.iter().collect();
+        let table = Table::new(&header, &views);
+        let counts: Vec<AtomicU32> = (0..count).map(|_| AtomicU32::new(0)).collect();
+        let inflight = InFlight::new(&counts);
         // Stand-ins for the worker's round-robin peer pointers, in table order.
         let rr_peers: Vec<usize> = (0..count).map(|i| 0x1000 + i * 64).collect();
         let mut routes = Vec::new();
@@ -49,8 +56,10 @@ fn per_request(c: &mut Criterion) {
                 next = (next + 1) % count;
                 let slot = slot_of(&rr_peers, black_box(&rr_peers[next])).expect("listed");
                 table.peers()[slot].record_request();
+                inflight.started(slot);
                 // free_peer: the attempt ended with a 200.
                 table.peers()[slot].record_finish(false, Some(200));
+                inflight.finished(slot);
                 black_box(changed)
             })
         });
@@ -62,7 +71,8 @@ fn after_a_change(c: &mut Criterion) {
     let mut group = c.benchmark_group("copy_after_change");
     for count in [2, 10, 100] {
         let (header, slots) = peers(count);
-        let table = Table::new(&header, &slots);
+        let views: Vec<&PeerSlot> = slots.iter().collect();
+        let table = Table::new(&header, &views);
         let mut routes = Vec::with_capacity(count);
         let mut weight = 1;
         group.bench_with_input(BenchmarkId::from_parameter(count), &count, |b, _| {

@@ -238,7 +238,10 @@ fn runtime_weights_survive_a_reload_unless_the_config_line_changed() {
     let upstream = setup.admin.upstream("app");
     let live = weights_and_states(&upstream);
     assert_eq!(live, [(0, PeerState::Up), (10, PeerState::Up)]);
-    assert!(upstream.generation > generation);
+    assert_eq!(
+        upstream.generation, generation,
+        "a reload that changes nothing keeps the generation a controller read"
+    );
     assert_eq!(setup.spread(30).0, only("green", 30));
     let log = setup.nginx.error_log();
     assert!(
@@ -257,6 +260,10 @@ fn runtime_weights_survive_a_reload_unless_the_config_line_changed() {
     let upstream = setup.admin.upstream("app");
     let live = weights_and_states(&upstream);
     assert_eq!(live, [(0, PeerState::Up), (3, PeerState::Up)]);
+    assert!(
+        upstream.generation > generation,
+        "the config changed a peer"
+    );
     assert!(
         setup
             .nginx

@@ -9,14 +9,14 @@ use ngx::ffi::{
     ngx_http_read_client_request_body, ngx_http_request_t, ngx_http_send_header, ngx_int_t,
     ngx_str_t, NGX_HTTP_SPECIAL_RESPONSE,
 };
-use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf, Request};
+use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, Request};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use shift_wire::MAX_BODY_BYTES;
 
 use crate::ngx_module::Module;
-use crate::shm::table_of;
+use crate::shm::{api_view, NotServing};
 use shift_core::api::{self, Endpoint, Reply, Writer};
-use shift_core::table::process_alive;
+use shift_core::process::process_alive;
 
 /// Serves the admin API.
 pub extern "C" fn handle(r: *mut ngx_http_request_t) -> ngx_int_t {
@@ -100,16 +100,23 @@ unsafe fn answer(r: *mut ngx_http_request_t, body: &[u8]) -> ngx_int_t {
     let Some(main) = Module::main_conf(request) else {
         return Status::NGX_ERROR.0;
     };
-    let endpoints: Vec<Endpoint> = main
+    // SAFETY: per the contract.
+    let log = unsafe { (*(*r).connection).log };
+    // The zone stays locked while this request is answered: a configuration committed meanwhile
+    // waits for the change, and the change sees the last committed configuration.
+    let view = match api_view(main, log) {
+        Ok(view) => view,
+        // SAFETY: per the contract.
+        Err(NotServing::Superseded(why)) => return unsafe { send(r, &api::superseded_reply(why)) },
+        Err(NotServing::NoZone) => return Status::NGX_ERROR.0,
+    };
+    let endpoints: Vec<Endpoint> = view
         .upstreams
         .iter()
-        .filter_map(|&uscf| {
-            // SAFETY: the upstream confs live as long as the configuration serving `r`.
-            let conf = Module::server_conf(unsafe { &*uscf })?;
-            Some(Endpoint {
-                table: table_of(conf)?,
-                state_path: conf.state_path.as_deref(),
-            })
+        .map(|upstream| Endpoint {
+            table: upstream.table(),
+            state_path: upstream.state_path(),
+            active: &upstream.active,
         })
         .collect();
 

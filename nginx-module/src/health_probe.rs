@@ -30,7 +30,7 @@ use crate::ngx_module::{Module, UpstreamConf};
 use crate::shm::table_of;
 use shift_core::directives::{CheckArgs, CheckKind};
 use shift_core::health::{http_request, judge_http, ProbeError, MAX_RESPONSE_BYTES};
-use shift_core::table::process_alive;
+use shift_core::process::process_alive;
 
 /// One peer's prober in this worker. Leaked on purpose: it lives as long as the worker.
 struct Probe {
@@ -52,8 +52,8 @@ struct Probe {
     quiet_log: ngx_log_t,
 }
 
-/// `init_process`: starts the probers of this worker.
-pub unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+/// Starts the probers of this worker; from `init_process`.
+pub unsafe fn start_probes(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     // SAFETY: Nginx calls init_process with the worker's cycle; the upstream confs and their
     // round-robin peers live as long as it.
     unsafe {

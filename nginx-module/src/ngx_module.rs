@@ -9,9 +9,9 @@ use ngx::core::{Status, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
     ngx_command_t, ngx_conf_t, ngx_http_module_t, ngx_http_upstream_init_peer_pt,
     ngx_http_upstream_init_pt, ngx_http_upstream_init_round_robin, ngx_http_upstream_srv_conf_t,
-    ngx_int_t, ngx_module_t, ngx_str_t, ngx_uint_t, NGX_CONF_ANY, NGX_HTTP_LOC_CONF,
-    NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_UPS_CONF,
-    NGX_LOG_EMERG,
+    ngx_int_t, ngx_module_t, ngx_str_t, ngx_uint_t, NGX_CONF_ANY, NGX_CONF_TAKE1,
+    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
+    NGX_HTTP_MODULE, NGX_HTTP_UPS_CONF, NGX_LOG_EMERG,
 };
 use ngx::http::{
     HttpModule, HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf, Merge,
@@ -21,13 +21,14 @@ use ngx::{ngx_conf_log_error, ngx_string};
 
 use std::path::PathBuf;
 
-use ngx::ffi::{ngx_http_upstream_rr_peer_t, ngx_shm_zone_t};
+use ngx::ffi::{ngx_cycle_t, ngx_http_upstream_rr_peer_t, ngx_shm_zone_t};
 use nix::unistd::{Uid, User};
 
 use crate::shm;
+use crate::shm::LoadRecord;
 use shift_core::api::Caller;
 use shift_core::directives::{self, CheckArgs, Principal, Readers, ShiftArgs};
-use shift_core::table::{Route, TableHeader};
+use shift_core::table::{PeerConfig, PeerSlot, Route, TableHeader};
 
 /// Per-`http` state: the upstreams that use `shift`, and the shared zone of their tables.
 pub struct MainConf {
@@ -35,6 +36,10 @@ pub struct MainConf {
     /// Upstreams with `shift_check`, to verify they also have `shift`.
     pub checked: Vec<*mut ngx_http_upstream_srv_conf_t>,
     pub zone: *mut ngx_shm_zone_t,
+    /// `shift_zone`, when set.
+    pub zone_size: Option<usize>,
+    /// This configuration's load in the zone (set by the zone's init, in the master).
+    pub load: *mut LoadRecord,
 }
 
 impl Default for MainConf {
@@ -43,6 +48,8 @@ impl Default for MainConf {
             upstreams: Vec::new(),
             checked: Vec::new(),
             zone: ptr::null_mut(),
+            zone_size: None,
+            load: ptr::null_mut(),
         }
     }
 }
@@ -60,6 +67,14 @@ pub struct UpstreamConf {
     pub hooked: bool,
     /// This upstream's table in the shared zone (set by the zone's init, in the master).
     pub table: *mut TableHeader,
+    /// Whether the zone's init placed the table for this configuration (it then takes the state
+    /// file's or a replaced zone's state when the configuration is committed).
+    pub new_table: bool,
+    /// The slots of round robin's peers, in its order, and what the config says of each.
+    pub slots: Vec<&'static PeerSlot>,
+    pub configs: Vec<PeerConfig>,
+    /// Where this upstream's slots start in the load's flat list (for in-flight counts).
+    pub first_slot: usize,
     /// Round robin's peers, in table order. Each worker steers its own copy of them.
     pub rr_peers: Vec<*mut ngx_http_upstream_rr_peer_t>,
     /// The table `seq` this worker last copied into `rr_peers`.
@@ -78,6 +93,10 @@ impl Default for UpstreamConf {
             original_init_peer: None,
             hooked: false,
             table: ptr::null_mut(),
+            new_table: false,
+            slots: Vec::new(),
+            configs: Vec::new(),
+            first_slot: 0,
             rr_peers: Vec::new(),
             // Never a real seq: the first request copies the table (which may hold carried state).
             seen_seq: u64::MAX,
@@ -174,6 +193,11 @@ impl HttpModule for Module {
                     return Status::NGX_ERROR.0;
                 }
             }
+            if !main.zone.is_null() {
+                let peers = shm::peer_count(&main.upstreams);
+                let needed = shift_core::lifecycle::zone_size(main.upstreams.len(), peers);
+                shm::set_zone_size(main, main.zone_size.unwrap_or(needed));
+            }
             for &uscf in &main.upstreams {
                 if !Module::server_conf(&*uscf).is_some_and(|conf| conf.hooked) {
                     ngx_conf_log_error!(
@@ -204,7 +228,7 @@ unsafe impl HttpModuleLocationConf for Module {
     type LocationConf = LocationConf;
 }
 
-static mut COMMANDS: [ngx_command_t; 4] = [
+static mut COMMANDS: [ngx_command_t; 5] = [
     ngx_command_t {
         name: ngx_string!("shift"),
         type_: (NGX_HTTP_UPS_CONF | NGX_CONF_ANY) as ngx_uint_t,
@@ -217,6 +241,14 @@ static mut COMMANDS: [ngx_command_t; 4] = [
         name: ngx_string!("shift_check"),
         type_: (NGX_HTTP_UPS_CONF | NGX_CONF_ANY) as ngx_uint_t,
         set: Some(set_shift_check),
+        conf: NGX_HTTP_MAIN_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("shift_zone"),
+        type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(set_shift_zone),
         conf: NGX_HTTP_MAIN_CONF_OFFSET,
         offset: 0,
         post: ptr::null_mut(),
@@ -254,9 +286,21 @@ pub static mut ngx_http_shift_module: ngx_module_t = ngx_module_t {
     // SAFETY: taking the address of a static does not read it.
     commands: unsafe { ptr::addr_of_mut!(COMMANDS[0]) },
     type_: NGX_HTTP_MODULE as _,
-    init_process: Some(crate::health_probe::init_process),
+    init_module: Some(crate::shm::init_module),
+    init_process: Some(init_process),
     ..ngx_module_t::default()
 };
+
+/// `init_process`, in each worker: registers it in the zone, then starts its health probes.
+unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    // SAFETY: Nginx calls init_process with the worker's initialised cycle.
+    unsafe {
+        if let Some(main) = Module::main_conf(&*cycle) {
+            shm::register_worker(cycle, main);
+        }
+        crate::health_probe::start_probes(cycle)
+    }
+}
 
 /// The directive's arguments after its name, as UTF-8, or an Nginx-style error.
 ///
@@ -336,6 +380,27 @@ extern "C" fn set_shift(
         ours.original_init_upstream = Some(ngx_http_upstream_init_round_robin);
         uscf.peer.init_upstream = Some(crate::upstream_hook::init_upstream);
         main.upstreams.push(uscf);
+    }
+    NGX_CONF_OK
+}
+
+extern "C" fn set_shift_zone(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: Nginx calls directive handlers with a valid cf, and `conf` is this module's main
+    // conf (NGX_HTTP_MAIN_CONF_OFFSET).
+    unsafe {
+        let main = &mut *conf.cast::<MainConf>();
+        if main.zone_size.is_some() {
+            return c"is duplicate".as_ptr().cast_mut();
+        }
+        match directive_args(cf).map(|args| directives::parse_shift_zone(&args)) {
+            Ok(Ok(size)) => main.zone_size = Some(size),
+            Ok(Err(err)) => return conf_error(cf, &err.to_string()),
+            Err(msg) => return conf_error(cf, &msg),
+        }
     }
     NGX_CONF_OK
 }

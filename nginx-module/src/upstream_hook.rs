@@ -17,8 +17,8 @@ use ngx::http::HttpModuleServerConf;
 use ngx::ngx_conf_log_error;
 
 use crate::ngx_module::{Module, UpstreamConf};
-use crate::shm::table_of;
-use shift_core::table::slot_of;
+use crate::shm::{inflight, table_of};
+use shift_core::table::{slot_of, Table};
 
 /// `peer.init_upstream`: lets round robin build the peers, then takes over `peer.init`.
 pub extern "C" fn init_upstream(
@@ -118,7 +118,12 @@ extern "C" fn init_peer(
 /// Copies weights and eligibility from the shared table into this worker's round-robin peers
 /// when the table's `seq` moved since the last copy.
 fn copy_routes_if_changed(conf: &mut UpstreamConf) {
-    let Some(table) = table_of(conf) else { return };
+    // SAFETY: as in `shm::table_of`; the fields are borrowed apart so that `routes` can be
+    // filled from a view of `slots`.
+    let Some(header) = (unsafe { conf.table.as_ref() }) else {
+        return;
+    };
+    let table = Table::new(header, &conf.slots);
     let Some(seq) = table.routes_if_changed(conf.seen_seq, &mut conf.routes) else {
         return;
     };
@@ -153,6 +158,9 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
             attempt.slot = slot_of(&conf.rr_peers, &current);
             if let (Some(slot), Some(table)) = (attempt.slot, table_of(conf)) {
                 table.peers()[slot].record_request();
+                if let Some(inflight) = inflight() {
+                    inflight.started(conf.first_slot + slot);
+                }
             }
         }
         rc
@@ -177,6 +185,9 @@ unsafe extern "C" fn free_peer(
                 };
                 let failed = state & NGX_PEER_FAILED as ngx_uint_t != 0;
                 table.peers()[slot].record_finish(failed, status);
+                if let Some(inflight) = inflight() {
+                    inflight.finished((*attempt.conf).first_slot + slot);
+                }
             }
         }
         if let Some(rr_free) = attempt.rr_free {

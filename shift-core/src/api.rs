@@ -23,6 +23,8 @@ pub struct Caller {
 pub struct Endpoint<'a> {
     pub table: Table<'a>,
     pub state_path: Option<&'a Path>,
+    /// Requests in flight on each of the table's peers, summed over running workers.
+    pub active: &'a [u64],
 }
 
 /// The answer to send.
@@ -111,7 +113,7 @@ fn respond(
         check_access(caller, false)?;
         let upstreams: Vec<_> = endpoints
             .iter()
-            .map(|endpoint| endpoint.table.to_wire())
+            .map(|endpoint| endpoint.table.to_wire(endpoint.active))
             .collect();
         return Ok(Reply {
             status: 200,
@@ -145,7 +147,7 @@ fn respond(
     let Some(name) = target else {
         let upstreams = endpoints
             .iter()
-            .map(|endpoint| endpoint.table.to_wire())
+            .map(|endpoint| endpoint.table.to_wire(endpoint.active))
             .collect();
         return Ok(ok(&UpstreamList { upstreams }));
     };
@@ -167,7 +169,7 @@ fn respond(
             )
         })?;
     if !writing {
-        return Ok(ok(&endpoint.table.to_wire()));
+        return Ok(ok(&endpoint.table.to_wire(endpoint.active)));
     }
     patch(endpoint, body, writer)
 }
@@ -243,7 +245,7 @@ fn patch(endpoint: &Endpoint, body: &[u8], writer: &Writer) -> Result<Reply, Fai
     }
     guard.apply(&changes);
     drop(guard);
-    Ok(ok(&table.to_wire()))
+    Ok(ok(&table.to_wire(endpoint.active)))
 }
 
 /// Validates every change before any is applied.
@@ -296,6 +298,18 @@ fn plan(table: Table, request: &UpstreamPatch) -> Result<Vec<PeerChange>, Failur
         .collect()
 }
 
+/// The answer of a worker whose state is no longer the truth: a newer Nginx binary took over
+/// (binary upgrade), or a resized zone replaced this worker's. The newer workers answer the same
+/// request; clients retry.
+pub fn superseded_reply(why: &str) -> Reply {
+    Failure::new(
+        503,
+        "superseded",
+        format!("{why}; this worker is finishing its requests and no longer serves the API: retry, and the new workers will answer"),
+    )
+    .into_reply()
+}
+
 /// The 413 answer, also used by the FFI handler for bodies it refuses to read.
 pub fn too_large_reply() -> Reply {
     too_large().into_reply()
@@ -342,6 +356,7 @@ mod tests {
         let endpoints = [Endpoint {
             table: owned.view(),
             state_path: None,
+            active: &[],
         }];
         handle(
             method,
@@ -399,7 +414,7 @@ mod tests {
     #[test]
     fn bad_patches_get_their_status_and_change_nothing() {
         let owned = app();
-        let before = owned.view().to_wire();
+        let before = owned.view().to_wire(&[]);
         for (body, status, code) in [
             ("{not json", 400, "bad_request"),
             (
@@ -451,7 +466,7 @@ mod tests {
             call(&owned, "PATCH", "upstreams/app", &big, WRITER).status,
             413
         );
-        assert_eq!(owned.view().to_wire(), before);
+        assert_eq!(owned.view().to_wire(&[]), before);
     }
 
     #[test]
@@ -486,7 +501,7 @@ mod tests {
             may_write: false,
         };
         assert_eq!(call(&owned, "GET", "upstreams", "", stranger).status, 403);
-        assert_eq!(owned.view().to_wire().generation, 1);
+        assert_eq!(owned.view().to_wire(&[]).generation, 1);
     }
 
     #[test]
@@ -497,6 +512,7 @@ mod tests {
         let endpoints = [Endpoint {
             table: owned.view(),
             state_path: Some(&missing_dir),
+            active: &[],
         }];
         let body = br#"{"peers": {"127.0.0.1:8000": {"weight": 5}}}"#;
         let writer = Writer {
@@ -505,16 +521,17 @@ mod tests {
         };
         let reply = handle("PATCH", "upstreams/app", body, WRITER, &endpoints, &writer);
         assert_eq!(reply.status, 500);
-        assert_eq!(owned.view().to_wire().peers[0].weight, 1);
+        assert_eq!(owned.view().to_wire(&[]).peers[0].weight, 1);
 
         let path = dir.path().join("app.json");
         let endpoints = [Endpoint {
             table: owned.view(),
             state_path: Some(&path),
+            active: &[],
         }];
         let reply = handle("PATCH", "upstreams/app", body, WRITER, &endpoints, &writer);
         assert_eq!(reply.status, 200);
-        let saved = state_file::load(&path).unwrap().unwrap();
+        let saved = state_file::load(&path, "app").unwrap().unwrap();
         assert_eq!((saved.generation, saved.peers[0].weight), (2, 5));
     }
 }

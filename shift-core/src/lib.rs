@@ -6,6 +6,9 @@
 pub mod api;
 pub mod directives;
 pub mod health;
+pub mod inflight;
+pub mod lifecycle;
 pub mod metrics;
+pub mod process;
 pub mod state_file;
 pub mod table;

@@ -171,7 +171,7 @@ mod tests {
                 ("unix:/run/b\"x.sock", 1, true),
             ],
         );
-        let text = render(&[owned.view().to_wire()]);
+        let text = render(&[owned.view().to_wire(&[])]);
         assert!(
             text.contains("nginx_shift_upstream_generation{upstream=\"app\"} 1\n"),
             "{text}"

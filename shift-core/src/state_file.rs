@@ -1,5 +1,7 @@
 //! The optional state file of `shift state=PATH`: the runtime weights and states of one
-//! upstream, saved on every change (write to a temporary file, then rename) and read on start.
+//! upstream, saved on every change (write to a temporary file, then rename) and read when the
+//! zone has no state for the upstream (a start or restart, a binary upgrade). A file is checked
+//! like an API request before anything in it is used: a file that fails is not applied at all.
 
 use std::fs;
 use std::io::{self, Write};
@@ -8,7 +10,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use shift_wire::PeerState;
 
-use crate::table::{CarriedPeer, PeerConfig};
+use shift_wire::MAX_WEIGHT;
+
+use crate::table::{CarriedPeer, PeerConfig, MAX_GENERATION, NAME_CAPACITY};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedUpstream {
@@ -68,6 +72,55 @@ impl SavedUpstream {
     }
 }
 
+/// Why a state file is not used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateFileError {
+    #[error("cannot read state file \"{path}\": {reason}")]
+    Unreadable { path: String, reason: String },
+    #[error("state file \"{path}\" is not valid: {reason}")]
+    Invalid { path: String, reason: String },
+}
+
+impl SavedUpstream {
+    /// Checks what the API would check before taking any of it: the upstream's name, the
+    /// generation, each weight's range, and that no peer is named twice.
+    pub fn validate(&self, upstream: &str) -> Result<(), String> {
+        if self.upstream != upstream {
+            return Err(format!(
+                "it holds upstream \"{}\", not \"{upstream}\"",
+                self.upstream
+            ));
+        }
+        if self.generation > MAX_GENERATION {
+            return Err(format!(
+                "generation {} is above {MAX_GENERATION}",
+                self.generation
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for peer in &self.peers {
+            if peer.server.is_empty() || peer.server.len() > NAME_CAPACITY {
+                return Err(format!(
+                    "peer name \"{}\" is empty or longer than {NAME_CAPACITY} bytes",
+                    peer.server
+                ));
+            }
+            if !seen.insert(peer.server.as_str()) {
+                return Err(format!("peer \"{}\" is listed twice", peer.server));
+            }
+            // The API allows 0..=MAX_WEIGHT; a config line may set more, and keeps it.
+            let limit = MAX_WEIGHT.max(peer.config_weight);
+            if peer.weight > limit {
+                return Err(format!(
+                    "weight {} of peer \"{}\" is out of range 0..={limit}",
+                    peer.weight, peer.server
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Writes `saved` to `path` atomically: a reader sees the old file or the new one, never half.
 pub fn save(path: &Path, saved: &SavedUpstream) -> io::Result<()> {
     let mut json = serde_json::to_vec_pretty(saved).map_err(io::Error::other)?;
@@ -80,18 +133,35 @@ pub fn save(path: &Path, saved: &SavedUpstream) -> io::Result<()> {
     fs::rename(&temporary, path)
 }
 
-/// Reads a state file; `Ok(None)` when there is none yet.
-pub fn load(path: &Path) -> Result<Option<SavedUpstream>, String> {
-    match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|err| format!("state file \"{}\" is not valid: {err}", path.display())),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(err) => Err(format!(
-            "cannot read state file \"{}\": {err}",
-            path.display()
-        )),
-    }
+/// Reads the state file of `upstream` and validates it; `Ok(None)` when there is none yet.
+pub fn load(path: &Path, upstream: &str) -> Result<Option<SavedUpstream>, StateFileError> {
+    let display = path.display().to_string();
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => {
+            return Err(StateFileError::Unreadable {
+                path: display,
+                reason: err.to_string(),
+            })
+        }
+    };
+    let invalid = |reason: String| StateFileError::Invalid {
+        path: display.clone(),
+        reason,
+    };
+    let saved: SavedUpstream =
+        serde_json::from_slice(&bytes).map_err(|err| invalid(err.to_string()))?;
+    saved.validate(upstream).map_err(invalid)?;
+    Ok(Some(saved))
+}
+
+/// Where a rejected state file is moved, so that it can be looked at and the next save does
+/// not overwrite it.
+pub fn rejected_path(path: &Path) -> std::path::PathBuf {
+    let mut rejected = path.as_os_str().to_owned();
+    rejected.push(".rejected");
+    rejected.into()
 }
 
 #[cfg(test)]
@@ -102,7 +172,7 @@ mod tests {
     fn saves_and_loads_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("app.json");
-        assert_eq!(load(&path).unwrap(), None);
+        assert_eq!(load(&path, "app").unwrap(), None);
         let saved = SavedUpstream {
             upstream: "app".into(),
             generation: 4,
@@ -116,7 +186,7 @@ mod tests {
             }],
         };
         save(&path, &saved).unwrap();
-        assert_eq!(load(&path).unwrap(), Some(saved.clone()));
+        assert_eq!(load(&path, "app").unwrap(), Some(saved.clone()));
         assert!(!dir.path().join("app.json.tmp").exists());
         assert_eq!(SavedUpstream::new("app", 4, &saved.carried()), saved);
     }
@@ -126,10 +196,84 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("app.json");
         fs::write(&path, "{not json").unwrap();
-        let err = load(&path).unwrap_err();
+        let err = load(&path, "app").unwrap_err().to_string();
         assert!(
             err.contains("app.json") && err.contains("not valid"),
             "{err}"
         );
+    }
+
+    fn peer(server: &str, weight: u32) -> SavedPeer {
+        SavedPeer {
+            server: server.into(),
+            config_weight: 1,
+            config_down: false,
+            backup: false,
+            weight,
+            state: PeerState::Up,
+        }
+    }
+
+    #[test]
+    fn out_of_range_values_and_another_upstream_are_refused() {
+        let good = SavedUpstream {
+            upstream: "app".into(),
+            generation: 3,
+            peers: vec![peer("a:1", 1000), peer("b:1", 0)],
+        };
+        assert_eq!(good.validate("app"), Ok(()));
+        let cases = [
+            (
+                SavedUpstream {
+                    peers: vec![peer("a:1", 99_999)],
+                    ..good.clone()
+                },
+                "weight 99999",
+            ),
+            (
+                SavedUpstream {
+                    peers: vec![peer("a:1", u32::MAX)],
+                    ..good.clone()
+                },
+                "out of range",
+            ),
+            (
+                SavedUpstream {
+                    generation: u64::MAX,
+                    ..good.clone()
+                },
+                "generation",
+            ),
+            (
+                SavedUpstream {
+                    peers: vec![peer("a:1", 1), peer("a:1", 2)],
+                    ..good.clone()
+                },
+                "twice",
+            ),
+            (
+                SavedUpstream {
+                    upstream: "other".into(),
+                    ..good.clone()
+                },
+                "\"other\"",
+            ),
+        ];
+        for (saved, expected) in cases {
+            let err = saved.validate("app").unwrap_err();
+            assert!(err.contains(expected), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_config_weight_above_the_api_range_may_be_kept() {
+        let mut heavy = peer("a:1", 5000);
+        heavy.config_weight = 5000;
+        let saved = SavedUpstream {
+            upstream: "app".into(),
+            generation: 1,
+            peers: vec![heavy],
+        };
+        assert_eq!(saved.validate("app"), Ok(()));
     }
 }

@@ -1,0 +1,612 @@
+//! FFI: configuration loads. At the zone's init (inside `ngx_init_cycle`, before the reload can
+//! still fail) a load is *built*: every upstream and peer of the configuration gets its table
+//! header and slot, found by name and address or placed new, and the worker confs point at
+//! them, but nothing anyone reads changes. When Nginx commits the configuration (`init_module`,
+//! called only once nothing can fail any more) the load is *committed*: config-driven changes
+//! apply, new tables take a state file or a replaced zone's state, and what is not in the
+//! configuration stops being listed. Loads that were never committed, and older loads whose
+//! processes have all exited, are freed, with the slots and headers only they used
+//! (`shift_core::lifecycle`).
+
+use std::ffi::c_void;
+use std::mem::{align_of, size_of};
+use std::path::Path;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+
+use ngx::core::slab::LockedSlabPool;
+use ngx::core::{SlabPool, Status};
+use ngx::ffi::{
+    ngx_cycle_t, ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t,
+    ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_log_t, ngx_shm_zone_t, NGX_LOG_EMERG, NGX_LOG_ERR,
+    NGX_LOG_NOTICE,
+};
+use ngx::http::{HttpModuleMainConf, HttpModuleServerConf};
+use ngx::ngx_log_error;
+
+use super::worker::WorkerRecord;
+use super::zone::{allocate, allocate_zeroed, push_front, slots_of, unlink_where, walk, Zone};
+use crate::ngx_module::{MainConf, Module, UpstreamConf};
+use shift_core::lifecycle::{loads_to_free, LoadStatus};
+use shift_core::process::{children_of, process_alive};
+use shift_core::state_file;
+use shift_core::table::{CarryNote, CheckMode, PeerConfig, PeerSlot, Table, TableHeader};
+
+/// One configuration load, followed in the same allocation by the addresses of the slots it
+/// routes to (each upstream's peers in round-robin order, one upstream after another) and of
+/// its table headers.
+#[repr(C)]
+pub struct LoadRecord {
+    pub next: AtomicUsize,
+    pub id: u64,
+    committed: AtomicBool,
+    slot_count: usize,
+    table_count: usize,
+}
+
+impl LoadRecord {
+    fn size(slots: usize, tables: usize) -> usize {
+        size_of::<LoadRecord>().next_multiple_of(align_of::<usize>())
+            + size_of::<usize>() * (slots + tables)
+    }
+
+    fn addresses(&self) -> *mut usize {
+        let start = std::ptr::from_ref(self).cast::<u8>();
+        // SAFETY: the record was allocated with `size`, so its addresses follow it.
+        unsafe {
+            start
+                .add(size_of::<LoadRecord>().next_multiple_of(align_of::<usize>()))
+                .cast::<usize>()
+                .cast_mut()
+        }
+    }
+
+    /// The slots the load routes to, by its flat index.
+    pub fn slots(&self) -> &[&'static PeerSlot] {
+        // SAFETY: the addresses were written by `place_load` from live slots, which the load's
+        // references keep allocated; a `&PeerSlot` has the layout of its address.
+        unsafe { std::slice::from_raw_parts(self.addresses().cast::<&PeerSlot>(), self.slot_count) }
+    }
+
+    fn tables(&self) -> &[&'static TableHeader] {
+        // SAFETY: as `slots`, for the headers after them.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.addresses().add(self.slot_count).cast::<&TableHeader>(),
+                self.table_count,
+            )
+        }
+    }
+}
+
+/// The zone of the last committed configuration, in the master: when a reload changes the
+/// zone's size, Nginx gives the new configuration a new zone, and this one hands its state over.
+static COMMITTED_ZONE: AtomicPtr<ngx_shm_zone_t> = AtomicPtr::new(std::ptr::null_mut());
+
+/// The zone's `init`: builds this configuration's load.
+pub extern "C" fn init_zone(shm: *mut ngx_shm_zone_t, old_data: *mut c_void) -> ngx_int_t {
+    let Some(shm) = NonNull::new(shm) else {
+        return Status::NGX_ERROR.0;
+    };
+    // SAFETY: Nginx calls init with the zone `add_zone` registered (its `data` is our main
+    // conf, alive for this cycle) after mapping it and initialising its slab pool. Only
+    // processes of our module use the zone, and they take its lock.
+    unsafe {
+        let main = &mut *shm.as_ref().data.cast::<MainConf>();
+        let log = shm.as_ref().shm.log;
+        let fresh = old_data.is_null();
+        let result = if fresh {
+            let locked = SlabPool::from_shm_zone(shm.as_ref())
+                .expect("a mapped zone")
+                .lock();
+            Zone::open(shm, true, &locked).and_then(|zone| build_view(zone, &locked, main))
+        } else {
+            match Zone::at(shm) {
+                Some(zone) => {
+                    let locked = zone.lock();
+                    build_view(zone, &locked, main)
+                }
+                None => Zone::open(
+                    shm,
+                    false,
+                    &SlabPool::from_shm_zone(shm.as_ref())
+                        .expect("a mapped zone")
+                        .lock(),
+                )
+                .map(|_| ()),
+            }
+        };
+        match result {
+            Ok(()) => Status::NGX_OK.0,
+            Err(message) => {
+                ngx_log_error!(NGX_LOG_EMERG, log, "shift: {}", message);
+                Status::NGX_ERROR.0
+            }
+        }
+    }
+}
+
+/// Builds the load of the configuration `main`: finds or places each upstream's header and each
+/// peer's slot, records them in a new uncommitted load, and points the worker confs at them.
+/// On failure (the zone is full) everything placed for it is freed again.
+///
+/// SAFETY: the caller holds the zone's lock; `main`'s upstreams are this cycle's, with their
+/// round-robin peers built.
+pub unsafe fn build_view(
+    zone: Zone,
+    locked: &LockedSlabPool,
+    main: &mut MainConf,
+) -> Result<(), String> {
+    // SAFETY: per the contract.
+    unsafe {
+        reclaim(zone, locked);
+        let root = &mut *zone.root;
+        let id = root.next_load_id;
+        root.next_load_id += 1;
+        let result = place_views(zone, locked, main, id);
+        if result.is_err() {
+            sweep(zone, locked);
+        }
+        result
+    }
+}
+
+/// SAFETY: as `build_view`.
+unsafe fn place_views(
+    zone: Zone,
+    locked: &LockedSlabPool,
+    main: &mut MainConf,
+    id: u64,
+) -> Result<(), String> {
+    let mut slots: Vec<&'static PeerSlot> = Vec::new();
+    let mut tables: Vec<&'static TableHeader> = Vec::new();
+    // SAFETY: per the contract; the upstream confs live as long as this cycle.
+    unsafe {
+        for &uscf in &main.upstreams {
+            let conf = Module::server_conf_mut(&*uscf).ok_or("no shift conf for an upstream")?;
+            let name = (*uscf).host.to_string();
+            let (configs, rr_peers) = round_robin_peers(&*uscf);
+            let (header, created) = match zone.tables().find(|header| header.name() == name) {
+                Some(header) => (header, false),
+                None => (place_table(zone, locked, &name, check_mode(conf))?, true),
+            };
+            let mut view = Vec::with_capacity(configs.len());
+            for config in &configs {
+                let slot = match slots_of(header).find(|slot| slot.server() == config.server) {
+                    Some(slot) => slot,
+                    None => place_slot(locked, header, config)?,
+                };
+                view.push(slot);
+            }
+            conf.table = std::ptr::from_ref(header).cast_mut();
+            conf.new_table = created;
+            conf.first_slot = slots.len();
+            conf.configs = configs;
+            conf.rr_peers = rr_peers;
+            slots.extend(&view);
+            conf.slots = view;
+            tables.push(header);
+        }
+        main.load = place_load(zone, locked, id, &slots, &tables)?;
+    }
+    Ok(())
+}
+
+fn check_mode(conf: &UpstreamConf) -> CheckMode {
+    match &conf.check {
+        None => CheckMode::Off,
+        Some(check) if check.mandatory => CheckMode::Mandatory,
+        Some(_) => CheckMode::On,
+    }
+}
+
+/// SAFETY: the caller holds the zone's lock.
+unsafe fn place_table(
+    zone: Zone,
+    locked: &LockedSlabPool,
+    name: &str,
+    checks: CheckMode,
+) -> Result<&'static TableHeader, String> {
+    let header = allocate(
+        locked,
+        TableHeader::new(name, checks).map_err(|err| err.to_string())?,
+    )?;
+    // SAFETY: just placed; linked under the caller's lock.
+    unsafe {
+        push_front(&(*zone.root).tables, &(*header).next, header as usize);
+        Ok(&*header)
+    }
+}
+
+/// SAFETY: the caller holds the zone's lock.
+unsafe fn place_slot(
+    locked: &LockedSlabPool,
+    header: &TableHeader,
+    config: &PeerConfig,
+) -> Result<&'static PeerSlot, String> {
+    let slot = allocate(
+        locked,
+        PeerSlot::new(config).map_err(|err| err.to_string())?,
+    )?;
+    // SAFETY: just placed; linked under the caller's lock.
+    unsafe {
+        push_front(&header.peers, &(*slot).next, slot as usize);
+        Ok(&*slot)
+    }
+}
+
+/// SAFETY: the caller holds the zone's lock; the slots and headers are live.
+unsafe fn place_load(
+    zone: Zone,
+    locked: &LockedSlabPool,
+    id: u64,
+    slots: &[&'static PeerSlot],
+    tables: &[&'static TableHeader],
+) -> Result<*mut LoadRecord, String> {
+    let record = allocate_zeroed::<u8>(locked, LoadRecord::size(slots.len(), tables.len()))?
+        .cast::<LoadRecord>();
+    // SAFETY: zeroed memory of the record's full size, aligned for it by the slab allocator.
+    unsafe {
+        record.write(LoadRecord {
+            next: AtomicUsize::new(0),
+            id,
+            committed: AtomicBool::new(false),
+            slot_count: slots.len(),
+            table_count: tables.len(),
+        });
+        let addresses = (*record).addresses();
+        for (index, slot) in slots.iter().enumerate() {
+            addresses
+                .add(index)
+                .write(std::ptr::from_ref(*slot) as usize);
+            slot.refs.fetch_add(1, Ordering::Relaxed);
+        }
+        for (index, header) in tables.iter().enumerate() {
+            addresses
+                .add(slots.len() + index)
+                .write(std::ptr::from_ref(*header) as usize);
+            header.refs.fetch_add(1, Ordering::Relaxed);
+        }
+        push_front(&(*zone.root).loads, &(*record).next, record as usize);
+    }
+    Ok(record)
+}
+
+/// The round-robin peers of an upstream in table order (primary, then backup), with what the
+/// config says about each.
+///
+/// SAFETY: round robin's init_upstream has run for `uscf`, so `peer.data` is its peer list.
+unsafe fn round_robin_peers(
+    uscf: &ngx_http_upstream_srv_conf_t,
+) -> (Vec<PeerConfig>, Vec<*mut ngx_http_upstream_rr_peer_t>) {
+    let mut configs = Vec::new();
+    let mut pointers = Vec::new();
+    // SAFETY: per this function's contract; the lists are null-terminated.
+    unsafe {
+        let mut list = uscf.peer.data.cast::<ngx_http_upstream_rr_peers_t>();
+        let mut backup = false;
+        while !list.is_null() {
+            let mut peer = (*list).peer;
+            while !peer.is_null() {
+                configs.push(PeerConfig {
+                    server: (*peer).name.to_string(),
+                    weight: (*peer).weight as u32,
+                    down: (*peer).down != 0,
+                    backup,
+                });
+                pointers.push(peer);
+                peer = (*peer).next;
+            }
+            list = (*list).next;
+            backup = true;
+        }
+    }
+    (configs, pointers)
+}
+
+/// How many round-robin peers the upstreams have, for sizing the zone.
+///
+/// SAFETY: as `round_robin_peers`, for each of `upstreams`.
+pub unsafe fn peer_count(upstreams: &[*mut ngx_http_upstream_srv_conf_t]) -> usize {
+    upstreams
+        .iter()
+        // SAFETY: per the contract.
+        .map(|&uscf| unsafe { round_robin_peers(&*uscf) }.0.len())
+        .sum()
+}
+
+/// `init_module`: Nginx calls it once the configuration can no longer fail. Commits the load
+/// this configuration built.
+pub unsafe extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    // SAFETY: Nginx passes the cycle being committed; its confs and zone are initialised.
+    unsafe {
+        let shm =
+            Module::main_conf(&*cycle).and_then(|main| Some((main, NonNull::new(main.zone)?)));
+        let Some((main, shm)) = shm else {
+            // No shift upstream in this configuration: no zone to hand over to a later one
+            // (the old configuration's zone struct goes with it).
+            COMMITTED_ZONE.store(std::ptr::null_mut(), Ordering::Release);
+            return Status::NGX_OK.0;
+        };
+        let Some(zone) = Zone::at(shm) else {
+            return Status::NGX_ERROR.0;
+        };
+        let log = (*cycle).log;
+        commit(zone, main, log);
+        COMMITTED_ZONE.store(shm.as_ptr(), Ordering::Release);
+    }
+    Status::NGX_OK.0
+}
+
+/// Commits `main`'s load: it becomes the current one, each of its upstreams takes its config
+/// (a new table first takes the replaced zone's or the state file's state), and tables and
+/// peers the configuration dropped stop being current.
+///
+/// SAFETY: `main` is the configuration that built its load in `zone`.
+pub unsafe fn commit(zone: Zone, main: &MainConf, log: *mut ngx_log_t) {
+    // SAFETY: per the contract.
+    unsafe {
+        // When the zone was replaced by one of another size, the old zone's workers stop
+        // serving the API first, and any change they were making is finished, so that nothing
+        // they acknowledged is missed by the copy below.
+        // (Each configuration registers its own zone struct; the memory is what tells.)
+        let previous = NonNull::new(COMMITTED_ZONE.load(Ordering::Acquire))
+            .and_then(|previous| Zone::at(previous))
+            .filter(|previous| previous.root != zone.root);
+        let _previous_lock = previous.map(|previous| {
+            previous.root().superseded.store(1, Ordering::Release);
+            previous.lock()
+        });
+        let locked = zone.lock();
+        let root = &mut *zone.root;
+        let load = &*main.load;
+        load.committed.store(true, Ordering::Release);
+        root.current_load = load.id;
+        let pid = std::process::id();
+        for &uscf in &main.upstreams {
+            let Some(conf) = Module::server_conf(&*uscf) else {
+                continue;
+            };
+            let Some(header) = conf.table.as_ref() else {
+                continue;
+            };
+            let name = header.name();
+            let table = Table::new(header, &conf.slots);
+            let Ok(guard) = table.lock(pid, process_alive) else {
+                ngx_log_error!(
+                    NGX_LOG_ERR,
+                    log,
+                    "shift: upstream \"{}\" stays locked",
+                    name
+                );
+                continue;
+            };
+            if conf.new_table {
+                restore(previous, &guard, conf, log);
+            }
+            let removed: Vec<&PeerSlot> = slots_of(header)
+                .filter(|slot| slot.is_current())
+                .filter(|slot| !conf.slots.iter().any(|own| std::ptr::eq(*own, *slot)))
+                .collect();
+            let notes = guard.commit(check_mode(conf), &conf.configs, &removed);
+            drop(guard);
+            log_notes(log, name, "the running state", &notes);
+            set_state_path(&locked, header, conf.state_path.as_deref());
+        }
+        for header in zone.tables() {
+            if !load.tables().iter().any(|own| std::ptr::eq(*own, header)) {
+                header.set_current(false);
+                slots_of(header).for_each(|slot| slot.set_current(false, 0));
+            }
+        }
+        reclaim(zone, &locked);
+    }
+}
+
+/// Gives a table that is new in this zone the state it had before: from the zone this one
+/// replaces, or from the upstream's state file.
+///
+/// SAFETY: `previous`, if any, is the replaced zone, locked by the caller.
+unsafe fn restore(
+    previous: Option<Zone>,
+    guard: &shift_core::table::WriteGuard,
+    conf: &UpstreamConf,
+    log: *mut ngx_log_t,
+) {
+    let name = guard.table().name();
+    // SAFETY: per the contract.
+    let old = previous.and_then(|previous| unsafe { previous.tables() }.find(|h| h.name() == name));
+    if let Some(old) = old {
+        // SAFETY: the previous zone is locked, which keeps its slots.
+        let slots: Vec<&PeerSlot> = unsafe { slots_of(old) }
+            .filter(|slot| slot.is_current())
+            .collect();
+        let table = Table::new(old, &slots);
+        let notes = guard.carry_over(&table.carried(), table.generation());
+        log_notes(log, name, "the replaced zone", &notes);
+        return;
+    }
+    let Some(path) = &conf.state_path else {
+        return;
+    };
+    match state_file::load(path, name) {
+        Ok(Some(saved)) => {
+            let notes = guard.carry_over(&saved.carried(), saved.generation);
+            log_notes(log, name, &format!("\"{}\"", path.display()), &notes);
+        }
+        Ok(None) => {}
+        Err(err) => reject_state_file(path, name, &err.to_string(), log),
+    }
+}
+
+/// A state file that fails its checks is not applied: the upstream starts from its
+/// configuration, and the file is moved aside (not under `nginx -t`) for the operator to read.
+fn reject_state_file(path: &Path, upstream: &str, reason: &str, log: *mut ngx_log_t) {
+    // SAFETY: a process global Nginx sets once from the command line.
+    let testing = unsafe { ngx::ffi::ngx_test_config } != 0;
+    let rejected = state_file::rejected_path(path);
+    let outcome = if testing {
+        format!("nginx will move it to \"{}\" on start", rejected.display())
+    } else {
+        match std::fs::rename(path, &rejected) {
+            Ok(()) => format!("moved to \"{}\"", rejected.display()),
+            Err(err) => format!("could not move it aside: {err}"),
+        }
+    };
+    ngx_log_error!(
+        NGX_LOG_ERR,
+        log,
+        "shift: {}; upstream \"{}\" starts from its configuration ({})",
+        reason,
+        upstream,
+        outcome
+    );
+}
+
+/// Stores the committed `state=` path in the zone, so that every worker saves to it.
+///
+/// SAFETY: the caller holds the zone's lock.
+unsafe fn set_state_path(locked: &LockedSlabPool, header: &TableHeader, path: Option<&Path>) {
+    let bytes = path.map(|path| path.as_os_str().as_encoded_bytes());
+    // SAFETY: per the contract; the API reads the path only under the lock.
+    unsafe {
+        if super::worker::state_path(header).as_deref() == path {
+            return;
+        }
+        let [address, len] = &header.state_path;
+        super::zone::free(locked, address.swap(0, Ordering::AcqRel) as *mut u8);
+        len.store(0, Ordering::Release);
+        if let Some(bytes) = bytes {
+            if let Ok(copy) = allocate_zeroed::<u8>(locked, bytes.len()) {
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), copy, bytes.len());
+                len.store(bytes.len(), Ordering::Release);
+                address.store(copy as usize, Ordering::Release);
+            }
+        }
+    }
+}
+
+/// Frees what no live process can touch: records of exited workers, loads that were never
+/// committed or whose processes have all exited, and the slots and headers that only such loads
+/// used. Runs in the master, which knows its children.
+///
+/// SAFETY: the caller holds the zone's lock.
+unsafe fn reclaim(zone: Zone, locked: &LockedSlabPool) {
+    // SAFETY: per the contract.
+    unsafe {
+        let root = &*zone.root;
+        super::worker::reap_exited(zone, locked);
+        let workers: Vec<&WorkerRecord> =
+            walk(root.workers.load(Ordering::Acquire), |w: &WorkerRecord| {
+                &w.next
+            })
+            .collect();
+        let loads: Vec<&LoadRecord> =
+            walk(root.loads.load(Ordering::Acquire), |load: &LoadRecord| {
+                &load.next
+            })
+            .collect();
+        let statuses: Vec<LoadStatus> = loads
+            .iter()
+            .map(|load| LoadStatus {
+                id: load.id,
+                committed: load.committed.load(Ordering::Acquire),
+                running_workers: workers
+                    .iter()
+                    .filter(|w| w.load == std::ptr::from_ref(*load) as usize)
+                    .count(),
+            })
+            .collect();
+        let registered: Vec<u32> = workers.iter().map(|w| w.process.pid).collect();
+        let unregistered = children_of(std::process::id())
+            .iter()
+            .any(|pid| !registered.contains(pid));
+        let free = loads_to_free(&statuses, root.current_load, None, unregistered);
+        unlink_where(
+            locked,
+            &root.loads,
+            |load: &LoadRecord| &load.next,
+            |load| {
+                if !free.contains(&load.id) {
+                    return false;
+                }
+                for slot in load.slots() {
+                    slot.refs.fetch_sub(1, Ordering::Relaxed);
+                }
+                for header in load.tables() {
+                    header.refs.fetch_sub(1, Ordering::Relaxed);
+                }
+                true
+            },
+        );
+        sweep(zone, locked);
+    }
+}
+
+/// Frees slots and headers that no load uses and that are not current.
+///
+/// SAFETY: the caller holds the zone's lock.
+unsafe fn sweep(zone: Zone, locked: &LockedSlabPool) {
+    let unused_slot =
+        |slot: &PeerSlot| slot.refs.load(Ordering::Relaxed) == 0 && !slot.is_current();
+    // SAFETY: per the contract; an unused slot or header is reachable by nobody: workers reach
+    // them only through their load, and the API only under the lock and only current ones.
+    unsafe {
+        for header in zone.tables() {
+            unlink_where(
+                locked,
+                &header.peers,
+                |slot: &PeerSlot| &slot.next,
+                unused_slot,
+            );
+        }
+        unlink_where(
+            locked,
+            &(*zone.root).tables,
+            |h: &TableHeader| &h.next,
+            |header| {
+                let unused = header.refs.load(Ordering::Relaxed) == 0
+                    && !header.is_current()
+                    && header.peers.load(Ordering::Acquire) == 0;
+                if unused {
+                    let [address, _] = &header.state_path;
+                    super::zone::free(locked, address.load(Ordering::Acquire) as *mut u8);
+                }
+                unused
+            },
+        );
+    }
+}
+
+fn log_notes(log: *mut ngx_log_t, upstream: &str, source: &str, notes: &[CarryNote]) {
+    for note in notes {
+        match note {
+            CarryNote::Kept {
+                server,
+                weight,
+                state,
+            } => {
+                ngx_log_error!(
+                    NGX_LOG_NOTICE,
+                    log,
+                    "shift: upstream \"{}\" peer {} keeps weight={} state={} from {}",
+                    upstream,
+                    server,
+                    weight,
+                    state,
+                    source
+                );
+            }
+            CarryNote::ConfigChanged { server } => {
+                ngx_log_error!(
+                    NGX_LOG_NOTICE,
+                    log,
+                    "shift: upstream \"{}\" peer {} changed in the config, takes the config's \
+                     weight and state",
+                    upstream,
+                    server
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! FFI: the module's shared memory zone and the state in it.
+//!
+//! One zone (`nginx_shift`) holds the runtime state of every `shift` upstream: a table header
+//! per upstream name and a peer slot per address (`shift_core::table`), shared by every
+//! generation of workers alive at the moment, so that a change any worker acknowledges is the
+//! truth for all of them and for the next configuration. Beside them the zone records each
+//! configuration load and the slots it routes to, and each worker with the requests it has in
+//! flight; that is what tells when memory can be freed (see `load`).
+//!
+//! - `zone`: registering the zone, its root, its lock and allocation in it.
+//! - `load`: building a configuration's view at the zone's init, committing it when Nginx
+//!   commits the configuration, and freeing what no live process can touch.
+//! - `worker`: each worker's record and the API's view of the zone.
+
+mod load;
+mod worker;
+mod zone;
+
+pub use load::{init_module, peer_count, LoadRecord};
+pub use worker::{api_view, inflight, register_worker, NotServing};
+pub use zone::{add_zone, set_zone_size, table_of};

@@ -1,0 +1,242 @@
+//! FFI: each worker's record in the zone, and the admin API's view of the zone.
+//!
+//! A worker registers at its start with the load of its configuration and counts the requests
+//! it has in flight there (`shift_core::inflight`); its record goes when it has exited. The API,
+//! in any worker of any live generation, reads and writes the zone's current tables under the
+//! zone's lock, so it sees exactly what was last committed and every change acknowledged since.
+
+use std::mem::{align_of, size_of};
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+use ngx::core::slab::LockedSlabPool;
+use ngx::core::CoreModuleMainConf;
+use ngx::ffi::{ngx_cycle_t, ngx_log_t, NGX_LOG_ERR};
+use ngx::ngx_log_error;
+
+use super::load::LoadRecord;
+use super::zone::{allocate_zeroed, push_front, slots_of, unlink_where, walk, Zone};
+use crate::ngx_module::MainConf;
+use shift_core::inflight::{self, InFlight};
+use shift_core::process::ProcessId;
+use shift_core::table::{PeerSlot, Table, TableHeader};
+
+/// A worker (or helper process) of one load, followed in the same allocation by its in-flight
+/// counts, one per slot of the load.
+#[repr(C)]
+pub struct WorkerRecord {
+    pub next: AtomicUsize,
+    pub process: ProcessId,
+    /// Address of its load's record.
+    pub load: usize,
+    count_len: usize,
+}
+
+impl WorkerRecord {
+    fn offset() -> usize {
+        size_of::<WorkerRecord>().next_multiple_of(align_of::<AtomicU32>())
+    }
+
+    fn counts(&self) -> &[AtomicU32] {
+        // SAFETY: allocated by `register_worker` with `count_len` zeroed counts after the record.
+        unsafe {
+            let start = std::ptr::from_ref(self).cast::<u8>().add(Self::offset());
+            std::slice::from_raw_parts(start.cast::<AtomicU32>(), self.count_len)
+        }
+    }
+
+    fn load(&self) -> &LoadRecord {
+        // SAFETY: a load is not freed while a running worker's record names it.
+        unsafe { &*(self.load as *const LoadRecord) }
+    }
+}
+
+/// This worker's record, once registered.
+static OWN_RECORD: AtomicUsize = AtomicUsize::new(0);
+/// Where the pid file of an old binary is (`nginx.pid.oldbin`): if it names this worker's
+/// master, a new binary took over.
+static OLD_PID_FILE: OnceLock<PathBuf> = OnceLock::new();
+
+/// Registers this worker with its configuration's load; from `init_process`.
+///
+/// SAFETY: `cycle` is this worker's cycle and `main` its http main conf.
+pub unsafe fn register_worker(cycle: *mut ngx_cycle_t, main: &MainConf) {
+    // SAFETY: per the contract.
+    unsafe {
+        if let Some(core) = ngx::core::NgxCoreModule::main_conf(&*cycle) {
+            let _ = OLD_PID_FILE.set(PathBuf::from(core.oldpid.to_string()));
+        }
+        let (Some(shm), Some(load)) = (NonNull::new(main.zone), main.load.as_ref()) else {
+            return;
+        };
+        let Some(zone) = Zone::at(shm) else { return };
+        let log = (*cycle).log;
+        let Some(process) = ProcessId::current() else {
+            ngx_log_error!(NGX_LOG_ERR, log, "shift: cannot read /proc/self/stat");
+            return;
+        };
+        let locked = zone.lock();
+        let count_len = load.slots().len();
+        let size = WorkerRecord::offset() + size_of::<AtomicU32>() * count_len;
+        let Ok(memory) = allocate_zeroed::<u8>(&locked, size) else {
+            ngx_log_error!(
+                NGX_LOG_ERR,
+                log,
+                "shift: {}; this worker's requests in flight are not counted",
+                super::zone::zone_full()
+            );
+            return;
+        };
+        let record = memory.cast::<WorkerRecord>();
+        record.write(WorkerRecord {
+            next: AtomicUsize::new(0),
+            process,
+            load: std::ptr::from_ref(load) as usize,
+            count_len,
+        });
+        push_front(&zone.root().workers, &(*record).next, record as usize);
+        OWN_RECORD.store(record as usize, Ordering::Release);
+    }
+}
+
+/// This worker's in-flight counts, by the flat slot index of its load.
+pub fn inflight() -> Option<InFlight<'static>> {
+    // SAFETY: set once by `register_worker` to this worker's record, which stays allocated while
+    // this worker runs.
+    let record = unsafe { (OWN_RECORD.load(Ordering::Acquire) as *const WorkerRecord).as_ref()? };
+    Some(InFlight::new(record.counts()))
+}
+
+/// Frees the records of workers that have exited.
+///
+/// SAFETY: the caller holds the zone's lock.
+pub unsafe fn reap_exited(zone: Zone, locked: &LockedSlabPool) {
+    // SAFETY: per the contract; an exited worker uses nothing.
+    unsafe {
+        unlink_where(
+            locked,
+            &zone.root().workers,
+            |worker: &WorkerRecord| &worker.next,
+            |worker| !worker.process.is_running(),
+        );
+    }
+}
+
+/// The committed `state=` path of a table.
+///
+/// SAFETY: the caller holds the zone's lock (the path changes only under it).
+pub unsafe fn state_path(header: &TableHeader) -> Option<PathBuf> {
+    let [address, len] = &header.state_path;
+    let address = address.load(Ordering::Acquire) as *const u8;
+    if address.is_null() {
+        return None;
+    }
+    // SAFETY: per the contract, `set_state_path` wrote `len` bytes at `address`, taken from an
+    // OsStr's encoded bytes.
+    unsafe {
+        let bytes = std::slice::from_raw_parts(address, len.load(Ordering::Acquire));
+        Some(PathBuf::from(
+            std::ffi::OsStr::from_encoded_bytes_unchecked(bytes),
+        ))
+    }
+}
+
+/// One current upstream as the API sees it.
+pub struct UpstreamView {
+    pub header: &'static TableHeader,
+    pub peers: Vec<&'static PeerSlot>,
+    pub active: Vec<u64>,
+    pub state_path: Option<PathBuf>,
+}
+
+impl UpstreamView {
+    pub fn table(&self) -> Table<'_> {
+        Table::new(self.header, &self.peers)
+    }
+
+    pub fn state_path(&self) -> Option<&Path> {
+        self.state_path.as_deref()
+    }
+}
+
+/// The zone as the API sees it: the current upstreams, held under the zone's lock until dropped.
+pub struct ApiView {
+    pub upstreams: Vec<UpstreamView>,
+    _locked: LockedSlabPool,
+}
+
+/// Why this worker does not serve the API.
+pub enum NotServing {
+    /// A newer binary or a resized zone took over; the newer workers serve it.
+    Superseded(&'static str),
+    /// The zone cannot be read (no `shift` upstream).
+    NoZone,
+}
+
+/// Locks the zone and reads its current upstreams, with each peer's requests in flight summed
+/// over the workers that still run (records of exited ones are freed on the way).
+pub fn api_view(main: &MainConf, log: *mut ngx_log_t) -> Result<ApiView, NotServing> {
+    let _ = log;
+    let shm = NonNull::new(main.zone).ok_or(NotServing::NoZone)?;
+    // SAFETY: this worker's zone stays mapped while it runs.
+    let zone = unsafe { Zone::at(shm) }.ok_or(NotServing::NoZone)?;
+    let locked = zone.lock();
+    if zone.root().superseded.load(Ordering::Acquire) != 0 {
+        return Err(NotServing::Superseded(
+            "a reload replaced the shared zone with one of another size",
+        ));
+    }
+    if new_binary_took_over() {
+        return Err(NotServing::Superseded("a new Nginx binary took over"));
+    }
+    // SAFETY: the zone's lock is held for the life of the view.
+    unsafe {
+        reap_exited(zone, &locked);
+        let workers: Vec<&WorkerRecord> = walk(
+            zone.root().workers.load(Ordering::Acquire),
+            |worker: &WorkerRecord| &worker.next,
+        )
+        .collect();
+        let mut upstreams: Vec<UpstreamView> = zone
+            .tables()
+            .filter(|header| header.is_current())
+            .map(|header| {
+                let mut peers: Vec<&PeerSlot> =
+                    slots_of(header).filter(|slot| slot.is_current()).collect();
+                peers.sort_by_key(|slot| slot.order());
+                let active = inflight::active(
+                    &peers,
+                    workers
+                        .iter()
+                        .map(|worker| (worker.load().slots(), InFlight::new(worker.counts()))),
+                );
+                UpstreamView {
+                    header,
+                    peers,
+                    active,
+                    state_path: state_path(header),
+                }
+            })
+            .collect();
+        upstreams.sort_by(|a, b| a.header.name().cmp(b.header.name()));
+        Ok(ApiView {
+            upstreams,
+            _locked: locked,
+        })
+    }
+}
+
+/// Whether this worker's master is now the old one of a binary upgrade: Nginx renames its pid
+/// file to `oldpid` (`nginx.pid.oldbin`) before it starts the new binary.
+fn new_binary_took_over() -> bool {
+    let Some(path) = OLD_PID_FILE.get() else {
+        return false;
+    };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let master = nix::unistd::getppid().as_raw() as u32;
+    text.trim().parse::<u32>() == Ok(master)
+}
