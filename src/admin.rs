@@ -35,6 +35,16 @@ impl Admin {
         decode(self.request("GET", &format!("upstreams/{name}"), None))
     }
 
+    /// The value of an unlabelled Prometheus metric of `GET metrics`.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let response = self.request("GET", "metrics", None);
+        assert_eq!(response.status, 200, "metrics: {}", response.body);
+        response.body.lines().find_map(|line| {
+            let (key, value) = line.split_once(' ')?;
+            (key == name).then(|| value.parse().ok())?
+        })
+    }
+
     /// PATCHes `body` and returns the raw answer.
     pub fn patch(&self, name: &str, body: &str) -> Response {
         self.request("PATCH", &format!("upstreams/{name}"), Some(body))

@@ -30,7 +30,8 @@ struct Behaviour {
 }
 
 /// A backend that answers every request with its name as the body. Its status code can be
-/// changed, or it can be told to hang, to stand in for a failing version. Dropping it closes the
+/// changed, or it can be told to hang, to stand in for a failing version; a request for
+/// `/slow/MS` is answered after MS milliseconds, to stand in for a long request. Dropping it closes the
 /// listener and every open connection.
 pub struct Backend {
     addr: SocketAddr,
@@ -136,10 +137,13 @@ async fn serve_connection(stream: TcpStream, behaviour: Arc<Behaviour>) {
             .hits_by_path
             .lock()
             .expect("hits lock")
-            .entry(path)
+            .entry(path.clone())
             .or_default() += 1;
         if behaviour.hang.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
+        }
+        if let Some(ms) = path_delay_ms(&path) {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         }
         let status = behaviour.status.load(Ordering::SeqCst);
         let answer = format!(
@@ -183,6 +187,11 @@ async fn read_request_head<R: AsyncBufReadExt + Unpin>(reader: &mut R) -> Option
             }
         }
     }
+}
+
+/// The delay a `/slow/MS` path asks for.
+fn path_delay_ms(path: &str) -> Option<u64> {
+    path.strip_prefix("/slow/")?.parse().ok()
 }
 
 fn reason(status: u16) -> &'static str {

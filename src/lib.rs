@@ -7,12 +7,14 @@ mod backend;
 mod client;
 mod nginx;
 mod processes;
+mod setup;
 
 pub use admin::Admin;
 pub use backend::Backend;
 pub use client::{api_request, HttpClient, Response};
 pub use nginx::{check_config, ConfigCheck, Nginx, NginxOptions};
 pub use processes::HookedBackends;
+pub use setup::ShiftSetup;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -85,6 +87,28 @@ pub fn backend_binary() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// An `http {}` body with an upstream `app` over `servers` (address plus extra server
+/// parameters) using `shift SHIFT_ARGS`, a traffic port that names the answering worker in
+/// `X-Worker`, and the admin API (`shift_api API_ARGS`) on `{prefix}/api.sock` under `/api/`.
+pub fn shift_upstream_config(
+    servers: &[(String, &str)],
+    shift_args: &str,
+    api_args: &str,
+    port: u16,
+) -> String {
+    let servers: String = servers
+        .iter()
+        .map(|(address, params)| format!("    server {address} {params};\n"))
+        .collect();
+    format!(
+        "upstream app {{\n{servers}    shift {shift_args};\n}}\n\
+         server {{\n    listen 127.0.0.1:{port};\n    location / {{\n        \
+         proxy_pass http://app;\n        add_header X-Worker $pid always;\n    }}\n}}\n\
+         server {{\n    listen unix:{{prefix}}/api.sock;\n    \
+         location /api/ {{ shift_api {api_args}; }}\n}}\n"
+    )
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.

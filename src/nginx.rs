@@ -148,6 +148,39 @@ impl Nginx {
         old
     }
 
+    /// `nginx -s reload` with a config that Nginx will refuse (say, a `listen` that cannot bind):
+    /// waits until the master has logged why, and checks that the same workers still run. The
+    /// config on disk is left as it is, so that the next `reload` starts from the good one.
+    pub fn failed_reload(&mut self, http: &str) -> String {
+        let good = self.options.http.clone();
+        let log_before = self.error_log().len();
+        let workers = self.worker_pids();
+        self.options.http = http.to_string();
+        write_config(self.prefix(), &self.options);
+        self.options.http = good;
+        self.signal(Signal::SIGHUP);
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let why = loop {
+            let log = self.error_log();
+            let new = log.get(log_before..).unwrap_or_default();
+            if let Some(line) = new.lines().find(|line| line.contains("[emerg]")) {
+                break line.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the reload did not fail within {STARTUP_TIMEOUT:?}\n{log}"
+            );
+            thread::sleep(Duration::from_millis(10));
+        };
+        write_config(self.prefix(), &self.options);
+        assert_eq!(
+            self.worker_pids(),
+            workers,
+            "a failed reload keeps the workers"
+        );
+        why
+    }
+
     /// Waits until the workers in `old` are gone and the new ones run.
     pub fn finish_reload(&mut self, old: &[u32]) {
         self.wait_for_workers(old);

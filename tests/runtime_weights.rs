@@ -6,73 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use harness::{free_port, Admin, Backend, HttpClient, Nginx, NginxOptions};
+use harness::{shift_upstream_config as config, HttpClient, ShiftSetup as Setup};
 use shift_wire::{ApiError, PeerState};
-
-/// An upstream `app` over `servers` (address plus extra server parameters), a traffic port that
-/// names the answering worker in `X-Worker`, and the admin API on `{prefix}/api.sock`.
-fn config(servers: &[(String, &str)], shift_args: &str, api_args: &str, port: u16) -> String {
-    let servers: String = servers
-        .iter()
-        .map(|(address, params)| format!("    server {address} {params};\n"))
-        .collect();
-    format!(
-        "upstream app {{\n{servers}    shift {shift_args};\n}}\n\
-         server {{\n    listen 127.0.0.1:{port};\n    location / {{\n        \
-         proxy_pass http://app;\n        add_header X-Worker $pid always;\n    }}\n}}\n\
-         server {{\n    listen unix:{{prefix}}/api.sock;\n    \
-         location /api/ {{ shift_api {api_args}; }}\n}}\n"
-    )
-}
-
-struct Setup {
-    nginx: Nginx,
-    admin: Admin,
-    port: u16,
-    backends: Vec<Backend>,
-}
-
-impl Setup {
-    fn start(names: &[(&str, &str)], shift_args: &str, api_args: &str) -> Setup {
-        let backends: Vec<Backend> = names.iter().map(|(name, _)| Backend::start(name)).collect();
-        let servers: Vec<(String, &str)> = backends
-            .iter()
-            .zip(names)
-            .map(|(backend, (_, params))| (backend.addr().to_string(), *params))
-            .collect();
-        let port = free_port();
-        let nginx = Nginx::start(NginxOptions::new(config(
-            &servers, shift_args, api_args, port,
-        )));
-        let admin = Admin::new(nginx.path("api.sock"), "/api/");
-        Setup {
-            nginx,
-            admin,
-            port,
-            backends,
-        }
-    }
-
-    fn addr(&self, index: usize) -> String {
-        self.backends[index].addr().to_string()
-    }
-
-    /// `count` requests, each on a new connection so that both workers take some; returns who
-    /// answered how often, and which workers served them.
-    fn spread(&self, count: usize) -> (BTreeMap<String, usize>, BTreeSet<String>) {
-        let mut served = BTreeMap::new();
-        let mut workers = BTreeSet::new();
-        for _ in 0..count {
-            let response = HttpClient::new(self.port)
-                .get("/")
-                .expect("request through nginx");
-            assert_eq!(response.status, 200, "answer: {}", response.body);
-            workers.extend(response.header("X-Worker").map(str::to_string));
-            *served.entry(response.body).or_default() += 1;
-        }
-        (served, workers)
-    }
-}
 
 fn weights_and_states(upstream: &shift_wire::Upstream) -> Vec<(u32, PeerState)> {
     upstream

@@ -100,11 +100,9 @@ unsafe fn answer(r: *mut ngx_http_request_t, body: &[u8]) -> ngx_int_t {
     let Some(main) = Module::main_conf(request) else {
         return Status::NGX_ERROR.0;
     };
-    // SAFETY: per the contract.
-    let log = unsafe { (*(*r).connection).log };
     // The zone stays locked while this request is answered: a configuration committed meanwhile
     // waits for the change, and the change sees the last committed configuration.
-    let view = match api_view(main, log) {
+    let view = match api_view(main) {
         Ok(view) => view,
         // SAFETY: per the contract.
         Err(NotServing::Superseded(why)) => return unsafe { send(r, &api::superseded_reply(why)) },
@@ -135,6 +133,7 @@ unsafe fn answer(r: *mut ngx_http_request_t, body: &[u8]) -> ngx_int_t {
         api_conf.caller(uid),
         &endpoints,
         &writer,
+        Some(view.usage),
     );
     // SAFETY: per the contract.
     unsafe { send(r, &reply) }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use shift_wire::{ApiError, UpstreamList, UpstreamPatch, MAX_BODY_BYTES, MAX_WEIGHT};
 
-use crate::metrics;
+use crate::metrics::{self, ZoneUsage};
 use crate::state_file::{self, SavedUpstream};
 use crate::table::{PeerChange, Table};
 
@@ -51,8 +51,9 @@ pub fn handle(
     caller: Caller,
     endpoints: &[Endpoint],
     writer: &Writer,
+    zone: Option<ZoneUsage>,
 ) -> Reply {
-    match respond(method, path, body, caller, endpoints, writer) {
+    match respond(method, path, body, caller, endpoints, writer, zone) {
         Ok(reply) => reply,
         Err(failure) => failure.into_reply(),
     }
@@ -104,6 +105,7 @@ fn respond(
     caller: Caller,
     endpoints: &[Endpoint],
     writer: &Writer,
+    zone: Option<ZoneUsage>,
 ) -> Result<Reply, Failure> {
     let route = path.trim_start_matches('/');
     if route == "metrics" {
@@ -118,7 +120,7 @@ fn respond(
         return Ok(Reply {
             status: 200,
             content_type: metrics::CONTENT_TYPE,
-            body: metrics::render(&upstreams),
+            body: metrics::render(&upstreams, zone),
             allow: None,
         });
     }
@@ -368,6 +370,7 @@ mod tests {
                 pid: 1,
                 is_alive: &|_| true,
             },
+            None,
         )
     }
 
@@ -519,7 +522,15 @@ mod tests {
             pid: 1,
             is_alive: &|_| true,
         };
-        let reply = handle("PATCH", "upstreams/app", body, WRITER, &endpoints, &writer);
+        let reply = handle(
+            "PATCH",
+            "upstreams/app",
+            body,
+            WRITER,
+            &endpoints,
+            &writer,
+            None,
+        );
         assert_eq!(reply.status, 500);
         assert_eq!(owned.view().to_wire(&[]).peers[0].weight, 1);
 
@@ -529,7 +540,15 @@ mod tests {
             state_path: Some(&path),
             active: &[],
         }];
-        let reply = handle("PATCH", "upstreams/app", body, WRITER, &endpoints, &writer);
+        let reply = handle(
+            "PATCH",
+            "upstreams/app",
+            body,
+            WRITER,
+            &endpoints,
+            &writer,
+            None,
+        );
         assert_eq!(reply.status, 200);
         let saved = state_file::load(&path, "app").unwrap().unwrap();
         assert_eq!((saved.generation, saved.peers[0].weight), (2, 5));

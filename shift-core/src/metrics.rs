@@ -7,8 +7,33 @@ use shift_wire::{Health, PeerState, Upstream};
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Renders every upstream's generation and every peer's weight, state, health and counters.
-pub fn render(upstreams: &[Upstream]) -> String {
+/// How full the shared zone is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ZoneUsage {
+    pub size_bytes: u64,
+    /// Bytes in wholly free pages.
+    pub free_bytes: u64,
+}
+
+pub fn render(upstreams: &[Upstream], zone: Option<ZoneUsage>) -> String {
     let mut out = String::new();
+    if let Some(zone) = zone {
+        for (name, help, value) in [
+            (
+                "nginx_shift_zone_size_bytes",
+                "Size of the shared zone.",
+                zone.size_bytes,
+            ),
+            (
+                "nginx_shift_zone_free_bytes",
+                "Bytes of the shared zone in wholly free pages.",
+                zone.free_bytes,
+            ),
+        ] {
+            family(&mut out, name, "gauge", help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+    }
     family(
         &mut out,
         "nginx_shift_upstream_generation",
@@ -171,7 +196,7 @@ mod tests {
                 ("unix:/run/b\"x.sock", 1, true),
             ],
         );
-        let text = render(&[owned.view().to_wire(&[])]);
+        let text = render(&[owned.view().to_wire(&[])], None);
         assert!(
             text.contains("nginx_shift_upstream_generation{upstream=\"app\"} 1\n"),
             "{text}"

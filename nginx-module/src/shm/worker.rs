@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 
 use ngx::core::slab::LockedSlabPool;
 use ngx::core::CoreModuleMainConf;
-use ngx::ffi::{ngx_cycle_t, ngx_log_t, NGX_LOG_ERR};
+use ngx::ffi::{ngx_cycle_t, NGX_LOG_ERR};
 use ngx::ngx_log_error;
 
 use super::load::LoadRecord;
@@ -164,6 +164,7 @@ impl UpstreamView {
 /// The zone as the API sees it: the current upstreams, held under the zone's lock until dropped.
 pub struct ApiView {
     pub upstreams: Vec<UpstreamView>,
+    pub usage: shift_core::metrics::ZoneUsage,
     _locked: LockedSlabPool,
 }
 
@@ -177,8 +178,7 @@ pub enum NotServing {
 
 /// Locks the zone and reads its current upstreams, with each peer's requests in flight summed
 /// over the workers that still run (records of exited ones are freed on the way).
-pub fn api_view(main: &MainConf, log: *mut ngx_log_t) -> Result<ApiView, NotServing> {
-    let _ = log;
+pub fn api_view(main: &MainConf) -> Result<ApiView, NotServing> {
     let shm = NonNull::new(main.zone).ok_or(NotServing::NoZone)?;
     // SAFETY: this worker's zone stays mapped while it runs.
     let zone = unsafe { Zone::at(shm) }.ok_or(NotServing::NoZone)?;
@@ -223,6 +223,7 @@ pub fn api_view(main: &MainConf, log: *mut ngx_log_t) -> Result<ApiView, NotServ
         upstreams.sort_by(|a, b| a.header.name().cmp(b.header.name()));
         Ok(ApiView {
             upstreams,
+            usage: zone.usage(),
             _locked: locked,
         })
     }

@@ -147,8 +147,17 @@ impl Zone {
         unsafe { self.shm.as_ref() }.shm.addr.cast()
     }
 
-    pub fn shm(&self) -> NonNull<ngx_shm_zone_t> {
-        self.shm
+    /// How full the zone is. Call with the lock held.
+    pub fn usage(&self) -> shift_core::metrics::ZoneUsage {
+        // SAFETY: the zone is mapped (`at`); `pfree` and the size change only under its lock.
+        unsafe {
+            let size = self.shm.as_ref().shm.size;
+            let free_pages = (*self.pool()).pfree;
+            shift_core::metrics::ZoneUsage {
+                size_bytes: size as u64,
+                free_bytes: (free_pages * ngx::ffi::ngx_pagesize) as u64,
+            }
+        }
     }
 
     pub fn root(&self) -> &ZoneRoot {
