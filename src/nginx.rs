@@ -28,6 +28,10 @@ pub struct NginxOptions {
     /// A whole nginx.conf used as it is (`http` and `main` are then unused); it must load the
     /// module itself and not set `daemon`. Its `worker_processes` must match `workers`.
     pub full: Option<String>,
+    /// Run as a daemon (`daemon on`), as init systems start Nginx: the master is then no child
+    /// of the harness. Nginx honours a binary upgrade (USR2) only in a master whose parent has
+    /// changed since it started, so the binary upgrade scenario needs it.
+    pub daemon: bool,
 }
 
 impl NginxOptions {
@@ -37,6 +41,7 @@ impl NginxOptions {
             http: http.into(),
             main: String::new(),
             full: None,
+            daemon: false,
         }
     }
 
@@ -47,11 +52,17 @@ impl NginxOptions {
             http: String::new(),
             main: String::new(),
             full: Some(config.into()),
+            daemon: false,
         }
     }
 
     pub fn workers(mut self, workers: u32) -> NginxOptions {
         self.workers = workers;
+        self
+    }
+
+    pub fn daemon(mut self) -> NginxOptions {
+        self.daemon = true;
         self
     }
 }
@@ -61,6 +72,8 @@ impl NginxOptions {
 pub struct Nginx {
     prefix: TempDir,
     child: Option<Child>,
+    /// The master a binary upgrade started, once the old one (`child`) has quit.
+    adopted_master: Option<u32>,
     options: NginxOptions,
 }
 
@@ -99,8 +112,12 @@ impl Nginx {
         let mut nginx = Nginx {
             prefix,
             child: Some(child),
+            adopted_master: None,
             options,
         };
+        if nginx.options.daemon {
+            nginx.adopt_daemon();
+        }
         nginx.wait_for_workers(&[]);
         nginx
     }
@@ -116,7 +133,83 @@ impl Nginx {
     }
 
     pub fn master_pid(&self) -> u32 {
-        self.child.as_ref().expect("nginx is running").id()
+        self.adopted_master
+            .unwrap_or_else(|| self.child.as_ref().expect("nginx is running").id())
+    }
+
+    /// Waits for a daemonising Nginx to hand over to its master, and takes the master's pid from
+    /// the pid file.
+    fn adopt_daemon(&mut self) {
+        let mut launcher = self.child.take().expect("the launching process");
+        let status = launcher.wait().expect("wait for nginx to daemonise");
+        assert!(
+            status.success(),
+            "nginx did not start:\n{}",
+            self.error_log()
+        );
+        let pid_file = self.path("logs/nginx.pid");
+        let read_pid = || {
+            fs::read_to_string(&pid_file)
+                .ok()?
+                .trim()
+                .parse::<u32>()
+                .ok()
+        };
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let pid = loop {
+            if let Some(pid) = read_pid() {
+                break pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no pid file\n{}",
+                self.error_log()
+            );
+            thread::sleep(Duration::from_millis(10));
+        };
+        self.adopted_master = Some(pid);
+    }
+
+    /// The first half of a binary upgrade, as operators do it: USR2 to the master, which starts
+    /// a new master (the same binary here) beside itself. Waits until the new master's workers
+    /// run, and returns its pid; both generations serve until `finish_binary_upgrade`.
+    pub fn begin_binary_upgrade(&mut self) -> u32 {
+        let old = self.master_pid();
+        self.signal(Signal::SIGUSR2);
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let new = children_of(old)
+                .into_iter()
+                .find(|&pid| children_of(pid).len() == self.options.workers as usize);
+            if let Some(new) = new {
+                return new;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no new master with workers after USR2\n{}",
+                self.error_log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The second half: WINCH to the old master (its workers finish and exit), then QUIT; the
+    /// new master is the one this harness runs from then on.
+    pub fn finish_binary_upgrade(&mut self, new_master: u32) {
+        let old = self.master_pid();
+        let pid = Pid::from_raw(old as i32);
+        kill(pid, Signal::SIGWINCH).expect("WINCH the old master");
+        kill(pid, Signal::SIGQUIT).expect("QUIT the old master");
+        let gone = crate::wait_until(STARTUP_TIMEOUT, || !shift_core::process::process_alive(old));
+        assert!(
+            gone.is_some(),
+            "the old master did not quit\n{}",
+            self.error_log()
+        );
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+        self.adopted_master = Some(new_master);
     }
 
     /// The error log so far.
@@ -241,6 +334,17 @@ impl Nginx {
     }
 
     fn stop(&mut self) {
+        if let Some(pid) = self.adopted_master.take() {
+            // Not our child (its parent was the old master): signal it and watch it go.
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while shift_core::process::process_alive(pid) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(20));
+            }
+            if shift_core::process::process_alive(pid) {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+        }
         let Some(mut child) = self.child.take() else {
             return;
         };
@@ -329,7 +433,7 @@ fn write_config(prefix: &Path, options: &NginxOptions) {
     }
     let config = format!(
         "load_module {module};\n\
-         daemon off;\n\
+         daemon {daemon};\n\
          master_process on;\n\
          worker_processes {workers};\n\
          error_log {prefix}/logs/error.log info;\n\
@@ -342,6 +446,7 @@ fn write_config(prefix: &Path, options: &NginxOptions) {
          }}\n",
         module = module_path().display(),
         workers = options.workers,
+        daemon = if options.daemon { "on" } else { "off" },
         prefix = prefix_text,
         main = options.main,
         http = options.http.replace("{prefix}", &prefix_text),

@@ -17,6 +17,16 @@ impl ShiftSetup {
     /// Backends named `names` (with extra `server` parameters), an upstream `app` over them
     /// with `shift SHIFT_ARGS`, and the API (`shift_api API_ARGS`), as `shift_upstream_config`.
     pub fn start(names: &[(&str, &str)], shift_args: &str, api_args: &str) -> ShiftSetup {
+        ShiftSetup::start_with(names, shift_args, api_args, |options| options)
+    }
+
+    /// As `start`, with Nginx's options adjusted by `adjust` (e.g. `NginxOptions::daemon`).
+    pub fn start_with(
+        names: &[(&str, &str)],
+        shift_args: &str,
+        api_args: &str,
+        adjust: impl FnOnce(NginxOptions) -> NginxOptions,
+    ) -> ShiftSetup {
         let backends: Vec<Backend> = names.iter().map(|(name, _)| Backend::start(name)).collect();
         let servers: Vec<(String, &str)> = backends
             .iter()
@@ -24,9 +34,9 @@ impl ShiftSetup {
             .map(|(backend, (_, params))| (backend.addr().to_string(), *params))
             .collect();
         let port = free_port();
-        let nginx = Nginx::start(NginxOptions::new(shift_upstream_config(
+        let nginx = Nginx::start(adjust(NginxOptions::new(shift_upstream_config(
             &servers, shift_args, api_args, port,
-        )));
+        ))));
         let admin = Admin::new(nginx.path("api.sock"), "/api/");
         ShiftSetup {
             nginx,

@@ -444,3 +444,58 @@ fn a_thousand_upstreams_of_ten_peers_reload_a_hundred_times_and_keep_their_state
         "a hundred reloads left memory behind"
     );
 }
+
+/// The weight of `server` as the API answers, asking again while a superseded worker answers.
+fn read_weight(admin: &Admin, server: &str) -> u32 {
+    for _ in 0..200 {
+        let response = admin.request("GET", "upstreams/app", None);
+        if response.status == 200 {
+            let upstream: Upstream = serde_json::from_str(&response.body).unwrap();
+            return weight_of(&upstream, server);
+        }
+        assert!(response.body.contains("superseded"), "{}", response.body);
+        thread::sleep(Duration::from_millis(5));
+    }
+    panic!("only superseded workers answered");
+}
+
+#[test]
+fn a_binary_upgrade_keeps_every_acknowledged_change() {
+    let dir = state_dir();
+    let state = dir.path().join("app.json");
+    let shift_args = format!("state={}", state.display());
+    let names = [("blue", ""), ("green", "")];
+    let mut setup = ShiftSetup::start_with(&names, &shift_args, "", NginxOptions::daemon);
+    let blue = setup.addr(0);
+    assert_eq!(set_weight(&setup.admin, &blue, 7), 200);
+
+    // USR2: a second master with its own workers; both generations accept on the API socket.
+    let new_master = setup.nginx.begin_binary_upgrade();
+    let (mut last, mut refused) = (7, 0);
+    for weight in 10..70 {
+        let body = format!(r#"{{"peers": {{"{blue}": {{"weight": {weight}}}}}}}"#);
+        let response = setup.admin.patch("app", &body);
+        match response.status {
+            200 => last = weight,
+            503 if response.body.contains("superseded") => refused += 1,
+            status => panic!(
+                "PATCH during the upgrade answered {status}: {}",
+                response.body
+            ),
+        }
+        assert_eq!(read_weight(&setup.admin, &blue), last, "weight {weight}");
+    }
+    assert!(
+        refused > 0,
+        "the old binary's workers never answered during the overlap"
+    );
+    assert!(
+        last >= 10,
+        "the new binary's workers never answered during the overlap"
+    );
+
+    setup.nginx.finish_binary_upgrade(new_master);
+    assert_eq!(weight_of(&setup.admin.upstream("app"), &blue), last);
+    let (served, _) = setup.spread(10);
+    assert_eq!(served.values().sum::<usize>(), 10);
+}

@@ -130,16 +130,28 @@ impl AdminClient {
         })
     }
 
-    /// The status and body of an answer, or why Nginx could not be reached.
+    /// The status and body of an answer, or why Nginx could not be reached. A worker of an
+    /// older generation answers 503 `superseded` while a binary upgrade or a zone resize is
+    /// under way (it changed nothing); the request is sent again until a newer worker answers.
     async fn fetch(&self, request: reqwest::RequestBuilder) -> Result<(u16, String), ClientError> {
         let unreachable = |error: reqwest::Error| ClientError::Unreachable {
             socket: self.socket.clone(),
             reason: root_cause(&error),
         };
-        let response = request.send().await.map_err(unreachable)?;
-        let status = response.status().as_u16();
-        let body = response.text().await.map_err(unreachable)?;
-        Ok((status, body))
+        let mut attempts = 0;
+        loop {
+            let attempt = request
+                .try_clone()
+                .expect("API requests have in-memory bodies");
+            let response = attempt.send().await.map_err(unreachable)?;
+            let status = response.status().as_u16();
+            let body = response.text().await.map_err(unreachable)?;
+            attempts += 1;
+            if status != 503 || attempts >= SUPERSEDED_RETRIES || !is_superseded(&body) {
+                return Ok((status, body));
+            }
+            tokio::time::sleep(SUPERSEDED_PAUSE).await;
+        }
     }
 
     /// A failed answer: the API's own error, or whatever else answered on the socket.
@@ -158,4 +170,13 @@ impl AdminClient {
             },
         }
     }
+}
+
+/// How often, and how far apart, a request answered `superseded` is sent again: up to 5 s,
+/// far more than the ~100 ms old workers keep accepting after a reload.
+const SUPERSEDED_RETRIES: u32 = 100;
+const SUPERSEDED_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
+fn is_superseded(body: &str) -> bool {
+    serde_json::from_str::<ApiError>(body).is_ok_and(|error| error.error == "superseded")
 }

@@ -66,7 +66,9 @@ pub unsafe fn register_worker(cycle: *mut ngx_cycle_t, main: &MainConf) {
     // SAFETY: per the contract.
     unsafe {
         if let Some(core) = ngx::core::NgxCoreModule::main_conf(&*cycle) {
-            let _ = OLD_PID_FILE.set(PathBuf::from(core.oldpid.to_string()));
+            // Nginx counts the terminating NUL in `oldpid`'s length.
+            let path = core.oldpid.to_string();
+            let _ = OLD_PID_FILE.set(PathBuf::from(path.trim_end_matches('\0')));
         }
         let (Some(shm), Some(load)) = (NonNull::new(main.zone), main.load.as_ref()) else {
             return;
