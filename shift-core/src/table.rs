@@ -1165,6 +1165,115 @@ pub(crate) mod tests {
         );
     }
 
+    fn config(server: &str, weight: u32, down: bool) -> PeerConfig {
+        PeerConfig {
+            server: server.into(),
+            weight,
+            down,
+            backup: false,
+        }
+    }
+
+    #[test]
+    fn a_commit_applies_changed_lines_and_keeps_runtime_values() {
+        let a = config("a:1", 5, false);
+        let b = config("b:1", 5, true);
+        let owned = OwnedTable::with_checks("app", &[a.clone(), b.clone()], CheckMode::Off);
+        let table = owned.view();
+        assert_eq!(
+            table.generation(),
+            1,
+            "the first commit is the start, not a change"
+        );
+        table.lock(1, |_| true).unwrap().apply(&[
+            PeerChange {
+                index: 0,
+                weight: Some(0),
+                state: None,
+            },
+            PeerChange {
+                index: 1,
+                weight: Some(100),
+                state: Some(PeerState::Up),
+            },
+        ]);
+        assert_eq!(table.generation(), 2);
+
+        // The same configuration again: nothing changes, not even the generation.
+        let notes =
+            table
+                .lock(1, |_| true)
+                .unwrap()
+                .commit(CheckMode::Off, &[a.clone(), b.clone()], &[]);
+        assert_eq!(table.generation(), 2);
+        assert_eq!(
+            notes,
+            vec![
+                CarryNote::Kept {
+                    server: "a:1".into(),
+                    weight: 0,
+                    state: PeerState::Up
+                },
+                CarryNote::Kept {
+                    server: "b:1".into(),
+                    weight: 100,
+                    state: PeerState::Up
+                },
+            ]
+        );
+
+        // b's line changes: b takes it, a keeps its runtime weight; one new generation.
+        let b_heavier = config("b:1", 7, false);
+        let notes =
+            table
+                .lock(1, |_| true)
+                .unwrap()
+                .commit(CheckMode::Off, &[a.clone(), b_heavier], &[]);
+        assert!(notes.contains(&CarryNote::ConfigChanged {
+            server: "b:1".into()
+        }));
+        let wire = table.to_wire(&[]);
+        let values: Vec<_> = wire
+            .peers
+            .iter()
+            .map(|p| (p.weight, p.state, p.config_weight))
+            .collect();
+        assert_eq!(values, [(0, PeerState::Up, 5), (7, PeerState::Up, 7)]);
+        assert_eq!(wire.generation, 3);
+    }
+
+    #[test]
+    fn a_commit_without_a_peer_takes_it_out_of_the_current_set() {
+        let a = config("a:1", 1, false);
+        let b = config("b:1", 1, false);
+        let owned = OwnedTable::with_checks("app", &[a.clone(), b], CheckMode::Off);
+        let [slot_a, slot_b] = [owned.peers[0], owned.peers[1]];
+        assert!(slot_a.is_current() && slot_b.is_current());
+        let only_a = [slot_a];
+        let table = Table::new(owned.header, &only_a);
+        table
+            .lock(1, |_| true)
+            .unwrap()
+            .commit(CheckMode::Mandatory, &[a], &[slot_b]);
+        assert!(slot_a.is_current() && !slot_b.is_current());
+        assert_eq!(table.generation(), 2, "a peer left");
+        assert_eq!(owned.header.checks(), CheckMode::Mandatory);
+    }
+
+    #[test]
+    fn the_generation_stops_at_its_ceiling() {
+        let owned = OwnedTable::new("app", &[("a:1", 1, false)]);
+        let guard = owned.view().lock(1, |_| true).unwrap();
+        guard.carry_over(&[], MAX_GENERATION);
+        let change = [PeerChange {
+            index: 0,
+            weight: Some(2),
+            state: None,
+        }];
+        assert_eq!(guard.apply(&change), MAX_GENERATION);
+        assert_eq!(guard.apply(&change), MAX_GENERATION);
+    }
+
     #[test]
     fn names_longer_than_the_capacity_are_refused() {
         assert!(FixedName::new(&"x".repeat(NAME_CAPACITY)).is_ok());
