@@ -51,5 +51,5 @@ module=$target/debug/libngx_http_shift_module.so
 
 echo "--- integration tests against Nginx $version ($build/objs/nginx) ---"
 SHIFT_NGINX=$build/objs/nginx SHIFT_MODULE=$module \
-  cargo test --workspace --test runtime_weights --test health_checks --test foundation \
+  cargo test --no-fail-fast --workspace --test runtime_weights --test health_checks --test foundation \
   --test metrics --test lifecycle

@@ -21,12 +21,21 @@ cargo test --workspace --all-targets 2>&1 | tee "$log" || status=$?
 if module=$(scripts/build-for-system-nginx.sh); then
   echo "--- again against $(/usr/sbin/nginx -v 2>&1) with $module ---"
   SHIFT_NGINX=/usr/sbin/nginx SHIFT_MODULE=$module \
-    cargo test --workspace --test runtime_weights --test health_checks --test foundation 2>&1 | tee -a "$log" \
+    cargo test --no-fail-fast --workspace --test runtime_weights --test health_checks \
+    --test foundation --test metrics --test lifecycle 2>&1 | tee -a "$log" \
     || status=$?
 else
   echo "could not build the module for the system Nginx" >&2
   status=1
 fi
+
+# nginx.org's stable and mainline sources, where the machine has them (CI does): each built
+# once --with-compat, with the module built against it, and the integration tests again.
+shopt -s nullglob
+for tarball in ../shared/nginx-src/nginx-*.tar.gz; do
+  scripts/test-against-nginx.sh "$tarball" 2>&1 | tee -a "$log" || status=$?
+done
+shopt -u nullglob
 
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }

@@ -32,6 +32,25 @@ pub fn nginx_binary() -> PathBuf {
     path
 }
 
+/// The version of the Nginx the tests run, as (major, minor, patch), from `nginx -v`.
+pub fn nginx_version() -> (u32, u32, u32) {
+    let output = std::process::Command::new(nginx_binary())
+        .arg("-v")
+        .output()
+        .expect("run nginx -v");
+    let text = String::from_utf8_lossy(&output.stderr);
+    let version = text
+        .split('/')
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no version in {text:?}"));
+    let mut numbers = version
+        .split('.')
+        .map(|n| n.parse::<u32>().expect("a version number"));
+    let mut next = || numbers.next().unwrap_or(0);
+    (next(), next(), next())
+}
+
 /// The module the tests load: `SHIFT_MODULE` if set, else this profile's build of it.
 pub fn module_path() -> PathBuf {
     let path = std::env::var_os("SHIFT_MODULE")

@@ -1,7 +1,7 @@
 //! The module loads into a real Nginx, its directives are checked by `nginx -t`, and a `shift`
 //! upstream proxies like plain round robin.
 
-use harness::{check_config, free_port, Backend, HttpClient, Nginx, NginxOptions};
+use harness::{check_config, free_port, nginx_version, Backend, HttpClient, Nginx, NginxOptions};
 
 fn upstream_config(extra_upstream: &str, servers: &[u16], listen: u16) -> String {
     let servers: String = servers
@@ -90,15 +90,20 @@ fn shift_outside_an_upstream_is_rejected() {
 
 #[test]
 fn shift_refuses_another_balancer_and_zone() {
-    for (extra, expected) in [
-        (
-            "least_conn;\nshift;",
-            "works with the default round robin only",
-        ),
-        (
+    let mut refused = vec![(
+        "least_conn;\nshift;",
+        "works with the default round robin only",
+    )];
+    // Before 1.29 `keepalive` wraps the balancer when its directive is read, so it must come
+    // after `shift`; since 1.29 it is on by default and wraps it once the upstream is parsed,
+    // in either order (`keepalive_before_shift_works_since_1_29`).
+    if nginx_version() < (1, 29, 0) {
+        refused.push((
             "keepalive 4;\nshift;",
             "\"shift\" must come before \"keepalive\"",
-        ),
+        ));
+    }
+    for (extra, expected) in refused.into_iter().chain([
         (
             "shift;\nleast_conn;",
             "uses another load balancing method after \"shift\"",
@@ -107,7 +112,7 @@ fn shift_refuses_another_balancer_and_zone() {
             "zone app 64k;\nshift;",
             "\"shift\" cannot be used with \"zone\"",
         ),
-    ] {
+    ]) {
         let check = check_config(&NginxOptions::new(upstream_config(
             extra,
             &[8000],
@@ -120,6 +125,24 @@ fn shift_refuses_another_balancer_and_zone() {
             check.output
         );
     }
+}
+
+#[test]
+fn keepalive_before_shift_works_since_1_29() {
+    if nginx_version() < (1, 29, 0) {
+        return; // refused there, as `shift_refuses_another_balancer_and_zone` checks
+    }
+    let blue = Backend::start("blue");
+    let port = free_port();
+    let _nginx = Nginx::start(NginxOptions::new(upstream_config(
+        "keepalive 4;\nshift;",
+        &[blue.port()],
+        port,
+    )));
+    let response = HttpClient::new(port)
+        .get("/")
+        .expect("request through nginx");
+    assert_eq!((response.status, response.body.as_str()), (200, "blue"));
 }
 
 #[test]

@@ -298,6 +298,10 @@ unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         if let Some(main) = Module::main_conf(&*cycle) {
             shm::register_worker(cycle, main);
         }
+        // Cache managers and loaders run this too; only workers probe.
+        if ngx::ffi::ngx_process == ngx::ffi::NGX_PROCESS_HELPER as ngx::ffi::ngx_uint_t {
+            return Status::NGX_OK.0;
+        }
         crate::health_probe::start_probes(cycle)
     }
 }

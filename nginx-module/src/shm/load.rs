@@ -25,7 +25,9 @@ use ngx::http::{HttpModuleMainConf, HttpModuleServerConf};
 use ngx::ngx_log_error;
 
 use super::worker::WorkerRecord;
-use super::zone::{allocate, allocate_zeroed, push_front, slots_of, unlink_where, walk, Zone};
+use super::zone::{
+    allocate, allocate_zeroed, foreign_root, push_front, slots_of, unlink_where, walk, Zone,
+};
 use crate::ngx_module::{MainConf, Module, UpstreamConf};
 use shift_core::lifecycle::{loads_to_free, LoadStatus};
 use shift_core::process::{children_of, process_alive};
@@ -96,25 +98,15 @@ pub extern "C" fn init_zone(shm: *mut ngx_shm_zone_t, old_data: *mut c_void) -> 
         let log = shm.as_ref().shm.log;
         let fresh = old_data.is_null();
         let result = if fresh {
+            // A new zone: no other process has it yet.
             let locked = SlabPool::from_shm_zone(shm.as_ref())
                 .expect("a mapped zone")
                 .lock();
-            Zone::open(shm, true, &locked).and_then(|zone| build_view(zone, &locked, main))
+            Zone::create(shm, &locked).and_then(|zone| build_view(zone, &locked, main))
         } else {
-            match Zone::at(shm) {
-                Some(zone) => {
-                    let locked = zone.lock();
-                    build_view(zone, &locked, main)
-                }
-                None => Zone::open(
-                    shm,
-                    false,
-                    &SlabPool::from_shm_zone(shm.as_ref())
-                        .expect("a mapped zone")
-                        .lock(),
-                )
-                .map(|_| ()),
-            }
+            Zone::at(shm)
+                .ok_or_else(foreign_root)
+                .and_then(|zone| build_view(zone, &zone.lock(), main))
         };
         match result {
             Ok(()) => Status::NGX_OK.0,

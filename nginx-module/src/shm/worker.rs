@@ -80,15 +80,21 @@ pub unsafe fn register_worker(cycle: *mut ngx_cycle_t, main: &MainConf) {
             return;
         };
         let locked = zone.lock();
-        let count_len = load.slots().len();
-        let size = WorkerRecord::offset() + size_of::<AtomicU32>() * count_len;
-        let Ok(memory) = allocate_zeroed::<u8>(&locked, size) else {
+        let mut count_len = load.slots().len();
+        let size = |count_len| WorkerRecord::offset() + size_of::<AtomicU32>() * count_len;
+        // Without room for its counts a worker still registers, so that the master knows which
+        // configuration it belongs to.
+        let memory = allocate_zeroed::<u8>(&locked, size(count_len)).or_else(|_| {
             ngx_log_error!(
                 NGX_LOG_ERR,
                 log,
                 "shift: {}; this worker's requests in flight are not counted",
                 super::zone::zone_full()
             );
+            count_len = 0;
+            allocate_zeroed::<u8>(&locked, size(0))
+        });
+        let Ok(memory) = memory else {
             return;
         };
         let record = memory.cast::<WorkerRecord>();

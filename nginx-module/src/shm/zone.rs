@@ -89,41 +89,31 @@ pub struct Zone {
 }
 
 impl Zone {
-    /// The zone of `shm`, creating its root when the zone is new.
+    /// A new zone's root.
     ///
-    /// SAFETY: `shm` is an initialised zone (Nginx has made its slab pool), and the caller holds
-    /// its lock when `fresh`.
-    pub unsafe fn open(
+    /// SAFETY: `zone` is a new, mapped zone whose slab pool Nginx has initialised, locked by the
+    /// caller.
+    pub unsafe fn create(
         zone: NonNull<ngx_shm_zone_t>,
-        fresh: bool,
         locked: &LockedSlabPool,
     ) -> Result<Zone, String> {
         // SAFETY: per the contract.
-        let pool = unsafe { zone.as_ref() }.shm.addr.cast::<ngx_slab_pool_t>();
-        let pool = NonNull::new(pool).ok_or("the shared zone is not mapped")?;
-        // SAFETY: per the contract, the pool is initialised and locked when we write to it.
         unsafe {
-            if fresh {
-                let root = allocate(
-                    locked,
-                    ZoneRoot {
-                        magic: ROOT_MAGIC,
-                        tables: AtomicUsize::new(0),
-                        loads: AtomicUsize::new(0),
-                        workers: AtomicUsize::new(0),
-                        next_load_id: 1,
-                        current_load: 0,
-                        superseded: AtomicU32::new(0),
-                    },
-                )?;
-                (*pool.as_ptr()).data = root.cast();
-            }
-            Zone::at(zone).ok_or_else(|| {
-                format!(
-                    "shared zone \"{ZONE_NAME}\" holds data of another module version; restart \
-                     Nginx instead of reloading it"
-                )
-            })
+            let pool = zone.as_ref().shm.addr.cast::<ngx_slab_pool_t>();
+            let root = allocate(
+                locked,
+                ZoneRoot {
+                    magic: ROOT_MAGIC,
+                    tables: AtomicUsize::new(0),
+                    loads: AtomicUsize::new(0),
+                    workers: AtomicUsize::new(0),
+                    next_load_id: 1,
+                    current_load: 0,
+                    superseded: AtomicU32::new(0),
+                },
+            )?;
+            (*pool).data = root.cast();
+            Zone::at(zone).ok_or_else(foreign_root)
         }
     }
 
@@ -285,6 +275,14 @@ pub unsafe fn free<T>(locked: &LockedSlabPool, item: *mut T) {
         // SAFETY: per the contract; the slab allocator frees by address alone.
         unsafe { locked.deallocate(item.cast(), Layout::new::<u8>()) };
     }
+}
+
+/// A reused zone whose root is not this module version's.
+pub fn foreign_root() -> String {
+    format!(
+        "shared zone \"{ZONE_NAME}\" holds data of another module version; restart Nginx \
+         instead of reloading it"
+    )
 }
 
 pub fn zone_full() -> String {

@@ -1,0 +1,67 @@
+//! The data path: requests/s through stock round robin, `zone`, and `shift`.
+
+use super::*;
+use crate::wrk::WrkResult;
+
+pub(crate) fn data_path(settings: &Settings) {
+    // A tiny local backend: an Nginx answering 200 on two ports.
+    let (b1, b2) = (free_port(), free_port());
+    let _backend = Nginx::start(
+        NginxOptions::new(format!("server {{ listen 127.0.0.1:{b1}; listen 127.0.0.1:{b2}; location / {{ return 200 \"ok\"; }} }}")).workers(1),
+    );
+    let servers = format!("server 127.0.0.1:{b1}; server 127.0.0.1:{b2};");
+    let configs = [
+        ("stock round robin", format!("{servers} keepalive 16;")),
+        (
+            "stock round robin with zone",
+            format!("zone app 64k; {servers} keepalive 16;"),
+        ),
+        (
+            "shift, with shift_check",
+            format!("{servers} shift; shift_check interval=1s; keepalive 16;"),
+        ),
+    ];
+    let mut results: Vec<Vec<WrkResult>> = vec![Vec::new(); configs.len()];
+    for _ in 0..settings.rounds {
+        for (index, (_, upstream)) in configs.iter().enumerate() {
+            let port = free_port();
+            let _nginx = Nginx::start(NginxOptions::new(format!(
+                "upstream app {{ {upstream} }}\n\
+                 server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n\
+                 server {{ listen unix:{{prefix}}/api.sock; location /api/ {{ shift_api; }} }}"
+            )));
+            let result = wrk_result(wrk(port, settings.wrk_seconds));
+            assert_eq!(
+                result.failed(),
+                0,
+                "{}: requests failed: {result:?}",
+                configs[index].0
+            );
+            results[index].push(result);
+        }
+    }
+    println!("## Data path\n");
+    println!("Requests/s and p99 latency through Nginx to a local backend (median of {} run(s) of {} s each, interleaved).\n", settings.rounds, settings.wrk_seconds);
+    println!("| upstream | requests/s | ratio to stock | p99 |");
+    println!("| --- | ---: | ---: | ---: |");
+    let stock = median(
+        &mut results[0]
+            .iter()
+            .map(|r| r.requests_per_second)
+            .collect::<Vec<_>>(),
+    );
+    for ((name, _), runs) in configs.iter().zip(&results) {
+        let rps = median(
+            &mut runs
+                .iter()
+                .map(|r| r.requests_per_second)
+                .collect::<Vec<_>>(),
+        );
+        let p99 = median(&mut runs.iter().map(|r| r.p99_ms).collect::<Vec<_>>());
+        println!(
+            "| {name} | {rps:.0} | {:.1}% | {p99:.2} ms |",
+            rps * 100.0 / stock
+        );
+    }
+    println!();
+}

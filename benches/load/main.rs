@@ -1,0 +1,143 @@
+//! Load benchmarks against real processes: the data-path cost of the module, how fast a switch
+//! takes effect (the module's API, shiftctl, `nginx -s reload`, HAProxy's runtime API; idle and
+//! under load), whether every change acknowledged during a reload storm is applied, and how many
+//! requests fail while traffic moves under load.
+//!
+//! `cargo bench --bench load` runs them in full and prints a Markdown report (see
+//! scripts/bench.sh and BENCHMARKS.md). Run without `--bench` — as `cargo test --all-targets`
+//! does — it is a smoke test: every scenario runs briefly, so the benchmark cannot rot, and the
+//! figures mean nothing.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use harness::{
+    api_request, free_port, shiftctl_command, wait_until, Backend, HttpClient, Nginx, NginxOptions,
+};
+
+mod data_path;
+mod reload_storm;
+mod switch;
+mod wrk;
+mod zero_downtime;
+
+use data_path::data_path;
+use reload_storm::reload_storm;
+use switch::{plain_upstream, shift_nginx, switch_latency, Pair};
+use wrk::{median, percentile, wrk, wrk_result};
+use zero_downtime::zero_downtime;
+
+struct Settings {
+    full: bool,
+    /// Seconds of wrk per data-path measurement.
+    wrk_seconds: u32,
+    /// Data-path rounds; each config's figure is the median.
+    rounds: usize,
+    /// Switches through the API (and HAProxy's).
+    switches: usize,
+    /// Switches through the shiftctl binary.
+    shiftctl_switches: usize,
+    reloads: usize,
+    /// Seconds of load in each zero-downtime scenario.
+    load_seconds: u32,
+    /// How long the old way's new backend takes to start after the old one stopped.
+    restart_gap: Duration,
+    /// Reloads in the storm, and seconds of load around it.
+    storm_reloads: usize,
+    storm_seconds: u32,
+}
+
+impl Settings {
+    fn new(full: bool) -> Settings {
+        if full {
+            Settings {
+                full,
+                wrk_seconds: 10,
+                rounds: 3,
+                switches: 1000,
+                shiftctl_switches: 50,
+                reloads: 10,
+                load_seconds: 6,
+                restart_gap: Duration::from_secs(1),
+                storm_reloads: 50,
+                storm_seconds: 30,
+            }
+        } else {
+            Settings {
+                full,
+                wrk_seconds: 1,
+                rounds: 1,
+                switches: 20,
+                shiftctl_switches: 3,
+                reloads: 2,
+                load_seconds: 2,
+                restart_gap: Duration::from_millis(200),
+                storm_reloads: 3,
+                storm_seconds: 3,
+            }
+        }
+    }
+}
+
+fn main() {
+    let full = std::env::args().any(|arg| arg == "--bench");
+    let settings = Settings::new(full);
+    for tool in ["wrk", "haproxy"] {
+        let found = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            found,
+            "{tool} is not installed: apt-get install wrk haproxy (scripts/test.sh does)"
+        );
+    }
+    println!(
+        "# nginx-shift load benchmarks ({})\n",
+        if full {
+            "full run"
+        } else {
+            "smoke run: the figures mean nothing"
+        }
+    );
+    println!("{}", machine());
+    data_path(&settings);
+    switch_latency(&settings);
+    reload_storm(&settings);
+    zero_downtime(&settings);
+}
+
+fn machine() -> String {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let cores = thread::available_parallelism().map_or(0, |n| n.get());
+    let nginx = Command::new(harness::nginx_binary())
+        .arg("-v")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
+        .unwrap_or_default();
+    let haproxy = Command::new("haproxy")
+        .arg("-v")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_default();
+    format!("Machine: {cores} cores ({cpu}); {nginx}, 2 workers; {haproxy}; wrk -t2 -c32, keep-alive, loopback.\n")
+}
