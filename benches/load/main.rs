@@ -36,7 +36,7 @@ struct Settings {
     full: bool,
     /// Seconds of wrk per data-path measurement.
     wrk_seconds: u32,
-    /// Data-path rounds; each config's figure is the median.
+    /// Data-path rounds; each config's figure is the median (`SHIFT_BENCH_ROUNDS` overrides).
     rounds: usize,
     /// Switches through the API (and HAProxy's).
     switches: usize,
@@ -58,7 +58,10 @@ impl Settings {
             Settings {
                 full,
                 wrk_seconds: 10,
-                rounds: 3,
+                rounds: std::env::var("SHIFT_BENCH_ROUNDS")
+                    .ok()
+                    .and_then(|rounds| rounds.parse().ok())
+                    .unwrap_or(3),
                 switches: 1000,
                 shiftctl_switches: 50,
                 reloads: 10,
@@ -107,10 +110,22 @@ fn main() {
         }
     );
     println!("{}", machine());
-    data_path(&settings);
-    switch_latency(&settings);
-    reload_storm(&settings);
-    zero_downtime(&settings);
+    // Scenario names after the flags run only those (`-- --bench data_path`); none runs all.
+    let chosen: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with('-'))
+        .collect();
+    let scenarios: [(&str, fn(&Settings)); 4] = [
+        ("data_path", data_path),
+        ("switch_latency", switch_latency),
+        ("reload_storm", reload_storm),
+        ("zero_downtime", zero_downtime),
+    ];
+    for (name, run) in scenarios {
+        if chosen.is_empty() || chosen.iter().any(|chosen| chosen == name) {
+            run(&settings);
+        }
+    }
 }
 
 fn machine() -> String {

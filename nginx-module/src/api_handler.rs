@@ -102,7 +102,15 @@ unsafe fn answer(r: *mut ngx_http_request_t, body: &[u8]) -> ngx_int_t {
     };
     // The zone stays locked while this request is answered: a configuration committed meanwhile
     // waits for the change, and the change sees the last committed configuration.
-    let view = match api_view(main) {
+    // SAFETY: per the contract.
+    let (uid, path, method) = unsafe { (caller_uid(r), (*r).uri.to_string(), method(r)) };
+    let view = api_view(main).and_then(|mut view| {
+        if method == "PATCH" {
+            view.hold_state_dirs()?;
+        }
+        Ok(view)
+    });
+    let view = match view {
         Ok(view) => view,
         // SAFETY: per the contract.
         Err(NotServing::Superseded(why)) => return unsafe { send(r, &api::superseded_reply(why)) },
@@ -118,8 +126,6 @@ unsafe fn answer(r: *mut ngx_http_request_t, body: &[u8]) -> ngx_int_t {
         })
         .collect();
 
-    // SAFETY: per the contract.
-    let (uid, path, method) = unsafe { (caller_uid(r), (*r).uri.to_string(), method(r)) };
     let relative = path.strip_prefix(api_conf.prefix.as_str()).unwrap_or(&path);
     // SAFETY: ngx_pid is set once at process start.
     let writer = Writer {

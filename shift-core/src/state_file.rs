@@ -156,6 +156,33 @@ pub fn load(path: &Path, upstream: &str) -> Result<Option<SavedUpstream>, StateF
     Ok(Some(saved))
 }
 
+/// An exclusive lock on the directory of a state file, held while it is read or written. During
+/// a binary upgrade the old binary's worker holds it while it checks that no new binary has
+/// taken over and saves, and the new master while it reads the file: so the new master reads
+/// every change the old workers acknowledged, and they acknowledge none after it read.
+pub struct DirLock(#[allow(dead_code)] nix::fcntl::Flock<fs::File>);
+
+/// Locks the directory the state file `path` is in (waits for another holder).
+pub fn lock_dir(path: &Path) -> io::Result<DirLock> {
+    lock_directory(directory_of(path))
+}
+
+/// The directory a state file is in.
+pub fn directory_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// Locks `dir`. A process must not hold two locks on one directory: the second waits for the
+/// first.
+pub fn lock_directory(dir: &Path) -> io::Result<DirLock> {
+    let file = fs::File::open(dir)?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map(DirLock)
+        .map_err(|(_, errno)| io::Error::from(errno))
+}
+
 /// Where a rejected state file is moved, so that it can be looked at and the next save does
 /// not overwrite it.
 pub fn rejected_path(path: &Path) -> std::path::PathBuf {
@@ -189,6 +216,25 @@ mod tests {
         assert_eq!(load(&path, "app").unwrap(), Some(saved.clone()));
         assert!(!dir.path().join("app.json.tmp").exists());
         assert_eq!(SavedUpstream::new("app", 4, &saved.carried()), saved);
+    }
+
+    #[test]
+    fn the_directory_lock_excludes_another_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.json");
+        let held = lock_dir(&path).unwrap();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let _second = lock_dir(&path).unwrap();
+            sender.send(()).unwrap();
+        });
+        let waited = receiver.recv_timeout(std::time::Duration::from_millis(200));
+        assert!(waited.is_err(), "a second holder got the lock");
+        drop(held);
+        receiver
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the lock is free once dropped");
+        waiter.join().unwrap();
     }
 
     #[test]

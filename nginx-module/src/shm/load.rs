@@ -421,6 +421,9 @@ unsafe fn restore(
     let Some(path) = &conf.state_path else {
         return;
     };
+    // Taken before reading: an old binary's worker finishes a save under it first (see
+    // `state_file::lock_dir`).
+    let _dir_lock = state_file::lock_dir(path);
     match state_file::load(path, name) {
         Ok(Some(saved)) => {
             let notes = guard.carry_over(&saved.carried(), saved.generation);

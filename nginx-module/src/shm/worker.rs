@@ -21,6 +21,7 @@ use super::zone::{allocate_zeroed, push_front, slots_of, unlink_where, walk, Zon
 use crate::ngx_module::MainConf;
 use shift_core::inflight::{self, InFlight};
 use shift_core::process::ProcessId;
+use shift_core::state_file;
 use shift_core::table::{PeerSlot, Table, TableHeader};
 
 /// A worker (or helper process) of one load, followed in the same allocation by its in-flight
@@ -173,7 +174,34 @@ impl UpstreamView {
 pub struct ApiView {
     pub upstreams: Vec<UpstreamView>,
     pub usage: shift_core::metrics::ZoneUsage,
+    state_dirs: Vec<state_file::DirLock>,
     _locked: LockedSlabPool,
+}
+
+impl ApiView {
+    /// Before a change: locks the state files' directories and checks again that no new binary
+    /// has taken over, so that a new master reads every change this worker acknowledges (and
+    /// none is acknowledged after it read).
+    pub fn hold_state_dirs(&mut self) -> Result<(), NotServing> {
+        let mut dirs: Vec<&Path> = self
+            .upstreams
+            .iter()
+            .filter_map(|upstream| upstream.state_path())
+            .map(state_file::directory_of)
+            .collect();
+        // Each directory once, and in one order for every holder, so that two workers never
+        // wait on each other.
+        dirs.sort();
+        dirs.dedup();
+        self.state_dirs = dirs
+            .into_iter()
+            .filter_map(|dir| state_file::lock_directory(dir).ok())
+            .collect();
+        if new_binary_took_over() {
+            return Err(NotServing::Superseded("a new Nginx binary took over"));
+        }
+        Ok(())
+    }
 }
 
 /// Why this worker does not serve the API.
@@ -232,6 +260,7 @@ pub fn api_view(main: &MainConf) -> Result<ApiView, NotServing> {
         Ok(ApiView {
             upstreams,
             usage: zone.usage(),
+            state_dirs: Vec::new(),
             _locked: locked,
         })
     }
