@@ -512,44 +512,32 @@ mod tests {
         let owned = app();
         let dir = tempfile::tempdir().unwrap();
         let missing_dir = dir.path().join("missing/app.json");
-        let endpoints = [Endpoint {
-            table: owned.view(),
-            state_path: Some(&missing_dir),
-            active: &[],
-        }];
         let body = br#"{"peers": {"127.0.0.1:8000": {"weight": 5}}}"#;
         let writer = Writer {
             pid: 1,
             is_alive: &|_| true,
         };
-        let reply = handle(
-            "PATCH",
-            "upstreams/app",
-            body,
-            WRITER,
-            &endpoints,
-            &writer,
-            None,
-        );
-        assert_eq!(reply.status, 500);
+        let patch_saving_to = |path: &Path| {
+            let endpoints = [Endpoint {
+                table: owned.view(),
+                state_path: Some(path),
+                active: &[],
+            }];
+            handle(
+                "PATCH",
+                "upstreams/app",
+                body,
+                WRITER,
+                &endpoints,
+                &writer,
+                None,
+            )
+        };
+        assert_eq!(patch_saving_to(&missing_dir).status, 500);
         assert_eq!(owned.view().to_wire(&[]).peers[0].weight, 1);
 
         let path = dir.path().join("app.json");
-        let endpoints = [Endpoint {
-            table: owned.view(),
-            state_path: Some(&path),
-            active: &[],
-        }];
-        let reply = handle(
-            "PATCH",
-            "upstreams/app",
-            body,
-            WRITER,
-            &endpoints,
-            &writer,
-            None,
-        );
-        assert_eq!(reply.status, 200);
+        assert_eq!(patch_saving_to(&path).status, 200);
         let saved = state_file::load(&path, "app").unwrap().unwrap();
         assert_eq!((saved.generation, saved.peers[0].weight), (2, 5));
     }

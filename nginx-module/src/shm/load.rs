@@ -18,8 +18,8 @@ use ngx::core::slab::LockedSlabPool;
 use ngx::core::{SlabPool, Status};
 use ngx::ffi::{
     ngx_cycle_t, ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t,
-    ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_log_t, ngx_shm_zone_t, NGX_LOG_EMERG, NGX_LOG_ERR,
-    NGX_LOG_NOTICE,
+    ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_log_t, ngx_shm_zone_t, NGX_LOG_ALERT,
+    NGX_LOG_EMERG, NGX_LOG_ERR, NGX_LOG_NOTICE,
 };
 use ngx::http::{HttpModuleMainConf, HttpModuleServerConf};
 use ngx::ngx_log_error;
@@ -320,10 +320,17 @@ pub unsafe extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
             COMMITTED_ZONE.store(std::ptr::null_mut(), Ordering::Release);
             return Status::NGX_OK.0;
         };
-        let Some(zone) = Zone::at(shm) else {
-            return Status::NGX_ERROR.0;
-        };
         let log = (*cycle).log;
+        // An error here would make Nginx exit: say what is wrong and go on uncommitted instead
+        // (the zone's init just checked the zone, so this does not happen).
+        let (Some(zone), false) = (Zone::at(shm), main.load.is_null()) else {
+            ngx_log_error!(
+                NGX_LOG_ALERT,
+                log,
+                "shift: the configuration was not committed"
+            );
+            return Status::NGX_OK.0;
+        };
         commit(zone, main, log);
         COMMITTED_ZONE.store(shm.as_ptr(), Ordering::Release);
     }
@@ -334,7 +341,7 @@ pub unsafe extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
 /// (a new table first takes the replaced zone's or the state file's state), and tables and
 /// peers the configuration dropped stop being current.
 ///
-/// SAFETY: `main` is the configuration that built its load in `zone`.
+/// SAFETY: `main` is the configuration that built its load (not null) in `zone`.
 pub unsafe fn commit(zone: Zone, main: &MainConf, log: *mut ngx_log_t) {
     // SAFETY: per the contract.
     unsafe {
