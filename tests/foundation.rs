@@ -183,3 +183,44 @@ fn requests_through_a_shift_upstream_reach_both_backends() {
     assert!((95..=105).contains(&blue_count), "uneven split: {served:?}");
     assert_eq!(blue.hits() + green.hits(), 200);
 }
+
+#[test]
+fn one_address_on_two_server_lines_is_refused_naming_both() {
+    let port = free_port();
+    let check = check_config(&NginxOptions::new(upstream_config(
+        &format!("server localhost:{port};\nshift;"),
+        &[port],
+        free_port(),
+    )));
+    assert!(!check.ok, "accepted:\n{}", check.output);
+    let expected = format!(
+        "has address 127.0.0.1:{port} twice, from \"server 127.0.0.1:{port}\" and \"server localhost:{port}\""
+    );
+    assert!(check.output.contains(&expected), "{}", check.output);
+}
+
+#[test]
+fn shift_check_refuses_what_would_inject_headers() {
+    for (param, shown) in [
+        (r#""host=a\r\nX-Injected: 1""#, r"host=a\r\nX-Injected: 1"),
+        (
+            r#""uri=/health\r\nX-Injected: 1""#,
+            r"uri=/health\r\nX-Injected: 1",
+        ),
+        (r#""uri=/a b""#, "uri=/a b"),
+    ] {
+        let check = check_config(&NginxOptions::new(upstream_config(
+            &format!("shift;\nshift_check {param};"),
+            &[8000],
+            free_port(),
+        )));
+        assert!(!check.ok, "accepted {param}:\n{}", check.output);
+        let expected = format!("invalid parameter \"{shown}\" in \"shift_check\" directive");
+        assert!(
+            check.output.contains(&expected),
+            "{param}:\n{}",
+            check.output
+        );
+        assert!(check.output.contains("nginx.conf:"), "{}", check.output);
+    }
+}

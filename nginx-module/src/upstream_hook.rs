@@ -10,14 +10,15 @@ use ngx::core::{Pool, Status};
 use ngx::ffi::{
     ngx_conf_t, ngx_event_free_peer_pt, ngx_event_get_peer_pt, ngx_event_save_peer_session_pt,
     ngx_event_set_peer_session_pt, ngx_http_request_t, ngx_http_upstream_rr_peer_data_t,
-    ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_peer_connection_t, ngx_uint_t, NGX_LOG_EMERG,
-    NGX_PEER_FAILED,
+    ngx_http_upstream_server_t, ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_peer_connection_t,
+    ngx_uint_t, NGX_LOG_EMERG, NGX_PEER_FAILED,
 };
 use ngx::http::HttpModuleServerConf;
 use ngx::ngx_conf_log_error;
 
 use crate::ngx_module::{Module, UpstreamConf};
 use crate::shm::{inflight, table_of};
+use shift_core::directives::duplicate_address;
 use shift_core::table::{slot_of, Table};
 
 /// `peer.init_upstream`: lets round robin build the peers, then takes over `peer.init`.
@@ -37,6 +38,19 @@ pub extern "C" fn init_upstream(
         if original(cf, uscf) != Status::NGX_OK.0 {
             return Status::NGX_ERROR.0;
         }
+        if let Some((address, first, second)) = duplicate_address(&server_lines(uscf)) {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "upstream \"{}\" has address {} twice, from \"server {}\" and \"server {}\": \
+                 a \"shift\" upstream needs one server line per address",
+                uscf.host,
+                address,
+                first,
+                second
+            );
+            return Status::NGX_ERROR.0;
+        }
         if !uscf.shm_zone.is_null() {
             ngx_conf_log_error!(
                 NGX_LOG_EMERG,
@@ -52,6 +66,34 @@ pub extern "C" fn init_upstream(
         conf.hooked = true;
     }
     Status::NGX_OK.0
+}
+
+/// Each `server` line's address text and the addresses it resolved to.
+///
+/// SAFETY: `uscf` is an upstream whose `server` lines were parsed (its `servers` array holds
+/// `ngx_http_upstream_server_t`s, each with `naddrs` addresses).
+unsafe fn server_lines(uscf: &ngx_http_upstream_srv_conf_t) -> Vec<(String, Vec<String>)> {
+    if uscf.servers.is_null() {
+        return Vec::new();
+    }
+    // SAFETY: per the contract.
+    unsafe {
+        let servers: &[ngx_http_upstream_server_t] = (*uscf.servers).as_slice();
+        servers
+            .iter()
+            .map(|server| {
+                let addresses = if server.addrs.is_null() {
+                    &[][..]
+                } else {
+                    std::slice::from_raw_parts(server.addrs, server.naddrs)
+                };
+                (
+                    server.name.to_string(),
+                    addresses.iter().map(|addr| addr.name.to_string()).collect(),
+                )
+            })
+            .collect()
+    }
 }
 
 /// What this module keeps per request: round robin's own callbacks and data, and the table slot

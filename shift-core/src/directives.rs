@@ -78,7 +78,8 @@ impl fmt::Display for DirectiveError {
                 expected,
             } => write!(
                 f,
-                "invalid parameter \"{param}\" in \"{directive}\" directive, expected {expected}"
+                "invalid parameter \"{}\" in \"{directive}\" directive, expected {expected}",
+                printable(param)
             ),
             DirectiveError::DuplicateParameter { directive, param } => {
                 write!(
@@ -235,8 +236,19 @@ pub fn parse_shift_check(args: &[&str]) -> Result<CheckArgs, DirectiveError> {
                     _ => return Err(invalid("\"type=http\" or \"type=tcp\"")),
                 }
             }
-            ("uri", true) if value.starts_with('/') => parsed.uri = value.into(),
-            ("uri", true) => return Err(invalid("a URI that starts with \"/\"")),
+            // Sent on the request line and in a header as they are: a space or a control
+            // character would let the config write other headers or requests.
+            ("uri", true) if value.starts_with('/') && is_header_safe(value, false) => {
+                parsed.uri = value.into()
+            }
+            ("uri", true) => {
+                return Err(invalid(
+                    "a URI that starts with \"/\", without spaces or control characters",
+                ))
+            }
+            ("host", true) if !value.is_empty() && !is_header_safe(value, true) => {
+                return Err(invalid("a host name without control characters"))
+            }
             ("interval", true) => {
                 parsed.interval_ms =
                     parse_time(value).ok_or_else(|| invalid("a time such as \"5s\""))?
@@ -295,6 +307,36 @@ pub fn parse_shift_check(args: &[&str]) -> Result<CheckArgs, DirectiveError> {
         });
     }
     Ok(parsed)
+}
+
+/// Two `server` lines of one upstream that resolve to the same address: `(address, first line's
+/// address text, second line's)`. A `shift` upstream keys its peers by address, so one address
+/// must be one peer (a PATCH could otherwise change one of the two and leave the other).
+/// `servers` holds each line's address text and the addresses it resolved to.
+pub fn duplicate_address(servers: &[(String, Vec<String>)]) -> Option<(String, String, String)> {
+    let mut seen: Vec<(&str, &str)> = Vec::new();
+    for (line, addresses) in servers {
+        for address in addresses {
+            if let Some((_, first)) = seen.iter().find(|(known, _)| known == address) {
+                return Some((address.clone(), first.to_string(), line.clone()));
+            }
+            seen.push((address, line));
+        }
+    }
+    None
+}
+
+/// Whether `value` can go into a request line (no spaces) or a header value as it is.
+fn is_header_safe(value: &str, spaces_allowed: bool) -> bool {
+    value
+        .chars()
+        .all(|c| !c.is_control() && (spaces_allowed || c != ' '))
+}
+
+/// A parameter as an error message shows it: control characters escaped, so that the message
+/// stays one line of the error log.
+fn printable(param: &str) -> String {
+    param.escape_default().to_string()
 }
 
 /// Smallest `shift_zone`: Nginx's slab allocator needs a few pages for itself.
@@ -393,6 +435,54 @@ fn duplicate(directive: &'static str, arg: &str) -> DirectiveError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_address_from_two_lines_is_found() {
+        let line = |text: &str, addresses: &[&str]| {
+            (
+                text.to_string(),
+                addresses.iter().map(|a| a.to_string()).collect(),
+            )
+        };
+        assert_eq!(
+            duplicate_address(&[
+                line("127.0.0.1:8000", &["127.0.0.1:8000"]),
+                line("localhost:8000", &["[::1]:8000", "127.0.0.1:8000"]),
+            ]),
+            Some((
+                "127.0.0.1:8000".into(),
+                "127.0.0.1:8000".into(),
+                "localhost:8000".into()
+            ))
+        );
+        assert_eq!(
+            duplicate_address(&[
+                line("127.0.0.1:8000", &["127.0.0.1:8000"]),
+                line("127.0.0.1:8001", &["127.0.0.1:8001"]),
+            ]),
+            None
+        );
+    }
+
+    #[test]
+    fn control_characters_and_spaces_cannot_reach_the_wire() {
+        for bad in [
+            "host=a\r\nX-Injected: 1",
+            "host=a\nb",
+            "uri=/health\r\nX-Injected: 1",
+            "uri=/a b",
+            "uri=/a\tb",
+        ] {
+            let err = parse_shift_check(&[bad]).unwrap_err().to_string();
+            assert!(err.contains("control characters"), "{err}");
+            assert!(
+                !err.contains('\r') && !err.contains('\n'),
+                "one log line: {err}"
+            );
+        }
+        let good = parse_shift_check(&["host=api.example.com", "uri=/health?x=1"]).unwrap();
+        assert_eq!(good.host.as_deref(), Some("api.example.com"));
+    }
 
     #[test]
     fn zone_sizes_in_nginx_units() {
