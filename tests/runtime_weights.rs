@@ -348,3 +348,25 @@ fn a_caller_outside_the_allow_list_gets_403() {
     let patch = format!(r#"{{"peers": {{"{}": {{"weight": 5}}}}}}"#, setup.addr(0));
     assert_eq!(setup.admin.patch("app", &patch).status, 200);
 }
+
+#[test]
+fn an_oversized_body_announced_with_expect_is_refused_before_it_is_sent() {
+    use std::io::{BufRead, BufReader, Write};
+    let setup = Setup::start(&[("blue", "")], "", "");
+    let mut stream = std::os::unix::net::UnixStream::connect(setup.nginx.path("api.sock")).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(
+            b"PATCH /api/upstreams/app HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\
+              Content-Type: application/json\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .unwrap();
+    let mut status_line = String::new();
+    BufReader::new(stream).read_line(&mut status_line).unwrap();
+    assert!(
+        status_line.starts_with("HTTP/1.1 413"),
+        "the first answer is {status_line:?}, not 413"
+    );
+}

@@ -30,6 +30,9 @@ pub extern "C" fn handle(r: *mut ngx_http_request_t) -> ngx_int_t {
             return answer(r, &[]);
         }
         if (*r).headers_in.content_length_n > MAX_BODY_BYTES as i64 {
+            // As Nginx does for client_max_body_size: no "100 Continue" for a body we refuse,
+            // the 413 comes at once.
+            (*r).set_expect_tested(1);
             let rc = ngx_http_discard_request_body(r);
             if rc != Status::NGX_OK.0 {
                 return rc;
