@@ -350,6 +350,18 @@ fn a_caller_outside_the_allow_list_gets_403() {
 }
 
 #[test]
+fn a_peer_named_twice_in_one_patch_is_refused() {
+    let setup = Setup::start(&[("blue", ""), ("green", "")], "", "");
+    let green = setup.addr(1);
+    let body =
+        format!(r#"{{"peers": {{"{green}": {{"weight": 5}}, "{green}": {{"weight": 7}}}}}}"#);
+    let response = setup.admin.patch("app", &body);
+    assert_eq!(response.status, 400, "{}", response.body);
+    assert!(response.body.contains("named twice"), "{}", response.body);
+    assert_eq!(setup.admin.upstream("app").generation, 1, "nothing changed");
+}
+
+#[test]
 fn an_oversized_body_announced_with_expect_is_refused_before_it_is_sent() {
     use std::io::{BufRead, BufReader, Write};
     let setup = Setup::start(&[("blue", "")], "", "");

@@ -187,6 +187,17 @@ fn set_changes_weights_atomically_and_rejects_bad_input() {
     );
     let output = setup.run(&["set", "app", &format!("{}=1001", setup.blue())]);
     assert_eq!(output.status.code(), Some(2));
+    let (green_5, green_7) = (
+        format!("{}=5", setup.green()),
+        format!("{}=7", setup.green()),
+    );
+    let output = setup.run(&["set", "app", &green_5, &green_7]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("given twice"),
+        "{}",
+        text(&output.stderr)
+    );
     assert_eq!(setup.admin.upstream("app").generation, 2, "nothing changed");
 }
 

@@ -302,32 +302,38 @@ pub async fn metrics(ctx: &Ctx) -> Result<(), Failure> {
 
 /// Parses `SERVER=WEIGHT` arguments.
 pub fn parse_assignments(assignments: &[String]) -> Result<BTreeMap<String, PeerPatch>, Failure> {
-    assignments
-        .iter()
-        .map(|assignment| {
-            let (server, weight) = assignment.rsplit_once('=').ok_or_else(|| {
-                Failure::usage(anyhow::anyhow!(
-                    "\"{assignment}\" is not SERVER=WEIGHT, e.g. 127.0.0.1:8001=30"
-                ))
-            })?;
-            let weight: u32 = weight
-                .parse()
-                .ok()
-                .filter(|&w| w <= MAX_WEIGHT)
-                .ok_or_else(|| {
-                    Failure::usage(anyhow::anyhow!(
-                        "weight \"{weight}\" of {server} must be a number from 0 to {MAX_WEIGHT}"
-                    ))
-                })?;
-            Ok((
-                server.to_string(),
-                PeerPatch {
-                    weight: Some(weight),
-                    state: None,
-                },
+    let mut peers = BTreeMap::new();
+    for assignment in assignments {
+        let (server, patch) = parse_assignment(assignment)?;
+        if peers.insert(server.clone(), patch).is_some() {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "{server} is given twice; give each peer one weight"
+            )));
+        }
+    }
+    Ok(peers)
+}
+
+fn parse_assignment(assignment: &str) -> Result<(String, PeerPatch), Failure> {
+    let (server, weight) = assignment.rsplit_once('=').ok_or_else(|| {
+        Failure::usage(anyhow::anyhow!(
+            "\"{assignment}\" is not SERVER=WEIGHT, e.g. 127.0.0.1:8001=30"
+        ))
+    })?;
+    let weight: u32 = weight
+        .parse()
+        .ok()
+        .filter(|&w| w <= MAX_WEIGHT)
+        .ok_or_else(|| {
+            Failure::usage(anyhow::anyhow!(
+                "weight \"{weight}\" of {server} must be a number from 0 to {MAX_WEIGHT}"
             ))
-        })
-        .collect()
+        })?;
+    let patch = PeerPatch {
+        weight: Some(weight),
+        state: None,
+    };
+    Ok((server.to_string(), patch))
 }
 
 pub async fn set(

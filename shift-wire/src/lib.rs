@@ -148,11 +148,48 @@ pub struct PeerPatch {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamPatch {
-    /// Changes keyed by the peer's `server` address.
+    /// Changes keyed by the peer's `server` address; a peer named twice is refused (a JSON
+    /// object with a duplicate key would otherwise apply its last value silently).
+    #[serde(deserialize_with = "unique_keys")]
     pub peers: BTreeMap<String, PeerPatch>,
     /// When set, the PATCH applies only if the upstream is still at this generation (else 409).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect_generation: Option<u64>,
+}
+
+/// A JSON object as a map, refusing a key that comes twice.
+fn unique_keys<'de, D, V>(deserializer: D) -> Result<BTreeMap<String, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct UniqueKeys<V>(std::marker::PhantomData<V>);
+
+    impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for UniqueKeys<V> {
+        type Value = BTreeMap<String, V>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object of peers")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut peers = BTreeMap::new();
+            while let Some((key, value)) = map.next_entry::<String, V>()? {
+                if peers.contains_key(&key) {
+                    return Err(serde::de::Error::custom(format!(
+                        "peer \"{key}\" is named twice; name each peer once"
+                    )));
+                }
+                peers.insert(key, value);
+            }
+            Ok(peers)
+        }
+    }
+
+    deserializer.deserialize_map(UniqueKeys(std::marker::PhantomData))
 }
 
 /// The body of every error answer.
@@ -202,6 +239,12 @@ mod tests {
     #[test]
     fn patch_rejects_unknown_fields_and_states() {
         assert!(serde_json::from_str::<UpstreamPatch>(r#"{"peers": {}, "gen": 1}"#).is_err());
+        let twice = serde_json::from_str::<UpstreamPatch>(
+            r#"{"peers": {"a:1": {"weight": 5}, "a:1": {"weight": 7}}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(twice.contains("\"a:1\" is named twice"), "{twice}");
         assert!(
             serde_json::from_str::<UpstreamPatch>(r#"{"peers": {"a:1": {"weigth": 1}}}"#).is_err()
         );
