@@ -202,6 +202,44 @@ fn set_changes_weights_atomically_and_rejects_bad_input() {
 }
 
 #[test]
+fn upstream_names_that_would_reach_another_upstream_are_refused() {
+    let setup = Setup::start("");
+    let weight = format!("{}=9", setup.blue());
+    for name in ["app?x", "app#x", "x/../app", "..", "app%2F"] {
+        let output = setup.run(&["set", name, &weight]);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{name}: {}",
+            text(&output.stderr)
+        );
+        assert!(
+            text(&output.stderr).contains("is not an upstream name"),
+            "{name}: {}",
+            text(&output.stderr)
+        );
+    }
+    assert_eq!(
+        setup.admin.upstream("app").generation,
+        1,
+        "app was not changed"
+    );
+}
+
+#[test]
+fn a_socket_that_is_not_the_shift_api_is_as_good_as_none() {
+    let setup = Setup::start("");
+    // The same Nginx, but a prefix where no shift_api location is: Nginx's own 404 page.
+    let output = setup.run(&["status", "--prefix", "/nope/"]);
+    assert_eq!(output.status.code(), Some(3), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("not the shift API's"),
+        "{}",
+        text(&output.stderr)
+    );
+}
+
+#[test]
 fn canary_walks_the_steps_and_traffic_follows_each() {
     let setup = Setup::start("");
     let mut canary = setup.spawn(&[

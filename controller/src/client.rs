@@ -19,12 +19,20 @@ pub enum ClientError {
         status: u16,
         error: ApiError,
     },
-    #[error("Nginx at {socket} answered {status} with a body that is not the shift API's: {body}")]
+    #[error(
+        "{socket} answered {status} with a body that is not the shift API's: is it the socket of \
+         a shift_api location (and --prefix its prefix)? The answer was: {body}"
+    )]
     Unexpected {
         socket: PathBuf,
         status: u16,
         body: String,
     },
+    #[error(
+        "\"{name}\" is not an upstream name: it may not be empty, \".\" or \"..\", nor hold \
+         \"/\", \"?\", \"#\", \"%\", spaces or control characters"
+    )]
+    BadName { name: String },
 }
 
 impl ClientError {
@@ -93,17 +101,13 @@ impl AdminClient {
     }
 
     pub async fn upstream(&self, name: &str) -> Result<Upstream, ClientError> {
-        self.send(self.http.get(self.url(&format!("upstreams/{name}"))))
-            .await
+        let url = self.url(&upstream_path(name)?);
+        self.send(self.http.get(url)).await
     }
 
     pub async fn patch(&self, name: &str, patch: &UpstreamPatch) -> Result<Upstream, ClientError> {
-        self.send(
-            self.http
-                .patch(self.url(&format!("upstreams/{name}")))
-                .json(patch),
-        )
-        .await
+        let url = self.url(&upstream_path(name)?);
+        self.send(self.http.patch(url).json(patch)).await
     }
 
     /// The Prometheus text of `GET metrics`.
@@ -172,6 +176,24 @@ impl AdminClient {
     }
 }
 
+/// The API path of upstream `name`. Nginx decodes `%2F` and merges `..` before the module sees
+/// a path, so a name that could change the path is refused rather than encoded: `app?x`,
+/// `app#x` and `x/../app` must not reach upstream `app`.
+fn upstream_path(name: &str) -> Result<String, ClientError> {
+    let bad = name.is_empty()
+        || name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| matches!(c, '/' | '?' | '#' | '%') || c.is_whitespace() || c.is_control());
+    if bad {
+        return Err(ClientError::BadName {
+            name: name.to_string(),
+        });
+    }
+    Ok(format!("upstreams/{name}"))
+}
+
 /// How often, and how far apart, a request answered `superseded` is sent again: up to 5 s,
 /// far more than the ~100 ms old workers keep accepting after a reload.
 const SUPERSEDED_RETRIES: u32 = 100;
@@ -179,4 +201,25 @@ const SUPERSEDED_PAUSE: std::time::Duration = std::time::Duration::from_millis(5
 
 fn is_superseded(body: &str) -> bool {
     serde_json::from_str::<ApiError>(body).is_ok_and(|error| error.error == "superseded")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_would_change_the_path_are_refused() {
+        for bad in [
+            "app?x", "app#x", "x/../app", "..", ".", "", "a%2Fb", "a b", "a\nb",
+        ] {
+            assert!(
+                matches!(upstream_path(bad), Err(ClientError::BadName { .. })),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            upstream_path("app-v2.internal_1").unwrap(),
+            "upstreams/app-v2.internal_1"
+        );
+    }
 }

@@ -47,7 +47,9 @@ impl Failure {
 
 fn client_exit_code(error: &ClientError) -> u8 {
     match error {
-        ClientError::Unreachable { .. } => EXIT_UNREACHABLE,
+        // Something other than nginx-shift answering is as good as nothing answering.
+        ClientError::Unreachable { .. } | ClientError::Unexpected { .. } => EXIT_UNREACHABLE,
+        ClientError::BadName { .. } => EXIT_USAGE,
         ClientError::Api {
             status: 400 | 404 | 405 | 413,
             ..
