@@ -102,7 +102,10 @@ pub fn check_config(options: &NginxOptions) -> ConfigCheck {
 impl Nginx {
     /// Starts Nginx and waits until its listeners are open and its workers are running.
     pub fn start(options: NginxOptions) -> Nginx {
-        let prefix = new_prefix();
+        Nginx::start_in(new_prefix(), options)
+    }
+
+    fn start_in(prefix: TempDir, options: NginxOptions) -> Nginx {
         write_config(prefix.path(), &options);
         let stderr = fs::File::create(prefix.path().join("logs/stderr.log")).expect("stderr log");
         let child = nginx_command(prefix.path(), &options)
@@ -120,6 +123,18 @@ impl Nginx {
         }
         nginx.wait_for_workers(&[]);
         nginx
+    }
+
+    /// As `start`, with directories made in the prefix first (mode 0777, so that workers that
+    /// run as another user may write there), e.g. for a relative `state=` path.
+    pub fn start_with_prefix_dirs(options: NginxOptions, dirs: &[&str]) -> Nginx {
+        let prefix = new_prefix();
+        for dir in dirs {
+            let path = prefix.path().join(dir);
+            fs::create_dir_all(&path).expect("a prefix directory");
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o777)).expect("chmod");
+        }
+        Nginx::start_in(prefix, options)
     }
 
     /// The temporary prefix; `{prefix}` in the config.

@@ -224,3 +224,32 @@ fn shift_check_refuses_what_would_inject_headers() {
         assert!(check.output.contains("nginx.conf:"), "{}", check.output);
     }
 }
+
+#[test]
+fn a_relative_state_path_is_taken_from_the_prefix_and_its_directory_is_checked() {
+    let blue = Backend::start("blue");
+    let config = upstream_config("shift state=state/app.json;", &[blue.port()], free_port());
+    let check = check_config(&NginxOptions::new(config.clone()));
+    assert!(
+        !check.ok,
+        "a missing state directory passed nginx -t:\n{}",
+        check.output
+    );
+    assert!(
+        check.output.contains("state/app.json") && check.output.contains("create it"),
+        "{}",
+        check.output
+    );
+
+    // Nginx runs from this test's working directory; the file lands under the prefix anyway.
+    let nginx = Nginx::start_with_prefix_dirs(NginxOptions::new(config), &["state"]);
+    let admin = harness::Admin::new(nginx.path("api.sock"), "/api/");
+    let body = format!(
+        r#"{{"peers": {{"127.0.0.1:{}": {{"weight": 4}}}}}}"#,
+        blue.port()
+    );
+    assert_eq!(admin.patch("app", &body).status, 200);
+    let saved =
+        std::fs::read_to_string(nginx.path("state/app.json")).expect("saved under the prefix");
+    assert!(saved.contains("\"weight\": 4"), "{saved}");
+}

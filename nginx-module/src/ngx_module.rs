@@ -28,6 +28,7 @@ use crate::shm;
 use crate::shm::LoadRecord;
 use shift_core::api::Caller;
 use shift_core::directives::{self, CheckArgs, Principal, Readers, ShiftArgs};
+use shift_core::state_file;
 use shift_core::table::{PeerConfig, PeerSlot, Route, TableHeader};
 
 /// Per-`http` state: the upstreams that use `shift`, and the shared zone of their tables.
@@ -40,6 +41,8 @@ pub struct MainConf {
     pub zone_size: Option<usize>,
     /// This configuration's load in the zone (set by the zone's init, in the master).
     pub load: *mut LoadRecord,
+    /// The cycle this configuration belongs to.
+    pub cycle: *mut ngx_cycle_t,
 }
 
 impl Default for MainConf {
@@ -50,6 +53,7 @@ impl Default for MainConf {
             zone: ptr::null_mut(),
             zone_size: None,
             load: ptr::null_mut(),
+            cycle: ptr::null_mut(),
         }
     }
 }
@@ -379,7 +383,13 @@ extern "C" fn set_shift(
         if shm::add_zone(cf, main).is_err() {
             return NGX_CONF_ERROR;
         }
-        ours.state_path = parsed.state_path.as_ref().map(PathBuf::from);
+        // Like Nginx's own paths, a relative one is taken from the prefix.
+        let prefix = PathBuf::from((*(*cf).cycle).prefix.to_string());
+        ours.state_path = parsed
+            .state_path
+            .as_ref()
+            .map(|path| state_file::resolve(std::path::Path::new(path), &prefix));
+        main.cycle = (*cf).cycle;
         ours.shift = Some(parsed);
         ours.original_init_upstream = Some(ngx_http_upstream_init_round_robin);
         uscf.peer.init_upstream = Some(crate::upstream_hook::init_upstream);

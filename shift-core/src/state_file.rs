@@ -183,6 +183,51 @@ pub fn lock_directory(dir: &Path) -> io::Result<DirLock> {
         .map_err(|(_, errno)| io::Error::from(errno))
 }
 
+/// A `state=` path as Nginx takes its own paths: a relative one from the prefix (`-p`), so
+/// that a restart from another working directory finds the same file.
+pub fn resolve(path: &Path, prefix: &Path) -> std::path::PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        prefix.join(path)
+    }
+}
+
+/// What is wrong with the directory a state file will be written in, for the worker user
+/// `uid`/`gid`: `Err` when it does not exist (every change would fail), `Ok(Some(warning))`
+/// when its mode bits do not let that user write (a supplementary group may still allow it),
+/// `Ok(None)` when it looks fine.
+pub fn check_directory(path: &Path, uid: u32, gid: u32) -> Result<Option<String>, String> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = directory_of(path);
+    let meta = match fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => meta,
+        Ok(_) => return Err(format!("\"{}\" is not a directory", dir.display())),
+        Err(err) => {
+            return Err(format!(
+                "the directory of state file \"{}\" cannot be used: \"{}\": {err}; create it, \
+                 writable by the worker user",
+                path.display(),
+                dir.display()
+            ))
+        }
+    };
+    let mode = meta.mode();
+    let writable = uid == 0
+        || (meta.uid() == uid && mode & 0o200 != 0)
+        || (meta.gid() == gid && mode & 0o020 != 0)
+        || mode & 0o002 != 0;
+    Ok((!writable).then(|| {
+        format!(
+            "the directory \"{}\" of state file \"{}\" is not writable by the worker user \
+             (uid {uid}, gid {gid}), by its mode {:o}: every change through the API would fail",
+            dir.display(),
+            path.display(),
+            mode & 0o7777
+        )
+    }))
+}
+
 /// Where a rejected state file is moved, so that it can be looked at and the next save does
 /// not overwrite it.
 pub fn rejected_path(path: &Path) -> std::path::PathBuf {
@@ -216,6 +261,48 @@ mod tests {
         assert_eq!(load(&path, "app").unwrap(), Some(saved.clone()));
         assert!(!dir.path().join("app.json.tmp").exists());
         assert_eq!(SavedUpstream::new("app", 4, &saved.carried()), saved);
+    }
+
+    #[test]
+    fn relative_paths_are_taken_from_the_prefix() {
+        let prefix = Path::new("/usr/local/nginx/");
+        assert_eq!(
+            resolve(Path::new("state/app.json"), prefix),
+            Path::new("/usr/local/nginx/state/app.json")
+        );
+        assert_eq!(
+            resolve(Path::new("/var/lib/a.json"), prefix),
+            Path::new("/var/lib/a.json")
+        );
+    }
+
+    #[test]
+    fn a_missing_or_closed_directory_is_reported() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope/app.json");
+        let err = check_directory(&missing, 65534, 65534).unwrap_err();
+        assert!(err.contains("nope") && err.contains("create it"), "{err}");
+
+        let closed = dir.path().join("closed");
+        fs::create_dir(&closed).unwrap();
+        fs::set_permissions(&closed, fs::Permissions::from_mode(0o755)).unwrap();
+        let file = closed.join("app.json");
+        let owner = std::os::unix::fs::MetadataExt::uid(&fs::metadata(&closed).unwrap());
+        assert_eq!(
+            check_directory(&file, owner, 0),
+            Ok(None),
+            "the owner may write"
+        );
+        let other = if owner == 65534 { 65533 } else { 65534 };
+        let warning = check_directory(&file, other, 65534).unwrap().unwrap();
+        assert!(
+            warning.contains("not writable") && warning.contains("755"),
+            "{warning}"
+        );
+        assert_eq!(check_directory(&file, 0, 0), Ok(None), "root may write");
+        fs::set_permissions(&closed, fs::Permissions::from_mode(0o777)).unwrap();
+        assert_eq!(check_directory(&file, other, 65534), Ok(None));
     }
 
     #[test]

@@ -15,11 +15,12 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
 use ngx::core::slab::LockedSlabPool;
+use ngx::core::CoreModuleMainConf;
 use ngx::core::{SlabPool, Status};
 use ngx::ffi::{
     ngx_cycle_t, ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t,
     ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_log_t, ngx_shm_zone_t, NGX_LOG_ALERT,
-    NGX_LOG_EMERG, NGX_LOG_ERR, NGX_LOG_NOTICE,
+    NGX_LOG_EMERG, NGX_LOG_ERR, NGX_LOG_NOTICE, NGX_LOG_WARN,
 };
 use ngx::http::{HttpModuleMainConf, HttpModuleServerConf};
 use ngx::ngx_log_error;
@@ -131,6 +132,7 @@ pub unsafe fn build_view(
 ) -> Result<(), String> {
     // SAFETY: per the contract.
     unsafe {
+        check_state_directories(main)?;
         reclaim(zone, locked);
         let root = &mut *zone.root;
         let id = root.next_load_id;
@@ -180,6 +182,38 @@ unsafe fn place_views(
             tables.push(header);
         }
         main.load = place_load(zone, locked, id, &slots, &tables)?;
+    }
+    Ok(())
+}
+
+/// Says before any change is made when a state file's directory is missing (an error: every
+/// change would fail) or looks closed to the worker user (a warning).
+///
+/// SAFETY: `main.cycle` is the cycle being initialised, whose core conf is complete.
+unsafe fn check_state_directories(main: &MainConf) -> Result<(), String> {
+    // SAFETY: per the contract.
+    let (core, log) = unsafe {
+        let cycle = &*main.cycle;
+        (ngx::core::NgxCoreModule::main_conf(cycle), cycle.log)
+    };
+    // Without `user` (and not run as root) the workers run as whoever runs Nginx.
+    let uid = core
+        .map(|core| core.user)
+        .filter(|&uid| uid != u32::MAX)
+        .unwrap_or_else(|| nix::unistd::geteuid().as_raw());
+    let gid = core
+        .map(|core| core.group)
+        .filter(|&gid| gid != u32::MAX)
+        .unwrap_or_else(|| nix::unistd::getegid().as_raw());
+    for &uscf in &main.upstreams {
+        // SAFETY: the upstream confs live as long as this cycle.
+        let conf = unsafe { Module::server_conf(&*uscf) };
+        let Some(path) = conf.and_then(|conf| conf.state_path.as_deref()) else {
+            continue;
+        };
+        if let Some(warning) = state_file::check_directory(path, uid, gid)? {
+            ngx_log_error!(NGX_LOG_WARN, log, "shift: {}", warning);
+        }
     }
     Ok(())
 }
