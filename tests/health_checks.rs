@@ -191,6 +191,40 @@ fn a_killed_and_a_hanging_backend_are_both_detected() {
 }
 
 #[test]
+fn a_peer_that_resets_after_accepting_is_reported_as_such() {
+    use nix::sys::socket::{setsockopt, sockopt::Linger};
+    // Accepts every connection, then closes it with a reset (SO_LINGER 0).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let reset = nix::libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            let _ = setsockopt(&stream, Linger, &reset);
+        }
+    });
+    let nginx = Nginx::start(NginxOptions::new(config(
+        &[(address.to_string(), "")],
+        "interval=200ms",
+        free_port(),
+    )));
+    let admin = Admin::new(nginx.path("api.sock"), "/api/");
+    let last_error = || {
+        admin.upstream("app").peers[0]
+            .check
+            .clone()
+            .and_then(|check| check.last_error)
+    };
+    let reported = wait_until(PATIENCE, || {
+        last_error().as_deref() == Some("reset after connect")
+    });
+    assert!(reported.is_some(), "last error: {:?}", last_error());
+    assert_eq!(admin.upstream("app").peers[0].health, Health::Unhealthy);
+}
+
+#[test]
 fn two_workers_send_one_probe_per_interval() {
     let backend = Backend::start("solo");
     let setup = Setup::start(

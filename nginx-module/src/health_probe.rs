@@ -22,7 +22,6 @@ use ngx::ffi::{
 };
 use ngx::http::{HttpModuleMainConf, HttpModuleServerConf};
 use ngx::ngx_log_error;
-use nix::errno::Errno;
 use nix::sys::socket::{getsockopt, sockopt::SocketError};
 use nix::time::{clock_gettime, ClockId};
 
@@ -186,11 +185,11 @@ unsafe fn start(probe: &mut Probe) {
 }
 
 fn connect_error(errno: i32) -> ProbeError {
-    if errno == Errno::ECONNREFUSED as i32 {
-        ProbeError::ConnectRefused
-    } else {
-        ProbeError::ConnectFailed(errno)
-    }
+    ProbeError::from_socket_errno(errno, true)
+}
+
+fn io_error() -> ProbeError {
+    ProbeError::from_socket_errno(ngx_socket_errno(), false)
 }
 
 /// The pending error of a connecting socket, if any.
@@ -225,12 +224,12 @@ unsafe extern "C" fn on_write(event: *mut ngx_event_t) {
             let sent = send(connection, rest.as_mut_ptr(), rest.len());
             if sent == Status::NGX_AGAIN.0 {
                 if ngx_handle_write_event(event, 0) != Status::NGX_OK.0 {
-                    finish(probe, Err(ProbeError::Io(ngx_socket_errno())));
+                    finish(probe, Err(io_error()));
                 }
                 return;
             }
             if sent <= 0 {
-                return finish(probe, Err(ProbeError::Io(ngx_socket_errno())));
+                return finish(probe, Err(io_error()));
             }
             probe.sent += sent as usize;
         }
@@ -274,11 +273,11 @@ unsafe extern "C" fn on_read(event: *mut ngx_event_t) {
             }
             if read == Status::NGX_AGAIN.0 {
                 if ngx_handle_read_event(event, 0) != Status::NGX_OK.0 {
-                    finish(probe, Err(ProbeError::Io(ngx_socket_errno())));
+                    finish(probe, Err(io_error()));
                 }
                 return;
             }
-            return finish(probe, Err(ProbeError::Io(ngx_socket_errno())));
+            return finish(probe, Err(io_error()));
         }
     }
 }

@@ -22,6 +22,8 @@ pub enum ProbeError {
     Status(u16),
     /// The body lacks the `body=` text.
     BodyMismatch,
+    /// The peer accepted the connection, then reset it.
+    Reset,
 }
 
 impl ProbeError {
@@ -35,6 +37,7 @@ impl ProbeError {
             ProbeError::BadResponse => (6, 0),
             ProbeError::Status(status) => (7, status as u32),
             ProbeError::BodyMismatch => (8, 0),
+            ProbeError::Reset => (9, 0),
         };
         code << 32 | detail as u64
     }
@@ -51,6 +54,7 @@ impl ProbeError {
             6 => ProbeError::BadResponse,
             7 => ProbeError::Status(detail as u16),
             8 => ProbeError::BodyMismatch,
+            9 => ProbeError::Reset,
             _ => return None,
         })
     }
@@ -66,6 +70,18 @@ impl ProbeError {
             ProbeError::BadResponse => "invalid HTTP response".into(),
             ProbeError::Status(status) => format!("status {status}"),
             ProbeError::BodyMismatch => "body lacks the expected text".into(),
+            ProbeError::Reset => "reset after connect".into(),
+        }
+    }
+
+    /// A socket error by its errno. A connection reset can only come after the connect
+    /// succeeded, whichever call reports it.
+    pub fn from_socket_errno(errno: i32, connecting: bool) -> ProbeError {
+        match nix::errno::Errno::from_raw(errno) {
+            nix::errno::Errno::ECONNRESET => ProbeError::Reset,
+            nix::errno::Errno::ECONNREFUSED => ProbeError::ConnectRefused,
+            _ if connecting => ProbeError::ConnectFailed(errno),
+            _ => ProbeError::Io(errno),
         }
     }
 }
@@ -243,9 +259,23 @@ mod tests {
             ProbeError::BadResponse,
             ProbeError::Status(503),
             ProbeError::BodyMismatch,
+            ProbeError::Reset,
         ] {
             assert_eq!(ProbeError::decode(error.encode()), Some(error));
         }
+        // A reset is one whichever call reports it; other errnos keep their phase.
+        for connecting in [true, false] {
+            assert_eq!(
+                ProbeError::from_socket_errno(104, connecting),
+                ProbeError::Reset
+            );
+        }
+        assert_eq!(
+            ProbeError::from_socket_errno(113, true),
+            ProbeError::ConnectFailed(113)
+        );
+        assert_eq!(ProbeError::from_socket_errno(32, false), ProbeError::Io(32));
+        assert_eq!(ProbeError::Reset.describe(), "reset after connect");
         assert_eq!(ProbeError::decode(0), None);
         assert_eq!(ProbeError::Status(503).describe(), "status 503");
     }
