@@ -202,6 +202,55 @@ fn set_changes_weights_atomically_and_rejects_bad_input() {
 }
 
 #[test]
+fn zero_durations_and_impossible_error_rates_are_refused_on_the_command_line_and_in_plans() {
+    let setup = Setup::start("");
+    let green = setup.green();
+    for args in [
+        vec!["--interval", "0s"],
+        vec!["--timeout", "0s"],
+        vec!["--max-error-rate", "7.0"],
+        vec!["--max-error-rate", "-1"],
+        vec!["--max-error-rate", "NaN"],
+    ] {
+        let mut command = vec!["canary", "app", "--to", green.as_str()];
+        command.extend(&args);
+        let output = setup.run(&command);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&output.stderr)
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for line in [
+        "interval = \"0s\"",
+        "health_timeout = \"0s\"",
+        "max_error_rate = 7.0",
+        "max_error_rate = nan",
+    ] {
+        let plan = dir.path().join("plan.toml");
+        std::fs::write(
+            &plan,
+            format!(
+                "upstream = \"app\"\nstrategy = \"canary\"\n{line}\n\
+                 [sides.blue]\nserver = \"{}\"\n[sides.green]\nserver = \"{green}\"\n",
+                setup.blue()
+            ),
+        )
+        .unwrap();
+        let output = setup.run(&["deploy", plan.to_str().unwrap()]);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{line}: {}",
+            text(&output.stderr)
+        );
+    }
+    assert_eq!(setup.admin.upstream("app").generation, 1, "nothing moved");
+}
+
+#[test]
 fn upstream_names_that_would_reach_another_upstream_are_refused() {
     let setup = Setup::start("");
     let weight = format!("{}=9", setup.blue());

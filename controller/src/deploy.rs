@@ -29,7 +29,7 @@ pub struct DeployPlan {
     #[serde(default = "default_interval", deserialize_with = "duration")]
     pub interval: Duration,
     /// Highest error rate a canary step may show (0.05 = 5%).
-    #[serde(default = "default_max_error_rate")]
+    #[serde(default = "default_max_error_rate", deserialize_with = "error_rate")]
     pub max_error_rate: f64,
     /// How long the new side may take to become healthy.
     #[serde(default = "default_health_timeout", deserialize_with = "duration")]
@@ -84,6 +84,11 @@ fn steps<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<u32>, 
 fn duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
     plan::parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+/// Reads the error rate with the same rules as `canary --max-error-rate`.
+fn error_rate<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    plan::parse_error_rate(f64::deserialize(deserializer)?).map_err(serde::de::Error::custom)
 }
 
 impl DeployPlan {
@@ -304,6 +309,16 @@ mod tests {
         let err =
             toml::from_str::<DeployPlan>(&format!("interval = \"soon\"\n{base}")).unwrap_err();
         assert!(err.to_string().contains("not a duration"), "{err}");
+        for (line, expected) in [
+            ("interval = \"0s\"", "zero"),
+            ("health_timeout = \"0s\"", "zero"),
+            ("max_error_rate = 7.0", "fraction from 0 to 1"),
+            ("max_error_rate = -1.0", "fraction from 0 to 1"),
+            ("max_error_rate = nan", "fraction from 0 to 1"),
+        ] {
+            let err = toml::from_str::<DeployPlan>(&format!("{line}\n{base}")).unwrap_err();
+            assert!(err.to_string().contains(expected), "{line}: {err}");
+        }
     }
 
     #[test]

@@ -117,7 +117,7 @@ enum Command {
         #[arg(long, default_value = "30s", value_parser = duration)]
         interval: Duration,
         /// Highest error rate (5xx and failed attempts) allowed in a step, e.g. 0.01 for 1%
-        #[arg(long, default_value_t = 0.01)]
+        #[arg(long, default_value_t = 0.01, value_parser = error_rate)]
         max_error_rate: f64,
         /// Wait for "shiftctl promote" (or Enter) between steps
         #[arg(long)]
@@ -142,6 +142,13 @@ enum Command {
 
 fn duration(text: &str) -> Result<Duration, String> {
     plan::parse_duration(text)
+}
+
+fn error_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text
+        .parse()
+        .map_err(|_| format!("\"{text}\" is not a number such as 0.01"))?;
+    plan::parse_error_rate(rate)
 }
 
 /// Canary steps as one argument (`5,25,50,100`), not one value per step.
@@ -246,11 +253,6 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             check_url,
             timeout,
         } => {
-            if !(0.0..=1.0).contains(&max_error_rate) {
-                return Err(Failure::usage(anyhow::anyhow!(
-                    "--max-error-rate {max_error_rate} must be a fraction from 0 to 1, e.g. 0.01"
-                )));
-            }
             let options = CanaryOptions {
                 target: to,
                 steps: steps.0,

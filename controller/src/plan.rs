@@ -204,7 +204,10 @@ pub fn error_rate(before: &Peer, now: &Peer) -> Option<f64> {
     Some(server_errors.max(failures) as f64 / requests as f64)
 }
 
-/// Parses `500ms`, `30s`, `2m`, `1h` (a bare number is seconds).
+/// Parses `500ms`, `30s`, `2m`, `1h` (a bare number is seconds). Zero is refused: every
+/// duration shiftctl takes (a canary step's watch, a timeout, a refresh period) means nothing
+/// at zero, and a zero-length canary step would promote a target that fails every request.
+/// The command line and deploy plans both read durations here.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -213,14 +216,32 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let number: u64 = number
         .parse()
         .map_err(|_| format!("\"{text}\" is not a duration such as 30s or 500ms"))?;
-    let millis = match unit {
-        "ms" => number,
-        "" | "s" => number * 1000,
-        "m" => number * 60_000,
-        "h" => number * 3_600_000,
+    let factor = match unit {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
         _ => return Err(format!("\"{text}\" has an unknown unit; use ms, s, m or h")),
     };
-    Ok(Duration::from_millis(millis))
+    match number.checked_mul(factor) {
+        Some(0) => Err(format!(
+            "\"{text}\" is zero; give a duration above 0, e.g. 30s"
+        )),
+        Some(millis) => Ok(Duration::from_millis(millis)),
+        None => Err(format!("\"{text}\" is too long")),
+    }
+}
+
+/// The highest error rate a canary step may show: a fraction from 0 to 1 (NaN is not one).
+/// The command line and deploy plans both read it here.
+pub fn parse_error_rate(rate: f64) -> Result<f64, String> {
+    if (0.0..=1.0).contains(&rate) {
+        Ok(rate)
+    } else {
+        Err(format!(
+            "max error rate {rate} must be a fraction from 0 to 1, e.g. 0.01 for 1%"
+        ))
+    }
 }
 
 /// Parses canary steps such as `5,25,50,100`: rising percentages ending at 100.
@@ -243,6 +264,22 @@ pub fn parse_steps(text: &str) -> Result<Vec<u32>, String> {
 mod tests {
     use super::*;
     use shift_wire::ResponseCounts;
+
+    #[test]
+    fn zero_too_long_and_out_of_range_values_are_refused() {
+        for zero in ["0s", "0", "0ms", "0m"] {
+            assert!(parse_duration(zero).unwrap_err().contains("zero"), "{zero}");
+        }
+        assert!(parse_duration("99999999999999999h")
+            .unwrap_err()
+            .contains("too long"));
+        assert_eq!(parse_duration("1ms"), Ok(Duration::from_millis(1)));
+        for bad in [7.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(parse_error_rate(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_error_rate(0.05), Ok(0.05));
+        assert_eq!(parse_error_rate(0.0), Ok(0.0));
+    }
 
     fn peer(server: &str, weight: u32, state: PeerState, health: Health) -> Peer {
         Peer {
