@@ -6,12 +6,14 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use harness::{
     free_port, shiftctl_command, wait_until, Admin, Backend, HookedBackends, HttpClient, Nginx,
     NginxOptions,
 };
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use shift_wire::{Health, PeerState, Upstream};
 use tempfile::TempDir;
 
@@ -495,6 +497,93 @@ fn a_failing_start_hook_leaves_traffic_on_the_old_side() {
     );
     assert_eq!(setup.admin.upstream("app").generation, 1);
     assert_eq!(setup.green_share(20), 0.0);
+}
+
+/// A start hook that never finishes, and leaves a child: both record their pids in `dir`.
+fn hanging_hook(dir: &std::path::Path) -> String {
+    let dir = dir.display();
+    format!("echo $$ > {dir}/hook.pid; sleep 300 & echo $! > {dir}/child.pid; wait")
+}
+
+/// The pids a `hanging_hook` recorded, once both have.
+fn hook_pids(dir: &std::path::Path) -> Option<[u32; 2]> {
+    let read = |name: &str| fs::read_to_string(dir.join(name)).ok()?.trim().parse().ok();
+    Some([read("hook.pid")?, read("child.pid")?])
+}
+
+fn all_gone(pids: [u32; 2]) -> bool {
+    pids.iter()
+        .all(|&pid| !shift_core::process::process_alive(pid))
+}
+
+#[test]
+fn a_hanging_hook_is_ended_with_its_children_at_its_timeout() {
+    let setup = Setup::start("");
+    let sides = HookedBackends::new();
+    let plan = plan(
+        &sides,
+        setup.blue.port(),
+        setup.green.port(),
+        &hanging_hook(sides.dir()),
+    );
+    let with_timeout = format!(
+        "hook_timeout = \"1s\"\n{}",
+        fs::read_to_string(&plan).unwrap()
+    );
+    fs::write(&plan, with_timeout).unwrap();
+    let started = Instant::now();
+    let output = setup.run(&["deploy", plan.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("start hook of green")
+            && stderr.contains("did not finish within 1s")
+            && stderr.contains("traffic stays on blue"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let pids = hook_pids(sides.dir()).expect("the hook ran");
+    assert!(
+        wait_until(Duration::from_secs(5), || all_gone(pids)).is_some(),
+        "the hook or its child still runs: {pids:?}"
+    );
+    assert_eq!(
+        setup.admin.upstream("app").generation,
+        1,
+        "no traffic moved"
+    );
+}
+
+#[test]
+fn sigterm_during_a_hook_ends_the_hook_and_its_children() {
+    let setup = Setup::start("");
+    let sides = HookedBackends::new();
+    let plan = plan(
+        &sides,
+        setup.blue.port(),
+        setup.green.port(),
+        &hanging_hook(sides.dir()),
+    );
+    let mut deploy = setup.spawn(&["deploy", plan.to_str().unwrap()]);
+    let pids = wait_until(Duration::from_secs(10), || hook_pids(sides.dir()).is_some())
+        .and_then(|_| hook_pids(sides.dir()))
+        .expect("the hook started");
+    kill(Pid::from_raw(deploy.id() as i32), Signal::SIGTERM).unwrap();
+    let exited = wait_until(Duration::from_secs(15), || {
+        deploy.try_wait().ok().flatten().is_some()
+    });
+    assert!(exited.is_some(), "shiftctl did not exit on SIGTERM");
+    let output = deploy.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("interrupted"),
+        "{}",
+        text(&output.stderr)
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || all_gone(pids)).is_some(),
+        "the hook or its child outlived shiftctl: {pids:?}"
+    );
 }
 
 #[test]

@@ -758,18 +758,18 @@ async fn wait_for_promote(
 }
 
 /// Ctrl-C and SIGTERM, as one stream.
-struct Interrupts {
+pub struct Interrupts {
     terminate: tokio::signal::unix::Signal,
 }
 
 impl Interrupts {
-    fn new() -> Result<Interrupts, Failure> {
+    pub fn new() -> Result<Interrupts, Failure> {
         let terminate = signal(SignalKind::terminate())
             .map_err(|err| Failure::aborted(anyhow::anyhow!("cannot watch for SIGTERM: {err}")))?;
         Ok(Interrupts { terminate })
     }
 
-    async fn recv(&mut self) {
+    pub async fn recv(&mut self) {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = self.terminate.recv() => {}

@@ -10,7 +10,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use shift_wire::{PeerState, Upstream};
 
-use crate::commands::{self, write_file, CanaryOptions, Ctx, Failure, OnInterrupt, Unhealthy};
+use crate::commands::{
+    self, write_file, CanaryOptions, Ctx, Failure, Interrupts, OnInterrupt, Unhealthy,
+};
+use crate::hook;
 use crate::plan;
 
 /// A deploy plan.
@@ -34,6 +37,9 @@ pub struct DeployPlan {
     /// How long the new side may take to become healthy.
     #[serde(default = "default_health_timeout", deserialize_with = "duration")]
     pub health_timeout: Duration,
+    /// How long a start or stop hook may run before it is ended with what it started.
+    #[serde(default = "default_hook_timeout", deserialize_with = "duration")]
+    pub hook_timeout: Duration,
     /// Exactly two sides, e.g. `[sides.blue]` and `[sides.green]`.
     pub sides: BTreeMap<String, Side>,
 }
@@ -72,6 +78,9 @@ fn default_max_error_rate() -> f64 {
 }
 fn default_health_timeout() -> Duration {
     Duration::from_secs(60)
+}
+fn default_hook_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 
 /// Reads steps such as "5,25,50,100" with the same rules as `canary --steps`.
@@ -158,22 +167,15 @@ async fn run_hook(
     };
     ctx.progress
         .event(&format!("{which} hook of {side_name}: {command}"));
-    let status = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .env("SHIFT_UPSTREAM", &plan.upstream)
-        .env("SHIFT_SIDE", side_name)
-        .env("SHIFT_SERVER", &side.server)
-        .status()
+    let env = [
+        ("SHIFT_UPSTREAM", plan.upstream.as_str()),
+        ("SHIFT_SIDE", side_name),
+        ("SHIFT_SERVER", side.server.as_str()),
+    ];
+    let mut interrupts = Interrupts::new().map_err(|failure| failure.error.to_string())?;
+    hook::run(command, &env, plan.hook_timeout, &mut interrupts)
         .await
-        .map_err(|err| format!("{which} hook of {side_name} could not run: {err}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{which} hook of {side_name} ({command}) failed with {status}"
-        ))
-    }
+        .map_err(|error| format!("{which} hook of {side_name} ({command}) {error}"))
 }
 
 pub async fn deploy(ctx: &Ctx, plan_path: &Path) -> Result<(), Failure> {

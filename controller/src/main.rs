@@ -6,6 +6,7 @@ mod client;
 mod commands;
 mod deploy;
 mod fleet;
+mod hook;
 mod plan;
 mod progress;
 
