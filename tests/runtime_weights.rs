@@ -382,3 +382,55 @@ fn an_oversized_body_announced_with_expect_is_refused_before_it_is_sent() {
         "the first answer is {status_line:?}, not 413"
     );
 }
+
+/// Opens `count` connections to the Unix socket `path` without blocking (a full backlog counts
+/// as refused) and sends each a request head that never ends.
+fn half_sent_requests(path: &std::path::Path, count: usize) -> Vec<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let address = UnixAddr::new(path).unwrap();
+    (0..count)
+        .filter_map(|_| {
+            let fd = socket(
+                AddressFamily::Unix,
+                SockType::Stream,
+                SockFlag::SOCK_NONBLOCK,
+                None,
+            )
+            .ok()?;
+            use std::os::fd::AsRawFd;
+            connect(fd.as_raw_fd(), &address).ok()?;
+            let _ = nix::unistd::write(&fd, b"GET /api/upstreams HTTP/1.1\r\nHost: x\r\n");
+            Some(fd)
+        })
+        .collect()
+}
+
+#[test]
+fn half_sent_api_requests_cannot_starve_the_data_path() {
+    // 1024 worker_connections per worker (the harness's); the API capped at 8 per worker.
+    let setup = Setup::start(&[("blue", "")], "", "connections=8");
+    let held = half_sent_requests(&setup.nginx.path("api.sock"), 2200);
+    assert!(!held.is_empty(), "no connection to the API socket");
+    // Every request through the proxy still gets a connection and an answer.
+    for round in 0..50 {
+        let response = HttpClient::new(setup.port).get("/");
+        assert!(
+            response
+                .as_ref()
+                .is_ok_and(|response| response.status == 200),
+            "round {round}: {response:?}"
+        );
+    }
+    let log = setup.nginx.error_log();
+    assert!(
+        log.contains("\"shift_api connections=\" allows"),
+        "the cap was never reached:\n{log}"
+    );
+    drop(held);
+    // Once the holders are gone, the API answers again.
+    let back = harness::wait_until(std::time::Duration::from_secs(10), || {
+        harness::api_request(&setup.nginx.path("api.sock"), "GET", "/api/upstreams", None)
+            .is_ok_and(|response| response.status == 200)
+    });
+    assert!(back.is_some(), "the API did not come back");
+}

@@ -7,6 +7,7 @@
 #![cfg(not(test))]
 
 mod api_handler;
+mod api_listener;
 mod health_probe;
 mod ngx_module;
 mod shm;

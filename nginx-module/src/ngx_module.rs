@@ -7,11 +7,11 @@ use std::ptr;
 
 use ngx::core::{Status, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
-    ngx_command_t, ngx_conf_t, ngx_http_module_t, ngx_http_upstream_init_peer_pt,
-    ngx_http_upstream_init_pt, ngx_http_upstream_init_round_robin, ngx_http_upstream_srv_conf_t,
-    ngx_int_t, ngx_module_t, ngx_str_t, ngx_uint_t, NGX_CONF_ANY, NGX_CONF_TAKE1,
-    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
-    NGX_HTTP_MODULE, NGX_HTTP_UPS_CONF, NGX_LOG_EMERG,
+    ngx_command_t, ngx_conf_t, ngx_http_core_srv_conf_t, ngx_http_module_t,
+    ngx_http_upstream_init_peer_pt, ngx_http_upstream_init_pt, ngx_http_upstream_init_round_robin,
+    ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_module_t, ngx_str_t, ngx_uint_t, NGX_CONF_ANY,
+    NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
+    NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_UPS_CONF, NGX_LOG_EMERG,
 };
 use ngx::http::{
     HttpModule, HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf, Merge,
@@ -43,6 +43,9 @@ pub struct MainConf {
     pub load: *mut LoadRecord,
     /// The cycle this configuration belongs to.
     pub cycle: *mut ngx_cycle_t,
+    /// Servers with a `shift_api` location, and the connections each worker may keep open on
+    /// their Unix-socket listeners.
+    pub api_servers: Vec<(*mut ngx_http_core_srv_conf_t, u32)>,
 }
 
 impl Default for MainConf {
@@ -54,6 +57,7 @@ impl Default for MainConf {
             zone_size: None,
             load: ptr::null_mut(),
             cycle: ptr::null_mut(),
+            api_servers: Vec::new(),
         }
     }
 }
@@ -290,10 +294,24 @@ pub static mut ngx_http_shift_module: ngx_module_t = ngx_module_t {
     // SAFETY: taking the address of a static does not read it.
     commands: unsafe { ptr::addr_of_mut!(COMMANDS[0]) },
     type_: NGX_HTTP_MODULE as _,
-    init_module: Some(crate::shm::init_module),
+    init_module: Some(init_module),
     init_process: Some(init_process),
     ..ngx_module_t::default()
 };
+
+/// `init_module`, in the master once the configuration can no longer fail: commits its state
+/// (the error log says if that went wrong; failing here would make Nginx exit) and caps the API
+/// listeners.
+unsafe extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    // SAFETY: Nginx calls init_module with the cycle it commits.
+    unsafe {
+        shm::commit_cycle(cycle);
+        if let Some(main) = Module::main_conf(&*cycle) {
+            crate::api_listener::cap(cycle, &main.api_servers);
+        }
+    }
+    Status::NGX_OK.0
+}
 
 /// `init_process`, in each worker: registers it in the zone, then starts its health probes.
 unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
@@ -476,6 +494,13 @@ extern "C" fn set_shift_api(
         };
         let prefix = clcf.name.to_string();
         clcf.handler = Some(crate::api_handler::handle);
+        let (Some(main), Some(server)) = (
+            Module::main_conf_mut(&*cf),
+            NgxHttpCoreModule::server_conf_mut(&*cf),
+        ) else {
+            return NGX_CONF_ERROR;
+        };
+        main.api_servers.push((server, args.connections));
         loc.api = Some(ApiConf {
             writers,
             readers,

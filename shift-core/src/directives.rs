@@ -30,19 +30,28 @@ pub enum Readers {
 }
 
 /// Arguments of `shift_api` (location context):
-/// `shift_api [writers=USER|UID,...] [readers=any|USER|UID,...];`
+/// `shift_api [writers=USER|UID,...] [readers=any|USER|UID,...] [connections=N];`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShiftApiArgs {
     /// `None` means the default: root and the user the master process runs as.
     pub writers: Option<Vec<Principal>>,
     pub readers: Readers,
+    /// The most connections each worker keeps open on the API server's listeners; more are
+    /// closed at once, so that clients of the API cannot take the workers' connections from
+    /// the traffic.
+    pub connections: u32,
 }
+
+/// Default of `shift_api connections=`: far more than operators and controllers open, far
+/// fewer than `worker_connections`.
+pub const DEFAULT_API_CONNECTIONS: u32 = 32;
 
 impl Default for ShiftApiArgs {
     fn default() -> Self {
         ShiftApiArgs {
             writers: None,
             readers: Readers::Writers,
+            connections: DEFAULT_API_CONNECTIONS,
         }
     }
 }
@@ -181,9 +190,24 @@ pub fn parse_shift(args: &[&str]) -> Result<ShiftArgs, DirectiveError> {
 /// Parses the arguments that follow `shift_api`.
 pub fn parse_shift_api(args: &[&str]) -> Result<ShiftApiArgs, DirectiveError> {
     let mut parsed = ShiftApiArgs::default();
-    let mut readers_seen = false;
+    let (mut readers_seen, mut connections_seen) = (false, false);
     for &arg in args {
         match arg.split_once('=') {
+            Some(("connections", value)) => {
+                if connections_seen {
+                    return Err(duplicate(SHIFT_API, arg));
+                }
+                connections_seen = true;
+                parsed.connections = value
+                    .parse()
+                    .ok()
+                    .filter(|count| (1..=65535).contains(count))
+                    .ok_or_else(|| DirectiveError::InvalidParameter {
+                        directive: SHIFT_API,
+                        param: arg.into(),
+                        expected: "a number of connections from 1 to 65535",
+                    })?;
+            }
             Some(("writers", list)) => {
                 if parsed.writers.is_some() {
                     return Err(duplicate(SHIFT_API, arg));
@@ -204,7 +228,7 @@ pub fn parse_shift_api(args: &[&str]) -> Result<ShiftApiArgs, DirectiveError> {
                 return Err(DirectiveError::InvalidParameter {
                     directive: SHIFT_API,
                     param: arg.into(),
-                    expected: "\"writers=USER,...\" or \"readers=any|USER,...\"",
+                    expected: "\"writers=USER,...\", \"readers=any|USER,...\" or \"connections=N\"",
                 })
             }
         }
@@ -435,6 +459,19 @@ fn duplicate(directive: &'static str, arg: &str) -> DirectiveError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_api_connection_cap_is_a_count() {
+        assert_eq!(
+            parse_shift_api(&[]).unwrap().connections,
+            DEFAULT_API_CONNECTIONS
+        );
+        assert_eq!(parse_shift_api(&["connections=8"]).unwrap().connections, 8);
+        for bad in ["connections=0", "connections=x", "connections=70000"] {
+            assert!(parse_shift_api(&[bad]).is_err(), "{bad}");
+        }
+        assert!(parse_shift_api(&["connections=1", "connections=2"]).is_err());
+    }
 
     #[test]
     fn one_address_from_two_lines_is_found() {

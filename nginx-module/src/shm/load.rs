@@ -341,9 +341,11 @@ pub unsafe fn peer_count(upstreams: &[*mut ngx_http_upstream_srv_conf_t]) -> usi
         .sum()
 }
 
-/// `init_module`: Nginx calls it once the configuration can no longer fail. Commits the load
-/// this configuration built.
-pub unsafe extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+/// Commits the load this configuration built; from `init_module`, which Nginx calls once the
+/// configuration can no longer fail.
+///
+/// SAFETY: `cycle` is the cycle being committed.
+pub unsafe fn commit_cycle(cycle: *mut ngx_cycle_t) {
     // SAFETY: Nginx passes the cycle being committed; its confs and zone are initialised.
     unsafe {
         let shm =
@@ -352,7 +354,7 @@ pub unsafe extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
             // No shift upstream in this configuration: no zone to hand over to a later one
             // (the old configuration's zone struct goes with it).
             COMMITTED_ZONE.store(std::ptr::null_mut(), Ordering::Release);
-            return Status::NGX_OK.0;
+            return;
         };
         let log = (*cycle).log;
         // An error here would make Nginx exit: say what is wrong and go on uncommitted instead
@@ -363,12 +365,11 @@ pub unsafe extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
                 log,
                 "shift: the configuration was not committed"
             );
-            return Status::NGX_OK.0;
+            return;
         };
         commit(zone, main, log);
         COMMITTED_ZONE.store(shm.as_ptr(), Ordering::Release);
     }
-    Status::NGX_OK.0
 }
 
 /// Commits `main`'s load: it becomes the current one, each of its upstreams takes its config

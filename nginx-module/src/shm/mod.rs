@@ -16,6 +16,6 @@ mod load;
 mod worker;
 mod zone;
 
-pub use load::{init_module, peer_count, LoadRecord};
+pub use load::{commit_cycle, peer_count, LoadRecord};
 pub use worker::{api_view, inflight, register_worker, NotServing};
 pub use zone::{add_zone, set_zone_size, table_of};
