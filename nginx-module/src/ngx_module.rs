@@ -343,6 +343,24 @@ unsafe fn directive_args<'a>(cf: *mut ngx_conf_t) -> Result<Vec<&'a str>, String
         .collect()
 }
 
+/// The directive's arguments parsed by `parse`; `Err` is what the handler returns (the error is
+/// logged with the file and line).
+///
+/// SAFETY: `cf` must be the valid configuration passed to a directive handler.
+unsafe fn parse_directive<T>(
+    cf: *mut ngx_conf_t,
+    parse: fn(&[&str]) -> Result<T, directives::DirectiveError>,
+) -> Result<T, *mut c_char> {
+    // SAFETY: per the contract.
+    unsafe {
+        match directive_args(cf).map(|args| parse(&args)) {
+            Ok(Ok(parsed)) => Ok(parsed),
+            Ok(Err(err)) => Err(conf_error(cf, &err.to_string())),
+            Err(msg) => Err(conf_error(cf, &msg)),
+        }
+    }
+}
+
 /// What an upstream directive handler starts from: its parsed arguments, this module's main
 /// conf, and the enclosing upstream's own conf and this module's conf for it. `Err` is what the
 /// handler returns (the error is logged).
@@ -364,11 +382,7 @@ unsafe fn upstream_directive<'a, T>(
 > {
     // SAFETY: per the contract; the upstream's confs live as long as the configuration.
     unsafe {
-        let parsed = match directive_args(cf).map(|args| parse(&args)) {
-            Ok(Ok(parsed)) => parsed,
-            Ok(Err(err)) => return Err(conf_error(cf, &err.to_string())),
-            Err(msg) => return Err(conf_error(cf, &msg)),
-        };
+        let parsed = parse_directive(cf, parse)?;
         let main = &mut *conf.cast::<MainConf>();
         let uscf = NgxHttpUpstreamModule::server_conf_mut(&*cf).ok_or(NGX_CONF_ERROR)?;
         let ours = Module::server_conf_mut(&*cf).ok_or(NGX_CONF_ERROR)?;
@@ -428,10 +442,9 @@ extern "C" fn set_shift_zone(
         if main.zone_size.is_some() {
             return c"is duplicate".as_ptr().cast_mut();
         }
-        match directive_args(cf).map(|args| directives::parse_shift_zone(&args)) {
-            Ok(Ok(size)) => main.zone_size = Some(size),
-            Ok(Err(err)) => return conf_error(cf, &err.to_string()),
-            Err(msg) => return conf_error(cf, &msg),
+        match parse_directive(cf, directives::parse_shift_zone) {
+            Ok(size) => main.zone_size = Some(size),
+            Err(rc) => return rc,
         }
     }
     NGX_CONF_OK
@@ -470,10 +483,9 @@ extern "C" fn set_shift_api(
         if loc.api.is_some() {
             return c"is duplicate".as_ptr().cast_mut();
         }
-        let args = match directive_args(cf).map(|args| directives::parse_shift_api(&args)) {
-            Ok(Ok(args)) => args,
-            Ok(Err(err)) => return conf_error(cf, &err.to_string()),
-            Err(msg) => return conf_error(cf, &msg),
+        let args = match parse_directive(cf, directives::parse_shift_api) {
+            Ok(args) => args,
+            Err(rc) => return rc,
         };
         let Some(clcf) = NgxHttpCoreModule::location_conf_mut(&*cf) else {
             return NGX_CONF_ERROR;
