@@ -1,5 +1,9 @@
 //! FFI: the content handler of `shift_api` locations. It reads the request (and a PATCH body),
 //! learns the caller's uid from the Unix socket, and sends what `api::handle` answers.
+//!
+//! It reads and writes no bit field of `ngx_http_request_t`: since Nginx 1.29 (`in_port_t port`
+//! before `count:16`) the generated bindings place those bits two positions off from where
+//! gcc does, so `set_expect_tested` would set `header_sent`. Plain fields are laid out right.
 
 use std::os::fd::BorrowedFd;
 
@@ -7,7 +11,7 @@ use ngx::core::{Buffer, Status};
 use ngx::ffi::{
     ngx_chain_t, ngx_http_discard_request_body, ngx_http_finalize_request,
     ngx_http_read_client_request_body, ngx_http_request_t, ngx_http_send_header, ngx_int_t,
-    ngx_str_t, NGX_HTTP_SPECIAL_RESPONSE,
+    ngx_str_t, ngx_uint_t, NGX_HTTP_HEAD, NGX_HTTP_SPECIAL_RESPONSE,
 };
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, Request};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
@@ -30,16 +34,18 @@ pub extern "C" fn handle(r: *mut ngx_http_request_t) -> ngx_int_t {
             return answer(r, &[]);
         }
         if (*r).headers_in.content_length_n > MAX_BODY_BYTES as i64 {
-            // As Nginx does for client_max_body_size: no "100 Continue" for a body we refuse,
-            // the 413 comes at once.
-            (*r).set_expect_tested(1);
+            // No "100 Continue" for a body we refuse: the 413 comes at once, as for Nginx's
+            // client_max_body_size. Nginx sets `expect_tested` for that; discarding the body
+            // skips the test just as well when there is no `Expect` header any more.
+            (*r).headers_in.expect = std::ptr::null_mut();
             let rc = ngx_http_discard_request_body(r);
             if rc != Status::NGX_OK.0 {
                 return rc;
             }
             return send(r, &api::too_large_reply());
         }
-        (*r).set_request_body_in_single_buf(1);
+        // The body (at most MAX_BODY_BYTES, within client_body_buffer_size) is read into
+        // memory; `request_body` joins its buffers.
         let rc = ngx_http_read_client_request_body(r, Some(body_read));
         if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
             return rc;
@@ -194,7 +200,9 @@ unsafe fn send(r: *mut ngx_http_request_t, reply: &Reply) -> ngx_int_t {
             }
         }
         let rc = ngx_http_send_header(r);
-        if rc == Status::NGX_ERROR.0 || rc > Status::NGX_OK.0 || request.header_only() {
+        // HEAD: the header only (`r->header_only`, a bit field, is read wrong since 1.29).
+        let head = (*r).method == NGX_HTTP_HEAD as ngx_uint_t;
+        if rc == Status::NGX_ERROR.0 || rc > Status::NGX_OK.0 || head {
             return rc;
         }
         let Some(mut buffer) = request.pool().create_buffer_from_str(&reply.body) else {
