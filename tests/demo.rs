@@ -26,8 +26,7 @@ fn the_demo_shifts_traffic_and_shows_the_rollback() {
     // After the rollback, blue serves everything again.
     let last = stdout
         .lines()
-        .filter(|line| line.contains("traffic, last second"))
-        .last()
+        .rfind(|line| line.contains("traffic, last second"))
         .unwrap();
     assert!(last.contains("blue 100.0%"), "last window: {last}");
 }

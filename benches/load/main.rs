@@ -115,7 +115,8 @@ fn main() {
         .skip(1)
         .filter(|arg| !arg.starts_with('-'))
         .collect();
-    let scenarios: [(&str, fn(&Settings)); 4] = [
+    type Scenario = (&'static str, fn(&Settings));
+    let scenarios: [Scenario; 4] = [
         ("data_path", data_path),
         ("switch_latency", switch_latency),
         ("reload_storm", reload_storm),

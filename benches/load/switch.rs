@@ -17,7 +17,7 @@ impl Pair {
     }
 
     pub(crate) fn name(index: usize) -> &'static str {
-        if index % 2 == 0 {
+        if index.is_multiple_of(2) {
             "green"
         } else {
             "blue"

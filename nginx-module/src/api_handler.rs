@@ -136,8 +136,8 @@ unsafe fn answer(r: *mut ngx_http_request_t, body: &[u8]) -> ngx_int_t {
         .collect();
 
     let relative = path.strip_prefix(api_conf.prefix.as_str()).unwrap_or(&path);
-    // SAFETY: ngx_pid is set once at process start.
     let writer = Writer {
+        // SAFETY: ngx_pid is set once at process start.
         pid: unsafe { ngx::ffi::ngx_pid } as u32,
         is_alive: &process_alive,
     };

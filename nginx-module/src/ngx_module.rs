@@ -191,7 +191,7 @@ impl HttpModule for Module {
                 return Status::NGX_ERROR.0;
             };
             for &uscf in &main.checked {
-                if !Module::server_conf(&*uscf).is_some_and(|conf| conf.shift.is_some()) {
+                if Module::server_conf(&*uscf).is_none_or(|conf| conf.shift.is_none()) {
                     ngx_conf_log_error!(
                         NGX_LOG_EMERG,
                         cf,
