@@ -399,21 +399,11 @@ pub fn parse_shift_zone(args: &[&str]) -> Result<usize, DirectiveError> {
         .ok_or_else(|| invalid(value))
 }
 
-/// Nginx-style time: `500ms`, `5s`, `1m`, `1h`; a bare number means seconds. Zero is refused.
+/// Nginx-style time in milliseconds (`shift_wire::parse_duration`); `None` when invalid or zero.
 fn parse_time(value: &str) -> Option<u64> {
-    let split = value
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(value.len());
-    let (number, unit) = value.split_at(split);
-    let number: u64 = number.parse().ok()?;
-    let factor = match unit {
-        "ms" => 1,
-        "" | "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return None,
-    };
-    number.checked_mul(factor).filter(|&ms| ms > 0)
+    shift_wire::parse_duration(value)
+        .ok()
+        .and_then(|time| u64::try_from(time.as_millis()).ok())
 }
 
 fn parse_count(value: &str) -> Option<u32> {

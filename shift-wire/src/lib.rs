@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -157,6 +158,35 @@ pub struct UpstreamPatch {
     pub expect_generation: Option<u64>,
 }
 
+/// Parses a duration in Nginx's notation: `500ms`, `30s`, `2m`, `1h` (a bare number is
+/// seconds). Zero is refused: no duration of the module or of shiftctl (a check interval, a
+/// canary step's watch, a timeout) means anything at zero, and a zero-length canary step would
+/// promote a target that fails every request. The directives, the command line and deploy
+/// plans all read durations here.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("\"{text}\" is not a duration such as 30s or 500ms"))?;
+    let factor = match unit {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(format!("\"{text}\" has an unknown unit; use ms, s, m or h")),
+    };
+    match number.checked_mul(factor) {
+        Some(0) => Err(format!(
+            "\"{text}\" is zero; give a duration above 0, e.g. 30s"
+        )),
+        Some(millis) => Ok(Duration::from_millis(millis)),
+        None => Err(format!("\"{text}\" is too long")),
+    }
+}
+
 /// A JSON object as a map, refusing a key that comes twice.
 fn unique_keys<'de, D, V>(deserializer: D) -> Result<BTreeMap<String, V>, D::Error>
 where
@@ -210,6 +240,22 @@ impl fmt::Display for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_in_nginx_notation() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5d").unwrap_err().contains("unknown unit"));
+        for zero in ["0s", "0", "0ms", "0m"] {
+            assert!(parse_duration(zero).unwrap_err().contains("zero"), "{zero}");
+        }
+        assert!(parse_duration("99999999999999999h")
+            .unwrap_err()
+            .contains("too long"));
+    }
 
     #[test]
     fn patch_reads_the_documented_shape() {
