@@ -241,11 +241,10 @@ pub fn render_table(upstream: &Upstream) -> String {
     out
 }
 
+/// A primary peer the module says takes new requests (a backup one takes them only when no
+/// primary can).
 fn takes_traffic(peer: &Peer) -> bool {
-    peer.state == PeerState::Up
-        && peer.weight > 0
-        && peer.health != Health::Unhealthy
-        && !peer.backup
+    peer.eligible && !peer.backup
 }
 
 pub async fn status(

@@ -255,6 +255,7 @@ mod tests {
             weight,
             state,
             health,
+            eligible: state == PeerState::Up && weight > 0 && health != Health::Unhealthy,
             backup: false,
             config_weight: 1,
             requests: 0,

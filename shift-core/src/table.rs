@@ -279,13 +279,19 @@ impl PeerSlot {
         }
     }
 
-    fn to_wire(&self, values: PeerValues, active: u64, checked: bool) -> Peer {
+    fn to_wire(&self, values: PeerValues, active: u64, checks: CheckMode) -> Peer {
         let count = |class: usize| self.responses[class].load(Ordering::Relaxed);
         Peer {
             server: self.server().to_string(),
             weight: values.weight,
             state: values.state,
             health: values.health,
+            eligible: eligible(
+                values.weight,
+                values.state,
+                values.health,
+                checks == CheckMode::Mandatory,
+            ),
             backup: self.backup.load(Ordering::Relaxed),
             config_weight: self.config_weight.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
@@ -298,7 +304,7 @@ impl PeerSlot {
                 client_error: count(3),
                 server_error: count(4),
             },
-            check: checked.then(|| self.check_status()),
+            check: (checks != CheckMode::Off).then(|| self.check_status()),
         }
     }
 }
@@ -416,7 +422,7 @@ impl<'a> Table<'a> {
         let values = snapshot
             .map(|(_, values)| values)
             .unwrap_or_else(|| self.peers.iter().map(|peer| PeerValues::of(peer)).collect());
-        let checked = self.header.checks() != CheckMode::Off;
+        let checks = self.header.checks();
         Upstream {
             name: self.name().to_string(),
             generation: self.generation(),
@@ -427,7 +433,7 @@ impl<'a> Table<'a> {
                 .enumerate()
                 .map(|(index, (peer, values))| {
                     let active = active.get(index).copied().unwrap_or(0);
-                    peer.to_wire(values, active, checked)
+                    peer.to_wire(values, active, checks)
                 })
                 .collect(),
         }
@@ -995,6 +1001,29 @@ pub(crate) mod tests {
         );
         assert!(!table.claim_check(0, 1_499, 500));
         assert!(table.claim_check(0, 1_500, 500));
+    }
+
+    #[test]
+    fn the_wire_says_which_peers_take_requests() {
+        let owned = OwnedTable::checked("app", &["a:1", "b:1"], CheckMode::Mandatory);
+        let table = owned.view();
+        let eligible = |table: Table| -> Vec<bool> {
+            table
+                .to_wire(&[])
+                .peers
+                .iter()
+                .map(|peer| peer.eligible)
+                .collect()
+        };
+        assert_eq!(
+            eligible(table),
+            [false, false],
+            "mandatory: unchecked peers wait"
+        );
+        table
+            .record_check(0, Ok(()), 1, 1, 10, 1, |_| true)
+            .unwrap();
+        assert_eq!(eligible(table), [true, false]);
     }
 
     #[test]

@@ -92,6 +92,10 @@ pub struct Peer {
     pub weight: u32,
     pub state: PeerState,
     pub health: Health,
+    /// Whether it takes new requests now: weight above 0, state `up`, not unhealthy, and
+    /// healthy when checks are `mandatory`. The module decides it, the one place that does.
+    #[serde(default)]
+    pub eligible: bool,
     /// A `backup` server: used only when no primary peer can take a request.
     pub backup: bool,
     /// The weight the config gives it; `weight` differs once changed at run time.
