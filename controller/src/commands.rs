@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -183,13 +183,15 @@ impl Ctx {
 }
 
 pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
+    // Written beside the file, synced, then renamed over it: a reader (or a crash) sees the
+    // old file or the new one, never half of one.
     let write = || -> std::io::Result<()> {
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
-        }
-        let temporary = path.with_extension("tmp");
-        fs::write(&temporary, bytes)?;
-        fs::rename(&temporary, path)
+        let dir = path.parent().unwrap_or(Path::new("."));
+        fs::create_dir_all(dir)?;
+        let mut file = tempfile::NamedTempFile::new_in(dir)?;
+        file.write_all(bytes)?;
+        file.as_file().sync_all()?;
+        file.persist(path).map(drop).map_err(|err| err.error)
     };
     write().map_err(|err| {
         Failure::usage(anyhow::anyhow!(

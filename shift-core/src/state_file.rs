@@ -125,12 +125,10 @@ impl SavedUpstream {
 pub fn save(path: &Path, saved: &SavedUpstream) -> io::Result<()> {
     let mut json = serde_json::to_vec_pretty(saved).map_err(io::Error::other)?;
     json.push(b'\n');
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp");
-    let mut file = fs::File::create(&temporary)?;
+    let mut file = tempfile::NamedTempFile::new_in(directory_of(path))?;
     file.write_all(&json)?;
-    file.sync_all()?;
-    fs::rename(&temporary, path)
+    file.as_file().sync_all()?;
+    file.persist(path).map(drop).map_err(|err| err.error)
 }
 
 /// Reads the state file of `upstream` and validates it; `Ok(None)` when there is none yet.
