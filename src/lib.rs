@@ -51,6 +51,14 @@ pub fn nginx_version() -> (u32, u32, u32) {
     (next(), next(), next())
 }
 
+/// Whether the Nginx the tests run was built `--with-debug` (its debug log lines exist).
+pub fn nginx_has_debug() -> bool {
+    std::process::Command::new(nginx_binary())
+        .arg("-V")
+        .output()
+        .is_ok_and(|output| String::from_utf8_lossy(&output.stderr).contains("--with-debug"))
+}
+
 /// The module the tests load: `SHIFT_MODULE` if set, else this profile's build of it.
 pub fn module_path() -> PathBuf {
     let path = std::env::var_os("SHIFT_MODULE")

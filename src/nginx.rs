@@ -32,6 +32,8 @@ pub struct NginxOptions {
     /// of the harness. Nginx honours a binary upgrade (USR2) only in a master whose parent has
     /// changed since it started, so the binary upgrade scenario needs it.
     pub daemon: bool,
+    /// The error log's level (`info` unless set).
+    pub log_level: &'static str,
 }
 
 impl NginxOptions {
@@ -42,6 +44,7 @@ impl NginxOptions {
             main: String::new(),
             full: None,
             daemon: false,
+            log_level: "info",
         }
     }
 
@@ -53,6 +56,7 @@ impl NginxOptions {
             main: String::new(),
             full: Some(config.into()),
             daemon: false,
+            log_level: "info",
         }
     }
 
@@ -451,7 +455,7 @@ fn write_config(prefix: &Path, options: &NginxOptions) {
          daemon {daemon};\n\
          master_process on;\n\
          worker_processes {workers};\n\
-         error_log {prefix}/logs/error.log info;\n\
+         error_log {prefix}/logs/error.log {log_level};\n\
          pid {prefix}/logs/nginx.pid;\n\
          {main}\n\
          events {{ worker_connections 1024; }}\n\
@@ -462,6 +466,7 @@ fn write_config(prefix: &Path, options: &NginxOptions) {
         module = module_path().display(),
         workers = options.workers,
         daemon = if options.daemon { "on" } else { "off" },
+        log_level = options.log_level,
         prefix = prefix_text,
         main = options.main,
         http = options.http.replace("{prefix}", &prefix_text),

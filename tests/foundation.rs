@@ -253,3 +253,35 @@ fn a_relative_state_path_is_taken_from_the_prefix_and_its_directory_is_checked()
         std::fs::read_to_string(nginx.path("state/app.json")).expect("saved under the prefix");
     assert!(saved.contains("\"weight\": 4"), "{saved}");
 }
+
+#[test]
+fn error_log_debug_explains_picks_copies_and_api_answers() {
+    if !harness::nginx_has_debug() {
+        eprintln!("skipped: this Nginx is not built --with-debug, so it has no debug log");
+        return;
+    }
+    let blue = Backend::start("blue");
+    let port = free_port();
+    let mut options = NginxOptions::new(upstream_config("shift;", &[blue.port()], port));
+    options.log_level = "debug";
+    let nginx = Nginx::start(options);
+    let admin = harness::Admin::new(nginx.path("api.sock"), "/api/");
+    let body = format!(
+        r#"{{"peers": {{"127.0.0.1:{}": {{"weight": 3}}}}}}"#,
+        blue.port()
+    );
+    assert_eq!(admin.patch("app", &body).status, 200);
+    assert_eq!(HttpClient::new(port).get("/").unwrap().status, 200);
+    let log = nginx.error_log();
+    for expected in [
+        "shift: API PATCH upstreams/app from uid".to_string(),
+        "shift: upstream \"app\" takes the table at seq".to_string(),
+        format!("127.0.0.1:{} weight=3", blue.port()),
+        format!(
+            "shift: upstream \"app\" picked peer 127.0.0.1:{}",
+            blue.port()
+        ),
+    ] {
+        assert!(log.contains(&expected), "no {expected:?} in the debug log");
+    }
+}

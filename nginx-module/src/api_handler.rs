@@ -14,6 +14,8 @@ use ngx::ffi::{
     ngx_str_t, ngx_uint_t, NGX_HTTP_HEAD, NGX_HTTP_SPECIAL_RESPONSE,
 };
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, Request};
+use ngx::log::DebugMask;
+use ngx::ngx_log_debug;
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use shift_wire::MAX_BODY_BYTES;
 
@@ -149,6 +151,16 @@ unsafe fn answer(r: *mut ngx_http_request_t, body: &[u8]) -> ngx_int_t {
         &endpoints,
         &writer,
         Some(view.usage),
+    );
+    ngx_log_debug!(
+        mask: DebugMask::Http,
+        // SAFETY: per the contract.
+        unsafe { (*(*r).connection).log },
+        "shift: API {} {} from uid {:?} answered {}",
+        method,
+        relative,
+        uid,
+        reply.status
     );
     // SAFETY: per the contract.
     unsafe { send(r, &reply) }

@@ -21,7 +21,8 @@ use ngx::ffi::{
     ngx_str_t, sockaddr, NGX_LOG_CRIT, NGX_LOG_ERR, NGX_LOG_WARN,
 };
 use ngx::http::{HttpModuleMainConf, HttpModuleServerConf};
-use ngx::ngx_log_error;
+use ngx::log::DebugMask;
+use ngx::{ngx_log_debug, ngx_log_error};
 use nix::sys::socket::{getsockopt, sockopt::SocketError};
 use nix::time::{clock_gettime, ClockId};
 
@@ -312,6 +313,14 @@ unsafe fn finish(probe: &mut Probe, result: Result<(), ProbeError>) {
         };
         let check = &*probe.check;
         let log = (*ngx::ffi::ngx_cycle).log;
+        ngx_log_debug!(
+            mask: DebugMask::Event,
+            log,
+            "shift: check of upstream \"{}\" peer {}: {}",
+            table.name(),
+            table.peers()[probe.index].server(),
+            result.map_or_else(ProbeError::describe, |()| "passed".to_string())
+        );
         match table.record_check(
             probe.index,
             result,

@@ -10,11 +10,12 @@ use ngx::core::{Pool, Status};
 use ngx::ffi::{
     ngx_conf_t, ngx_event_free_peer_pt, ngx_event_get_peer_pt, ngx_event_save_peer_session_pt,
     ngx_event_set_peer_session_pt, ngx_http_request_t, ngx_http_upstream_rr_peer_data_t,
-    ngx_http_upstream_server_t, ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_peer_connection_t,
-    ngx_uint_t, NGX_LOG_EMERG, NGX_PEER_FAILED,
+    ngx_http_upstream_server_t, ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_log_t,
+    ngx_peer_connection_t, ngx_uint_t, NGX_LOG_EMERG, NGX_PEER_FAILED,
 };
 use ngx::http::HttpModuleServerConf;
-use ngx::ngx_conf_log_error;
+use ngx::log::DebugMask;
+use ngx::{ngx_conf_log_error, ngx_log_debug};
 
 use crate::ngx_module::{Module, UpstreamConf};
 use crate::shm::{inflight, table_of};
@@ -121,7 +122,7 @@ extern "C" fn init_peer(
         let Some(conf) = Module::server_conf_mut(&*uscf) else {
             return Status::NGX_ERROR.0;
         };
-        copy_routes_if_changed(conf);
+        copy_routes_if_changed(conf, (*(*r).connection).log);
         let Some(original) = conf.original_init_peer else {
             return Status::NGX_ERROR.0;
         };
@@ -159,7 +160,7 @@ extern "C" fn init_peer(
 
 /// Copies weights and eligibility from the shared table into this worker's round-robin peers
 /// when the table's `seq` moved since the last copy.
-fn copy_routes_if_changed(conf: &mut UpstreamConf) {
+fn copy_routes_if_changed(conf: &mut UpstreamConf, log: *mut ngx_log_t) {
     // SAFETY: as in `shm::table_of`; the fields are borrowed apart so that `routes` can be
     // filled from a view of `slots`.
     let Some(header) = (unsafe { conf.table.as_ref() }) else {
@@ -184,6 +185,24 @@ fn copy_routes_if_changed(conf: &mut UpstreamConf) {
         peer.current_weight = 0;
     }
     conf.seen_seq = seq;
+    ngx_log_debug!(
+        mask: DebugMask::Http,
+        log,
+        "shift: upstream \"{}\" takes the table at seq {}: {}",
+        header.name(),
+        seq,
+        conf.slots
+            .iter()
+            .zip(&conf.routes)
+            .map(|(slot, route)| format!(
+                "{} weight={}{}",
+                slot.server(),
+                route.weight,
+                if route.eligible { "" } else { " (no new requests)" }
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 }
 
 unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void) -> ngx_int_t {
@@ -199,6 +218,13 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
             let conf = &*attempt.conf;
             attempt.slot = slot_of(&conf.rr_peers, &current);
             if let (Some(slot), Some(table)) = (attempt.slot, table_of(conf)) {
+                ngx_log_debug!(
+                    mask: DebugMask::Http,
+                    (*pc).log,
+                    "shift: upstream \"{}\" picked peer {}",
+                    table.name(),
+                    table.peers()[slot].server()
+                );
                 table.peers()[slot].record_request();
                 if let Some(inflight) = inflight() {
                     inflight.started(conf.first_slot + slot);
