@@ -147,7 +147,7 @@ unsafe fn answer(r: *mut ngx_http_request_t, body: &[u8]) -> ngx_int_t {
         &method,
         relative,
         body,
-        api_conf.caller(uid),
+        api_conf.access.caller(uid),
         &endpoints,
         &writer,
         Some(view.usage),

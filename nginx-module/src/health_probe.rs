@@ -29,7 +29,7 @@ use nix::time::{clock_gettime, ClockId};
 use crate::ngx_module::{Module, UpstreamConf};
 use crate::shm::table_of;
 use shift_core::directives::{CheckArgs, CheckKind};
-use shift_core::health::{http_request, judge_http, ProbeError, MAX_RESPONSE_BYTES};
+use shift_core::health::{http_request, judge_http, with_port, ProbeError, MAX_RESPONSE_BYTES};
 use shift_core::process::process_alive;
 
 /// One peer's prober in this worker. Leaked on purpose: it lives as long as the worker.
@@ -76,7 +76,7 @@ pub unsafe fn start_probes(cycle: *mut ngx_cycle_t) -> ngx_int_t {
                 )
                 .to_vec();
                 if let Some(port) = check.port {
-                    set_port(&mut address, port);
+                    with_port(&mut address, port);
                 }
                 let tick_ms = (check.interval_ms / 5).clamp(20, 1000) as usize;
                 let mut quiet_log = *(*cycle).log;
@@ -117,17 +117,6 @@ pub unsafe fn start_probes(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         }
     }
     Status::NGX_OK.0
-}
-
-/// Writes `port` into an AF_INET or AF_INET6 address (same offset in both); leaves others.
-fn set_port(address: &mut [u8], port: u16) {
-    let family = address
-        .get(..2)
-        .map(|bytes| u16::from_ne_bytes([bytes[0], bytes[1]]));
-    let inet = [nix::libc::AF_INET as u16, nix::libc::AF_INET6 as u16];
-    if family.is_some_and(|family| inet.contains(&family)) && address.len() >= 4 {
-        address[2..4].copy_from_slice(&port.to_be_bytes());
-    }
 }
 
 unsafe extern "C" fn on_tick(event: *mut ngx_event_t) {

@@ -26,7 +26,7 @@ use nix::unistd::{Uid, User};
 
 use crate::shm;
 use crate::shm::LoadRecord;
-use shift_core::api::Caller;
+use shift_core::api::Access;
 use shift_core::directives::{self, CheckArgs, Principal, Readers, ShiftArgs};
 use shift_core::state_file;
 use shift_core::table::{PeerConfig, PeerSlot, Route, TableHeader};
@@ -126,28 +126,10 @@ pub struct LocationConf {
 }
 
 pub struct ApiConf {
-    /// Uids that may change state.
-    pub writers: Vec<u32>,
-    /// Uids that may read besides the writers; `None` means anyone.
-    pub readers: Option<Vec<u32>>,
+    /// Who may read and write.
+    pub access: Access,
     /// The location's own prefix, stripped from request paths.
     pub prefix: String,
-}
-
-impl ApiConf {
-    pub fn caller(&self, uid: Option<u32>) -> Caller {
-        let may_write = uid.is_some_and(|uid| self.writers.contains(&uid));
-        let may_read = may_write
-            || match &self.readers {
-                None => true,
-                Some(readers) => uid.is_some_and(|uid| readers.contains(&uid)),
-            };
-        Caller {
-            uid,
-            may_read,
-            may_write,
-        }
-    }
 }
 
 /// Resolves `shift_api` principals to uids (user names through the system's user database).
@@ -514,8 +496,7 @@ extern "C" fn set_shift_api(
         };
         main.api_servers.push((server, args.connections));
         loc.api = Some(ApiConf {
-            writers,
-            readers,
+            access: Access { writers, readers },
             prefix,
         });
     }

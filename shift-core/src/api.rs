@@ -18,6 +18,32 @@ pub struct Caller {
     pub may_write: bool,
 }
 
+/// Who may use the API: `shift_api writers=` and `readers=`, resolved to uids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    /// Uids that may change state (and read it).
+    pub writers: Vec<u32>,
+    /// Uids that may read besides the writers; `None` means anyone.
+    pub readers: Option<Vec<u32>>,
+}
+
+impl Access {
+    /// What the caller with `uid` (from SO_PEERCRED; `None` without it) may do.
+    pub fn caller(&self, uid: Option<u32>) -> Caller {
+        let may_write = uid.is_some_and(|uid| self.writers.contains(&uid));
+        let may_read = may_write
+            || match &self.readers {
+                None => true,
+                Some(readers) => uid.is_some_and(|uid| readers.contains(&uid)),
+            };
+        Caller {
+            uid,
+            may_read,
+            may_write,
+        }
+    }
+}
+
 /// A `shift` upstream the API serves.
 #[derive(Clone, Copy)]
 pub struct Endpoint<'a> {
@@ -383,6 +409,33 @@ mod tests {
 
     fn error_code(reply: &Reply) -> String {
         serde_json::from_str::<ApiError>(&reply.body).unwrap().error
+    }
+
+    #[test]
+    fn access_follows_the_writer_and_reader_lists() {
+        let writers_only = Access {
+            writers: vec![0, 33],
+            readers: Some(Vec::new()),
+        };
+        let root = writers_only.caller(Some(0));
+        assert!(root.may_read && root.may_write);
+        let stranger = writers_only.caller(Some(1000));
+        assert!(!stranger.may_read && !stranger.may_write);
+        assert!(!writers_only.caller(None).may_read, "no uid, no access");
+
+        let readers = Access {
+            writers: vec![0],
+            readers: Some(vec![1000]),
+        };
+        let reader = readers.caller(Some(1000));
+        assert!(reader.may_read && !reader.may_write);
+        let anyone = Access {
+            writers: vec![0],
+            readers: None,
+        };
+        assert!(anyone.caller(Some(4242)).may_read);
+        assert!(anyone.caller(None).may_read, "readers=any needs no uid");
+        assert!(!anyone.caller(Some(4242)).may_write);
     }
 
     #[test]

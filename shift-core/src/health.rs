@@ -207,6 +207,19 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
         .position(|window| window == needle)
 }
 
+/// Writes `port` into a socket address (`struct sockaddr` bytes) of family AF_INET or
+/// AF_INET6, where the port sits at the same offset: a check's `port=`. Other families (Unix
+/// sockets) are left as they are.
+pub fn with_port(address: &mut [u8], port: u16) {
+    let family = address
+        .get(..2)
+        .map(|bytes| u16::from_ne_bytes([bytes[0], bytes[1]]));
+    let inet = [nix::libc::AF_INET as u16, nix::libc::AF_INET6 as u16];
+    if family.is_some_and(|family| inet.contains(&family)) && address.len() >= 4 {
+        address[2..4].copy_from_slice(&port.to_be_bytes());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,6 +259,27 @@ mod tests {
             judge(Health::Unchecked, Tally::default(), false, 1, 2).0,
             Health::Unhealthy
         );
+    }
+
+    #[test]
+    fn a_check_port_goes_into_inet_addresses_only() {
+        let family = |family: i32| (family as u16).to_ne_bytes();
+        let mut inet = [0u8; 16];
+        inet[..2].copy_from_slice(&family(nix::libc::AF_INET));
+        inet[2..4].copy_from_slice(&8000u16.to_be_bytes());
+        with_port(&mut inet, 9000);
+        assert_eq!(u16::from_be_bytes([inet[2], inet[3]]), 9000);
+
+        let mut inet6 = [0u8; 28];
+        inet6[..2].copy_from_slice(&family(nix::libc::AF_INET6));
+        with_port(&mut inet6, 9001);
+        assert_eq!(u16::from_be_bytes([inet6[2], inet6[3]]), 9001);
+
+        let mut unix = [0u8; 110];
+        unix[..2].copy_from_slice(&family(nix::libc::AF_UNIX));
+        unix[2..6].copy_from_slice(b"/run");
+        with_port(&mut unix, 9002);
+        assert_eq!(&unix[2..6], b"/run", "a Unix socket path is left alone");
     }
 
     #[test]
