@@ -19,9 +19,11 @@ pub use setup::ShiftSetup;
 use std::net::TcpListener;
 use std::path::PathBuf;
 
-/// The Nginx binary the tests run: `SHIFT_NGINX` if set, else the vendored build.
+/// The Nginx binary the tests run: `SHIFT_NGINX` if set, else `TEST_NGINX_BINARY` (the name
+/// ngx-rust's and Nginx's own test suites use), else the vendored build.
 pub fn nginx_binary() -> PathBuf {
     let path = std::env::var_os("SHIFT_NGINX")
+        .or_else(|| std::env::var_os("TEST_NGINX_BINARY"))
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("SHIFT_VENDORED_NGINX")));
     assert!(
@@ -105,7 +107,7 @@ pub fn shiftctl_command<P: AsRef<std::path::Path>>(
     command
 }
 
-/// The standalone `backend` binary of this profile (see `src/bin/backend.rs`).
+/// The standalone `backend` binary of this profile (see `harness/bin/backend.rs`).
 pub fn backend_binary() -> PathBuf {
     let path = PathBuf::from(env!("SHIFT_MODULE_PATH")).with_file_name("backend");
     assert!(
