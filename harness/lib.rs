@@ -155,9 +155,15 @@ pub fn wait_until(
     mut condition: impl FnMut() -> bool,
 ) -> Option<std::time::Duration> {
     let start = std::time::Instant::now();
+    wait_for(timeout, || condition().then(|| start.elapsed()))
+}
+
+/// Polls `find` every 20 ms until it finds something or `timeout` passes.
+pub fn wait_for<T>(timeout: std::time::Duration, mut find: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = std::time::Instant::now();
     loop {
-        if condition() {
-            return Some(start.elapsed());
+        if let Some(found) = find() {
+            return Some(found);
         }
         if start.elapsed() > timeout {
             return None;

@@ -174,18 +174,8 @@ impl Nginx {
                 .parse::<u32>()
                 .ok()
         };
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        let pid = loop {
-            if let Some(pid) = read_pid() {
-                break pid;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no pid file\n{}",
-                self.error_log()
-            );
-            thread::sleep(Duration::from_millis(10));
-        };
+        let pid = crate::wait_for(STARTUP_TIMEOUT, read_pid)
+            .unwrap_or_else(|| panic!("no pid file\n{}", self.error_log()));
         self.adopted_master = Some(pid);
     }
 
@@ -195,21 +185,18 @@ impl Nginx {
     pub fn begin_binary_upgrade(&mut self) -> u32 {
         let old = self.master_pid();
         self.signal(Signal::SIGUSR2);
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            let new = children_of(old)
+        let workers = self.options.workers as usize;
+        let new_master = || {
+            children_of(old)
                 .into_iter()
-                .find(|&pid| children_of(pid).len() == self.options.workers as usize);
-            if let Some(new) = new {
-                return new;
-            }
-            assert!(
-                Instant::now() < deadline,
+                .find(|&pid| children_of(pid).len() == workers)
+        };
+        crate::wait_for(STARTUP_TIMEOUT, new_master).unwrap_or_else(|| {
+            panic!(
                 "no new master with workers after USR2\n{}",
                 self.error_log()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+            )
+        })
     }
 
     /// The second half: WINCH to the old master (its workers finish and exit), then QUIT; the
@@ -271,19 +258,19 @@ impl Nginx {
         write_config(self.prefix(), &self.options);
         self.options.http = good;
         self.signal(Signal::SIGHUP);
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        let why = loop {
+        let emerg_line = || {
             let log = self.error_log();
             let new = log.get(log_before..).unwrap_or_default();
-            if let Some(line) = new.lines().find(|line| line.contains("[emerg]")) {
-                break line.to_string();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the reload did not fail within {STARTUP_TIMEOUT:?}\n{log}"
-            );
-            thread::sleep(Duration::from_millis(10));
+            new.lines()
+                .find(|line| line.contains("[emerg]"))
+                .map(str::to_string)
         };
+        let why = crate::wait_for(STARTUP_TIMEOUT, emerg_line).unwrap_or_else(|| {
+            panic!(
+                "the reload did not fail within {STARTUP_TIMEOUT:?}\n{}",
+                self.error_log()
+            )
+        });
         write_config(self.prefix(), &self.options);
         assert_eq!(
             self.worker_pids(),
