@@ -25,13 +25,10 @@ use ngx::ffi::{
 use ngx::http::{HttpModuleMainConf, HttpModuleServerConf};
 use ngx::ngx_log_error;
 
-use super::worker::WorkerRecord;
-use super::zone::{
-    allocate, allocate_zeroed, foreign_root, push_front, slots_of, unlink_where, walk, Zone,
-};
+use super::reclaim::{reclaim, sweep};
+use super::zone::{allocate, allocate_zeroed, foreign_root, push_front, slots_of, Zone};
 use crate::ngx_module::{MainConf, Module, UpstreamConf};
-use shift_core::lifecycle::{loads_to_free, LoadStatus};
-use shift_core::process::{children_of, process_alive};
+use shift_core::process::process_alive;
 use shift_core::state_file;
 use shift_core::table::{CarryNote, CheckMode, PeerConfig, PeerSlot, Table, TableHeader};
 
@@ -42,7 +39,7 @@ use shift_core::table::{CarryNote, CheckMode, PeerConfig, PeerSlot, Table, Table
 pub struct LoadRecord {
     pub next: AtomicUsize,
     pub id: u64,
-    committed: AtomicBool,
+    pub committed: AtomicBool,
     slot_count: usize,
     table_count: usize,
 }
@@ -71,7 +68,7 @@ impl LoadRecord {
         unsafe { std::slice::from_raw_parts(self.addresses().cast::<&PeerSlot>(), self.slot_count) }
     }
 
-    fn tables(&self) -> &[&'static TableHeader] {
+    pub fn tables(&self) -> &[&'static TableHeader] {
         // SAFETY: as `slots`, for the headers after them.
         unsafe {
             std::slice::from_raw_parts(
@@ -520,98 +517,6 @@ unsafe fn set_state_path(locked: &LockedSlabPool, header: &TableHeader, path: Op
                 address.store(copy as usize, Ordering::Release);
             }
         }
-    }
-}
-
-/// Frees what no live process can touch: records of exited workers, loads that were never
-/// committed or whose processes have all exited, and the slots and headers that only such loads
-/// used. Runs in the master, which knows its children.
-///
-/// SAFETY: the caller holds the zone's lock.
-unsafe fn reclaim(zone: Zone, locked: &LockedSlabPool) {
-    // SAFETY: per the contract.
-    unsafe {
-        let root = &*zone.root;
-        super::worker::reap_exited(zone, locked);
-        let workers: Vec<&WorkerRecord> =
-            walk(root.workers.load(Ordering::Acquire), |w: &WorkerRecord| {
-                &w.next
-            })
-            .collect();
-        let loads: Vec<&LoadRecord> =
-            walk(root.loads.load(Ordering::Acquire), |load: &LoadRecord| {
-                &load.next
-            })
-            .collect();
-        let statuses: Vec<LoadStatus> = loads
-            .iter()
-            .map(|load| LoadStatus {
-                id: load.id,
-                committed: load.committed.load(Ordering::Acquire),
-                running_workers: workers
-                    .iter()
-                    .filter(|w| w.load == std::ptr::from_ref(*load) as usize)
-                    .count(),
-            })
-            .collect();
-        let registered: Vec<u32> = workers.iter().map(|w| w.process.pid).collect();
-        let unregistered = children_of(std::process::id())
-            .iter()
-            .any(|pid| !registered.contains(pid));
-        let free = loads_to_free(&statuses, root.current_load, None, unregistered);
-        unlink_where(
-            locked,
-            &root.loads,
-            |load: &LoadRecord| &load.next,
-            |load| {
-                if !free.contains(&load.id) {
-                    return false;
-                }
-                for slot in load.slots() {
-                    slot.refs.fetch_sub(1, Ordering::Relaxed);
-                }
-                for header in load.tables() {
-                    header.refs.fetch_sub(1, Ordering::Relaxed);
-                }
-                true
-            },
-        );
-        sweep(zone, locked);
-    }
-}
-
-/// Frees slots and headers that no load uses and that are not current.
-///
-/// SAFETY: the caller holds the zone's lock.
-unsafe fn sweep(zone: Zone, locked: &LockedSlabPool) {
-    let unused_slot =
-        |slot: &PeerSlot| slot.refs.load(Ordering::Relaxed) == 0 && !slot.is_current();
-    // SAFETY: per the contract; an unused slot or header is reachable by nobody: workers reach
-    // them only through their load, and the API only under the lock and only current ones.
-    unsafe {
-        for header in zone.tables() {
-            unlink_where(
-                locked,
-                &header.peers,
-                |slot: &PeerSlot| &slot.next,
-                unused_slot,
-            );
-        }
-        unlink_where(
-            locked,
-            &(*zone.root).tables,
-            |h: &TableHeader| &h.next,
-            |header| {
-                let unused = header.refs.load(Ordering::Relaxed) == 0
-                    && !header.is_current()
-                    && header.peers.load(Ordering::Acquire) == 0;
-                if unused {
-                    let [address, _] = &header.state_path;
-                    super::zone::free(locked, address.load(Ordering::Acquire) as *mut u8);
-                }
-                unused
-            },
-        );
     }
 }
 

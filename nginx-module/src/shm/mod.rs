@@ -8,11 +8,13 @@
 //! flight; that is what tells when memory can be freed (see `load`).
 //!
 //! - `zone`: registering the zone, its root, its lock and allocation in it.
-//! - `load`: building a configuration's view at the zone's init, committing it when Nginx
-//!   commits the configuration, and freeing what no live process can touch.
+//! - `load`: building a configuration's view at the zone's init, and committing it when Nginx
+//!   commits the configuration.
+//! - `reclaim`: freeing what no live process can touch.
 //! - `worker`: each worker's record and the API's view of the zone.
 
 mod load;
+mod reclaim;
 mod worker;
 mod zone;
 

@@ -1,0 +1,107 @@
+//! FFI: freeing what no live process can touch any more: records of exited workers, loads that
+//! were never committed or whose processes have all exited (`shift_core::lifecycle` decides
+//! which), and the slots and headers only such loads used. Runs in the master, which knows its
+//! children, at every build and commit.
+
+use std::sync::atomic::Ordering;
+
+use ngx::core::slab::LockedSlabPool;
+
+use super::load::LoadRecord;
+use super::worker::WorkerRecord;
+use super::zone::{unlink_where, walk, Zone};
+use shift_core::lifecycle::{loads_to_free, LoadStatus};
+use shift_core::process::children_of;
+use shift_core::table::{PeerSlot, TableHeader};
+
+/// Frees what no live process can touch: records of exited workers, loads that were never
+/// committed or whose processes have all exited, and the slots and headers that only such loads
+/// used. Runs in the master, which knows its children.
+///
+/// SAFETY: the caller holds the zone's lock.
+pub unsafe fn reclaim(zone: Zone, locked: &LockedSlabPool) {
+    // SAFETY: per the contract.
+    unsafe {
+        let root = &*zone.root;
+        super::worker::reap_exited(zone, locked);
+        let workers: Vec<&WorkerRecord> =
+            walk(root.workers.load(Ordering::Acquire), |w: &WorkerRecord| {
+                &w.next
+            })
+            .collect();
+        let loads: Vec<&LoadRecord> =
+            walk(root.loads.load(Ordering::Acquire), |load: &LoadRecord| {
+                &load.next
+            })
+            .collect();
+        let statuses: Vec<LoadStatus> = loads
+            .iter()
+            .map(|load| LoadStatus {
+                id: load.id,
+                committed: load.committed.load(Ordering::Acquire),
+                running_workers: workers
+                    .iter()
+                    .filter(|w| w.load == std::ptr::from_ref(*load) as usize)
+                    .count(),
+            })
+            .collect();
+        let registered: Vec<u32> = workers.iter().map(|w| w.process.pid).collect();
+        let unregistered = children_of(std::process::id())
+            .iter()
+            .any(|pid| !registered.contains(pid));
+        let free = loads_to_free(&statuses, root.current_load, None, unregistered);
+        unlink_where(
+            locked,
+            &root.loads,
+            |load: &LoadRecord| &load.next,
+            |load| {
+                if !free.contains(&load.id) {
+                    return false;
+                }
+                for slot in load.slots() {
+                    slot.refs.fetch_sub(1, Ordering::Relaxed);
+                }
+                for header in load.tables() {
+                    header.refs.fetch_sub(1, Ordering::Relaxed);
+                }
+                true
+            },
+        );
+        sweep(zone, locked);
+    }
+}
+
+/// Frees slots and headers that no load uses and that are not current.
+///
+/// SAFETY: the caller holds the zone's lock.
+pub unsafe fn sweep(zone: Zone, locked: &LockedSlabPool) {
+    let unused_slot =
+        |slot: &PeerSlot| slot.refs.load(Ordering::Relaxed) == 0 && !slot.is_current();
+    // SAFETY: per the contract; an unused slot or header is reachable by nobody: workers reach
+    // them only through their load, and the API only under the lock and only current ones.
+    unsafe {
+        for header in zone.tables() {
+            unlink_where(
+                locked,
+                &header.peers,
+                |slot: &PeerSlot| &slot.next,
+                unused_slot,
+            );
+        }
+        unlink_where(
+            locked,
+            &(*zone.root).tables,
+            |h: &TableHeader| &h.next,
+            |header| {
+                let unused = header.refs.load(Ordering::Relaxed) == 0
+                    && !header.is_current()
+                    && header.peers.load(Ordering::Acquire) == 0;
+                if unused {
+                    let [address, _] = &header.state_path;
+                    super::zone::free(locked, address.load(Ordering::Acquire) as *mut u8);
+                }
+                unused
+            },
+        );
+    }
+}
