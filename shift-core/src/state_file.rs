@@ -126,6 +126,11 @@ pub fn save(path: &Path, saved: &SavedUpstream) -> io::Result<()> {
     let mut json = serde_json::to_vec_pretty(saved).map_err(io::Error::other)?;
     json.push(b'\n');
     let mut file = tempfile::NamedTempFile::new_in(directory_of(path))?;
+    // Readable by the operators, as before (a temporary file starts at 0600).
+    fs::set_permissions(
+        file.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )?;
     file.write_all(&json)?;
     file.as_file().sync_all()?;
     file.persist(path).map(drop).map_err(|err| err.error)
@@ -257,6 +262,9 @@ mod tests {
         };
         save(&path, &saved).unwrap();
         assert_eq!(load(&path, "app").unwrap(), Some(saved.clone()));
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&path).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o644, "readable by the operators");
         assert!(!dir.path().join("app.json.tmp").exists());
         assert_eq!(SavedUpstream::new("app", 4, &saved.carried()), saved);
     }
