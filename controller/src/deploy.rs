@@ -10,9 +10,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use shift_wire::{PeerState, Upstream};
 
-use crate::commands::{
-    self, write_file, CanaryOptions, Ctx, Failure, Interrupts, OnInterrupt, Unhealthy,
-};
+use crate::commands::{self, CanaryOptions, Ctx, OnInterrupt, Unhealthy};
+use crate::exit::Failure;
+use crate::interrupts::Interrupts;
+use crate::state_dir::write_file;
 use crate::hook;
 use crate::plan;
 

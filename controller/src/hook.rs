@@ -9,7 +9,7 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::commands::Interrupts;
+use crate::interrupts::Interrupts;
 
 /// How long a hook's processes get to exit after SIGTERM before they get SIGKILL.
 const GRACE: Duration = Duration::from_secs(5);

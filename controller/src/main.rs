@@ -5,10 +5,14 @@
 mod client;
 mod commands;
 mod deploy;
+mod exit;
 mod fleet;
 mod hook;
+mod interrupts;
+mod output;
 mod plan;
 mod progress;
+mod state_dir;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,7 +22,8 @@ use clap::{Parser, Subcommand};
 use shift_wire::PeerState;
 
 use crate::client::AdminClient;
-use crate::commands::{CanaryOptions, Ctx, Failure, OnInterrupt, Unhealthy};
+use crate::commands::{CanaryOptions, Ctx, OnInterrupt, Unhealthy};
+use crate::exit::Failure;
 use crate::fleet::Fleet;
 use crate::progress::Progress;
 
@@ -166,7 +171,7 @@ fn main() -> ExitCode {
         Err(err) => {
             let _ = err.print();
             return ExitCode::from(if err.use_stderr() {
-                commands::EXIT_USAGE
+                exit::EXIT_USAGE
             } else {
                 0
             });

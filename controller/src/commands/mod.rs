@@ -1,0 +1,28 @@
+//! The commands, over a fleet of one or more Nginx instances: one file per family.
+
+mod canary;
+mod set;
+mod status;
+mod switch;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::fleet::Fleet;
+use crate::progress::Progress;
+
+pub use canary::{canary, promote, CanaryOptions, OnInterrupt};
+pub use set::{set, set_state};
+pub use status::{metrics, status};
+pub use switch::{rollback, switch, Unhealthy};
+
+/// How often long commands look at the upstream.
+const POLL: Duration = Duration::from_millis(250);
+
+/// What every command gets.
+pub struct Ctx {
+    pub fleet: Fleet,
+    pub json: bool,
+    pub state_dir: PathBuf,
+    pub progress: Progress,
+}

@@ -1,0 +1,173 @@
+//! `set` (weights), and `drain`/`undrain` (a peer's state).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use shift_wire::{PeerPatch, PeerState, UpstreamPatch, MAX_WEIGHT};
+
+use super::{Ctx, POLL};
+use crate::client::ClientError;
+use crate::exit::Failure;
+use crate::plan;
+
+/// Parses `SERVER=WEIGHT` arguments.
+pub fn parse_assignments(assignments: &[String]) -> Result<BTreeMap<String, PeerPatch>, Failure> {
+    let mut peers = BTreeMap::new();
+    for assignment in assignments {
+        let (server, patch) = parse_assignment(assignment)?;
+        if peers.insert(server.clone(), patch).is_some() {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "{server} is given twice; give each peer one weight"
+            )));
+        }
+    }
+    Ok(peers)
+}
+
+fn parse_assignment(assignment: &str) -> Result<(String, PeerPatch), Failure> {
+    let (server, weight) = assignment.rsplit_once('=').ok_or_else(|| {
+        Failure::usage(anyhow::anyhow!(
+            "\"{assignment}\" is not SERVER=WEIGHT, e.g. 127.0.0.1:8001=30"
+        ))
+    })?;
+    let weight: u32 = weight
+        .parse()
+        .ok()
+        .filter(|&w| w <= MAX_WEIGHT)
+        .ok_or_else(|| {
+            Failure::usage(anyhow::anyhow!(
+                "weight \"{weight}\" of {server} must be a number from 0 to {MAX_WEIGHT}"
+            ))
+        })?;
+    let patch = PeerPatch {
+        weight: Some(weight),
+        state: None,
+    };
+    Ok((server.to_string(), patch))
+}
+
+pub async fn set(
+    ctx: &Ctx,
+    upstream: &str,
+    assignments: &[String],
+    retries: u32,
+) -> Result<(), Failure> {
+    let peers = parse_assignments(assignments)?;
+    let mut attempt = 0;
+    loop {
+        let result = ctx
+            .fleet
+            .apply(upstream, |_, _| {
+                Ok(UpstreamPatch {
+                    peers: peers.clone(),
+                    expect_generation: None,
+                })
+            })
+            .await;
+        match result {
+            Ok(states) => {
+                ctx.print_upstreams(&states);
+                return Ok(());
+            }
+            Err(error)
+                if attempt < retries
+                    && error.client_error().and_then(ClientError::api_code) == Some("conflict") =>
+            {
+                attempt += 1;
+                ctx.progress.event(&format!(
+                    "upstream changed meanwhile; retrying ({attempt}/{retries})"
+                ));
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+pub async fn set_state(
+    ctx: &Ctx,
+    upstream: &str,
+    server: &str,
+    state: PeerState,
+    wait: Option<Duration>,
+) -> Result<(), Failure> {
+    let states = ctx
+        .fleet
+        .apply(upstream, |_, current| {
+            plan::find_peer(current, server).map_err(|err| err.to_string())?;
+            let mut peers = BTreeMap::new();
+            peers.insert(
+                server.to_string(),
+                PeerPatch {
+                    weight: None,
+                    state: Some(state),
+                },
+            );
+            Ok(UpstreamPatch {
+                peers,
+                expect_generation: None,
+            })
+        })
+        .await?;
+    if let Some(timeout) = wait {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let active: u64 = ctx
+                .fleet
+                .read(upstream)
+                .await?
+                .iter()
+                .map(|state| plan::find_peer(state, server).map_or(0, |peer| peer.active))
+                .sum();
+            if active == 0 {
+                ctx.progress.finish();
+                break;
+            }
+            if Instant::now() >= deadline {
+                ctx.progress.finish();
+                return Err(Failure::aborted(anyhow::anyhow!(
+                    "{server} still has {active} active request(s) after {timeout:?}; it stays drained"
+                )));
+            }
+            ctx.progress.status(&format!(
+                "waiting for {server} to finish {active} active request(s)"
+            ));
+            tokio::time::sleep(POLL).await;
+        }
+    }
+    ctx.print_upstreams(&states);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::EXIT_USAGE;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|arg| arg.to_string()).collect()
+    }
+
+    #[test]
+    fn assignments_become_weight_patches() {
+        let peers = parse_assignments(&args(&["127.0.0.1:8001=30", "[::1]:8002=0"])).unwrap();
+        assert_eq!(peers.len(), 2);
+        assert_eq!(peers["127.0.0.1:8001"].weight, Some(30));
+        assert_eq!(peers["[::1]:8002"].weight, Some(0));
+        assert_eq!(peers["[::1]:8002"].state, None);
+    }
+
+    #[test]
+    fn bad_assignments_are_usage_errors_that_say_why() {
+        for (bad, says) in [
+            (vec!["127.0.0.1:8001"], "is not SERVER=WEIGHT"),
+            (vec!["127.0.0.1:8001=x"], "must be a number from 0 to"),
+            (vec!["127.0.0.1:8001=-1"], "must be a number from 0 to"),
+            (vec!["127.0.0.1:8001=1001"], "must be a number from 0 to"),
+            (vec!["a:1=1", "a:1=2"], "is given twice"),
+        ] {
+            let failure = parse_assignments(&args(&bad)).unwrap_err();
+            assert_eq!(failure.code, EXIT_USAGE, "{bad:?}");
+            assert!(failure.error.to_string().contains(says), "{bad:?}: {:#}", failure.error);
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! `switch` (all traffic to one peer once it is ready) and `rollback` (back to the stable set).
+
+use std::time::{Duration, Instant};
+
+use shift_wire::Health;
+
+use super::{Ctx, POLL};
+use crate::exit::Failure;
+use crate::plan;
+
+/// How `wait_ready` treats a target its checks call unhealthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unhealthy {
+    /// Refuse at once: the operator asked to move traffic to a failing peer.
+    Refuse,
+    /// Wait for it to pass: a deploy just started it, and it was down until now.
+    AwaitRecovery,
+}
+
+/// Waits until `target` is healthy in every Nginx (when checks run there) and `check_url`, if
+/// given, answers 2xx or 3xx.
+pub async fn wait_ready(
+    ctx: &Ctx,
+    upstream: &str,
+    target: &str,
+    check_url: Option<&str>,
+    timeout: Duration,
+    unhealthy: Unhealthy,
+) -> Result<(), Failure> {
+    let deadline = Instant::now() + timeout;
+    let direct = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let mut first = true;
+    loop {
+        let states = ctx.fleet.read(upstream).await?;
+        let mut waiting_for = Vec::new();
+        for state in &states {
+            let peer = plan::find_peer(state, target)?;
+            if first && unhealthy == Unhealthy::Refuse {
+                plan::require_not_unhealthy(state, target)?;
+            }
+            if peer.check.is_some() && peer.health != Health::Healthy {
+                let last = peer
+                    .check
+                    .as_ref()
+                    .and_then(|check| check.last_error.as_deref());
+                waiting_for.push(match last {
+                    Some(error) => format!("a passed health check (last: {error})"),
+                    None => "a passed health check".to_string(),
+                });
+            }
+        }
+        first = false;
+        if let Some(url) = check_url {
+            match direct.get(url).send().await {
+                Ok(response)
+                    if response.status().is_success() || response.status().is_redirection() => {}
+                Ok(response) => waiting_for.push(format!("{url} answered {}", response.status())),
+                Err(err) => waiting_for.push(format!("{url}: {err}")),
+            }
+        }
+        if waiting_for.is_empty() {
+            ctx.progress.finish();
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            ctx.progress.finish();
+            return Err(Failure::aborted(anyhow::anyhow!(
+                "{target} is not ready after {timeout:?} ({}); traffic was not moved",
+                waiting_for.join("; ")
+            )));
+        }
+        ctx.progress
+            .status(&format!("waiting for {target}: {}", waiting_for.join("; ")));
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+pub async fn switch(
+    ctx: &Ctx,
+    upstream: &str,
+    target: &str,
+    check_url: Option<&str>,
+    timeout: Duration,
+    unhealthy: Unhealthy,
+) -> Result<(), Failure> {
+    wait_ready(ctx, upstream, target, check_url, timeout, unhealthy).await?;
+    ctx.save_stable(&ctx.fleet.read(upstream).await?)?;
+    let states = ctx
+        .fleet
+        .apply(upstream, |_, current| {
+            plan::switch(current, target).map_err(|err| err.to_string())
+        })
+        .await?;
+    ctx.progress.event(&format!(
+        "switched upstream \"{upstream}\" to {target}; the others drain"
+    ));
+    ctx.print_upstreams(&states);
+    Ok(())
+}
+
+pub async fn rollback(ctx: &Ctx, upstream: &str) -> Result<(), Failure> {
+    let states = ctx.restore_stable(upstream).await?;
+    ctx.progress.event(&format!(
+        "upstream \"{upstream}\" is back on its stable set"
+    ));
+    ctx.print_upstreams(&states);
+    Ok(())
+}

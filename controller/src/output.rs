@@ -1,0 +1,148 @@
+//! What commands print: the status table, or JSON per Nginx.
+
+use shift_wire::{Peer, Upstream};
+
+use crate::commands::Ctx;
+
+impl Ctx {
+    /// Prints one value per Nginx as a JSON array of `{"socket": ..., key: value}`.
+    pub(crate) fn print_json_per_socket<T: serde::Serialize>(&self, key: &str, values: &[T]) {
+        let entries: Vec<_> = self
+            .fleet
+            .clients()
+            .iter()
+            .zip(values)
+            .map(|(client, value)| {
+                serde_json::json!({ "socket": client.socket().display().to_string(), key: value })
+            })
+            .collect();
+        let json = serde_json::to_string_pretty(&entries).expect("JSON of wire types");
+        println!("{json}");
+    }
+
+    pub(crate) fn print_upstreams(&self, upstreams: &[Upstream]) {
+        if self.json {
+            self.print_json_per_socket("upstream", upstreams);
+            return;
+        }
+        for (client, upstream) in self.fleet.clients().iter().zip(upstreams) {
+            if self.fleet.clients().len() > 1 {
+                println!("# {}", client.socket().display());
+            }
+            print!("{}", render_table(upstream));
+        }
+    }
+}
+
+/// The status table of one upstream.
+pub fn render_table(upstream: &Upstream) -> String {
+    let total: u64 = upstream
+        .peers
+        .iter()
+        .filter(|peer| takes_traffic(peer))
+        .map(|peer| peer.weight as u64)
+        .sum();
+    let mut out = format!(
+        "upstream {} (generation {})\n",
+        upstream.name, upstream.generation
+    );
+    out += &format!(
+        "{:<24} {:>6} {:>7} {:<6} {:<10} {:>10} {:>9} {:>7}\n",
+        "PEER", "WEIGHT", "SHARE", "STATE", "HEALTH", "REQUESTS", "FAILURES", "ACTIVE"
+    );
+    for peer in &upstream.peers {
+        let share = if takes_traffic(peer) && total > 0 {
+            format!("{:.1}%", peer.weight as f64 * 100.0 / total as f64)
+        } else {
+            "-".into()
+        };
+        let server = if peer.backup {
+            format!("{} (backup)", peer.server)
+        } else {
+            peer.server.clone()
+        };
+        out += &format!(
+            "{:<24} {:>6} {:>7} {:<6} {:<10} {:>10} {:>9} {:>7}\n",
+            server,
+            peer.weight,
+            share,
+            peer.state.as_str(),
+            peer.health.as_str(),
+            peer.requests,
+            peer.failures,
+            peer.active
+        );
+    }
+    out
+}
+
+/// A primary peer the module says takes new requests (a backup one takes them only when no
+/// primary can).
+fn takes_traffic(peer: &Peer) -> bool {
+    peer.eligible && !peer.backup
+}
+
+#[cfg(test)]
+mod tests {
+    use shift_wire::{Health, PeerState, ResponseCounts};
+
+    use super::*;
+
+    fn peer(server: &str, weight: u32, eligible: bool, backup: bool) -> Peer {
+        Peer {
+            server: server.into(),
+            weight,
+            state: if eligible { PeerState::Up } else { PeerState::Down },
+            health: Health::Unchecked,
+            eligible,
+            backup,
+            config_weight: weight,
+            requests: 12,
+            failures: 1,
+            active: 3,
+            responses: ResponseCounts::default(),
+            check: None,
+        }
+    }
+
+    fn rows(upstream: &Upstream) -> Vec<Vec<String>> {
+        render_table(upstream)
+            .lines()
+            .skip(2)
+            .map(|line| line.split_whitespace().map(str::to_string).collect())
+            .collect()
+    }
+
+    #[test]
+    fn shares_count_only_primary_peers_that_take_traffic() {
+        let upstream = Upstream {
+            name: "app".into(),
+            generation: 7,
+            peers: vec![
+                peer("127.0.0.1:8001", 30, true, false),
+                peer("127.0.0.1:8002", 10, true, false),
+                peer("127.0.0.1:8003", 60, false, false),
+                peer("127.0.0.1:8004", 5, true, true),
+            ],
+        };
+        let text = render_table(&upstream);
+        assert!(text.starts_with("upstream app (generation 7)\nPEER "), "{text}");
+        let rows = rows(&upstream);
+        assert_eq!(rows[0][..3], ["127.0.0.1:8001", "30", "75.0%"]);
+        assert_eq!(rows[1][..3], ["127.0.0.1:8002", "10", "25.0%"]);
+        // Weight 60 but down: no share, and it does not dilute the others.
+        assert_eq!(rows[2][..4], ["127.0.0.1:8003", "60", "-", "down"]);
+        assert_eq!(rows[3][..4], ["127.0.0.1:8004", "(backup)", "5", "-"]);
+        assert_eq!(rows[0][4..], ["unchecked", "12", "1", "3"]);
+    }
+
+    #[test]
+    fn no_share_when_nothing_takes_traffic() {
+        let upstream = Upstream {
+            name: "app".into(),
+            generation: 1,
+            peers: vec![peer("127.0.0.1:8001", 0, true, false)],
+        };
+        assert_eq!(rows(&upstream)[0][2], "-");
+    }
+}
