@@ -371,7 +371,7 @@ fn to_json<T: serde::Serialize>(value: &T) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::tests::OwnedTable;
+    use crate::table::test_support::OwnedTable;
     use shift_wire::{PeerState, Upstream};
 
     const WRITER: Caller = Caller {

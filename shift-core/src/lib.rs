@@ -6,6 +6,7 @@
 pub mod api;
 pub mod directives;
 pub mod health;
+pub mod health_record;
 pub mod inflight;
 pub mod lifecycle;
 pub mod metrics;

@@ -185,7 +185,7 @@ fn escape(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::tests::OwnedTable;
+    use crate::table::test_support::OwnedTable;
 
     #[test]
     fn renders_every_family_with_labels() {

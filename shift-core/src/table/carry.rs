@@ -1,0 +1,364 @@
+//! What outlives a configuration: committing a new configuration over the runtime values the
+//! API set, and carrying values over from a state file or from a zone being replaced.
+
+use std::sync::atomic::Ordering;
+
+use shift_wire::{Health, PeerState};
+
+use super::layout::{config_state, encode_health, encode_state, PeerConfig, PeerSlot};
+use super::lock::{WriteGuard, MAX_GENERATION};
+use super::{CheckMode, Table};
+
+impl WriteGuard<'_> {
+    /// Commits a configuration's view of the upstream: `checks` and each peer's config line, in
+    /// the configuration's order. A peer whose line changed takes the line's weight and state;
+    /// every other peer keeps its runtime values, so nothing the API acknowledged is undone.
+    /// Current peers of the table that the configuration no longer has are in `removed`. One new
+    /// generation when anything visible changed. Returns what changed, for the log.
+    pub fn commit(
+        &self,
+        checks: CheckMode,
+        configs: &[PeerConfig],
+        removed: &[&PeerSlot],
+    ) -> Vec<CarryNote> {
+        let mut notes = Vec::new();
+        let header = self.table.header;
+        // A table's first commit is its start, not a change.
+        let was_current = header.is_current();
+        let mut changed = header.checks() != checks || !removed.is_empty();
+        self.write_section(|peers| {
+            header.checks.store(checks as u8, Ordering::Relaxed);
+            for (order, (peer, config)) in peers.iter().zip(configs).enumerate() {
+                changed |= !peer.is_current() || peer.order() != order as u32;
+                let existing = peer.is_current();
+                if existing && peer.config() == *config {
+                    let (weight, state) = (peer.weight(), peer.state());
+                    if weight != config.weight || state != config_state(config) {
+                        notes.push(CarryNote::Kept {
+                            server: peer.server().to_string(),
+                            weight,
+                            state,
+                        });
+                    }
+                }
+                if peer.config() != *config {
+                    changed = true;
+                    peer.set_config(config);
+                    peer.weight.store(config.weight, Ordering::Relaxed);
+                    peer.state
+                        .store(encode_state(config_state(config)), Ordering::Relaxed);
+                    notes.push(CarryNote::ConfigChanged {
+                        server: peer.server().to_string(),
+                    });
+                }
+                peer.set_current(true, order as u32);
+            }
+            for peer in removed {
+                peer.set_current(false, 0);
+            }
+            header.set_current(true);
+        });
+        if changed && was_current {
+            self.bump_generation();
+        }
+        notes
+    }
+
+    /// Takes weights, states, health and counters of peers found in `previous` (by address): a
+    /// state file on a fresh start, or the zone this one replaces when the zone was resized. A
+    /// peer whose config line changed since keeps its config values. The generation continues
+    /// from `previous_generation`. Returns what was kept, for the log.
+    pub fn carry_over(&self, previous: &[CarriedPeer], previous_generation: u64) -> Vec<CarryNote> {
+        let mut notes = Vec::new();
+        self.write_section(|peers| {
+            for peer in peers {
+                let Some(old) = previous
+                    .iter()
+                    .find(|old| old.config.server == peer.server())
+                else {
+                    continue;
+                };
+                if let Some(counters) = &old.counters {
+                    counters.store_into(peer);
+                }
+                if let Some(health) = old.health {
+                    peer.health.store(encode_health(health), Ordering::Relaxed);
+                }
+                if old.config != peer.config() {
+                    notes.push(CarryNote::ConfigChanged {
+                        server: peer.server().to_string(),
+                    });
+                    continue;
+                }
+                peer.weight.store(old.weight, Ordering::Relaxed);
+                peer.state.store(encode_state(old.state), Ordering::Relaxed);
+                if old.weight != old.config.weight || old.state != config_state(&old.config) {
+                    notes.push(CarryNote::Kept {
+                        server: peer.server().to_string(),
+                        weight: old.weight,
+                        state: old.state,
+                    });
+                }
+            }
+        });
+        self.table.header.generation.store(
+            previous_generation.saturating_add(1).min(MAX_GENERATION),
+            Ordering::Release,
+        );
+        notes
+    }
+}
+
+/// A peer's runtime values from a state file or from a zone being replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CarriedPeer {
+    pub config: PeerConfig,
+    pub weight: u32,
+    pub state: PeerState,
+    /// Kept when a resized zone is replaced; a restart starts unchecked.
+    pub health: Option<Health>,
+    pub counters: Option<CarriedCounters>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CarriedCounters {
+    pub requests: u64,
+    pub failures: u64,
+    pub responses: [u64; 5],
+}
+
+impl CarriedCounters {
+    fn of(peer: &PeerSlot) -> CarriedCounters {
+        CarriedCounters {
+            requests: peer.requests.load(Ordering::Relaxed),
+            failures: peer.failures.load(Ordering::Relaxed),
+            responses: std::array::from_fn(|class| peer.responses[class].load(Ordering::Relaxed)),
+        }
+    }
+
+    fn store_into(&self, peer: &PeerSlot) {
+        peer.requests.store(self.requests, Ordering::Relaxed);
+        peer.failures.store(self.failures, Ordering::Relaxed);
+        for (slot, value) in peer.responses.iter().zip(self.responses) {
+            slot.store(value, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Table<'_> {
+    /// Everything a replaced zone hands to the next one.
+    pub fn carried(&self) -> Vec<CarriedPeer> {
+        self.peers
+            .iter()
+            .map(|peer| CarriedPeer {
+                config: peer.config(),
+                weight: peer.weight(),
+                state: peer.state(),
+                health: Some(peer.health()),
+                counters: Some(CarriedCounters::of(peer)),
+            })
+            .collect()
+    }
+}
+
+/// What `carry_over` did with a peer, for the error log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CarryNote {
+    Kept {
+        server: String,
+        weight: u32,
+        state: PeerState,
+    },
+    ConfigChanged {
+        server: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use shift_wire::PeerState;
+
+    use super::*;
+    use crate::table::test_support::{config, routes, OwnedTable};
+    use crate::table::{PeerChange, Route};
+
+    #[test]
+    fn config_down_peers_start_as_standby() {
+        let owned = OwnedTable::new("app", &[("a:1", 5, false), ("b:1", 1, true)]);
+        assert_eq!(
+            routes(owned.view()),
+            vec![
+                Route {
+                    weight: 5,
+                    eligible: true
+                },
+                Route {
+                    weight: 1,
+                    eligible: false
+                }
+            ]
+        );
+        let wire = owned.view().to_wire(&[]);
+        assert_eq!(wire.peers[1].state, PeerState::Down);
+        assert_eq!(wire.generation, 1);
+    }
+    #[test]
+    fn carry_over_keeps_runtime_values_unless_the_config_line_changed() {
+        let old = OwnedTable::new(
+            "app",
+            &[("a:1", 5, false), ("b:1", 5, true), ("c:1", 5, false)],
+        );
+        let guard = old.view().lock(1, |_| true).unwrap();
+        guard.apply(&[
+            PeerChange {
+                index: 0,
+                weight: Some(0),
+                state: None,
+            },
+            PeerChange {
+                index: 1,
+                weight: Some(100),
+                state: Some(PeerState::Up),
+            },
+            PeerChange {
+                index: 2,
+                weight: Some(9),
+                state: None,
+            },
+        ]);
+        drop(guard);
+        // The new config keeps a:1 and b:1 as they were, changes c:1's weight, adds d:1.
+        let new = OwnedTable::new(
+            "app",
+            &[
+                ("a:1", 5, false),
+                ("b:1", 5, true),
+                ("c:1", 7, false),
+                ("d:1", 3, false),
+            ],
+        );
+        let notes = new
+            .view()
+            .lock(1, |_| true)
+            .unwrap()
+            .carry_over(&old.view().carried(), old.view().generation());
+        let wire = new.view().to_wire(&[]);
+        let summary: Vec<_> = wire
+            .peers
+            .iter()
+            .map(|peer| (peer.server.as_str(), peer.weight, peer.state))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("a:1", 0, PeerState::Up),
+                ("b:1", 100, PeerState::Up),
+                ("c:1", 7, PeerState::Up),
+                ("d:1", 3, PeerState::Up),
+            ]
+        );
+        assert_eq!(wire.generation, old.view().generation() + 1);
+        assert_eq!(
+            notes,
+            vec![
+                CarryNote::Kept {
+                    server: "a:1".into(),
+                    weight: 0,
+                    state: PeerState::Up
+                },
+                CarryNote::Kept {
+                    server: "b:1".into(),
+                    weight: 100,
+                    state: PeerState::Up
+                },
+                CarryNote::ConfigChanged {
+                    server: "c:1".into()
+                },
+            ]
+        );
+    }
+    #[test]
+    fn a_commit_applies_changed_lines_and_keeps_runtime_values() {
+        let a = config("a:1", 5, false);
+        let b = config("b:1", 5, true);
+        let owned = OwnedTable::with_checks("app", &[a.clone(), b.clone()], CheckMode::Off);
+        let table = owned.view();
+        assert_eq!(
+            table.generation(),
+            1,
+            "the first commit is the start, not a change"
+        );
+        table.lock(1, |_| true).unwrap().apply(&[
+            PeerChange {
+                index: 0,
+                weight: Some(0),
+                state: None,
+            },
+            PeerChange {
+                index: 1,
+                weight: Some(100),
+                state: Some(PeerState::Up),
+            },
+        ]);
+        assert_eq!(table.generation(), 2);
+
+        // The same configuration again: nothing changes, not even the generation.
+        let notes =
+            table
+                .lock(1, |_| true)
+                .unwrap()
+                .commit(CheckMode::Off, &[a.clone(), b.clone()], &[]);
+        assert_eq!(table.generation(), 2);
+        assert_eq!(
+            notes,
+            vec![
+                CarryNote::Kept {
+                    server: "a:1".into(),
+                    weight: 0,
+                    state: PeerState::Up
+                },
+                CarryNote::Kept {
+                    server: "b:1".into(),
+                    weight: 100,
+                    state: PeerState::Up
+                },
+            ]
+        );
+
+        // b's line changes: b takes it, a keeps its runtime weight; one new generation.
+        let b_heavier = config("b:1", 7, false);
+        let notes =
+            table
+                .lock(1, |_| true)
+                .unwrap()
+                .commit(CheckMode::Off, &[a.clone(), b_heavier], &[]);
+        assert!(notes.contains(&CarryNote::ConfigChanged {
+            server: "b:1".into()
+        }));
+        let wire = table.to_wire(&[]);
+        let values: Vec<_> = wire
+            .peers
+            .iter()
+            .map(|p| (p.weight, p.state, p.config_weight))
+            .collect();
+        assert_eq!(values, [(0, PeerState::Up, 5), (7, PeerState::Up, 7)]);
+        assert_eq!(wire.generation, 3);
+    }
+    #[test]
+    fn a_commit_without_a_peer_takes_it_out_of_the_current_set() {
+        let a = config("a:1", 1, false);
+        let b = config("b:1", 1, false);
+        let owned = OwnedTable::with_checks("app", &[a.clone(), b], CheckMode::Off);
+        let [slot_a, slot_b] = [owned.peers[0], owned.peers[1]];
+        assert!(slot_a.is_current() && slot_b.is_current());
+        let only_a = [slot_a];
+        let table = Table::new(owned.header, &only_a);
+        table
+            .lock(1, |_| true)
+            .unwrap()
+            .commit(CheckMode::Mandatory, &[a], &[slot_b]);
+        assert!(slot_a.is_current() && !slot_b.is_current());
+        assert_eq!(table.generation(), 2, "a peer left");
+        assert_eq!(owned.header.checks(), CheckMode::Mandatory);
+    }
+}

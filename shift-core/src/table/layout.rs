@@ -1,0 +1,375 @@
+//! How a table lies in shared memory: the upstream's header, its peers' slots, names stored
+//! inline, and the encodings of states and health in single bytes.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+
+use shift_wire::{CheckStatus, Health, Peer, PeerState, ResponseCounts};
+
+use super::eligible;
+use crate::health::ProbeError;
+
+/// Longest upstream or peer name a table holds (a `unix:` peer path fits).
+pub const NAME_CAPACITY: usize = 128;
+
+/// A name stored inline, written once when its table is created.
+#[repr(C)]
+pub struct FixedName {
+    len: u16,
+    bytes: [u8; NAME_CAPACITY],
+}
+
+impl FixedName {
+    pub fn new(name: &str) -> Result<FixedName, NameTooLong> {
+        if name.len() > NAME_CAPACITY {
+            return Err(NameTooLong(name.to_string()));
+        }
+        let mut bytes = [0; NAME_CAPACITY];
+        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        Ok(FixedName {
+            len: name.len() as u16,
+            bytes,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Built from a &str in `new`, so the bytes are UTF-8 up to a char boundary.
+        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or("")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("name \"{0}\" is longer than {NAME_CAPACITY} bytes")]
+pub struct NameTooLong(pub String);
+
+/// The header of one upstream's table.
+#[repr(C)]
+pub struct TableHeader {
+    /// Address of the next header in the zone's list; only the FFI module follows it.
+    pub next: AtomicUsize,
+    /// Address of the upstream's first peer slot (slots link through `PeerSlot::next`).
+    pub peers: AtomicUsize,
+    /// Address and length of the committed `state=` path in the zone (0 when there is none).
+    pub state_path: [AtomicUsize; 2],
+    /// How many live configuration loads use this upstream (changed under the zone's lock).
+    pub refs: AtomicU32,
+    /// Whether the committed configuration has this upstream.
+    pub(crate) current: AtomicBool,
+    pub(crate) name: FixedName,
+    pub(crate) checks: AtomicU8,
+    pub(crate) writer: AtomicU32,
+    pub(crate) seq: AtomicU64,
+    pub(crate) generation: AtomicU64,
+}
+
+/// Whether the upstream's peers are health-checked, and whether they must pass first.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckMode {
+    Off,
+    On,
+    /// `shift_check mandatory`: a peer that has not passed a check gets no traffic.
+    Mandatory,
+}
+
+impl CheckMode {
+    pub(crate) fn decode(value: u8) -> CheckMode {
+        match value {
+            1 => CheckMode::On,
+            2 => CheckMode::Mandatory,
+            _ => CheckMode::Off,
+        }
+    }
+}
+
+impl TableHeader {
+    /// A new upstream's header: not current until a configuration that has it is committed.
+    pub fn new(name: &str, checks: CheckMode) -> Result<TableHeader, NameTooLong> {
+        Ok(TableHeader {
+            next: AtomicUsize::new(0),
+            peers: AtomicUsize::new(0),
+            state_path: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            refs: AtomicU32::new(0),
+            current: AtomicBool::new(false),
+            name: FixedName::new(name)?,
+            checks: AtomicU8::new(checks as u8),
+            writer: AtomicU32::new(0),
+            seq: AtomicU64::new(0),
+            generation: AtomicU64::new(1),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        self.name.as_str()
+    }
+
+    pub fn checks(&self) -> CheckMode {
+        CheckMode::decode(self.checks.load(Ordering::Relaxed))
+    }
+
+    /// Whether the committed configuration (or the API, for run-time peers) has it.
+    pub fn is_current(&self) -> bool {
+        self.current.load(Ordering::Acquire)
+    }
+
+    pub fn set_current(&self, current: bool) {
+        self.current.store(current, Ordering::Release);
+    }
+}
+
+/// What the config says about a peer; a peer whose config changed across a reload takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    pub server: String,
+    pub weight: u32,
+    pub down: bool,
+    pub backup: bool,
+}
+
+/// One peer's live state, kept for as long as any live configuration routes to it.
+#[repr(C)]
+pub struct PeerSlot {
+    /// Address of the next slot of the same upstream; only the FFI module follows it.
+    pub next: AtomicUsize,
+    /// How many live configuration loads route to this peer (changed under the zone's lock).
+    pub refs: AtomicU32,
+    /// Whether the committed configuration has this peer.
+    pub(crate) current: AtomicBool,
+    /// Its position in the committed configuration, the order the API lists peers in.
+    pub(crate) order: AtomicU32,
+    pub(crate) name: FixedName,
+    /// The committed config line: a line that changes resets weight and state to it.
+    pub(crate) config_weight: AtomicU32,
+    pub(crate) config_down: AtomicBool,
+    pub(crate) backup: AtomicBool,
+    pub(crate) weight: AtomicU32,
+    pub(crate) state: AtomicU8,
+    pub(crate) health: AtomicU8,
+    pub(crate) requests: AtomicU64,
+    pub(crate) failures: AtomicU64,
+    pub(crate) responses: [AtomicU64; 5],
+    /// When the next health check is due (monotonic ms); the worker that moves it on probes.
+    pub(crate) next_check_ms: AtomicU64,
+    pub(crate) check_fails: AtomicU32,
+    pub(crate) check_passes: AtomicU32,
+    /// When the last check finished (Unix ms), 0 before the first.
+    pub(crate) last_check_ms: AtomicU64,
+    /// `ProbeError::encode` of the last check, 0 when it passed.
+    pub(crate) last_error: AtomicU64,
+}
+
+impl PeerSlot {
+    /// A peer as the config describes it: `down` peers start as standby. It is not current
+    /// until a configuration that has it is committed.
+    pub fn new(config: &PeerConfig) -> Result<PeerSlot, NameTooLong> {
+        Ok(PeerSlot {
+            next: AtomicUsize::new(0),
+            refs: AtomicU32::new(0),
+            current: AtomicBool::new(false),
+            order: AtomicU32::new(0),
+            name: FixedName::new(&config.server)?,
+            config_weight: AtomicU32::new(config.weight),
+            config_down: AtomicBool::new(config.down),
+            backup: AtomicBool::new(config.backup),
+            weight: AtomicU32::new(config.weight),
+            state: AtomicU8::new(encode_state(config_state(config))),
+            health: AtomicU8::new(encode_health(Health::Unchecked)),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            responses: Default::default(),
+            next_check_ms: AtomicU64::new(0),
+            check_fails: AtomicU32::new(0),
+            check_passes: AtomicU32::new(0),
+            last_check_ms: AtomicU64::new(0),
+            last_error: AtomicU64::new(0),
+        })
+    }
+
+    pub fn is_current(&self) -> bool {
+        self.current.load(Ordering::Acquire)
+    }
+
+    /// Marks the peer as in the committed configuration at position `order`, or as not in it.
+    pub fn set_current(&self, current: bool, order: u32) {
+        self.order.store(order, Ordering::Relaxed);
+        self.current.store(current, Ordering::Release);
+    }
+
+    pub fn order(&self) -> u32 {
+        self.order.load(Ordering::Relaxed)
+    }
+
+    pub fn server(&self) -> &str {
+        self.name.as_str()
+    }
+
+    pub fn config(&self) -> PeerConfig {
+        PeerConfig {
+            server: self.server().to_string(),
+            weight: self.config_weight.load(Ordering::Relaxed),
+            down: self.config_down.load(Ordering::Relaxed),
+            backup: self.backup.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn set_config(&self, config: &PeerConfig) {
+        self.config_weight.store(config.weight, Ordering::Relaxed);
+        self.config_down.store(config.down, Ordering::Relaxed);
+        self.backup.store(config.backup, Ordering::Relaxed);
+    }
+
+    pub(crate) fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn state(&self) -> PeerState {
+        decode_state(self.state.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn health(&self) -> Health {
+        decode_health(self.health.load(Ordering::Relaxed))
+    }
+
+    /// A request was sent to this peer.
+    pub fn record_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request attempt on this peer finished; `status` is the upstream's status code if it
+    /// answered one.
+    pub fn record_finish(&self, failed: bool, status: Option<u16>) {
+        if failed {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(class @ 1..=5) = status.map(|status| status / 100) {
+            self.responses[class as usize - 1].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn check_status(&self) -> CheckStatus {
+        let last_check_ms = self.last_check_ms.load(Ordering::Relaxed);
+        CheckStatus {
+            last_check_ms: (last_check_ms != 0).then_some(last_check_ms),
+            last_error: ProbeError::decode(self.last_error.load(Ordering::Relaxed))
+                .map(ProbeError::describe),
+            consecutive_fails: self.check_fails.load(Ordering::Relaxed),
+            consecutive_passes: self.check_passes.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn to_wire(&self, values: PeerValues, active: u64, checks: CheckMode) -> Peer {
+        let count = |class: usize| self.responses[class].load(Ordering::Relaxed);
+        Peer {
+            server: self.server().to_string(),
+            weight: values.weight,
+            state: values.state,
+            health: values.health,
+            eligible: eligible(
+                values.weight,
+                values.state,
+                values.health,
+                checks == CheckMode::Mandatory,
+            ),
+            backup: self.backup.load(Ordering::Relaxed),
+            config_weight: self.config_weight.load(Ordering::Relaxed),
+            requests: self.requests.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            active,
+            responses: ResponseCounts {
+                informational: count(0),
+                success: count(1),
+                redirection: count(2),
+                client_error: count(3),
+                server_error: count(4),
+            },
+            check: (checks != CheckMode::Off).then(|| self.check_status()),
+        }
+    }
+}
+
+/// A peer's routing values, read together from one snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PeerValues {
+    pub(crate) weight: u32,
+    pub(crate) state: PeerState,
+    pub(crate) health: Health,
+}
+
+impl PeerValues {
+    pub(crate) fn of(peer: &PeerSlot) -> PeerValues {
+        PeerValues {
+            weight: peer.weight(),
+            state: peer.state(),
+            health: peer.health(),
+        }
+    }
+}
+
+pub(crate) fn config_state(config: &PeerConfig) -> PeerState {
+    if config.down {
+        PeerState::Down
+    } else {
+        PeerState::Up
+    }
+}
+
+pub(crate) fn encode_state(state: PeerState) -> u8 {
+    match state {
+        PeerState::Up => 0,
+        PeerState::Drain => 1,
+        PeerState::Down => 2,
+    }
+}
+
+pub(crate) fn decode_state(value: u8) -> PeerState {
+    match value {
+        0 => PeerState::Up,
+        1 => PeerState::Drain,
+        _ => PeerState::Down,
+    }
+}
+
+pub(crate) fn encode_health(health: Health) -> u8 {
+    match health {
+        Health::Unchecked => 0,
+        Health::Healthy => 1,
+        Health::Unhealthy => 2,
+    }
+}
+
+pub(crate) fn decode_health(value: u8) -> Health {
+    match value {
+        1 => Health::Healthy,
+        2 => Health::Unhealthy,
+        _ => Health::Unchecked,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::test_support::OwnedTable;
+
+    #[test]
+    pub(crate) fn counters_count_attempts_failures_and_classes() {
+        let owned = OwnedTable::new("app", &[("a:1", 1, false)]);
+        let peer = &owned.view().peers()[0];
+        peer.record_request();
+        peer.record_request();
+        peer.record_finish(false, Some(200));
+        // `active` is what the workers' in-flight records say, handed in by the caller.
+        let mid = owned.view().to_wire(&[1]);
+        assert_eq!(mid.peers[0].active, 1);
+        peer.record_finish(true, Some(503));
+        let wire = owned.view().to_wire(&[]).peers.remove(0);
+        assert_eq!((wire.requests, wire.failures, wire.active), (2, 1, 0));
+        assert_eq!(
+            (wire.responses.success, wire.responses.server_error),
+            (1, 1)
+        );
+    }
+    #[test]
+    pub(crate) fn names_longer_than_the_capacity_are_refused() {
+        assert!(FixedName::new(&"x".repeat(NAME_CAPACITY)).is_ok());
+        assert!(FixedName::new(&"x".repeat(NAME_CAPACITY + 1)).is_err());
+    }
+}

@@ -1,0 +1,203 @@
+//! The writer side of a table: its lock (taken over from a writer that died), the sequence-lock
+//! sections readers detect, and the generation every change adds one to.
+
+use std::sync::atomic::{fence, Ordering};
+
+use shift_wire::Health;
+
+use super::layout::{encode_health, encode_state, PeerSlot};
+use super::{PeerChange, Table};
+
+/// How many times a writer tries the lock before giving up (each try yields the CPU).
+const LOCK_ATTEMPTS: usize = 10_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LockError {
+    #[error(
+        "another change to upstream \"{upstream}\" is in progress (worker pid {holder}); try again"
+    )]
+    Busy { upstream: String, holder: u32 },
+}
+
+impl<'a> Table<'a> {
+    /// Takes the write lock for the process `pid`. A lock held by a process that `is_alive` says
+    /// is gone (a worker that crashed mid-change) is taken over.
+    pub fn lock(
+        &self,
+        pid: u32,
+        is_alive: impl Fn(u32) -> bool,
+    ) -> Result<WriteGuard<'a>, LockError> {
+        let writer = &self.header.writer;
+        let mut holder = 0;
+        for _ in 0..LOCK_ATTEMPTS {
+            match writer.compare_exchange(0, pid, Ordering::Acquire, Ordering::Relaxed) {
+                Ok(_) => return Ok(WriteGuard { table: *self }),
+                Err(current) => holder = current,
+            }
+            if holder != pid
+                && !is_alive(holder)
+                && writer
+                    .compare_exchange(holder, pid, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                // The dead writer may have left `seq` odd: close its section.
+                let seq = self.header.seq.load(Ordering::Relaxed);
+                if seq % 2 == 1 {
+                    self.header.seq.store(seq + 1, Ordering::Release);
+                }
+                return Ok(WriteGuard { table: *self });
+            }
+            std::thread::yield_now();
+        }
+        Err(LockError::Busy {
+            upstream: self.name().to_string(),
+            holder,
+        })
+    }
+}
+
+/// The write lock of one table; released on drop.
+pub struct WriteGuard<'a> {
+    pub(super) table: Table<'a>,
+}
+
+impl<'a> WriteGuard<'a> {
+    pub fn table(&self) -> Table<'a> {
+        self.table
+    }
+
+    /// Applies all `changes` as one new generation, visible to readers at once; returns it.
+    pub fn apply(&self, changes: &[PeerChange]) -> u64 {
+        self.write_section(|peers| {
+            for change in changes {
+                let peer = &peers[change.index];
+                if let Some(weight) = change.weight {
+                    peer.weight.store(weight, Ordering::Relaxed);
+                }
+                if let Some(state) = change.state {
+                    peer.state.store(encode_state(state), Ordering::Relaxed);
+                }
+            }
+        });
+        self.bump_generation()
+    }
+
+    /// Sets a peer's health; routing changes at once. Health is not a generation of its own.
+    pub fn set_health(&self, index: usize, health: Health) {
+        self.write_section(|peers| {
+            peers[index]
+                .health
+                .store(encode_health(health), Ordering::Relaxed);
+        });
+    }
+
+    pub(super) fn bump_generation(&self) -> u64 {
+        let generation = &self.table.header.generation;
+        let next = generation
+            .load(Ordering::Acquire)
+            .saturating_add(1)
+            .min(MAX_GENERATION);
+        generation.store(next, Ordering::Release);
+        next
+    }
+
+    pub(super) fn write_section(&self, write: impl FnOnce(&[&PeerSlot])) {
+        let seq = &self.table.header.seq;
+        let start = seq.load(Ordering::Relaxed);
+        seq.store(start + 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        write(self.table.peers);
+        seq.store(start + 2, Ordering::Release);
+    }
+}
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        self.table.header.writer.store(0, Ordering::Release);
+    }
+}
+
+/// The highest generation: the largest integer every JSON reader keeps exact (2^53). A table
+/// stays there rather than wrap, and a state file above it is refused.
+pub const MAX_GENERATION: u64 = 1 << 53;
+
+#[cfg(test)]
+mod tests {
+    use shift_wire::PeerState;
+
+    use super::*;
+    use crate::table::test_support::OwnedTable;
+    use crate::table::Route;
+
+    #[test]
+    fn apply_changes_routing_and_generation_at_once() {
+        let owned = OwnedTable::new("app", &[("a:1", 5, false), ("b:1", 1, true)]);
+        let table = owned.view();
+        let seen = table.seq();
+        let guard = table.lock(7, |_| true).unwrap();
+        let generation = guard.apply(&[
+            PeerChange {
+                index: 0,
+                weight: Some(0),
+                state: None,
+            },
+            PeerChange {
+                index: 1,
+                weight: Some(30),
+                state: Some(PeerState::Up),
+            },
+        ]);
+        drop(guard);
+        assert_eq!(generation, 2);
+        let mut routes = Vec::new();
+        let seq = table
+            .routes_if_changed(seen, &mut routes)
+            .expect("seq moved");
+        assert_eq!(
+            routes,
+            vec![
+                Route {
+                    weight: 0,
+                    eligible: false
+                },
+                Route {
+                    weight: 30,
+                    eligible: true
+                }
+            ]
+        );
+        assert!(
+            table.routes_if_changed(seq, &mut routes).is_none(),
+            "nothing new since"
+        );
+    }
+    #[test]
+    fn the_lock_excludes_a_live_writer_and_is_taken_from_a_dead_one() {
+        let owned = OwnedTable::new("app", &[("a:1", 1, false)]);
+        let table = owned.view();
+        let held = table.lock(100, |_| true).unwrap();
+        assert_eq!(
+            table.lock(200, |_| true).err(),
+            Some(LockError::Busy {
+                upstream: "app".into(),
+                holder: 100
+            })
+        );
+        std::mem::forget(held); // pid 100 "crashes" holding the lock
+        let taken = table.lock(200, |pid| pid != 100);
+        assert!(taken.is_ok());
+    }
+    #[test]
+    fn the_generation_stops_at_its_ceiling() {
+        let owned = OwnedTable::new("app", &[("a:1", 1, false)]);
+        let guard = owned.view().lock(1, |_| true).unwrap();
+        guard.carry_over(&[], MAX_GENERATION);
+        let change = [PeerChange {
+            index: 0,
+            weight: Some(2),
+            state: None,
+        }];
+        assert_eq!(guard.apply(&change), MAX_GENERATION);
+        assert_eq!(guard.apply(&change), MAX_GENERATION);
+    }
+}

@@ -1,0 +1,75 @@
+//! Tables in ordinary memory for the tests of this crate.
+
+use super::*;
+
+/// A table in ordinary memory (leaked, as the zone would hold it for the process's life).
+pub(crate) struct OwnedTable {
+    pub(crate) header: &'static TableHeader,
+    pub(crate) peers: Vec<&'static PeerSlot>,
+}
+
+impl OwnedTable {
+    pub(crate) fn new(name: &str, peers: &[(&str, u32, bool)]) -> OwnedTable {
+        let configs: Vec<PeerConfig> = peers
+            .iter()
+            .map(|&(server, weight, down)| PeerConfig {
+                server: server.into(),
+                weight,
+                down,
+                backup: false,
+            })
+            .collect();
+        OwnedTable::with_checks(name, &configs, CheckMode::Off)
+    }
+
+    pub(crate) fn checked(name: &str, peers: &[&str], checks: CheckMode) -> OwnedTable {
+        let configs: Vec<PeerConfig> = peers
+            .iter()
+            .map(|server| PeerConfig {
+                server: server.to_string(),
+                weight: 1,
+                down: false,
+                backup: false,
+            })
+            .collect();
+        OwnedTable::with_checks(name, &configs, checks)
+    }
+
+    /// A table as a first configuration commits it.
+    pub(crate) fn with_checks(name: &str, configs: &[PeerConfig], checks: CheckMode) -> OwnedTable {
+        let header: &'static TableHeader =
+            Box::leak(Box::new(TableHeader::new(name, checks).unwrap()));
+        let peers: Vec<&'static PeerSlot> = configs
+            .iter()
+            .map(|config| &*Box::leak(Box::new(PeerSlot::new(config).unwrap())))
+            .collect();
+        let owned = OwnedTable { header, peers };
+        owned
+            .view()
+            .lock(1, |_| true)
+            .unwrap()
+            .commit(checks, configs, &[]);
+        owned
+    }
+
+    pub(crate) fn view(&self) -> Table<'_> {
+        Table::new(self.header, &self.peers)
+    }
+}
+
+pub(crate) fn routes(table: Table) -> Vec<Route> {
+    let mut routes = Vec::new();
+    table
+        .routes_if_changed(u64::MAX, &mut routes)
+        .expect("a quiet table reads");
+    routes
+}
+
+pub(crate) fn config(server: &str, weight: u32, down: bool) -> PeerConfig {
+    PeerConfig {
+        server: server.into(),
+        weight,
+        down,
+        backup: false,
+    }
+}
