@@ -12,10 +12,10 @@ use shift_wire::{PeerState, Upstream};
 
 use crate::commands::{self, CanaryOptions, Ctx, OnInterrupt, Unhealthy};
 use crate::exit::Failure;
-use crate::interrupts::Interrupts;
-use crate::state_dir::write_file;
 use crate::hook;
+use crate::interrupts::Interrupts;
 use crate::plan;
+use crate::state_dir::write_file;
 
 /// A deploy plan.
 #[derive(Debug, Clone, Deserialize)]

@@ -92,7 +92,11 @@ mod tests {
         Peer {
             server: server.into(),
             weight,
-            state: if eligible { PeerState::Up } else { PeerState::Down },
+            state: if eligible {
+                PeerState::Up
+            } else {
+                PeerState::Down
+            },
             health: Health::Unchecked,
             eligible,
             backup,
@@ -126,7 +130,10 @@ mod tests {
             ],
         };
         let text = render_table(&upstream);
-        assert!(text.starts_with("upstream app (generation 7)\nPEER "), "{text}");
+        assert!(
+            text.starts_with("upstream app (generation 7)\nPEER "),
+            "{text}"
+        );
         let rows = rows(&upstream);
         assert_eq!(rows[0][..3], ["127.0.0.1:8001", "30", "75.0%"]);
         assert_eq!(rows[1][..3], ["127.0.0.1:8002", "10", "25.0%"]);

@@ -9,11 +9,10 @@ use std::os::fd::BorrowedFd;
 
 use ngx::core::{Buffer, Status};
 use ngx::ffi::{
-    ngx_chain_t, ngx_http_discard_request_body, ngx_http_finalize_request,
-    ngx_http_read_client_request_body, ngx_http_request_t, ngx_http_send_header, ngx_int_t,
-    ngx_str_t, ngx_uint_t, NGX_HTTP_HEAD, NGX_HTTP_SPECIAL_RESPONSE,
+    ngx_chain_t, ngx_http_finalize_request, ngx_http_read_client_request_body, ngx_http_request_t,
+    ngx_int_t, ngx_str_t, NGX_HTTP_SPECIAL_RESPONSE,
 };
-use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, Request};
+use ngx::http::{HTTPStatus, HttpModuleLocationConf, HttpModuleMainConf, Method, Request};
 use ngx::log::DebugMask;
 use ngx::ngx_log_debug;
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
@@ -26,95 +25,96 @@ use shift_core::process::process_alive;
 
 /// Serves the admin API.
 pub extern "C" fn handle(r: *mut ngx_http_request_t) -> ngx_int_t {
-    // SAFETY: Nginx calls content handlers with a valid request of this location.
-    unsafe {
-        if method(r) != "PATCH" {
-            let rc = ngx_http_discard_request_body(r);
-            if rc != Status::NGX_OK.0 {
-                return rc;
-            }
-            return answer(r, &[]);
+    // SAFETY: Nginx calls content handlers with a valid request of this location, which lives
+    // until it is finalized.
+    let request = unsafe { Request::from_ngx_http_request(r) };
+    if method_name(request) != "PATCH" {
+        let rc = request.discard_request_body();
+        if rc != Status::NGX_OK {
+            return rc.0;
         }
-        if (*r).headers_in.content_length_n > MAX_BODY_BYTES as i64 {
-            // No "100 Continue" for a body we refuse: the 413 comes at once, as for Nginx's
-            // client_max_body_size. Nginx sets `expect_tested` for that; discarding the body
-            // skips the test just as well when there is no `Expect` header any more.
-            (*r).headers_in.expect = std::ptr::null_mut();
-            let rc = ngx_http_discard_request_body(r);
-            if rc != Status::NGX_OK.0 {
-                return rc;
-            }
-            return send(r, &api::too_large_reply());
-        }
-        // The body (at most MAX_BODY_BYTES, within client_body_buffer_size) is read into
-        // memory; `request_body` joins its buffers.
-        let rc = ngx_http_read_client_request_body(r, Some(body_read));
-        if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
-            return rc;
-        }
-        Status::NGX_DONE.0
+        return answer(request, &[]);
     }
+    if request.as_ref().headers_in.content_length_n > MAX_BODY_BYTES as i64 {
+        // No "100 Continue" for a body we refuse: the 413 comes at once, as for Nginx's
+        // client_max_body_size. Nginx sets `expect_tested` for that; discarding the body
+        // skips the test just as well when there is no `Expect` header any more.
+        request.as_mut().headers_in.expect = std::ptr::null_mut();
+        let rc = request.discard_request_body();
+        if rc != Status::NGX_OK {
+            return rc.0;
+        }
+        return send(request, &api::too_large_reply());
+    }
+    // The body (at most MAX_BODY_BYTES, within client_body_buffer_size) is read into memory;
+    // `request_body` joins its buffers.
+    let r: *mut ngx_http_request_t = request.into();
+    // SAFETY: `r` is the valid request above; `body_read` is called with it once read.
+    let rc = unsafe { ngx_http_read_client_request_body(r, Some(body_read)) };
+    if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
+        return rc;
+    }
+    Status::NGX_DONE.0
 }
 
 /// Called once the PATCH body is read.
 extern "C" fn body_read(r: *mut ngx_http_request_t) {
     // SAFETY: Nginx calls this with the request whose body it has read into `request_body`.
-    unsafe {
-        let rc = match request_body(r) {
-            Some(body) => answer(r, &body),
-            None => send(r, &api::too_large_reply()),
-        };
-        ngx_http_finalize_request(r, rc);
-    }
+    let request = unsafe { Request::from_ngx_http_request(r) };
+    let rc = match request_body(request) {
+        Some(body) => answer(request, &body),
+        None => send(request, &api::too_large_reply()),
+    };
+    let r: *mut ngx_http_request_t = request.into();
+    // SAFETY: the request is valid and its handler is done with it.
+    unsafe { ngx_http_finalize_request(r, rc) };
 }
 
 /// The body from memory; `None` when it is over the limit or Nginx wrote it to a file.
-///
-/// SAFETY: `r` is a request whose body has been read.
-unsafe fn request_body(r: *mut ngx_http_request_t) -> Option<Vec<u8>> {
+fn request_body(request: &Request) -> Option<Vec<u8>> {
     let mut body = Vec::new();
-    // SAFETY: per the contract; the chain and its buffers belong to the request's pool.
-    unsafe {
-        let request_body = (*r).request_body;
-        if request_body.is_null() {
-            return Some(body);
-        }
-        if !(*request_body).temp_file.is_null() {
+    let request_body = request.as_ref().request_body;
+    if request_body.is_null() {
+        return Some(body);
+    }
+    // SAFETY: a read body and its chain of buffers belong to the request's pool.
+    let (temp_file, mut link) = unsafe { ((*request_body).temp_file, (*request_body).bufs) };
+    if !temp_file.is_null() {
+        return None;
+    }
+    while !link.is_null() {
+        // SAFETY: each link of the chain and its buffer are valid until the request ends; a
+        // buffer in memory holds `last - pos` bytes at `pos`.
+        let (bytes, next) = unsafe {
+            let buf = &*(*link).buf;
+            if buf.in_file() != 0 {
+                return None;
+            }
+            let len = buf.last.offset_from(buf.pos) as usize;
+            (std::slice::from_raw_parts(buf.pos, len), (*link).next)
+        };
+        body.extend_from_slice(bytes);
+        if body.len() > MAX_BODY_BYTES {
             return None;
         }
-        let mut link = (*request_body).bufs;
-        while !link.is_null() {
-            let buf = (*link).buf;
-            if (*buf).in_file() != 0 {
-                return None;
-            }
-            let len = (*buf).last.offset_from((*buf).pos) as usize;
-            body.extend_from_slice(std::slice::from_raw_parts((*buf).pos, len));
-            if body.len() > MAX_BODY_BYTES {
-                return None;
-            }
-            link = (*link).next;
-        }
+        link = next;
     }
     Some(body)
 }
 
 /// Answers the request with what the API logic says.
-///
-/// SAFETY: `r` is a valid request of a `shift_api` location.
-unsafe fn answer(r: *mut ngx_http_request_t, body: &[u8]) -> ngx_int_t {
-    // SAFETY: per the contract.
-    let request = unsafe { Request::from_ngx_http_request(r) };
+fn answer(request: &mut Request, body: &[u8]) -> ngx_int_t {
     let Some(api_conf) = Module::location_conf(request).and_then(|loc| loc.api.as_ref()) else {
         return Status::NGX_ERROR.0;
     };
     let Some(main) = Module::main_conf(request) else {
         return Status::NGX_ERROR.0;
     };
+    let method = method_name(request);
+    let path = request.path().to_string_lossy().into_owned();
+    let uid = caller_uid(request);
     // The zone stays locked while this request is answered: a configuration committed meanwhile
     // waits for the change, and the change sees the last committed configuration.
-    // SAFETY: per the contract.
-    let (uid, path, method) = unsafe { (caller_uid(r), (*r).uri.to_string(), method(r)) };
     let view = api_view(main).and_then(|mut view| {
         if method == "PATCH" {
             view.hold_state_dirs()?;
@@ -123,8 +123,7 @@ unsafe fn answer(r: *mut ngx_http_request_t, body: &[u8]) -> ngx_int_t {
     });
     let view = match view {
         Ok(view) => view,
-        // SAFETY: per the contract.
-        Err(NotServing::Superseded(why)) => return unsafe { send(r, &api::superseded_reply(why)) },
+        Err(NotServing::Superseded(why)) => return send(request, &api::superseded_reply(why)),
         Err(NotServing::NoZone) => return Status::NGX_ERROR.0,
     };
     let endpoints: Vec<Endpoint> = view
@@ -154,78 +153,79 @@ unsafe fn answer(r: *mut ngx_http_request_t, body: &[u8]) -> ngx_int_t {
     );
     ngx_log_debug!(
         mask: DebugMask::Http,
-        // SAFETY: per the contract.
-        unsafe { (*(*r).connection).log },
+        request.log(),
         "shift: API {} {} from uid {:?} answered {}",
         method,
         relative,
         uid,
         reply.status
     );
-    // SAFETY: per the contract.
-    unsafe { send(r, &reply) }
+    send(request, &reply)
+}
+
+/// The method as the client sent it: `api::handle` names unknown ones in its 405.
+fn method_name(request: &Request) -> String {
+    // SAFETY: `method_name` points into the request's header buffer while it runs.
+    unsafe { ngx::core::NgxStr::from_ngx_str(request.as_ref().method_name) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// The uid of the process at the other end of a Unix socket connection.
-///
-/// SAFETY: `r` is a valid request.
-unsafe fn caller_uid(r: *mut ngx_http_request_t) -> Option<u32> {
-    // SAFETY: the request's connection, its address and its fd are valid while it runs.
-    unsafe {
-        let connection = (*r).connection;
-        let sockaddr = (*connection).sockaddr;
-        if sockaddr.is_null() || (*sockaddr).sa_family != nix::libc::AF_UNIX as u16 {
+fn caller_uid(request: &Request) -> Option<u32> {
+    // SAFETY: the request's connection and its address are valid while it runs.
+    let (family, fd) = unsafe {
+        let connection = &*request.connection();
+        if connection.sockaddr.is_null() {
             return None;
         }
-        let fd = BorrowedFd::borrow_raw((*connection).fd);
-        getsockopt(&fd, PeerCredentials)
-            .ok()
-            .map(|credentials| credentials.uid())
+        ((*connection.sockaddr).sa_family, connection.fd)
+    };
+    if family != nix::libc::AF_UNIX as u16 {
+        return None;
     }
+    // SAFETY: the connection's fd stays open while the request runs.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    getsockopt(&fd, PeerCredentials)
+        .ok()
+        .map(|credentials| credentials.uid())
 }
 
-/// SAFETY: `r` is a valid request.
-unsafe fn method(r: *mut ngx_http_request_t) -> String {
-    // SAFETY: per the contract.
-    unsafe { (*r).method_name.to_string() }
-}
-
-/// Sends `reply` as a JSON response.
-///
-/// SAFETY: `r` is a valid request that has not sent its header yet.
-unsafe fn send(r: *mut ngx_http_request_t, reply: &Reply) -> ngx_int_t {
-    // SAFETY: per the contract; the buffer and header strings are allocated in the request's
-    // pool, which outlives the response.
-    unsafe {
-        let request = Request::from_ngx_http_request(r);
-        (*r).headers_out.status = reply.status as usize;
-        (*r).headers_out.content_length_n = reply.body.len() as i64;
-        let content_type = reply.content_type;
-        (*r).headers_out.content_type = ngx_str_t {
-            len: content_type.len(),
-            data: content_type.as_ptr().cast_mut(),
-        };
-        (*r).headers_out.content_type_len = content_type.len();
-        if let Some(allow) = reply.allow {
-            if request.add_header_out("Allow", allow).is_none() {
-                return Status::NGX_ERROR.0;
-            }
-        }
-        let rc = ngx_http_send_header(r);
-        // HEAD: the header only (`r->header_only`, a bit field, is read wrong since 1.29).
-        let head = (*r).method == NGX_HTTP_HEAD as ngx_uint_t;
-        if rc == Status::NGX_ERROR.0 || rc > Status::NGX_OK.0 || head {
-            return rc;
-        }
-        let Some(mut buffer) = request.pool().create_buffer_from_str(&reply.body) else {
+/// Sends `reply` as a JSON response; the request has not sent its header yet.
+fn send(request: &mut Request, reply: &Reply) -> ngx_int_t {
+    let Ok(status) = HTTPStatus::from_u16(reply.status) else {
+        return Status::NGX_ERROR.0;
+    };
+    request.set_status(status);
+    request.set_content_length_n(reply.body.len());
+    let content_type = reply.content_type;
+    let headers_out = &mut request.as_mut().headers_out;
+    // A static string: Nginx only reads it.
+    headers_out.content_type = ngx_str_t {
+        len: content_type.len(),
+        data: content_type.as_ptr().cast_mut(),
+    };
+    headers_out.content_type_len = content_type.len();
+    if let Some(allow) = reply.allow {
+        if request.add_header_out("Allow", allow).is_none() {
             return Status::NGX_ERROR.0;
-        };
-        buffer.set_last_buf(true);
-        buffer.set_last_in_chain(true);
-        let mut chain = ngx_chain_t {
-            buf: buffer.as_ngx_buf_mut(),
-            next: std::ptr::null_mut(),
-        };
-        request.output_filter(&mut chain).into()
+        }
     }
+    let rc = request.send_header();
+    // HEAD: the header only (`r->header_only`, a bit field, is read wrong since 1.29, and so is
+    // `Request::header_only`; `method` is a plain field).
+    let head = request.method() == Method::HEAD;
+    if rc == Status::NGX_ERROR || rc.0 > Status::NGX_OK.0 || head {
+        return rc.0;
+    }
+    let Some(mut buffer) = request.pool().create_buffer_from_str(&reply.body) else {
+        return Status::NGX_ERROR.0;
+    };
+    buffer.set_last_buf(true);
+    buffer.set_last_in_chain(true);
+    let mut chain = ngx_chain_t {
+        buf: buffer.as_ngx_buf_mut(),
+        next: std::ptr::null_mut(),
+    };
+    request.output_filter(&mut chain).0
 }

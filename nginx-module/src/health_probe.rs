@@ -26,7 +26,8 @@ use ngx::{ngx_log_debug, ngx_log_error};
 use nix::sys::socket::{getsockopt, sockopt::SocketError};
 use nix::time::{clock_gettime, ClockId};
 
-use crate::ngx_module::{Module, UpstreamConf};
+use crate::conf::UpstreamConf;
+use crate::ngx_module::Module;
 use crate::shm::table_of;
 use shift_core::directives::{CheckArgs, CheckKind};
 use shift_core::health::{http_request, judge_http, with_port, ProbeError, MAX_RESPONSE_BYTES};
@@ -52,6 +53,31 @@ struct Probe {
     quiet_log: ngx_log_t,
 }
 
+impl Probe {
+    fn check(&self) -> &CheckArgs {
+        // SAFETY: `check` is the upstream's parsed `shift_check`, alive as long as the worker's
+        // cycle, which outlives its probes.
+        unsafe { &*self.check }
+    }
+
+    fn conf(&self) -> &UpstreamConf {
+        // SAFETY: as `check`.
+        unsafe { &*self.conf }
+    }
+}
+
+/// The connection an event of a probe belongs to, and its probe.
+///
+/// SAFETY: `event` is the read or write event of a probe's connection (whose `data` is the
+/// probe), as `start` set them up.
+unsafe fn probe_of<'a>(event: *mut ngx_event_t) -> (*mut ngx_connection_t, &'a mut Probe) {
+    // SAFETY: per the contract.
+    unsafe {
+        let connection = (*event).data.cast::<ngx_connection_t>();
+        (connection, &mut *(*connection).data.cast::<Probe>())
+    }
+}
+
 /// Starts the probers of this worker; from `init_process`.
 pub unsafe fn start_probes(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     // SAFETY: Nginx calls init_process with the worker's cycle; the upstream confs and their
@@ -69,7 +95,7 @@ pub unsafe fn start_probes(cycle: *mut ngx_cycle_t) -> ngx_int_t {
                 continue;
             }
             let host = (*uscf).host.to_string();
-            for (index, &peer) in conf.rr_peers.iter().enumerate() {
+            for (index, &peer) in conf.placement.rr_peers.iter().enumerate() {
                 let mut address = std::slice::from_raw_parts(
                     (*peer).sockaddr.cast::<u8>(),
                     (*peer).socklen as usize,
@@ -111,8 +137,8 @@ pub unsafe fn start_probes(cycle: *mut ngx_cycle_t) -> ngx_int_t {
                     event.set_cancelable(1);
                 }
                 // Spread the workers' ticks over the tick period.
-                let offset = nginx_sys::ngx_random() as usize % tick_ms;
-                nginx_sys::ngx_add_timer(&mut probe.tick, offset as usize);
+                let offset = ngx::ffi::ngx_random() as usize % tick_ms;
+                ngx::ffi::ngx_add_timer(&mut probe.tick, offset as usize);
             }
         }
     }
@@ -126,7 +152,7 @@ unsafe extern "C" fn on_tick(event: *mut ngx_event_t) {
         if ngx::ffi::ngx_exiting != 0 || ngx::ffi::ngx_quit != 0 || ngx::ffi::ngx_terminate != 0 {
             return;
         }
-        nginx_sys::ngx_add_timer(event, probe.tick_ms);
+        ngx::ffi::ngx_add_timer(event, probe.tick_ms);
         if !probe.connection.is_null() {
             return;
         }
@@ -167,7 +193,7 @@ unsafe fn start(probe: &mut Probe) {
         probe.connection = connection;
         probe.sent = 0;
         probe.response.clear();
-        nginx_sys::ngx_add_timer(&mut probe.deadline, (*probe.check).timeout_ms as usize);
+        ngx::ffi::ngx_add_timer(&mut probe.deadline, (*probe.check).timeout_ms as usize);
         if rc == Status::NGX_OK.0 {
             on_write((*connection).write);
         }
@@ -196,33 +222,37 @@ unsafe fn pending_error(connection: *mut ngx_connection_t) -> Option<ProbeError>
 }
 
 unsafe extern "C" fn on_write(event: *mut ngx_event_t) {
-    // SAFETY: the event belongs to a probe connection whose data is its Probe.
+    // SAFETY: Nginx calls a probe connection's write handler with its write event.
+    let (connection, probe) = unsafe { probe_of(event) };
+    // SAFETY: the connection is open while its handlers run.
+    if let Some(error) = unsafe { pending_error(connection) } {
+        return finish(probe, Err(error));
+    }
+    if probe.check().kind == CheckKind::Tcp {
+        return finish(probe, Ok(()));
+    }
+    // SAFETY: as above.
+    let Some(send) = (unsafe { (*connection).send }) else {
+        return finish(probe, Err(ProbeError::Io(0)));
+    };
+    while probe.sent < probe.request.len() {
+        let rest = &mut probe.request[probe.sent..];
+        // SAFETY: the connection's own send, with a buffer of `rest.len()` bytes.
+        let sent = unsafe { send(connection, rest.as_mut_ptr(), rest.len()) };
+        if sent == Status::NGX_AGAIN.0 {
+            // SAFETY: `event` is the connection's write event.
+            if unsafe { ngx_handle_write_event(event, 0) } != Status::NGX_OK.0 {
+                finish(probe, Err(io_error()));
+            }
+            return;
+        }
+        if sent <= 0 {
+            return finish(probe, Err(io_error()));
+        }
+        probe.sent += sent as usize;
+    }
+    // SAFETY: the event and the connection's read event are valid while it is open.
     unsafe {
-        let connection = (*event).data.cast::<ngx_connection_t>();
-        let probe = &mut *(*connection).data.cast::<Probe>();
-        if let Some(error) = pending_error(connection) {
-            return finish(probe, Err(error));
-        }
-        if (*probe.check).kind == CheckKind::Tcp {
-            return finish(probe, Ok(()));
-        }
-        let Some(send) = (*connection).send else {
-            return finish(probe, Err(ProbeError::Io(0)));
-        };
-        while probe.sent < probe.request.len() {
-            let rest = &mut probe.request[probe.sent..];
-            let sent = send(connection, rest.as_mut_ptr(), rest.len());
-            if sent == Status::NGX_AGAIN.0 {
-                if ngx_handle_write_event(event, 0) != Status::NGX_OK.0 {
-                    finish(probe, Err(io_error()));
-                }
-                return;
-            }
-            if sent <= 0 {
-                return finish(probe, Err(io_error()));
-            }
-            probe.sent += sent as usize;
-        }
         (*event).handler = Some(ignore_event);
         if (*(*connection).read).ready() != 0 {
             on_read((*connection).read);
@@ -231,44 +261,45 @@ unsafe extern "C" fn on_write(event: *mut ngx_event_t) {
 }
 
 unsafe extern "C" fn on_read(event: *mut ngx_event_t) {
-    // SAFETY: as on_write.
-    unsafe {
-        let connection = (*event).data.cast::<ngx_connection_t>();
-        let probe = &mut *(*connection).data.cast::<Probe>();
-        if let Some(error) = pending_error(connection) {
-            return finish(probe, Err(error));
-        }
-        if probe.sent < probe.request.len() {
-            return; // the answer can only come after the request
-        }
-        let Some(recv) = (*connection).recv else {
-            return finish(probe, Err(ProbeError::Io(0)));
-        };
-        let mut chunk = [0u8; 4096];
-        loop {
-            let room = chunk.len().min(MAX_RESPONSE_BYTES - probe.response.len());
-            let read = recv(connection, chunk.as_mut_ptr(), room);
-            if read > 0 {
-                probe.response.extend_from_slice(&chunk[..read as usize]);
-                let full = probe.response.len() >= MAX_RESPONSE_BYTES;
-                if let Some(result) = judge_http(&probe.response, full, &*probe.check) {
-                    return finish(probe, result);
-                }
-                continue;
-            }
-            if read == 0 {
-                let result = judge_http(&probe.response, true, &*probe.check)
-                    .unwrap_or(Err(ProbeError::Closed));
+    // SAFETY: Nginx calls a probe connection's read handler with its read event.
+    let (connection, probe) = unsafe { probe_of(event) };
+    // SAFETY: the connection is open while its handlers run.
+    if let Some(error) = unsafe { pending_error(connection) } {
+        return finish(probe, Err(error));
+    }
+    if probe.sent < probe.request.len() {
+        return; // the answer can only come after the request
+    }
+    // SAFETY: as above.
+    let Some(recv) = (unsafe { (*connection).recv }) else {
+        return finish(probe, Err(ProbeError::Io(0)));
+    };
+    let mut chunk = [0u8; 4096];
+    loop {
+        let room = chunk.len().min(MAX_RESPONSE_BYTES - probe.response.len());
+        // SAFETY: the connection's own recv, into `chunk`'s first `room` bytes.
+        let read = unsafe { recv(connection, chunk.as_mut_ptr(), room) };
+        if read > 0 {
+            probe.response.extend_from_slice(&chunk[..read as usize]);
+            let full = probe.response.len() >= MAX_RESPONSE_BYTES;
+            if let Some(result) = judge_http(&probe.response, full, probe.check()) {
                 return finish(probe, result);
             }
-            if read == Status::NGX_AGAIN.0 {
-                if ngx_handle_read_event(event, 0) != Status::NGX_OK.0 {
-                    finish(probe, Err(io_error()));
-                }
-                return;
-            }
-            return finish(probe, Err(io_error()));
+            continue;
         }
+        if read == 0 {
+            let result =
+                judge_http(&probe.response, true, probe.check()).unwrap_or(Err(ProbeError::Closed));
+            return finish(probe, result);
+        }
+        if read == Status::NGX_AGAIN.0 {
+            // SAFETY: `event` is the connection's read event.
+            if unsafe { ngx_handle_read_event(event, 0) } != Status::NGX_OK.0 {
+                finish(probe, Err(io_error()));
+            }
+            return;
+        }
+        return finish(probe, Err(io_error()));
     }
 }
 
@@ -276,72 +307,69 @@ unsafe extern "C" fn ignore_event(_event: *mut ngx_event_t) {}
 
 unsafe extern "C" fn on_deadline(event: *mut ngx_event_t) {
     // SAFETY: the deadline's data is its Probe.
-    unsafe {
-        let probe = &mut *(*event).data.cast::<Probe>();
-        if !probe.connection.is_null() {
-            finish(probe, Err(ProbeError::Timeout));
-        }
+    let probe = unsafe { &mut *(*event).data.cast::<Probe>() };
+    if !probe.connection.is_null() {
+        finish(probe, Err(ProbeError::Timeout));
     }
 }
 
-/// Closes the probe's connection and records its result.
-///
-/// SAFETY: `probe` is valid; its connection, if any, is open.
-unsafe fn finish(probe: &mut Probe, result: Result<(), ProbeError>) {
-    // SAFETY: per the contract.
-    unsafe {
-        if probe.deadline.timer_set() != 0 {
-            nginx_sys::ngx_del_timer(&mut probe.deadline);
+/// Closes the probe's connection, if open, and records its result.
+fn finish(probe: &mut Probe, result: Result<(), ProbeError>) {
+    if probe.deadline.timer_set() != 0 {
+        // SAFETY: the deadline is a timer of this worker's event loop.
+        unsafe { ngx::ffi::ngx_del_timer(&mut probe.deadline) };
+    }
+    if !probe.connection.is_null() {
+        // SAFETY: the probe's connection is open until closed here.
+        unsafe { ngx_close_connection(probe.connection) };
+        probe.connection = ptr::null_mut();
+    }
+    let Some(table) = table_of(probe.conf()) else {
+        return;
+    };
+    let check = probe.check();
+    let log = ngx::log::ngx_cycle_log().as_ptr();
+    ngx_log_debug!(
+        mask: DebugMask::Event,
+        log,
+        "shift: check of upstream \"{}\" peer {}: {}",
+        table.name(),
+        table.peers()[probe.index].server(),
+        result.map_or_else(ProbeError::describe, |()| "passed".to_string())
+    );
+    // SAFETY: ngx_pid is set once at process start.
+    let pid = unsafe { ngx::ffi::ngx_pid } as u32;
+    match table.record_check(
+        probe.index,
+        result,
+        check.fails,
+        check.passes,
+        unix_ms(),
+        pid,
+        process_alive,
+    ) {
+        Ok(Some(transition)) => {
+            let reason = transition.error.map(ProbeError::describe);
+            ngx_log_error!(
+                NGX_LOG_WARN,
+                log,
+                "shift: upstream \"{}\" peer {} is {} (was {}){}{}",
+                table.name(),
+                transition.server,
+                transition.to.as_str(),
+                transition.from.as_str(),
+                if reason.is_some() { ": " } else { "" },
+                reason.unwrap_or_default()
+            );
         }
-        if !probe.connection.is_null() {
-            ngx_close_connection(probe.connection);
-            probe.connection = ptr::null_mut();
-        }
-        let Some(table) = table_of(&*probe.conf) else {
-            return;
-        };
-        let check = &*probe.check;
-        let log = (*ngx::ffi::ngx_cycle).log;
-        ngx_log_debug!(
-            mask: DebugMask::Event,
-            log,
-            "shift: check of upstream \"{}\" peer {}: {}",
-            table.name(),
-            table.peers()[probe.index].server(),
-            result.map_or_else(ProbeError::describe, |()| "passed".to_string())
-        );
-        match table.record_check(
-            probe.index,
-            result,
-            check.fails,
-            check.passes,
-            unix_ms(),
-            ngx::ffi::ngx_pid as u32,
-            process_alive,
-        ) {
-            Ok(Some(transition)) => {
-                let reason = transition.error.map(ProbeError::describe);
-                ngx_log_error!(
-                    NGX_LOG_WARN,
-                    log,
-                    "shift: upstream \"{}\" peer {} is {} (was {}){}{}",
-                    table.name(),
-                    transition.server,
-                    transition.to.as_str(),
-                    transition.from.as_str(),
-                    if reason.is_some() { ": " } else { "" },
-                    reason.unwrap_or_default()
-                );
-            }
-            Ok(None) => {}
-            Err(err) => {
-                ngx_log_error!(
-                    NGX_LOG_ERR,
-                    log,
-                    "shift: health of peer not recorded: {}",
-                    err
-                );
-            }
+        Ok(None) => {}
+        Err(err) => {
+            ngx_log_error!(
+                NGX_LOG_ERR,
+                log,
+                "shift: health of peer not recorded: {}",
+                err
+            );
         }
     }
 }

@@ -8,7 +8,10 @@
 
 mod api_handler;
 mod api_listener;
+mod conf;
+mod conf_ext;
 mod health_probe;
 mod ngx_module;
 mod shm;
 mod upstream_hook;
+mod upstream_state;

@@ -1,136 +1,32 @@
-//! FFI: the Nginx module definition, its configuration structs and the directive handlers.
+//! FFI: the Nginx module definition, its callbacks and the directive handlers (the structs they
+//! fill are in `conf.rs`).
 //!
 //! Everything here runs at configuration time in the master process (or `nginx -t`).
 
 use std::ffi::{c_char, c_void};
+use std::path::PathBuf;
 use std::ptr;
 
 use ngx::core::{Status, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
-    ngx_command_t, ngx_conf_t, ngx_http_core_srv_conf_t, ngx_http_module_t,
-    ngx_http_upstream_init_peer_pt, ngx_http_upstream_init_pt, ngx_http_upstream_init_round_robin,
-    ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_module_t, ngx_str_t, ngx_uint_t, NGX_CONF_ANY,
+    ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_http_module_t, ngx_http_upstream_init_round_robin,
+    ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_module_t, ngx_uint_t, NGX_CONF_ANY,
     NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
     NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_UPS_CONF, NGX_LOG_EMERG,
 };
 use ngx::http::{
-    HttpModule, HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf, Merge,
-    MergeConfigError, NgxHttpCoreModule, NgxHttpUpstreamModule,
+    HttpModule, HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf,
+    NgxHttpCoreModule, NgxHttpUpstreamModule,
 };
 use ngx::{ngx_conf_log_error, ngx_string};
-
-use std::path::PathBuf;
-
-use ngx::ffi::{ngx_cycle_t, ngx_http_upstream_rr_peer_t, ngx_shm_zone_t};
 use nix::unistd::{Uid, User};
 
+use crate::conf::{ApiConf, LocationConf, MainConf, UpstreamConf};
+use crate::conf_ext::{is_duplicate, ConfExt};
 use crate::shm;
-use crate::shm::LoadRecord;
 use shift_core::api::Access;
-use shift_core::directives::{self, CheckArgs, Principal, Readers, ShiftArgs};
+use shift_core::directives::{self, Principal, Readers};
 use shift_core::state_file;
-use shift_core::table::{PeerConfig, PeerSlot, Route, TableHeader};
-
-/// Per-`http` state: the upstreams that use `shift`, and the shared zone of their tables.
-pub struct MainConf {
-    pub upstreams: Vec<*mut ngx_http_upstream_srv_conf_t>,
-    /// Upstreams with `shift_check`, to verify they also have `shift`.
-    pub checked: Vec<*mut ngx_http_upstream_srv_conf_t>,
-    pub zone: *mut ngx_shm_zone_t,
-    /// `shift_zone`, when set.
-    pub zone_size: Option<usize>,
-    /// This configuration's load in the zone (set by the zone's init, in the master).
-    pub load: *mut LoadRecord,
-    /// The cycle this configuration belongs to.
-    pub cycle: *mut ngx_cycle_t,
-    /// Servers with a `shift_api` location, and the connections each worker may keep open on
-    /// their Unix-socket listeners.
-    pub api_servers: Vec<(*mut ngx_http_core_srv_conf_t, u32)>,
-}
-
-impl Default for MainConf {
-    fn default() -> Self {
-        MainConf {
-            upstreams: Vec::new(),
-            checked: Vec::new(),
-            zone: ptr::null_mut(),
-            zone_size: None,
-            load: ptr::null_mut(),
-            cycle: ptr::null_mut(),
-            api_servers: Vec::new(),
-        }
-    }
-}
-
-/// Per-upstream state (Nginx also creates one for every `server` block; those stay unused).
-pub struct UpstreamConf {
-    pub shift: Option<ShiftArgs>,
-    pub check: Option<CheckArgs>,
-    pub state_path: Option<PathBuf>,
-    /// The balancer `shift` wraps: round robin, or what `keepalive` put before it.
-    pub original_init_upstream: ngx_http_upstream_init_pt,
-    pub original_init_peer: ngx_http_upstream_init_peer_pt,
-    /// Set once `upstream_hook::init_upstream` ran; another balancer written after `shift`
-    /// would have replaced it.
-    pub hooked: bool,
-    /// This upstream's table in the shared zone (set by the zone's init, in the master).
-    pub table: *mut TableHeader,
-    /// Whether the zone's init placed the table for this configuration (it then takes the state
-    /// file's or a replaced zone's state when the configuration is committed).
-    pub new_table: bool,
-    /// The slots of round robin's peers, in its order, and what the config says of each.
-    pub slots: Vec<&'static PeerSlot>,
-    pub configs: Vec<PeerConfig>,
-    /// Where this upstream's slots start in the load's flat list (for in-flight counts).
-    pub first_slot: usize,
-    /// Round robin's peers, in table order. Each worker steers its own copy of them.
-    pub rr_peers: Vec<*mut ngx_http_upstream_rr_peer_t>,
-    /// The table `seq` this worker last copied into `rr_peers`.
-    pub seen_seq: u64,
-    /// Scratch space for that copy, kept to avoid an allocation per change.
-    pub routes: Vec<Route>,
-}
-
-impl Default for UpstreamConf {
-    fn default() -> Self {
-        UpstreamConf {
-            shift: None,
-            check: None,
-            state_path: None,
-            original_init_upstream: None,
-            original_init_peer: None,
-            hooked: false,
-            table: ptr::null_mut(),
-            new_table: false,
-            slots: Vec::new(),
-            configs: Vec::new(),
-            first_slot: 0,
-            rr_peers: Vec::new(),
-            // Never a real seq: the first request copies the table (which may hold carried state).
-            seen_seq: u64::MAX,
-            routes: Vec::new(),
-        }
-    }
-}
-
-impl Merge for UpstreamConf {
-    fn merge(&mut self, _prev: &Self) -> Result<(), MergeConfigError> {
-        Ok(())
-    }
-}
-
-/// Per-location state: whether this location serves the admin API, and for whom.
-#[derive(Default)]
-pub struct LocationConf {
-    pub api: Option<ApiConf>,
-}
-
-pub struct ApiConf {
-    /// Who may read and write.
-    pub access: Access,
-    /// The location's own prefix, stripped from request paths.
-    pub prefix: String,
-}
 
 /// Resolves `shift_api` principals to uids (user names through the system's user database).
 fn resolve(principals: &[Principal]) -> Result<Vec<u32>, String> {
@@ -147,13 +43,6 @@ fn resolve(principals: &[Principal]) -> Result<Vec<u32>, String> {
             },
         })
         .collect()
-}
-
-impl Merge for LocationConf {
-    fn merge(&mut self, _prev: &Self) -> Result<(), MergeConfigError> {
-        // The API is served only where `shift_api` is written, never inherited.
-        Ok(())
-    }
 }
 
 pub struct Module;
@@ -189,7 +78,7 @@ impl HttpModule for Module {
                 shm::set_zone_size(main, main.zone_size.unwrap_or(needed));
             }
             for &uscf in &main.upstreams {
-                if !Module::server_conf(&*uscf).is_some_and(|conf| conf.hooked) {
+                if !Module::server_conf(&*uscf).is_some_and(|conf| conf.balancer.hooked) {
                     ngx_conf_log_error!(
                         NGX_LOG_EMERG,
                         cf,
@@ -310,42 +199,22 @@ unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     }
 }
 
-/// The directive's arguments after its name, as UTF-8, or an Nginx-style error.
-///
-/// SAFETY: `cf` must be the valid configuration passed to a directive handler.
-unsafe fn directive_args<'a>(cf: *mut ngx_conf_t) -> Result<Vec<&'a str>, String> {
-    // SAFETY: Nginx fills cf->args with the directive's words before calling its handler.
-    let words: &[ngx_str_t] = unsafe { (*(*cf).args).as_slice() };
-    words[1..]
-        .iter()
-        .map(|word| {
-            word.to_str()
-                .map_err(|_| format!("parameter \"{word}\" is not valid UTF-8"))
-        })
-        .collect()
-}
-
 /// The directive's arguments parsed by `parse`; `Err` is what the handler returns (the error is
 /// logged with the file and line).
-///
-/// SAFETY: `cf` must be the valid configuration passed to a directive handler.
-unsafe fn parse_directive<T>(
-    cf: *mut ngx_conf_t,
+fn parse_directive<T>(
+    cf: &mut ngx_conf_t,
     parse: fn(&[&str]) -> Result<T, directives::DirectiveError>,
 ) -> Result<T, *mut c_char> {
-    // SAFETY: per the contract.
-    unsafe {
-        match directive_args(cf).map(|args| parse(&args)) {
-            Ok(Ok(parsed)) => Ok(parsed),
-            Ok(Err(err)) => Err(conf_error(cf, &err.to_string())),
-            Err(msg) => Err(conf_error(cf, &msg)),
-        }
+    match cf.args().map(|args| parse(&args)) {
+        Ok(Ok(parsed)) => Ok(parsed),
+        Ok(Err(err)) => Err(cf.error(&err.to_string())),
+        Err(msg) => Err(cf.error(&msg)),
     }
 }
 
-/// What an upstream directive handler starts from: its parsed arguments, this module's main
-/// conf, and the enclosing upstream's own conf and this module's conf for it. `Err` is what the
-/// handler returns (the error is logged).
+/// What an upstream directive handler starts from: the configuration being parsed, its parsed
+/// arguments, this module's main conf, and the enclosing upstream's own conf and this module's
+/// conf for it. `Err` is what the handler returns (the error is logged).
 ///
 /// SAFETY: `cf` is the configuration being parsed inside an `upstream` block, and `conf` this
 /// module's main conf (NGX_HTTP_MAIN_CONF_OFFSET), as Nginx passes them to a directive handler.
@@ -355,6 +224,7 @@ unsafe fn upstream_directive<'a, T>(
     parse: fn(&[&str]) -> Result<T, directives::DirectiveError>,
 ) -> Result<
     (
+        &'a mut ngx_conf_t,
         T,
         &'a mut MainConf,
         &'a mut ngx_http_upstream_srv_conf_t,
@@ -362,14 +232,12 @@ unsafe fn upstream_directive<'a, T>(
     ),
     *mut c_char,
 > {
-    // SAFETY: per the contract; the upstream's confs live as long as the configuration.
-    unsafe {
-        let parsed = parse_directive(cf, parse)?;
-        let main = &mut *conf.cast::<MainConf>();
-        let uscf = NgxHttpUpstreamModule::server_conf_mut(&*cf).ok_or(NGX_CONF_ERROR)?;
-        let ours = Module::server_conf_mut(&*cf).ok_or(NGX_CONF_ERROR)?;
-        Ok((parsed, main, uscf, ours))
-    }
+    // SAFETY: per the contract; both live as long as the configuration.
+    let (cf, main) = unsafe { (&mut *cf, &mut *conf.cast::<MainConf>()) };
+    let parsed = parse_directive(cf, parse)?;
+    let uscf = NgxHttpUpstreamModule::server_conf_mut(cf).ok_or(NGX_CONF_ERROR)?;
+    let ours = Module::server_conf_mut(cf).ok_or(NGX_CONF_ERROR)?;
+    Ok((cf, parsed, main, uscf, ours))
 }
 
 extern "C" fn set_shift(
@@ -378,37 +246,36 @@ extern "C" fn set_shift(
     conf: *mut c_void,
 ) -> *mut c_char {
     // SAFETY: Nginx calls directive handlers with a valid cf and this module's main conf.
-    unsafe {
-        let (parsed, main, uscf, ours) = match upstream_directive(cf, conf, directives::parse_shift)
-        {
-            Ok(found) => found,
-            Err(rc) => return rc,
-        };
-        if ours.shift.is_some() {
-            return c"is duplicate".as_ptr().cast_mut();
-        }
-        if uscf.peer.init_upstream.is_some() {
-            return conf_error(
-                cf,
-                "\"shift\" must come before \"keepalive\" in an upstream, and works with the \
-                 default round robin only (no least_conn, hash, ip_hash or random)",
-            );
-        }
-        if shm::add_zone(cf, main).is_err() {
-            return NGX_CONF_ERROR;
-        }
-        // Like Nginx's own paths, a relative one is taken from the prefix.
-        let prefix = PathBuf::from((*(*cf).cycle).prefix.to_string());
-        ours.state_path = parsed
-            .state_path
-            .as_ref()
-            .map(|path| state_file::resolve(std::path::Path::new(path), &prefix));
-        main.cycle = (*cf).cycle;
-        ours.shift = Some(parsed);
-        ours.original_init_upstream = Some(ngx_http_upstream_init_round_robin);
-        uscf.peer.init_upstream = Some(crate::upstream_hook::init_upstream);
-        main.upstreams.push(uscf);
+    let found = unsafe { upstream_directive(cf, conf, directives::parse_shift) };
+    let (cf, parsed, main, uscf, ours) = match found {
+        Ok(found) => found,
+        Err(rc) => return rc,
+    };
+    if ours.shift.is_some() {
+        return is_duplicate();
     }
+    if uscf.peer.init_upstream.is_some() {
+        return cf.error(
+            "\"shift\" must come before \"keepalive\" in an upstream, and works with the \
+             default round robin only (no least_conn, hash, ip_hash or random)",
+        );
+    }
+    // SAFETY: `cf` is the configuration being parsed.
+    if unsafe { shm::add_zone(cf, main) }.is_err() {
+        return NGX_CONF_ERROR;
+    }
+    // Like Nginx's own paths, a relative one is taken from the prefix.
+    // SAFETY: the cycle being configured is valid while its configuration is parsed.
+    let prefix = PathBuf::from(unsafe { (*cf.cycle).prefix }.to_string());
+    ours.state_path = parsed
+        .state_path
+        .as_ref()
+        .map(|path| state_file::resolve(std::path::Path::new(path), &prefix));
+    main.cycle = cf.cycle;
+    ours.shift = Some(parsed);
+    ours.balancer.init_upstream = Some(ngx_http_upstream_init_round_robin);
+    uscf.peer.init_upstream = Some(crate::upstream_hook::init_upstream);
+    main.upstreams.push(uscf);
     NGX_CONF_OK
 }
 
@@ -419,15 +286,13 @@ extern "C" fn set_shift_zone(
 ) -> *mut c_char {
     // SAFETY: Nginx calls directive handlers with a valid cf, and `conf` is this module's main
     // conf (NGX_HTTP_MAIN_CONF_OFFSET).
-    unsafe {
-        let main = &mut *conf.cast::<MainConf>();
-        if main.zone_size.is_some() {
-            return c"is duplicate".as_ptr().cast_mut();
-        }
-        match parse_directive(cf, directives::parse_shift_zone) {
-            Ok(size) => main.zone_size = Some(size),
-            Err(rc) => return rc,
-        }
+    let (cf, main) = unsafe { (&mut *cf, &mut *conf.cast::<MainConf>()) };
+    if main.zone_size.is_some() {
+        return is_duplicate();
+    }
+    match parse_directive(cf, directives::parse_shift_zone) {
+        Ok(size) => main.zone_size = Some(size),
+        Err(rc) => return rc,
     }
     NGX_CONF_OK
 }
@@ -438,18 +303,16 @@ extern "C" fn set_shift_check(
     conf: *mut c_void,
 ) -> *mut c_char {
     // SAFETY: Nginx calls directive handlers with a valid cf and this module's main conf.
-    unsafe {
-        let (parsed, main, uscf, ours) =
-            match upstream_directive(cf, conf, directives::parse_shift_check) {
-                Ok(found) => found,
-                Err(rc) => return rc,
-            };
-        if ours.check.is_some() {
-            return c"is duplicate".as_ptr().cast_mut();
-        }
-        ours.check = Some(parsed);
-        main.checked.push(uscf);
+    let found = unsafe { upstream_directive(cf, conf, directives::parse_shift_check) };
+    let (_, parsed, main, uscf, ours) = match found {
+        Ok(found) => found,
+        Err(rc) => return rc,
+    };
+    if ours.check.is_some() {
+        return is_duplicate();
     }
+    ours.check = Some(parsed);
+    main.checked.push(uscf);
     NGX_CONF_OK
 }
 
@@ -460,53 +323,41 @@ extern "C" fn set_shift_api(
 ) -> *mut c_char {
     // SAFETY: Nginx calls directive handlers with a valid cf, and `conf` is this module's
     // location conf (NGX_HTTP_LOC_CONF_OFFSET).
-    unsafe {
-        let loc = &mut *conf.cast::<LocationConf>();
-        if loc.api.is_some() {
-            return c"is duplicate".as_ptr().cast_mut();
-        }
-        let args = match parse_directive(cf, directives::parse_shift_api) {
-            Ok(args) => args,
-            Err(rc) => return rc,
-        };
-        let Some(clcf) = NgxHttpCoreModule::location_conf_mut(&*cf) else {
-            return NGX_CONF_ERROR;
-        };
-        let writers = match &args.writers {
-            Some(writers) => resolve(writers),
-            // Root and whoever runs the master (the one parsing this config).
-            None => Ok(vec![0, Uid::effective().as_raw()]),
-        };
-        let readers = match &args.readers {
-            Readers::Writers => Ok(Some(Vec::new())),
-            Readers::Any => Ok(None),
-            Readers::List(readers) => resolve(readers).map(Some),
-        };
-        let (writers, readers) = match (writers, readers) {
-            (Ok(writers), Ok(readers)) => (writers, readers),
-            (Err(msg), _) | (_, Err(msg)) => return conf_error(cf, &msg),
-        };
-        let prefix = clcf.name.to_string();
-        clcf.handler = Some(crate::api_handler::handle);
-        let (Some(main), Some(server)) = (
-            Module::main_conf_mut(&*cf),
-            NgxHttpCoreModule::server_conf_mut(&*cf),
-        ) else {
-            return NGX_CONF_ERROR;
-        };
-        main.api_servers.push((server, args.connections));
-        loc.api = Some(ApiConf {
-            access: Access { writers, readers },
-            prefix,
-        });
+    let (cf, loc) = unsafe { (&mut *cf, &mut *conf.cast::<LocationConf>()) };
+    if loc.api.is_some() {
+        return is_duplicate();
     }
+    let args = match parse_directive(cf, directives::parse_shift_api) {
+        Ok(args) => args,
+        Err(rc) => return rc,
+    };
+    let writers = match &args.writers {
+        Some(writers) => resolve(writers),
+        // Root and whoever runs the master (the one parsing this config).
+        None => Ok(vec![0, Uid::effective().as_raw()]),
+    };
+    let readers = match &args.readers {
+        Readers::Writers => Ok(Some(Vec::new())),
+        Readers::Any => Ok(None),
+        Readers::List(readers) => resolve(readers).map(Some),
+    };
+    let (writers, readers) = match (writers, readers) {
+        (Ok(writers), Ok(readers)) => (writers, readers),
+        (Err(msg), _) | (_, Err(msg)) => return cf.error(&msg),
+    };
+    let (Some(clcf), Some(main), Some(server)) = (
+        NgxHttpCoreModule::location_conf_mut(cf),
+        Module::main_conf_mut(cf),
+        NgxHttpCoreModule::server_conf_mut(cf),
+    ) else {
+        return NGX_CONF_ERROR;
+    };
+    let prefix = clcf.name.to_string();
+    clcf.handler = Some(crate::api_handler::handle);
+    main.api_servers.push((server, args.connections));
+    loc.api = Some(ApiConf {
+        access: Access { writers, readers },
+        prefix,
+    });
     NGX_CONF_OK
-}
-
-/// Logs `msg` at emerg level with the file and line being parsed, and fails the directive.
-///
-/// SAFETY: `cf` must be the valid configuration passed to a directive handler.
-unsafe fn conf_error(cf: *mut ngx_conf_t, msg: &str) -> *mut c_char {
-    ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{}", msg);
-    NGX_CONF_ERROR
 }

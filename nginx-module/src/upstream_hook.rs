@@ -6,18 +6,19 @@
 
 use std::ffi::c_void;
 
-use ngx::core::{Pool, Status};
+use ngx::core::Status;
 use ngx::ffi::{
     ngx_conf_t, ngx_event_free_peer_pt, ngx_event_get_peer_pt, ngx_event_save_peer_session_pt,
     ngx_event_set_peer_session_pt, ngx_http_request_t, ngx_http_upstream_rr_peer_data_t,
     ngx_http_upstream_server_t, ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_log_t,
     ngx_peer_connection_t, ngx_uint_t, NGX_LOG_EMERG, NGX_PEER_FAILED,
 };
-use ngx::http::HttpModuleServerConf;
+use ngx::http::{HttpModuleServerConf, Request};
 use ngx::log::DebugMask;
-use ngx::{ngx_conf_log_error, ngx_log_debug};
+use ngx::{http_upstream_init_peer_pt, ngx_conf_log_error, ngx_log_debug};
 
-use crate::ngx_module::{Module, UpstreamConf};
+use crate::conf::UpstreamConf;
+use crate::ngx_module::Module;
 use crate::shm::{inflight, table_of};
 use shift_core::directives::duplicate_address;
 use shift_core::table::{slot_of, Table};
@@ -27,45 +28,45 @@ pub extern "C" fn init_upstream(
     cf: *mut ngx_conf_t,
     uscf: *mut ngx_http_upstream_srv_conf_t,
 ) -> ngx_int_t {
-    // SAFETY: Nginx passes a valid cf and the upstream's own srv conf.
-    unsafe {
-        let uscf = &mut *uscf;
-        let Some(conf) = Module::server_conf_mut(uscf) else {
-            return Status::NGX_ERROR.0;
-        };
-        let Some(original) = conf.original_init_upstream else {
-            return Status::NGX_ERROR.0;
-        };
-        if original(cf, uscf) != Status::NGX_OK.0 {
-            return Status::NGX_ERROR.0;
-        }
-        if let Some((address, first, second)) = duplicate_address(&server_lines(uscf)) {
-            ngx_conf_log_error!(
-                NGX_LOG_EMERG,
-                cf,
-                "upstream \"{}\" has address {} twice, from \"server {}\" and \"server {}\": \
-                 a \"shift\" upstream needs one server line per address",
-                uscf.host,
-                address,
-                first,
-                second
-            );
-            return Status::NGX_ERROR.0;
-        }
-        if !uscf.shm_zone.is_null() {
-            ngx_conf_log_error!(
-                NGX_LOG_EMERG,
-                cf,
-                "\"shift\" cannot be used with \"zone\" in upstream \"{}\": \
-                 shift keeps its own shared state, remove \"zone\"",
-                uscf.host
-            );
-            return Status::NGX_ERROR.0;
-        }
-        conf.original_init_peer = uscf.peer.init;
-        uscf.peer.init = Some(init_peer);
-        conf.hooked = true;
+    // SAFETY: Nginx passes the upstream's own srv conf, valid for the configuration's life.
+    let uscf = unsafe { &mut *uscf };
+    let Some(conf) = Module::server_conf_mut(uscf) else {
+        return Status::NGX_ERROR.0;
+    };
+    let Some(original) = conf.balancer.init_upstream else {
+        return Status::NGX_ERROR.0;
+    };
+    // SAFETY: round robin's init_upstream, called as Nginx would with the same arguments.
+    if unsafe { original(cf, uscf) } != Status::NGX_OK.0 {
+        return Status::NGX_ERROR.0;
     }
+    // SAFETY: round robin parsed the `server` lines into `servers`.
+    if let Some((address, first, second)) = duplicate_address(&unsafe { server_lines(uscf) }) {
+        ngx_conf_log_error!(
+            NGX_LOG_EMERG,
+            cf,
+            "upstream \"{}\" has address {} twice, from \"server {}\" and \"server {}\": \
+             a \"shift\" upstream needs one server line per address",
+            uscf.host,
+            address,
+            first,
+            second
+        );
+        return Status::NGX_ERROR.0;
+    }
+    if !uscf.shm_zone.is_null() {
+        ngx_conf_log_error!(
+            NGX_LOG_EMERG,
+            cf,
+            "\"shift\" cannot be used with \"zone\" in upstream \"{}\": \
+             shift keeps its own shared state, remove \"zone\"",
+            uscf.host
+        );
+        return Status::NGX_ERROR.0;
+    }
+    conf.balancer.init_peer = uscf.peer.init;
+    uscf.peer.init = Some(init_peer);
+    conf.balancer.hooked = true;
     Status::NGX_OK.0
 }
 
@@ -111,30 +112,37 @@ struct Attempt {
     slot: Option<usize>,
 }
 
-/// `peer.init`, once per request.
-extern "C" fn init_peer(
-    r: *mut ngx_http_request_t,
-    uscf: *mut ngx_http_upstream_srv_conf_t,
-) -> ngx_int_t {
-    // SAFETY: Nginx passes the request being proxied and the upstream's srv conf; this worker is
-    // single-threaded, so mutating its own (copy-on-write) conf and peers is unshared.
+// `peer.init`, once per request.
+http_upstream_init_peer_pt!(init_peer, init_request_peer);
+
+fn init_request_peer(request: &mut Request, uscf: *mut ngx_http_upstream_srv_conf_t) -> Status {
+    // SAFETY: Nginx passes the upstream's srv conf. This worker is single-threaded, so mutating
+    // its own (copy-on-write) conf and peers is unshared.
+    let Some(conf) = Module::server_conf_mut(unsafe { &*uscf }) else {
+        return Status::NGX_ERROR;
+    };
+    copy_routes_if_changed(conf, request.log());
+    let Some(original) = conf.balancer.init_peer else {
+        return Status::NGX_ERROR;
+    };
+    let r: *mut ngx_http_request_t = (&mut *request).into();
+    // SAFETY: round robin's init_peer, called as Nginx would with the same arguments.
+    let rc = unsafe { original(r, uscf) };
+    if rc != Status::NGX_OK.0 {
+        return Status(rc);
+    }
+    let attempt = request.pool().alloc_type::<Attempt>();
+    if attempt.is_null() {
+        return Status::NGX_ERROR;
+    }
+    let Some(upstream) = request.upstream() else {
+        return Status::NGX_ERROR;
+    };
+    // SAFETY: the request is being proxied, so its upstream is set, and round robin's init
+    // just filled its peer connection.
+    let peer = unsafe { &mut (*upstream).peer };
+    // SAFETY: `attempt` was just allocated from the request's pool for an `Attempt`.
     unsafe {
-        let Some(conf) = Module::server_conf_mut(&*uscf) else {
-            return Status::NGX_ERROR.0;
-        };
-        copy_routes_if_changed(conf, (*(*r).connection).log);
-        let Some(original) = conf.original_init_peer else {
-            return Status::NGX_ERROR.0;
-        };
-        let rc = original(r, uscf);
-        if rc != Status::NGX_OK.0 {
-            return rc;
-        }
-        let attempt = Pool::from_ngx_pool((*r).pool).alloc_type::<Attempt>();
-        if attempt.is_null() {
-            return Status::NGX_ERROR.0;
-        }
-        let peer = &mut (*(*r).upstream).peer;
         attempt.write(Attempt {
             rr_data: peer.data,
             rr_get: peer.get,
@@ -144,18 +152,18 @@ extern "C" fn init_peer(
             conf,
             request: r,
             slot: None,
-        });
-        peer.data = attempt.cast();
-        peer.get = Some(get_peer);
-        peer.free = Some(free_peer);
-        if peer.set_session.is_some() {
-            peer.set_session = Some(set_session);
-        }
-        if peer.save_session.is_some() {
-            peer.save_session = Some(save_session);
-        }
+        })
+    };
+    peer.data = attempt.cast();
+    peer.get = Some(get_peer);
+    peer.free = Some(free_peer);
+    if peer.set_session.is_some() {
+        peer.set_session = Some(set_session);
     }
-    Status::NGX_OK.0
+    if peer.save_session.is_some() {
+        peer.save_session = Some(save_session);
+    }
+    Status::NGX_OK
 }
 
 /// Copies weights and eligibility from the shared table into this worker's round-robin peers
@@ -163,14 +171,14 @@ extern "C" fn init_peer(
 fn copy_routes_if_changed(conf: &mut UpstreamConf, log: *mut ngx_log_t) {
     // SAFETY: as in `shm::table_of`; the fields are borrowed apart so that `routes` can be
     // filled from a view of `slots`.
-    let Some(header) = (unsafe { conf.table.as_ref() }) else {
+    let Some(header) = (unsafe { conf.placement.table.as_ref() }) else {
         return;
     };
-    let table = Table::new(header, &conf.slots);
-    let Some(seq) = table.routes_if_changed(conf.seen_seq, &mut conf.routes) else {
+    let table = Table::new(header, &conf.placement.slots);
+    let Some(seq) = table.routes_if_changed(conf.routing.seen_seq, &mut conf.routing.routes) else {
         return;
     };
-    for (&peer, route) in conf.rr_peers.iter().zip(&conf.routes) {
+    for (&peer, route) in conf.placement.rr_peers.iter().zip(&conf.routing.routes) {
         // SAFETY: `rr_peers` are this upstream's round-robin peers, alive for the cycle and
         // touched only by this (single-threaded) worker.
         let peer = unsafe { &mut *peer };
@@ -184,16 +192,16 @@ fn copy_routes_if_changed(conf: &mut UpstreamConf, log: *mut ngx_log_t) {
         // Start the smooth weighted round robin afresh on the new weights.
         peer.current_weight = 0;
     }
-    conf.seen_seq = seq;
+    conf.routing.seen_seq = seq;
     ngx_log_debug!(
         mask: DebugMask::Http,
         log,
         "shift: upstream \"{}\" takes the table at seq {}: {}",
         header.name(),
         seq,
-        conf.slots
+        conf.placement.slots
             .iter()
-            .zip(&conf.routes)
+            .zip(&conf.routing.routes)
             .map(|(slot, route)| format!(
                 "{} weight={}{}",
                 slot.server(),
@@ -206,33 +214,39 @@ fn copy_routes_if_changed(conf: &mut UpstreamConf, log: *mut ngx_log_t) {
 }
 
 unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void) -> ngx_int_t {
-    // SAFETY: `data` is the Attempt init_peer installed; round robin's data is its own.
-    unsafe {
-        let attempt = &mut *data.cast::<Attempt>();
-        let Some(rr_get) = attempt.rr_get else {
-            return Status::NGX_ERROR.0;
-        };
-        let rc = rr_get(pc, attempt.rr_data);
-        if rc == Status::NGX_OK.0 {
-            let current = (*attempt.rr_data.cast::<ngx_http_upstream_rr_peer_data_t>()).current;
-            let conf = &*attempt.conf;
-            attempt.slot = slot_of(&conf.rr_peers, &current);
-            if let (Some(slot), Some(table)) = (attempt.slot, table_of(conf)) {
-                ngx_log_debug!(
-                    mask: DebugMask::Http,
-                    (*pc).log,
-                    "shift: upstream \"{}\" picked peer {}",
-                    table.name(),
-                    table.peers()[slot].server()
-                );
-                table.peers()[slot].record_request();
-                if let Some(inflight) = inflight() {
-                    inflight.started(conf.first_slot + slot);
-                }
-            }
-        }
-        rc
+    // SAFETY: `data` is the Attempt init_peer installed, in the request's pool.
+    let attempt = unsafe { &mut *data.cast::<Attempt>() };
+    let Some(rr_get) = attempt.rr_get else {
+        return Status::NGX_ERROR.0;
+    };
+    // SAFETY: round robin's get, with its own data.
+    let rc = unsafe { rr_get(pc, attempt.rr_data) };
+    if rc != Status::NGX_OK.0 {
+        return rc;
     }
+    // SAFETY: round robin's data is its peer data; `conf` outlives the request.
+    let (current, conf) = unsafe {
+        (
+            (*attempt.rr_data.cast::<ngx_http_upstream_rr_peer_data_t>()).current,
+            &*attempt.conf,
+        )
+    };
+    attempt.slot = slot_of(&conf.placement.rr_peers, &current);
+    if let (Some(slot), Some(table)) = (attempt.slot, table_of(conf)) {
+        ngx_log_debug!(
+            mask: DebugMask::Http,
+            // SAFETY: Nginx passes a valid peer connection.
+            unsafe { (*pc).log },
+            "shift: upstream \"{}\" picked peer {}",
+            table.name(),
+            table.peers()[slot].server()
+        );
+        table.peers()[slot].record_request();
+        if let Some(inflight) = inflight() {
+            inflight.started(conf.placement.first_slot + slot);
+        }
+    }
+    rc
 }
 
 unsafe extern "C" fn free_peer(
@@ -240,27 +254,30 @@ unsafe extern "C" fn free_peer(
     data: *mut c_void,
     state: ngx_uint_t,
 ) {
-    // SAFETY: as in get_peer; the request outlives its upstream attempts.
-    unsafe {
-        let attempt = &mut *data.cast::<Attempt>();
-        if let Some(slot) = attempt.slot.take() {
-            if let Some(table) = table_of(&*attempt.conf) {
-                let upstream = (*attempt.request).upstream;
-                let status = if upstream.is_null() || (*upstream).state.is_null() {
-                    None
-                } else {
-                    Some((*(*upstream).state).status as u16).filter(|&status| status != 0)
-                };
-                let failed = state & NGX_PEER_FAILED as ngx_uint_t != 0;
-                table.peers()[slot].record_finish(failed, status);
-                if let Some(inflight) = inflight() {
-                    inflight.finished((*attempt.conf).first_slot + slot);
-                }
+    // SAFETY: as in get_peer.
+    let attempt = unsafe { &mut *data.cast::<Attempt>() };
+    // SAFETY: `conf` outlives the request.
+    let conf = unsafe { &*attempt.conf };
+    if let (Some(slot), Some(table)) = (attempt.slot.take(), table_of(conf)) {
+        // SAFETY: the request outlives its upstream attempts; `upstream` and its `state` are
+        // null-checked.
+        let status = unsafe {
+            let upstream = (*attempt.request).upstream;
+            if upstream.is_null() || (*upstream).state.is_null() {
+                None
+            } else {
+                Some((*(*upstream).state).status as u16).filter(|&status| status != 0)
             }
+        };
+        let failed = state & NGX_PEER_FAILED as ngx_uint_t != 0;
+        table.peers()[slot].record_finish(failed, status);
+        if let Some(inflight) = inflight() {
+            inflight.finished(conf.placement.first_slot + slot);
         }
-        if let Some(rr_free) = attempt.rr_free {
-            rr_free(pc, attempt.rr_data, state);
-        }
+    }
+    if let Some(rr_free) = attempt.rr_free {
+        // SAFETY: round robin's free, with its own data.
+        unsafe { rr_free(pc, attempt.rr_data, state) };
     }
 }
 

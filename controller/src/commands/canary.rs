@@ -12,8 +12,8 @@ use super::switch::{wait_ready, Unhealthy};
 use super::{Ctx, POLL};
 use crate::exit::Failure;
 use crate::interrupts::Interrupts;
-use crate::state_dir::write_file;
 use crate::plan;
+use crate::state_dir::write_file;
 
 pub fn promote(ctx: &Ctx, upstream: &str) -> Result<(), Failure> {
     write_file(&ctx.promote_flag(upstream), b"promote\n")?;

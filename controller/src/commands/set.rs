@@ -167,7 +167,11 @@ mod tests {
         ] {
             let failure = parse_assignments(&args(&bad)).unwrap_err();
             assert_eq!(failure.code, EXIT_USAGE, "{bad:?}");
-            assert!(failure.error.to_string().contains(says), "{bad:?}: {:#}", failure.error);
+            assert!(
+                failure.error.to_string().contains(says),
+                "{bad:?}: {:#}",
+                failure.error
+            );
         }
     }
 }

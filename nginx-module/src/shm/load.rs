@@ -27,7 +27,8 @@ use ngx::ngx_log_error;
 
 use super::reclaim::{reclaim, sweep};
 use super::zone::{allocate, allocate_zeroed, foreign_root, push_front, slots_of, Zone};
-use crate::ngx_module::{MainConf, Module, UpstreamConf};
+use crate::conf::{MainConf, UpstreamConf};
+use crate::ngx_module::Module;
 use shift_core::process::process_alive;
 use shift_core::state_file;
 use shift_core::table::{CarryNote, CheckMode, PeerConfig, PeerSlot, Table, TableHeader};
@@ -169,13 +170,13 @@ unsafe fn place_views(
                 };
                 view.push(slot);
             }
-            conf.table = std::ptr::from_ref(header).cast_mut();
-            conf.new_table = created;
-            conf.first_slot = slots.len();
-            conf.configs = configs;
-            conf.rr_peers = rr_peers;
+            conf.placement.table = std::ptr::from_ref(header).cast_mut();
+            conf.placement.new_table = created;
+            conf.placement.first_slot = slots.len();
+            conf.placement.configs = configs;
+            conf.placement.rr_peers = rr_peers;
             slots.extend(&view);
-            conf.slots = view;
+            conf.placement.slots = view;
             tables.push(header);
         }
         main.load = place_load(zone, locked, id, &slots, &tables)?;
@@ -398,11 +399,11 @@ pub unsafe fn commit(zone: Zone, main: &MainConf, log: *mut ngx_log_t) {
             let Some(conf) = Module::server_conf(&*uscf) else {
                 continue;
             };
-            let Some(header) = conf.table.as_ref() else {
+            let Some(header) = conf.placement.table.as_ref() else {
                 continue;
             };
             let name = header.name();
-            let table = Table::new(header, &conf.slots);
+            let table = Table::new(header, &conf.placement.slots);
             let Ok(guard) = table.lock(pid, process_alive) else {
                 ngx_log_error!(
                     NGX_LOG_ERR,
@@ -412,14 +413,20 @@ pub unsafe fn commit(zone: Zone, main: &MainConf, log: *mut ngx_log_t) {
                 );
                 continue;
             };
-            if conf.new_table {
+            if conf.placement.new_table {
                 restore(previous, &guard, conf, log);
             }
             let removed: Vec<&PeerSlot> = slots_of(header)
                 .filter(|slot| slot.is_current())
-                .filter(|slot| !conf.slots.iter().any(|own| std::ptr::eq(*own, *slot)))
+                .filter(|slot| {
+                    !conf
+                        .placement
+                        .slots
+                        .iter()
+                        .any(|own| std::ptr::eq(*own, *slot))
+                })
                 .collect();
-            let notes = guard.commit(check_mode(conf), &conf.configs, &removed);
+            let notes = guard.commit(check_mode(conf), &conf.placement.configs, &removed);
             drop(guard);
             log_notes(log, name, "the running state", &notes);
             set_state_path(&locked, header, conf.state_path.as_deref());

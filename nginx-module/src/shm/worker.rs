@@ -18,7 +18,7 @@ use ngx::ngx_log_error;
 
 use super::load::LoadRecord;
 use super::zone::{allocate_zeroed, push_front, slots_of, unlink_where, walk, Zone};
-use crate::ngx_module::MainConf;
+use crate::conf::MainConf;
 use shift_core::inflight::{self, InFlight};
 use shift_core::process::ProcessId;
 use shift_core::state_file;

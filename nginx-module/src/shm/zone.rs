@@ -13,7 +13,7 @@ use ngx::ffi::{
     ngx_str_t,
 };
 
-use crate::ngx_module::{MainConf, UpstreamConf};
+use crate::conf::{MainConf, UpstreamConf};
 use shift_core::process::process_alive;
 use shift_core::table::{PeerSlot, Table, TableHeader};
 
@@ -294,8 +294,8 @@ pub fn zone_full() -> String {
 
 /// The table this worker's configuration gives an upstream, viewed through its own peers.
 pub fn table_of(conf: &UpstreamConf) -> Option<Table<'_>> {
-    // SAFETY: `conf.table` is null or a header `load::build_view` placed, which stays allocated
-    // while this configuration's load is live (it references the header), as do `conf.slots`.
-    let header = unsafe { conf.table.as_ref()? };
-    Some(Table::new(header, &conf.slots))
+    // SAFETY: `conf.placement.table` is null or a header `load::build_view` placed, which stays allocated
+    // while this configuration's load is live (it references the header), as do `conf.placement.slots`.
+    let header = unsafe { conf.placement.table.as_ref()? };
+    Some(Table::new(header, &conf.placement.slots))
 }

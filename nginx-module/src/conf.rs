@@ -1,0 +1,99 @@
+//! The module's configuration structs, as its directives fill them: per `http` block, per
+//! upstream and per location. Runtime state they point to is described in `upstream_state.rs`
+//! and `shm/`.
+
+use std::path::PathBuf;
+use std::ptr;
+
+use ngx::ffi::{
+    ngx_cycle_t, ngx_http_core_srv_conf_t, ngx_http_upstream_init_peer_pt,
+    ngx_http_upstream_init_pt, ngx_http_upstream_srv_conf_t, ngx_shm_zone_t,
+};
+use ngx::http::{Merge, MergeConfigError};
+
+use crate::shm::LoadRecord;
+use crate::upstream_state::{Placement, WorkerRouting};
+use shift_core::api::Access;
+use shift_core::directives::{CheckArgs, ShiftArgs};
+
+/// Per-`http` state: the upstreams that use `shift`, and the shared zone of their tables.
+pub struct MainConf {
+    pub upstreams: Vec<*mut ngx_http_upstream_srv_conf_t>,
+    /// Upstreams with `shift_check`, to verify they also have `shift`.
+    pub checked: Vec<*mut ngx_http_upstream_srv_conf_t>,
+    pub zone: *mut ngx_shm_zone_t,
+    /// `shift_zone`, when set.
+    pub zone_size: Option<usize>,
+    /// This configuration's load in the zone (set by the zone's init, in the master).
+    pub load: *mut LoadRecord,
+    /// The cycle this configuration belongs to.
+    pub cycle: *mut ngx_cycle_t,
+    /// Servers with a `shift_api` location, and the connections each worker may keep open on
+    /// their Unix-socket listeners.
+    pub api_servers: Vec<(*mut ngx_http_core_srv_conf_t, u32)>,
+}
+
+impl Default for MainConf {
+    fn default() -> Self {
+        MainConf {
+            upstreams: Vec::new(),
+            checked: Vec::new(),
+            zone: ptr::null_mut(),
+            zone_size: None,
+            load: ptr::null_mut(),
+            cycle: ptr::null_mut(),
+            api_servers: Vec::new(),
+        }
+    }
+}
+
+/// Per-upstream configuration (Nginx also creates one for every `server` block; those stay
+/// unused): what the directives say, the balancer `shift` wraps, and the state that belongs to
+/// this configuration's upstream (see `upstream_state.rs`).
+#[derive(Default)]
+pub struct UpstreamConf {
+    pub shift: Option<ShiftArgs>,
+    pub check: Option<CheckArgs>,
+    pub state_path: Option<PathBuf>,
+    pub balancer: WrappedBalancer,
+    /// Set by the zone's init in the master; read-only once workers run.
+    pub placement: Placement,
+    /// Each worker's own (its copy after fork).
+    pub routing: WorkerRouting,
+}
+
+/// The balancer `shift` wraps: round robin, or what `keepalive` put before it.
+#[derive(Default)]
+pub struct WrappedBalancer {
+    pub init_upstream: ngx_http_upstream_init_pt,
+    pub init_peer: ngx_http_upstream_init_peer_pt,
+    /// Set once `upstream_hook::init_upstream` ran; another balancer written after `shift`
+    /// would have replaced it.
+    pub hooked: bool,
+}
+
+impl Merge for UpstreamConf {
+    fn merge(&mut self, _prev: &Self) -> Result<(), MergeConfigError> {
+        Ok(())
+    }
+}
+
+/// Per-location state: whether this location serves the admin API, and for whom.
+#[derive(Default)]
+pub struct LocationConf {
+    pub api: Option<ApiConf>,
+}
+
+pub struct ApiConf {
+    /// Who may read and write.
+    pub access: Access,
+    /// The location's own prefix, stripped from request paths.
+    pub prefix: String,
+}
+
+impl Merge for LocationConf {
+    fn merge(&mut self, _prev: &Self) -> Result<(), MergeConfigError> {
+        // The API is served only where `shift_api` is written, never inherited.
+        Ok(())
+    }
+}

@@ -1,0 +1,58 @@
+//! The state a configuration's `shift` upstream carries beside its parsed directives: where
+//! it lives in the shared zone (placed once, in the master) and what each worker keeps to steer
+//! its own round-robin peers. Kept apart from the directives so that a reader sees which fields
+//! change after the configuration is parsed, and where.
+
+use std::ptr;
+
+use ngx::ffi::ngx_http_upstream_rr_peer_t;
+use shift_core::table::{PeerConfig, PeerSlot, Route, TableHeader};
+
+/// Where the upstream lives in the zone, set by the zone's init (`shm::load`) in the master and
+/// read-only in workers.
+pub struct Placement {
+    /// This upstream's table in the shared zone.
+    pub table: *mut TableHeader,
+    /// Whether the zone's init placed the table for this configuration (it then takes the state
+    /// file's or a replaced zone's state when the configuration is committed).
+    pub new_table: bool,
+    /// The slots of round robin's peers, in its order, and what the config says of each.
+    pub slots: Vec<&'static PeerSlot>,
+    pub configs: Vec<PeerConfig>,
+    /// Where this upstream's slots start in the load's flat list (for in-flight counts).
+    pub first_slot: usize,
+    /// Round robin's peers, in table order. Each worker steers its own copy of them.
+    pub rr_peers: Vec<*mut ngx_http_upstream_rr_peer_t>,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Placement {
+            table: ptr::null_mut(),
+            new_table: false,
+            slots: Vec::new(),
+            configs: Vec::new(),
+            first_slot: 0,
+            rr_peers: Vec::new(),
+        }
+    }
+}
+
+/// What one worker keeps to notice a table change and copy it into its round-robin peers.
+pub struct WorkerRouting {
+    /// The table `seq` this worker last copied into its peers.
+    pub seen_seq: u64,
+    /// Scratch space for that copy, kept to avoid an allocation per change.
+    pub routes: Vec<Route>,
+}
+
+impl Default for WorkerRouting {
+    fn default() -> Self {
+        WorkerRouting {
+            // Never a real seq: the first request copies the table (which may hold carried
+            // state).
+            seen_seq: u64::MAX,
+            routes: Vec::new(),
+        }
+    }
+}
