@@ -79,90 +79,108 @@ unsafe fn probe_of<'a>(event: *mut ngx_event_t) -> (*mut ngx_connection_t, &'a m
 }
 
 /// Starts the probers of this worker; from `init_process`.
+///
+/// SAFETY: `cycle` is the worker's cycle, as Nginx passes it to `init_process`.
 pub unsafe fn start_probes(cycle: *mut ngx_cycle_t) -> ngx_int_t {
-    // SAFETY: Nginx calls init_process with the worker's cycle; the upstream confs and their
-    // round-robin peers live as long as it.
-    unsafe {
-        let Some(main) = Module::main_conf(&*cycle) else {
-            return Status::NGX_OK.0; // no http block
+    // SAFETY: per the contract; the cycle outlives the worker's probes.
+    let cycle = unsafe { &*cycle };
+    let Some(main) = Module::main_conf(cycle) else {
+        return Status::NGX_OK.0; // no http block
+    };
+    for &uscf in &main.upstreams {
+        // SAFETY: the upstream confs live as long as the cycle.
+        let uscf = unsafe { &*uscf };
+        let Some(conf) = Module::server_conf(uscf) else {
+            continue;
         };
-        for &uscf in &main.upstreams {
-            let Some(conf) = Module::server_conf(&*uscf) else {
-                continue;
-            };
-            let Some(check) = &conf.check else { continue };
-            if table_of(conf).is_none() {
-                continue;
+        let Some(check) = &conf.check else { continue };
+        if table_of(conf).is_none() {
+            continue;
+        }
+        let host = uscf.host.to_string();
+        for (index, &peer) in conf.placement.rr_peers.iter().enumerate() {
+            // SAFETY: round robin's peers live as long as the cycle, each with `socklen` bytes
+            // of address at `sockaddr`.
+            let peer = unsafe { &*peer };
+            // SAFETY: as above.
+            let mut address = unsafe {
+                std::slice::from_raw_parts(peer.sockaddr.cast::<u8>(), peer.socklen as usize)
             }
-            let host = (*uscf).host.to_string();
-            for (index, &peer) in conf.placement.rr_peers.iter().enumerate() {
-                let mut address = std::slice::from_raw_parts(
-                    (*peer).sockaddr.cast::<u8>(),
-                    (*peer).socklen as usize,
-                )
-                .to_vec();
-                if let Some(port) = check.port {
-                    with_port(&mut address, port);
-                }
-                let tick_ms = (check.interval_ms / 5).clamp(20, 1000) as usize;
-                let mut quiet_log = *(*cycle).log;
-                quiet_log.log_level = quiet_log.log_level.min(NGX_LOG_CRIT as usize);
-                let probe = Box::leak(Box::new(Probe {
-                    tick: MaybeUninit::zeroed().assume_init(),
-                    deadline: MaybeUninit::zeroed().assume_init(),
-                    conf,
-                    check,
-                    index,
-                    tick_ms,
-                    address,
-                    name: (*peer).name,
-                    request: http_request(check, &host),
-                    sent: 0,
-                    response: Vec::new(),
-                    connection: ptr::null_mut(),
-                    quiet_log,
-                }));
-                let data: *mut Probe = probe;
-                for (event, handler) in [
-                    (
-                        &mut probe.tick,
-                        on_tick as unsafe extern "C" fn(*mut ngx_event_t),
-                    ),
-                    (&mut probe.deadline, on_deadline),
-                ] {
-                    event.handler = Some(handler);
-                    event.data = data.cast();
-                    event.log = (*cycle).log;
-                    // Do not hold up a graceful shutdown.
-                    event.set_cancelable(1);
-                }
-                // Spread the workers' ticks over the tick period.
+            .to_vec();
+            if let Some(port) = check.port {
+                with_port(&mut address, port);
+            }
+            let tick_ms = (check.interval_ms / 5).clamp(20, 1000) as usize;
+            // SAFETY: the cycle's log is valid for its life.
+            let mut quiet_log = unsafe { *cycle.log };
+            quiet_log.log_level = quiet_log.log_level.min(NGX_LOG_CRIT as usize);
+            let probe = Box::leak(Box::new(Probe {
+                tick: idle_event(),
+                deadline: idle_event(),
+                conf,
+                check,
+                index,
+                tick_ms,
+                address,
+                name: peer.name,
+                request: http_request(check, &host),
+                sent: 0,
+                response: Vec::new(),
+                connection: ptr::null_mut(),
+                quiet_log,
+            }));
+            let data: *mut Probe = probe;
+            for (event, handler) in [
+                (
+                    &mut probe.tick,
+                    on_tick as unsafe extern "C" fn(*mut ngx_event_t),
+                ),
+                (&mut probe.deadline, on_deadline),
+            ] {
+                event.handler = Some(handler);
+                event.data = data.cast();
+                event.log = cycle.log;
+                // Do not hold up a graceful shutdown.
+                event.set_cancelable(1);
+            }
+            // Spread the workers' ticks over the tick period.
+            // SAFETY: the worker's random generator and timers, on its own thread.
+            unsafe {
                 let offset = ngx::ffi::ngx_random() as usize % tick_ms;
-                ngx::ffi::ngx_add_timer(&mut probe.tick, offset as usize);
+                ngx::ffi::ngx_add_timer(&mut probe.tick, offset);
             }
         }
     }
     Status::NGX_OK.0
 }
 
+/// An event with no handler and no timer yet, as Nginx's own code zeroes them.
+fn idle_event() -> ngx_event_t {
+    // SAFETY: an all-zero `ngx_event_t` (null pointers, cleared flags) is valid.
+    unsafe { MaybeUninit::zeroed().assume_init() }
+}
+
 unsafe extern "C" fn on_tick(event: *mut ngx_event_t) {
     // SAFETY: the tick's data is its leaked Probe; the worker is single-threaded.
-    unsafe {
-        let probe = &mut *(*event).data.cast::<Probe>();
-        if ngx::ffi::ngx_exiting != 0 || ngx::ffi::ngx_quit != 0 || ngx::ffi::ngx_terminate != 0 {
-            return;
-        }
-        ngx::ffi::ngx_add_timer(event, probe.tick_ms);
-        if !probe.connection.is_null() {
-            return;
-        }
-        let Some(table) = table_of(&*probe.conf) else {
-            return;
-        };
-        let check = &*probe.check;
-        if table.claim_check(probe.index, monotonic_ms(), check.interval_ms) {
-            start(probe);
-        }
+    let probe = unsafe { &mut *(*event).data.cast::<Probe>() };
+    // SAFETY: process-wide flags, written by this worker's own signal handling.
+    let stopping = unsafe {
+        ngx::ffi::ngx_exiting != 0 || ngx::ffi::ngx_quit != 0 || ngx::ffi::ngx_terminate != 0
+    };
+    if stopping {
+        return;
+    }
+    // SAFETY: `event` is the probe's tick, a timer of this worker.
+    unsafe { ngx::ffi::ngx_add_timer(event, probe.tick_ms) };
+    if !probe.connection.is_null() {
+        return;
+    }
+    let Some(table) = table_of(probe.conf()) else {
+        return;
+    };
+    if table.claim_check(probe.index, monotonic_ms(), probe.check().interval_ms) {
+        // SAFETY: the probe is idle (no connection), checked above.
+        unsafe { start(probe) };
     }
 }
 

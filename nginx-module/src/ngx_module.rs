@@ -12,13 +12,13 @@ use ngx::ffi::{
     ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_http_module_t, ngx_http_upstream_init_round_robin,
     ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_module_t, ngx_uint_t, NGX_CONF_ANY,
     NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
-    NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_UPS_CONF, NGX_LOG_EMERG,
+    NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_UPS_CONF,
 };
 use ngx::http::{
     HttpModule, HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf,
     NgxHttpCoreModule, NgxHttpUpstreamModule,
 };
-use ngx::{ngx_conf_log_error, ngx_string};
+use ngx::ngx_string;
 use nix::unistd::{Uid, User};
 
 use crate::conf::{ApiConf, LocationConf, MainConf, UpstreamConf};
@@ -55,39 +55,38 @@ impl HttpModule for Module {
     }
 
     unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
-        // SAFETY: Nginx calls postconfiguration with a valid cf; main_conf exists for a loaded
-        // module; the upstream pointers were taken from this same configuration cycle.
-        unsafe {
-            let Some(main) = Module::main_conf(&*cf) else {
+        // SAFETY: Nginx calls postconfiguration with the configuration it parsed.
+        let cf = unsafe { &mut *cf };
+        let Some(main) = Module::main_conf(cf) else {
+            return Status::NGX_ERROR.0;
+        };
+        for &uscf in &main.checked {
+            // SAFETY: the upstream pointers were taken from this same configuration.
+            let uscf = unsafe { &*uscf };
+            if Module::server_conf(uscf).is_none_or(|conf| conf.shift.is_none()) {
+                cf.error(&format!(
+                    "\"shift_check\" in upstream \"{}\" needs \"shift\" in the same upstream",
+                    uscf.host
+                ));
                 return Status::NGX_ERROR.0;
-            };
-            for &uscf in &main.checked {
-                if Module::server_conf(&*uscf).is_none_or(|conf| conf.shift.is_none()) {
-                    ngx_conf_log_error!(
-                        NGX_LOG_EMERG,
-                        cf,
-                        "\"shift_check\" in upstream \"{}\" needs \"shift\" in the same upstream",
-                        (*uscf).host
-                    );
-                    return Status::NGX_ERROR.0;
-                }
             }
-            if !main.zone.is_null() {
-                let peers = shm::peer_count(&main.upstreams);
-                let needed = shift_core::lifecycle::zone_size(main.upstreams.len(), peers);
-                shm::set_zone_size(main, main.zone_size.unwrap_or(needed));
-            }
-            for &uscf in &main.upstreams {
-                if !Module::server_conf(&*uscf).is_some_and(|conf| conf.balancer.hooked) {
-                    ngx_conf_log_error!(
-                        NGX_LOG_EMERG,
-                        cf,
-                        "upstream \"{}\" uses another load balancing method after \"shift\"; \
-                         \"shift\" works with the default round robin only",
-                        (*uscf).host
-                    );
-                    return Status::NGX_ERROR.0;
-                }
+        }
+        if !main.zone.is_null() {
+            // SAFETY: round robin built every upstream's peers before postconfiguration.
+            let peers = unsafe { shm::peer_count(&main.upstreams) };
+            let needed = shift_core::lifecycle::zone_size(main.upstreams.len(), peers);
+            shm::set_zone_size(main, main.zone_size.unwrap_or(needed));
+        }
+        for &uscf in &main.upstreams {
+            // SAFETY: as above.
+            let uscf = unsafe { &*uscf };
+            if !Module::server_conf(uscf).is_some_and(|conf| conf.balancer.hooked) {
+                cf.error(&format!(
+                    "upstream \"{}\" uses another load balancing method after \"shift\"; \
+                     \"shift\" works with the default round robin only",
+                    uscf.host
+                ));
+                return Status::NGX_ERROR.0;
             }
         }
         Status::NGX_OK.0
