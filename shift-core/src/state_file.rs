@@ -8,7 +8,7 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use shift_wire::PeerState;
+use shift_wire::{PeerOrigin, PeerState};
 
 use shift_wire::MAX_WEIGHT;
 
@@ -31,6 +31,13 @@ pub struct SavedPeer {
     pub backup: bool,
     pub weight: u32,
     pub state: PeerState,
+    /// Absent in files written before peers could be added at run time.
+    #[serde(default, skip_serializing_if = "is_config")]
+    pub origin: PeerOrigin,
+}
+
+fn is_config(origin: &PeerOrigin) -> bool {
+    *origin == PeerOrigin::Config
 }
 
 impl SavedUpstream {
@@ -47,6 +54,7 @@ impl SavedUpstream {
                     backup: peer.config.backup,
                     weight: peer.weight,
                     state: peer.state,
+                    origin: peer.origin,
                 })
                 .collect(),
         }
@@ -67,6 +75,7 @@ impl SavedUpstream {
                 state: peer.state,
                 health: None,
                 counters: None,
+                origin: peer.origin,
             })
             .collect()
     }
@@ -251,14 +260,26 @@ mod tests {
         let saved = SavedUpstream {
             upstream: "app".into(),
             generation: 4,
-            peers: vec![SavedPeer {
-                server: "127.0.0.1:8001".into(),
-                config_weight: 1,
-                config_down: true,
-                backup: false,
-                weight: 100,
-                state: PeerState::Up,
-            }],
+            peers: vec![
+                SavedPeer {
+                    server: "127.0.0.1:8001".into(),
+                    config_weight: 1,
+                    config_down: true,
+                    backup: false,
+                    weight: 100,
+                    state: PeerState::Up,
+                    origin: PeerOrigin::Config,
+                },
+                SavedPeer {
+                    server: "10.0.0.7:8000".into(),
+                    config_weight: 5,
+                    config_down: false,
+                    backup: false,
+                    weight: 5,
+                    state: PeerState::Drain,
+                    origin: PeerOrigin::Api,
+                },
+            ],
         };
         save(&path, &saved).unwrap();
         assert_eq!(load(&path, "app").unwrap(), Some(saved.clone()));
@@ -350,6 +371,7 @@ mod tests {
             backup: false,
             weight,
             state: PeerState::Up,
+            origin: PeerOrigin::Config,
         }
     }
 

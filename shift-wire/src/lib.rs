@@ -5,6 +5,8 @@
 //! - `GET upstreams` → [`UpstreamList`]
 //! - `GET upstreams/{name}` → [`Upstream`]
 //! - `PATCH upstreams/{name}` with an [`UpstreamPatch`] → [`Upstream`] (its new state)
+//! - `POST upstreams/{name}/peers` with a [`NewPeer`] → 201 [`Upstream`]
+//! - `DELETE upstreams/{name}/peers/{server}[?expect_generation=N]` → [`PeerRemoval`]
 //!
 //! Every error answers an [`ApiError`] body.
 
@@ -45,6 +47,26 @@ impl PeerState {
 impl fmt::Display for PeerState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Where a peer comes from: a `server` line of nginx.conf, or the API (`POST …/peers`). The
+/// config owns its lines (a reload applies them, and DELETE refuses them); a peer added at run
+/// time stays, across reloads and restarts, until it is removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerOrigin {
+    #[default]
+    Config,
+    Api,
+}
+
+impl PeerOrigin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerOrigin::Config => "config",
+            PeerOrigin::Api => "api",
+        }
     }
 }
 
@@ -98,6 +120,9 @@ pub struct Peer {
     pub eligible: bool,
     /// A `backup` server: used only when no primary peer can take a request.
     pub backup: bool,
+    /// A `server` line, or added through the API.
+    #[serde(default)]
+    pub origin: PeerOrigin,
     /// The weight the config gives it; `weight` differs once changed at run time.
     pub config_weight: u32,
     /// Requests sent to this peer (every attempt, retries included).
@@ -160,6 +185,34 @@ pub struct UpstreamPatch {
     /// When set, the PATCH applies only if the upstream is still at this generation (else 409).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect_generation: Option<u64>,
+}
+
+/// `POST upstreams/{name}/peers`: a peer added at run time, as one new generation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewPeer {
+    /// Its address, `IP:PORT` (`[IPv6]:PORT` for IPv6), as the status lists it.
+    pub server: String,
+    /// 1 when absent, as on a `server` line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    /// `up` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<PeerState>,
+    /// When set, the peer is added only if the upstream is still at this generation (else 409).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_generation: Option<u64>,
+}
+
+/// The answer to `DELETE upstreams/{name}/peers/{server}`: the peer takes no new requests at
+/// once; it is `gone` when none were in flight, else it is removed once its `active` ones end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerRemoval {
+    pub server: String,
+    pub gone: bool,
+    /// Its requests still in flight when it was removed.
+    pub active: u64,
+    pub upstream: Upstream,
 }
 
 /// Parses a duration in Nginx's notation: `500ms`, `30s`, `2m`, `1h` (a bare number is

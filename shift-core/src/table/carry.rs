@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use shift_wire::{Health, PeerState};
+use shift_wire::{Health, PeerOrigin, PeerState};
 
 use super::layout::{config_state, encode_health, encode_state, PeerConfig, PeerSlot};
 use super::lock::{WriteGuard, MAX_GENERATION};
@@ -118,6 +118,8 @@ pub struct CarriedPeer {
     /// Kept when a resized zone is replaced; a restart starts unchecked.
     pub health: Option<Health>,
     pub counters: Option<CarriedCounters>,
+    /// A `server` line's peer, or one added through the API (which a restart places again).
+    pub origin: PeerOrigin,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,6 +158,7 @@ impl Table<'_> {
                 state: peer.state(),
                 health: Some(peer.health()),
                 counters: Some(CarriedCounters::of(peer)),
+                origin: peer.origin(),
             })
             .collect()
     }

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
-use shift_wire::{CheckStatus, Health, Peer, PeerState, ResponseCounts};
+use shift_wire::{CheckStatus, Health, Peer, PeerOrigin, PeerState, ResponseCounts};
 
 use super::eligible;
 use crate::health::ProbeError;
@@ -59,6 +59,9 @@ pub struct TableHeader {
     pub(crate) writer: AtomicU32,
     pub(crate) seq: AtomicU64,
     pub(crate) generation: AtomicU64,
+    /// The zone's membership epoch at the last change of this table's current peers: a worker
+    /// that routed with an older one builds its peer list again.
+    pub(crate) members: AtomicU64,
 }
 
 /// Whether the upstream's peers are health-checked, and whether they must pass first.
@@ -95,6 +98,7 @@ impl TableHeader {
             writer: AtomicU32::new(0),
             seq: AtomicU64::new(0),
             generation: AtomicU64::new(1),
+            members: AtomicU64::new(0),
         })
     }
 
@@ -113,6 +117,11 @@ impl TableHeader {
 
     pub fn set_current(&self, current: bool) {
         self.current.store(current, Ordering::Release);
+    }
+
+    /// The membership epoch of the last change to its current peers (see `table::membership`).
+    pub fn members(&self) -> u64 {
+        self.members.load(Ordering::Acquire)
     }
 }
 
@@ -155,6 +164,11 @@ pub struct PeerSlot {
     pub(crate) last_check_ms: AtomicU64,
     /// `ProbeError::encode` of the last check, 0 when it passed.
     pub(crate) last_error: AtomicU64,
+    /// `PeerOrigin::Config` (0) or `PeerOrigin::Api` (1).
+    pub(crate) origin: AtomicU8,
+    /// The membership epoch at which the API removed it; its place in each load is given up
+    /// once every worker routes with a later peer list.
+    pub(crate) removed_epoch: AtomicU64,
 }
 
 impl PeerSlot {
@@ -181,6 +195,8 @@ impl PeerSlot {
             check_passes: AtomicU32::new(0),
             last_check_ms: AtomicU64::new(0),
             last_error: AtomicU64::new(0),
+            origin: AtomicU8::new(0),
+            removed_epoch: AtomicU64::new(0),
         })
     }
 
@@ -192,6 +208,26 @@ impl PeerSlot {
     pub fn set_current(&self, current: bool, order: u32) {
         self.order.store(order, Ordering::Relaxed);
         self.current.store(current, Ordering::Release);
+    }
+
+    pub fn origin(&self) -> PeerOrigin {
+        match self.origin.load(Ordering::Relaxed) {
+            1 => PeerOrigin::Api,
+            _ => PeerOrigin::Config,
+        }
+    }
+
+    pub fn set_origin(&self, origin: PeerOrigin) {
+        let value = match origin {
+            PeerOrigin::Config => 0,
+            PeerOrigin::Api => 1,
+        };
+        self.origin.store(value, Ordering::Relaxed);
+    }
+
+    /// The membership epoch at which the API removed it (0 when it never was).
+    pub fn removed_epoch(&self) -> u64 {
+        self.removed_epoch.load(Ordering::Acquire)
     }
 
     pub fn order(&self) -> u32 {
@@ -270,6 +306,7 @@ impl PeerSlot {
                 checks == CheckMode::Mandatory,
             ),
             backup: self.backup.load(Ordering::Relaxed),
+            origin: self.origin(),
             config_weight: self.config_weight.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),

@@ -23,6 +23,7 @@
 mod carry;
 mod layout;
 mod lock;
+mod membership;
 #[cfg(test)]
 pub(crate) mod test_support;
 

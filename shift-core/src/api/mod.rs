@@ -1,13 +1,20 @@
-//! The admin API's logic: routing, access, validation and the all-or-nothing PATCH. The FFI
-//! handler reads the request and sends the [`Reply`]; nothing here touches Nginx.
+//! The admin API's logic: routing and access here, the all-or-nothing PATCH in `patch.rs`,
+//! peers added and removed at run time in `peers.rs`. The FFI handler reads the request and
+//! sends the [`Reply`]; nothing here touches Nginx.
+
+mod patch;
+mod peers;
+#[cfg(test)]
+pub(crate) mod test_support;
 
 use std::path::Path;
 
-use shift_wire::{ApiError, UpstreamList, UpstreamPatch, MAX_BODY_BYTES, MAX_WEIGHT};
+use shift_wire::{ApiError, UpstreamList, MAX_BODY_BYTES};
 
 use crate::metrics::{self, ZoneUsage};
-use crate::state_file::{self, SavedUpstream};
-use crate::table::{PeerChange, Table};
+use crate::table::Table;
+
+pub use peers::{Membership, PlaceError};
 
 /// What the caller may do, from its uid and the `shift_api` allow-lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,23 +76,33 @@ pub struct Writer<'a> {
     pub is_alive: &'a dyn Fn(u32) -> bool,
 }
 
-/// Answers one API request. `path` is relative to the `shift_api` location.
-pub fn handle(
-    method: &str,
-    path: &str,
-    body: &[u8],
-    caller: Caller,
-    endpoints: &[Endpoint],
-    writer: &Writer,
-    zone: Option<ZoneUsage>,
-) -> Reply {
-    match respond(method, path, body, caller, endpoints, writer, zone) {
+/// One API request: `path` is relative to the `shift_api` location, `args` its query string.
+pub struct ApiRequest<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub args: &'a str,
+    pub body: &'a [u8],
+    pub caller: Caller,
+}
+
+/// What the API works on: the current upstreams, the writer's identity, the zone's usage for
+/// the metrics, and the zone's side of adding and removing peers.
+pub struct ApiContext<'a, 'm> {
+    pub endpoints: &'a [Endpoint<'a>],
+    pub writer: &'a Writer<'a>,
+    pub zone: Option<ZoneUsage>,
+    pub membership: &'m mut dyn Membership,
+}
+
+/// Answers one API request.
+pub fn handle(request: &ApiRequest, context: &mut ApiContext) -> Reply {
+    match respond(request, context) {
         Ok(reply) => reply,
         Err(failure) => failure.into_reply(),
     }
 }
 
-struct Failure {
+pub(crate) struct Failure {
     status: u16,
     error: &'static str,
     detail: String,
@@ -124,21 +141,56 @@ impl Failure {
     }
 }
 
-fn respond(
-    method: &str,
-    path: &str,
-    body: &[u8],
-    caller: Caller,
-    endpoints: &[Endpoint],
-    writer: &Writer,
-    zone: Option<ZoneUsage>,
-) -> Result<Reply, Failure> {
-    let route = path.trim_start_matches('/');
+/// What a path under `upstreams/` names.
+enum Resource<'a> {
+    List,
+    Upstream(&'a str),
+    Peers(&'a str),
+    Peer(&'a str, &'a str),
+}
+
+impl Resource<'_> {
+    fn allow(&self) -> &'static str {
+        match self {
+            Resource::List => "GET, HEAD",
+            Resource::Upstream(_) => "GET, HEAD, PATCH",
+            Resource::Peers(_) => "POST",
+            Resource::Peer(..) => "DELETE",
+        }
+    }
+}
+
+fn resource(route: &str) -> Option<Resource<'_>> {
+    let rest = route.strip_prefix("upstreams")?;
+    if rest.is_empty() || rest == "/" {
+        return Some(Resource::List);
+    }
+    let rest = rest.strip_prefix('/')?;
+    let (name, rest) = rest.split_once('/').unwrap_or((rest, ""));
+    if name.is_empty() {
+        return None;
+    }
+    if rest.is_empty() {
+        return Some(Resource::Upstream(name));
+    }
+    let rest = rest.strip_prefix("peers")?;
+    match rest.strip_prefix('/') {
+        None if rest.is_empty() => Some(Resource::Peers(name)),
+        Some("") => Some(Resource::Peers(name)),
+        Some(server) if !server.contains('/') => Some(Resource::Peer(name, server)),
+        _ => None,
+    }
+}
+
+fn respond(request: &ApiRequest, context: &mut ApiContext) -> Result<Reply, Failure> {
+    let method = request.method;
+    let route = request.path.trim_start_matches('/');
+    let endpoints = context.endpoints;
     if route == "metrics" {
         if method != "GET" && method != "HEAD" {
             return Err(Failure::method_not_allowed(method, "GET, HEAD"));
         }
-        check_access(caller, false)?;
+        check_access(request.caller, false)?;
         let upstreams: Vec<_> = endpoints
             .iter()
             .map(|endpoint| endpoint.table.to_wire(endpoint.active))
@@ -146,38 +198,38 @@ fn respond(
         return Ok(Reply {
             status: 200,
             content_type: metrics::CONTENT_TYPE,
-            body: metrics::render(&upstreams, zone),
+            body: metrics::render(&upstreams, context.zone),
             allow: None,
         });
     }
-    let (allow, target) = match route.strip_prefix("upstreams") {
-        Some("" | "/") => ("GET, HEAD", None),
-        Some(rest) if rest.starts_with('/') && !rest[1..].contains('/') => {
-            ("GET, HEAD, PATCH", Some(&rest[1..]))
-        }
-        _ => {
-            return Err(Failure::new(
-                404,
-                "not_found",
-                format!(
-                "no API resource \"{route}\"; try \"upstreams\", \"upstreams/NAME\" or \"metrics\""
+    let resource = resource(route).ok_or_else(|| {
+        Failure::new(
+            404,
+            "not_found",
+            format!(
+                "no API resource \"{route}\"; try \"upstreams\", \"upstreams/NAME\", \
+                 \"upstreams/NAME/peers\" or \"metrics\""
             ),
-            ))
-        }
+        )
+    })?;
+    let writing = match (method, &resource) {
+        ("GET" | "HEAD", Resource::List | Resource::Upstream(_)) => false,
+        ("PATCH", Resource::Upstream(_))
+        | ("POST", Resource::Peers(_))
+        | ("DELETE", Resource::Peer(..)) => true,
+        _ => return Err(Failure::method_not_allowed(method, resource.allow())),
     };
-    let writing = match method {
-        "GET" | "HEAD" => false,
-        "PATCH" if target.is_some() => true,
-        _ => return Err(Failure::method_not_allowed(method, allow)),
-    };
-    check_access(caller, writing)?;
+    check_access(request.caller, writing)?;
 
-    let Some(name) = target else {
-        let upstreams = endpoints
-            .iter()
-            .map(|endpoint| endpoint.table.to_wire(endpoint.active))
-            .collect();
-        return Ok(ok(&UpstreamList { upstreams }));
+    let name = match resource {
+        Resource::List => {
+            let upstreams = endpoints
+                .iter()
+                .map(|endpoint| endpoint.table.to_wire(endpoint.active))
+                .collect();
+            return Ok(ok(&UpstreamList { upstreams }));
+        }
+        Resource::Upstream(name) | Resource::Peers(name) | Resource::Peer(name, _) => name,
     };
     let endpoint = endpoints
         .iter()
@@ -196,10 +248,18 @@ fn respond(
                 ),
             )
         })?;
-    if !writing {
-        return Ok(ok(&endpoint.table.to_wire(endpoint.active)));
+    match (method, resource) {
+        ("PATCH", _) => patch::patch(endpoint, request.body, context.writer),
+        ("POST", _) => peers::add(endpoint, request.body, context.writer, context.membership),
+        ("DELETE", Resource::Peer(_, server)) => peers::remove(
+            endpoint,
+            server,
+            request.args,
+            context.writer,
+            context.membership,
+        ),
+        _ => Ok(ok(&endpoint.table.to_wire(endpoint.active))),
     }
-    patch(endpoint, body, writer)
 }
 
 fn check_access(caller: Caller, writing: bool) -> Result<(), Failure> {
@@ -224,108 +284,6 @@ fn check_access(caller: Caller, writing: bool) -> Result<(), Failure> {
     Err(Failure::new(403, "forbidden", detail))
 }
 
-fn patch(endpoint: &Endpoint, body: &[u8], writer: &Writer) -> Result<Reply, Failure> {
-    if body.len() > MAX_BODY_BYTES {
-        return Err(too_large());
-    }
-    let request: UpstreamPatch = serde_json::from_slice(body)
-        .map_err(|err| Failure::new(400, "bad_request", format!("invalid PATCH body: {err}")))?;
-    let table = endpoint.table;
-    let changes = plan(table, &request)?;
-
-    let guard = table
-        .lock(writer.pid, writer.is_alive)
-        .map_err(|err| Failure::new(503, "busy", err.to_string()))?;
-    if let Some(expected) = request.expect_generation {
-        let current = table.generation();
-        if current != expected {
-            return Err(Failure::new(
-                409,
-                "conflict",
-                format!(
-                    "upstream \"{}\" is at generation {current}, not {expected}: read it again \
-                     and retry",
-                    table.name()
-                ),
-            ));
-        }
-    }
-    if let Some(path) = endpoint.state_path {
-        // Save first: if the file cannot be written, nothing changes.
-        let mut peers = table.carried();
-        for change in &changes {
-            let peer = &mut peers[change.index];
-            peer.weight = change.weight.unwrap_or(peer.weight);
-            peer.state = change.state.unwrap_or(peer.state);
-        }
-        let saved = SavedUpstream::new(table.name(), table.generation() + 1, &peers);
-        state_file::save(path, &saved).map_err(|err| {
-            Failure::new(
-                500,
-                "state_not_saved",
-                format!(
-                    "could not save the state file \"{}\" ({err}); nothing was changed: make the \
-                     file's directory writable by the Nginx worker user",
-                    path.display()
-                ),
-            )
-        })?;
-    }
-    guard.apply(&changes);
-    drop(guard);
-    Ok(ok(&table.to_wire(endpoint.active)))
-}
-
-/// Validates every change before any is applied.
-fn plan(table: Table, request: &UpstreamPatch) -> Result<Vec<PeerChange>, Failure> {
-    if request.peers.is_empty() {
-        return Err(Failure::new(
-            400,
-            "bad_request",
-            "\"peers\" is empty: name at least one peer",
-        ));
-    }
-    request
-        .peers
-        .iter()
-        .map(|(server, change)| {
-            let index = table.peer_index(server).ok_or_else(|| {
-                let known: Vec<_> = table.peers().iter().map(|peer| peer.server()).collect();
-                Failure::new(
-                    404,
-                    "not_found",
-                    format!(
-                        "upstream \"{}\" has no peer \"{server}\"; its peers: {}",
-                        table.name(),
-                        known.join(", ")
-                    ),
-                )
-            })?;
-            if let Some(weight) = change.weight.filter(|&weight| weight > MAX_WEIGHT) {
-                return Err(Failure::new(
-                    400,
-                    "bad_request",
-                    format!(
-                        "weight {weight} of peer \"{server}\" is out of range 0..={MAX_WEIGHT}"
-                    ),
-                ));
-            }
-            if change.weight.is_none() && change.state.is_none() {
-                return Err(Failure::new(
-                    400,
-                    "bad_request",
-                    format!("peer \"{server}\" has neither \"weight\" nor \"state\" to change"),
-                ));
-            }
-            Ok(PeerChange {
-                index,
-                weight: change.weight,
-                state: change.state,
-            })
-        })
-        .collect()
-}
-
 /// The answer of a worker whose state is no longer the truth: a newer Nginx binary took over
 /// (binary upgrade), or a resized zone replaced this worker's. The newer workers answer the same
 /// request; clients retry.
@@ -343,7 +301,7 @@ pub fn too_large_reply() -> Reply {
     too_large().into_reply()
 }
 
-fn too_large() -> Failure {
+pub(crate) fn too_large() -> Failure {
     Failure::new(
         413,
         "payload_too_large",
@@ -381,22 +339,45 @@ mod tests {
     };
 
     fn call(owned: &OwnedTable, method: &str, path: &str, body: &str, caller: Caller) -> Reply {
+        let mut membership = test_support::HeapMembership::default();
+        call_with(owned, method, path, body, caller, None, &mut membership)
+    }
+
+    /// A request with a state file and the zone's side of membership changes.
+    pub(crate) fn call_with(
+        owned: &OwnedTable,
+        method: &str,
+        path: &str,
+        body: &str,
+        caller: Caller,
+        state_path: Option<&Path>,
+        membership: &mut test_support::HeapMembership,
+    ) -> Reply {
+        let view = owned.view();
+        let active = vec![0; view.peers().len()];
         let endpoints = [Endpoint {
-            table: owned.view(),
-            state_path: None,
-            active: &[],
+            table: view,
+            state_path,
+            active: &active,
         }];
+        let (path, args) = path.split_once('?').unwrap_or((path, ""));
         handle(
-            method,
-            path,
-            body.as_bytes(),
-            caller,
-            &endpoints,
-            &Writer {
-                pid: 1,
-                is_alive: &|_| true,
+            &ApiRequest {
+                method,
+                path,
+                args,
+                body: body.as_bytes(),
+                caller,
             },
-            None,
+            &mut ApiContext {
+                endpoints: &endpoints,
+                writer: &Writer {
+                    pid: 1,
+                    is_alive: &|_| true,
+                },
+                zone: None,
+                membership,
+            },
         )
     }
 
@@ -566,24 +547,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing_dir = dir.path().join("missing/app.json");
         let body = br#"{"peers": {"127.0.0.1:8000": {"weight": 5}}}"#;
-        let writer = Writer {
-            pid: 1,
-            is_alive: &|_| true,
-        };
+        let body = std::str::from_utf8(body).unwrap();
         let patch_saving_to = |path: &Path| {
-            let endpoints = [Endpoint {
-                table: owned.view(),
-                state_path: Some(path),
-                active: &[],
-            }];
-            handle(
+            let mut membership = test_support::HeapMembership::default();
+            call_with(
+                &owned,
                 "PATCH",
                 "upstreams/app",
                 body,
                 WRITER,
-                &endpoints,
-                &writer,
-                None,
+                Some(path),
+                &mut membership,
             )
         };
         assert_eq!(patch_saving_to(&missing_dir).status, 500);
@@ -591,7 +565,7 @@ mod tests {
 
         let path = dir.path().join("app.json");
         assert_eq!(patch_saving_to(&path).status, 200);
-        let saved = state_file::load(&path, "app").unwrap().unwrap();
+        let saved = crate::state_file::load(&path, "app").unwrap().unwrap();
         assert_eq!((saved.generation, saved.peers[0].weight), (2, 5));
     }
 }

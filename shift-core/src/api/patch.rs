@@ -1,0 +1,110 @@
+//! `PATCH upstreams/NAME`: weights and states of several peers, validated first, saved, then
+//! applied as one generation.
+
+use shift_wire::{UpstreamPatch, MAX_BODY_BYTES, MAX_WEIGHT};
+
+use super::{ok, too_large, Endpoint, Failure, Reply, Writer};
+use crate::state_file::{self, SavedUpstream};
+use crate::table::{PeerChange, Table};
+
+pub(super) fn patch(endpoint: &Endpoint, body: &[u8], writer: &Writer) -> Result<Reply, Failure> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(too_large());
+    }
+    let request: UpstreamPatch = serde_json::from_slice(body)
+        .map_err(|err| Failure::new(400, "bad_request", format!("invalid PATCH body: {err}")))?;
+    let table = endpoint.table;
+    let changes = plan(table, &request)?;
+
+    let guard = table
+        .lock(writer.pid, writer.is_alive)
+        .map_err(|err| Failure::new(503, "busy", err.to_string()))?;
+    if let Some(expected) = request.expect_generation {
+        let current = table.generation();
+        if current != expected {
+            return Err(Failure::new(
+                409,
+                "conflict",
+                format!(
+                    "upstream \"{}\" is at generation {current}, not {expected}: read it again \
+                     and retry",
+                    table.name()
+                ),
+            ));
+        }
+    }
+    if let Some(path) = endpoint.state_path {
+        // Save first: if the file cannot be written, nothing changes.
+        let mut peers = table.carried();
+        for change in &changes {
+            let peer = &mut peers[change.index];
+            peer.weight = change.weight.unwrap_or(peer.weight);
+            peer.state = change.state.unwrap_or(peer.state);
+        }
+        let saved = SavedUpstream::new(table.name(), table.generation() + 1, &peers);
+        state_file::save(path, &saved).map_err(|err| {
+            Failure::new(
+                500,
+                "state_not_saved",
+                format!(
+                    "could not save the state file \"{}\" ({err}); nothing was changed: make the \
+                     file's directory writable by the Nginx worker user",
+                    path.display()
+                ),
+            )
+        })?;
+    }
+    guard.apply(&changes);
+    drop(guard);
+    Ok(ok(&table.to_wire(endpoint.active)))
+}
+
+/// Validates every change before any is applied.
+fn plan(table: Table, request: &UpstreamPatch) -> Result<Vec<PeerChange>, Failure> {
+    if request.peers.is_empty() {
+        return Err(Failure::new(
+            400,
+            "bad_request",
+            "\"peers\" is empty: name at least one peer",
+        ));
+    }
+    request
+        .peers
+        .iter()
+        .map(|(server, change)| {
+            let index = table.peer_index(server).ok_or_else(|| {
+                let known: Vec<_> = table.peers().iter().map(|peer| peer.server()).collect();
+                Failure::new(
+                    404,
+                    "not_found",
+                    format!(
+                        "upstream \"{}\" has no peer \"{server}\"; its peers: {}",
+                        table.name(),
+                        known.join(", ")
+                    ),
+                )
+            })?;
+            if let Some(weight) = change.weight.filter(|&weight| weight > MAX_WEIGHT) {
+                return Err(Failure::new(
+                    400,
+                    "bad_request",
+                    format!(
+                        "weight {weight} of peer \"{server}\" is out of range 0..={MAX_WEIGHT}"
+                    ),
+                ));
+            }
+            if change.weight.is_none() && change.state.is_none() {
+                return Err(Failure::new(
+                    400,
+                    "bad_request",
+                    format!("peer \"{server}\" has neither \"weight\" nor \"state\" to change"),
+                ));
+            }
+            Ok(PeerChange {
+                index,
+                weight: change.weight,
+                state: change.state,
+            })
+        })
+        .collect()
+}

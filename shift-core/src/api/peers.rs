@@ -1,0 +1,516 @@
+//! `POST upstreams/NAME/peers` and `DELETE upstreams/NAME/peers/SERVER`: peers added and
+//! removed at run time. The zone's side (a slot, and a position in every live configuration
+//! load) is the [`Membership`] the FFI module passes in; everything is checked before anything
+//! changes, the state file is saved before the change is made visible, and a failure leaves
+//! the upstream as it was.
+
+use std::net::SocketAddr;
+
+use shift_wire::{NewPeer, PeerOrigin, PeerRemoval, PeerState, MAX_BODY_BYTES, MAX_WEIGHT};
+
+use super::{ok, too_large, Endpoint, Failure, Reply, Writer};
+use crate::state_file::{self, SavedUpstream};
+use crate::table::{CarriedPeer, PeerConfig, PeerSlot, Table, TableHeader};
+
+/// Why the zone cannot take a new peer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlaceError {
+    /// A running configuration has no free position left for the upstream.
+    #[error(
+        "upstream \"{upstream}\" has no room for another peer in a running configuration \
+         ({limit} peers); remove one, or reload to make room"
+    )]
+    NoRoom { upstream: String, limit: usize },
+    #[error("{0}")]
+    ZoneFull(String),
+}
+
+/// The zone's side of changing an upstream's set of peers, under the zone's lock.
+pub trait Membership {
+    /// A slot for `server` in `table`, with a position in every live configuration load that
+    /// routes to the table; not current yet (nobody routes to it). A slot the table still holds
+    /// for the address (a peer removed, its requests not all ended) is reused.
+    fn place(&mut self, table: &TableHeader, server: &str)
+        -> Result<&'static PeerSlot, PlaceError>;
+    /// Gives up what `place` took, when the change cannot be completed.
+    fn unplace(&mut self, slot: &'static PeerSlot);
+    /// A new membership epoch, for a change about to be made.
+    fn next_epoch(&mut self) -> u64;
+}
+
+pub(super) fn add(
+    endpoint: &Endpoint,
+    body: &[u8],
+    writer: &Writer,
+    membership: &mut dyn Membership,
+) -> Result<Reply, Failure> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(too_large());
+    }
+    let request: NewPeer = serde_json::from_slice(body)
+        .map_err(|err| Failure::new(400, "bad_request", format!("invalid peer: {err}")))?;
+    let server = canonical_address(&request.server)?;
+    let weight = request.weight.unwrap_or(1);
+    if weight > MAX_WEIGHT {
+        return Err(Failure::new(
+            400,
+            "bad_request",
+            format!("weight {weight} of peer \"{server}\" is out of range 0..={MAX_WEIGHT}"),
+        ));
+    }
+    let state = request.state.unwrap_or(PeerState::Up);
+    let table = endpoint.table;
+    if table.peer_index(&server).is_some() {
+        return Err(Failure::new(
+            409,
+            "conflict",
+            format!(
+                "\"{server}\" is already a peer of upstream \"{}\"; change it with PATCH",
+                table.name()
+            ),
+        ));
+    }
+    let guard = table
+        .lock(writer.pid, writer.is_alive)
+        .map_err(|err| Failure::new(503, "busy", err.to_string()))?;
+    expect_generation(table, request.expect_generation)?;
+    let slot = membership
+        .place(table.header(), &server)
+        .map_err(|err| Failure::new(507, "insufficient_storage", err.to_string()))?;
+    let mut peers = table.carried();
+    peers.push(CarriedPeer {
+        config: PeerConfig {
+            server: server.clone(),
+            weight,
+            down: state == PeerState::Down,
+            backup: false,
+        },
+        weight,
+        state,
+        health: None,
+        counters: None,
+        origin: PeerOrigin::Api,
+    });
+    if let Err(failure) = save(endpoint, table, &peers) {
+        membership.unplace(slot);
+        return Err(failure);
+    }
+    let order = table
+        .peers()
+        .iter()
+        .map(|peer| peer.order() + 1)
+        .max()
+        .unwrap_or(0);
+    let epoch = membership.next_epoch();
+    guard.add_peer(slot, weight, state, order, epoch);
+    drop(guard);
+    let mut now: Vec<&PeerSlot> = table.peers().to_vec();
+    now.push(slot);
+    let mut reply = ok(&Table::new(table.header(), &now).to_wire(endpoint.active));
+    reply.status = 201;
+    Ok(reply)
+}
+
+pub(super) fn remove(
+    endpoint: &Endpoint,
+    server: &str,
+    args: &str,
+    writer: &Writer,
+    membership: &mut dyn Membership,
+) -> Result<Reply, Failure> {
+    let expected = expected_generation_arg(args)?;
+    let table = endpoint.table;
+    let index = table.peer_index(server).ok_or_else(|| {
+        let known: Vec<_> = table.peers().iter().map(|peer| peer.server()).collect();
+        Failure::new(
+            404,
+            "not_found",
+            format!(
+                "upstream \"{}\" has no peer \"{server}\"; its peers: {}",
+                table.name(),
+                known.join(", ")
+            ),
+        )
+    })?;
+    let slot = table.peers()[index];
+    if slot.origin() == PeerOrigin::Config {
+        return Err(Failure::new(
+            409,
+            "conflict",
+            format!(
+                "\"{server}\" is a server line of upstream \"{}\" in the configuration: remove \
+                 the line and reload, or drain it with PATCH",
+                table.name()
+            ),
+        ));
+    }
+    let guard = table
+        .lock(writer.pid, writer.is_alive)
+        .map_err(|err| Failure::new(503, "busy", err.to_string()))?;
+    expect_generation(table, expected)?;
+    let mut peers = table.carried();
+    peers.remove(index);
+    save(endpoint, table, &peers)?;
+    let epoch = membership.next_epoch();
+    guard.remove_peer(slot, epoch);
+    drop(guard);
+    let active = endpoint.active.get(index).copied().unwrap_or(0);
+    let mut rest: Vec<&PeerSlot> = table.peers().to_vec();
+    rest.remove(index);
+    let mut rest_active = endpoint.active.to_vec();
+    if index < rest_active.len() {
+        rest_active.remove(index);
+    }
+    let removal = PeerRemoval {
+        server: server.to_string(),
+        gone: active == 0,
+        active,
+        upstream: Table::new(table.header(), &rest).to_wire(&rest_active),
+    };
+    Ok(ok(&removal))
+}
+
+/// A peer's address as the status lists it (`127.0.0.1:8000`, `[::1]:8000`); names are not
+/// looked up here.
+fn canonical_address(server: &str) -> Result<String, Failure> {
+    match server.parse::<SocketAddr>() {
+        Ok(address) if address.port() != 0 => Ok(address.to_string()),
+        _ => Err(Failure::new(
+            400,
+            "bad_request",
+            format!(
+                "\"{}\" is not an address IP:PORT (e.g. 10.0.0.7:8000 or [fd00::7]:8000)",
+                server.escape_default()
+            ),
+        )),
+    }
+}
+
+fn expect_generation(table: Table, expected: Option<u64>) -> Result<(), Failure> {
+    match expected {
+        Some(expected) if table.generation() != expected => Err(Failure::new(
+            409,
+            "conflict",
+            format!(
+                "upstream \"{}\" is at generation {}, not {expected}: read it again and retry",
+                table.name(),
+                table.generation()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `expect_generation=N` from a DELETE's query string.
+fn expected_generation_arg(args: &str) -> Result<Option<u64>, Failure> {
+    let mut expected = None;
+    for pair in args.split('&').filter(|pair| !pair.is_empty()) {
+        match pair.split_once('=') {
+            Some(("expect_generation", value)) => {
+                expected = Some(value.parse().map_err(|_| {
+                    Failure::new(
+                        400,
+                        "bad_request",
+                        format!("expect_generation \"{value}\" is not a generation number"),
+                    )
+                })?);
+            }
+            _ => {
+                return Err(Failure::new(
+                    400,
+                    "bad_request",
+                    format!(
+                        "unknown query \"{}\"; DELETE takes expect_generation=N",
+                        pair.escape_default()
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(expected)
+}
+
+/// Saves the upstream with `peers` before the change is made: a file that cannot be written
+/// fails the request, and nothing changes.
+fn save(endpoint: &Endpoint, table: Table, peers: &[CarriedPeer]) -> Result<(), Failure> {
+    let Some(path) = endpoint.state_path else {
+        return Ok(());
+    };
+    let saved = SavedUpstream::new(table.name(), table.generation() + 1, peers);
+    state_file::save(path, &saved).map_err(|err| {
+        Failure::new(
+            500,
+            "state_not_saved",
+            format!(
+                "could not save the state file \"{}\" ({err}); nothing was changed: make the \
+                 file's directory writable by the Nginx worker user",
+                path.display()
+            ),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use shift_wire::{ApiError, PeerOrigin, PeerRemoval, PeerState, Upstream};
+
+    use super::super::test_support::HeapMembership;
+    use super::super::tests::call_with;
+    use super::super::{Caller, Reply};
+    use crate::table::test_support::OwnedTable;
+
+    const WRITER: Caller = Caller {
+        uid: Some(0),
+        may_read: true,
+        may_write: true,
+    };
+
+    fn app() -> OwnedTable {
+        OwnedTable::new(
+            "app",
+            &[("127.0.0.1:8000", 1, false), ("127.0.0.1:8001", 1, false)],
+        )
+    }
+
+    fn post(owned: &OwnedTable, body: &str, membership: &mut HeapMembership) -> Reply {
+        call_with(
+            owned,
+            "POST",
+            "upstreams/app/peers",
+            body,
+            WRITER,
+            None,
+            membership,
+        )
+    }
+
+    fn error_code(reply: &Reply) -> String {
+        serde_json::from_str::<ApiError>(&reply.body).unwrap().error
+    }
+
+    #[test]
+    fn a_posted_peer_is_added_as_one_generation() {
+        let owned = app();
+        let mut membership = HeapMembership::default();
+        let reply = post(
+            &owned,
+            r#"{"server": "10.0.0.7:8000", "weight": 5, "state": "down"}"#,
+            &mut membership,
+        );
+        assert_eq!(reply.status, 201, "{}", reply.body);
+        let upstream: Upstream = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(upstream.generation, 2);
+        let added = upstream.peers.last().unwrap();
+        assert_eq!(added.server, "10.0.0.7:8000");
+        assert_eq!((added.weight, added.state), (5, PeerState::Down));
+        assert_eq!(added.origin, PeerOrigin::Api);
+        assert!(membership.placed[0].is_current());
+        assert_eq!(membership.placed[0].order(), 2);
+        assert_eq!(owned.view().header().members(), membership.epoch);
+    }
+
+    #[test]
+    fn addresses_are_written_as_the_status_lists_them() {
+        let owned = app();
+        let mut membership = HeapMembership::default();
+        let reply = post(&owned, r#"{"server": "[0:0::1]:9000"}"#, &mut membership);
+        assert_eq!(reply.status, 201, "{}", reply.body);
+        assert_eq!(membership.placed[0].server(), "[::1]:9000");
+        assert_eq!(membership.placed[0].config().weight, 1);
+    }
+
+    #[test]
+    fn bad_posts_change_nothing() {
+        let owned = app();
+        for (body, status, code) in [
+            (r#"{"server": "backend:8000"}"#, 400, "bad_request"),
+            (r#"{"server": "10.0.0.7"}"#, 400, "bad_request"),
+            (r#"{"server": "10.0.0.7:0"}"#, 400, "bad_request"),
+            (
+                r#"{"server": "10.0.0.7:80", "weight": 1001}"#,
+                400,
+                "bad_request",
+            ),
+            (
+                r#"{"server": "10.0.0.7:80", "color": "red"}"#,
+                400,
+                "bad_request",
+            ),
+            (r#"{"server": "127.0.0.1:8000"}"#, 409, "conflict"),
+            (
+                r#"{"server": "10.0.0.7:80", "expect_generation": 7}"#,
+                409,
+                "conflict",
+            ),
+        ] {
+            let mut membership = HeapMembership::default();
+            let reply = post(&owned, body, &mut membership);
+            assert_eq!(
+                (reply.status, error_code(&reply).as_str()),
+                (status, code),
+                "{body}"
+            );
+            assert!(
+                membership.placed.iter().all(|slot| !slot.is_current()),
+                "{body}"
+            );
+            assert_eq!(owned.view().generation(), 1, "{body}");
+        }
+    }
+
+    #[test]
+    fn no_room_is_507_and_changes_nothing() {
+        let owned = app();
+        let mut membership = HeapMembership {
+            room: 0,
+            ..HeapMembership::default()
+        };
+        let reply = post(&owned, r#"{"server": "10.0.0.7:8000"}"#, &mut membership);
+        assert_eq!(reply.status, 507);
+        assert!(reply.body.contains("no room"), "{}", reply.body);
+        assert_eq!(owned.view().generation(), 1);
+    }
+
+    #[test]
+    fn an_unsaved_state_file_gives_the_slot_back() {
+        let owned = app();
+        let dir = tempfile::tempdir().unwrap();
+        let mut membership = HeapMembership::default();
+        let missing = dir.path().join("missing/app.json");
+        let body = r#"{"server": "10.0.0.7:8000"}"#;
+        let path = "upstreams/app/peers";
+        let reply = call_with(
+            &owned,
+            "POST",
+            path,
+            body,
+            WRITER,
+            Some(&missing),
+            &mut membership,
+        );
+        assert_eq!(reply.status, 500);
+        assert_eq!(membership.unplaced.len(), 1);
+        assert!(!membership.placed[0].is_current());
+        assert_eq!(owned.view().generation(), 1);
+
+        let file = dir.path().join("app.json");
+        let reply = call_with(
+            &owned,
+            "POST",
+            path,
+            body,
+            WRITER,
+            Some(&file),
+            &mut membership,
+        );
+        assert_eq!(reply.status, 201);
+        let saved = crate::state_file::load(&file, "app").unwrap().unwrap();
+        let added = saved.peers.last().unwrap();
+        assert_eq!(
+            (added.server.as_str(), added.origin),
+            ("10.0.0.7:8000", PeerOrigin::Api)
+        );
+    }
+
+    /// `app` with 127.0.0.1:8001 added at run time.
+    fn app_with_runtime_peer() -> OwnedTable {
+        let owned = app();
+        let table = owned.view();
+        table
+            .lock(1, |_| true)
+            .unwrap()
+            .add_peer(owned.peers[1], 1, PeerState::Up, 1, 1);
+        owned
+    }
+
+    #[test]
+    fn a_deleted_peer_leaves_at_once() {
+        let owned = app_with_runtime_peer();
+        let generation = owned.view().generation();
+        let mut membership = HeapMembership::default();
+        let reply = call_with(
+            &owned,
+            "DELETE",
+            "upstreams/app/peers/127.0.0.1:8001",
+            "",
+            WRITER,
+            None,
+            &mut membership,
+        );
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let removal: PeerRemoval = serde_json::from_str(&reply.body).unwrap();
+        assert!(removal.gone);
+        assert_eq!(removal.upstream.peers.len(), 1);
+        assert_eq!(removal.upstream.generation, generation + 1);
+        assert!(!owned.peers[1].is_current());
+        assert_eq!(owned.peers[1].removed_epoch(), membership.epoch);
+    }
+
+    #[test]
+    fn config_peers_unknown_peers_and_stale_generations_are_not_deleted() {
+        let owned = app_with_runtime_peer();
+        let generation = owned.view().generation();
+        for (path, status) in [
+            ("upstreams/app/peers/127.0.0.1:8000", 409),
+            ("upstreams/app/peers/127.0.0.1:9999", 404),
+            (
+                "upstreams/app/peers/127.0.0.1:8001?expect_generation=1",
+                409,
+            ),
+            ("upstreams/app/peers/127.0.0.1:8001?generation=1", 400),
+        ] {
+            let mut membership = HeapMembership::default();
+            let reply = call_with(&owned, "DELETE", path, "", WRITER, None, &mut membership);
+            assert_eq!(reply.status, status, "{path}: {}", reply.body);
+            assert!(owned.peers[1].is_current(), "{path}");
+            assert_eq!(owned.view().generation(), generation, "{path}");
+        }
+        let config_line = call_with(
+            &owned,
+            "DELETE",
+            "upstreams/app/peers/127.0.0.1:8000",
+            "",
+            WRITER,
+            None,
+            &mut HeapMembership::default(),
+        );
+        assert!(config_line.body.contains("remove the line and reload"));
+    }
+
+    #[test]
+    fn peers_resources_take_only_their_methods() {
+        let owned = app();
+        let mut membership = HeapMembership::default();
+        for (method, path, allow) in [
+            ("GET", "upstreams/app/peers", "POST"),
+            ("PATCH", "upstreams/app/peers/127.0.0.1:8000", "DELETE"),
+            ("DELETE", "upstreams/app", "GET, HEAD, PATCH"),
+        ] {
+            let reply = call_with(&owned, method, path, "", WRITER, None, &mut membership);
+            assert_eq!(
+                (reply.status, reply.allow),
+                (405, Some(allow)),
+                "{method} {path}"
+            );
+        }
+        let reader = Caller {
+            uid: Some(1000),
+            may_read: true,
+            may_write: false,
+        };
+        let body = r#"{"server": "10.0.0.7:8000"}"#;
+        let path = "upstreams/app/peers";
+        let reply = call_with(&owned, "POST", path, body, reader, None, &mut membership);
+        assert_eq!(reply.status, 403);
+        let reply = call_with(
+            &owned,
+            "POST",
+            "upstreams/app/peers/x/y",
+            body,
+            WRITER,
+            None,
+            &mut membership,
+        );
+        assert_eq!(reply.status, 404);
+    }
+}

@@ -1,0 +1,161 @@
+//! Peers added and removed at run time. The zone (the FFI module) places a slot for a new peer
+//! and gives it a position in every live configuration load; these methods then make the
+//! change visible as one new generation, and stamp the table with the zone's membership epoch
+//! so that each worker builds its round-robin peer list again on its next request. A removed
+//! peer takes no new requests from then on; its slot stays until no worker's list holds it.
+
+use std::sync::atomic::Ordering;
+
+use shift_wire::{PeerOrigin, PeerState};
+
+use super::layout::{encode_state, PeerConfig, PeerSlot};
+use super::lock::WriteGuard;
+
+impl WriteGuard<'_> {
+    /// Makes `slot`, placed for this table, a current peer added at run time: at `order` in
+    /// the listing, with `weight` and `state`. One new generation, which it returns.
+    pub fn add_peer(
+        &self,
+        slot: &PeerSlot,
+        weight: u32,
+        state: PeerState,
+        order: u32,
+        epoch: u64,
+    ) -> u64 {
+        self.write_section(|_| {
+            slot.set_config(&PeerConfig {
+                server: slot.server().to_string(),
+                weight,
+                down: state == PeerState::Down,
+                backup: false,
+            });
+            slot.weight.store(weight, Ordering::Relaxed);
+            slot.state.store(encode_state(state), Ordering::Relaxed);
+            slot.set_origin(PeerOrigin::Api);
+            slot.removed_epoch.store(0, Ordering::Relaxed);
+            slot.set_current(true, order);
+            self.table.header.members.store(epoch, Ordering::Release);
+        });
+        self.bump_generation()
+    }
+
+    /// Takes a run-time peer out of the table at membership `epoch`: no new requests from the
+    /// next one on. One new generation, which it returns.
+    pub fn remove_peer(&self, slot: &PeerSlot, epoch: u64) -> u64 {
+        self.write_section(|_| {
+            slot.set_current(false, 0);
+            slot.removed_epoch.store(epoch, Ordering::Release);
+            self.table.header.members.store(epoch, Ordering::Release);
+        });
+        self.bump_generation()
+    }
+
+    /// Keeps the run-time peers `slots` current after a configuration's commit, listed after
+    /// its `first_order` config peers, and marks the table's membership at `epoch` when their
+    /// set changed (a state file or a replaced zone brought them back).
+    pub fn keep_runtime_peers(&self, slots: &[&PeerSlot], first_order: u32, epoch: u64) {
+        self.write_section(|_| {
+            let mut changed = false;
+            for (offset, slot) in slots.iter().enumerate() {
+                changed |= !slot.is_current();
+                slot.set_origin(PeerOrigin::Api);
+                slot.set_current(true, first_order + offset as u32);
+            }
+            if changed {
+                self.table.header.members.store(epoch, Ordering::Release);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shift_wire::{PeerOrigin, PeerState};
+
+    use crate::table::test_support::OwnedTable;
+    use crate::table::{PeerConfig, PeerSlot, Table};
+
+    fn slot(server: &str) -> &'static PeerSlot {
+        Box::leak(Box::new(
+            PeerSlot::new(&PeerConfig {
+                server: server.into(),
+                weight: 1,
+                down: false,
+                backup: false,
+            })
+            .unwrap(),
+        ))
+    }
+
+    #[test]
+    fn an_added_peer_is_current_listed_last_and_a_new_generation() {
+        let owned = OwnedTable::new("app", &[("127.0.0.1:1", 1, false)]);
+        let table = owned.view();
+        let before = table.generation();
+        let added = slot("127.0.0.1:2");
+        let generation =
+            table
+                .lock(1, |_| true)
+                .unwrap()
+                .add_peer(added, 5, PeerState::Drain, 1, 7);
+        assert_eq!(generation, before + 1);
+        assert!(added.is_current());
+        assert_eq!(added.order(), 1);
+        assert_eq!(added.origin(), PeerOrigin::Api);
+        assert_eq!(table.header().members(), 7);
+        let peers = [owned.peers[0], added];
+        let wire = Table::new(owned.header, &peers).to_wire(&[]);
+        assert_eq!(wire.peers[1].weight, 5);
+        assert_eq!(wire.peers[1].state, PeerState::Drain);
+        assert_eq!(wire.peers[1].config_weight, 5);
+        assert_eq!(wire.peers[1].origin, PeerOrigin::Api);
+        assert_eq!(wire.peers[0].origin, PeerOrigin::Config);
+    }
+
+    #[test]
+    fn a_removed_peer_leaves_the_current_set_at_its_epoch() {
+        let owned = OwnedTable::new("app", &[("127.0.0.1:1", 1, false)]);
+        let table = owned.view();
+        let added = slot("127.0.0.1:2");
+        let guard = table.lock(1, |_| true).unwrap();
+        guard.add_peer(added, 1, PeerState::Up, 1, 3);
+        let generation = guard.remove_peer(added, 4);
+        drop(guard);
+        assert_eq!(generation, table.generation());
+        assert!(!added.is_current());
+        assert_eq!(added.removed_epoch(), 4);
+        assert_eq!(table.header().members(), 4);
+        // Added again before its slot went: current once more, no longer marked removed.
+        table
+            .lock(1, |_| true)
+            .unwrap()
+            .add_peer(added, 2, PeerState::Up, 1, 5);
+        assert!(added.is_current());
+        assert_eq!(added.removed_epoch(), 0);
+    }
+
+    #[test]
+    fn runtime_peers_kept_by_a_commit_follow_the_config_peers() {
+        let owned = OwnedTable::new(
+            "app",
+            &[("127.0.0.1:1", 1, false), ("127.0.0.1:2", 1, false)],
+        );
+        let table = owned.view();
+        let restored = slot("127.0.0.1:3");
+        let members = table.header().members();
+        table
+            .lock(1, |_| true)
+            .unwrap()
+            .keep_runtime_peers(&[restored], 2, 9);
+        assert!(restored.is_current());
+        assert_eq!(restored.order(), 2);
+        assert_eq!(table.header().members(), 9);
+        // Already current: the membership does not move.
+        table
+            .lock(1, |_| true)
+            .unwrap()
+            .keep_runtime_peers(&[restored], 2, 10);
+        assert_eq!(table.header().members(), 9);
+        assert_ne!(members, 9);
+    }
+}
