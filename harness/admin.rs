@@ -45,6 +45,22 @@ impl Admin {
         })
     }
 
+    /// Adds peer `server` to upstream `name` (`extra` JSON fields such as `"weight": 5`);
+    /// returns the raw answer.
+    pub fn add_peer(&self, name: &str, server: &str, extra: &str) -> Response {
+        let body = if extra.is_empty() {
+            format!(r#"{{"server": "{server}"}}"#)
+        } else {
+            format!(r#"{{"server": "{server}", {extra}}}"#)
+        };
+        self.request("POST", &format!("upstreams/{name}/peers"), Some(&body))
+    }
+
+    /// Removes peer `server` from upstream `name`; returns the raw answer.
+    pub fn remove_peer(&self, name: &str, server: &str) -> Response {
+        self.request("DELETE", &format!("upstreams/{name}/peers/{server}"), None)
+    }
+
     /// PATCHes `body` and returns the raw answer.
     pub fn patch(&self, name: &str, body: &str) -> Response {
         self.request("PATCH", &format!("upstreams/{name}"), Some(body))

@@ -100,6 +100,7 @@ mod tests {
             health: Health::Unchecked,
             eligible,
             backup,
+            origin: shift_wire::PeerOrigin::Config,
             config_weight: weight,
             requests: 12,
             failures: 1,

@@ -257,6 +257,7 @@ mod tests {
             health,
             eligible: state == PeerState::Up && weight > 0 && health != Health::Unhealthy,
             backup: false,
+            origin: shift_wire::PeerOrigin::Config,
             config_weight: 1,
             requests: 0,
             failures: 0,

@@ -20,7 +20,7 @@ use shift_wire::MAX_BODY_BYTES;
 
 use crate::ngx_module::Module;
 use crate::shm::{api_view, NotServing};
-use shift_core::api::{self, Endpoint, Reply, Writer};
+use shift_core::api::{self, ApiContext, ApiRequest, Endpoint, Reply, Writer};
 use shift_core::process::process_alive;
 
 /// Serves the admin API.
@@ -28,7 +28,8 @@ pub extern "C" fn handle(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: Nginx calls content handlers with a valid request of this location, which lives
     // until it is finalized.
     let request = unsafe { Request::from_ngx_http_request(r) };
-    if method_name(request) != "PATCH" {
+    // PATCH and POST have a body; nothing else of the API reads one.
+    if !matches!(method_name(request).as_str(), "PATCH" | "POST") {
         let rc = request.discard_request_body();
         if rc != Status::NGX_OK {
             return rc.0;
@@ -57,7 +58,7 @@ pub extern "C" fn handle(r: *mut ngx_http_request_t) -> ngx_int_t {
     Status::NGX_DONE.0
 }
 
-/// Called once the PATCH body is read.
+/// Called once a PATCH or POST body is read.
 extern "C" fn body_read(r: *mut ngx_http_request_t) {
     // SAFETY: Nginx calls this with the request whose body it has read into `request_body`.
     let request = unsafe { Request::from_ngx_http_request(r) };
@@ -116,7 +117,7 @@ fn answer(request: &mut Request, body: &[u8]) -> ngx_int_t {
     // The zone stays locked while this request is answered: a configuration committed meanwhile
     // waits for the change, and the change sees the last committed configuration.
     let view = api_view(main).and_then(|mut view| {
-        if method == "PATCH" {
+        if matches!(method.as_str(), "PATCH" | "POST" | "DELETE") {
             view.hold_state_dirs()?;
         }
         Ok(view)
@@ -142,14 +143,25 @@ fn answer(request: &mut Request, body: &[u8]) -> ngx_int_t {
         pid: unsafe { ngx::ffi::ngx_pid } as u32,
         is_alive: &process_alive,
     };
+    // SAFETY: `args` points into the request line while the request runs.
+    let args = unsafe { ngx::core::NgxStr::from_ngx_str(request.as_ref().args) }
+        .to_string_lossy()
+        .into_owned();
+    let mut membership = view.membership();
     let reply = api::handle(
-        &method,
-        relative,
-        body,
-        api_conf.access.caller(uid),
-        &endpoints,
-        &writer,
-        Some(view.usage),
+        &ApiRequest {
+            method: &method,
+            path: relative,
+            args: &args,
+            body,
+            caller: api_conf.access.caller(uid),
+        },
+        &mut ApiContext {
+            endpoints: &endpoints,
+            writer: &writer,
+            zone: Some(view.usage),
+            membership: &mut membership,
+        },
     );
     ngx_log_debug!(
         mask: DebugMask::Http,

@@ -8,6 +8,8 @@
 //! for `type=tcp`, only connects), reads the answer until the peer closes, and records the
 //! result; a health change updates routing in every worker at once.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::mem::MaybeUninit;
 use std::os::fd::BorrowedFd;
 use std::ptr;
@@ -29,17 +31,22 @@ use nix::time::{clock_gettime, ClockId};
 use crate::conf::UpstreamConf;
 use crate::ngx_module::Module;
 use crate::shm::table_of;
+use nix::sys::socket::{SockaddrLike, SockaddrStorage};
 use shift_core::directives::{CheckArgs, CheckKind};
 use shift_core::health::{http_request, judge_http, with_port, ProbeError, MAX_RESPONSE_BYTES};
 use shift_core::process::process_alive;
+use shift_core::table::{PeerSlot, Table, TableHeader};
+use shift_wire::PeerOrigin;
 
-/// One peer's prober in this worker. Leaked on purpose: it lives as long as the worker.
+/// One peer's prober in this worker. A configuration peer's lives as long as the worker; a
+/// run-time peer's is stopped and freed when the worker's new peer list leaves the peer out
+/// (before the slot can be freed: see `shm::membership`).
 struct Probe {
     tick: ngx_event_t,
     deadline: ngx_event_t,
-    conf: *const UpstreamConf,
+    header: &'static TableHeader,
+    slot: &'static PeerSlot,
     check: *const CheckArgs,
-    index: usize,
     tick_ms: usize,
     /// The address probed: the peer's, with `port=` applied.
     address: Vec<u8>,
@@ -60,10 +67,15 @@ impl Probe {
         unsafe { &*self.check }
     }
 
-    fn conf(&self) -> &UpstreamConf {
-        // SAFETY: as `check`.
-        unsafe { &*self.conf }
+    /// The table, viewed through this probe's one peer (index 0).
+    fn table(&self) -> Table<'_> {
+        Table::new(self.header, std::slice::from_ref(&self.slot))
     }
+}
+
+thread_local! {
+    /// This worker's probes of run-time peers, by slot address.
+    static RUNTIME_PROBES: RefCell<HashMap<usize, *mut Probe>> = RefCell::new(HashMap::new());
 }
 
 /// The connection an event of a probe belongs to, and its probe.
@@ -97,61 +109,155 @@ pub unsafe fn start_probes(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         if table_of(conf).is_none() {
             continue;
         }
+        // SAFETY: as in `follow`.
+        let Some(header) = (unsafe { conf.placement.table.as_ref::<'static>() }) else {
+            continue;
+        };
         let host = uscf.host.to_string();
-        for (index, &peer) in conf.placement.rr_peers.iter().enumerate() {
+        for (&peer, &slot) in conf.placement.rr_peers.iter().zip(&conf.placement.slots) {
             // SAFETY: round robin's peers live as long as the cycle, each with `socklen` bytes
             // of address at `sockaddr`.
             let peer = unsafe { &*peer };
             // SAFETY: as above.
-            let mut address = unsafe {
+            let address = unsafe {
                 std::slice::from_raw_parts(peer.sockaddr.cast::<u8>(), peer.socklen as usize)
             }
             .to_vec();
-            if let Some(port) = check.port {
-                with_port(&mut address, port);
-            }
-            let tick_ms = (check.interval_ms / 5).clamp(20, 1000) as usize;
-            // SAFETY: the cycle's log is valid for its life.
-            let mut quiet_log = unsafe { *cycle.log };
-            quiet_log.log_level = quiet_log.log_level.min(NGX_LOG_CRIT as usize);
-            let probe = Box::leak(Box::new(Probe {
-                tick: idle_event(),
-                deadline: idle_event(),
-                conf,
-                check,
-                index,
-                tick_ms,
-                address,
-                name: peer.name,
-                request: http_request(check, &host),
-                sent: 0,
-                response: Vec::new(),
-                connection: ptr::null_mut(),
-                quiet_log,
-            }));
-            let data: *mut Probe = probe;
-            for (event, handler) in [
-                (
-                    &mut probe.tick,
-                    on_tick as unsafe extern "C" fn(*mut ngx_event_t),
-                ),
-                (&mut probe.deadline, on_deadline),
-            ] {
-                event.handler = Some(handler);
-                event.data = data.cast();
-                event.log = cycle.log;
-                // Do not hold up a graceful shutdown.
-                event.set_cancelable(1);
-            }
-            // Spread the workers' ticks over the tick period.
-            // SAFETY: the worker's random generator and timers, on its own thread.
-            unsafe {
-                let offset = ngx::ffi::ngx_random() as usize % tick_ms;
-                ngx::ffi::ngx_add_timer(&mut probe.tick, offset);
-            }
+            spawn(cycle.log, check, &host, header, slot, address, peer.name);
         }
     }
     Status::NGX_OK.0
+}
+
+/// Starts a probe of `slot` at `address` (a sockaddr), named `name` in the log.
+fn spawn(
+    log: *mut ngx_log_t,
+    check: &CheckArgs,
+    host: &str,
+    header: &'static TableHeader,
+    slot: &'static PeerSlot,
+    mut address: Vec<u8>,
+    name: ngx_str_t,
+) -> *mut Probe {
+    if let Some(port) = check.port {
+        with_port(&mut address, port);
+    }
+    let tick_ms = (check.interval_ms / 5).clamp(20, 1000) as usize;
+    // SAFETY: the cycle's log is valid for its life.
+    let mut quiet_log = unsafe { *log };
+    quiet_log.log_level = quiet_log.log_level.min(NGX_LOG_CRIT as usize);
+    let probe = Box::leak(Box::new(Probe {
+        tick: idle_event(),
+        deadline: idle_event(),
+        header,
+        slot,
+        check,
+        tick_ms,
+        address,
+        name,
+        request: http_request(check, host),
+        sent: 0,
+        response: Vec::new(),
+        connection: ptr::null_mut(),
+        quiet_log,
+    }));
+    let data: *mut Probe = probe;
+    for (event, handler) in [
+        (
+            &mut probe.tick,
+            on_tick as unsafe extern "C" fn(*mut ngx_event_t),
+        ),
+        (&mut probe.deadline, on_deadline),
+    ] {
+        event.handler = Some(handler);
+        event.data = data.cast();
+        event.log = log;
+        // Do not hold up a graceful shutdown.
+        event.set_cancelable(1);
+    }
+    // Spread the workers' ticks over the tick period.
+    // SAFETY: the worker's random generator and timers, on its own thread.
+    unsafe {
+        let offset = ngx::ffi::ngx_random() as usize % tick_ms;
+        ngx::ffi::ngx_add_timer(&mut probe.tick, offset);
+    }
+    data
+}
+
+/// Makes this worker probe exactly the run-time peers of its new list `slots` (addresses from
+/// their names): new ones get a probe, and probes of peers the list left out stop.
+pub fn follow(conf: &UpstreamConf, host: &str, slots: &[&'static PeerSlot]) {
+    let Some(check) = &conf.check else {
+        return;
+    };
+    // SAFETY: the header this worker's load references, allocated while the worker runs.
+    let Some(header) = (unsafe { conf.placement.table.as_ref::<'static>() }) else {
+        return;
+    };
+    let log = ngx::log::ngx_cycle_log().as_ptr();
+    RUNTIME_PROBES.with(|probes| {
+        let mut probes = probes.borrow_mut();
+        let wanted: Vec<&'static PeerSlot> = slots
+            .iter()
+            .copied()
+            .filter(|slot| slot.origin() == PeerOrigin::Api)
+            .collect();
+        probes.retain(|&address, &mut probe| {
+            // SAFETY: a registered probe is alive until it is stopped here.
+            let ours = std::ptr::eq(unsafe { (*probe).header }, header);
+            let keep = !ours
+                || wanted
+                    .iter()
+                    .any(|slot| std::ptr::from_ref(*slot) as usize == address);
+            if !keep {
+                stop(probe);
+            }
+            keep
+        });
+        for slot in wanted {
+            let address = std::ptr::from_ref(slot) as usize;
+            if probes.contains_key(&address) {
+                continue;
+            }
+            let Ok(socket) = slot.server().parse::<std::net::SocketAddr>() else {
+                continue;
+            };
+            let storage = match socket {
+                std::net::SocketAddr::V4(socket) => SockaddrStorage::from(socket),
+                std::net::SocketAddr::V6(socket) => SockaddrStorage::from(socket),
+            };
+            // SAFETY: `storage` holds `len()` bytes of address.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(storage.as_ptr().cast::<u8>(), storage.len() as usize)
+            }
+            .to_vec();
+            // The name lives in the slot, which outlives the probe.
+            let name = ngx_str_t {
+                len: slot.server().len(),
+                data: slot.server().as_ptr().cast_mut(),
+            };
+            probes.insert(address, spawn(log, check, host, header, slot, bytes, name));
+        }
+    });
+}
+
+/// Stops a run-time peer's probe and frees it.
+fn stop(probe: *mut Probe) {
+    // SAFETY: a registered probe, alive until now; its timers and connection are this worker's.
+    unsafe {
+        let probe = &mut *probe;
+        for event in [&mut probe.tick, &mut probe.deadline] {
+            if event.timer_set() != 0 {
+                ngx::ffi::ngx_del_timer(event);
+            }
+        }
+        if !probe.connection.is_null() {
+            ngx_close_connection(probe.connection);
+            probe.connection = ptr::null_mut();
+        }
+    }
+    // SAFETY: leaked by `spawn`; no timer or connection refers to it any more.
+    drop(unsafe { Box::from_raw(probe) });
 }
 
 /// An event with no handler and no timer yet, as Nginx's own code zeroes them.
@@ -175,10 +281,8 @@ unsafe extern "C" fn on_tick(event: *mut ngx_event_t) {
     if !probe.connection.is_null() {
         return;
     }
-    let Some(table) = table_of(probe.conf()) else {
-        return;
-    };
-    if table.claim_check(probe.index, monotonic_ms(), probe.check().interval_ms) {
+    let table = probe.table();
+    if table.claim_check(0, monotonic_ms(), probe.check().interval_ms) {
         // SAFETY: the probe is idle (no connection), checked above.
         unsafe { start(probe) };
     }
@@ -342,9 +446,7 @@ fn finish(probe: &mut Probe, result: Result<(), ProbeError>) {
         unsafe { ngx_close_connection(probe.connection) };
         probe.connection = ptr::null_mut();
     }
-    let Some(table) = table_of(probe.conf()) else {
-        return;
-    };
+    let table = probe.table();
     let check = probe.check();
     let log = ngx::log::ngx_cycle_log().as_ptr();
     ngx_log_debug!(
@@ -352,13 +454,13 @@ fn finish(probe: &mut Probe, result: Result<(), ProbeError>) {
         log,
         "shift: check of upstream \"{}\" peer {}: {}",
         table.name(),
-        table.peers()[probe.index].server(),
+        probe.slot.server(),
         result.map_or_else(ProbeError::describe, |()| "passed".to_string())
     );
     // SAFETY: ngx_pid is set once at process start.
     let pid = unsafe { ngx::ffi::ngx_pid } as u32;
     match table.record_check(
-        probe.index,
+        0,
         result,
         check.fails,
         check.passes,

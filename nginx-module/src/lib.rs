@@ -12,6 +12,8 @@ mod conf;
 mod conf_ext;
 mod health_probe;
 mod ngx_module;
+mod peer_list;
 mod shm;
 mod upstream_hook;
 mod upstream_state;
+mod worker_tick;

@@ -194,6 +194,7 @@ unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         if ngx::ffi::ngx_process == ngx::ffi::NGX_PROCESS_HELPER as ngx::ffi::ngx_uint_t {
             return Status::NGX_OK.0;
         }
+        crate::worker_tick::start(cycle);
         crate::health_probe::start_probes(cycle)
     }
 }

@@ -11,17 +11,18 @@ use ngx::ffi::{
     ngx_conf_t, ngx_event_free_peer_pt, ngx_event_get_peer_pt, ngx_event_save_peer_session_pt,
     ngx_event_set_peer_session_pt, ngx_http_request_t, ngx_http_upstream_rr_peer_data_t,
     ngx_http_upstream_server_t, ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_log_t,
-    ngx_peer_connection_t, ngx_uint_t, NGX_LOG_EMERG, NGX_PEER_FAILED,
+    ngx_peer_connection_t, ngx_uint_t, NGX_LOG_EMERG, NGX_LOG_ERR, NGX_PEER_FAILED,
 };
-use ngx::http::{HttpModuleServerConf, Request};
+use ngx::http::{HttpModuleMainConf, HttpModuleServerConf, Request};
 use ngx::log::DebugMask;
-use ngx::{http_upstream_init_peer_pt, ngx_conf_log_error, ngx_log_debug};
+use ngx::{http_upstream_init_peer_pt, ngx_conf_log_error, ngx_log_debug, ngx_log_error};
 
-use crate::conf::UpstreamConf;
+use crate::conf::{MainConf, UpstreamConf};
 use crate::ngx_module::Module;
+use crate::peer_list::{ListHold, Member, PeerList};
 use crate::shm::{inflight, table_of};
 use shift_core::directives::duplicate_address;
-use shift_core::table::{slot_of, Table};
+use shift_core::table::{slot_of, PeerSlot, Table};
 
 /// `peer.init_upstream`: lets round robin build the peers, then takes over `peer.init`.
 pub extern "C" fn init_upstream(
@@ -109,7 +110,10 @@ struct Attempt {
     rr_save_session: ngx_event_save_peer_session_pt,
     conf: *const UpstreamConf,
     request: *mut ngx_http_request_t,
-    slot: Option<usize>,
+    /// The worker's peer list the request started with; null for its configuration's own.
+    list: *mut PeerList,
+    /// The slot and load position of the peer the current attempt uses.
+    slot: Option<(&'static PeerSlot, usize)>,
 }
 
 // `peer.init`, once per request.
@@ -121,7 +125,10 @@ fn init_request_peer(request: &mut Request, uscf: *mut ngx_http_upstream_srv_con
     let Some(conf) = Module::server_conf_mut(unsafe { &*uscf }) else {
         return Status::NGX_ERROR;
     };
-    copy_routes_if_changed(conf, request.log());
+    let main = Module::main_conf(request);
+    // SAFETY: as above; the worker's copy of the upstream, read and written only by this worker.
+    let uscf_mut = unsafe { &mut *uscf };
+    copy_routes_if_changed(conf, main, uscf_mut, request.log());
     let Some(original) = conf.balancer.init_peer else {
         return Status::NGX_ERROR;
     };
@@ -130,6 +137,10 @@ fn init_request_peer(request: &mut Request, uscf: *mut ngx_http_upstream_srv_con
     let rc = unsafe { original(r, uscf) };
     if rc != Status::NGX_OK.0 {
         return Status(rc);
+    }
+    let list = conf.routing.list;
+    if !list.is_null() && request.pool().allocate(ListHold::new(list)).is_null() {
+        return Status::NGX_ERROR;
     }
     let attempt = request.pool().alloc_type::<Attempt>();
     if attempt.is_null() {
@@ -151,6 +162,7 @@ fn init_request_peer(request: &mut Request, uscf: *mut ngx_http_upstream_srv_con
             rr_save_session: peer.save_session,
             conf,
             request: r,
+            list,
             slot: None,
         })
     };
@@ -167,20 +179,37 @@ fn init_request_peer(request: &mut Request, uscf: *mut ngx_http_upstream_srv_con
 }
 
 /// Copies weights and eligibility from the shared table into this worker's round-robin peers
-/// when the table's `seq` moved since the last copy.
-fn copy_routes_if_changed(conf: &mut UpstreamConf, log: *mut ngx_log_t) {
-    // SAFETY: as in `shm::table_of`; the fields are borrowed apart so that `routes` can be
-    // filled from a view of `slots`.
+/// when the table's `seq` moved since the last copy (one atomic load when it did not), after
+/// building a new peer list first when peers were added or removed.
+fn copy_routes_if_changed(
+    conf: &mut UpstreamConf,
+    main: Option<&MainConf>,
+    uscf: &mut ngx_http_upstream_srv_conf_t,
+    log: *mut ngx_log_t,
+) {
+    // SAFETY: as in `shm::table_of`.
     let Some(header) = (unsafe { conf.placement.table.as_ref() }) else {
         return;
     };
-    let table = Table::new(header, &conf.placement.slots);
+    if Table::new(header, &[]).seq() == conf.routing.seen_seq {
+        return;
+    }
+    if let Some(main) = main.filter(|_| header.members() != conf.routing.members_seen) {
+        follow_members(conf, main, uscf, log);
+    }
+    // The fields are borrowed apart so that `routes` can be filled from a view of the slots.
+    // SAFETY: a non-null list is this worker's current one, alive while it is.
+    let (slots, rr_peers) = match unsafe { conf.routing.list.as_ref() } {
+        Some(list) => (&list.slots, &list.rr_peers),
+        None => (&conf.placement.slots, &conf.placement.rr_peers),
+    };
+    let table = Table::new(header, slots);
     let Some(seq) = table.routes_if_changed(conf.routing.seen_seq, &mut conf.routing.routes) else {
         return;
     };
-    for (&peer, route) in conf.placement.rr_peers.iter().zip(&conf.routing.routes) {
-        // SAFETY: `rr_peers` are this upstream's round-robin peers, alive for the cycle and
-        // touched only by this (single-threaded) worker.
+    for (&peer, route) in rr_peers.iter().zip(&conf.routing.routes) {
+        // SAFETY: the list's or the configuration's round-robin peers, alive while this worker
+        // routes with them and touched only by this (single-threaded) worker.
         let peer = unsafe { &mut *peer };
         if route.eligible {
             peer.down = 0;
@@ -199,7 +228,7 @@ fn copy_routes_if_changed(conf: &mut UpstreamConf, log: *mut ngx_log_t) {
         "shift: upstream \"{}\" takes the table at seq {}: {}",
         header.name(),
         seq,
-        conf.placement.slots
+        slots
             .iter()
             .zip(&conf.routing.routes)
             .map(|(slot, route)| format!(
@@ -211,6 +240,122 @@ fn copy_routes_if_changed(conf: &mut UpstreamConf, log: *mut ngx_log_t) {
             .collect::<Vec<_>>()
             .join(", ")
     );
+}
+
+/// Follows a change of the table's peers if there was one (from the worker's tick).
+pub fn follow_if_changed(
+    conf: &mut UpstreamConf,
+    main: &MainConf,
+    uscf: &mut ngx_http_upstream_srv_conf_t,
+    log: *mut ngx_log_t,
+) {
+    // SAFETY: as in `shm::table_of`.
+    let changed = unsafe { conf.placement.table.as_ref() }
+        .is_some_and(|header| header.members() != conf.routing.members_seen);
+    if changed {
+        copy_routes_if_changed(conf, Some(main), uscf, log);
+    }
+}
+
+/// Builds this worker's peer list again from its load's positions: the configuration's peers
+/// and the current run-time ones, in the table's order. New requests take it; running ones
+/// keep theirs.
+fn follow_members(
+    conf: &mut UpstreamConf,
+    main: &MainConf,
+    uscf: &mut ngx_http_upstream_srv_conf_t,
+    log: *mut ngx_log_t,
+) {
+    if conf.routing.original.is_null() {
+        conf.routing.original = uscf.peer.data.cast();
+    }
+    // SAFETY: round robin's list of this configuration, alive for its cycle.
+    let Some(original) = (unsafe { conf.routing.original.as_ref() }) else {
+        return;
+    };
+    // SAFETY: as in `shm::table_of`.
+    let Some(header) = (unsafe { conf.placement.table.as_ref() }) else {
+        return;
+    };
+    let placement = &conf.placement;
+    let had_list = !conf.routing.list.is_null();
+    let built = crate::shm::with_load_positions(
+        main,
+        placement.first_slot,
+        placement.positions,
+        |members, epoch| {
+            // Read under the zone's lock with the positions: a later change is seen next time.
+            let members_now = header.members();
+            let list = list_members(placement, members, had_list)
+                .map(|members| PeerList::build(original, &members, epoch).ok_or(()))
+                .transpose();
+            (list, members_now)
+        },
+    );
+    let Some((list, members_now)) = built else {
+        return;
+    };
+    conf.routing.members_seen = members_now;
+    match list {
+        Ok(Some(list)) => {
+            if had_list {
+                PeerList::retire(conf.routing.list);
+            }
+            conf.routing.list = list;
+            // SAFETY: just built; it lives while it is this upstream's current list.
+            uscf.peer.data = unsafe { std::ptr::addr_of_mut!((*list).peers) }.cast();
+            conf.routing.seen_seq = u64::MAX;
+            // Run-time peers are checked like the others (a `mandatory` check keeps a new one
+            // out of traffic until it passes).
+            // SAFETY: as above.
+            let slots = unsafe { &(*list).slots };
+            crate::health_probe::follow(conf, &uscf.host.to_string(), slots);
+        }
+        Ok(None) => {}
+        Err(()) => {
+            ngx_log_error!(
+                NGX_LOG_ERR,
+                log,
+                "shift: upstream \"{}\" keeps its peers: an added peer's address is not usable",
+                uscf.host
+            );
+        }
+    }
+}
+
+/// What a new list holds: the configuration's peers (primary ones copied, backup ones kept),
+/// then the current run-time peers in the table's order. `None` when the configuration's own
+/// list still fits (no run-time peers, and none before).
+fn list_members(
+    placement: &crate::upstream_state::Placement,
+    members: &[(usize, &'static PeerSlot)],
+    had_list: bool,
+) -> Option<Vec<(Member, &'static PeerSlot, usize)>> {
+    let configs = placement.configs.len();
+    let mut runtime: Vec<(usize, &'static PeerSlot)> = members
+        .iter()
+        .filter(|(position, slot)| *position >= placement.first_slot + configs && slot.is_current())
+        .copied()
+        .collect();
+    if runtime.is_empty() && !had_list {
+        return None;
+    }
+    runtime.sort_by_key(|(_, slot)| slot.order());
+    let mut list = Vec::with_capacity(configs + runtime.len());
+    for (index, (&slot, &rr_peer)) in placement.slots.iter().zip(&placement.rr_peers).enumerate() {
+        let member = if placement.configs[index].backup {
+            Member::Backup(rr_peer)
+        } else {
+            Member::Config(rr_peer)
+        };
+        list.push((member, slot, placement.first_slot + index));
+    }
+    list.extend(
+        runtime
+            .into_iter()
+            .map(|(position, slot)| (Member::Runtime, slot, position)),
+    );
+    Some(list)
 }
 
 unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void) -> ngx_int_t {
@@ -231,19 +376,28 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
             &*attempt.conf,
         )
     };
-    attempt.slot = slot_of(&conf.placement.rr_peers, &current);
-    if let (Some(slot), Some(table)) = (attempt.slot, table_of(conf)) {
+    // SAFETY: a non-null list is held by this request until it ends.
+    attempt.slot = match unsafe { attempt.list.as_ref() } {
+        Some(list) => list.find(current),
+        None => slot_of(&conf.placement.rr_peers, &current).map(|index| {
+            (
+                conf.placement.slots[index],
+                conf.placement.first_slot + index,
+            )
+        }),
+    };
+    if let Some((slot, position)) = attempt.slot {
         ngx_log_debug!(
             mask: DebugMask::Http,
             // SAFETY: Nginx passes a valid peer connection.
             unsafe { (*pc).log },
             "shift: upstream \"{}\" picked peer {}",
-            table.name(),
-            table.peers()[slot].server()
+            table_of(conf).map_or("", |table| table.name()),
+            slot.server()
         );
-        table.peers()[slot].record_request();
+        slot.record_request();
         if let Some(inflight) = inflight() {
-            inflight.started(conf.placement.first_slot + slot);
+            inflight.started(position);
         }
     }
     rc
@@ -256,9 +410,7 @@ unsafe extern "C" fn free_peer(
 ) {
     // SAFETY: as in get_peer.
     let attempt = unsafe { &mut *data.cast::<Attempt>() };
-    // SAFETY: `conf` outlives the request.
-    let conf = unsafe { &*attempt.conf };
-    if let (Some(slot), Some(table)) = (attempt.slot.take(), table_of(conf)) {
+    if let Some((slot, position)) = attempt.slot.take() {
         // SAFETY: the request outlives its upstream attempts; `upstream` and its `state` are
         // null-checked.
         let status = unsafe {
@@ -270,9 +422,9 @@ unsafe extern "C" fn free_peer(
             }
         };
         let failed = state & NGX_PEER_FAILED as ngx_uint_t != 0;
-        table.peers()[slot].record_finish(failed, status);
+        slot.record_finish(failed, status);
         if let Some(inflight) = inflight() {
-            inflight.finished(conf.placement.first_slot + slot);
+            inflight.finished(position);
         }
     }
     if let Some(rr_free) = attempt.rr_free {

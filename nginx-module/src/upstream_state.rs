@@ -5,7 +5,9 @@
 
 use std::ptr;
 
-use ngx::ffi::ngx_http_upstream_rr_peer_t;
+use ngx::ffi::{ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t};
+
+use crate::peer_list::PeerList;
 use shift_core::table::{PeerConfig, PeerSlot, Route, TableHeader};
 
 /// Where the upstream lives in the zone, set by the zone's init (`shm::load`) in the master and
@@ -19,8 +21,13 @@ pub struct Placement {
     /// The slots of round robin's peers, in its order, and what the config says of each.
     pub slots: Vec<&'static PeerSlot>,
     pub configs: Vec<PeerConfig>,
-    /// Where this upstream's slots start in the load's flat list (for in-flight counts).
+    /// Where this upstream's positions start in the load (in-flight counts are by position),
+    /// and how many it has: its config peers first, in `slots`' order.
     pub first_slot: usize,
+    pub positions: usize,
+    /// For a table new in this zone: the peers it had added at run time before (a replaced
+    /// zone's or the state file's), placed for this load and made current by its commit.
+    pub runtime: Vec<&'static PeerSlot>,
     /// Round robin's peers, in table order. Each worker steers its own copy of them.
     pub rr_peers: Vec<*mut ngx_http_upstream_rr_peer_t>,
 }
@@ -33,6 +40,8 @@ impl Default for Placement {
             slots: Vec::new(),
             configs: Vec::new(),
             first_slot: 0,
+            positions: 0,
+            runtime: Vec::new(),
             rr_peers: Vec::new(),
         }
     }
@@ -42,6 +51,13 @@ impl Default for Placement {
 pub struct WorkerRouting {
     /// The table `seq` this worker last copied into its peers.
     pub seen_seq: u64,
+    /// The table's membership this worker's peer list follows.
+    pub members_seen: u64,
+    /// The list it built when peers were added or removed at run time (`peer_list`); null
+    /// while it routes with its configuration's own.
+    pub list: *mut PeerList,
+    /// Its configuration's own list, kept when `list` replaces it in `peer.data`.
+    pub original: *mut ngx_http_upstream_rr_peers_t,
     /// Scratch space for that copy, kept to avoid an allocation per change.
     pub routes: Vec<Route>,
 }
@@ -52,6 +68,9 @@ impl Default for WorkerRouting {
             // Never a real seq: the first request copies the table (which may hold carried
             // state).
             seen_seq: u64::MAX,
+            members_seen: u64::MAX,
+            list: ptr::null_mut(),
+            original: ptr::null_mut(),
             routes: Vec::new(),
         }
     }

@@ -32,10 +32,13 @@ use crate::ngx_module::Module;
 use shift_core::process::process_alive;
 use shift_core::state_file;
 use shift_core::table::{CarryNote, CheckMode, PeerConfig, PeerSlot, Table, TableHeader};
+use shift_wire::PeerOrigin;
 
-/// One configuration load, followed in the same allocation by the addresses of the slots it
-/// routes to (each upstream's peers in round-robin order, one upstream after another) and of
-/// its table headers.
+/// One configuration load, followed in the same allocation by its *positions* (each upstream's
+/// range of slot addresses: its config peers in round-robin order, its run-time peers, then
+/// room for more, 0 where empty), the addresses of its table headers, and each table's range of
+/// positions. Workers count in-flight requests by position, so a position's slot changes only
+/// once no worker can route to it (see `membership.rs`).
 #[repr(C)]
 pub struct LoadRecord {
     pub next: AtomicUsize,
@@ -45,10 +48,19 @@ pub struct LoadRecord {
     table_count: usize,
 }
 
+/// The positions of one upstream in a load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub struct Range {
+    pub first: usize,
+    pub len: usize,
+}
+
 impl LoadRecord {
     fn size(slots: usize, tables: usize) -> usize {
         size_of::<LoadRecord>().next_multiple_of(align_of::<usize>())
             + size_of::<usize>() * (slots + tables)
+            + size_of::<Range>() * tables
     }
 
     fn addresses(&self) -> *mut usize {
@@ -62,21 +74,56 @@ impl LoadRecord {
         }
     }
 
-    /// The slots the load routes to, by its flat index.
-    pub fn slots(&self) -> &[&'static PeerSlot] {
-        // SAFETY: the addresses were written by `place_load` from live slots, which the load's
-        // references keep allocated; a `&PeerSlot` has the layout of its address.
-        unsafe { std::slice::from_raw_parts(self.addresses().cast::<&PeerSlot>(), self.slot_count) }
+    /// The load's positions: slot addresses, 0 where empty. Written under the zone's lock.
+    pub fn positions(&self) -> &[AtomicUsize] {
+        // SAFETY: the record was allocated with `size` and zeroed; an `AtomicUsize` has the
+        // layout of a `usize`.
+        unsafe {
+            std::slice::from_raw_parts(self.addresses().cast::<AtomicUsize>(), self.slot_count)
+        }
+    }
+
+    /// The slot at each position, if any. Call with the zone's lock held.
+    pub fn slots(&self) -> Vec<Option<&'static PeerSlot>> {
+        self.positions()
+            .iter()
+            // SAFETY: a non-zero position holds a live slot: the position's reference keeps it.
+            .map(|position| unsafe {
+                (position.load(Ordering::Acquire) as *const PeerSlot).as_ref()
+            })
+            .collect()
     }
 
     pub fn tables(&self) -> &[&'static TableHeader] {
-        // SAFETY: as `slots`, for the headers after them.
+        // SAFETY: as `positions`, for the headers after them, written by `place_load`.
         unsafe {
             std::slice::from_raw_parts(
                 self.addresses().add(self.slot_count).cast::<&TableHeader>(),
                 self.table_count,
             )
         }
+    }
+
+    /// Each table's positions, in the order of `tables`.
+    pub fn ranges(&self) -> &[Range] {
+        // SAFETY: as `tables`, for the ranges after them.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.addresses()
+                    .add(self.slot_count + self.table_count)
+                    .cast::<Range>(),
+                self.table_count,
+            )
+        }
+    }
+
+    /// The positions of `header`'s upstream, if this load routes to it.
+    pub fn range_of(&self, header: &TableHeader) -> Option<Range> {
+        let index = self
+            .tables()
+            .iter()
+            .position(|own| std::ptr::eq(*own, header))?;
+        Some(self.ranges()[index])
     }
 }
 
@@ -143,6 +190,10 @@ pub unsafe fn build_view(
     }
 }
 
+/// Room for peers added at run time in each load, beyond the ones it starts with: as many as
+/// the config has, and at least this many.
+const MIN_SPARE_POSITIONS: usize = 32;
+
 /// SAFETY: as `build_view`.
 unsafe fn place_views(
     zone: Zone,
@@ -150,38 +201,112 @@ unsafe fn place_views(
     main: &mut MainConf,
     id: u64,
 ) -> Result<(), String> {
-    let mut slots: Vec<&'static PeerSlot> = Vec::new();
-    let mut tables: Vec<&'static TableHeader> = Vec::new();
-    // SAFETY: per the contract; the upstream confs live as long as this cycle.
-    unsafe {
-        for &uscf in &main.upstreams {
-            let conf = Module::server_conf_mut(&*uscf).ok_or("no shift conf for an upstream")?;
-            let name = (*uscf).host.to_string();
-            let (configs, rr_peers) = round_robin_peers(&*uscf);
-            let (header, created) = match zone.tables().find(|header| header.name() == name) {
-                Some(header) => (header, false),
-                None => (place_table(zone, locked, &name, check_mode(conf))?, true),
+    let mut positions: Vec<Option<&'static PeerSlot>> = Vec::new();
+    let mut tables: Vec<(&'static TableHeader, Range)> = Vec::new();
+    for &uscf in &main.upstreams {
+        // SAFETY: per the contract; the upstream confs live as long as this cycle.
+        let uscf = unsafe { &*uscf };
+        let conf = Module::server_conf_mut(uscf).ok_or("no shift conf for an upstream")?;
+        let name = uscf.host.to_string();
+        // SAFETY: round robin built this upstream's peers.
+        let (configs, rr_peers) = unsafe { round_robin_peers(uscf) };
+        // SAFETY: the caller holds the zone's lock (for this and what follows).
+        let found = unsafe { zone.tables() }.find(|header| header.name() == name);
+        let (header, created) = match found {
+            Some(header) => (header, false),
+            // SAFETY: as above.
+            None => (
+                unsafe { place_table(zone, locked, &name, check_mode(conf))? },
+                true,
+            ),
+        };
+        let mut view = Vec::with_capacity(configs.len());
+        for config in &configs {
+            // SAFETY: as above.
+            let slot = match unsafe { slots_of(header) }.find(|slot| slot.server() == config.server)
+            {
+                Some(slot) => slot,
+                // SAFETY: as above.
+                None => unsafe { place_slot(locked, header, config)? },
             };
-            let mut view = Vec::with_capacity(configs.len());
-            for config in &configs {
-                let slot = match slots_of(header).find(|slot| slot.server() == config.server) {
-                    Some(slot) => slot,
-                    None => place_slot(locked, header, config)?,
-                };
-                view.push(slot);
-            }
-            conf.placement.table = std::ptr::from_ref(header).cast_mut();
-            conf.placement.new_table = created;
-            conf.placement.first_slot = slots.len();
-            conf.placement.configs = configs;
-            conf.placement.rr_peers = rr_peers;
-            slots.extend(&view);
-            conf.placement.slots = view;
-            tables.push(header);
+            view.push(slot);
         }
-        main.load = place_load(zone, locked, id, &slots, &tables)?;
+        // Peers added at run time come along: the table's current ones, or, for a table new
+        // in this zone, the ones the replaced zone or the state file had.
+        let runtime: Vec<&'static PeerSlot> = if created {
+            let mut placed = Vec::new();
+            for config in runtime_peers_before(zone, &name, conf) {
+                if view.iter().any(|slot| slot.server() == config.server) {
+                    continue; // now a line of the config, which owns it
+                }
+                // SAFETY: as above.
+                placed.push(unsafe { place_slot(locked, header, &config)? });
+            }
+            placed
+        } else {
+            // SAFETY: as above.
+            unsafe { slots_of(header) }
+                .filter(|slot| slot.is_current() && slot.origin() == PeerOrigin::Api)
+                .filter(|slot| !view.iter().any(|own| std::ptr::eq(*own, *slot)))
+                .collect()
+        };
+        let spare = configs.len().max(MIN_SPARE_POSITIONS);
+        let range = Range {
+            first: positions.len(),
+            len: view.len() + runtime.len() + spare,
+        };
+        positions.extend(view.iter().map(|slot| Some(*slot)));
+        positions.extend(runtime.iter().map(|slot| Some(*slot)));
+        positions.extend(std::iter::repeat_n(None, spare));
+        conf.placement.table = std::ptr::from_ref(header).cast_mut();
+        conf.placement.new_table = created;
+        conf.placement.first_slot = range.first;
+        conf.placement.positions = range.len;
+        conf.placement.configs = configs;
+        conf.placement.rr_peers = rr_peers;
+        conf.placement.slots = view;
+        conf.placement.runtime = if created { runtime } else { Vec::new() };
+        tables.push((header, range));
     }
+    // SAFETY: as above; every slot and header was just found or placed.
+    main.load = unsafe { place_load(zone, locked, id, &positions, &tables)? };
     Ok(())
+}
+
+/// The peers a table new in this zone had added at run time before: in the zone this one
+/// replaces (a reload that resized it), else in the upstream's state file (a start).
+fn runtime_peers_before(zone: Zone, name: &str, conf: &UpstreamConf) -> Vec<PeerConfig> {
+    // Each configuration registers its own zone struct; the memory tells whether the zone was
+    // replaced (and this one, locked by the caller, must not be locked again).
+    let previous = NonNull::new(COMMITTED_ZONE.load(Ordering::Acquire))
+        // SAFETY: the committed zone stays mapped in the master until this cycle is committed.
+        .and_then(|previous| unsafe { Zone::at(previous) })
+        .filter(|previous| previous.root != zone.root);
+    if let Some(previous) = previous {
+        let _locked = previous.lock();
+        // SAFETY: the previous zone is locked.
+        let old = unsafe { previous.tables() }.find(|header| header.name() == name);
+        if let Some(old) = old {
+            // SAFETY: as above.
+            return unsafe { slots_of(old) }
+                .filter(|slot| slot.is_current() && slot.origin() == PeerOrigin::Api)
+                .map(|slot| slot.config())
+                .collect();
+        }
+    }
+    let Some(path) = &conf.state_path else {
+        return Vec::new();
+    };
+    // A file that fails its checks is reported when the configuration is committed.
+    match state_file::load(path, name) {
+        Ok(Some(saved)) => saved
+            .carried()
+            .into_iter()
+            .filter(|peer| peer.origin == PeerOrigin::Api)
+            .map(|peer| peer.config)
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Says before any change is made when a state file's directory is missing (an error: every
@@ -243,7 +368,7 @@ unsafe fn place_table(
 }
 
 /// SAFETY: the caller holds the zone's lock.
-unsafe fn place_slot(
+pub(super) unsafe fn place_slot(
     locked: &LockedSlabPool,
     header: &TableHeader,
     config: &PeerConfig,
@@ -264,10 +389,10 @@ unsafe fn place_load(
     zone: Zone,
     locked: &LockedSlabPool,
     id: u64,
-    slots: &[&'static PeerSlot],
-    tables: &[&'static TableHeader],
+    positions: &[Option<&'static PeerSlot>],
+    tables: &[(&'static TableHeader, Range)],
 ) -> Result<*mut LoadRecord, String> {
-    let record = allocate_zeroed::<u8>(locked, LoadRecord::size(slots.len(), tables.len()))?
+    let record = allocate_zeroed::<u8>(locked, LoadRecord::size(positions.len(), tables.len()))?
         .cast::<LoadRecord>();
     // SAFETY: zeroed memory of the record's full size, aligned for it by the slab allocator.
     unsafe {
@@ -275,21 +400,28 @@ unsafe fn place_load(
             next: AtomicUsize::new(0),
             id,
             committed: AtomicBool::new(false),
-            slot_count: slots.len(),
+            slot_count: positions.len(),
             table_count: tables.len(),
         });
         let addresses = (*record).addresses();
-        for (index, slot) in slots.iter().enumerate() {
-            addresses
-                .add(index)
-                .write(std::ptr::from_ref(*slot) as usize);
-            slot.refs.fetch_add(1, Ordering::Relaxed);
+        for (index, slot) in positions.iter().enumerate() {
+            if let Some(slot) = slot {
+                addresses
+                    .add(index)
+                    .write(std::ptr::from_ref(*slot) as usize);
+                slot.refs.fetch_add(1, Ordering::Relaxed);
+            }
         }
-        for (index, header) in tables.iter().enumerate() {
+        for (index, (header, range)) in tables.iter().enumerate() {
             addresses
-                .add(slots.len() + index)
+                .add(positions.len() + index)
                 .write(std::ptr::from_ref(*header) as usize);
             header.refs.fetch_add(1, Ordering::Relaxed);
+            addresses
+                .add(positions.len() + tables.len())
+                .cast::<Range>()
+                .add(index)
+                .write(*range);
         }
         push_front(&(*zone.root).loads, &(*record).next, record as usize);
     }
@@ -403,7 +535,16 @@ pub unsafe fn commit(zone: Zone, main: &MainConf, log: *mut ngx_log_t) {
                 continue;
             };
             let name = header.name();
-            let table = Table::new(header, &conf.placement.slots);
+            // A table new in this zone takes back the peers it had added at run time, with
+            // their state, beside its config peers.
+            let restored: Vec<&PeerSlot> = conf
+                .placement
+                .slots
+                .iter()
+                .chain(&conf.placement.runtime)
+                .copied()
+                .collect();
+            let table = Table::new(header, &restored);
             let Ok(guard) = table.lock(pid, process_alive) else {
                 ngx_log_error!(
                     NGX_LOG_ERR,
@@ -416,8 +557,9 @@ pub unsafe fn commit(zone: Zone, main: &MainConf, log: *mut ngx_log_t) {
             if conf.placement.new_table {
                 restore(previous, &guard, conf, log);
             }
+            // Peers added at run time stay until they are removed; the config owns its lines.
             let removed: Vec<&PeerSlot> = slots_of(header)
-                .filter(|slot| slot.is_current())
+                .filter(|slot| slot.is_current() && slot.origin() == PeerOrigin::Config)
                 .filter(|slot| {
                     !conf
                         .placement
@@ -427,6 +569,11 @@ pub unsafe fn commit(zone: Zone, main: &MainConf, log: *mut ngx_log_t) {
                 })
                 .collect();
             let notes = guard.commit(check_mode(conf), &conf.placement.configs, &removed);
+            if !conf.placement.runtime.is_empty() {
+                let epoch = root.next_members_epoch();
+                let first_order = conf.placement.configs.len() as u32;
+                guard.keep_runtime_peers(&conf.placement.runtime, first_order, epoch);
+            }
             drop(guard);
             log_notes(log, name, "the running state", &notes);
             set_state_path(&locked, header, conf.state_path.as_deref());

@@ -58,7 +58,7 @@ pub unsafe fn reclaim(zone: Zone, locked: &LockedSlabPool) {
                 if !free.contains(&load.id) {
                     return false;
                 }
-                for slot in load.slots() {
+                for slot in load.slots().into_iter().flatten() {
                     slot.refs.fetch_sub(1, Ordering::Relaxed);
                 }
                 for header in load.tables() {
@@ -67,6 +67,7 @@ pub unsafe fn reclaim(zone: Zone, locked: &LockedSlabPool) {
                 true
             },
         );
+        super::membership::release_removed(zone, locked);
         sweep(zone, locked);
     }
 }

@@ -8,7 +8,7 @@
 use std::mem::{align_of, size_of};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use ngx::core::slab::LockedSlabPool;
@@ -33,6 +33,10 @@ pub struct WorkerRecord {
     /// Address of its load's record.
     pub load: usize,
     count_len: usize,
+    /// The oldest membership epoch among the peer lists this worker still routes with or has
+    /// requests on (`u64::MAX` while it has only its configuration's own): a removed peer's
+    /// position is given up once every worker's is at or past its removal.
+    pub oldest_list_epoch: AtomicU64,
 }
 
 impl WorkerRecord {
@@ -104,10 +108,25 @@ pub unsafe fn register_worker(cycle: *mut ngx_cycle_t, main: &MainConf) {
             process,
             load: std::ptr::from_ref(load) as usize,
             count_len,
+            oldest_list_epoch: AtomicU64::new(u64::MAX),
         });
         push_front(&zone.root().workers, &(*record).next, record as usize);
         OWN_RECORD.store(record as usize, Ordering::Release);
     }
+}
+
+/// Says in this worker's record how old its oldest peer list is (`peer_list`).
+pub fn publish_oldest_list_epoch(epoch: u64) {
+    if let Some(record) = own_record() {
+        record.oldest_list_epoch.store(epoch, Ordering::Release);
+    }
+}
+
+/// This worker's record, once registered.
+fn own_record() -> Option<&'static WorkerRecord> {
+    // SAFETY: set once by `register_worker` to this worker's record, which stays allocated while
+    // this worker runs.
+    unsafe { (OWN_RECORD.load(Ordering::Acquire) as *const WorkerRecord).as_ref() }
 }
 
 /// This worker's in-flight counts, by the flat slot index of its load.
@@ -175,10 +194,16 @@ pub struct ApiView {
     pub upstreams: Vec<UpstreamView>,
     pub usage: shift_core::metrics::ZoneUsage,
     state_dirs: Vec<state_file::DirLock>,
-    _locked: LockedSlabPool,
+    zone: Zone,
+    locked: LockedSlabPool,
 }
 
 impl ApiView {
+    /// The zone's side of adding and removing peers, under this view's lock.
+    pub fn membership(&self) -> super::membership::ZoneMembership<'_> {
+        super::membership::ZoneMembership::new(self.zone, &self.locked)
+    }
+
     /// Before a change: locks the state files' directories and checks again that no new binary
     /// has taken over, so that a new master reads every change this worker acknowledges (and
     /// none is acknowledged after it read).
@@ -230,10 +255,12 @@ pub fn api_view(main: &MainConf) -> Result<ApiView, NotServing> {
     // SAFETY: the zone's lock is held for the life of the view.
     unsafe {
         reap_exited(zone, &locked);
-        let workers: Vec<&WorkerRecord> = walk(
+        super::membership::release_removed(zone, &locked);
+        let workers: Vec<(Vec<Option<&PeerSlot>>, InFlight)> = walk(
             zone.root().workers.load(Ordering::Acquire),
             |worker: &WorkerRecord| &worker.next,
         )
+        .map(|worker| (worker.load().slots(), InFlight::new(worker.counts())))
         .collect();
         let mut upstreams: Vec<UpstreamView> = zone
             .tables()
@@ -246,7 +273,7 @@ pub fn api_view(main: &MainConf) -> Result<ApiView, NotServing> {
                     &peers,
                     workers
                         .iter()
-                        .map(|worker| (worker.load().slots(), InFlight::new(worker.counts()))),
+                        .map(|(positions, counts)| (positions.as_slice(), *counts)),
                 );
                 UpstreamView {
                     header,
@@ -261,7 +288,8 @@ pub fn api_view(main: &MainConf) -> Result<ApiView, NotServing> {
             upstreams,
             usage: zone.usage(),
             state_dirs: Vec::new(),
-            _locked: locked,
+            zone,
+            locked,
         })
     }
 }

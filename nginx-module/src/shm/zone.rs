@@ -3,7 +3,7 @@
 
 use std::alloc::Layout;
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use ngx::allocator::Allocator;
 use ngx::core::slab::LockedSlabPool;
@@ -19,7 +19,7 @@ use shift_core::table::{PeerSlot, Table, TableHeader};
 
 pub const ZONE_NAME: &str = "nginx_shift";
 /// Marks the zone's root; change it when the layout of anything in the zone changes.
-const ROOT_MAGIC: u64 = 0x7368_6966_745f_0002;
+const ROOT_MAGIC: u64 = 0x7368_6966_745f_0003;
 
 /// The zone's root, at the slab pool's `data`.
 #[repr(C)]
@@ -37,6 +37,9 @@ pub struct ZoneRoot {
     /// Set when a reload replaced this zone by one of another size: its workers then refuse API
     /// requests, which the new zone's workers answer.
     pub superseded: AtomicU32,
+    /// Grows by one at every change of any table's current peers at run time (see
+    /// `shift_core::table::membership`); workers stamp the peer lists they build with it.
+    pub members_epoch: AtomicU64,
 }
 
 /// Registers the zone with the cycle being configured, once per configuration; its size is set
@@ -110,6 +113,7 @@ impl Zone {
                     next_load_id: 1,
                     current_load: 0,
                     superseded: AtomicU32::new(0),
+                    members_epoch: AtomicU64::new(1),
                 },
             )?;
             (*pool).data = root.cast();
@@ -183,6 +187,13 @@ impl Zone {
                 |header: &TableHeader| &header.next,
             )
         }
+    }
+}
+
+impl ZoneRoot {
+    /// A new membership epoch. Call with the zone's lock held.
+    pub fn next_members_epoch(&self) -> u64 {
+        self.members_epoch.fetch_add(1, Ordering::AcqRel) + 1
     }
 }
 

@@ -1,0 +1,253 @@
+//! FFI: each worker's own round-robin peer list for an upstream whose peers changed at run time.
+//!
+//! Round robin keeps, per request, a bitmap of the peers it tried, sized from the list's peer
+//! count when the request starts; a list must therefore never change under a running request.
+//! When a peer is added or removed, a worker builds a new list (copies of its configuration's
+//! primary peers, the run-time peers, and the configuration's own backup list) and points its
+//! copy of the upstream's `peer.data` at it. Requests already running keep the list they
+//! started with: each holds a reference (dropped by a cleanup of the request's pool), and a
+//! replaced list is freed when its last request ends. Until that moment the worker's record
+//! says how old its oldest list is, and a removed peer's slot stays in the zone (see
+//! `shm::membership`): no request ever reaches a freed peer.
+
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::ptr;
+
+use ngx::ffi::{
+    ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t, ngx_str_t, sockaddr, socklen_t,
+};
+use nix::sys::socket::{SockaddrLike, SockaddrStorage};
+use shift_core::table::PeerSlot;
+
+/// Stock Nginx's `server` defaults for a peer added at run time.
+const MAX_FAILS: usize = 1;
+const FAIL_TIMEOUT_SECONDS: i64 = 10;
+
+/// A peer that goes into a new list.
+pub enum Member {
+    /// A primary peer of the configuration: copied from its round-robin peer.
+    Config(*mut ngx_http_upstream_rr_peer_t),
+    /// A backup peer of the configuration, kept in the configuration's own backup list.
+    Backup(*mut ngx_http_upstream_rr_peer_t),
+    /// A peer added at run time.
+    Runtime,
+}
+
+/// One list, owned by the worker that built it.
+pub struct PeerList {
+    /// What round robin reads: the primary peers, with the configuration's backup list next.
+    pub peers: ngx_http_upstream_rr_peers_t,
+    entries: Vec<ngx_http_upstream_rr_peer_t>,
+    /// Boxed: the entries point into them, and a growing vector would move them.
+    #[allow(clippy::vec_box)]
+    addresses: Vec<Box<SockaddrStorage>>,
+    names: Vec<Box<[u8]>>,
+    /// Every peer round robin can pick from this list, primaries then backups: its slot, its
+    /// round-robin peer and its position in the load.
+    pub slots: Vec<&'static PeerSlot>,
+    pub rr_peers: Vec<*mut ngx_http_upstream_rr_peer_t>,
+    pub positions: Vec<usize>,
+    /// The zone's membership epoch when it was built.
+    pub epoch: u64,
+    /// Requests that started with this list and have not ended.
+    requests: usize,
+    /// Replaced by a newer list: freed when its last request ends.
+    retired: bool,
+}
+
+thread_local! {
+    /// This worker's lists still alive: current ones and retired ones with requests.
+    static LISTS: RefCell<Vec<*mut PeerList>> = const { RefCell::new(Vec::new()) };
+}
+
+impl PeerList {
+    /// Builds a list from `members` (each with its slot and load position), on top of
+    /// `original`, the configuration's own list. `None` when an address cannot be used.
+    pub fn build(
+        original: &ngx_http_upstream_rr_peers_t,
+        members: &[(Member, &'static PeerSlot, usize)],
+        epoch: u64,
+    ) -> Option<*mut PeerList> {
+        let mut list = Box::new(PeerList {
+            peers: *original,
+            entries: Vec::new(),
+            addresses: Vec::new(),
+            names: Vec::new(),
+            slots: Vec::new(),
+            rr_peers: Vec::new(),
+            positions: Vec::new(),
+            epoch,
+            requests: 0,
+            retired: false,
+        });
+        let mut backups = Vec::new();
+        for (member, slot, position) in members {
+            let entry = match member {
+                Member::Backup(rr_peer) => {
+                    backups.push((*slot, *rr_peer, *position));
+                    continue;
+                }
+                // SAFETY: the configuration's round-robin peers live as long as its cycle.
+                Member::Config(rr_peer) => copy_of(unsafe { &**rr_peer }),
+                Member::Runtime => {
+                    let address: SocketAddr = slot.server().parse().ok()?;
+                    let storage = Box::new(match address {
+                        SocketAddr::V4(address) => SockaddrStorage::from(address),
+                        SocketAddr::V6(address) => SockaddrStorage::from(address),
+                    });
+                    let name: Box<[u8]> = slot.server().as_bytes().into();
+                    let entry = runtime_peer(&storage, &name, slot.config().weight);
+                    list.addresses.push(storage);
+                    list.names.push(name);
+                    entry
+                }
+            };
+            list.entries.push(entry);
+            list.slots.push(*slot);
+            list.positions.push(*position);
+        }
+        // The entries stay where they are from here on: link them.
+        let count = list.entries.len();
+        let base = list.entries.as_mut_ptr();
+        for index in 0..count {
+            // SAFETY: `index` and `index + 1` are within the vector's `count` elements.
+            unsafe {
+                (*base.add(index)).next = if index + 1 < count {
+                    base.add(index + 1)
+                } else {
+                    ptr::null_mut()
+                };
+                list.rr_peers.push(base.add(index));
+            }
+        }
+        for (slot, rr_peer, position) in backups {
+            list.slots.push(slot);
+            list.rr_peers.push(rr_peer);
+            list.positions.push(position);
+        }
+        let total_weight: usize = list.entries.iter().map(|entry| entry.weight as usize).sum();
+        let no_backup = original.next.is_null();
+        list.peers.peer = if count == 0 { ptr::null_mut() } else { base };
+        list.peers.number = count;
+        list.peers.tries = count;
+        list.peers.total_weight = total_weight;
+        list.peers.set_single((count == 1 && no_backup) as u32);
+        list.peers.set_weighted((total_weight != count) as u32);
+        let list = Box::into_raw(list);
+        LISTS.with(|lists| lists.borrow_mut().push(list));
+        Some(list)
+    }
+
+    /// A request started with `list`.
+    pub fn hold(list: *mut PeerList) {
+        // SAFETY: a listed (not freed) list of this worker.
+        unsafe { (*list).requests += 1 };
+    }
+
+    /// A request that held `list` ended.
+    pub fn release(list: *mut PeerList) {
+        // SAFETY: as `hold`; the worker is single-threaded.
+        let done = unsafe {
+            (*list).requests -= 1;
+            (*list).retired && (*list).requests == 0
+        };
+        if done {
+            free(list);
+        }
+    }
+
+    /// `list` is replaced: freed now if no request holds it, else when the last one ends.
+    pub fn retire(list: *mut PeerList) {
+        // SAFETY: as `hold`.
+        let idle = unsafe {
+            (*list).retired = true;
+            (*list).requests == 0
+        };
+        if idle {
+            free(list);
+        }
+    }
+
+    /// The slot and load position of the peer round robin chose from this list.
+    pub fn find(
+        &self,
+        rr_peer: *mut ngx_http_upstream_rr_peer_t,
+    ) -> Option<(&'static PeerSlot, usize)> {
+        let index = self.rr_peers.iter().position(|&own| own == rr_peer)?;
+        Some((self.slots[index], self.positions[index]))
+    }
+}
+
+/// A request's hold on the list it started with, dropped with the request's pool.
+pub struct ListHold(*mut PeerList);
+
+impl ListHold {
+    pub fn new(list: *mut PeerList) -> ListHold {
+        PeerList::hold(list);
+        ListHold(list)
+    }
+}
+
+impl Drop for ListHold {
+    fn drop(&mut self) {
+        PeerList::release(self.0);
+    }
+}
+
+/// The oldest epoch among this worker's lists, `u64::MAX` when it has none.
+pub fn oldest_epoch() -> u64 {
+    LISTS.with(|lists| {
+        lists
+            .borrow()
+            .iter()
+            // SAFETY: listed lists are not freed.
+            .map(|&list| unsafe { (*list).epoch })
+            .min()
+            .unwrap_or(u64::MAX)
+    })
+}
+
+fn free(list: *mut PeerList) {
+    LISTS.with(|lists| lists.borrow_mut().retain(|&own| own != list));
+    // SAFETY: made by `Box::into_raw` in `build`; no request holds it and it is no upstream's
+    // current list any more.
+    drop(unsafe { Box::from_raw(list) });
+    crate::shm::publish_oldest_list_epoch(oldest_epoch());
+}
+
+/// A configuration peer's copy for a new list: its passive-health state comes along; its
+/// connection count (kept on the original by running requests) and its cached TLS session (freed
+/// by whichever list replaces it) do not.
+fn copy_of(original: &ngx_http_upstream_rr_peer_t) -> ngx_http_upstream_rr_peer_t {
+    let mut entry = *original;
+    entry.conns = 0;
+    entry.ssl_session = ptr::null_mut();
+    entry.ssl_session_len = 0;
+    entry.next = ptr::null_mut();
+    entry
+}
+
+fn runtime_peer(
+    address: &SockaddrStorage,
+    name: &[u8],
+    weight: u32,
+) -> ngx_http_upstream_rr_peer_t {
+    // SAFETY: an all-zero round-robin peer (null pointers, zero counts) is valid; Nginx's own
+    // peers start from `ngx_pcalloc`.
+    let mut entry: ngx_http_upstream_rr_peer_t = unsafe { MaybeUninit::zeroed().assume_init() };
+    entry.sockaddr = address.as_ptr().cast::<sockaddr>().cast_mut();
+    entry.socklen = address.len() as socklen_t;
+    let name = ngx_str_t {
+        len: name.len(),
+        data: name.as_ptr().cast_mut(),
+    };
+    entry.name = name;
+    entry.server = name;
+    entry.weight = weight as isize;
+    entry.effective_weight = weight as isize;
+    entry.max_fails = MAX_FAILS;
+    entry.fail_timeout = FAIL_TIMEOUT_SECONDS;
+    entry
+}

@@ -1,0 +1,284 @@
+//! Peers added and removed at run time through the API (`POST …/peers`, `DELETE …/peers/…`),
+//! against a real Nginx: they take traffic in every worker at once, a removed one finishes its
+//! requests and takes no new ones, and both survive reloads and restarts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use harness::{wait_until, Backend, HttpClient, ShiftSetup};
+use shift_wire::{PeerOrigin, PeerRemoval, Upstream};
+
+fn decode<T: serde::de::DeserializeOwned>(response: &harness::Response, status: u16) -> T {
+    assert_eq!(response.status, status, "answer: {}", response.body);
+    serde_json::from_str(&response.body).expect("a JSON answer")
+}
+
+/// Who answered `count` requests, each on a new connection so that both workers take some.
+fn spread(setup: &ShiftSetup, count: usize) -> BTreeMap<String, usize> {
+    setup.spread(count).0
+}
+
+#[test]
+fn an_added_peer_takes_traffic_in_every_worker_at_once() {
+    let setup = ShiftSetup::start(&[("blue", "")], "", "");
+    let green = Backend::start("green");
+    let added: Upstream = decode(
+        &setup
+            .admin
+            .add_peer("app", &green.addr().to_string(), r#""weight": 1"#),
+        201,
+    );
+    let peer = added.peers.last().unwrap();
+    assert_eq!(peer.server, green.addr().to_string());
+    assert_eq!(peer.origin, PeerOrigin::Api);
+    assert_eq!(added.generation, 2);
+    // Both workers route to it from their next request on.
+    let (served, workers) = setup.spread(200);
+    assert_eq!(workers.len(), 2, "both workers answered: {workers:?}");
+    assert!(served.get("green").copied().unwrap_or(0) > 50, "{served:?}");
+    assert!(served.get("blue").copied().unwrap_or(0) > 50, "{served:?}");
+    // It is a peer like the others: PATCH moves it, metrics count it.
+    setup.admin.set_weights(
+        "app",
+        &[(&setup.addr(0), 0), (&green.addr().to_string(), 5)],
+    );
+    assert_eq!(
+        spread(&setup, 40),
+        BTreeMap::from([("green".to_string(), 40)])
+    );
+    let metrics = setup.admin.request("GET", "metrics", None).body;
+    assert!(metrics.contains(&green.addr().to_string()), "{metrics}");
+}
+
+#[test]
+fn a_removed_peer_finishes_its_requests_and_takes_no_new_ones() {
+    let setup = ShiftSetup::start(&[("blue", "")], "", "");
+    let green = Backend::start("green");
+    let server = green.addr().to_string();
+    decode::<Upstream>(&setup.admin.add_peer("app", &server, ""), 201);
+    setup.admin.set_weights("app", &[(&setup.addr(0), 0)]);
+    // A slow request on green is in flight when it is removed.
+    let port = setup.port;
+    let slow = std::thread::spawn(move || HttpClient::new(port).get("/slow/1500"));
+    let in_flight = wait_until(Duration::from_secs(5), || {
+        let upstream = setup.admin.upstream("app");
+        upstream
+            .peers
+            .iter()
+            .any(|peer| peer.server == server && peer.active == 1)
+    });
+    assert!(in_flight.is_some(), "the slow request reached green");
+    let removal: PeerRemoval = decode(&setup.admin.remove_peer("app", &server), 200);
+    assert!(!removal.gone);
+    assert_eq!(removal.active, 1);
+    assert!(removal
+        .upstream
+        .peers
+        .iter()
+        .all(|peer| peer.server != server));
+    // New requests go to blue at once (weight 0 there, but it is the only peer: 502 if not).
+    setup.admin.set_weights("app", &[(&setup.addr(0), 1)]);
+    assert_eq!(
+        spread(&setup, 20),
+        BTreeMap::from([("blue".to_string(), 20)])
+    );
+    // The request in flight ends well.
+    let answer = slow.join().unwrap().expect("the slow request");
+    assert_eq!((answer.status, answer.body.as_str()), (200, "green"));
+    assert!(setup
+        .admin
+        .upstream("app")
+        .peers
+        .iter()
+        .all(|peer| peer.server != server));
+    // Gone for good: a second DELETE does not find it, and it can be added back.
+    assert_eq!(setup.admin.remove_peer("app", &server).status, 404);
+    decode::<Upstream>(&setup.admin.add_peer("app", &server, ""), 201);
+    assert!(spread(&setup, 40).contains_key("green"));
+}
+
+#[test]
+fn runtime_peers_stay_across_reloads_and_restarts() {
+    // The workers write the state file; when the tests run as root they run as nobody.
+    let state_dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(state_dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let shift_args = format!("state={}", state_dir.path().join("app.json").display());
+    let mut setup = ShiftSetup::start(&[("blue", "")], &shift_args, "");
+    let green = Backend::start("green");
+    let server = green.addr().to_string();
+    decode::<Upstream>(&setup.admin.add_peer("app", &server, r#""weight": 3"#), 201);
+    setup.nginx.reload(None);
+    let after_reload = setup.admin.upstream("app");
+    let peer = after_reload
+        .peers
+        .iter()
+        .find(|peer| peer.server == server)
+        .expect("kept");
+    assert_eq!((peer.weight, peer.origin), (3, PeerOrigin::Api));
+    assert!(spread(&setup, 40).contains_key("green"));
+    setup.nginx.restart();
+    let after_restart = setup.admin.upstream("app");
+    let peer = after_restart
+        .peers
+        .iter()
+        .find(|peer| peer.server == server)
+        .expect("restored");
+    assert_eq!((peer.weight, peer.origin), (3, PeerOrigin::Api));
+    assert!(spread(&setup, 40).contains_key("green"));
+    // Removed, it stays removed across a restart too.
+    decode::<PeerRemoval>(&setup.admin.remove_peer("app", &server), 200);
+    setup.nginx.restart();
+    assert!(setup
+        .admin
+        .upstream("app")
+        .peers
+        .iter()
+        .all(|peer| peer.server != server));
+}
+
+#[test]
+fn adds_and_removes_under_load_and_reloads_fail_no_request() {
+    let mut setup = ShiftSetup::start(&[("blue", "")], "", "");
+    let replicas: Vec<Backend> = ["green", "red", "gold"]
+        .iter()
+        .map(|name| Backend::start(name))
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic: Vec<_> = (0..3)
+        .map(|_| {
+            let (stop, port) = (stop.clone(), setup.port);
+            thread::spawn(move || {
+                let (mut answered, mut failed) = (0u64, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    // A new connection each time, so that both workers take requests.
+                    match HttpClient::new(port).get("/") {
+                        Ok(response) if response.status == 200 => answered += 1,
+                        Ok(response) => {
+                            failed.push(format!("{}: {}", response.status, response.body))
+                        }
+                        Err(err) => failed.push(err.to_string()),
+                    }
+                }
+                (answered, failed)
+            })
+        })
+        .collect();
+    let mut expected: BTreeSet<String> = BTreeSet::new();
+    for round in 0..24 {
+        let replica = replicas[round % replicas.len()].addr().to_string();
+        if expected.remove(&replica) {
+            decode::<PeerRemoval>(&setup.admin.remove_peer("app", &replica), 200);
+        } else {
+            decode::<Upstream>(&setup.admin.add_peer("app", &replica, ""), 201);
+            expected.insert(replica);
+        }
+        if round % 6 == 5 {
+            setup.nginx.reload(None);
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut answered = 0;
+    for thread in traffic {
+        let (count, failed) = thread.join().unwrap();
+        assert!(failed.is_empty(), "failed requests: {failed:?}");
+        answered += count;
+    }
+    assert!(answered > 100, "only {answered} requests went through");
+    let runtime: BTreeSet<String> = setup
+        .admin
+        .upstream("app")
+        .peers
+        .iter()
+        .filter(|peer| peer.origin == PeerOrigin::Api)
+        .map(|peer| peer.server.clone())
+        .collect();
+    assert_eq!(runtime, expected, "every acknowledged add and remove holds");
+}
+
+#[test]
+fn a_full_upstream_refuses_more_peers_until_removed_ones_are_gone() {
+    let setup = ShiftSetup::start(&[("blue", "")], "", "");
+    // Room for as many run-time peers as the config has, and at least 32 (docs/api.md).
+    let servers: Vec<String> = (0..32)
+        .map(|index| format!("127.0.0.1:{}", 40000 + index))
+        .collect();
+    for server in &servers {
+        decode::<Upstream>(
+            &setup.admin.add_peer("app", server, r#""state": "down""#),
+            201,
+        );
+    }
+    let full = setup.admin.add_peer("app", "127.0.0.1:39999", "");
+    assert_eq!(full.status, 507, "{}", full.body);
+    assert!(full.body.contains("no room"), "{}", full.body);
+    assert_eq!(
+        setup.admin.upstream("app").peers.len(),
+        33,
+        "nothing half-added"
+    );
+    for server in &servers[..4] {
+        decode::<PeerRemoval>(&setup.admin.remove_peer("app", server), 200);
+    }
+    // Their places come free once every worker routes without them (at its next request, or
+    // its next tick when idle).
+    let added = wait_until(Duration::from_secs(10), || {
+        setup
+            .admin
+            .add_peer("app", "127.0.0.1:39999", r#""state": "down""#)
+            .status
+            == 201
+    });
+    assert!(added.is_some(), "the removed peers' places never came free");
+}
+
+#[test]
+fn a_mandatory_check_keeps_an_added_peer_out_until_it_passes() {
+    let setup = ShiftSetup::start_with(&[("blue", "")], "", "", |mut options| {
+        options.http = options.http.replacen(
+            "    shift ;\n",
+            "    shift ;\n    shift_check interval=200ms mandatory;\n",
+            1,
+        );
+        assert!(options.http.contains("shift_check"), "{}", options.http);
+        options
+    });
+    let green = Backend::start("green");
+    let dead = format!("127.0.0.1:{}", harness::free_port());
+    decode::<Upstream>(&setup.admin.add_peer("app", &dead, r#""weight": 100"#), 201);
+    decode::<Upstream>(
+        &setup
+            .admin
+            .add_peer("app", &green.addr().to_string(), r#""weight": 100"#),
+        201,
+    );
+    let green_healthy = wait_until(Duration::from_secs(10), || {
+        setup.admin.upstream("app").peers.iter().any(|peer| {
+            peer.server == green.addr().to_string() && peer.health == shift_wire::Health::Healthy
+        })
+    });
+    assert!(green_healthy.is_some(), "green was probed and passed");
+    let upstream = setup.admin.upstream("app");
+    let dead_peer = upstream
+        .peers
+        .iter()
+        .find(|peer| peer.server == dead)
+        .unwrap();
+    assert!(
+        !dead_peer.eligible,
+        "a peer that never passed takes nothing: {dead_peer:?}"
+    );
+    let served = spread(&setup, 60);
+    assert!(served.get("green").copied().unwrap_or(0) > 30, "{served:?}");
+    assert_eq!(
+        served.values().sum::<usize>(),
+        60,
+        "no request failed: {served:?}"
+    );
+}
