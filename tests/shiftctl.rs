@@ -718,3 +718,78 @@ fn a_signal_during_a_canary_rolls_back_or_holds() {
         );
     }
 }
+
+#[test]
+fn add_and_remove_change_every_nginx_or_none() {
+    let first = Setup::start("");
+    let second = Setup::start("");
+    let sockets = [first.nginx.path("api.sock"), second.nginx.path("api.sock")];
+    let both = |args: &[&str]| {
+        shiftctl_command(&sockets, Some(first.state_dir.path()))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let red = Backend::start("red");
+    let server = red.addr().to_string();
+    let output = both(&["add", "app", &server, "--weight", "3"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    for setup in [&first, &second] {
+        let upstream = setup.admin.upstream("app");
+        let peer = upstream
+            .peers
+            .iter()
+            .find(|peer| peer.server == server)
+            .expect("added");
+        assert_eq!((peer.weight, peer.state), (3, PeerState::Up));
+    }
+    // Added twice: the first Nginx refuses (409), nothing changes anywhere.
+    let output = both(&["add", "app", &server]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("already a peer"),
+        "{}",
+        text(&output.stderr)
+    );
+
+    // Removed from the first only (by hand): removing it everywhere is refused before anything
+    // is removed, as the first no longer has it.
+    assert_eq!(first.admin.remove_peer("app", &server).status, 200);
+    let output = both(&["remove", "app", &server]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+    assert!(second
+        .admin
+        .upstream("app")
+        .peers
+        .iter()
+        .any(|peer| peer.server == server));
+
+    // Added back on the first, removed everywhere after draining.
+    assert_eq!(first.admin.add_peer("app", &server, "").status, 201);
+    let output = both(&["remove", "app", &server, "--wait", "--timeout", "5s"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    for setup in [&first, &second] {
+        assert!(setup
+            .admin
+            .upstream("app")
+            .peers
+            .iter()
+            .all(|peer| peer.server != server));
+    }
+    // A name is refused before anything is sent; a config line by the module.
+    let output = both(&["add", "app", "backend:8000"]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+    let output = first.run(&["remove", "app", &first.blue()]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("remove the line and reload"),
+        "{}",
+        text(&output.stderr)
+    );
+    assert!(first
+        .admin
+        .upstream("app")
+        .peers
+        .iter()
+        .any(|peer| peer.server == first.blue()));
+}

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use shift_wire::{ApiError, Upstream, UpstreamList, UpstreamPatch};
+use shift_wire::{ApiError, NewPeer, PeerRemoval, Upstream, UpstreamList, UpstreamPatch};
 
 /// What can go wrong talking to one Nginx.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +110,20 @@ impl AdminClient {
         self.send(self.http.patch(url).json(patch)).await
     }
 
+    /// `POST upstreams/NAME/peers`: the upstream with the new peer.
+    pub async fn add_peer(&self, name: &str, peer: &NewPeer) -> Result<Upstream, ClientError> {
+        let url = self.url(&format!("{}/peers", upstream_path(name)?));
+        self.send(self.http.post(url).json(peer)).await
+    }
+
+    /// `DELETE upstreams/NAME/peers/SERVER`.
+    pub async fn remove_peer(&self, name: &str, server: &str) -> Result<PeerRemoval, ClientError> {
+        // Brackets of an IPv6 address are escaped for the URL; Nginx decodes them.
+        let server = server.replace('[', "%5B").replace(']', "%5D");
+        let url = self.url(&format!("{}/peers/{server}", upstream_path(name)?));
+        self.send(self.http.delete(url)).await
+    }
+
     /// The Prometheus text of `GET metrics`.
     pub async fn metrics(&self) -> Result<String, ClientError> {
         match self.fetch(self.http.get(self.url("metrics"))).await? {
@@ -124,7 +138,7 @@ impl AdminClient {
         request: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
         let (status, body) = self.fetch(request).await?;
-        if status != 200 {
+        if !(200..300).contains(&status) {
             return Err(self.failure(status, body));
         }
         serde_json::from_str(&body).map_err(|_| ClientError::Unexpected {

@@ -1,7 +1,7 @@
 //! One change applied to several Nginx instances: to all of them, or — on any failure — to none
 //! (what was applied is put back), so a few Nginx hosts move together.
 
-use shift_wire::{Upstream, UpstreamPatch};
+use shift_wire::{NewPeer, PeerRemoval, Upstream, UpstreamPatch};
 
 use crate::client::{AdminClient, ClientError};
 use crate::plan;
@@ -83,6 +83,90 @@ impl Fleet {
             }
         }
         Ok(applied)
+    }
+
+    /// Adds `peer` to the upstream on every Nginx; on a failure it is removed again from those
+    /// that took it.
+    pub async fn add_peer(
+        &self,
+        upstream: &str,
+        peer: &NewPeer,
+    ) -> Result<Vec<Upstream>, FleetError> {
+        let mut added = Vec::with_capacity(self.clients.len());
+        for (index, client) in self.clients.iter().enumerate() {
+            match client.add_peer(upstream, peer).await {
+                Ok(state) => added.push(state),
+                Err(cause) => {
+                    for client in &self.clients[..index] {
+                        if let Err(restore_error) = client.remove_peer(upstream, &peer.server).await
+                        {
+                            let socket = client.socket().display().to_string();
+                            return Err(FleetError::Split {
+                                cause,
+                                socket,
+                                restore_error,
+                            });
+                        }
+                    }
+                    return Err(if index == 0 {
+                        FleetError::Client(cause)
+                    } else {
+                        FleetError::RolledBack {
+                            cause,
+                            restored: index,
+                        }
+                    });
+                }
+            }
+        }
+        Ok(added)
+    }
+
+    /// Removes peer `server` from the upstream on every Nginx; on a failure it is added back,
+    /// with the weight and state it had, where it was removed.
+    pub async fn remove_peer(
+        &self,
+        upstream: &str,
+        server: &str,
+    ) -> Result<Vec<PeerRemoval>, FleetError> {
+        let before = self.read(upstream).await?;
+        for state in &before {
+            plan::find_peer(state, server).map_err(|err| FleetError::Plan(err.to_string()))?;
+        }
+        let mut removed = Vec::with_capacity(self.clients.len());
+        for (index, client) in self.clients.iter().enumerate() {
+            match client.remove_peer(upstream, server).await {
+                Ok(removal) => removed.push(removal),
+                Err(cause) => {
+                    for (client, state) in self.clients.iter().zip(&before).take(index) {
+                        let peer = plan::find_peer(state, server).expect("checked above");
+                        let again = NewPeer {
+                            server: server.to_string(),
+                            weight: Some(peer.weight),
+                            state: Some(peer.state),
+                            expect_generation: None,
+                        };
+                        if let Err(restore_error) = client.add_peer(upstream, &again).await {
+                            let socket = client.socket().display().to_string();
+                            return Err(FleetError::Split {
+                                cause,
+                                socket,
+                                restore_error,
+                            });
+                        }
+                    }
+                    return Err(if index == 0 {
+                        FleetError::Client(cause)
+                    } else {
+                        FleetError::RolledBack {
+                            cause,
+                            restored: index,
+                        }
+                    });
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// Restores the Nginx instances that were changed before `cause` stopped the change.

@@ -99,6 +99,29 @@ enum Command {
     },
     /// Send new requests to a drained or standby peer again
     Undrain { upstream: String, server: String },
+    /// Add a peer at run time (kept across reloads and restarts until removed)
+    Add {
+        upstream: String,
+        /// IP:PORT, e.g. 10.0.0.7:8000 or [fd00::7]:8000
+        server: String,
+        /// Its weight (0 to 1000)
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        /// Its state: up, drain or down (standby)
+        #[arg(long, default_value = "up", value_parser = peer_state)]
+        state: PeerState,
+    },
+    /// Remove a peer added at run time; it finishes its requests in flight and takes no new ones
+    Remove {
+        upstream: String,
+        server: String,
+        /// Drain it first and wait for its requests to end (at most --timeout)
+        #[arg(long)]
+        wait: bool,
+        /// Longest wait with --wait
+        #[arg(long, default_value = "5m", value_parser = duration)]
+        timeout: Duration,
+    },
     /// Blue-green: wait until SERVER is healthy, move all traffic to it, drain the others
     Switch {
         upstream: String,
@@ -148,6 +171,15 @@ enum Command {
 
 fn duration(text: &str) -> Result<Duration, String> {
     plan::parse_duration(text)
+}
+
+fn peer_state(text: &str) -> Result<PeerState, String> {
+    match text {
+        "up" => Ok(PeerState::Up),
+        "drain" => Ok(PeerState::Drain),
+        "down" => Ok(PeerState::Down),
+        _ => Err(format!("\"{text}\" is not up, drain or down")),
+    }
 }
 
 fn error_rate(text: &str) -> Result<f64, String> {
@@ -232,6 +264,18 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Undrain { upstream, server } => {
             commands::set_state(&ctx, &upstream, &server, PeerState::Up, None).await
         }
+        Command::Add {
+            upstream,
+            server,
+            weight,
+            state,
+        } => commands::add(&ctx, &upstream, &server, weight, state).await,
+        Command::Remove {
+            upstream,
+            server,
+            wait,
+            timeout,
+        } => commands::remove(&ctx, &upstream, &server, wait.then_some(timeout)).await,
         Command::Switch {
             upstream,
             to,

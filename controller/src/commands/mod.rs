@@ -1,6 +1,7 @@
 //! The commands, over a fleet of one or more Nginx instances: one file per family.
 
 mod canary;
+mod peers;
 mod set;
 mod status;
 mod switch;
@@ -12,6 +13,7 @@ use crate::fleet::Fleet;
 use crate::progress::Progress;
 
 pub use canary::{canary, promote, CanaryOptions, OnInterrupt};
+pub use peers::{add, remove};
 pub use set::{set, set_state};
 pub use status::{metrics, status};
 pub use switch::{rollback, switch, Unhealthy};

@@ -1,0 +1,123 @@
+//! `add` and `remove`: peers added to and removed from an upstream at run time, on every Nginx.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use shift_wire::{NewPeer, PeerState, MAX_WEIGHT};
+
+use super::{Ctx, POLL};
+use crate::exit::Failure;
+use crate::plan;
+
+/// A peer's address as the module lists it (`10.0.0.7:8000`, `[fd00::7]:8000`).
+pub fn parse_server(server: &str) -> Result<String, Failure> {
+    match server.parse::<SocketAddr>() {
+        Ok(address) if address.port() != 0 => Ok(address.to_string()),
+        _ => Err(Failure::usage(anyhow::anyhow!(
+            "\"{server}\" is not an address IP:PORT, e.g. 10.0.0.7:8000 or [fd00::7]:8000"
+        ))),
+    }
+}
+
+pub async fn add(
+    ctx: &Ctx,
+    upstream: &str,
+    server: &str,
+    weight: u32,
+    state: PeerState,
+) -> Result<(), Failure> {
+    let server = parse_server(server)?;
+    if weight > MAX_WEIGHT {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "weight {weight} must be from 0 to {MAX_WEIGHT}"
+        )));
+    }
+    let peer = NewPeer {
+        server: server.clone(),
+        weight: Some(weight),
+        state: Some(state),
+        expect_generation: None,
+    };
+    let states = ctx.fleet.add_peer(upstream, &peer).await?;
+    ctx.progress
+        .event(&format!("added {server} to upstream \"{upstream}\""));
+    ctx.print_upstreams(&states);
+    Ok(())
+}
+
+/// Removes a peer. With `drain_first`, it is drained and its requests are waited for (at most
+/// that long) before it goes, so that whoever stops it next cuts no request.
+pub async fn remove(
+    ctx: &Ctx,
+    upstream: &str,
+    server: &str,
+    drain_first: Option<Duration>,
+) -> Result<(), Failure> {
+    let server = parse_server(server)?;
+    if let Some(timeout) = drain_first {
+        super::set::set_state(ctx, upstream, &server, PeerState::Drain, Some(timeout)).await?;
+    }
+    let removals = ctx.fleet.remove_peer(upstream, &server).await?;
+    let active: u64 = removals.iter().map(|removal| removal.active).sum();
+    ctx.progress.event(&if active == 0 {
+        format!("removed {server} from upstream \"{upstream}\"")
+    } else {
+        format!(
+            "removed {server} from upstream \"{upstream}\"; it finishes {active} request(s) in \
+             flight and takes no new ones"
+        )
+    });
+    let states: Vec<_> = removals
+        .into_iter()
+        .map(|removal| removal.upstream)
+        .collect();
+    ctx.print_upstreams(&states);
+    Ok(())
+}
+
+/// Waits until `server` is a peer of the upstream in every Nginx and, where checks run, has
+/// passed one: a new replica that appeared (by `add` or by DNS) and may take traffic.
+pub async fn wait_present(
+    ctx: &Ctx,
+    upstream: &str,
+    server: &str,
+    timeout: Duration,
+) -> Result<(), Failure> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let states = ctx.fleet.read(upstream).await?;
+        let ready = states.iter().all(|state| {
+            plan::find_peer(state, server).is_ok_and(|peer| {
+                peer.check.is_none() || peer.health == shift_wire::Health::Healthy
+            })
+        });
+        if ready {
+            ctx.progress.finish();
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            ctx.progress.finish();
+            return Err(Failure::aborted(anyhow::anyhow!(
+                "{server} is not a healthy peer of upstream \"{upstream}\" after {timeout:?}"
+            )));
+        }
+        ctx.progress
+            .status(&format!("waiting for {server} in upstream \"{upstream}\""));
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::EXIT_USAGE;
+
+    #[test]
+    fn servers_are_addresses_written_as_the_module_lists_them() {
+        assert_eq!(parse_server("10.0.0.7:8000").unwrap(), "10.0.0.7:8000");
+        assert_eq!(parse_server("[0:0::1]:80").unwrap(), "[::1]:80");
+        for bad in ["backend:8000", "10.0.0.7", "10.0.0.7:0", ""] {
+            assert_eq!(parse_server(bad).unwrap_err().code, EXIT_USAGE, "{bad}");
+        }
+    }
+}
