@@ -282,3 +282,52 @@ fn a_mandatory_check_keeps_an_added_peer_out_until_it_passes() {
         "no request failed: {served:?}"
     );
 }
+
+#[test]
+fn an_added_peer_works_behind_keepalive() {
+    let setup = ShiftSetup::start_with(&[("blue", "")], "", "", |mut options| {
+        options.http = options
+            .http
+            .replacen("    shift ;\n", "    shift ;\n    keepalive 16;\n", 1)
+            .replace(
+                "proxy_pass http://app;",
+                "proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\";",
+            );
+        options
+    });
+    let green = Backend::start("green");
+    decode::<Upstream>(
+        &setup.admin.add_peer("app", &green.addr().to_string(), ""),
+        201,
+    );
+    // Upstream connections to the added peer are cached and reused by concurrent requests,
+    // which copies its address into the keepalive cache each time.
+    let port = setup.port;
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            thread::spawn(move || {
+                let mut served = BTreeMap::new();
+                for _ in 0..50 {
+                    let response = HttpClient::new(port).get("/").expect("a request");
+                    assert_eq!(response.status, 200, "{}", response.body);
+                    *served.entry(response.body).or_insert(0) += 1;
+                }
+                served
+            })
+        })
+        .collect();
+    let mut served: BTreeMap<String, usize> = BTreeMap::new();
+    for client in clients {
+        for (name, count) in client.join().expect("no request failed") {
+            *served.entry(name).or_insert(0) += count;
+        }
+    }
+    assert!(
+        !setup.nginx.error_log().contains("exited on signal"),
+        "a worker crashed"
+    );
+    assert!(
+        served.contains_key("green") && served.contains_key("blue"),
+        "{served:?}"
+    );
+}

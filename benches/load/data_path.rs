@@ -20,6 +20,10 @@ pub(crate) fn data_path(settings: &Settings) {
             "shift, with shift_check",
             format!("{servers} shift; shift_check interval=1s; keepalive 16;"),
         ),
+        (
+            "shift, second peer added at run time",
+            format!("server 127.0.0.1:{b1}; shift; shift_check interval=1s; keepalive 16;"),
+        ),
     ];
     let mut results: Vec<Vec<WrkResult>> = vec![Vec::new(); configs.len()];
     for _ in 0..settings.rounds {
@@ -30,6 +34,17 @@ pub(crate) fn data_path(settings: &Settings) {
                  server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n\
                  server {{ listen unix:{{prefix}}/api.sock; location /api/ {{ shift_api; }} }}"
             )));
+            if configs[index].0.contains("run time") {
+                let body = format!(r#"{{"server": "127.0.0.1:{b2}"}}"#);
+                let response = api_request(
+                    &_nginx.path("api.sock"),
+                    "POST",
+                    "/api/upstreams/app/peers",
+                    Some(&body),
+                )
+                .expect("POST");
+                assert_eq!(response.status, 201, "{}", response.body);
+            }
             let result = wrk_result(wrk(port, settings.wrk_seconds));
             assert_eq!(
                 result.failed(),

@@ -21,14 +21,16 @@ use harness::{
 };
 
 mod data_path;
+mod peers;
 mod reload_storm;
 mod switch;
 mod wrk;
 mod zero_downtime;
 
 use data_path::data_path;
+use peers::peer_changes;
 use reload_storm::reload_storm;
-use switch::{plain_upstream, shift_nginx, switch_latency, Pair};
+use switch::{first_answer, plain_upstream, shift_nginx, switch_latency, Pair};
 use wrk::{median, percentile, wrk, wrk_result};
 use zero_downtime::zero_downtime;
 
@@ -116,9 +118,10 @@ fn main() {
         .filter(|arg| !arg.starts_with('-'))
         .collect();
     type Scenario = (&'static str, fn(&Settings));
-    let scenarios: [Scenario; 4] = [
+    let scenarios: [Scenario; 5] = [
         ("data_path", data_path),
         ("switch_latency", switch_latency),
+        ("peer_changes", peer_changes),
         ("reload_storm", reload_storm),
         ("zero_downtime", zero_downtime),
     ];

@@ -31,7 +31,7 @@ use nix::time::{clock_gettime, ClockId};
 use crate::conf::UpstreamConf;
 use crate::ngx_module::Module;
 use crate::shm::table_of;
-use nix::sys::socket::{SockaddrLike, SockaddrStorage};
+use nix::sys::socket::SockaddrLike;
 use shift_core::directives::{CheckArgs, CheckKind};
 use shift_core::health::{http_request, judge_http, with_port, ProbeError, MAX_RESPONSE_BYTES};
 use shift_core::process::process_alive;
@@ -219,16 +219,12 @@ pub fn follow(conf: &UpstreamConf, host: &str, slots: &[&'static PeerSlot]) {
             if probes.contains_key(&address) {
                 continue;
             }
-            let Ok(socket) = slot.server().parse::<std::net::SocketAddr>() else {
+            let Some((storage, socklen)) = crate::peer_list::socket_address(slot.server()) else {
                 continue;
             };
-            let storage = match socket {
-                std::net::SocketAddr::V4(socket) => SockaddrStorage::from(socket),
-                std::net::SocketAddr::V6(socket) => SockaddrStorage::from(socket),
-            };
-            // SAFETY: `storage` holds `len()` bytes of address.
+            // SAFETY: `storage` holds at least `socklen` bytes of address.
             let bytes = unsafe {
-                std::slice::from_raw_parts(storage.as_ptr().cast::<u8>(), storage.len() as usize)
+                std::slice::from_raw_parts(storage.as_ptr().cast::<u8>(), socklen as usize)
             }
             .to_vec();
             // The name lives in the slot, which outlives the probe.

@@ -92,13 +92,9 @@ impl PeerList {
                 // SAFETY: the configuration's round-robin peers live as long as its cycle.
                 Member::Config(rr_peer) => copy_of(unsafe { &**rr_peer }),
                 Member::Runtime => {
-                    let address: SocketAddr = slot.server().parse().ok()?;
-                    let storage = Box::new(match address {
-                        SocketAddr::V4(address) => SockaddrStorage::from(address),
-                        SocketAddr::V6(address) => SockaddrStorage::from(address),
-                    });
+                    let (storage, socklen) = socket_address(slot.server())?;
                     let name: Box<[u8]> = slot.server().as_bytes().into();
-                    let entry = runtime_peer(&storage, &name, slot.config().weight);
+                    let entry = runtime_peer(&storage, socklen, &name, slot.config().weight);
                     list.addresses.push(storage);
                     list.names.push(name);
                     entry
@@ -229,8 +225,26 @@ fn copy_of(original: &ngx_http_upstream_rr_peer_t) -> ngx_http_upstream_rr_peer_
     entry
 }
 
+/// The socket address of a run-time peer's name (`IP:PORT`), and its exact length: Nginx
+/// copies `socklen` bytes of it (the keepalive cache into a `ngx_sockaddr_t`), so it must not
+/// be the storage's full size.
+pub fn socket_address(server: &str) -> Option<(Box<SockaddrStorage>, socklen_t)> {
+    let (storage, len) = match server.parse::<SocketAddr>().ok()? {
+        SocketAddr::V4(address) => (
+            SockaddrStorage::from(address),
+            std::mem::size_of::<nix::libc::sockaddr_in>(),
+        ),
+        SocketAddr::V6(address) => (
+            SockaddrStorage::from(address),
+            std::mem::size_of::<nix::libc::sockaddr_in6>(),
+        ),
+    };
+    Some((Box::new(storage), len as socklen_t))
+}
+
 fn runtime_peer(
     address: &SockaddrStorage,
+    socklen: socklen_t,
     name: &[u8],
     weight: u32,
 ) -> ngx_http_upstream_rr_peer_t {
@@ -238,7 +252,7 @@ fn runtime_peer(
     // peers start from `ngx_pcalloc`.
     let mut entry: ngx_http_upstream_rr_peer_t = unsafe { MaybeUninit::zeroed().assume_init() };
     entry.sockaddr = address.as_ptr().cast::<sockaddr>().cast_mut();
-    entry.socklen = address.len() as socklen_t;
+    entry.socklen = socklen;
     let name = ngx_str_t {
         len: name.len(),
         data: name.as_ptr().cast_mut(),
