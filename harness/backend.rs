@@ -47,6 +47,12 @@ impl Backend {
 
     /// Starts a backend on the given port of 127.0.0.1 (0 for any free one).
     pub fn start_on(name: &str, port: u16) -> Backend {
+        Backend::start_at(name, SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    /// Starts a backend on `address`, e.g. 127.0.0.3:8000 for one of several replicas that
+    /// share a port on their own loopback addresses, as Compose replicas do on their IPs.
+    pub fn start_at(name: &str, address: SocketAddr) -> Backend {
         let behaviour = Arc::new(Behaviour {
             name: name.to_string(),
             status: AtomicU16::new(200),
@@ -55,8 +61,8 @@ impl Backend {
             hits_by_path: Mutex::new(HashMap::new()),
         });
         let listener = runtime()
-            .block_on(TcpListener::bind(("127.0.0.1", port)))
-            .unwrap_or_else(|err| panic!("backend {name}: bind 127.0.0.1:{port}: {err}"));
+            .block_on(TcpListener::bind(address))
+            .unwrap_or_else(|err| panic!("backend {name}: bind {address}: {err}"));
         let addr = listener.local_addr().expect("backend address");
         let task = runtime().spawn(serve(listener, behaviour.clone()));
         Backend {

@@ -1,6 +1,6 @@
 //! `shiftctl`, the real binary, against real Nginx instances and real backends.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -792,4 +792,174 @@ fn add_and_remove_change_every_nginx_or_none() {
         .peers
         .iter()
         .any(|peer| peer.server == first.blue()));
+}
+
+/// Three replicas of one service on 127.0.0.2–4, one port, as Compose replicas on their own
+/// IPs; hooks that start a new replica on the next loopback address (writing it to
+/// `$SHIFT_ADDRESS_FILE`) and stop the one at `$SHIFT_SERVER`.
+struct Replicas {
+    dir: TempDir,
+    port: u16,
+}
+
+impl Replicas {
+    fn start(port: u16) -> Replicas {
+        let replicas = Replicas {
+            dir: TempDir::new().unwrap(),
+            port,
+        };
+        fs::write(replicas.dir.path().join("next"), "2").unwrap();
+        for _ in 0..3 {
+            let status = Command::new("sh")
+                .arg("-c")
+                .arg(replicas.start_hook())
+                .env("SHIFT_ADDRESS_FILE", replicas.dir.path().join("ignored"))
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        replicas
+    }
+
+    fn start_hook(&self) -> String {
+        let (dir, port) = (self.dir.path().display(), self.port);
+        format!(
+            "n=$(cat {dir}/next); echo $((n + 1)) > {dir}/next; \
+             {backend} v$n 127.0.0.$n:{port} >/dev/null 2>&1 & echo $! > {dir}/127.0.0.$n:{port}.pid; \
+             echo 127.0.0.$n:{port} > \"$SHIFT_ADDRESS_FILE\"; echo start 127.0.0.$n >> {dir}/log",
+            backend = harness::backend_binary().display()
+        )
+    }
+
+    fn stop_hook(&self) -> String {
+        let dir = self.dir.path().display();
+        format!("kill $(cat {dir}/$SHIFT_SERVER.pid) && echo stop $SHIFT_SERVER >> {dir}/log")
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Replicas {
+    fn drop(&mut self) {
+        for entry in fs::read_dir(self.dir.path()).unwrap().flatten() {
+            if entry.path().extension().is_some_and(|ext| ext == "pid") {
+                if let Ok(pid) = fs::read_to_string(entry.path()).unwrap_or_default().trim().parse() {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+                }
+            }
+        }
+    }
+}
+
+fn rolling_setup(check: &str) -> (Nginx, Admin, u16, Replicas, TempDir) {
+    let replicas = Replicas::start(free_port());
+    let port = free_port();
+    let servers: String = (2..=4)
+        .map(|n| format!("server 127.0.0.{n}:{};", replicas.port))
+        .collect();
+    let nginx = Nginx::start(NginxOptions::new(format!(
+        "upstream app {{ {servers} shift; {check} }}\n\
+         server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://app; }} }}\n\
+         server {{ listen unix:{{prefix}}/api.sock; location /api/ {{ shift_api; }} }}\n"
+    )));
+    let admin = Admin::new(nginx.path("api.sock"), "/api/");
+    let plan_dir = TempDir::new().unwrap();
+    (nginx, admin, port, replicas, plan_dir)
+}
+
+#[test]
+fn a_rolling_deploy_replaces_three_replicas_one_at_a_time_without_a_failed_request() {
+    let (nginx, admin, port, replicas, plan_dir) =
+        rolling_setup("shift_check interval=200ms;");
+    let plan = plan_dir.path().join("plan.toml");
+    fs::write(
+        &plan,
+        format!(
+            "upstream = \"app\"\nstrategy = \"rolling\"\ninterval = \"1s\"\nhealth_timeout = \"10s\"\n\
+             [rolling]\nstart = '{}'\nstop = '{}'\n",
+            replicas.start_hook(),
+            replicas.stop_hook()
+        ),
+    )
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let (mut answers, mut failed) = (BTreeMap::<String, u64>::new(), Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match HttpClient::new(port).get("/") {
+                    Ok(response) if response.status == 200 => *answers.entry(response.body).or_default() += 1,
+                    Ok(response) => failed.push(response.status.to_string()),
+                    Err(err) => failed.push(err.to_string()),
+                }
+            }
+            (answers, failed)
+        })
+    };
+    let output = shiftctl_command(&[nginx.path("api.sock")], Some(plan_dir.path()))
+        .args(["deploy", plan.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let (answers, failed) = traffic.join().unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    for new in ["v5", "v6", "v7"] {
+        assert!(answers.contains_key(new), "{new} never answered: {answers:?}");
+    }
+    // One at a time: each old replica stopped after its successor started.
+    let p = replicas.port;
+    assert_eq!(
+        replicas.log(),
+        format!(
+            "start 127.0.0.2\nstart 127.0.0.3\nstart 127.0.0.4\n\
+             start 127.0.0.5\nstop 127.0.0.2:{p}\nstart 127.0.0.6\nstop 127.0.0.3:{p}\n\
+             start 127.0.0.7\nstop 127.0.0.4:{p}\n"
+        )
+    );
+    let taking: BTreeSet<String> = admin
+        .upstream("app")
+        .peers
+        .iter()
+        .filter(|peer| peer.eligible)
+        .map(|peer| peer.server.clone())
+        .collect();
+    let expected: BTreeSet<String> = (5..=7).map(|n| format!("127.0.0.{n}:{p}")).collect();
+    assert_eq!(taking, expected);
+}
+
+#[test]
+fn a_rolling_deploy_whose_new_replica_fails_its_check_takes_it_out_and_stops() {
+    let (nginx, admin, port, replicas, plan_dir) =
+        rolling_setup("shift_check interval=200ms;");
+    // The "new replica" never listens: its check cannot pass.
+    let dead = format!("127.0.0.9:{}", replicas.port);
+    let plan = plan_dir.path().join("plan.toml");
+    fs::write(
+        &plan,
+        format!(
+            "upstream = \"app\"\nstrategy = \"rolling\"\nhealth_timeout = \"2s\"\n\
+             [rolling]\nstart = 'echo {dead} > \"$SHIFT_ADDRESS_FILE\"'\nstop = '{}'\n",
+            replicas.stop_hook()
+        ),
+    )
+    .unwrap();
+    let output = shiftctl_command(&[nginx.path("api.sock")], Some(plan_dir.path()))
+        .args(["deploy", plan.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("rolling deploy stopped at replica 1/3"), "{stderr}");
+    assert!(stderr.contains("0 replica(s) were replaced"), "{stderr}");
+    let upstream = admin.upstream("app");
+    assert!(upstream.peers.iter().all(|peer| peer.server != dead), "taken out");
+    let taking = upstream.peers.iter().filter(|peer| peer.eligible).count();
+    assert_eq!(taking, 3, "the old replicas keep serving");
+    assert_eq!(HttpClient::new(port).get("/").unwrap().status, 200);
 }

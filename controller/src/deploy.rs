@@ -41,8 +41,23 @@ pub struct DeployPlan {
     /// How long a start or stop hook may run before it is ended with what it started.
     #[serde(default = "default_hook_timeout", deserialize_with = "duration")]
     pub hook_timeout: Duration,
-    /// Exactly two sides, e.g. `[sides.blue]` and `[sides.green]`.
+    /// Exactly two sides, e.g. `[sides.blue]` and `[sides.green]` (switch and canary).
+    #[serde(default)]
     pub sides: BTreeMap<String, Side>,
+    /// The hooks of a rolling deploy of a scaled service (strategy `rolling`).
+    pub rolling: Option<Rolling>,
+}
+
+/// How a rolling deploy starts a new replica and stops an old one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rolling {
+    /// Starts one new replica. It may write the replica's IP:PORT to `$SHIFT_ADDRESS_FILE`, and
+    /// shiftctl adds it to the upstream; else shiftctl waits for a new peer to appear (added by
+    /// the hook itself, e.g. with `shiftctl add`). `$SHIFT_REPLACING` is the old replica.
+    pub start: String,
+    /// Stops the replica at `$SHIFT_SERVER` (an old one once replaced, or a new one that failed).
+    pub stop: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -50,6 +65,8 @@ pub struct DeployPlan {
 pub enum Strategy {
     Switch,
     Canary,
+    /// Replace the replicas of a scaled service one at a time.
+    Rolling,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -112,12 +129,34 @@ impl DeployPlan {
                 path.display()
             ))
         })?;
-        if plan.sides.len() != 2 {
-            return Err(Failure::usage(anyhow::anyhow!(
-                "{} must have exactly two [sides.NAME] tables, it has {}",
-                path.display(),
-                plan.sides.len()
-            )));
+        match (plan.strategy, &plan.rolling) {
+            (Strategy::Rolling, None) => {
+                return Err(Failure::usage(anyhow::anyhow!(
+                    "{}: strategy \"rolling\" needs a [rolling] table with a start hook",
+                    path.display()
+                )))
+            }
+            (Strategy::Rolling, Some(_)) if !plan.sides.is_empty() => {
+                return Err(Failure::usage(anyhow::anyhow!(
+                    "{}: a rolling deploy replaces the upstream's replicas; it has no [sides]",
+                    path.display()
+                )))
+            }
+            (Strategy::Rolling, Some(_)) => {}
+            (_, Some(_)) => {
+                return Err(Failure::usage(anyhow::anyhow!(
+                    "{}: [rolling] is for strategy = \"rolling\"",
+                    path.display()
+                )))
+            }
+            (_, None) if plan.sides.len() != 2 => {
+                return Err(Failure::usage(anyhow::anyhow!(
+                    "{} must have exactly two [sides.NAME] tables, it has {}",
+                    path.display(),
+                    plan.sides.len()
+                )))
+            }
+            (_, None) => {}
         }
         Ok(plan)
     }
@@ -181,6 +220,9 @@ async fn run_hook(
 
 pub async fn deploy(ctx: &Ctx, plan_path: &Path) -> Result<(), Failure> {
     let plan = DeployPlan::load(plan_path)?;
+    if let (Strategy::Rolling, Some(rolling)) = (plan.strategy, &plan.rolling) {
+        return crate::rolling::rolling(ctx, &plan, rolling).await;
+    }
     let current = ctx.fleet.read(&plan.upstream).await?;
     let old_name = live_side(ctx, &plan, &current[0])?;
     let (new_name, new_side) = plan
@@ -212,6 +254,7 @@ pub async fn deploy(ctx: &Ctx, plan_path: &Path) -> Result<(), Failure> {
             )
             .await
         }
+        Strategy::Rolling => unreachable!("rolling deploys return above"),
         Strategy::Canary => {
             let options = CanaryOptions {
                 target: new_side.server.clone(),

@@ -12,6 +12,7 @@ mod interrupts;
 mod output;
 mod plan;
 mod progress;
+mod rolling;
 mod state_dir;
 
 use std::path::PathBuf;

@@ -13,10 +13,10 @@ use crate::fleet::Fleet;
 use crate::progress::Progress;
 
 pub use canary::{canary, promote, CanaryOptions, OnInterrupt};
-pub use peers::{add, remove};
+pub use peers::{add, parse_server, remove};
 pub use set::{set, set_state};
 pub use status::{metrics, status};
-pub use switch::{rollback, switch, Unhealthy};
+pub use switch::{rollback, switch, wait_ready, Unhealthy};
 
 /// How often long commands look at the upstream.
 const POLL: Duration = Duration::from_millis(250);

@@ -1,13 +1,12 @@
 //! `add` and `remove`: peers added to and removed from an upstream at run time, on every Nginx.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shift_wire::{NewPeer, PeerState, MAX_WEIGHT};
 
-use super::{Ctx, POLL};
+use super::Ctx;
 use crate::exit::Failure;
-use crate::plan;
 
 /// A peer's address as the module lists it (`10.0.0.7:8000`, `[fd00::7]:8000`).
 pub fn parse_server(server: &str) -> Result<String, Failure> {
@@ -73,38 +72,6 @@ pub async fn remove(
         .collect();
     ctx.print_upstreams(&states);
     Ok(())
-}
-
-/// Waits until `server` is a peer of the upstream in every Nginx and, where checks run, has
-/// passed one: a new replica that appeared (by `add` or by DNS) and may take traffic.
-pub async fn wait_present(
-    ctx: &Ctx,
-    upstream: &str,
-    server: &str,
-    timeout: Duration,
-) -> Result<(), Failure> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let states = ctx.fleet.read(upstream).await?;
-        let ready = states.iter().all(|state| {
-            plan::find_peer(state, server).is_ok_and(|peer| {
-                peer.check.is_none() || peer.health == shift_wire::Health::Healthy
-            })
-        });
-        if ready {
-            ctx.progress.finish();
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            ctx.progress.finish();
-            return Err(Failure::aborted(anyhow::anyhow!(
-                "{server} is not a healthy peer of upstream \"{upstream}\" after {timeout:?}"
-            )));
-        }
-        ctx.progress
-            .status(&format!("waiting for {server} in upstream \"{upstream}\""));
-        tokio::time::sleep(POLL).await;
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,256 @@
+//! `strategy = "rolling"`: the replicas of a scaled service replaced one at a time. For each
+//! replica taking traffic: start a new one (hook), add it as standby unless it already
+//! appeared, wait for its checks, let it take traffic and watch its health and error rate for
+//! `interval`, then drain the old one, remove it and stop it (hook). A failed check, error
+//! rate, hook or interruption stops the roll: that step's new replica is taken out and
+//! stopped, the old one keeps serving, and replicas replaced before stay replaced.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use shift_wire::{Health, NewPeer, Peer, PeerOrigin, PeerPatch, PeerState, UpstreamPatch};
+
+use crate::commands::{self, Ctx, Unhealthy};
+use crate::deploy::{DeployPlan, Rolling};
+use crate::exit::Failure;
+use crate::hook;
+use crate::interrupts::Interrupts;
+use crate::plan;
+
+const POLL: Duration = Duration::from_millis(250);
+
+pub async fn rolling(ctx: &Ctx, plan: &DeployPlan, rolling: &Rolling) -> Result<(), Failure> {
+    let upstream = plan.upstream.as_str();
+    let before = ctx.fleet.read(upstream).await?;
+    let old: Vec<Peer> = before[0]
+        .peers
+        .iter()
+        .filter(|peer| peer.eligible && !peer.backup)
+        .cloned()
+        .collect();
+    if old.is_empty() {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "upstream \"{upstream}\" has no replica taking traffic to replace"
+        )));
+    }
+    let mut known: BTreeSet<String> = before[0].peers.iter().map(|peer| peer.server.clone()).collect();
+    for (number, replica) in old.iter().enumerate() {
+        let step = format!("replica {}/{} ({})", number + 1, old.len(), replica.server);
+        ctx.progress.event(&format!("{step}: starting a new replica"));
+        let new = start_replica(ctx, plan, rolling, replica, &known)
+            .await
+            .map_err(|why| stopped(&step, number, &why))?;
+        known.insert(new.clone());
+        if let Err(why) = bring_in(ctx, plan, replica, &new).await {
+            take_out(ctx, plan, rolling, &new).await;
+            return Err(stopped(&step, number, &format!("{new} {why}")));
+        }
+        ctx.progress
+            .event(&format!("{step}: {new} takes traffic; draining {}", replica.server));
+        retire(ctx, plan, rolling, replica)
+            .await
+            .map_err(|why| stopped(&step, number + 1, &why))?;
+    }
+    ctx.progress.event(&format!(
+        "rolling deploy done: {} replica(s) of \"{upstream}\" replaced",
+        old.len()
+    ));
+    ctx.print_upstreams(&ctx.fleet.read(upstream).await?);
+    Ok(())
+}
+
+fn stopped(step: &str, replaced: usize, why: &str) -> Failure {
+    Failure::aborted(anyhow::anyhow!(
+        "rolling deploy stopped at {step}: {why}; {replaced} replica(s) were replaced before, \
+         the others keep serving"
+    ))
+}
+
+/// Runs the start hook and finds the new replica: the address it wrote, added as standby, or
+/// a peer that appeared meanwhile.
+async fn start_replica(
+    ctx: &Ctx,
+    plan: &DeployPlan,
+    rolling: &Rolling,
+    replacing: &Peer,
+    known: &BTreeSet<String>,
+) -> Result<String, String> {
+    let file = tempfile::NamedTempFile::new_in(&ctx.state_dir)
+        .or_else(|_| tempfile::NamedTempFile::new())
+        .map_err(|err| format!("cannot create the address file: {err}"))?;
+    let path = file.path().display().to_string();
+    let env = [
+        ("SHIFT_UPSTREAM", plan.upstream.as_str()),
+        ("SHIFT_REPLACING", replacing.server.as_str()),
+        ("SHIFT_ADDRESS_FILE", path.as_str()),
+    ];
+    run_hook(ctx, plan, "start", &rolling.start, &env).await?;
+    let written = std::fs::read_to_string(file.path()).unwrap_or_default();
+    let written = written.trim();
+    if written.is_empty() {
+        return appeared(ctx, plan, known).await;
+    }
+    let server = commands::parse_server(written).map_err(|failure| format!("{:#}", failure.error))?;
+    let present = ctx
+        .fleet
+        .read(&plan.upstream)
+        .await
+        .map_err(|err| err.to_string())?
+        .iter()
+        .all(|state| plan::find_peer(state, &server).is_ok());
+    if !present {
+        let peer = NewPeer {
+            server: server.clone(),
+            weight: Some(replacing.weight),
+            state: Some(PeerState::Down),
+            expect_generation: None,
+        };
+        ctx.fleet
+            .add_peer(&plan.upstream, &peer)
+            .await
+            .map_err(|err| err.to_string())?;
+        ctx.progress.event(&format!("added {server} as standby"));
+    }
+    Ok(server)
+}
+
+/// Waits for a peer that was not there before to appear in every Nginx.
+async fn appeared(ctx: &Ctx, plan: &DeployPlan, known: &BTreeSet<String>) -> Result<String, String> {
+    let deadline = Instant::now() + plan.health_timeout;
+    loop {
+        let states = ctx.fleet.read(&plan.upstream).await.map_err(|err| err.to_string())?;
+        let new = states[0]
+            .peers
+            .iter()
+            .map(|peer| peer.server.clone())
+            .find(|server| !known.contains(server))
+            .filter(|server| states.iter().all(|state| plan::find_peer(state, server).is_ok()));
+        if let Some(new) = new {
+            return Ok(new);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "no new peer appeared within {:?}; the start hook wrote no address to \
+                 $SHIFT_ADDRESS_FILE",
+                plan.health_timeout
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits for the new replica's checks, lets it take traffic with the old one's weight, and
+/// watches it for `interval`.
+async fn bring_in(ctx: &Ctx, plan: &DeployPlan, replacing: &Peer, new: &str) -> Result<(), String> {
+    let upstream = plan.upstream.as_str();
+    commands::wait_ready(ctx, upstream, new, None, plan.health_timeout, Unhealthy::AwaitRecovery)
+        .await
+        .map_err(|failure| format!("{:#}", failure.error))?;
+    set_peer(ctx, upstream, new, Some(replacing.weight), PeerState::Up).await?;
+    let baseline: Vec<Peer> = peers_of(ctx, upstream, new).await?;
+    let mut interrupts = Interrupts::new().map_err(|failure| failure.error.to_string())?;
+    let start = Instant::now();
+    while start.elapsed() < plan.interval {
+        let now = peers_of(ctx, upstream, new).await?;
+        for (before, now) in baseline.iter().zip(&now) {
+            if now.health == Health::Unhealthy {
+                return Err("became unhealthy".to_string());
+            }
+            if let Some(rate) = plan::error_rate(before, now) {
+                if rate > plan.max_error_rate {
+                    return Err(format!(
+                        "has an error rate of {:.1}% over {} requests, above the {:.1}% allowed",
+                        rate * 100.0,
+                        now.requests - before.requests,
+                        plan.max_error_rate * 100.0
+                    ));
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = interrupts.recv() => return Err("was being watched when shiftctl was interrupted".into()),
+        }
+    }
+    Ok(())
+}
+
+/// Takes a failed new replica out (drained, removed) and stops it.
+async fn take_out(ctx: &Ctx, plan: &DeployPlan, rolling: &Rolling, new: &str) {
+    let _ = set_peer(ctx, &plan.upstream, new, None, PeerState::Drain).await;
+    let _ = ctx.fleet.remove_peer(&plan.upstream, new).await;
+    if let Some(stop) = &rolling.stop {
+        let env = [("SHIFT_UPSTREAM", plan.upstream.as_str()), ("SHIFT_SERVER", new)];
+        let _ = run_hook(ctx, plan, "stop", stop, &env).await;
+    }
+    ctx.progress
+        .event(&format!("rolled back: {new} was taken out and stopped"));
+}
+
+/// Drains an old replica, waits for its requests, removes it (a `server` line stays, drained)
+/// and stops it.
+async fn retire(ctx: &Ctx, plan: &DeployPlan, rolling: &Rolling, old: &Peer) -> Result<(), String> {
+    let upstream = plan.upstream.as_str();
+    commands::set_state(ctx, upstream, &old.server, PeerState::Drain, Some(plan.health_timeout))
+        .await
+        .map_err(|failure| format!("{:#}", failure.error))?;
+    if old.origin == PeerOrigin::Api {
+        ctx.fleet
+            .remove_peer(upstream, &old.server)
+            .await
+            .map_err(|err| err.to_string())?;
+    }
+    if let Some(stop) = &rolling.stop {
+        let env = [("SHIFT_UPSTREAM", upstream), ("SHIFT_SERVER", old.server.as_str())];
+        run_hook(ctx, plan, "stop", stop, &env).await?;
+    }
+    Ok(())
+}
+
+async fn set_peer(
+    ctx: &Ctx,
+    upstream: &str,
+    server: &str,
+    weight: Option<u32>,
+    state: PeerState,
+) -> Result<(), String> {
+    ctx.fleet
+        .apply(upstream, |_, _| {
+            let mut patch = UpstreamPatch::default();
+            patch.peers.insert(
+                server.to_string(),
+                PeerPatch {
+                    weight,
+                    state: Some(state),
+                },
+            );
+            Ok(patch)
+        })
+        .await
+        .map(drop)
+        .map_err(|err| err.to_string())
+}
+
+async fn peers_of(ctx: &Ctx, upstream: &str, server: &str) -> Result<Vec<Peer>, String> {
+    ctx.fleet
+        .read(upstream)
+        .await
+        .map_err(|err| err.to_string())?
+        .iter()
+        .map(|state| plan::find_peer(state, server).cloned().map_err(|err| err.to_string()))
+        .collect()
+}
+
+async fn run_hook(
+    ctx: &Ctx,
+    plan: &DeployPlan,
+    which: &str,
+    command: &str,
+    env: &[(&str, &str)],
+) -> Result<(), String> {
+    ctx.progress.event(&format!("{which} hook: {command}"));
+    let mut interrupts = Interrupts::new().map_err(|failure| failure.error.to_string())?;
+    hook::run(command, env, plan.hook_timeout, &mut interrupts)
+        .await
+        .map_err(|error| format!("{which} hook ({command}) {error}"))
+}
