@@ -5,6 +5,7 @@
 mod admin;
 mod backend;
 mod client;
+mod dnsmasq;
 mod nginx;
 mod processes;
 mod setup;
@@ -12,6 +13,7 @@ mod setup;
 pub use admin::Admin;
 pub use backend::Backend;
 pub use client::{api_request, HttpClient, Response};
+pub use dnsmasq::Dnsmasq;
 pub use nginx::{check_config, ConfigCheck, Nginx, NginxOptions};
 pub use processes::HookedBackends;
 pub use setup::ShiftSetup;

@@ -845,7 +845,11 @@ impl Drop for Replicas {
     fn drop(&mut self) {
         for entry in fs::read_dir(self.dir.path()).unwrap().flatten() {
             if entry.path().extension().is_some_and(|ext| ext == "pid") {
-                if let Ok(pid) = fs::read_to_string(entry.path()).unwrap_or_default().trim().parse() {
+                if let Ok(pid) = fs::read_to_string(entry.path())
+                    .unwrap_or_default()
+                    .trim()
+                    .parse()
+                {
                     let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
                 }
             }
@@ -871,8 +875,7 @@ fn rolling_setup(check: &str) -> (Nginx, Admin, u16, Replicas, TempDir) {
 
 #[test]
 fn a_rolling_deploy_replaces_three_replicas_one_at_a_time_without_a_failed_request() {
-    let (nginx, admin, port, replicas, plan_dir) =
-        rolling_setup("shift_check interval=200ms;");
+    let (nginx, admin, port, replicas, plan_dir) = rolling_setup("shift_check interval=200ms;");
     let plan = plan_dir.path().join("plan.toml");
     fs::write(
         &plan,
@@ -891,7 +894,9 @@ fn a_rolling_deploy_replaces_three_replicas_one_at_a_time_without_a_failed_reque
             let (mut answers, mut failed) = (BTreeMap::<String, u64>::new(), Vec::new());
             while !stop.load(Ordering::Relaxed) {
                 match HttpClient::new(port).get("/") {
-                    Ok(response) if response.status == 200 => *answers.entry(response.body).or_default() += 1,
+                    Ok(response) if response.status == 200 => {
+                        *answers.entry(response.body).or_default() += 1
+                    }
                     Ok(response) => failed.push(response.status.to_string()),
                     Err(err) => failed.push(err.to_string()),
                 }
@@ -909,7 +914,10 @@ fn a_rolling_deploy_replaces_three_replicas_one_at_a_time_without_a_failed_reque
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert!(failed.is_empty(), "failed requests: {failed:?}");
     for new in ["v5", "v6", "v7"] {
-        assert!(answers.contains_key(new), "{new} never answered: {answers:?}");
+        assert!(
+            answers.contains_key(new),
+            "{new} never answered: {answers:?}"
+        );
     }
     // One at a time: each old replica stopped after its successor started.
     let p = replicas.port;
@@ -934,8 +942,7 @@ fn a_rolling_deploy_replaces_three_replicas_one_at_a_time_without_a_failed_reque
 
 #[test]
 fn a_rolling_deploy_whose_new_replica_fails_its_check_takes_it_out_and_stops() {
-    let (nginx, admin, port, replicas, plan_dir) =
-        rolling_setup("shift_check interval=200ms;");
+    let (nginx, admin, port, replicas, plan_dir) = rolling_setup("shift_check interval=200ms;");
     // The "new replica" never listens: its check cannot pass.
     let dead = format!("127.0.0.9:{}", replicas.port);
     let plan = plan_dir.path().join("plan.toml");
@@ -955,10 +962,16 @@ fn a_rolling_deploy_whose_new_replica_fails_its_check_takes_it_out_and_stops() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
     let stderr = text(&output.stderr);
-    assert!(stderr.contains("rolling deploy stopped at replica 1/3"), "{stderr}");
+    assert!(
+        stderr.contains("rolling deploy stopped at replica 1/3"),
+        "{stderr}"
+    );
     assert!(stderr.contains("0 replica(s) were replaced"), "{stderr}");
     let upstream = admin.upstream("app");
-    assert!(upstream.peers.iter().all(|peer| peer.server != dead), "taken out");
+    assert!(
+        upstream.peers.iter().all(|peer| peer.server != dead),
+        "taken out"
+    );
     let taking = upstream.peers.iter().filter(|peer| peer.eligible).count();
     assert_eq!(taking, 3, "the old replicas keep serving");
     assert_eq!(HttpClient::new(port).get("/").unwrap().status, 200);

@@ -33,10 +33,15 @@ pub async fn rolling(ctx: &Ctx, plan: &DeployPlan, rolling: &Rolling) -> Result<
             "upstream \"{upstream}\" has no replica taking traffic to replace"
         )));
     }
-    let mut known: BTreeSet<String> = before[0].peers.iter().map(|peer| peer.server.clone()).collect();
+    let mut known: BTreeSet<String> = before[0]
+        .peers
+        .iter()
+        .map(|peer| peer.server.clone())
+        .collect();
     for (number, replica) in old.iter().enumerate() {
         let step = format!("replica {}/{} ({})", number + 1, old.len(), replica.server);
-        ctx.progress.event(&format!("{step}: starting a new replica"));
+        ctx.progress
+            .event(&format!("{step}: starting a new replica"));
         let new = start_replica(ctx, plan, rolling, replica, &known)
             .await
             .map_err(|why| stopped(&step, number, &why))?;
@@ -45,8 +50,10 @@ pub async fn rolling(ctx: &Ctx, plan: &DeployPlan, rolling: &Rolling) -> Result<
             take_out(ctx, plan, rolling, &new).await;
             return Err(stopped(&step, number, &format!("{new} {why}")));
         }
-        ctx.progress
-            .event(&format!("{step}: {new} takes traffic; draining {}", replica.server));
+        ctx.progress.event(&format!(
+            "{step}: {new} takes traffic; draining {}",
+            replica.server
+        ));
         retire(ctx, plan, rolling, replica)
             .await
             .map_err(|why| stopped(&step, number + 1, &why))?;
@@ -90,7 +97,8 @@ async fn start_replica(
     if written.is_empty() {
         return appeared(ctx, plan, known).await;
     }
-    let server = commands::parse_server(written).map_err(|failure| format!("{:#}", failure.error))?;
+    let server =
+        commands::parse_server(written).map_err(|failure| format!("{:#}", failure.error))?;
     let present = ctx
         .fleet
         .read(&plan.upstream)
@@ -115,16 +123,28 @@ async fn start_replica(
 }
 
 /// Waits for a peer that was not there before to appear in every Nginx.
-async fn appeared(ctx: &Ctx, plan: &DeployPlan, known: &BTreeSet<String>) -> Result<String, String> {
+async fn appeared(
+    ctx: &Ctx,
+    plan: &DeployPlan,
+    known: &BTreeSet<String>,
+) -> Result<String, String> {
     let deadline = Instant::now() + plan.health_timeout;
     loop {
-        let states = ctx.fleet.read(&plan.upstream).await.map_err(|err| err.to_string())?;
+        let states = ctx
+            .fleet
+            .read(&plan.upstream)
+            .await
+            .map_err(|err| err.to_string())?;
         let new = states[0]
             .peers
             .iter()
             .map(|peer| peer.server.clone())
             .find(|server| !known.contains(server))
-            .filter(|server| states.iter().all(|state| plan::find_peer(state, server).is_ok()));
+            .filter(|server| {
+                states
+                    .iter()
+                    .all(|state| plan::find_peer(state, server).is_ok())
+            });
         if let Some(new) = new {
             return Ok(new);
         }
@@ -143,9 +163,16 @@ async fn appeared(ctx: &Ctx, plan: &DeployPlan, known: &BTreeSet<String>) -> Res
 /// watches it for `interval`.
 async fn bring_in(ctx: &Ctx, plan: &DeployPlan, replacing: &Peer, new: &str) -> Result<(), String> {
     let upstream = plan.upstream.as_str();
-    commands::wait_ready(ctx, upstream, new, None, plan.health_timeout, Unhealthy::AwaitRecovery)
-        .await
-        .map_err(|failure| format!("{:#}", failure.error))?;
+    commands::wait_ready(
+        ctx,
+        upstream,
+        new,
+        None,
+        plan.health_timeout,
+        Unhealthy::AwaitRecovery,
+    )
+    .await
+    .map_err(|failure| format!("{:#}", failure.error))?;
     set_peer(ctx, upstream, new, Some(replacing.weight), PeerState::Up).await?;
     let baseline: Vec<Peer> = peers_of(ctx, upstream, new).await?;
     let mut interrupts = Interrupts::new().map_err(|failure| failure.error.to_string())?;
@@ -180,7 +207,10 @@ async fn take_out(ctx: &Ctx, plan: &DeployPlan, rolling: &Rolling, new: &str) {
     let _ = set_peer(ctx, &plan.upstream, new, None, PeerState::Drain).await;
     let _ = ctx.fleet.remove_peer(&plan.upstream, new).await;
     if let Some(stop) = &rolling.stop {
-        let env = [("SHIFT_UPSTREAM", plan.upstream.as_str()), ("SHIFT_SERVER", new)];
+        let env = [
+            ("SHIFT_UPSTREAM", plan.upstream.as_str()),
+            ("SHIFT_SERVER", new),
+        ];
         let _ = run_hook(ctx, plan, "stop", stop, &env).await;
     }
     ctx.progress
@@ -191,9 +221,15 @@ async fn take_out(ctx: &Ctx, plan: &DeployPlan, rolling: &Rolling, new: &str) {
 /// and stops it.
 async fn retire(ctx: &Ctx, plan: &DeployPlan, rolling: &Rolling, old: &Peer) -> Result<(), String> {
     let upstream = plan.upstream.as_str();
-    commands::set_state(ctx, upstream, &old.server, PeerState::Drain, Some(plan.health_timeout))
-        .await
-        .map_err(|failure| format!("{:#}", failure.error))?;
+    commands::set_state(
+        ctx,
+        upstream,
+        &old.server,
+        PeerState::Drain,
+        Some(plan.health_timeout),
+    )
+    .await
+    .map_err(|failure| format!("{:#}", failure.error))?;
     if old.origin == PeerOrigin::Api {
         ctx.fleet
             .remove_peer(upstream, &old.server)
@@ -201,7 +237,10 @@ async fn retire(ctx: &Ctx, plan: &DeployPlan, rolling: &Rolling, old: &Peer) -> 
             .map_err(|err| err.to_string())?;
     }
     if let Some(stop) = &rolling.stop {
-        let env = [("SHIFT_UPSTREAM", upstream), ("SHIFT_SERVER", old.server.as_str())];
+        let env = [
+            ("SHIFT_UPSTREAM", upstream),
+            ("SHIFT_SERVER", old.server.as_str()),
+        ];
         run_hook(ctx, plan, "stop", stop, &env).await?;
     }
     Ok(())
@@ -237,7 +276,11 @@ async fn peers_of(ctx: &Ctx, upstream: &str, server: &str) -> Result<Vec<Peer>, 
         .await
         .map_err(|err| err.to_string())?
         .iter()
-        .map(|state| plan::find_peer(state, server).cloned().map_err(|err| err.to_string()))
+        .map(|state| {
+            plan::find_peer(state, server)
+                .cloned()
+                .map_err(|err| err.to_string())
+        })
         .collect()
 }
 

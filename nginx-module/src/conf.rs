@@ -7,19 +7,20 @@ use std::ptr;
 
 use ngx::ffi::{
     ngx_cycle_t, ngx_http_core_srv_conf_t, ngx_http_upstream_init_peer_pt,
-    ngx_http_upstream_init_pt, ngx_http_upstream_srv_conf_t, ngx_shm_zone_t,
+    ngx_http_upstream_init_pt, ngx_http_upstream_srv_conf_t, ngx_msec_t, ngx_resolver_t,
+    ngx_shm_zone_t,
 };
 use ngx::http::{Merge, MergeConfigError};
 
 use crate::shm::LoadRecord;
 use crate::upstream_state::{Placement, WorkerRouting};
 use shift_core::api::Access;
-use shift_core::directives::{CheckArgs, ShiftArgs};
+use shift_core::directives::{CheckArgs, ResolvedName, ShiftArgs};
 
 /// Per-`http` state: the upstreams that use `shift`, and the shared zone of their tables.
 pub struct MainConf {
     pub upstreams: Vec<*mut ngx_http_upstream_srv_conf_t>,
-    /// Upstreams with `shift_check`, to verify they also have `shift`.
+    /// Upstreams with `shift_check` or `shift_resolve`, to verify they also have `shift`.
     pub checked: Vec<*mut ngx_http_upstream_srv_conf_t>,
     pub zone: *mut ngx_shm_zone_t,
     /// `shift_zone`, when set.
@@ -50,16 +51,36 @@ impl Default for MainConf {
 /// Per-upstream configuration (Nginx also creates one for every `server` block; those stay
 /// unused): what the directives say, the balancer `shift` wraps, and the state that belongs to
 /// this configuration's upstream (see `upstream_state.rs`).
-#[derive(Default)]
 pub struct UpstreamConf {
     pub shift: Option<ShiftArgs>,
     pub check: Option<CheckArgs>,
     pub state_path: Option<PathBuf>,
+    /// Names whose addresses are peers (`shift_resolve`, or `server NAME resolve` on 1.27.3+),
+    /// and the resolver that looks them up (set by `upstream_hook::init_upstream`).
+    pub resolve: Vec<ResolvedName>,
+    pub resolver: *mut ngx_resolver_t,
+    pub resolver_timeout: ngx_msec_t,
     pub balancer: WrappedBalancer,
     /// Set by the zone's init in the master; read-only once workers run.
     pub placement: Placement,
     /// Each worker's own (its copy after fork).
     pub routing: WorkerRouting,
+}
+
+impl Default for UpstreamConf {
+    fn default() -> Self {
+        UpstreamConf {
+            shift: None,
+            check: None,
+            state_path: None,
+            resolve: Vec::new(),
+            resolver: ptr::null_mut(),
+            resolver_timeout: 0,
+            balancer: WrappedBalancer::default(),
+            placement: Placement::default(),
+            routing: WorkerRouting::default(),
+        }
+    }
 }
 
 /// The balancer `shift` wraps: round robin, or what `keepalive` put before it.

@@ -200,7 +200,7 @@ pub fn follow(conf: &UpstreamConf, host: &str, slots: &[&'static PeerSlot]) {
         let wanted: Vec<&'static PeerSlot> = slots
             .iter()
             .copied()
-            .filter(|slot| slot.origin() == PeerOrigin::Api)
+            .filter(|slot| slot.origin() != PeerOrigin::Config)
             .collect();
         probes.retain(|&address, &mut probe| {
             // SAFETY: a registered probe is alive until it is stopped here.
@@ -490,7 +490,7 @@ fn finish(probe: &mut Probe, result: Result<(), ProbeError>) {
     }
 }
 
-fn monotonic_ms() -> u64 {
+pub fn monotonic_ms() -> u64 {
     clock_gettime(ClockId::CLOCK_MONOTONIC)
         .map(|now| now.tv_sec() as u64 * 1000 + now.tv_nsec() as u64 / 1_000_000)
         .unwrap_or(0)

@@ -13,6 +13,7 @@ mod conf_ext;
 mod health_probe;
 mod ngx_module;
 mod peer_list;
+mod resolver;
 mod shm;
 mod upstream_hook;
 mod upstream_state;

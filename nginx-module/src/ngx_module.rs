@@ -10,8 +10,8 @@ use std::ptr;
 use ngx::core::{Status, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
     ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_http_module_t, ngx_http_upstream_init_round_robin,
-    ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_module_t, ngx_uint_t, NGX_CONF_ANY,
-    NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
+    ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_module_t, ngx_uint_t, NGX_CONF_1MORE,
+    NGX_CONF_ANY, NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
     NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_UPS_CONF,
 };
 use ngx::http::{
@@ -65,7 +65,8 @@ impl HttpModule for Module {
             let uscf = unsafe { &*uscf };
             if Module::server_conf(uscf).is_none_or(|conf| conf.shift.is_none()) {
                 cf.error(&format!(
-                    "\"shift_check\" in upstream \"{}\" needs \"shift\" in the same upstream",
+                    "\"shift_check\" and \"shift_resolve\" in upstream \"{}\" need \"shift\" \
+                     in the same upstream",
                     uscf.host
                 ));
                 return Status::NGX_ERROR.0;
@@ -106,7 +107,7 @@ unsafe impl HttpModuleLocationConf for Module {
     type LocationConf = LocationConf;
 }
 
-static mut COMMANDS: [ngx_command_t; 5] = [
+static mut COMMANDS: [ngx_command_t; 6] = [
     ngx_command_t {
         name: ngx_string!("shift"),
         type_: (NGX_HTTP_UPS_CONF | NGX_CONF_ANY) as ngx_uint_t,
@@ -119,6 +120,14 @@ static mut COMMANDS: [ngx_command_t; 5] = [
         name: ngx_string!("shift_check"),
         type_: (NGX_HTTP_UPS_CONF | NGX_CONF_ANY) as ngx_uint_t,
         set: Some(set_shift_check),
+        conf: NGX_HTTP_MAIN_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("shift_resolve"),
+        type_: (NGX_HTTP_UPS_CONF | NGX_CONF_1MORE) as ngx_uint_t,
+        set: Some(set_shift_resolve),
         conf: NGX_HTTP_MAIN_CONF_OFFSET,
         offset: 0,
         post: ptr::null_mut(),
@@ -312,6 +321,39 @@ extern "C" fn set_shift_check(
         return is_duplicate();
     }
     ours.check = Some(parsed);
+    main.checked.push(uscf);
+    NGX_CONF_OK
+}
+
+extern "C" fn set_shift_resolve(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: Nginx calls directive handlers with a valid cf and this module's main conf.
+    let found = unsafe { upstream_directive(cf, conf, directives::parse_shift_resolve) };
+    let (cf, parsed, main, uscf, ours) = match found {
+        Ok(found) => found,
+        Err(rc) => return rc,
+    };
+    if ours
+        .resolve
+        .iter()
+        .any(|name| name.label() == parsed.label())
+    {
+        return cf.error(&format!(
+            "\"{}\" is resolved twice in upstream \"{}\"",
+            parsed.label(),
+            uscf.host
+        ));
+    }
+    if ours.resolve.is_empty() {
+        // SAFETY: `cf` is the configuration being parsed, `uscf` its upstream.
+        if let Err(message) = unsafe { crate::resolver::add_placeholder(cf, uscf) } {
+            return cf.error(&message);
+        }
+    }
+    ours.resolve.push(parsed);
     main.checked.push(uscf);
     NGX_CONF_OK
 }

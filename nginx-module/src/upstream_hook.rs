@@ -37,6 +37,14 @@ pub extern "C" fn init_upstream(
     let Some(original) = conf.balancer.init_upstream else {
         return Status::NGX_ERROR.0;
     };
+    // Names are looked up at run time by this module, not by round robin (which refuses them
+    // without `zone`): they leave the `server` lines, and a standby placeholder keeps round
+    // robin from finding no server at all.
+    // SAFETY: `cf` is the configuration being parsed, `uscf` its upstream.
+    if let Err(message) = unsafe { crate::resolver::take_names(cf, uscf, conf) } {
+        ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{}", message);
+        return Status::NGX_ERROR.0;
+    }
     // SAFETY: round robin's init_upstream, called as Nginx would with the same arguments.
     if unsafe { original(cf, uscf) } != Status::NGX_OK.0 {
         return Status::NGX_ERROR.0;

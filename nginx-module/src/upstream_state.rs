@@ -60,6 +60,10 @@ pub struct WorkerRouting {
     pub original: *mut ngx_http_upstream_rr_peers_t,
     /// Scratch space for that copy, kept to avoid an allocation per change.
     pub routes: Vec<Route>,
+    /// Lookups of the upstream's names this worker has in flight, and the soonest their
+    /// answers want the next one (ms from their end; see `resolver`).
+    pub lookups_pending: usize,
+    pub next_lookup_ms: u64,
 }
 
 impl Default for WorkerRouting {
@@ -72,6 +76,8 @@ impl Default for WorkerRouting {
             list: ptr::null_mut(),
             original: ptr::null_mut(),
             routes: Vec::new(),
+            lookups_pending: 0,
+            next_lookup_ms: u64::MAX,
         }
     }
 }

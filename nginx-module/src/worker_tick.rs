@@ -1,5 +1,6 @@
-//! FFI: a timer in each worker that follows peer changes made at run time even while the
-//! worker routes no request through an upstream. A worker otherwise builds its new peer list
+//! FFI: a timer in each worker that looks up the upstreams' names when they are due
+//! (`resolver`), and follows peer changes made at run time even while the worker routes no
+//! request through an upstream. A worker otherwise builds its new peer list
 //! on its next request there; an idle one would keep an old list, and with it the slot of a
 //! removed peer (see `shm::membership`), for as long as it stays idle.
 
@@ -50,6 +51,7 @@ unsafe extern "C" fn on_tick(event: *mut ngx_event_t) {
             // touched only by this (single-threaded) worker.
             let uscf = unsafe { &mut *uscf };
             if let Some(conf) = Module::server_conf_mut(uscf) {
+                crate::resolver::tick(conf, main, cycle.log, crate::health_probe::monotonic_ms());
                 crate::upstream_hook::follow_if_changed(conf, main, uscf, cycle.log);
             }
         }

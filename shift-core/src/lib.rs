@@ -11,5 +11,6 @@ pub mod inflight;
 pub mod lifecycle;
 pub mod metrics;
 pub mod process;
+pub mod resolve;
 pub mod state_file;
 pub mod table;

@@ -59,6 +59,9 @@ pub enum PeerOrigin {
     #[default]
     Config,
     Api,
+    /// An address a name resolved to (`server NAME resolve` or `shift_resolve`): it comes and
+    /// goes with the name's DNS answers.
+    Resolved,
 }
 
 impl PeerOrigin {
@@ -66,6 +69,7 @@ impl PeerOrigin {
         match self {
             PeerOrigin::Config => "config",
             PeerOrigin::Api => "api",
+            PeerOrigin::Resolved => "resolved",
         }
     }
 }

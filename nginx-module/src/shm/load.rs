@@ -246,7 +246,7 @@ unsafe fn place_views(
         } else {
             // SAFETY: as above.
             unsafe { slots_of(header) }
-                .filter(|slot| slot.is_current() && slot.origin() == PeerOrigin::Api)
+                .filter(|slot| slot.is_current() && slot.origin() != PeerOrigin::Config)
                 .filter(|slot| !view.iter().any(|own| std::ptr::eq(*own, *slot)))
                 .collect()
         };
@@ -444,6 +444,12 @@ unsafe fn round_robin_peers(
         while !list.is_null() {
             let mut peer = (*list).peer;
             while !peer.is_null() {
+                // The placeholder of an upstream whose peers all come from names (see
+                // `resolver::take_names`) has no name: it is no peer of the table.
+                if (*peer).name.len == 0 {
+                    peer = (*peer).next;
+                    continue;
+                }
                 configs.push(PeerConfig {
                     server: (*peer).name.to_string(),
                     weight: (*peer).weight as u32,
@@ -569,6 +575,20 @@ pub unsafe fn commit(zone: Zone, main: &MainConf, log: *mut ngx_log_t) {
                 })
                 .collect();
             let notes = guard.commit(check_mode(conf), &conf.placement.configs, &removed);
+            // Addresses of names the configuration no longer has go (they stay while it does:
+            // its workers look the names up again).
+            let names: Vec<u64> = conf
+                .resolve
+                .iter()
+                .map(|name| shift_core::resolve::source_id(&name.label()))
+                .collect();
+            for slot in slots_of(header).filter(|slot| {
+                slot.is_current()
+                    && slot.origin() == PeerOrigin::Resolved
+                    && !names.contains(&slot.source())
+            }) {
+                guard.remove_peer(slot, root.next_members_epoch());
+            }
             if !conf.placement.runtime.is_empty() {
                 let epoch = root.next_members_epoch();
                 let first_order = conf.placement.configs.len() as u32;

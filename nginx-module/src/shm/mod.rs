@@ -21,6 +21,6 @@ mod worker;
 mod zone;
 
 pub use load::{commit_cycle, peer_count, LoadRecord};
-pub use membership::with_load_positions;
+pub use membership::{with_load_positions, ZoneMembership};
 pub use worker::{api_view, inflight, publish_oldest_list_epoch, register_worker, NotServing};
-pub use zone::{add_zone, set_zone_size, table_of};
+pub use zone::{add_zone, set_zone_size, slots_of, table_of, Zone};

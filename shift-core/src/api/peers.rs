@@ -102,7 +102,7 @@ pub(super) fn add(
         .max()
         .unwrap_or(0);
     let epoch = membership.next_epoch();
-    guard.add_peer(slot, weight, state, order, epoch);
+    guard.add_peer(slot, weight, state, order, epoch, PeerOrigin::Api, 0);
     drop(guard);
     let mut now: Vec<&PeerSlot> = table.peers().to_vec();
     now.push(slot);
@@ -133,6 +133,17 @@ pub(super) fn remove(
         )
     })?;
     let slot = table.peers()[index];
+    if slot.origin() == PeerOrigin::Resolved {
+        return Err(Failure::new(
+            409,
+            "conflict",
+            format!(
+                "\"{server}\" is an address a name of upstream \"{}\" resolved to: it goes when \
+                 the name stops resolving to it (drain it with PATCH meanwhile)",
+                table.name()
+            ),
+        ));
+    }
     if slot.origin() == PeerOrigin::Config {
         return Err(Failure::new(
             409,
@@ -416,10 +427,15 @@ mod tests {
     fn app_with_runtime_peer() -> OwnedTable {
         let owned = app();
         let table = owned.view();
-        table
-            .lock(1, |_| true)
-            .unwrap()
-            .add_peer(owned.peers[1], 1, PeerState::Up, 1, 1);
+        table.lock(1, |_| true).unwrap().add_peer(
+            owned.peers[1],
+            1,
+            PeerState::Up,
+            1,
+            1,
+            PeerOrigin::Api,
+            0,
+        );
         owned
     }
 

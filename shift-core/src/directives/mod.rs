@@ -4,6 +4,7 @@
 
 mod api;
 mod check;
+mod resolve;
 mod shift;
 mod zone;
 
@@ -11,6 +12,7 @@ use std::fmt;
 
 pub use api::{parse_shift_api, Principal, Readers, ShiftApiArgs, DEFAULT_API_CONNECTIONS};
 pub use check::{parse_shift_check, CheckArgs, CheckKind};
+pub use resolve::{parse_shift_resolve, ResolvedName};
 pub use shift::{duplicate_address, parse_shift, ShiftArgs};
 pub use zone::{parse_shift_zone, MIN_ZONE_BYTES};
 

@@ -62,6 +62,9 @@ pub struct TableHeader {
     /// The zone's membership epoch at the last change of this table's current peers: a worker
     /// that routed with an older one builds its peer list again.
     pub(crate) members: AtomicU64,
+    /// When the upstream's names are due for lookup (monotonic ms); the worker that moves it on
+    /// looks them up (see `resolve`).
+    pub(crate) next_lookup_ms: AtomicU64,
 }
 
 /// Whether the upstream's peers are health-checked, and whether they must pass first.
@@ -99,6 +102,7 @@ impl TableHeader {
             seq: AtomicU64::new(0),
             generation: AtomicU64::new(1),
             members: AtomicU64::new(0),
+            next_lookup_ms: AtomicU64::new(0),
         })
     }
 
@@ -169,6 +173,8 @@ pub struct PeerSlot {
     /// The membership epoch at which the API removed it; its place in each load is given up
     /// once every worker routes with a later peer list.
     pub(crate) removed_epoch: AtomicU64,
+    /// The name a resolved peer came from (`resolve::source_id`), 0 for other peers.
+    pub(crate) source: AtomicU64,
 }
 
 impl PeerSlot {
@@ -197,6 +203,7 @@ impl PeerSlot {
             last_error: AtomicU64::new(0),
             origin: AtomicU8::new(0),
             removed_epoch: AtomicU64::new(0),
+            source: AtomicU64::new(0),
         })
     }
 
@@ -213,6 +220,7 @@ impl PeerSlot {
     pub fn origin(&self) -> PeerOrigin {
         match self.origin.load(Ordering::Relaxed) {
             1 => PeerOrigin::Api,
+            2 => PeerOrigin::Resolved,
             _ => PeerOrigin::Config,
         }
     }
@@ -221,8 +229,14 @@ impl PeerSlot {
         let value = match origin {
             PeerOrigin::Config => 0,
             PeerOrigin::Api => 1,
+            PeerOrigin::Resolved => 2,
         };
         self.origin.store(value, Ordering::Relaxed);
+    }
+
+    /// For a resolved peer, the id of the name it came from (`resolve::source_id`); 0 else.
+    pub fn source(&self) -> u64 {
+        self.source.load(Ordering::Relaxed)
     }
 
     /// The membership epoch at which the API removed it (0 when it never was).

@@ -12,8 +12,10 @@ use super::layout::{encode_state, PeerConfig, PeerSlot};
 use super::lock::WriteGuard;
 
 impl WriteGuard<'_> {
-    /// Makes `slot`, placed for this table, a current peer added at run time: at `order` in
-    /// the listing, with `weight` and `state`. One new generation, which it returns.
+    /// Makes `slot`, placed for this table, a current peer added at run time (by the API, or
+    /// resolved from the name `source`): at `order` in the listing, with `weight` and `state`.
+    /// One new generation, which it returns.
+    #[allow(clippy::too_many_arguments)]
     pub fn add_peer(
         &self,
         slot: &PeerSlot,
@@ -21,6 +23,8 @@ impl WriteGuard<'_> {
         state: PeerState,
         order: u32,
         epoch: u64,
+        origin: PeerOrigin,
+        source: u64,
     ) -> u64 {
         self.write_section(|_| {
             slot.set_config(&PeerConfig {
@@ -31,7 +35,8 @@ impl WriteGuard<'_> {
             });
             slot.weight.store(weight, Ordering::Relaxed);
             slot.state.store(encode_state(state), Ordering::Relaxed);
-            slot.set_origin(PeerOrigin::Api);
+            slot.set_origin(origin);
+            slot.source.store(source, Ordering::Relaxed);
             slot.removed_epoch.store(0, Ordering::Relaxed);
             slot.set_current(true, order);
             self.table.header.members.store(epoch, Ordering::Release);
@@ -58,7 +63,9 @@ impl WriteGuard<'_> {
             let mut changed = false;
             for (offset, slot) in slots.iter().enumerate() {
                 changed |= !slot.is_current();
-                slot.set_origin(PeerOrigin::Api);
+                if slot.origin() == PeerOrigin::Config {
+                    slot.set_origin(PeerOrigin::Api);
+                }
                 slot.set_current(true, first_order + offset as u32);
             }
             if changed {
@@ -93,11 +100,15 @@ mod tests {
         let table = owned.view();
         let before = table.generation();
         let added = slot("127.0.0.1:2");
-        let generation =
-            table
-                .lock(1, |_| true)
-                .unwrap()
-                .add_peer(added, 5, PeerState::Drain, 1, 7);
+        let generation = table.lock(1, |_| true).unwrap().add_peer(
+            added,
+            5,
+            PeerState::Drain,
+            1,
+            7,
+            PeerOrigin::Api,
+            0,
+        );
         assert_eq!(generation, before + 1);
         assert!(added.is_current());
         assert_eq!(added.order(), 1);
@@ -118,7 +129,7 @@ mod tests {
         let table = owned.view();
         let added = slot("127.0.0.1:2");
         let guard = table.lock(1, |_| true).unwrap();
-        guard.add_peer(added, 1, PeerState::Up, 1, 3);
+        guard.add_peer(added, 1, PeerState::Up, 1, 3, PeerOrigin::Api, 0);
         let generation = guard.remove_peer(added, 4);
         drop(guard);
         assert_eq!(generation, table.generation());
@@ -126,10 +137,15 @@ mod tests {
         assert_eq!(added.removed_epoch(), 4);
         assert_eq!(table.header().members(), 4);
         // Added again before its slot went: current once more, no longer marked removed.
-        table
-            .lock(1, |_| true)
-            .unwrap()
-            .add_peer(added, 2, PeerState::Up, 1, 5);
+        table.lock(1, |_| true).unwrap().add_peer(
+            added,
+            2,
+            PeerState::Up,
+            1,
+            5,
+            PeerOrigin::Api,
+            0,
+        );
         assert!(added.is_current());
         assert_eq!(added.removed_epoch(), 0);
     }

@@ -1,0 +1,241 @@
+//! Names resolved at run time (`shift_resolve NAME:PORT`, and `server NAME:PORT resolve` on
+//! Nginx 1.27.3+) against a real Nginx and a real DNS server (dnsmasq): replicas on 127.0.0.2–4
+//! share a port, as Compose replicas on their own IPs; the peer set follows the answers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use harness::{
+    check_config, free_port, nginx_version, wait_until, Admin, Backend, Dnsmasq, HttpClient, Nginx,
+    NginxOptions,
+};
+use shift_wire::PeerOrigin;
+
+fn replica(n: u8, port: u16) -> Backend {
+    Backend::start_at(
+        &format!("r{n}"),
+        format!("127.0.0.{n}:{port}").parse().unwrap(),
+    )
+}
+
+fn config(dns: u16, upstream: &str, port: u16) -> String {
+    format!(
+        "resolver 127.0.0.1:{dns} valid=1s ipv6=off;\nresolver_timeout 1s;\n\
+         upstream app {{ {upstream} }}\n\
+         server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://app; }} }}\n\
+         server {{ listen unix:{{prefix}}/api.sock; location /api/ {{ shift_api; }} }}\n"
+    )
+}
+
+/// The resolved peers of `app` that take traffic.
+fn resolved(admin: &Admin) -> BTreeSet<String> {
+    admin
+        .upstream("app")
+        .peers
+        .iter()
+        .filter(|peer| peer.origin == PeerOrigin::Resolved && peer.eligible)
+        .map(|peer| peer.server.clone())
+        .collect()
+}
+
+fn addresses(port: u16, ns: &[u8]) -> BTreeSet<String> {
+    ns.iter().map(|n| format!("127.0.0.{n}:{port}")).collect()
+}
+
+#[test]
+fn a_name_gains_and_loses_addresses_under_load_without_a_failed_request() {
+    let port = free_port();
+    let replicas: Vec<Backend> = (2..=4).map(|n| replica(n, port)).collect();
+    let dns = Dnsmasq::start(&[("127.0.0.2", "backend")]);
+    let http = free_port();
+    let nginx = Nginx::start(NginxOptions::new(config(
+        dns.port(),
+        &format!("shift_resolve backend:{port}; shift;"),
+        http,
+    )));
+    let admin = Admin::new(nginx.path("api.sock"), "/api/");
+    let found = wait_until(Duration::from_secs(10), || {
+        resolved(&admin) == addresses(port, &[2])
+    });
+    assert!(
+        found.is_some(),
+        "backend resolved: {:?}",
+        admin.upstream("app")
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let (mut answers, mut failed) = (BTreeMap::<String, u64>::new(), Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    match HttpClient::new(http).get("/") {
+                        Ok(response) if response.status == 200 => {
+                            *answers.entry(response.body).or_default() += 1
+                        }
+                        Ok(response) => {
+                            failed.push(format!("{} {}", response.status, response.body))
+                        }
+                        Err(err) => failed.push(err.to_string()),
+                    }
+                }
+                (answers, failed)
+            })
+        })
+        .collect();
+    for set in [&[2, 3, 4][..], &[3, 4], &[4], &[2, 3]] {
+        let records: Vec<(String, &str)> = set
+            .iter()
+            .map(|n| (format!("127.0.0.{n}"), "backend"))
+            .collect();
+        let records: Vec<(&str, &str)> = records.iter().map(|(a, n)| (a.as_str(), *n)).collect();
+        dns.set(&records);
+        let followed = wait_until(Duration::from_secs(10), || {
+            resolved(&admin) == addresses(port, set)
+        });
+        assert!(
+            followed.is_some(),
+            "peers follow {set:?}: {:?}",
+            resolved(&admin)
+        );
+        thread::sleep(Duration::from_millis(300));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut answers = BTreeMap::<String, u64>::new();
+    for thread in traffic {
+        let (seen, failed) = thread.join().unwrap();
+        assert!(failed.is_empty(), "failed requests: {failed:?}");
+        for (name, count) in seen {
+            *answers.entry(name).or_default() += count;
+        }
+    }
+    for name in ["r2", "r3", "r4"] {
+        assert!(
+            answers.contains_key(name),
+            "{name} never answered: {answers:?}"
+        );
+    }
+    drop(replicas);
+}
+
+#[test]
+fn a_name_that_does_not_resolve_yet_does_not_stop_nginx() {
+    let port = free_port();
+    let _replica = replica(2, port);
+    let dns = Dnsmasq::start(&[]);
+    let http = free_port();
+    let nginx = Nginx::start(NginxOptions::new(config(
+        dns.port(),
+        &format!("shift_resolve backend:{port}; shift;"),
+        http,
+    )));
+    let admin = Admin::new(nginx.path("api.sock"), "/api/");
+    assert!(
+        admin.upstream("app").peers.is_empty(),
+        "no peer before the name resolves"
+    );
+    assert_eq!(HttpClient::new(http).get("/").unwrap().status, 502);
+    dns.set(&[("127.0.0.2", "backend")]);
+    let serving = wait_until(Duration::from_secs(10), || {
+        HttpClient::new(http)
+            .get("/")
+            .is_ok_and(|response| response.status == 200)
+    });
+    assert!(serving.is_some(), "traffic once the name resolves");
+}
+
+#[test]
+fn a_resolver_that_stops_answering_keeps_the_last_good_set() {
+    let port = free_port();
+    let _replicas: Vec<Backend> = (2..=3).map(|n| replica(n, port)).collect();
+    let mut dns = Dnsmasq::start(&[("127.0.0.2", "backend"), ("127.0.0.3", "backend")]);
+    let http = free_port();
+    let nginx = Nginx::start(NginxOptions::new(config(
+        dns.port(),
+        &format!("shift_resolve backend:{port} weight=2; shift;"),
+        http,
+    )));
+    let admin = Admin::new(nginx.path("api.sock"), "/api/");
+    assert!(
+        wait_until(Duration::from_secs(10), || resolved(&admin)
+            == addresses(port, &[2, 3]))
+        .is_some(),
+        "resolved: {:?}",
+        admin.upstream("app")
+    );
+    dns.stop();
+    let logged = wait_until(Duration::from_secs(15), || {
+        nginx.error_log().contains("could not be resolved")
+    });
+    assert!(logged.is_some(), "the failed lookup is logged");
+    assert_eq!(
+        resolved(&admin),
+        addresses(port, &[2, 3]),
+        "the last good set stays"
+    );
+    for _ in 0..10 {
+        assert_eq!(HttpClient::new(http).get("/").unwrap().status, 200);
+    }
+    let weights: BTreeSet<u32> = admin
+        .upstream("app")
+        .peers
+        .iter()
+        .map(|peer| peer.weight)
+        .collect();
+    assert_eq!(weights, BTreeSet::from([2]), "the name's weight");
+}
+
+#[test]
+fn server_lines_with_resolve_work_where_nginx_has_them() {
+    if nginx_version() < (1, 27, 3) {
+        eprintln!("skipped: `server ... resolve` needs Nginx 1.27.3 (shift_resolve is tested)");
+        return;
+    }
+    let port = free_port();
+    let _replica = replica(3, port);
+    let dns = Dnsmasq::start(&[("127.0.0.3", "backend")]);
+    let http = free_port();
+    let nginx = Nginx::start(NginxOptions::new(config(
+        dns.port(),
+        &format!("server backend:{port} resolve weight=4; shift;"),
+        http,
+    )));
+    let admin = Admin::new(nginx.path("api.sock"), "/api/");
+    let found = wait_until(Duration::from_secs(10), || {
+        resolved(&admin) == addresses(port, &[3])
+    });
+    assert!(found.is_some(), "resolved: {:?}", admin.upstream("app"));
+    assert_eq!(admin.upstream("app").peers[0].weight, 4);
+    assert_eq!(HttpClient::new(http).get("/").unwrap().body, "r3");
+}
+
+#[test]
+fn names_without_a_resolver_fail_nginx_t() {
+    let check = check_config(&NginxOptions::new(
+        "upstream app { shift_resolve backend:80; shift; }\n\
+         server { listen 127.0.0.1:1; location / { proxy_pass http://app; } }\n",
+    ));
+    assert!(!check.ok, "{}", check.output);
+    assert!(
+        check
+            .output
+            .contains("no resolver defined to resolve \"backend:80\""),
+        "{}",
+        check.output
+    );
+    let check = check_config(&NginxOptions::new(
+        "upstream app { shift_resolve 10.0.0.7:80; shift; }\n",
+    ));
+    assert!(!check.ok);
+    assert!(
+        check
+            .output
+            .contains("invalid parameter \"10.0.0.7:80\" in \"shift_resolve\""),
+        "{}",
+        check.output
+    );
+}
