@@ -66,6 +66,16 @@ impl Dnsmasq {
         self.port
     }
 
+    /// The hosts file it answers from (`ADDRESS NAME` lines): a hook can change it, then send
+    /// SIGHUP to `pid()`, as Docker's DNS learns of a container.
+    pub fn hosts_path(&self) -> &std::path::Path {
+        &self.hosts
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// Answers `records` from now on.
     pub fn set(&self, records: &[(&str, &str)]) {
         self.write(records);

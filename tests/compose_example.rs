@@ -1,6 +1,7 @@
-//! `examples/compose/`: the compose file names the services and ports that nginx.conf and
-//! deploy.toml use, and that nginx.conf and deploy plan work — run with local processes
-//! standing in for the containers, since no Docker engine runs here.
+//! `examples/compose/` and `examples/compose-scale/`: the compose files name the services and
+//! ports that nginx.conf and deploy.toml use, and the configs and deploy plans work — run with
+//! local processes standing in for the containers (and dnsmasq for Docker's DNS), since no
+//! Docker engine runs here.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -8,8 +9,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use harness::{
-    free_port, module_path, shiftctl_command, wait_until, Admin, HookedBackends, HttpClient, Nginx,
-    NginxOptions,
+    free_port, module_path, shiftctl_command, wait_until, Admin, Dnsmasq, HookedBackends,
+    HttpClient, Nginx, NginxOptions,
 };
 use shift_wire::Health;
 
@@ -186,4 +187,159 @@ fn the_example_config_and_plan_deploy_with_local_processes() {
         "start green\nstop blue\nstart blue\nstop green\n"
     );
     assert_eq!(served(), ["blue".to_string()].into());
+}
+
+fn scaled(file: &str) -> String {
+    let path = format!(
+        "{}/examples/compose-scale/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    fs::read_to_string(&path).unwrap_or_else(|err| panic!("{path}: {err}"))
+}
+
+#[test]
+fn the_scaled_example_rolls_its_replicas_with_local_processes_and_dnsmasq() {
+    let compose: serde_yaml::Value = serde_yaml::from_str(&scaled("docker-compose.yml")).unwrap();
+    assert_eq!(
+        compose["services"]["backend"]["environment"]["PORT"].as_str(),
+        Some("8000")
+    );
+    assert!(
+        compose["services"]["backend"]["network_mode"].is_null(),
+        "the default network"
+    );
+    let config = scaled("nginx.conf");
+    assert!(
+        config.contains("resolver 127.0.0.11 valid=5s"),
+        "Docker's DNS"
+    );
+    assert!(config.contains("server backend:8000 resolve;"));
+
+    // `docker compose up -d --scale backend=3`: three replicas on their own IPs, one port, and
+    // Docker's DNS answering the service name with them.
+    let (port, http) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let dns = Dnsmasq::start(&[]);
+    fs::write(dir.path().join("next"), "2").unwrap();
+    let (d, hosts, dns_pid) = (dir.path().display(), dns.hosts_path().display(), dns.pid());
+    let start = format!(
+        "n=$(cat {d}/next); echo $((n + 1)) > {d}/next; \
+         {backend} v$n 127.0.0.$n:{port} >/dev/null 2>&1 & echo $! > {d}/127.0.0.$n:{port}.pid; \
+         echo \"127.0.0.$n backend\" >> {hosts}; kill -HUP {dns_pid}; echo start 127.0.0.$n >> {d}/log",
+        backend = harness::backend_binary().display()
+    );
+    let stop = format!(
+        "ip=${{SHIFT_SERVER%:*}}; sed -i \"/^$ip /d\" {hosts}; kill -HUP {dns_pid}; \
+         kill $(cat {d}/$SHIFT_SERVER.pid); echo stop $ip >> {d}/log"
+    );
+    for _ in 0..3 {
+        assert!(std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&start)
+            .status()
+            .unwrap()
+            .success());
+    }
+    fs::write(dir.path().join("log"), "").unwrap();
+
+    // The example's nginx.conf, with this machine's paths, ports and DNS server.
+    let server_line = if harness::nginx_version() >= (1, 27, 3) {
+        format!("server backend:{port} resolve;")
+    } else {
+        format!("shift_resolve backend:{port};")
+    };
+    let config = config
+        .replace(
+            "/etc/nginx/modules/libngx_http_shift_module.so",
+            &module_path().display().to_string(),
+        )
+        .replace(
+            "resolver 127.0.0.11 valid=5s",
+            &format!("resolver 127.0.0.1:{} valid=1s", dns.port()),
+        )
+        .replace("server backend:8000 resolve;", &server_line)
+        .replace("interval=2s", "interval=300ms")
+        .replace("listen 80;", &format!("listen 127.0.0.1:{http};"))
+        .replace("/run/nginx-shift/shift.sock", "{prefix}/shift.sock")
+        .replace("/var/lib/nginx-shift", &dir.path().display().to_string());
+    let nginx = Nginx::start(NginxOptions::full_config(config, 2));
+    let admin = Admin::new(nginx.path("shift.sock"), "/api/");
+    let taking = || -> std::collections::BTreeSet<String> {
+        admin
+            .upstream("backend")
+            .peers
+            .iter()
+            .filter(|peer| peer.eligible)
+            .map(|peer| peer.server.clone())
+            .collect()
+    };
+    let replicas = |ns: &[u8]| -> std::collections::BTreeSet<String> {
+        ns.iter().map(|n| format!("127.0.0.{n}:{port}")).collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || taking() == replicas(&[2, 3, 4])).is_some(),
+        "the three replicas take traffic: {:?}",
+        admin.upstream("backend")
+    );
+
+    // The example's plan, with local hooks and 1 s watches.
+    let plan = scaled("deploy.toml")
+        .replace("\"./start-replica.sh\"", &format!("'{start}'"))
+        .replace("\"./stop-replica.sh\"", &format!("'{stop}'"))
+        .replace("interval = \"30s\"", "interval = \"1s\"");
+    let plan_path = dir.path().join("deploy.toml");
+    fs::write(&plan_path, plan).unwrap();
+    let done = dir.path().join("done");
+    let traffic = std::thread::spawn(move || {
+        let mut failed = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline && !done.exists() {
+            match HttpClient::new(http).get("/") {
+                Ok(response) if response.status == 200 => {}
+                Ok(response) => failed.push(response.status.to_string()),
+                Err(err) => failed.push(err.to_string()),
+            }
+        }
+        failed
+    });
+    let output = shiftctl_command(&[nginx.path("shift.sock")], Some(dir.path()))
+        .arg("deploy")
+        .arg(&plan_path)
+        .output()
+        .unwrap();
+    fs::write(dir.path().join("done"), "").unwrap();
+    let failed = traffic.join().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        failed.is_empty(),
+        "failed requests during the rolling deploy: {failed:?}"
+    );
+    assert_eq!(
+        fs::read_to_string(dir.path().join("log")).unwrap(),
+        "start 127.0.0.5\nstop 127.0.0.2\nstart 127.0.0.6\nstop 127.0.0.3\nstart 127.0.0.7\nstop 127.0.0.4\n"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || taking() == replicas(&[5, 6, 7])).is_some(),
+        "the new replicas take the traffic: {:?}",
+        admin.upstream("backend")
+    );
+    for entry in fs::read_dir(dir.path()).unwrap().flatten() {
+        if entry.path().extension().is_some_and(|ext| ext == "pid") {
+            if let Ok(pid) = fs::read_to_string(entry.path())
+                .unwrap()
+                .trim()
+                .parse::<i32>()
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+    }
 }
