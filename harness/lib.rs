@@ -9,6 +9,7 @@ mod dnsmasq;
 mod nginx;
 mod processes;
 mod setup;
+mod traffic;
 
 pub use admin::Admin;
 pub use backend::Backend;
@@ -17,6 +18,7 @@ pub use dnsmasq::Dnsmasq;
 pub use nginx::{check_config, ConfigCheck, Nginx, NginxOptions};
 pub use processes::HookedBackends;
 pub use setup::ShiftSetup;
+pub use traffic::{Traffic, TrafficReport};
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use harness::{
     free_port, module_path, shiftctl_command, wait_until, Admin, Dnsmasq, HookedBackends,
-    HttpClient, Nginx, NginxOptions,
+    HttpClient, Nginx, NginxOptions, Traffic,
 };
 use shift_wire::Health;
 
@@ -290,26 +290,13 @@ fn the_scaled_example_rolls_its_replicas_with_local_processes_and_dnsmasq() {
         .replace("interval = \"30s\"", "interval = \"1s\"");
     let plan_path = dir.path().join("deploy.toml");
     fs::write(&plan_path, plan).unwrap();
-    let done = dir.path().join("done");
-    let traffic = std::thread::spawn(move || {
-        let mut failed = Vec::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while std::time::Instant::now() < deadline && !done.exists() {
-            match HttpClient::new(http).get("/") {
-                Ok(response) if response.status == 200 => {}
-                Ok(response) => failed.push(response.status.to_string()),
-                Err(err) => failed.push(err.to_string()),
-            }
-        }
-        failed
-    });
+    let traffic = Traffic::start(http, 1);
     let output = shiftctl_command(&[nginx.path("shift.sock")], Some(dir.path()))
         .arg("deploy")
         .arg(&plan_path)
         .output()
         .unwrap();
-    fs::write(dir.path().join("done"), "").unwrap();
-    let failed = traffic.join().unwrap();
+    let failed = traffic.stop().failed;
     assert!(
         output.status.success(),
         "{}",

@@ -2,15 +2,13 @@
 //! Nginx 1.27.3+) against a real Nginx and a real DNS server (dnsmasq): replicas on 127.0.0.2–4
 //! share a port, as Compose replicas on their own IPs; the peer set follows the answers.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::collections::BTreeSet;
 use std::thread;
 use std::time::Duration;
 
 use harness::{
     check_config, free_port, nginx_version, wait_until, Admin, Backend, Dnsmasq, HttpClient, Nginx,
-    NginxOptions,
+    NginxOptions, Traffic,
 };
 use shift_wire::PeerOrigin;
 
@@ -28,6 +26,27 @@ fn config(dns: u16, upstream: &str, port: u16) -> String {
          server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://app; }} }}\n\
          server {{ listen unix:{{prefix}}/api.sock; location /api/ {{ shift_api; }} }}\n"
     )
+}
+
+/// Nginx with upstream `app` as `upstream`, resolving through `dns`; its admin API, and its
+/// traffic port.
+fn start_nginx(dns: &Dnsmasq, upstream: &str) -> (Nginx, Admin, u16) {
+    let http = free_port();
+    let nginx = Nginx::start(NginxOptions::new(config(dns.port(), upstream, http)));
+    let admin = Admin::new(nginx.path("api.sock"), "/api/");
+    (nginx, admin, http)
+}
+
+/// Waits until the resolved peers taking traffic are 127.0.0.N:`port` for `ns`.
+fn await_resolved(admin: &Admin, port: u16, ns: &[u8]) {
+    let found = wait_until(Duration::from_secs(10), || {
+        resolved(admin) == addresses(port, ns)
+    });
+    assert!(
+        found.is_some(),
+        "resolved to {ns:?}: {:?}",
+        admin.upstream("app")
+    );
 }
 
 /// The resolved peers of `app` that take traffic.
@@ -50,43 +69,10 @@ fn a_name_gains_and_loses_addresses_under_load_without_a_failed_request() {
     let port = free_port();
     let replicas: Vec<Backend> = (2..=4).map(|n| replica(n, port)).collect();
     let dns = Dnsmasq::start(&[("127.0.0.2", "backend")]);
-    let http = free_port();
-    let nginx = Nginx::start(NginxOptions::new(config(
-        dns.port(),
-        &format!("shift_resolve backend:{port}; shift;"),
-        http,
-    )));
-    let admin = Admin::new(nginx.path("api.sock"), "/api/");
-    let found = wait_until(Duration::from_secs(10), || {
-        resolved(&admin) == addresses(port, &[2])
-    });
-    assert!(
-        found.is_some(),
-        "backend resolved: {:?}",
-        admin.upstream("app")
-    );
+    let (_nginx, admin, http) = start_nginx(&dns, &format!("shift_resolve backend:{port}; shift;"));
+    await_resolved(&admin, port, &[2]);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let traffic: Vec<_> = (0..2)
-        .map(|_| {
-            let stop = stop.clone();
-            thread::spawn(move || {
-                let (mut answers, mut failed) = (BTreeMap::<String, u64>::new(), Vec::new());
-                while !stop.load(Ordering::Relaxed) {
-                    match HttpClient::new(http).get("/") {
-                        Ok(response) if response.status == 200 => {
-                            *answers.entry(response.body).or_default() += 1
-                        }
-                        Ok(response) => {
-                            failed.push(format!("{} {}", response.status, response.body))
-                        }
-                        Err(err) => failed.push(err.to_string()),
-                    }
-                }
-                (answers, failed)
-            })
-        })
-        .collect();
+    let traffic = Traffic::start(http, 2);
     for set in [&[2, 3, 4][..], &[3, 4], &[4], &[2, 3]] {
         let records: Vec<(String, &str)> = set
             .iter()
@@ -104,15 +90,13 @@ fn a_name_gains_and_loses_addresses_under_load_without_a_failed_request() {
         );
         thread::sleep(Duration::from_millis(300));
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut answers = BTreeMap::<String, u64>::new();
-    for thread in traffic {
-        let (seen, failed) = thread.join().unwrap();
-        assert!(failed.is_empty(), "failed requests: {failed:?}");
-        for (name, count) in seen {
-            *answers.entry(name).or_default() += count;
-        }
-    }
+    let report = traffic.stop();
+    assert!(
+        report.failed.is_empty(),
+        "failed requests: {:?}",
+        report.failed
+    );
+    let answers = report.answers;
     for name in ["r2", "r3", "r4"] {
         assert!(
             answers.contains_key(name),
@@ -128,11 +112,15 @@ fn a_name_that_does_not_resolve_yet_does_not_stop_nginx() {
     let _replica = replica(2, port);
     let dns = Dnsmasq::start(&[]);
     let http = free_port();
-    let nginx = Nginx::start(NginxOptions::new(config(
-        dns.port(),
-        &format!("shift_resolve backend:{port}; shift;"),
-        http,
-    )));
+    // Without `resolver_timeout`: Nginx's default (30 s) applies.
+    let nginx = Nginx::start(NginxOptions::new(
+        config(
+            dns.port(),
+            &format!("shift_resolve backend:{port}; shift;"),
+            http,
+        )
+        .replace("resolver_timeout 1s;\n", ""),
+    ));
     let admin = Admin::new(nginx.path("api.sock"), "/api/");
     assert!(
         admin.upstream("app").peers.is_empty(),
@@ -153,20 +141,11 @@ fn a_resolver_that_stops_answering_keeps_the_last_good_set() {
     let port = free_port();
     let _replicas: Vec<Backend> = (2..=3).map(|n| replica(n, port)).collect();
     let mut dns = Dnsmasq::start(&[("127.0.0.2", "backend"), ("127.0.0.3", "backend")]);
-    let http = free_port();
-    let nginx = Nginx::start(NginxOptions::new(config(
-        dns.port(),
+    let (nginx, admin, http) = start_nginx(
+        &dns,
         &format!("shift_resolve backend:{port} weight=2; shift;"),
-        http,
-    )));
-    let admin = Admin::new(nginx.path("api.sock"), "/api/");
-    assert!(
-        wait_until(Duration::from_secs(10), || resolved(&admin)
-            == addresses(port, &[2, 3]))
-        .is_some(),
-        "resolved: {:?}",
-        admin.upstream("app")
     );
+    await_resolved(&admin, port, &[2, 3]);
     dns.stop();
     let logged = wait_until(Duration::from_secs(15), || {
         nginx.error_log().contains("could not be resolved")
@@ -198,17 +177,11 @@ fn server_lines_with_resolve_work_where_nginx_has_them() {
     let port = free_port();
     let _replica = replica(3, port);
     let dns = Dnsmasq::start(&[("127.0.0.3", "backend")]);
-    let http = free_port();
-    let nginx = Nginx::start(NginxOptions::new(config(
-        dns.port(),
+    let (_nginx, admin, http) = start_nginx(
+        &dns,
         &format!("server backend:{port} resolve weight=4; shift;"),
-        http,
-    )));
-    let admin = Admin::new(nginx.path("api.sock"), "/api/");
-    let found = wait_until(Duration::from_secs(10), || {
-        resolved(&admin) == addresses(port, &[3])
-    });
-    assert!(found.is_some(), "resolved: {:?}", admin.upstream("app"));
+    );
+    await_resolved(&admin, port, &[3]);
     assert_eq!(admin.upstream("app").peers[0].weight, 4);
     assert_eq!(HttpClient::new(http).get("/").unwrap().body, "r3");
 }
@@ -237,5 +210,39 @@ fn names_without_a_resolver_fail_nginx_t() {
             .contains("invalid parameter \"10.0.0.7:80\" in \"shift_resolve\""),
         "{}",
         check.output
+    );
+}
+
+#[test]
+fn a_replica_replaced_in_dns_finishes_its_requests_in_flight() {
+    let port = free_port();
+    let _replicas: Vec<Backend> = (2..=3).map(|n| replica(n, port)).collect();
+    let dns = Dnsmasq::start(&[("127.0.0.2", "backend")]);
+    let (_nginx, admin, http) = start_nginx(&dns, &format!("shift_resolve backend:{port}; shift;"));
+    await_resolved(&admin, port, &[2]);
+    let slow = thread::spawn(move || HttpClient::new(http).get("/slow/2000"));
+    let in_flight = wait_until(Duration::from_secs(5), || {
+        admin
+            .upstream("app")
+            .peers
+            .iter()
+            .any(|peer| peer.active == 1)
+    });
+    assert!(in_flight.is_some(), "the slow request reached r2");
+    // The container is recreated with a new IP: the name now answers 127.0.0.3 only.
+    dns.set(&[("127.0.0.3", "backend")]);
+    await_resolved(&admin, port, &[3]);
+    for _ in 0..10 {
+        assert_eq!(
+            HttpClient::new(http).get("/").unwrap().body,
+            "r3",
+            "new requests go to r3"
+        );
+    }
+    let answer = slow.join().unwrap().expect("the slow request");
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (200, "r2"),
+        "it finished where it started"
     );
 }

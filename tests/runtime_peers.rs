@@ -3,15 +3,13 @@
 //! requests and takes no new ones, and both survive reloads and restarts.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use harness::{wait_until, Backend, HttpClient, ShiftSetup};
+use harness::{wait_until, Backend, HttpClient, ShiftSetup, Traffic};
 use shift_wire::{PeerOrigin, PeerRemoval, Upstream};
 
 fn decode<T: serde::de::DeserializeOwned>(response: &harness::Response, status: u16) -> T {
@@ -149,26 +147,7 @@ fn adds_and_removes_under_load_and_reloads_fail_no_request() {
         .iter()
         .map(|name| Backend::start(name))
         .collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let traffic: Vec<_> = (0..3)
-        .map(|_| {
-            let (stop, port) = (stop.clone(), setup.port);
-            thread::spawn(move || {
-                let (mut answered, mut failed) = (0u64, Vec::new());
-                while !stop.load(Ordering::Relaxed) {
-                    // A new connection each time, so that both workers take requests.
-                    match HttpClient::new(port).get("/") {
-                        Ok(response) if response.status == 200 => answered += 1,
-                        Ok(response) => {
-                            failed.push(format!("{}: {}", response.status, response.body))
-                        }
-                        Err(err) => failed.push(err.to_string()),
-                    }
-                }
-                (answered, failed)
-            })
-        })
-        .collect();
+    let traffic = Traffic::start(setup.port, 3);
     let mut expected: BTreeSet<String> = BTreeSet::new();
     for round in 0..24 {
         let replica = replicas[round % replicas.len()].addr().to_string();
@@ -183,13 +162,13 @@ fn adds_and_removes_under_load_and_reloads_fail_no_request() {
         }
         thread::sleep(Duration::from_millis(50));
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut answered = 0;
-    for thread in traffic {
-        let (count, failed) = thread.join().unwrap();
-        assert!(failed.is_empty(), "failed requests: {failed:?}");
-        answered += count;
-    }
+    let report = traffic.stop();
+    assert!(
+        report.failed.is_empty(),
+        "failed requests: {:?}",
+        report.failed
+    );
+    let answered = report.total();
     assert!(answered > 100, "only {answered} requests went through");
     let runtime: BTreeSet<String> = setup
         .admin

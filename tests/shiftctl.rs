@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use harness::{
     free_port, shiftctl_command, wait_until, Admin, Backend, HookedBackends, HttpClient, Nginx,
-    NginxOptions,
+    NginxOptions, Traffic,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -887,32 +887,20 @@ fn a_rolling_deploy_replaces_three_replicas_one_at_a_time_without_a_failed_reque
         ),
     )
     .unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let traffic = {
-        let stop = stop.clone();
-        thread::spawn(move || {
-            let (mut answers, mut failed) = (BTreeMap::<String, u64>::new(), Vec::new());
-            while !stop.load(Ordering::Relaxed) {
-                match HttpClient::new(port).get("/") {
-                    Ok(response) if response.status == 200 => {
-                        *answers.entry(response.body).or_default() += 1
-                    }
-                    Ok(response) => failed.push(response.status.to_string()),
-                    Err(err) => failed.push(err.to_string()),
-                }
-            }
-            (answers, failed)
-        })
-    };
+    let traffic = Traffic::start(port, 1);
     let output = shiftctl_command(&[nginx.path("api.sock")], Some(plan_dir.path()))
         .args(["deploy", plan.to_str().unwrap()])
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    stop.store(true, Ordering::Relaxed);
-    let (answers, failed) = traffic.join().unwrap();
+    let report = traffic.stop();
     assert!(output.status.success(), "{}", text(&output.stderr));
-    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(
+        report.failed.is_empty(),
+        "failed requests: {:?}",
+        report.failed
+    );
+    let answers = report.answers;
     for new in ["v5", "v6", "v7"] {
         assert!(
             answers.contains_key(new),

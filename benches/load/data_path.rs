@@ -24,16 +24,33 @@ pub(crate) fn data_path(settings: &Settings) {
             "shift, second peer added at run time",
             format!("server 127.0.0.1:{b1}; shift; shift_check interval=1s; keepalive 16;"),
         ),
+        (
+            "shift, both peers from resolved names",
+            format!(
+                "shift_resolve one:{b1}; shift_resolve two:{b2}; shift; shift_check interval=1s; \
+                 keepalive 16;"
+            ),
+        ),
     ];
+    let dns = harness::Dnsmasq::start(&[("127.0.0.1", "one"), ("127.0.0.1", "two")]);
     let mut results: Vec<Vec<WrkResult>> = vec![Vec::new(); configs.len()];
     for _ in 0..settings.rounds {
         for (index, (_, upstream)) in configs.iter().enumerate() {
             let port = free_port();
             let _nginx = Nginx::start(NginxOptions::new(format!(
-                "upstream app {{ {upstream} }}\n\
+                "resolver 127.0.0.1:{} valid=30s ipv6=off;\n\
+                 upstream app {{ {upstream} }}\n\
                  server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n\
-                 server {{ listen unix:{{prefix}}/api.sock; location /api/ {{ shift_api; }} }}"
+                 server {{ listen unix:{{prefix}}/api.sock; location /api/ {{ shift_api; }} }}",
+                dns.port()
             )));
+            if configs[index].0.contains("resolved") {
+                let admin = harness::Admin::new(_nginx.path("api.sock"), "/api/");
+                let resolved = wait_until(Duration::from_secs(10), || {
+                    admin.upstream("app").peers.len() == 2
+                });
+                assert!(resolved.is_some(), "both names resolved");
+            }
             if configs[index].0.contains("run time") {
                 let body = format!(r#"{{"server": "127.0.0.1:{b2}"}}"#);
                 let response = api_request(

@@ -23,6 +23,7 @@ use harness::{
 mod data_path;
 mod peers;
 mod reload_storm;
+mod resolve;
 mod switch;
 mod wrk;
 mod zero_downtime;
@@ -30,6 +31,7 @@ mod zero_downtime;
 use data_path::data_path;
 use peers::peer_changes;
 use reload_storm::reload_storm;
+use resolve::resolve_cost;
 use switch::{first_answer, plain_upstream, shift_nginx, switch_latency, Pair};
 use wrk::{median, percentile, wrk, wrk_result};
 use zero_downtime::zero_downtime;
@@ -118,10 +120,11 @@ fn main() {
         .filter(|arg| !arg.starts_with('-'))
         .collect();
     type Scenario = (&'static str, fn(&Settings));
-    let scenarios: [Scenario; 5] = [
+    let scenarios: [Scenario; 6] = [
         ("data_path", data_path),
         ("switch_latency", switch_latency),
         ("peer_changes", peer_changes),
+        ("resolve_cost", resolve_cost),
         ("reload_storm", reload_storm),
         ("zero_downtime", zero_downtime),
     ];

@@ -92,34 +92,11 @@ impl Fleet {
         upstream: &str,
         peer: &NewPeer,
     ) -> Result<Vec<Upstream>, FleetError> {
-        let mut added = Vec::with_capacity(self.clients.len());
-        for (index, client) in self.clients.iter().enumerate() {
-            match client.add_peer(upstream, peer).await {
-                Ok(state) => added.push(state),
-                Err(cause) => {
-                    for client in &self.clients[..index] {
-                        if let Err(restore_error) = client.remove_peer(upstream, &peer.server).await
-                        {
-                            let socket = client.socket().display().to_string();
-                            return Err(FleetError::Split {
-                                cause,
-                                socket,
-                                restore_error,
-                            });
-                        }
-                    }
-                    return Err(if index == 0 {
-                        FleetError::Client(cause)
-                    } else {
-                        FleetError::RolledBack {
-                            cause,
-                            restored: index,
-                        }
-                    });
-                }
-            }
-        }
-        Ok(added)
+        self.each_or_undo(
+            async |client, _| client.add_peer(upstream, peer).await,
+            async |client, _| client.remove_peer(upstream, &peer.server).await.map(drop),
+        )
+        .await
     }
 
     /// Removes peer `server` from the upstream on every Nginx; on a failure it is added back,
@@ -130,43 +107,60 @@ impl Fleet {
         server: &str,
     ) -> Result<Vec<PeerRemoval>, FleetError> {
         let before = self.read(upstream).await?;
+        let mut peers = Vec::with_capacity(before.len());
         for state in &before {
-            plan::find_peer(state, server).map_err(|err| FleetError::Plan(err.to_string()))?;
+            let peer =
+                plan::find_peer(state, server).map_err(|err| FleetError::Plan(err.to_string()))?;
+            peers.push(NewPeer {
+                server: server.to_string(),
+                weight: Some(peer.weight),
+                state: Some(peer.state),
+                expect_generation: None,
+            });
         }
-        let mut removed = Vec::with_capacity(self.clients.len());
+        self.each_or_undo(
+            async |client, _| client.remove_peer(upstream, server).await,
+            async |client, index| client.add_peer(upstream, &peers[index]).await.map(drop),
+        )
+        .await
+    }
+
+    /// Makes `change` on each Nginx in turn. When one fails, `undo` puts back those already
+    /// changed, and the error says whether that worked.
+    async fn each_or_undo<T>(
+        &self,
+        change: impl AsyncFn(&AdminClient, usize) -> Result<T, ClientError>,
+        undo: impl AsyncFn(&AdminClient, usize) -> Result<(), ClientError>,
+    ) -> Result<Vec<T>, FleetError> {
+        let mut done = Vec::with_capacity(self.clients.len());
         for (index, client) in self.clients.iter().enumerate() {
-            match client.remove_peer(upstream, server).await {
-                Ok(removal) => removed.push(removal),
-                Err(cause) => {
-                    for (client, state) in self.clients.iter().zip(&before).take(index) {
-                        let peer = plan::find_peer(state, server).expect("checked above");
-                        let again = NewPeer {
-                            server: server.to_string(),
-                            weight: Some(peer.weight),
-                            state: Some(peer.state),
-                            expect_generation: None,
-                        };
-                        if let Err(restore_error) = client.add_peer(upstream, &again).await {
-                            let socket = client.socket().display().to_string();
-                            return Err(FleetError::Split {
-                                cause,
-                                socket,
-                                restore_error,
-                            });
-                        }
-                    }
-                    return Err(if index == 0 {
-                        FleetError::Client(cause)
-                    } else {
-                        FleetError::RolledBack {
-                            cause,
-                            restored: index,
-                        }
+            let cause = match change(client, index).await {
+                Ok(value) => {
+                    done.push(value);
+                    continue;
+                }
+                Err(cause) => cause,
+            };
+            for (earlier, client) in self.clients[..index].iter().enumerate() {
+                if let Err(restore_error) = undo(client, earlier).await {
+                    let socket = client.socket().display().to_string();
+                    return Err(FleetError::Split {
+                        cause,
+                        socket,
+                        restore_error,
                     });
                 }
             }
+            return Err(if index == 0 {
+                FleetError::Client(cause)
+            } else {
+                FleetError::RolledBack {
+                    cause,
+                    restored: index,
+                }
+            });
         }
-        Ok(removed)
+        Ok(done)
     }
 
     /// Restores the Nginx instances that were changed before `cause` stopped the change.

@@ -85,13 +85,15 @@ pub unsafe fn take_names(
         // SAFETY: as above.
         unsafe { add_placeholder(cf_ref, uscf)? };
     }
+    // The http block's resolver; its location conf is not merged yet when upstreams are
+    // initialised, so unset values are read as Nginx's defaults (no resolver, 30 s).
     let clcf = NgxHttpCoreModule::location_conf(cf_ref).ok_or("no http core conf")?;
-    conf.resolver = clcf.resolver;
-    conf.resolver_timeout = clcf.resolver_timeout;
+    conf.resolver = set_or(clcf.resolver, ptr::null_mut());
+    conf.resolver_timeout = set_or(clcf.resolver_timeout, DEFAULT_RESOLVER_TIMEOUT_MS);
     #[cfg(ngx_server_resolve)]
-    if !uscf.resolver.is_null() {
+    if !set_or(uscf.resolver, ptr::null_mut()).is_null() {
         conf.resolver = uscf.resolver;
-        conf.resolver_timeout = uscf.resolver_timeout;
+        conf.resolver_timeout = set_or(uscf.resolver_timeout, conf.resolver_timeout);
     }
     // SAFETY: a non-null resolver of this configuration.
     let usable = unsafe { conf.resolver.as_ref() }.is_some_and(|r| r.connections.nelts > 0);
@@ -104,6 +106,31 @@ pub unsafe fn take_names(
         ));
     }
     Ok(())
+}
+
+/// Nginx's `resolver_timeout` when none is set.
+const DEFAULT_RESOLVER_TIMEOUT_MS: ngx::ffi::ngx_msec_t = 30_000;
+
+/// A conf value, or `default` while it is `NGX_CONF_UNSET` (all bits set, for numbers and
+/// pointers alike).
+fn set_or<T: Copy + PartialEq + UnsetValue>(value: T, default: T) -> T {
+    if value == T::UNSET {
+        default
+    } else {
+        value
+    }
+}
+
+trait UnsetValue {
+    const UNSET: Self;
+}
+
+impl UnsetValue for ngx::ffi::ngx_msec_t {
+    const UNSET: Self = Self::MAX;
+}
+
+impl UnsetValue for *mut ngx::ffi::ngx_resolver_t {
+    const UNSET: Self = usize::MAX as *mut ngx::ffi::ngx_resolver_t;
 }
 
 /// The port of an IPv4 or IPv6 socket address.
@@ -165,7 +192,7 @@ pub fn tick(conf: &mut UpstreamConf, main: &MainConf, log: *mut ngx_log_t, now_m
     let Some(header) = (unsafe { conf.placement.table.as_ref() }) else {
         return;
     };
-    if !header.claim_lookup(now_ms, conf.resolver_timeout as u64 + 1_000) {
+    if !header.claim_lookup(now_ms, (conf.resolver_timeout as u64).saturating_add(1_000)) {
         return;
     }
     conf.routing.next_lookup_ms = u64::MAX;

@@ -78,19 +78,7 @@ pub fn next_lookup_in(valid_ms: Option<u64>) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::PeerConfig;
-
-    fn slot(server: &str) -> &'static PeerSlot {
-        Box::leak(Box::new(
-            PeerSlot::new(&PeerConfig {
-                server: server.into(),
-                weight: 1,
-                down: false,
-                backup: false,
-            })
-            .unwrap(),
-        ))
-    }
+    use crate::table::test_support::leaked_slot as slot;
 
     #[test]
     fn an_answer_adds_new_addresses_and_removes_vanished_ones() {

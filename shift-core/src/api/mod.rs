@@ -12,7 +12,8 @@ use std::path::Path;
 use shift_wire::{ApiError, UpstreamList, MAX_BODY_BYTES};
 
 use crate::metrics::{self, ZoneUsage};
-use crate::table::Table;
+use crate::state_file::{self, SavedUpstream};
+use crate::table::{CarriedPeer, Table};
 
 pub use peers::{Membership, PlaceError};
 
@@ -282,6 +283,57 @@ fn check_access(caller: Caller, writing: bool) -> Result<(), Failure> {
             .to_string(),
     };
     Err(Failure::new(403, "forbidden", detail))
+}
+
+/// 404 for a peer the upstream does not have, listing the ones it has.
+fn unknown_peer(table: Table, server: &str) -> Failure {
+    let known: Vec<_> = table.peers().iter().map(|peer| peer.server()).collect();
+    Failure::new(
+        404,
+        "not_found",
+        format!(
+            "upstream \"{}\" has no peer \"{server}\"; its peers: {}",
+            table.name(),
+            known.join(", ")
+        ),
+    )
+}
+
+/// 409 when the caller expected another generation than the table's.
+fn expect_generation(table: Table, expected: Option<u64>) -> Result<(), Failure> {
+    match expected {
+        Some(expected) if table.generation() != expected => Err(Failure::new(
+            409,
+            "conflict",
+            format!(
+                "upstream \"{}\" is at generation {}, not {expected}: read it again and retry",
+                table.name(),
+                table.generation()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Saves the upstream with `peers` before a change is made: a file that cannot be written
+/// fails the request, and nothing changes.
+fn save_state(endpoint: &Endpoint, peers: &[CarriedPeer]) -> Result<(), Failure> {
+    let Some(path) = endpoint.state_path else {
+        return Ok(());
+    };
+    let table = endpoint.table;
+    let saved = SavedUpstream::new(table.name(), table.generation() + 1, peers);
+    state_file::save(path, &saved).map_err(|err| {
+        Failure::new(
+            500,
+            "state_not_saved",
+            format!(
+                "could not save the state file \"{}\" ({err}); nothing was changed: make the \
+                 file's directory writable by the Nginx worker user",
+                path.display()
+            ),
+        )
+    })
 }
 
 /// The answer of a worker whose state is no longer the truth: a newer Nginx binary took over

@@ -3,8 +3,9 @@
 
 use shift_wire::{UpstreamPatch, MAX_BODY_BYTES, MAX_WEIGHT};
 
-use super::{ok, too_large, Endpoint, Failure, Reply, Writer};
-use crate::state_file::{self, SavedUpstream};
+use super::{
+    expect_generation, ok, save_state, too_large, unknown_peer, Endpoint, Failure, Reply, Writer,
+};
 use crate::table::{PeerChange, Table};
 
 pub(super) fn patch(endpoint: &Endpoint, body: &[u8], writer: &Writer) -> Result<Reply, Failure> {
@@ -19,40 +20,15 @@ pub(super) fn patch(endpoint: &Endpoint, body: &[u8], writer: &Writer) -> Result
     let guard = table
         .lock(writer.pid, writer.is_alive)
         .map_err(|err| Failure::new(503, "busy", err.to_string()))?;
-    if let Some(expected) = request.expect_generation {
-        let current = table.generation();
-        if current != expected {
-            return Err(Failure::new(
-                409,
-                "conflict",
-                format!(
-                    "upstream \"{}\" is at generation {current}, not {expected}: read it again \
-                     and retry",
-                    table.name()
-                ),
-            ));
-        }
-    }
-    if let Some(path) = endpoint.state_path {
-        // Save first: if the file cannot be written, nothing changes.
+    expect_generation(table, request.expect_generation)?;
+    if endpoint.state_path.is_some() {
         let mut peers = table.carried();
         for change in &changes {
             let peer = &mut peers[change.index];
             peer.weight = change.weight.unwrap_or(peer.weight);
             peer.state = change.state.unwrap_or(peer.state);
         }
-        let saved = SavedUpstream::new(table.name(), table.generation() + 1, &peers);
-        state_file::save(path, &saved).map_err(|err| {
-            Failure::new(
-                500,
-                "state_not_saved",
-                format!(
-                    "could not save the state file \"{}\" ({err}); nothing was changed: make the \
-                     file's directory writable by the Nginx worker user",
-                    path.display()
-                ),
-            )
-        })?;
+        save_state(endpoint, &peers)?;
     }
     guard.apply(&changes);
     drop(guard);
@@ -72,18 +48,9 @@ fn plan(table: Table, request: &UpstreamPatch) -> Result<Vec<PeerChange>, Failur
         .peers
         .iter()
         .map(|(server, change)| {
-            let index = table.peer_index(server).ok_or_else(|| {
-                let known: Vec<_> = table.peers().iter().map(|peer| peer.server()).collect();
-                Failure::new(
-                    404,
-                    "not_found",
-                    format!(
-                        "upstream \"{}\" has no peer \"{server}\"; its peers: {}",
-                        table.name(),
-                        known.join(", ")
-                    ),
-                )
-            })?;
+            let index = table
+                .peer_index(server)
+                .ok_or_else(|| unknown_peer(table, server))?;
             if let Some(weight) = change.weight.filter(|&weight| weight > MAX_WEIGHT) {
                 return Err(Failure::new(
                     400,

@@ -8,8 +8,9 @@ use std::net::SocketAddr;
 
 use shift_wire::{NewPeer, PeerOrigin, PeerRemoval, PeerState, MAX_BODY_BYTES, MAX_WEIGHT};
 
-use super::{ok, too_large, Endpoint, Failure, Reply, Writer};
-use crate::state_file::{self, SavedUpstream};
+use super::{
+    expect_generation, ok, save_state, too_large, unknown_peer, Endpoint, Failure, Reply, Writer,
+};
 use crate::table::{CarriedPeer, PeerConfig, PeerSlot, Table, TableHeader};
 
 /// Why the zone cannot take a new peer.
@@ -91,7 +92,7 @@ pub(super) fn add(
         counters: None,
         origin: PeerOrigin::Api,
     });
-    if let Err(failure) = save(endpoint, table, &peers) {
+    if let Err(failure) = save_state(endpoint, &peers) {
         membership.unplace(slot);
         return Err(failure);
     }
@@ -120,18 +121,9 @@ pub(super) fn remove(
 ) -> Result<Reply, Failure> {
     let expected = expected_generation_arg(args)?;
     let table = endpoint.table;
-    let index = table.peer_index(server).ok_or_else(|| {
-        let known: Vec<_> = table.peers().iter().map(|peer| peer.server()).collect();
-        Failure::new(
-            404,
-            "not_found",
-            format!(
-                "upstream \"{}\" has no peer \"{server}\"; its peers: {}",
-                table.name(),
-                known.join(", ")
-            ),
-        )
-    })?;
+    let index = table
+        .peer_index(server)
+        .ok_or_else(|| unknown_peer(table, server))?;
     let slot = table.peers()[index];
     if slot.origin() == PeerOrigin::Resolved {
         return Err(Failure::new(
@@ -161,7 +153,7 @@ pub(super) fn remove(
     expect_generation(table, expected)?;
     let mut peers = table.carried();
     peers.remove(index);
-    save(endpoint, table, &peers)?;
+    save_state(endpoint, &peers)?;
     let epoch = membership.next_epoch();
     guard.remove_peer(slot, epoch);
     drop(guard);
@@ -197,21 +189,6 @@ fn canonical_address(server: &str) -> Result<String, Failure> {
     }
 }
 
-fn expect_generation(table: Table, expected: Option<u64>) -> Result<(), Failure> {
-    match expected {
-        Some(expected) if table.generation() != expected => Err(Failure::new(
-            409,
-            "conflict",
-            format!(
-                "upstream \"{}\" is at generation {}, not {expected}: read it again and retry",
-                table.name(),
-                table.generation()
-            ),
-        )),
-        _ => Ok(()),
-    }
-}
-
 /// `expect_generation=N` from a DELETE's query string.
 fn expected_generation_arg(args: &str) -> Result<Option<u64>, Failure> {
     let mut expected = None;
@@ -239,26 +216,6 @@ fn expected_generation_arg(args: &str) -> Result<Option<u64>, Failure> {
         }
     }
     Ok(expected)
-}
-
-/// Saves the upstream with `peers` before the change is made: a file that cannot be written
-/// fails the request, and nothing changes.
-fn save(endpoint: &Endpoint, table: Table, peers: &[CarriedPeer]) -> Result<(), Failure> {
-    let Some(path) = endpoint.state_path else {
-        return Ok(());
-    };
-    let saved = SavedUpstream::new(table.name(), table.generation() + 1, peers);
-    state_file::save(path, &saved).map_err(|err| {
-        Failure::new(
-            500,
-            "state_not_saved",
-            format!(
-                "could not save the state file \"{}\" ({err}); nothing was changed: make the \
-                 file's directory writable by the Nginx worker user",
-                path.display()
-            ),
-        )
-    })
 }
 
 #[cfg(test)]

@@ -77,22 +77,11 @@ impl WriteGuard<'_> {
 
 #[cfg(test)]
 mod tests {
+    use crate::table::test_support::leaked_slot as slot;
     use shift_wire::{PeerOrigin, PeerState};
 
     use crate::table::test_support::OwnedTable;
-    use crate::table::{PeerConfig, PeerSlot, Table};
-
-    fn slot(server: &str) -> &'static PeerSlot {
-        Box::leak(Box::new(
-            PeerSlot::new(&PeerConfig {
-                server: server.into(),
-                weight: 1,
-                down: false,
-                backup: false,
-            })
-            .unwrap(),
-        ))
-    }
+    use crate::table::Table;
 
     #[test]
     fn an_added_peer_is_current_listed_last_and_a_new_generation() {

@@ -73,3 +73,8 @@ pub(crate) fn config(server: &str, weight: u32, down: bool) -> PeerConfig {
         backup: false,
     }
 }
+
+/// A slot on the heap for `server` (weight 1, up), leaked as the zone keeps slots.
+pub(crate) fn leaked_slot(server: &str) -> &'static PeerSlot {
+    Box::leak(Box::new(PeerSlot::new(&config(server, 1, false)).unwrap()))
+}
