@@ -10,6 +10,7 @@ mod nginx;
 mod processes;
 mod setup;
 mod traffic;
+mod wrk;
 
 pub use admin::Admin;
 pub use backend::Backend;
@@ -19,6 +20,7 @@ pub use nginx::{check_config, ConfigCheck, Nginx, NginxOptions};
 pub use processes::HookedBackends;
 pub use setup::ShiftSetup;
 pub use traffic::{Traffic, TrafficReport};
+pub use wrk::{wrk, wrk_result, WrkResult};
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -72,6 +72,9 @@ fn a_name_gains_and_loses_addresses_under_load_without_a_failed_request() {
     let (_nginx, admin, http) = start_nginx(&dns, &format!("shift_resolve backend:{port}; shift;"));
     await_resolved(&admin, port, &[2]);
 
+    // wrk's keep-alive connections and new connections from two threads (which also tell who
+    // answered), for as long as the answers change.
+    let load = harness::wrk(http, 10);
     let traffic = Traffic::start(http, 2);
     for set in [&[2, 3, 4][..], &[3, 4], &[4], &[2, 3]] {
         let records: Vec<(String, &str)> = set
@@ -96,6 +99,9 @@ fn a_name_gains_and_loses_addresses_under_load_without_a_failed_request() {
         "failed requests: {:?}",
         report.failed
     );
+    let wrk = harness::wrk_result(load);
+    assert!(wrk.requests > 0, "wrk ran: {wrk:?}");
+    assert_eq!(wrk.failed(), 0, "wrk saw failures: {wrk:?}");
     let answers = report.answers;
     for name in ["r2", "r3", "r4"] {
         assert!(

@@ -1,7 +1,7 @@
 //! The data path: requests/s through stock round robin, `zone`, and `shift`.
 
 use super::*;
-use crate::wrk::WrkResult;
+use harness::WrkResult;
 
 pub(crate) fn data_path(settings: &Settings) {
     // A tiny local backend: an Nginx answering 200 on two ports.

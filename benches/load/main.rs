@@ -29,11 +29,12 @@ mod wrk;
 mod zero_downtime;
 
 use data_path::data_path;
+use harness::{wrk, wrk_result};
 use peers::peer_changes;
 use reload_storm::reload_storm;
 use resolve::resolve_cost;
 use switch::{first_answer, plain_upstream, shift_nginx, switch_latency, Pair};
-use wrk::{median, percentile, wrk, wrk_result};
+use wrk::{median, percentile};
 use zero_downtime::zero_downtime;
 
 struct Settings {
