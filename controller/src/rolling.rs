@@ -6,18 +6,16 @@
 //! stopped, the old one keeps serving, and replicas replaced before stay replaced.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use shift_wire::{Health, NewPeer, Peer, PeerOrigin, PeerPatch, PeerState, UpstreamPatch};
 
-use crate::commands::{self, Ctx, Unhealthy};
+use crate::commands::{self, Ctx, Unhealthy, POLL};
 use crate::deploy::{DeployPlan, Rolling};
 use crate::exit::Failure;
 use crate::hook;
 use crate::interrupts::Interrupts;
 use crate::plan;
-
-const POLL: Duration = Duration::from_millis(250);
 
 pub async fn rolling(ctx: &Ctx, plan: &DeployPlan, rolling: &Rolling) -> Result<(), Failure> {
     let upstream = plan.upstream.as_str();

@@ -355,10 +355,9 @@ fn apply(
     };
     let mut added = Vec::new();
     for server in &add {
-        if current
+        if all
             .iter()
-            .chain(all.iter().filter(|slot| slot.is_current()))
-            .any(|slot| slot.server() == server)
+            .any(|slot| slot.is_current() && slot.server() == server)
         {
             continue; // a config or API peer has the address already
         }

@@ -19,7 +19,7 @@ pub use status::{metrics, status};
 pub use switch::{rollback, switch, wait_ready, Unhealthy};
 
 /// How often long commands look at the upstream.
-const POLL: Duration = Duration::from_millis(250);
+pub(crate) const POLL: Duration = Duration::from_millis(250);
 
 /// What every command gets.
 pub struct Ctx {
