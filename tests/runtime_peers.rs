@@ -112,22 +112,23 @@ fn runtime_peers_stay_across_reloads_and_restarts() {
     let server = green.addr().to_string();
     decode::<Upstream>(&setup.admin.add_peer("app", &server, r#""weight": 3"#), 201);
     setup.nginx.reload(None);
-    let after_reload = setup.admin.upstream("app");
-    let peer = after_reload
-        .peers
-        .iter()
-        .find(|peer| peer.server == server)
-        .expect("kept");
-    assert_eq!((peer.weight, peer.origin), (3, PeerOrigin::Api));
+    let kept = |setup: &ShiftSetup| {
+        let upstream = setup.admin.upstream("app");
+        let peer = upstream.peers.iter().find(|peer| peer.server == server);
+        peer.map(|peer| (peer.weight, peer.origin))
+    };
+    assert_eq!(
+        kept(&setup),
+        Some((3, PeerOrigin::Api)),
+        "kept across the reload"
+    );
     assert!(spread(&setup, 40).contains_key("green"));
     setup.nginx.restart();
-    let after_restart = setup.admin.upstream("app");
-    let peer = after_restart
-        .peers
-        .iter()
-        .find(|peer| peer.server == server)
-        .expect("restored");
-    assert_eq!((peer.weight, peer.origin), (3, PeerOrigin::Api));
+    assert_eq!(
+        kept(&setup),
+        Some((3, PeerOrigin::Api)),
+        "restored after the restart"
+    );
     assert!(spread(&setup, 40).contains_key("green"));
     // Removed, it stays removed across a restart too.
     decode::<PeerRemoval>(&setup.admin.remove_peer("app", &server), 200);

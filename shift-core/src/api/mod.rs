@@ -384,7 +384,7 @@ mod tests {
     use crate::table::test_support::OwnedTable;
     use shift_wire::{PeerState, Upstream};
 
-    const WRITER: Caller = Caller {
+    pub(crate) const WRITER: Caller = Caller {
         uid: Some(0),
         may_read: true,
         may_write: true,

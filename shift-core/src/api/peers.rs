@@ -223,15 +223,9 @@ mod tests {
     use shift_wire::{ApiError, PeerOrigin, PeerRemoval, PeerState, Upstream};
 
     use super::super::test_support::HeapMembership;
-    use super::super::tests::call_with;
+    use super::super::tests::{call_with, WRITER};
     use super::super::{Caller, Reply};
     use crate::table::test_support::OwnedTable;
-
-    const WRITER: Caller = Caller {
-        uid: Some(0),
-        may_read: true,
-        may_write: true,
-    };
 
     fn app() -> OwnedTable {
         OwnedTable::new(
