@@ -1,5 +1,5 @@
 //! FFI: configuration loads. At the zone's init (inside `ngx_init_cycle`, before the reload can
-//! still fail) a load is *built*: every upstream and peer of the configuration gets its table
+//! still fail) a load is *built* (here; `commit.rs` commits it): every upstream and peer of the configuration gets its table
 //! header and slot, found by name and address or placed new, and the worker confs point at
 //! them, but nothing anyone reads changes. When Nginx commits the configuration (`init_module`,
 //! called only once nothing can fail any more) the load is *committed*: config-driven changes
@@ -10,7 +10,6 @@
 
 use std::ffi::c_void;
 use std::mem::{align_of, size_of};
-use std::path::Path;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
@@ -18,20 +17,18 @@ use ngx::core::slab::LockedSlabPool;
 use ngx::core::CoreModuleMainConf;
 use ngx::core::{SlabPool, Status};
 use ngx::ffi::{
-    ngx_cycle_t, ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t,
-    ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_log_t, ngx_shm_zone_t, NGX_LOG_ALERT,
-    NGX_LOG_EMERG, NGX_LOG_ERR, NGX_LOG_NOTICE, NGX_LOG_WARN,
+    ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t, ngx_http_upstream_srv_conf_t,
+    ngx_int_t, ngx_shm_zone_t, NGX_LOG_EMERG, NGX_LOG_WARN,
 };
-use ngx::http::{HttpModuleMainConf, HttpModuleServerConf};
+use ngx::http::HttpModuleServerConf;
 use ngx::ngx_log_error;
 
 use super::reclaim::{reclaim, sweep};
 use super::zone::{allocate, allocate_zeroed, foreign_root, push_front, slots_of, Zone};
 use crate::conf::{MainConf, UpstreamConf};
 use crate::ngx_module::Module;
-use shift_core::process::process_alive;
 use shift_core::state_file;
-use shift_core::table::{CarryNote, CheckMode, PeerConfig, PeerSlot, Table, TableHeader};
+use shift_core::table::{CheckMode, PeerConfig, PeerSlot, TableHeader};
 use shift_wire::PeerOrigin;
 
 /// One configuration load, followed in the same allocation by its *positions* (each upstream's
@@ -129,7 +126,7 @@ impl LoadRecord {
 
 /// The zone of the last committed configuration, in the master: when a reload changes the
 /// zone's size, Nginx gives the new configuration a new zone, and this one hands its state over.
-static COMMITTED_ZONE: AtomicPtr<ngx_shm_zone_t> = AtomicPtr::new(std::ptr::null_mut());
+pub(super) static COMMITTED_ZONE: AtomicPtr<ngx_shm_zone_t> = AtomicPtr::new(std::ptr::null_mut());
 
 /// The zone's `init`: builds this configuration's load.
 pub extern "C" fn init_zone(shm: *mut ngx_shm_zone_t, old_data: *mut c_void) -> ngx_int_t {
@@ -341,7 +338,7 @@ unsafe fn check_state_directories(main: &MainConf) -> Result<(), String> {
     Ok(())
 }
 
-fn check_mode(conf: &UpstreamConf) -> CheckMode {
+pub(super) fn check_mode(conf: &UpstreamConf) -> CheckMode {
     match &conf.check {
         None => CheckMode::Off,
         Some(check) if check.mandatory => CheckMode::Mandatory,
@@ -475,254 +472,4 @@ pub unsafe fn peer_count(upstreams: &[*mut ngx_http_upstream_srv_conf_t]) -> usi
         // SAFETY: per the contract.
         .map(|&uscf| unsafe { round_robin_peers(&*uscf) }.0.len())
         .sum()
-}
-
-/// Commits the load this configuration built; from `init_module`, which Nginx calls once the
-/// configuration can no longer fail.
-///
-/// SAFETY: `cycle` is the cycle being committed.
-pub unsafe fn commit_cycle(cycle: *mut ngx_cycle_t) {
-    // SAFETY: Nginx passes the cycle being committed; its confs and zone are initialised.
-    unsafe {
-        let shm =
-            Module::main_conf(&*cycle).and_then(|main| Some((main, NonNull::new(main.zone)?)));
-        let Some((main, shm)) = shm else {
-            // No shift upstream in this configuration: no zone to hand over to a later one
-            // (the old configuration's zone struct goes with it).
-            COMMITTED_ZONE.store(std::ptr::null_mut(), Ordering::Release);
-            return;
-        };
-        let log = (*cycle).log;
-        // An error here would make Nginx exit: say what is wrong and go on uncommitted instead
-        // (the zone's init just checked the zone, so this does not happen).
-        let (Some(zone), false) = (Zone::at(shm), main.load.is_null()) else {
-            ngx_log_error!(
-                NGX_LOG_ALERT,
-                log,
-                "shift: the configuration was not committed"
-            );
-            return;
-        };
-        commit(zone, main, log);
-        COMMITTED_ZONE.store(shm.as_ptr(), Ordering::Release);
-    }
-}
-
-/// Commits `main`'s load: it becomes the current one, each of its upstreams takes its config
-/// (a new table first takes the replaced zone's or the state file's state), and tables and
-/// peers the configuration dropped stop being current.
-///
-/// SAFETY: `main` is the configuration that built its load (not null) in `zone`.
-pub unsafe fn commit(zone: Zone, main: &MainConf, log: *mut ngx_log_t) {
-    // SAFETY: per the contract.
-    unsafe {
-        // When the zone was replaced by one of another size, the old zone's workers stop
-        // serving the API first, and any change they were making is finished, so that nothing
-        // they acknowledged is missed by the copy below.
-        // (Each configuration registers its own zone struct; the memory is what tells.)
-        let previous = NonNull::new(COMMITTED_ZONE.load(Ordering::Acquire))
-            .and_then(|previous| Zone::at(previous))
-            .filter(|previous| previous.root != zone.root);
-        let _previous_lock = previous.map(|previous| {
-            previous.root().superseded.store(1, Ordering::Release);
-            previous.lock()
-        });
-        let locked = zone.lock();
-        let root = &mut *zone.root;
-        let load = &*main.load;
-        load.committed.store(true, Ordering::Release);
-        root.current_load = load.id;
-        let pid = std::process::id();
-        for &uscf in &main.upstreams {
-            let Some(conf) = Module::server_conf(&*uscf) else {
-                continue;
-            };
-            let Some(header) = conf.placement.table.as_ref() else {
-                continue;
-            };
-            let name = header.name();
-            // A table new in this zone takes back the peers it had added at run time, with
-            // their state, beside its config peers.
-            let restored: Vec<&PeerSlot> = conf
-                .placement
-                .slots
-                .iter()
-                .chain(&conf.placement.runtime)
-                .copied()
-                .collect();
-            let table = Table::new(header, &restored);
-            let Ok(guard) = table.lock(pid, process_alive) else {
-                ngx_log_error!(
-                    NGX_LOG_ERR,
-                    log,
-                    "shift: upstream \"{}\" stays locked",
-                    name
-                );
-                continue;
-            };
-            if conf.placement.new_table {
-                restore(previous, &guard, conf, log);
-            }
-            // Peers added at run time stay until they are removed; the config owns its lines.
-            let removed: Vec<&PeerSlot> = slots_of(header)
-                .filter(|slot| slot.is_current() && slot.origin() == PeerOrigin::Config)
-                .filter(|slot| {
-                    !conf
-                        .placement
-                        .slots
-                        .iter()
-                        .any(|own| std::ptr::eq(*own, *slot))
-                })
-                .collect();
-            let notes = guard.commit(check_mode(conf), &conf.placement.configs, &removed);
-            // Addresses of names the configuration no longer has go (they stay while it does:
-            // its workers look the names up again).
-            let names: Vec<u64> = conf
-                .resolve
-                .iter()
-                .map(|name| shift_core::resolve::source_id(&name.label()))
-                .collect();
-            for slot in slots_of(header).filter(|slot| {
-                slot.is_current()
-                    && slot.origin() == PeerOrigin::Resolved
-                    && !names.contains(&slot.source())
-            }) {
-                guard.remove_peer(slot, root.next_members_epoch());
-            }
-            if !conf.placement.runtime.is_empty() {
-                let epoch = root.next_members_epoch();
-                let first_order = conf.placement.configs.len() as u32;
-                guard.keep_runtime_peers(&conf.placement.runtime, first_order, epoch);
-            }
-            drop(guard);
-            log_notes(log, name, "the running state", &notes);
-            set_state_path(&locked, header, conf.state_path.as_deref());
-        }
-        for header in zone.tables() {
-            if !load.tables().iter().any(|own| std::ptr::eq(*own, header)) {
-                header.set_current(false);
-                slots_of(header).for_each(|slot| slot.set_current(false, 0));
-            }
-        }
-        reclaim(zone, &locked);
-    }
-}
-
-/// Gives a table that is new in this zone the state it had before: from the zone this one
-/// replaces, or from the upstream's state file.
-///
-/// SAFETY: `previous`, if any, is the replaced zone, locked by the caller.
-unsafe fn restore(
-    previous: Option<Zone>,
-    guard: &shift_core::table::WriteGuard,
-    conf: &UpstreamConf,
-    log: *mut ngx_log_t,
-) {
-    let name = guard.table().name();
-    // SAFETY: per the contract.
-    let old = previous.and_then(|previous| unsafe { previous.tables() }.find(|h| h.name() == name));
-    if let Some(old) = old {
-        // SAFETY: the previous zone is locked, which keeps its slots.
-        let slots: Vec<&PeerSlot> = unsafe { slots_of(old) }
-            .filter(|slot| slot.is_current())
-            .collect();
-        let table = Table::new(old, &slots);
-        let notes = guard.carry_over(&table.carried(), table.generation());
-        log_notes(log, name, "the replaced zone", &notes);
-        return;
-    }
-    let Some(path) = &conf.state_path else {
-        return;
-    };
-    // Taken before reading: an old binary's worker finishes a save under it first (see
-    // `state_file::lock_dir`).
-    let _dir_lock = state_file::lock_dir(path);
-    match state_file::load(path, name) {
-        Ok(Some(saved)) => {
-            let notes = guard.carry_over(&saved.carried(), saved.generation);
-            log_notes(log, name, &format!("\"{}\"", path.display()), &notes);
-        }
-        Ok(None) => {}
-        Err(err) => reject_state_file(path, name, &err.to_string(), log),
-    }
-}
-
-/// A state file that fails its checks is not applied: the upstream starts from its
-/// configuration, and the file is moved aside (not under `nginx -t`) for the operator to read.
-fn reject_state_file(path: &Path, upstream: &str, reason: &str, log: *mut ngx_log_t) {
-    // SAFETY: a process global Nginx sets once from the command line.
-    let testing = unsafe { ngx::ffi::ngx_test_config } != 0;
-    let rejected = state_file::rejected_path(path);
-    let outcome = if testing {
-        format!("nginx will move it to \"{}\" on start", rejected.display())
-    } else {
-        match std::fs::rename(path, &rejected) {
-            Ok(()) => format!("moved to \"{}\"", rejected.display()),
-            Err(err) => format!("could not move it aside: {err}"),
-        }
-    };
-    ngx_log_error!(
-        NGX_LOG_ERR,
-        log,
-        "shift: {}; upstream \"{}\" starts from its configuration ({})",
-        reason,
-        upstream,
-        outcome
-    );
-}
-
-/// Stores the committed `state=` path in the zone, so that every worker saves to it.
-///
-/// SAFETY: the caller holds the zone's lock.
-unsafe fn set_state_path(locked: &LockedSlabPool, header: &TableHeader, path: Option<&Path>) {
-    let bytes = path.map(|path| path.as_os_str().as_encoded_bytes());
-    // SAFETY: per the contract; the API reads the path only under the lock.
-    unsafe {
-        if super::worker::state_path(header).as_deref() == path {
-            return;
-        }
-        let [address, len] = &header.state_path;
-        super::zone::free(locked, address.swap(0, Ordering::AcqRel) as *mut u8);
-        len.store(0, Ordering::Release);
-        if let Some(bytes) = bytes {
-            if let Ok(copy) = allocate_zeroed::<u8>(locked, bytes.len()) {
-                std::ptr::copy_nonoverlapping(bytes.as_ptr(), copy, bytes.len());
-                len.store(bytes.len(), Ordering::Release);
-                address.store(copy as usize, Ordering::Release);
-            }
-        }
-    }
-}
-
-fn log_notes(log: *mut ngx_log_t, upstream: &str, source: &str, notes: &[CarryNote]) {
-    for note in notes {
-        match note {
-            CarryNote::Kept {
-                server,
-                weight,
-                state,
-            } => {
-                ngx_log_error!(
-                    NGX_LOG_NOTICE,
-                    log,
-                    "shift: upstream \"{}\" peer {} keeps weight={} state={} from {}",
-                    upstream,
-                    server,
-                    weight,
-                    state,
-                    source
-                );
-            }
-            CarryNote::ConfigChanged { server } => {
-                ngx_log_error!(
-                    NGX_LOG_NOTICE,
-                    log,
-                    "shift: upstream \"{}\" peer {} changed in the config, takes the config's \
-                     weight and state",
-                    upstream,
-                    server
-                );
-            }
-        }
-    }
 }

@@ -8,19 +8,21 @@
 //! flight; that is what tells when memory can be freed (see `load`).
 //!
 //! - `zone`: registering the zone, its root, its lock and allocation in it.
-//! - `load`: building a configuration's view at the zone's init, and committing it when Nginx
-//!   commits the configuration.
+//! - `load`: building a configuration's view at the zone's init.
+//! - `commit`: committing it when Nginx commits the configuration.
 //! - `membership`: peers added and removed at run time.
 //! - `reclaim`: freeing what no live process can touch.
 //! - `worker`: each worker's record and the API's view of the zone.
 
+mod commit;
 mod load;
 mod membership;
 mod reclaim;
 mod worker;
 mod zone;
 
-pub use load::{commit_cycle, peer_count, LoadRecord};
+pub use commit::commit_cycle;
+pub use load::{peer_count, LoadRecord};
 pub use membership::{with_load_positions, ZoneMembership};
 pub use worker::{api_view, inflight, publish_oldest_list_epoch, register_worker, NotServing};
 pub use zone::{add_zone, set_zone_size, slots_of, table_of, Zone};
