@@ -95,5 +95,26 @@ fn after_a_change(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, per_request, after_a_change);
+/// `shift_sticky`'s choice (issue 14, in shift-core, not yet wired into the module): one key
+/// against every peer's weight.
+fn sticky_pick(c: &mut Criterion) {
+    let mut group = c.benchmark_group("sticky pick");
+    for count in [2usize, 10, 100] {
+        let peers: Vec<(u64, u32)> = (0..count)
+            .map(|n| {
+                (
+                    shift_core::sticky::hash(format!("10.0.0.{n}:8000").as_bytes()),
+                    10,
+                )
+            })
+            .collect();
+        let key = shift_core::sticky::hash(b"session-42");
+        group.bench_with_input(BenchmarkId::from_parameter(count), &peers, |b, peers| {
+            b.iter(|| shift_core::sticky::pick(black_box(key), peers.iter().copied()))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, per_request, after_a_change, sticky_pick);
 criterion_main!(benches);

@@ -13,4 +13,5 @@ pub mod metrics;
 pub mod process;
 pub mod resolve;
 pub mod state_file;
+pub mod sticky;
 pub mod table;
