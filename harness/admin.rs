@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use shift_wire::{Upstream, UpstreamList};
+use shift_wire::{Peer, Upstream, UpstreamList};
 
 use crate::client::{api_request, Response};
 
@@ -33,6 +33,14 @@ impl Admin {
 
     pub fn upstream(&self, name: &str) -> Upstream {
         decode(self.request("GET", &format!("upstreams/{name}"), None))
+    }
+
+    /// Peer `server` of upstream `name`, if it has it (a removed peer is no longer listed).
+    pub fn peer(&self, name: &str, server: &str) -> Option<Peer> {
+        self.upstream(name)
+            .peers
+            .into_iter()
+            .find(|peer| peer.server == server)
     }
 
     /// The value of an unlabelled Prometheus metric of `GET metrics`.

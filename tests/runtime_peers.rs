@@ -65,11 +65,10 @@ fn a_removed_peer_finishes_its_requests_and_takes_no_new_ones() {
     let port = setup.port;
     let slow = std::thread::spawn(move || HttpClient::new(port).get("/slow/1500"));
     let in_flight = wait_until(Duration::from_secs(5), || {
-        let upstream = setup.admin.upstream("app");
-        upstream
-            .peers
-            .iter()
-            .any(|peer| peer.server == server && peer.active == 1)
+        setup
+            .admin
+            .peer("app", &server)
+            .is_some_and(|peer| peer.active == 1)
     });
     assert!(in_flight.is_some(), "the slow request reached green");
     let removal: PeerRemoval = decode(&setup.admin.remove_peer("app", &server), 200);
@@ -89,12 +88,7 @@ fn a_removed_peer_finishes_its_requests_and_takes_no_new_ones() {
     // The request in flight ends well.
     let answer = slow.join().unwrap().expect("the slow request");
     assert_eq!((answer.status, answer.body.as_str()), (200, "green"));
-    assert!(setup
-        .admin
-        .upstream("app")
-        .peers
-        .iter()
-        .all(|peer| peer.server != server));
+    assert!(setup.admin.peer("app", &server).is_none());
     // Gone for good: a second DELETE does not find it, and it can be added back.
     assert_eq!(setup.admin.remove_peer("app", &server).status, 404);
     decode::<Upstream>(&setup.admin.add_peer("app", &server, ""), 201);
@@ -113,8 +107,7 @@ fn runtime_peers_stay_across_reloads_and_restarts() {
     decode::<Upstream>(&setup.admin.add_peer("app", &server, r#""weight": 3"#), 201);
     setup.nginx.reload(None);
     let kept = |setup: &ShiftSetup| {
-        let upstream = setup.admin.upstream("app");
-        let peer = upstream.peers.iter().find(|peer| peer.server == server);
+        let peer = setup.admin.peer("app", &server);
         peer.map(|peer| (peer.weight, peer.origin))
     };
     assert_eq!(
@@ -133,12 +126,7 @@ fn runtime_peers_stay_across_reloads_and_restarts() {
     // Removed, it stays removed across a restart too.
     decode::<PeerRemoval>(&setup.admin.remove_peer("app", &server), 200);
     setup.nginx.restart();
-    assert!(setup
-        .admin
-        .upstream("app")
-        .peers
-        .iter()
-        .all(|peer| peer.server != server));
+    assert!(setup.admin.peer("app", &server).is_none());
 }
 
 #[test]
