@@ -133,10 +133,10 @@ fn init_request_peer(request: &mut Request, uscf: *mut ngx_http_upstream_srv_con
     let Some(conf) = Module::server_conf_mut(unsafe { &*uscf }) else {
         return Status::NGX_ERROR;
     };
-    let main = Module::main_conf(request);
     // SAFETY: as above; the worker's copy of the upstream, read and written only by this worker.
     let uscf_mut = unsafe { &mut *uscf };
-    copy_routes_if_changed(conf, main, uscf_mut, request.log());
+    let log = request.log();
+    copy_routes_if_changed(conf, || Module::main_conf(&*request), uscf_mut, log);
     let Some(original) = conf.balancer.init_peer else {
         return Status::NGX_ERROR;
     };
@@ -189,9 +189,10 @@ fn init_request_peer(request: &mut Request, uscf: *mut ngx_http_upstream_srv_con
 /// Copies weights and eligibility from the shared table into this worker's round-robin peers
 /// when the table's `seq` moved since the last copy (one atomic load when it did not), after
 /// building a new peer list first when peers were added or removed.
-fn copy_routes_if_changed(
+fn copy_routes_if_changed<'a>(
     conf: &mut UpstreamConf,
-    main: Option<&MainConf>,
+    // Looked up only when the peers changed: not on the per-request path.
+    main: impl FnOnce() -> Option<&'a MainConf>,
     uscf: &mut ngx_http_upstream_srv_conf_t,
     log: *mut ngx_log_t,
 ) {
@@ -202,7 +203,8 @@ fn copy_routes_if_changed(
     if Table::new(header, &[]).seq() == conf.routing.seen_seq {
         return;
     }
-    if let Some(main) = main.filter(|_| header.members() != conf.routing.members_seen) {
+    let changed = header.members() != conf.routing.members_seen;
+    if let Some(main) = changed.then(main).flatten() {
         follow_members(conf, main, uscf, log);
     }
     // The fields are borrowed apart so that `routes` can be filled from a view of the slots.
@@ -261,7 +263,7 @@ pub fn follow_if_changed(
     let changed = unsafe { conf.placement.table.as_ref() }
         .is_some_and(|header| header.members() != conf.routing.members_seen);
     if changed {
-        copy_routes_if_changed(conf, Some(main), uscf, log);
+        copy_routes_if_changed(conf, || Some(main), uscf, log);
     }
 }
 
