@@ -23,6 +23,7 @@ fn peers(count: usize) -> (TableHeader, Vec<PeerSlot>) {
                 weight: 1,
                 down: false,
                 backup: false,
+                label: shift_core::table::Label::NONE,
             };
             PeerSlot::new(&config).expect("short name")
         })
@@ -87,6 +88,7 @@ fn after_a_change(c: &mut Criterion) {
                         index: 0,
                         weight: Some(weight),
                         state: None,
+                        ..Default::default()
                     }]);
                 black_box(table.routes_if_changed(seen, &mut routes))
             })
@@ -95,10 +97,14 @@ fn after_a_change(c: &mut Criterion) {
     group.finish();
 }
 
-/// `shift_sticky`'s choice (issue 14, in shift-core, not yet wired into the module): one key
-/// against every peer's weight.
+/// `shift_sticky`'s choice: one key against every peer's weight. Each pick takes the next of
+/// 1,024 users' keys, as requests of different users do (one repeated key would let the
+/// branch predictor learn its answer).
 fn sticky_pick(c: &mut Criterion) {
     let mut group = c.benchmark_group("sticky pick");
+    let keys: Vec<u64> = (0..1024)
+        .map(|user| shift_core::sticky::hash(format!("session-{user}").as_bytes()))
+        .collect();
     for count in [2usize, 10, 100] {
         let peers: Vec<(u64, u32)> = (0..count)
             .map(|n| {
@@ -108,9 +114,12 @@ fn sticky_pick(c: &mut Criterion) {
                 )
             })
             .collect();
-        let key = shift_core::sticky::hash(b"session-42");
+        let mut next = 0;
         group.bench_with_input(BenchmarkId::from_parameter(count), &peers, |b, peers| {
-            b.iter(|| shift_core::sticky::pick(black_box(key), peers.iter().copied()))
+            b.iter(|| {
+                next = (next + 1) % keys.len();
+                shift_core::sticky::pick(black_box(keys[next]), peers.iter().copied())
+            })
         });
     }
     group.finish();

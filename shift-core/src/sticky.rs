@@ -1,4 +1,4 @@
-//! The sticky choice of `shift_sticky` (issue 14, not yet wired into the module): weighted
+//! The sticky choice of `shift_sticky` (and of `shift_pin` among a label's peers): weighted
 //! rendezvous hashing. Each eligible peer scores `weight / -ln(u)`, with `u` uniform in (0, 1)
 //! from the key's and the peer's hashes, and the highest score wins. So:
 //! - a peer gets a key with probability weight / total weight;
@@ -22,35 +22,48 @@ fn mix(mut value: u64) -> u64 {
     value ^ (value >> 31)
 }
 
+/// The key's draw for one peer: a full 64×64→128 multiply of the two hashes (each already
+/// mixed), folded, as wyhash combines its inputs; one multiply instead of `mix`'s two.
+fn pair(key: u64, peer: u64) -> u64 {
+    let product =
+        u128::from(key ^ 0xa076_1d64_78bd_642f) * u128::from(peer ^ 0xe703_7ed1_a0b4_28db);
+    (product as u64) ^ ((product >> 64) as u64)
+}
+
 /// The index of the peer `key` goes to among `peers` (each its address hash and its weight);
 /// peers of weight 0 never win. `None` when no peer has a weight.
 pub fn pick(key: u64, peers: impl IntoIterator<Item = (u64, u32)>) -> Option<usize> {
-    // The best so far: its index, weight and -ln(u); a peer beats it when
-    // weight / -ln(u) is larger, compared without dividing.
-    let mut best: Option<(usize, f64, f64)> = None;
+    // The best so far: its weight and -ln(u); a peer beats it when weight / -ln(u) is larger,
+    // compared without dividing. Weight 0 with -ln(u) 1 loses to every peer with a weight.
+    let (mut best, mut top_weight, mut top_log) = (None, 0.0, 1.0);
     for (index, (peer, weight)) in peers.into_iter().enumerate() {
-        if weight == 0 {
+        // u = bits / 2^53 in (0, 1): the top 53 bits of the mix, made odd so never 0.
+        let bits = (pair(key, peer) >> 11) | 1;
+        let weight = f64::from(weight);
+        // -ln(u) >= 1 - u: a peer that could not win even at that bound (loosened by far more
+        // than `neg_ln`'s error) is passed over without the logarithm; most peers are.
+        let floor = (1.0 - bits as i64 as f64 * (1.0 / (1u64 << 53) as f64)) * (1.0 - 1e-6);
+        if weight * top_log <= top_weight * floor {
             continue;
         }
-        // u in (0, 1): the top 53 bits, moved off 0.
-        let bits = mix(key ^ peer) >> 11;
-        let u = (bits as f64 + 0.5) * (1.0 / (1u64 << 53) as f64);
-        let (weight, log) = (f64::from(weight), neg_ln(u));
-        if best.is_none_or(|(_, top_weight, top_log)| weight * top_log > top_weight * log) {
-            best = Some((index, weight, log));
+        let log = neg_ln(bits);
+        if weight * top_log > top_weight * log {
+            (best, top_weight, top_log) = (Some(index), weight, log);
         }
     }
-    best.map(|(index, _, _)| index)
+    best
 }
 
-/// `-ln(u)` for `u` in (0, 1), to about 1e-9 relative: the exponent, and a short series on
-/// the mantissa taken in [√½, √2) so that nothing cancels near 1. Faster than `f64::ln`, and
-/// any function of `u` alone keeps the choice's properties (the same in every process, and
-/// monotonic in the weights).
-fn neg_ln(u: f64) -> f64 {
-    let bits = u.to_bits();
-    let mut exponent = ((bits >> 52) & 0x7ff) as i64 - 1023;
-    let mut m = f64::from_bits((bits & 0x000f_ffff_ffff_ffff) | 0x3ff0_0000_0000_0000);
+/// `-ln(bits / 2^53)` for `bits` in [1, 2^53), to about 1e-9 relative: the exponent from the
+/// leading zeros, and a short series on the mantissa taken in [√½, √2) so that nothing cancels
+/// near 1. Faster than `f64::ln`, and any function of `u` alone keeps the choice's properties
+/// (the same in every process, and monotonic in the weights).
+fn neg_ln(bits: u64) -> f64 {
+    let zeros = bits.leading_zeros();
+    // bits = 2^(63 - zeros) * m with m in [1, 2); u = bits / 2^53.
+    let mut exponent = 10 - i64::from(zeros);
+    let fraction = ((bits << zeros) << 1) >> 12;
+    let mut m = f64::from_bits(0x3ff0_0000_0000_0000 | fraction);
     if m > std::f64::consts::SQRT_2 {
         m *= 0.5;
         exponent += 1;
@@ -132,9 +145,10 @@ mod tests {
 
     #[test]
     fn the_fast_logarithm_is_close_to_the_real_one() {
-        for bits in (1..2000u64).map(|n| n.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) {
-            let u = (bits as f64 + 0.5) / (1u64 << 53) as f64;
-            let (fast, real) = (neg_ln(u), -u.ln());
+        let spread = (1..2000u64).map(|n| (n.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) | 1);
+        for bits in spread.chain([1, 2, 3, (1 << 53) - 1, 1 << 52]) {
+            let u = bits as f64 / (1u64 << 53) as f64;
+            let (fast, real) = (neg_ln(bits), -u.ln());
             assert!(
                 ((fast - real) / real).abs() < 1e-6,
                 "u={u}: {fast} vs {real}"
