@@ -74,6 +74,7 @@ mod tests {
             weight: 1,
             down: false,
             backup: false,
+            label: crate::table::Label::NONE,
         })
         .unwrap()
     }

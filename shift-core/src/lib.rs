@@ -10,6 +10,7 @@ pub mod health_record;
 pub mod inflight;
 pub mod lifecycle;
 pub mod metrics;
+pub mod pin;
 pub mod process;
 pub mod resolve;
 pub mod state_file;

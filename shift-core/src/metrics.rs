@@ -49,6 +49,46 @@ pub fn render(upstreams: &[Upstream], zone: Option<ZoneUsage>) -> String {
         );
     }
 
+    for (name, help, value) in [
+        (
+            "nginx_shift_pinned_requests_total",
+            "Requests shift_pin sent to the peer they named.",
+            (|u| u.pins.pinned) as fn(&Upstream) -> u64,
+        ),
+        (
+            "nginx_shift_pin_fallbacks_total",
+            "Requests whose shift_pin value named no peer that could take them (unknown, or \
+             unhealthy): they took the normal pick.",
+            |u| u.pins.fallbacks,
+        ),
+    ] {
+        family(&mut out, name, "counter", help);
+        for upstream in upstreams {
+            let _ = writeln!(
+                out,
+                "{name}{{upstream=\"{}\"}} {}",
+                escape(&upstream.name),
+                value(upstream)
+            );
+        }
+    }
+
+    family(
+        &mut out,
+        "nginx_shift_peer_info",
+        "gauge",
+        "Always 1; its label \"label\" is the peer's label (shift_label or the API), empty \
+         without one.",
+    );
+    for (upstream, peer) in peers(upstreams) {
+        let _ = writeln!(
+            out,
+            "nginx_shift_peer_info{{{},label=\"{}\"}} 1",
+            labels(upstream, peer),
+            escape(peer.label.as_deref().unwrap_or(""))
+        );
+    }
+
     type Value = fn(&shift_wire::Peer) -> u64;
     let numbers: [(&str, &str, &str, Value); 6] = [
         (
@@ -213,6 +253,16 @@ mod tests {
             text.contains("# TYPE nginx_shift_peer_requests_total counter\n"),
             "{text}"
         );
-        assert_eq!(text.matches("# TYPE").count(), 10);
+        assert!(
+            text.contains("nginx_shift_pin_fallbacks_total{upstream=\"app\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "nginx_shift_peer_info{upstream=\"app\",peer=\"127.0.0.1:8000\",label=\"\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(text.matches("# TYPE").count(), 13);
     }
 }

@@ -12,7 +12,7 @@ use shift_wire::{PeerOrigin, PeerState};
 
 use shift_wire::MAX_WEIGHT;
 
-use crate::table::{CarriedPeer, PeerConfig, MAX_GENERATION, NAME_CAPACITY};
+use crate::table::{CarriedPeer, Label, PeerConfig, MAX_GENERATION, NAME_CAPACITY};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedUpstream {
@@ -34,6 +34,16 @@ pub struct SavedPeer {
     /// Absent in files written before peers could be added at run time.
     #[serde(default, skip_serializing_if = "is_config")]
     pub origin: PeerOrigin,
+    /// The label its `shift_label` gave it, and the one it had (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_label: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+/// A saved label; `validate` refused files with invalid ones.
+fn label_of(text: &Option<String>) -> Label {
+    Label::parse(text.as_deref().unwrap_or("")).unwrap_or(Label::NONE)
 }
 
 fn is_config(origin: &PeerOrigin) -> bool {
@@ -55,6 +65,8 @@ impl SavedUpstream {
                     weight: peer.weight,
                     state: peer.state,
                     origin: peer.origin,
+                    config_label: peer.config.label.to_wire(),
+                    label: peer.label.to_wire(),
                 })
                 .collect(),
         }
@@ -70,9 +82,11 @@ impl SavedUpstream {
                     weight: peer.config_weight,
                     down: peer.config_down,
                     backup: peer.backup,
+                    label: label_of(&peer.config_label),
                 },
                 weight: peer.weight,
                 state: peer.state,
+                label: label_of(&peer.label),
                 health: None,
                 counters: None,
                 origin: peer.origin,
@@ -116,6 +130,9 @@ impl SavedUpstream {
             }
             if !seen.insert(peer.server.as_str()) {
                 return Err(format!("peer \"{}\" is listed twice", peer.server));
+            }
+            for label in [&peer.config_label, &peer.label].into_iter().flatten() {
+                Label::parse(label).map_err(|err| format!("peer \"{}\": {err}", peer.server))?;
             }
             // The API allows 0..=MAX_WEIGHT; a config line may set more, and keeps it.
             let limit = MAX_WEIGHT.max(peer.config_weight);
@@ -269,6 +286,8 @@ mod tests {
                     weight: 100,
                     state: PeerState::Up,
                     origin: PeerOrigin::Config,
+                    config_label: Some("blue".into()),
+                    label: Some("blue".into()),
                 },
                 SavedPeer {
                     server: "10.0.0.7:8000".into(),
@@ -278,6 +297,8 @@ mod tests {
                     weight: 5,
                     state: PeerState::Drain,
                     origin: PeerOrigin::Api,
+                    config_label: None,
+                    label: Some("green".into()),
                 },
             ],
         };
@@ -372,6 +393,8 @@ mod tests {
             weight,
             state: PeerState::Up,
             origin: PeerOrigin::Config,
+            config_label: None,
+            label: None,
         }
     }
 

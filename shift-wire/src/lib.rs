@@ -118,6 +118,10 @@ pub struct Peer {
     pub weight: u32,
     pub state: PeerState,
     pub health: Health,
+    /// Its label (`shift_label`, or set through the API), e.g. the version it runs; absent
+    /// without one. `shift_pin` and `shiftctl --to` can name it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
     /// Whether it takes new requests now: weight above 0, state `up`, not unhealthy, and
     /// healthy when checks are `mandatory`. The module decides it, the one place that does.
     #[serde(default)]
@@ -157,9 +161,21 @@ pub struct CheckStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Upstream {
     pub name: String,
-    /// Grows by one on every change of weights or states.
+    /// Grows by one on every change of weights, states or labels.
     pub generation: u64,
     pub peers: Vec<Peer>,
+    /// What `shift_pin` did with the requests that carried a value.
+    #[serde(default)]
+    pub pins: PinCounts,
+}
+
+/// Requests with a `shift_pin` value, since the zone was created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinCounts {
+    /// Sent to the peer (or a peer of the label) they named.
+    pub pinned: u64,
+    /// Their value named no peer, or only unhealthy ones: they took the normal pick.
+    pub fallbacks: u64,
 }
 
 /// `GET upstreams`.
@@ -176,6 +192,9 @@ pub struct PeerPatch {
     pub weight: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<PeerState>,
+    /// A new label; `""` takes the label away.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
 /// `PATCH upstreams/{name}`: applied all or nothing, as one new generation.
@@ -203,6 +222,9 @@ pub struct NewPeer {
     /// `up` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<PeerState>,
+    /// None when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
     /// When set, the peer is added only if the upstream is still at this generation (else 409).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect_generation: Option<u64>,
@@ -331,14 +353,15 @@ mod tests {
             patch.peers["127.0.0.1:8001"],
             PeerPatch {
                 weight: Some(30),
-                state: None
+                ..Default::default()
             }
         );
         assert_eq!(
             patch.peers["127.0.0.1:8000"],
             PeerPatch {
                 weight: Some(70),
-                state: Some(PeerState::Up)
+                state: Some(PeerState::Up),
+                ..Default::default()
             }
         );
     }

@@ -421,6 +421,25 @@ mod tests {
     }
 
     #[test]
+    fn patch_sets_and_takes_away_labels_as_a_generation() {
+        let owned = app();
+        let body = r#"{"peers": {"127.0.0.1:8000": {"label": "blue"},
+                                 "127.0.0.1:8001": {"label": "green", "weight": 0}}}"#;
+        let reply = call(&owned, "PATCH", "upstreams/app", body, WRITER);
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let upstream: Upstream = serde_json::from_str(&reply.body).unwrap();
+        let labels: Vec<_> = upstream.peers.iter().map(|p| p.label.as_deref()).collect();
+        assert_eq!(labels, [Some("blue"), Some("green")]);
+        assert_eq!(upstream.generation, 2);
+        let body = r#"{"peers": {"127.0.0.1:8000": {"label": ""}}}"#;
+        let upstream: Upstream =
+            serde_json::from_str(&call(&owned, "PATCH", "upstreams/app", body, WRITER).body)
+                .unwrap();
+        assert_eq!(upstream.peers[0].label, None);
+        assert_eq!(upstream.peers[1].label.as_deref(), Some("green"));
+    }
+
+    #[test]
     fn bad_patches_get_their_status_and_change_nothing() {
         let owned = app();
         let before = owned.view().to_wire(&[]);
@@ -458,6 +477,12 @@ mod tests {
                 r#"{"peers": {"127.0.0.1:8000": {"weight": 5}}, "expect_generation": 9}"#,
                 409,
                 "conflict",
+            ),
+            // A good weight with a label that could pass for an address: neither is applied.
+            (
+                r#"{"peers": {"127.0.0.1:8000": {"weight": 5}, "127.0.0.1:8001": {"label": "10.0.0.1:80"}}}"#,
+                400,
+                "bad_request",
             ),
         ] {
             let reply = call(&owned, "PATCH", "upstreams/app", body, WRITER);

@@ -1,12 +1,12 @@
-//! `PATCH upstreams/NAME`: weights and states of several peers, validated first, saved, then
-//! applied as one generation.
+//! `PATCH upstreams/NAME`: weights, states and labels of several peers, validated first, saved,
+//! then applied as one generation.
 
 use shift_wire::{UpstreamPatch, MAX_BODY_BYTES, MAX_WEIGHT};
 
 use super::{
     expect_generation, ok, save_state, too_large, unknown_peer, Endpoint, Failure, Reply, Writer,
 };
-use crate::table::{PeerChange, Table};
+use crate::table::{Label, PeerChange, Table};
 
 pub(super) fn patch(endpoint: &Endpoint, body: &[u8], writer: &Writer) -> Result<Reply, Failure> {
     if body.len() > MAX_BODY_BYTES {
@@ -27,6 +27,7 @@ pub(super) fn patch(endpoint: &Endpoint, body: &[u8], writer: &Writer) -> Result
             let peer = &mut peers[change.index];
             peer.weight = change.weight.unwrap_or(peer.weight);
             peer.state = change.state.unwrap_or(peer.state);
+            peer.label = change.label.unwrap_or(peer.label);
         }
         save_state(endpoint, &peers)?;
     }
@@ -60,17 +61,28 @@ fn plan(table: Table, request: &UpstreamPatch) -> Result<Vec<PeerChange>, Failur
                     ),
                 ));
             }
-            if change.weight.is_none() && change.state.is_none() {
+            if change.weight.is_none() && change.state.is_none() && change.label.is_none() {
                 return Err(Failure::new(
                     400,
                     "bad_request",
-                    format!("peer \"{server}\" has neither \"weight\" nor \"state\" to change"),
+                    format!(
+                        "peer \"{server}\" has no \"weight\", \"state\" or \"label\" to change"
+                    ),
                 ));
             }
+            let label = change
+                .label
+                .as_deref()
+                .map(Label::parse)
+                .transpose()
+                .map_err(|err| {
+                    Failure::new(400, "bad_request", format!("peer \"{server}\": {err}"))
+                })?;
             Ok(PeerChange {
                 index,
                 weight: change.weight,
                 state: change.state,
+                label,
             })
         })
         .collect()

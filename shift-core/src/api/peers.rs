@@ -11,7 +11,7 @@ use shift_wire::{NewPeer, PeerOrigin, PeerRemoval, PeerState, MAX_BODY_BYTES, MA
 use super::{
     expect_generation, ok, save_state, too_large, unknown_peer, Endpoint, Failure, Reply, Writer,
 };
-use crate::table::{CarriedPeer, PeerConfig, PeerSlot, Table, TableHeader};
+use crate::table::{Addition, CarriedPeer, Label, PeerConfig, PeerSlot, Table, TableHeader};
 
 /// Why the zone cannot take a new peer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,6 +60,8 @@ pub(super) fn add(
         ));
     }
     let state = request.state.unwrap_or(PeerState::Up);
+    let label = Label::parse(request.label.as_deref().unwrap_or(""))
+        .map_err(|err| Failure::new(400, "bad_request", format!("peer \"{server}\": {err}")))?;
     let table = endpoint.table;
     if table.peer_index(&server).is_some() {
         return Err(Failure::new(
@@ -85,9 +87,11 @@ pub(super) fn add(
             weight,
             down: state == PeerState::Down,
             backup: false,
+            label,
         },
         weight,
         state,
+        label,
         health: None,
         counters: None,
         origin: PeerOrigin::Api,
@@ -103,7 +107,7 @@ pub(super) fn add(
         .max()
         .unwrap_or(0);
     let epoch = membership.next_epoch();
-    guard.add_peer(slot, weight, state, order, epoch, PeerOrigin::Api, 0);
+    guard.add_peer(slot, &Addition::api(weight, state, label), order, epoch);
     drop(guard);
     let mut now: Vec<&PeerSlot> = table.peers().to_vec();
     now.push(slot);
@@ -226,6 +230,7 @@ mod tests {
     use super::super::tests::{call_with, WRITER};
     use super::super::{Caller, Reply};
     use crate::table::test_support::OwnedTable;
+    use crate::table::{Addition, Label};
 
     fn app() -> OwnedTable {
         OwnedTable::new(
@@ -380,12 +385,9 @@ mod tests {
         let table = owned.view();
         table.lock(1, |_| true).unwrap().add_peer(
             owned.peers[1],
+            &Addition::api(1, PeerState::Up, Label::NONE),
             1,
-            PeerState::Up,
             1,
-            1,
-            PeerOrigin::Api,
-            0,
         );
         owned
     }

@@ -41,6 +41,7 @@ impl Membership for HeapMembership {
                 weight: 1,
                 down: false,
                 backup: false,
+                label: crate::table::Label::NONE,
             })
             .map_err(|err| PlaceError::ZoneFull(err.to_string()))?,
         ));

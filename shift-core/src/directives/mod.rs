@@ -6,6 +6,7 @@ mod api;
 mod check;
 mod resolve;
 mod shift;
+mod steering;
 mod zone;
 
 use std::fmt;
@@ -14,6 +15,10 @@ pub use api::{parse_shift_api, Principal, Readers, ShiftApiArgs, DEFAULT_API_CON
 pub use check::{parse_shift_check, CheckArgs, CheckKind};
 pub use resolve::{parse_shift_resolve, ResolvedName};
 pub use shift::{duplicate_address, parse_shift, ShiftArgs};
+pub use steering::{
+    label_for, parse_shift_label, parse_shift_pin, parse_shift_sticky, unknown_label_server,
+    LabelLine,
+};
 pub use zone::{parse_shift_zone, MIN_ZONE_BYTES};
 
 /// A directive argument Nginx should reject; `Display` is the message `nginx -t` prints.

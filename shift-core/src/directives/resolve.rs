@@ -17,7 +17,7 @@ pub struct ResolvedName {
 
 impl ResolvedName {
     /// `NAME:PORT`, as the status and the log name it.
-    pub fn label(&self) -> String {
+    pub fn name_port(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }
 }
@@ -104,7 +104,7 @@ mod tests {
         );
         let plain = parse_shift_resolve(&["backend:80"]).unwrap();
         assert_eq!(
-            (plain.weight, plain.down, plain.label()),
+            (plain.weight, plain.down, plain.name_port()),
             (1, false, "backend:80".into())
         );
     }

@@ -5,14 +5,16 @@ use std::sync::atomic::Ordering;
 
 use shift_wire::{Health, PeerOrigin, PeerState};
 
+use super::label::Label;
 use super::layout::{config_state, encode_health, encode_state, PeerConfig, PeerSlot};
 use super::lock::{WriteGuard, MAX_GENERATION};
 use super::{CheckMode, Table};
 
 impl WriteGuard<'_> {
     /// Commits a configuration's view of the upstream: `checks` and each peer's config line, in
-    /// the configuration's order. A peer whose line changed takes the line's weight and state;
-    /// every other peer keeps its runtime values, so nothing the API acknowledged is undone.
+    /// the configuration's order. A peer whose line changed takes the line's weight and state,
+    /// and one whose `shift_label` changed takes that label; every other peer keeps its runtime
+    /// values, so nothing the API acknowledged is undone.
     /// Current peers of the table that the configuration no longer has are in `removed`. One new
     /// generation when anything visible changed. Returns what changed, for the log.
     pub fn commit(
@@ -31,7 +33,9 @@ impl WriteGuard<'_> {
             for (order, (peer, config)) in peers.iter().zip(configs).enumerate() {
                 changed |= !peer.is_current() || peer.order() != order as u32;
                 let existing = peer.is_current();
-                if existing && peer.config() == *config {
+                let before = peer.config();
+                let same_line = before.same_line(config);
+                if existing && same_line {
                     let (weight, state) = (peer.weight(), peer.state());
                     if weight != config.weight || state != config_state(config) {
                         notes.push(CarryNote::Kept {
@@ -41,12 +45,17 @@ impl WriteGuard<'_> {
                         });
                     }
                 }
-                if peer.config() != *config {
-                    changed = true;
-                    peer.set_config(config);
+                if !same_line {
                     peer.weight.store(config.weight, Ordering::Relaxed);
                     peer.state
                         .store(encode_state(config_state(config)), Ordering::Relaxed);
+                }
+                if before.label != config.label {
+                    peer.label.store(config.label);
+                }
+                if before != *config {
+                    changed = true;
+                    peer.set_config(config);
                     notes.push(CarryNote::ConfigChanged {
                         server: peer.server().to_string(),
                     });
@@ -64,9 +73,10 @@ impl WriteGuard<'_> {
         notes
     }
 
-    /// Takes weights, states, health and counters of peers found in `previous` (by address): a
-    /// state file on a fresh start, or the zone this one replaces when the zone was resized. A
-    /// peer whose config line changed since keeps its config values. The generation continues
+    /// Takes weights, states, labels, health and counters of peers found in `previous` (by
+    /// address): a state file on a fresh start, or the zone this one replaces when the zone was
+    /// resized. A peer whose config line changed since keeps its config values (and one whose
+    /// `shift_label` changed, its config label). The generation continues
     /// from `previous_generation`. Returns what was kept, for the log.
     pub fn carry_over(&self, previous: &[CarriedPeer], previous_generation: u64) -> Vec<CarryNote> {
         let mut notes = Vec::new();
@@ -84,7 +94,11 @@ impl WriteGuard<'_> {
                 if let Some(health) = old.health {
                     peer.health.store(encode_health(health), Ordering::Relaxed);
                 }
-                if old.config != peer.config() {
+                let config = peer.config();
+                if old.config.label == config.label {
+                    peer.label.store(old.label);
+                }
+                if !old.config.same_line(&config) {
                     notes.push(CarryNote::ConfigChanged {
                         server: peer.server().to_string(),
                     });
@@ -115,6 +129,7 @@ pub struct CarriedPeer {
     pub config: PeerConfig,
     pub weight: u32,
     pub state: PeerState,
+    pub label: Label,
     /// Kept when a resized zone is replaced; a restart starts unchecked.
     pub health: Option<Health>,
     pub counters: Option<CarriedCounters>,
@@ -156,6 +171,7 @@ impl Table<'_> {
                 config: peer.config(),
                 weight: peer.weight(),
                 state: peer.state(),
+                label: peer.label(),
                 health: Some(peer.health()),
                 counters: Some(CarriedCounters::of(peer)),
                 origin: peer.origin(),
@@ -182,25 +198,13 @@ mod tests {
     use shift_wire::PeerState;
 
     use super::*;
-    use crate::table::test_support::{config, routes, OwnedTable};
-    use crate::table::{PeerChange, Route};
+    use crate::table::test_support::{config, route, routes, OwnedTable};
+    use crate::table::{Label, PeerChange};
 
     #[test]
     fn config_down_peers_start_as_standby() {
         let owned = OwnedTable::new("app", &[("a:1", 5, false), ("b:1", 1, true)]);
-        assert_eq!(
-            routes(owned.view()),
-            vec![
-                Route {
-                    weight: 5,
-                    eligible: true
-                },
-                Route {
-                    weight: 1,
-                    eligible: false
-                }
-            ]
-        );
+        assert_eq!(routes(owned.view()), vec![route(5, true), route(1, false)]);
         let wire = owned.view().to_wire(&[]);
         assert_eq!(wire.peers[1].state, PeerState::Down);
         assert_eq!(wire.generation, 1);
@@ -217,16 +221,19 @@ mod tests {
                 index: 0,
                 weight: Some(0),
                 state: None,
+                ..Default::default()
             },
             PeerChange {
                 index: 1,
                 weight: Some(100),
                 state: Some(PeerState::Up),
+                ..Default::default()
             },
             PeerChange {
                 index: 2,
                 weight: Some(9),
                 state: None,
+                ..Default::default()
             },
         ]);
         drop(guard);
@@ -296,11 +303,13 @@ mod tests {
                 index: 0,
                 weight: Some(0),
                 state: None,
+                ..Default::default()
             },
             PeerChange {
                 index: 1,
                 weight: Some(100),
                 state: Some(PeerState::Up),
+                ..Default::default()
             },
         ]);
         assert_eq!(table.generation(), 2);
@@ -346,6 +355,56 @@ mod tests {
             .collect();
         assert_eq!(values, [(0, PeerState::Up, 5), (7, PeerState::Up, 7)]);
         assert_eq!(wire.generation, 3);
+    }
+    #[test]
+    fn labels_follow_their_shift_label_lines_and_keep_api_changes_otherwise() {
+        let blue = Label::parse("blue").unwrap();
+        let labelled = |label: Label| PeerConfig {
+            label,
+            ..config("a:1", 5, false)
+        };
+        let owned = OwnedTable::with_checks("app", &[labelled(blue)], CheckMode::Off);
+        let table = owned.view();
+        let label_now = || table.to_wire(&[]).peers[0].label.clone();
+        assert_eq!(label_now().as_deref(), Some("blue"));
+        table.lock(1, |_| true).unwrap().apply(&[PeerChange {
+            index: 0,
+            weight: Some(50),
+            label: Some(Label::parse("v2").unwrap()),
+            ..Default::default()
+        }]);
+        // A reload with the same `shift_label`: the API's label and weight stay.
+        table
+            .lock(1, |_| true)
+            .unwrap()
+            .commit(CheckMode::Off, &[labelled(blue)], &[]);
+        assert_eq!(label_now().as_deref(), Some("v2"));
+        // A changed `shift_label` takes its label; the line is the same, so the weight stays.
+        let green = Label::parse("green").unwrap();
+        let generation = table.generation();
+        table
+            .lock(1, |_| true)
+            .unwrap()
+            .commit(CheckMode::Off, &[labelled(green)], &[]);
+        let wire = table.to_wire(&[]);
+        assert_eq!(
+            (wire.peers[0].label.as_deref(), wire.peers[0].weight),
+            (Some("green"), 50)
+        );
+        assert_eq!(wire.generation, generation + 1);
+        // A state file saved under the same `shift_label` gives its label back.
+        let mut saved = table.carried();
+        saved[0].label = Label::parse("v3").unwrap();
+        let restarted = OwnedTable::with_checks("app", &[labelled(green)], CheckMode::Off);
+        restarted
+            .view()
+            .lock(1, |_| true)
+            .unwrap()
+            .carry_over(&saved, 4);
+        assert_eq!(
+            restarted.view().to_wire(&[]).peers[0].label.as_deref(),
+            Some("v3")
+        );
     }
     #[test]
     fn a_commit_without_a_peer_takes_it_out_of_the_current_set() {

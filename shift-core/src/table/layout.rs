@@ -3,9 +3,10 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
-use shift_wire::{CheckStatus, Health, Peer, PeerOrigin, PeerState, ResponseCounts};
+use shift_wire::{CheckStatus, Health, Peer, PeerOrigin, PeerState, PinCounts, ResponseCounts};
 
 use super::eligible;
+use super::label::{Label, LabelCell};
 use crate::health::ProbeError;
 
 /// Longest upstream or peer name a table holds (a `unix:` peer path fits).
@@ -65,6 +66,10 @@ pub struct TableHeader {
     /// When the upstream's names are due for lookup (monotonic ms); the worker that moves it on
     /// looks them up (see `resolve`).
     pub(crate) next_lookup_ms: AtomicU64,
+    /// Requests `shift_pin` sent to the peer they named, and those whose pin named no usable
+    /// peer and took the normal pick.
+    pub(crate) pinned: AtomicU64,
+    pub(crate) pin_fallbacks: AtomicU64,
 }
 
 /// Whether the upstream's peers are health-checked, and whether they must pass first.
@@ -103,6 +108,8 @@ impl TableHeader {
             generation: AtomicU64::new(1),
             members: AtomicU64::new(0),
             next_lookup_ms: AtomicU64::new(0),
+            pinned: AtomicU64::new(0),
+            pin_fallbacks: AtomicU64::new(0),
         })
     }
 
@@ -127,6 +134,24 @@ impl TableHeader {
     pub fn members(&self) -> u64 {
         self.members.load(Ordering::Acquire)
     }
+
+    /// A request with a `shift_pin` value: it reached the peer it named, or took the normal
+    /// pick because the value named no peer that could take it.
+    pub fn record_pin(&self, reached: bool) {
+        let counter = if reached {
+            &self.pinned
+        } else {
+            &self.pin_fallbacks
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn pins(&self) -> PinCounts {
+        PinCounts {
+            pinned: self.pinned.load(Ordering::Relaxed),
+            fallbacks: self.pin_fallbacks.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// What the config says about a peer; a peer whose config changed across a reload takes it.
@@ -136,6 +161,17 @@ pub struct PeerConfig {
     pub weight: u32,
     pub down: bool,
     pub backup: bool,
+    /// From `shift_label`; `Label::NONE` without one.
+    pub label: Label,
+}
+
+impl PeerConfig {
+    /// Whether the `server` line itself is the same (its label aside): a changed line resets
+    /// weight and state, a changed `shift_label` only the label.
+    pub fn same_line(&self, other: &PeerConfig) -> bool {
+        (&self.server, self.weight, self.down, self.backup)
+            == (&other.server, other.weight, other.down, other.backup)
+    }
 }
 
 /// One peer's live state, kept for as long as any live configuration routes to it.
@@ -175,6 +211,9 @@ pub struct PeerSlot {
     pub(crate) removed_epoch: AtomicU64,
     /// The name a resolved peer came from (`resolve::source_id`), 0 for other peers.
     pub(crate) source: AtomicU64,
+    /// The label the config gives it, and the one it has now (the API may have changed it).
+    pub(crate) config_label: LabelCell,
+    pub(crate) label: LabelCell,
 }
 
 impl PeerSlot {
@@ -204,6 +243,8 @@ impl PeerSlot {
             origin: AtomicU8::new(0),
             removed_epoch: AtomicU64::new(0),
             source: AtomicU64::new(0),
+            config_label: LabelCell::new(config.label),
+            label: LabelCell::new(config.label),
         })
     }
 
@@ -258,6 +299,7 @@ impl PeerSlot {
             weight: self.config_weight.load(Ordering::Relaxed),
             down: self.config_down.load(Ordering::Relaxed),
             backup: self.backup.load(Ordering::Relaxed),
+            label: self.config_label.load(),
         }
     }
 
@@ -265,6 +307,12 @@ impl PeerSlot {
         self.config_weight.store(config.weight, Ordering::Relaxed);
         self.config_down.store(config.down, Ordering::Relaxed);
         self.backup.store(config.backup, Ordering::Relaxed);
+        self.config_label.store(config.label);
+    }
+
+    /// Its label now; consistent with weight and state only under the sequence lock.
+    pub(crate) fn label(&self) -> Label {
+        self.label.load()
     }
 
     pub(crate) fn weight(&self) -> u32 {
@@ -313,6 +361,7 @@ impl PeerSlot {
             weight: values.weight,
             state: values.state,
             health: values.health,
+            label: values.label.to_wire(),
             eligible: eligible(
                 values.weight,
                 values.state,
@@ -343,6 +392,7 @@ pub(crate) struct PeerValues {
     pub(crate) weight: u32,
     pub(crate) state: PeerState,
     pub(crate) health: Health,
+    pub(crate) label: Label,
 }
 
 impl PeerValues {
@@ -351,6 +401,7 @@ impl PeerValues {
             weight: peer.weight(),
             state: peer.state(),
             health: peer.health(),
+            label: peer.label(),
         }
     }
 }

@@ -77,6 +77,9 @@ impl<'a> WriteGuard<'a> {
                 if let Some(state) = change.state {
                     peer.state.store(encode_state(state), Ordering::Relaxed);
                 }
+                if let Some(label) = change.label {
+                    peer.label.store(label);
+                }
             }
         });
         self.bump_generation()
@@ -126,8 +129,7 @@ mod tests {
     use shift_wire::PeerState;
 
     use super::*;
-    use crate::table::test_support::OwnedTable;
-    use crate::table::Route;
+    use crate::table::test_support::{route, OwnedTable};
 
     #[test]
     fn apply_changes_routing_and_generation_at_once() {
@@ -140,11 +142,13 @@ mod tests {
                 index: 0,
                 weight: Some(0),
                 state: None,
+                ..Default::default()
             },
             PeerChange {
                 index: 1,
                 weight: Some(30),
                 state: Some(PeerState::Up),
+                ..Default::default()
             },
         ]);
         drop(guard);
@@ -153,19 +157,7 @@ mod tests {
         let seq = table
             .routes_if_changed(seen, &mut routes)
             .expect("seq moved");
-        assert_eq!(
-            routes,
-            vec![
-                Route {
-                    weight: 0,
-                    eligible: false
-                },
-                Route {
-                    weight: 30,
-                    eligible: true
-                }
-            ]
-        );
+        assert_eq!(routes, vec![route(0, false), route(30, true)]);
         assert!(
             table.routes_if_changed(seq, &mut routes).is_none(),
             "nothing new since"
@@ -196,6 +188,7 @@ mod tests {
             index: 0,
             weight: Some(2),
             state: None,
+            ..Default::default()
         }];
         assert_eq!(guard.apply(&change), MAX_GENERATION);
         assert_eq!(guard.apply(&change), MAX_GENERATION);

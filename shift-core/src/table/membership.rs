@@ -8,35 +8,52 @@ use std::sync::atomic::Ordering;
 
 use shift_wire::{PeerOrigin, PeerState};
 
+use super::label::Label;
 use super::layout::{encode_state, PeerConfig, PeerSlot};
 use super::lock::WriteGuard;
 
+/// What a peer added at run time starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addition {
+    pub weight: u32,
+    pub state: PeerState,
+    pub label: Label,
+    /// Through the API, or resolved from a name (whose id is `source`, 0 otherwise).
+    pub origin: PeerOrigin,
+    pub source: u64,
+}
+
+impl Addition {
+    /// A peer the API adds.
+    pub fn api(weight: u32, state: PeerState, label: Label) -> Addition {
+        Addition {
+            weight,
+            state,
+            label,
+            origin: PeerOrigin::Api,
+            source: 0,
+        }
+    }
+}
+
 impl WriteGuard<'_> {
-    /// Makes `slot`, placed for this table, a current peer added at run time (by the API, or
-    /// resolved from the name `source`): at `order` in the listing, with `weight` and `state`.
-    /// One new generation, which it returns.
-    #[allow(clippy::too_many_arguments)]
-    pub fn add_peer(
-        &self,
-        slot: &PeerSlot,
-        weight: u32,
-        state: PeerState,
-        order: u32,
-        epoch: u64,
-        origin: PeerOrigin,
-        source: u64,
-    ) -> u64 {
+    /// Makes `slot`, placed for this table, a current peer added at run time, at `order` in the
+    /// listing, as `addition` says, at membership `epoch`. One new generation, which it returns.
+    pub fn add_peer(&self, slot: &PeerSlot, addition: &Addition, order: u32, epoch: u64) -> u64 {
         self.write_section(|_| {
             slot.set_config(&PeerConfig {
                 server: slot.server().to_string(),
-                weight,
-                down: state == PeerState::Down,
+                weight: addition.weight,
+                down: addition.state == PeerState::Down,
                 backup: false,
+                label: addition.label,
             });
-            slot.weight.store(weight, Ordering::Relaxed);
-            slot.state.store(encode_state(state), Ordering::Relaxed);
-            slot.set_origin(origin);
-            slot.source.store(source, Ordering::Relaxed);
+            slot.weight.store(addition.weight, Ordering::Relaxed);
+            slot.state
+                .store(encode_state(addition.state), Ordering::Relaxed);
+            slot.label.store(addition.label);
+            slot.set_origin(addition.origin);
+            slot.source.store(addition.source, Ordering::Relaxed);
             slot.removed_epoch.store(0, Ordering::Relaxed);
             slot.set_current(true, order);
             self.table.header.members.store(epoch, Ordering::Release);
@@ -80,8 +97,9 @@ mod tests {
     use crate::table::test_support::leaked_slot as slot;
     use shift_wire::{PeerOrigin, PeerState};
 
+    use super::Addition;
     use crate::table::test_support::OwnedTable;
-    use crate::table::Table;
+    use crate::table::{Label, Table};
 
     #[test]
     fn an_added_peer_is_current_listed_last_and_a_new_generation() {
@@ -91,12 +109,9 @@ mod tests {
         let added = slot("127.0.0.1:2");
         let generation = table.lock(1, |_| true).unwrap().add_peer(
             added,
-            5,
-            PeerState::Drain,
+            &Addition::api(5, PeerState::Drain, Label::NONE),
             1,
             7,
-            PeerOrigin::Api,
-            0,
         );
         assert_eq!(generation, before + 1);
         assert!(added.is_current());
@@ -118,7 +133,7 @@ mod tests {
         let table = owned.view();
         let added = slot("127.0.0.1:2");
         let guard = table.lock(1, |_| true).unwrap();
-        guard.add_peer(added, 1, PeerState::Up, 1, 3, PeerOrigin::Api, 0);
+        guard.add_peer(added, &Addition::api(1, PeerState::Up, Label::NONE), 1, 3);
         let generation = guard.remove_peer(added, 4);
         drop(guard);
         assert_eq!(generation, table.generation());
@@ -128,12 +143,9 @@ mod tests {
         // Added again before its slot went: current once more, no longer marked removed.
         table.lock(1, |_| true).unwrap().add_peer(
             added,
-            2,
-            PeerState::Up,
+            &Addition::api(2, PeerState::Up, Label::NONE),
             1,
             5,
-            PeerOrigin::Api,
-            0,
         );
         assert!(added.is_current());
         assert_eq!(added.removed_epoch(), 0);

@@ -21,6 +21,7 @@
 //! references to them, and the tests use ordinary heap memory.
 
 mod carry;
+mod label;
 mod layout;
 mod lock;
 mod membership;
@@ -32,11 +33,13 @@ use std::sync::atomic::{fence, Ordering};
 use shift_wire::{Health, PeerState, Upstream};
 
 pub use carry::{CarriedCounters, CarriedPeer, CarryNote};
+pub use label::{BadLabel, Label, LABEL_CAPACITY};
 pub(crate) use layout::PeerValues;
 pub use layout::{
     CheckMode, FixedName, NameTooLong, PeerConfig, PeerSlot, TableHeader, NAME_CAPACITY,
 };
 pub use lock::{LockError, WriteGuard, MAX_GENERATION};
+pub use membership::Addition;
 
 /// How many times a reader retries a snapshot that a writer disturbed.
 const READ_ATTEMPTS: usize = 64;
@@ -47,14 +50,20 @@ pub struct Route {
     pub weight: u32,
     /// False for weight 0, `drain`, `down` and unhealthy peers: they get no new requests.
     pub eligible: bool,
+    /// Whether `shift_pin` may send a request to it: whatever its weight and state, unless its
+    /// health check calls it unhealthy.
+    pub pinnable: bool,
+    pub label: Label,
 }
 
-/// A weight or state change of one peer, by its index in the table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A weight, state or label change of one peer, by its index in the table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PeerChange {
     pub index: usize,
     pub weight: Option<u32>,
     pub state: Option<PeerState>,
+    /// `Label::NONE` takes the label away.
+    pub label: Option<Label>,
 }
 
 /// A view of one upstream's table: its header and the slots of some of its peers, in an order
@@ -106,9 +115,14 @@ impl<'a> Table<'a> {
         self.read_consistent(|peers| {
             routes.clear();
             let mandatory = self.header.checks() == CheckMode::Mandatory;
-            routes.extend(peers.iter().map(|peer| Route {
-                weight: peer.weight(),
-                eligible: eligible(peer.weight(), peer.state(), peer.health(), mandatory),
+            routes.extend(peers.iter().map(|peer| {
+                let values = PeerValues::of(peer);
+                Route {
+                    weight: values.weight,
+                    eligible: eligible(values.weight, values.state, values.health, mandatory),
+                    pinnable: values.health != Health::Unhealthy,
+                    label: values.label,
+                }
             }));
         })
         .map(|(seq, ())| seq)
@@ -142,6 +156,7 @@ impl<'a> Table<'a> {
                     peer.to_wire(values, active, checks)
                 })
                 .collect(),
+            pins: self.header.pins(),
         }
     }
 

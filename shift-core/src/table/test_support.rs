@@ -17,6 +17,7 @@ impl OwnedTable {
                 weight,
                 down,
                 backup: false,
+                label: Label::NONE,
             })
             .collect();
         OwnedTable::with_checks(name, &configs, CheckMode::Off)
@@ -30,6 +31,7 @@ impl OwnedTable {
                 weight: 1,
                 down: false,
                 backup: false,
+                label: Label::NONE,
             })
             .collect();
         OwnedTable::with_checks(name, &configs, checks)
@@ -71,6 +73,17 @@ pub(crate) fn config(server: &str, weight: u32, down: bool) -> PeerConfig {
         weight,
         down,
         backup: false,
+        label: Label::NONE,
+    }
+}
+
+/// The route of an unlabelled, healthy peer.
+pub(crate) fn route(weight: u32, eligible: bool) -> Route {
+    Route {
+        weight,
+        eligible,
+        pinnable: true,
+        label: Label::NONE,
     }
 }
 
