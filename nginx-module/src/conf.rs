@@ -6,22 +6,22 @@ use std::path::PathBuf;
 use std::ptr;
 
 use ngx::ffi::{
-    ngx_cycle_t, ngx_http_core_srv_conf_t, ngx_http_upstream_init_peer_pt,
-    ngx_http_upstream_init_pt, ngx_http_upstream_srv_conf_t, ngx_msec_t, ngx_resolver_t,
-    ngx_shm_zone_t,
+    ngx_cycle_t, ngx_http_complex_value_t, ngx_http_core_srv_conf_t,
+    ngx_http_upstream_init_peer_pt, ngx_http_upstream_init_pt, ngx_http_upstream_srv_conf_t,
+    ngx_msec_t, ngx_resolver_t, ngx_shm_zone_t,
 };
 use ngx::http::{Merge, MergeConfigError};
 
 use crate::shm::LoadRecord;
 use crate::upstream_state::{Placement, WorkerRouting};
 use shift_core::api::Access;
-use shift_core::directives::{CheckArgs, ResolvedName, ShiftArgs};
+use shift_core::directives::{CheckArgs, LabelLine, ResolvedName, ShiftArgs};
 
 /// Per-`http` state: the upstreams that use `shift`, and the shared zone of their tables.
 pub struct MainConf {
     pub upstreams: Vec<*mut ngx_http_upstream_srv_conf_t>,
-    /// Upstreams with `shift_check` or `shift_resolve`, to verify they also have `shift`.
-    pub checked: Vec<*mut ngx_http_upstream_srv_conf_t>,
+    /// Upstreams with another `shift_*` directive (named), to verify they also have `shift`.
+    pub checked: Vec<(*mut ngx_http_upstream_srv_conf_t, &'static str)>,
     pub zone: *mut ngx_shm_zone_t,
     /// `shift_zone`, when set.
     pub zone_size: Option<usize>,
@@ -60,6 +60,11 @@ pub struct UpstreamConf {
     pub resolve: Vec<ResolvedName>,
     pub resolver: *mut ngx_resolver_t,
     pub resolver_timeout: ngx_msec_t,
+    /// `shift_sticky KEY` and `shift_pin VALUE`, evaluated per request; null when not set.
+    pub sticky: *mut ngx_http_complex_value_t,
+    pub pin: *mut ngx_http_complex_value_t,
+    /// `shift_label` lines.
+    pub labels: Vec<LabelLine>,
     pub balancer: WrappedBalancer,
     /// Set by the zone's init in the master; read-only once workers run.
     pub placement: Placement,
@@ -76,6 +81,9 @@ impl Default for UpstreamConf {
             resolve: Vec::new(),
             resolver: ptr::null_mut(),
             resolver_timeout: 0,
+            sticky: ptr::null_mut(),
+            pin: ptr::null_mut(),
+            labels: Vec::new(),
             balancer: WrappedBalancer::default(),
             placement: Placement::default(),
             routing: WorkerRouting::default(),

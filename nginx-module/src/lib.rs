@@ -15,6 +15,8 @@ mod ngx_module;
 mod peer_list;
 mod resolver;
 mod shm;
+mod steering;
+mod steering_conf;
 mod upstream_hook;
 mod upstream_state;
 mod worker_tick;

@@ -11,8 +11,8 @@ use ngx::core::{Status, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
     ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_http_module_t, ngx_http_upstream_init_round_robin,
     ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_module_t, ngx_uint_t, NGX_CONF_1MORE,
-    NGX_CONF_ANY, NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
-    NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_UPS_CONF,
+    NGX_CONF_ANY, NGX_CONF_TAKE1, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_UPS_CONF,
 };
 use ngx::http::{
     HttpModule, HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf,
@@ -60,13 +60,12 @@ impl HttpModule for Module {
         let Some(main) = Module::main_conf(cf) else {
             return Status::NGX_ERROR.0;
         };
-        for &uscf in &main.checked {
+        for &(uscf, directive) in &main.checked {
             // SAFETY: the upstream pointers were taken from this same configuration.
             let uscf = unsafe { &*uscf };
             if Module::server_conf(uscf).is_none_or(|conf| conf.shift.is_none()) {
                 cf.error(&format!(
-                    "\"shift_check\" and \"shift_resolve\" in upstream \"{}\" need \"shift\" \
-                     in the same upstream",
+                    "\"{directive}\" in upstream \"{}\" needs \"shift\" in the same upstream",
                     uscf.host
                 ));
                 return Status::NGX_ERROR.0;
@@ -107,7 +106,7 @@ unsafe impl HttpModuleLocationConf for Module {
     type LocationConf = LocationConf;
 }
 
-static mut COMMANDS: [ngx_command_t; 6] = [
+static mut COMMANDS: [ngx_command_t; 9] = [
     ngx_command_t {
         name: ngx_string!("shift"),
         type_: (NGX_HTTP_UPS_CONF | NGX_CONF_ANY) as ngx_uint_t,
@@ -128,6 +127,30 @@ static mut COMMANDS: [ngx_command_t; 6] = [
         name: ngx_string!("shift_resolve"),
         type_: (NGX_HTTP_UPS_CONF | NGX_CONF_1MORE) as ngx_uint_t,
         set: Some(set_shift_resolve),
+        conf: NGX_HTTP_MAIN_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("shift_sticky"),
+        type_: (NGX_HTTP_UPS_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(crate::steering_conf::set_shift_sticky),
+        conf: NGX_HTTP_MAIN_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("shift_pin"),
+        type_: (NGX_HTTP_UPS_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(crate::steering_conf::set_shift_pin),
+        conf: NGX_HTTP_MAIN_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("shift_label"),
+        type_: (NGX_HTTP_UPS_CONF | NGX_CONF_TAKE2) as ngx_uint_t,
+        set: Some(crate::steering_conf::set_shift_label),
         conf: NGX_HTTP_MAIN_CONF_OFFSET,
         offset: 0,
         post: ptr::null_mut(),
@@ -210,7 +233,7 @@ unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
 
 /// The directive's arguments parsed by `parse`; `Err` is what the handler returns (the error is
 /// logged with the file and line).
-fn parse_directive<T>(
+pub(crate) fn parse_directive<T>(
     cf: &mut ngx_conf_t,
     parse: fn(&[&str]) -> Result<T, directives::DirectiveError>,
 ) -> Result<T, *mut c_char> {
@@ -227,7 +250,7 @@ fn parse_directive<T>(
 ///
 /// SAFETY: `cf` is the configuration being parsed inside an `upstream` block, and `conf` this
 /// module's main conf (NGX_HTTP_MAIN_CONF_OFFSET), as Nginx passes them to a directive handler.
-unsafe fn upstream_directive<'a, T>(
+pub(crate) unsafe fn upstream_directive<'a, T>(
     cf: *mut ngx_conf_t,
     conf: *mut c_void,
     parse: fn(&[&str]) -> Result<T, directives::DirectiveError>,
@@ -321,7 +344,7 @@ extern "C" fn set_shift_check(
         return is_duplicate();
     }
     ours.check = Some(parsed);
-    main.checked.push(uscf);
+    main.checked.push((uscf, "shift_check"));
     NGX_CONF_OK
 }
 
@@ -339,11 +362,11 @@ extern "C" fn set_shift_resolve(
     if ours
         .resolve
         .iter()
-        .any(|name| name.label() == parsed.label())
+        .any(|name| name.name_port() == parsed.name_port())
     {
         return cf.error(&format!(
             "\"{}\" is resolved twice in upstream \"{}\"",
-            parsed.label(),
+            parsed.name_port(),
             uscf.host
         ));
     }
@@ -354,7 +377,7 @@ extern "C" fn set_shift_resolve(
         }
     }
     ours.resolve.push(parsed);
-    main.checked.push(uscf);
+    main.checked.push((uscf, "shift_resolve"));
     NGX_CONF_OK
 }
 

@@ -19,9 +19,10 @@ use ngx::ffi::{
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 use ngx::ngx_log_error;
 use shift_core::api::Membership;
+use shift_core::directives::label_for;
 use shift_core::process::process_alive;
 use shift_core::resolve::{answer_peers, changes, next_lookup_in, source_id};
-use shift_core::table::{PeerSlot, Table};
+use shift_core::table::{Addition, PeerSlot, Table};
 use shift_wire::{PeerOrigin, PeerState};
 
 use crate::conf::{MainConf, UpstreamConf};
@@ -65,7 +66,7 @@ pub unsafe fn take_names(
         if !conf
             .resolve
             .iter()
-            .any(|known| known.label() == name.label())
+            .any(|known| known.name_port() == name.name_port())
         {
             conf.resolve.push(name);
         }
@@ -101,7 +102,7 @@ pub unsafe fn take_names(
         return Err(format!(
             "no resolver defined to resolve \"{}\" in upstream \"{}\": add \"resolver ADDRESS \
              valid=30s;\" to the http block",
-            conf.resolve[0].label(),
+            conf.resolve[0].name_port(),
             uscf.host
         ));
     }
@@ -266,7 +267,7 @@ unsafe extern "C" fn on_answer(ctx: *mut ngx_resolver_ctx_t) {
             lookup.log,
             "shift: upstream \"{}\": \"{}\" could not be resolved ({}); its peers stay as they are",
             upstream_name(conf),
-            name.label(),
+            name.name_port(),
             if state != 0 {
                 why.as_ref()
             } else {
@@ -323,7 +324,7 @@ fn apply(
         return;
     };
     let locked = zone.lock();
-    let source = source_id(&name.label());
+    let source = source_id(&name.name_port());
     // SAFETY: the zone's lock is held.
     let all: Vec<&'static PeerSlot> = unsafe { crate::shm::slots_of(header) }.collect();
     let current: Vec<&'static PeerSlot> = all
@@ -364,15 +365,14 @@ fn apply(
         match membership.place(header, server) {
             Ok(slot) => {
                 let epoch = membership.next_epoch();
-                guard.add_peer(
-                    slot,
-                    name.weight,
+                let addition = Addition {
+                    weight: name.weight,
                     state,
-                    order,
-                    epoch,
-                    PeerOrigin::Resolved,
+                    label: label_for(&conf.labels, &name.name_port(), server),
+                    origin: PeerOrigin::Resolved,
                     source,
-                );
+                };
+                guard.add_peer(slot, &addition, order, epoch);
                 order += 1;
                 added.push(server.as_str());
             }
@@ -383,7 +383,7 @@ fn apply(
                     "shift: upstream \"{}\": {} from \"{}\" not added: {}",
                     header.name(),
                     server,
-                    name.label(),
+                    name.name_port(),
                     err
                 );
             }
@@ -400,7 +400,7 @@ fn apply(
         log,
         "shift: upstream \"{}\": \"{}\" resolves to {}{}{}",
         header.name(),
-        name.label(),
+        name.name_port(),
         answer.iter().cloned().collect::<Vec<_>>().join(", "),
         if added.is_empty() {
             String::new()

@@ -10,8 +10,9 @@ use ngx::core::Status;
 use ngx::ffi::{
     ngx_conf_t, ngx_event_free_peer_pt, ngx_event_get_peer_pt, ngx_event_save_peer_session_pt,
     ngx_event_set_peer_session_pt, ngx_http_request_t, ngx_http_upstream_rr_peer_data_t,
-    ngx_http_upstream_server_t, ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_log_t,
-    ngx_peer_connection_t, ngx_uint_t, NGX_LOG_EMERG, NGX_LOG_ERR, NGX_PEER_FAILED,
+    ngx_http_upstream_rr_peers_t, ngx_http_upstream_server_t, ngx_http_upstream_srv_conf_t,
+    ngx_int_t, ngx_log_t, ngx_peer_connection_t, ngx_uint_t, NGX_LOG_EMERG, NGX_LOG_ERR,
+    NGX_PEER_FAILED,
 };
 use ngx::http::{HttpModuleMainConf, HttpModuleServerConf, Request};
 use ngx::log::DebugMask;
@@ -21,7 +22,8 @@ use crate::conf::{MainConf, UpstreamConf};
 use crate::ngx_module::Module;
 use crate::peer_list::{ListHold, Member, PeerList};
 use crate::shm::{inflight, table_of};
-use shift_core::directives::duplicate_address;
+use crate::steering::{self, ListView, Steering};
+use shift_core::directives::{duplicate_address, unknown_label_server};
 use shift_core::table::{slot_of, PeerSlot, Table};
 
 /// `peer.init_upstream`: lets round robin build the peers, then takes over `peer.init`.
@@ -50,7 +52,20 @@ pub extern "C" fn init_upstream(
         return Status::NGX_ERROR.0;
     }
     // SAFETY: round robin parsed the `server` lines into `servers`.
-    if let Some((address, first, second)) = duplicate_address(&unsafe { server_lines(uscf) }) {
+    let lines = unsafe { server_lines(uscf) };
+    let names: Vec<String> = conf.resolve.iter().map(|name| name.name_port()).collect();
+    if let Some(label) = unknown_label_server(&conf.labels, &lines, &names) {
+        ngx_conf_log_error!(
+            NGX_LOG_EMERG,
+            cf,
+            "\"shift_label\" names \"{}\", which is no \"server\" line, address or resolved \
+             name of upstream \"{}\": write it as on its \"server\" line",
+            label.server,
+            uscf.host
+        );
+        return Status::NGX_ERROR.0;
+    }
+    if let Some((address, first, second)) = duplicate_address(&lines) {
         ngx_conf_log_error!(
             NGX_LOG_EMERG,
             cf,
@@ -122,6 +137,10 @@ struct Attempt {
     list: *mut PeerList,
     /// The slot and load position of the peer the current attempt uses.
     slot: Option<(&'static PeerSlot, usize)>,
+    /// Its `shift_sticky` and `shift_pin` values, and round robin's primary list when it
+    /// started (steering stops once round robin goes on to the backups).
+    steering: Steering,
+    primary: *mut ngx_http_upstream_rr_peers_t,
 }
 
 // `peer.init`, once per request.
@@ -160,6 +179,9 @@ fn init_request_peer(request: &mut Request, uscf: *mut ngx_http_upstream_srv_con
     // SAFETY: the request is being proxied, so its upstream is set, and round robin's init
     // just filled its peer connection.
     let peer = unsafe { &mut (*upstream).peer };
+    // SAFETY: round robin's init left its own data in `peer.data`.
+    let primary = unsafe { (*peer.data.cast::<ngx_http_upstream_rr_peer_data_t>()).peers };
+    let steering = Steering::of(request, conf);
     // SAFETY: `attempt` was just allocated from the request's pool for an `Attempt`.
     unsafe {
         attempt.write(Attempt {
@@ -172,6 +194,8 @@ fn init_request_peer(request: &mut Request, uscf: *mut ngx_http_upstream_srv_con
             request: r,
             list,
             slot: None,
+            steering,
+            primary,
         })
     };
     peer.data = attempt.cast();
@@ -217,6 +241,12 @@ fn copy_routes_if_changed<'a>(
     let Some(seq) = table.routes_if_changed(conf.routing.seen_seq, &mut conf.routing.routes) else {
         return;
     };
+    conf.routing.hashes.clear();
+    conf.routing.hashes.extend(
+        slots
+            .iter()
+            .map(|slot| shift_core::sticky::hash(slot.server().as_bytes())),
+    );
     for (&peer, route) in rr_peers.iter().zip(&conf.routing.routes) {
         // SAFETY: the list's or the configuration's round-robin peers, alive while this worker
         // routes with them and touched only by this (single-threaded) worker.
@@ -374,18 +404,17 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
     let Some(rr_get) = attempt.rr_get else {
         return Status::NGX_ERROR.0;
     };
-    // SAFETY: round robin's get, with its own data.
-    let rc = unsafe { rr_get(pc, attempt.rr_data) };
+    // SAFETY: `conf` outlives the request.
+    let conf = unsafe { &*attempt.conf };
+    // SAFETY: round robin's get, with its own data, steered or not.
+    let rc = unsafe { steered_get(attempt, conf, pc, rr_get) }
+        // SAFETY: as above.
+        .unwrap_or_else(|| unsafe { rr_get(pc, attempt.rr_data) });
     if rc != Status::NGX_OK.0 {
         return rc;
     }
-    // SAFETY: round robin's data is its peer data; `conf` outlives the request.
-    let (current, conf) = unsafe {
-        (
-            (*attempt.rr_data.cast::<ngx_http_upstream_rr_peer_data_t>()).current,
-            &*attempt.conf,
-        )
-    };
+    // SAFETY: round robin's data is its peer data.
+    let current = unsafe { (*attempt.rr_data.cast::<ngx_http_upstream_rr_peer_data_t>()).current };
     // SAFETY: a non-null list is held by this request until it ends.
     attempt.slot = match unsafe { attempt.list.as_ref() } {
         Some(list) => list.find(current),
@@ -411,6 +440,48 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
         }
     }
     rc
+}
+
+/// Round robin's get, steered to the peer the request's `shift_pin` or `shift_sticky` chooses;
+/// `None` when it is not steered (no value, or a list that is no longer the worker's current
+/// one, whose routes this worker no longer keeps).
+///
+/// SAFETY: `attempt` is the request's own, with round robin's data and `get`.
+unsafe fn steered_get(
+    attempt: &mut Attempt,
+    conf: &UpstreamConf,
+    pc: *mut ngx_peer_connection_t,
+    rr_get: unsafe extern "C" fn(*mut ngx_peer_connection_t, *mut c_void) -> ngx_int_t,
+) -> Option<ngx_int_t> {
+    if !attempt.steering.is_steered() || attempt.list != conf.routing.list {
+        return None;
+    }
+    // SAFETY: as in `shm::table_of`.
+    let header = unsafe { conf.placement.table.as_ref() }?;
+    // SAFETY: a non-null list is held by this request until it ends.
+    let (slots, rr_peers) = match unsafe { attempt.list.as_ref() } {
+        Some(list) => (&list.slots, &list.rr_peers),
+        None => (&conf.placement.slots, &conf.placement.rr_peers),
+    };
+    let view = ListView {
+        header,
+        slots,
+        rr_peers,
+        routes: &conf.routing.routes,
+        hashes: &conf.routing.hashes,
+    };
+    let rrp = attempt.rr_data.cast::<ngx_http_upstream_rr_peer_data_t>();
+    // SAFETY: per the contract; `primary` was round robin's list when the request started.
+    unsafe {
+        steering::get(
+            &mut attempt.steering,
+            &view,
+            rrp,
+            attempt.primary,
+            pc,
+            rr_get,
+        )
+    }
 }
 
 unsafe extern "C" fn free_peer(

@@ -58,8 +58,10 @@ pub struct WorkerRouting {
     pub list: *mut PeerList,
     /// Its configuration's own list, kept when `list` replaces it in `peer.data`.
     pub original: *mut ngx_http_upstream_rr_peers_t,
-    /// Scratch space for that copy, kept to avoid an allocation per change.
+    /// What it copied, in its current list's order, kept to avoid an allocation per change;
+    /// with each peer's `sticky::hash` of its address, for `shift_sticky` and `shift_pin`.
     pub routes: Vec<Route>,
+    pub hashes: Vec<u64>,
     /// Lookups of the upstream's names this worker has in flight, and the soonest their
     /// answers want the next one (ms from their end; see `resolver`).
     pub lookups_pending: usize,
@@ -76,6 +78,7 @@ impl Default for WorkerRouting {
             list: ptr::null_mut(),
             original: ptr::null_mut(),
             routes: Vec::new(),
+            hashes: Vec::new(),
             lookups_pending: 0,
             next_lookup_ms: u64::MAX,
         }

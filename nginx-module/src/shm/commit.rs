@@ -125,7 +125,7 @@ pub unsafe fn commit(zone: Zone, main: &MainConf, log: *mut ngx_log_t) {
             let names: Vec<u64> = conf
                 .resolve
                 .iter()
-                .map(|name| shift_core::resolve::source_id(&name.label()))
+                .map(|name| shift_core::resolve::source_id(&name.name_port()))
                 .collect();
             for slot in slots_of(header).filter(|slot| {
                 slot.is_current()

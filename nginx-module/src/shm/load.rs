@@ -27,6 +27,7 @@ use super::reclaim::{reclaim, sweep};
 use super::zone::{allocate, allocate_zeroed, foreign_root, push_front, slots_of, Zone};
 use crate::conf::{MainConf, UpstreamConf};
 use crate::ngx_module::Module;
+use shift_core::directives::{label_for, LabelLine};
 use shift_core::state_file;
 use shift_core::table::{CheckMode, PeerConfig, PeerSlot, TableHeader};
 use shift_wire::PeerOrigin;
@@ -206,7 +207,7 @@ unsafe fn place_views(
         let conf = Module::server_conf_mut(uscf).ok_or("no shift conf for an upstream")?;
         let name = uscf.host.to_string();
         // SAFETY: round robin built this upstream's peers.
-        let (configs, rr_peers) = unsafe { round_robin_peers(uscf) };
+        let (configs, rr_peers) = unsafe { round_robin_peers(uscf, &conf.labels) };
         // SAFETY: the caller holds the zone's lock (for this and what follows).
         let found = unsafe { zone.tables() }.find(|header| header.name() == name);
         let (header, created) = match found {
@@ -426,11 +427,12 @@ unsafe fn place_load(
 }
 
 /// The round-robin peers of an upstream in table order (primary, then backup), with what the
-/// config says about each.
+/// config says about each (`labels`: its `shift_label` lines).
 ///
 /// SAFETY: round robin's init_upstream has run for `uscf`, so `peer.data` is its peer list.
 unsafe fn round_robin_peers(
     uscf: &ngx_http_upstream_srv_conf_t,
+    labels: &[LabelLine],
 ) -> (Vec<PeerConfig>, Vec<*mut ngx_http_upstream_rr_peer_t>) {
     let mut configs = Vec::new();
     let mut pointers = Vec::new();
@@ -447,11 +449,14 @@ unsafe fn round_robin_peers(
                     peer = (*peer).next;
                     continue;
                 }
+                let server = (*peer).name.to_string();
+                let label = label_for(labels, &(*peer).server.to_string(), &server);
                 configs.push(PeerConfig {
-                    server: (*peer).name.to_string(),
+                    server,
                     weight: (*peer).weight as u32,
                     down: (*peer).down != 0,
                     backup,
+                    label,
                 });
                 pointers.push(peer);
                 peer = (*peer).next;
@@ -470,6 +475,6 @@ pub unsafe fn peer_count(upstreams: &[*mut ngx_http_upstream_srv_conf_t]) -> usi
     upstreams
         .iter()
         // SAFETY: per the contract.
-        .map(|&uscf| unsafe { round_robin_peers(&*uscf) }.0.len())
+        .map(|&uscf| unsafe { round_robin_peers(&*uscf, &[]) }.0.len())
         .sum()
 }

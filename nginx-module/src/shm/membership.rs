@@ -16,7 +16,7 @@ use super::reclaim::sweep;
 use super::worker::WorkerRecord;
 use super::zone::{slots_of, walk, Zone};
 use shift_core::api::{Membership, PlaceError};
-use shift_core::table::{PeerConfig, PeerSlot, TableHeader};
+use shift_core::table::{Label, PeerConfig, PeerSlot, TableHeader};
 use shift_wire::PeerOrigin;
 
 /// What one `place` took, for `unplace`.
@@ -71,6 +71,7 @@ impl Membership for ZoneMembership<'_> {
                     weight: 1,
                     down: false,
                     backup: false,
+                    label: Label::NONE,
                 };
                 // SAFETY: as above.
                 let slot = unsafe { place_slot(self.locked, table, &config) }
