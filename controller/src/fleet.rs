@@ -115,6 +115,7 @@ impl Fleet {
                 server: server.to_string(),
                 weight: Some(peer.weight),
                 state: Some(peer.state),
+                label: peer.label.clone(),
                 expect_generation: None,
             });
         }

@@ -102,6 +102,7 @@ enum Command {
     Undrain { upstream: String, server: String },
     /// Add a peer at run time (kept across reloads and restarts until removed)
     Add {
+        /// The shift upstream to add it to
         upstream: String,
         /// IP:PORT, e.g. 10.0.0.7:8000 or [fd00::7]:8000
         server: String,
@@ -111,6 +112,18 @@ enum Command {
         /// Its state: up, drain or down (standby)
         #[arg(long, default_value = "up", value_parser = peer_state)]
         state: PeerState,
+        /// Its label, e.g. the version it runs (what shift_pin and --to can name)
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// Give a peer a label (e.g. the version it runs), or take it away with ""
+    Label {
+        /// The shift upstream of the peer
+        upstream: String,
+        /// The peer's address, as status lists it
+        server: String,
+        /// Letters, digits, ".", "_", "+" or "-"; "" takes the label away
+        label: String,
     },
     /// Remove a peer added at run time; it finishes its requests in flight and takes no new ones
     Remove {
@@ -123,9 +136,11 @@ enum Command {
         #[arg(long, default_value = "5m", value_parser = duration)]
         timeout: Duration,
     },
-    /// Blue-green: wait until SERVER is healthy, move all traffic to it, drain the others
+    /// Blue-green: wait until the target is healthy, move all traffic to it, drain the others
     Switch {
+        /// The shift upstream to switch
         upstream: String,
+        /// The target: a peer's address, or a label (all its peers move together)
         #[arg(long)]
         to: String,
         /// Also require this URL to answer 2xx/3xx first
@@ -135,9 +150,11 @@ enum Command {
         #[arg(long, default_value = "60s", value_parser = duration)]
         timeout: Duration,
     },
-    /// Shift traffic to SERVER in steps, watching its health and error rate; roll back on failure
+    /// Shift traffic to a target in steps, watching its health and error rate; roll back on failure
     Canary {
+        /// The shift upstream to shift
         upstream: String,
+        /// The target: a peer's address, or a label (all its peers share the target's weight)
         #[arg(long)]
         to: String,
         /// Percentages of traffic for the target, ending at 100
@@ -270,7 +287,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             server,
             weight,
             state,
-        } => commands::add(&ctx, &upstream, &server, weight, state).await,
+            label,
+        } => commands::add(&ctx, &upstream, &server, weight, state, label).await,
+        Command::Label {
+            upstream,
+            server,
+            label,
+        } => commands::set_label(&ctx, &upstream, &server, &label).await,
         Command::Remove {
             upstream,
             server,

@@ -47,8 +47,8 @@ pub fn render_table(upstream: &Upstream) -> String {
         upstream.name, upstream.generation
     );
     out += &format!(
-        "{:<24} {:>6} {:>7} {:<6} {:<10} {:>10} {:>9} {:>7}\n",
-        "PEER", "WEIGHT", "SHARE", "STATE", "HEALTH", "REQUESTS", "FAILURES", "ACTIVE"
+        "{:<24} {:<10} {:>6} {:>7} {:<6} {:<10} {:>10} {:>9} {:>7}\n",
+        "PEER", "LABEL", "WEIGHT", "SHARE", "STATE", "HEALTH", "REQUESTS", "FAILURES", "ACTIVE"
     );
     for peer in &upstream.peers {
         let share = if takes_traffic(peer) && total > 0 {
@@ -62,8 +62,9 @@ pub fn render_table(upstream: &Upstream) -> String {
             peer.server.clone()
         };
         out += &format!(
-            "{:<24} {:>6} {:>7} {:<6} {:<10} {:>10} {:>9} {:>7}\n",
+            "{:<24} {:<10} {:>6} {:>7} {:<6} {:<10} {:>10} {:>9} {:>7}\n",
             server,
+            peer.label.as_deref().unwrap_or("-"),
             peer.weight,
             share,
             peer.state.as_str(),
@@ -98,6 +99,7 @@ mod tests {
                 PeerState::Down
             },
             health: Health::Unchecked,
+            label: None,
             eligible,
             backup,
             origin: shift_wire::PeerOrigin::Config,
@@ -120,15 +122,18 @@ mod tests {
 
     #[test]
     fn shares_count_only_primary_peers_that_take_traffic() {
+        let mut green = peer("127.0.0.1:8002", 10, true, false);
+        green.label = Some("green".into());
         let upstream = Upstream {
             name: "app".into(),
             generation: 7,
             peers: vec![
                 peer("127.0.0.1:8001", 30, true, false),
-                peer("127.0.0.1:8002", 10, true, false),
+                green,
                 peer("127.0.0.1:8003", 60, false, false),
                 peer("127.0.0.1:8004", 5, true, true),
             ],
+            pins: Default::default(),
         };
         let text = render_table(&upstream);
         assert!(
@@ -136,12 +141,12 @@ mod tests {
             "{text}"
         );
         let rows = rows(&upstream);
-        assert_eq!(rows[0][..3], ["127.0.0.1:8001", "30", "75.0%"]);
-        assert_eq!(rows[1][..3], ["127.0.0.1:8002", "10", "25.0%"]);
+        assert_eq!(rows[0][..4], ["127.0.0.1:8001", "-", "30", "75.0%"]);
+        assert_eq!(rows[1][..4], ["127.0.0.1:8002", "green", "10", "25.0%"]);
         // Weight 60 but down: no share, and it does not dilute the others.
-        assert_eq!(rows[2][..4], ["127.0.0.1:8003", "60", "-", "down"]);
-        assert_eq!(rows[3][..4], ["127.0.0.1:8004", "(backup)", "5", "-"]);
-        assert_eq!(rows[0][4..], ["unchecked", "12", "1", "3"]);
+        assert_eq!(rows[2][..5], ["127.0.0.1:8003", "-", "60", "-", "down"]);
+        assert_eq!(rows[3][..5], ["127.0.0.1:8004", "(backup)", "-", "5", "-"]);
+        assert_eq!(rows[0][5..], ["unchecked", "12", "1", "3"]);
     }
 
     #[test]
@@ -150,7 +155,8 @@ mod tests {
             name: "app".into(),
             generation: 1,
             peers: vec![peer("127.0.0.1:8001", 0, true, false)],
+            pins: Default::default(),
         };
-        assert_eq!(rows(&upstream)[0][2], "-");
+        assert_eq!(rows(&upstream)[0][3], "-");
     }
 }

@@ -1,5 +1,7 @@
 //! What each shift asks of an upstream, decided from its current state alone: the weights of a
 //! canary step, a blue-green switch, the stable set to roll back to, and a step's error rate.
+//! A target is one peer's address, or a label that names every peer of a version (its
+//! replicas), which then move as one.
 
 use std::collections::BTreeMap;
 
@@ -8,7 +10,7 @@ use shift_wire::{Health, Peer, PeerPatch, PeerState, Upstream, UpstreamPatch, MA
 /// A plan that cannot be made from the upstream as it is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
-    #[error("upstream \"{upstream}\" has no peer \"{server}\"; its peers: {known}")]
+    #[error("upstream \"{upstream}\" has no peer or label \"{server}\"; its peers: {known}")]
     UnknownPeer {
         upstream: String,
         server: String,
@@ -28,34 +30,67 @@ pub fn find_peer<'a>(upstream: &'a Upstream, server: &str) -> Result<&'a Peer, P
         .peers
         .iter()
         .find(|peer| peer.server == server)
-        .ok_or_else(|| PlanError::UnknownPeer {
-            upstream: upstream.name.clone(),
-            server: server.to_string(),
-            known: upstream
-                .peers
-                .iter()
-                .map(|peer| peer.server.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
+        .ok_or_else(|| unknown(upstream, server))
 }
 
-/// Fails if the module's check calls `server` unhealthy.
-pub fn require_not_unhealthy(upstream: &Upstream, server: &str) -> Result<(), PlanError> {
-    let peer = find_peer(upstream, server)?;
-    if peer.health != Health::Unhealthy {
-        return Ok(());
+/// The peers `target` names: the peer with that address, or else every peer with that label.
+pub fn target_peers<'a>(upstream: &'a Upstream, target: &str) -> Result<Vec<&'a Peer>, PlanError> {
+    if let Ok(peer) = find_peer(upstream, target) {
+        return Ok(vec![peer]);
     }
-    let reason = peer
-        .check
-        .as_ref()
-        .and_then(|check| check.last_error.clone())
-        .map(|error| format!(" (last check: {error})"))
-        .unwrap_or_default();
-    Err(PlanError::Unhealthy {
-        server: server.to_string(),
-        reason,
-    })
+    let labelled: Vec<&Peer> = upstream
+        .peers
+        .iter()
+        .filter(|peer| peer.label.as_deref() == Some(target))
+        .collect();
+    if labelled.is_empty() {
+        return Err(unknown(upstream, target));
+    }
+    Ok(labelled)
+}
+
+/// The addresses of the peers `target` names.
+pub fn target_servers(upstream: &Upstream, target: &str) -> Result<Vec<String>, PlanError> {
+    Ok(target_peers(upstream, target)?
+        .iter()
+        .map(|peer| peer.server.clone())
+        .collect())
+}
+
+fn unknown(upstream: &Upstream, target: &str) -> PlanError {
+    PlanError::UnknownPeer {
+        upstream: upstream.name.clone(),
+        server: target.to_string(),
+        known: upstream
+            .peers
+            .iter()
+            .map(|peer| match &peer.label {
+                Some(label) => format!("{} ({label})", peer.server),
+                None => peer.server.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+/// Fails if the module's check calls a peer `target` names unhealthy.
+pub fn require_not_unhealthy(upstream: &Upstream, target: &str) -> Result<(), PlanError> {
+    for peer in target_peers(upstream, target)? {
+        if peer.health != Health::Unhealthy {
+            continue;
+        }
+        let reason = peer
+            .check
+            .as_ref()
+            .and_then(|check| check.last_error.clone())
+            .map(|error| format!(" (last check: {error})"))
+            .unwrap_or_default();
+        return Err(PlanError::Unhealthy {
+            server: peer.server.clone(),
+            reason,
+        });
+    }
+    Ok(())
 }
 
 /// The patch that puts every peer back as it is now: what `rollback` applies later.
@@ -70,6 +105,7 @@ pub fn snapshot(upstream: &Upstream) -> UpstreamPatch {
                     PeerPatch {
                         weight: Some(peer.weight),
                         state: Some(peer.state),
+                        ..Default::default()
                     },
                 )
             })
@@ -78,26 +114,28 @@ pub fn snapshot(upstream: &Upstream) -> UpstreamPatch {
     }
 }
 
-/// The peers other than `target` that take traffic now, with their weights.
-fn stable_peers<'a>(upstream: &'a Upstream, target: &str) -> Vec<&'a Peer> {
+/// The peers other than the `targets` that take traffic now, with their weights.
+fn stable_peers<'a>(upstream: &'a Upstream, targets: &[String]) -> Vec<&'a Peer> {
     upstream
         .peers
         .iter()
-        .filter(|peer| peer.server != target && peer.state == PeerState::Up && peer.weight > 0)
+        .filter(|peer| {
+            !targets.contains(&peer.server) && peer.state == PeerState::Up && peer.weight > 0
+        })
         .collect()
 }
 
-/// A canary step: `target` gets `percent` of the weight, the `stable` peers (as in the
-/// snapshot taken before the canary) share the rest in their old proportions. At 100% the
-/// stable peers are drained.
-pub fn canary_step(stable: &UpstreamPatch, target: &str, percent: u32) -> UpstreamPatch {
+/// A canary step: the `targets` (one peer, or the peers of a label) get `percent` of the
+/// weight, shared evenly; the `stable` peers (as in the snapshot taken before the canary) share
+/// the rest in their old proportions. At 100% the stable peers are drained.
+pub fn canary_step(stable: &UpstreamPatch, targets: &[String], percent: u32) -> UpstreamPatch {
     let target_weight = MAX_WEIGHT * percent.min(100) / 100;
     let rest = MAX_WEIGHT - target_weight;
     let stable_weights: Vec<(&String, u32)> = stable
         .peers
         .iter()
         .filter(|(server, patch)| {
-            server.as_str() != target
+            !targets.contains(server)
                 && patch.state == Some(PeerState::Up)
                 && patch.weight.unwrap_or(0) > 0
         })
@@ -106,13 +144,19 @@ pub fn canary_step(stable: &UpstreamPatch, target: &str, percent: u32) -> Upstre
     let total: u32 = stable_weights.iter().map(|(_, weight)| weight).sum();
 
     let mut peers = BTreeMap::new();
-    peers.insert(
-        target.to_string(),
-        PeerPatch {
-            weight: Some(target_weight),
-            state: Some(PeerState::Up),
-        },
-    );
+    let count = targets.len().max(1) as u32;
+    for (index, target) in targets.iter().enumerate() {
+        // The first takes the rounding remainder.
+        let share = target_weight / count + u32::from(index == 0) * (target_weight % count);
+        peers.insert(
+            target.clone(),
+            PeerPatch {
+                weight: Some(share),
+                state: Some(PeerState::Up),
+                ..Default::default()
+            },
+        );
+    }
     let mut given = 0;
     for (index, (server, weight)) in stable_weights.iter().enumerate() {
         // The last peer takes the rounding remainder so the shares add up exactly.
@@ -132,6 +176,7 @@ pub fn canary_step(stable: &UpstreamPatch, target: &str, percent: u32) -> Upstre
             PeerPatch {
                 weight: Some(share),
                 state: Some(state),
+                ..Default::default()
             },
         );
     }
@@ -145,7 +190,7 @@ pub fn canary_step(stable: &UpstreamPatch, target: &str, percent: u32) -> Upstre
 /// takes traffic now.
 pub fn check_canary(upstream: &Upstream, target: &str) -> Result<(), PlanError> {
     require_not_unhealthy(upstream, target)?;
-    if stable_peers(upstream, target).is_empty() {
+    if stable_peers(upstream, &target_servers(upstream, target)?).is_empty() {
         return Err(PlanError::NoStablePeer {
             upstream: upstream.name.clone(),
             target: target.to_string(),
@@ -154,30 +199,35 @@ pub fn check_canary(upstream: &Upstream, target: &str) -> Result<(), PlanError> 
     Ok(())
 }
 
-/// A blue-green switch: `target` up (with its weight, or 1 if it had none), every other peer
-/// that takes traffic drained.
+/// A blue-green switch: the peers `target` names up (each with its weight, or its config's,
+/// or 1), every other peer that takes traffic drained.
 pub fn switch(upstream: &Upstream, target: &str) -> Result<UpstreamPatch, PlanError> {
-    let peer = find_peer(upstream, target)?;
+    let targets = target_peers(upstream, target)?;
     require_not_unhealthy(upstream, target)?;
-    let weight = if peer.weight > 0 {
-        peer.weight
-    } else {
-        peer.config_weight.max(1)
-    };
     let mut peers = BTreeMap::new();
-    peers.insert(
-        target.to_string(),
-        PeerPatch {
-            weight: Some(weight),
-            state: Some(PeerState::Up),
-        },
-    );
-    for other in stable_peers(upstream, target) {
+    for peer in &targets {
+        let weight = if peer.weight > 0 {
+            peer.weight
+        } else {
+            peer.config_weight.max(1)
+        };
+        peers.insert(
+            peer.server.clone(),
+            PeerPatch {
+                weight: Some(weight),
+                state: Some(PeerState::Up),
+                ..Default::default()
+            },
+        );
+    }
+    let servers: Vec<String> = targets.iter().map(|peer| peer.server.clone()).collect();
+    for other in stable_peers(upstream, &servers) {
         peers.insert(
             other.server.clone(),
             PeerPatch {
                 weight: None,
                 state: Some(PeerState::Drain),
+                ..Default::default()
             },
         );
     }
@@ -187,20 +237,20 @@ pub fn switch(upstream: &Upstream, target: &str) -> Result<UpstreamPatch, PlanEr
     })
 }
 
-/// The share of `target`'s requests since `before` that failed: the larger of its 5xx answers
-/// and its failed attempts (an attempt retried on a 5xx shows in both). `None` without
-/// requests.
-pub fn error_rate(before: &Peer, now: &Peer) -> Option<f64> {
-    let requests = now.requests.saturating_sub(before.requests);
-    if requests == 0 {
-        return None;
+/// The share of a target's requests since `before` that failed: the larger of its 5xx answers
+/// and its failed attempts (an attempt retried on a 5xx shows in both), summed over its peers
+/// (each `(before, now)`). `None` without requests.
+pub fn error_rate<'a>(peers: impl IntoIterator<Item = (&'a Peer, &'a Peer)>) -> Option<f64> {
+    let (mut requests, mut server_errors, mut failures) = (0, 0, 0);
+    for (before, now) in peers {
+        requests += now.requests.saturating_sub(before.requests);
+        server_errors += now
+            .responses
+            .server_error
+            .saturating_sub(before.responses.server_error);
+        failures += now.failures.saturating_sub(before.failures);
     }
-    let server_errors = now
-        .responses
-        .server_error
-        .saturating_sub(before.responses.server_error);
-    let failures = now.failures.saturating_sub(before.failures);
-    Some(server_errors.max(failures) as f64 / requests as f64)
+    (requests > 0).then(|| server_errors.max(failures) as f64 / requests as f64)
 }
 
 /// Durations of the command line and deploy plans: Nginx's notation, as the directives read it
@@ -255,6 +305,7 @@ mod tests {
             weight,
             state,
             health,
+            label: None,
             eligible: state == PeerState::Up && weight > 0 && health != Health::Unhealthy,
             backup: false,
             origin: shift_wire::PeerOrigin::Config,
@@ -272,6 +323,7 @@ mod tests {
             name: "app".into(),
             generation: 4,
             peers,
+            pins: Default::default(),
         }
     }
 
@@ -293,7 +345,7 @@ mod tests {
         check_canary(&app, "green:1").unwrap();
         let stable = snapshot(&app);
         assert_eq!(
-            weights(&canary_step(&stable, "green:1", 5)),
+            weights(&canary_step(&stable, &["green:1".into()], 5)),
             [
                 ("blue:1", Some(712), Some(PeerState::Up)),
                 ("blue:2", Some(238), Some(PeerState::Up)),
@@ -301,11 +353,53 @@ mod tests {
             ]
         );
         assert_eq!(
-            weights(&canary_step(&stable, "green:1", 100)),
+            weights(&canary_step(&stable, &["green:1".into()], 100)),
             [
                 ("blue:1", Some(0), Some(PeerState::Drain)),
                 ("blue:2", Some(0), Some(PeerState::Drain)),
                 ("green:1", Some(1000), Some(PeerState::Up)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_label_moves_all_its_peers_as_one() {
+        let labelled = |server: &str, label: &str, weight, state| Peer {
+            label: Some(label.into()),
+            ..peer(server, weight, state, Health::Healthy)
+        };
+        let app = upstream(vec![
+            labelled("10.0.0.1:80", "blue", 5, PeerState::Up),
+            labelled("10.0.0.2:80", "green", 0, PeerState::Down),
+            labelled("10.0.0.3:80", "green", 0, PeerState::Down),
+        ]);
+        assert_eq!(
+            target_servers(&app, "green").unwrap(),
+            ["10.0.0.2:80", "10.0.0.3:80"]
+        );
+        assert_eq!(
+            target_servers(&app, "10.0.0.3:80").unwrap(),
+            ["10.0.0.3:80"]
+        );
+        let err = target_servers(&app, "red").unwrap_err().to_string();
+        assert!(err.contains("no peer or label \"red\""), "{err}");
+        assert!(err.contains("10.0.0.2:80 (green)"), "{err}");
+        check_canary(&app, "green").unwrap();
+        let targets = target_servers(&app, "green").unwrap();
+        assert_eq!(
+            weights(&canary_step(&snapshot(&app), &targets, 25)),
+            [
+                ("10.0.0.1:80", Some(750), Some(PeerState::Up)),
+                ("10.0.0.2:80", Some(125), Some(PeerState::Up)),
+                ("10.0.0.3:80", Some(125), Some(PeerState::Up)),
+            ]
+        );
+        assert_eq!(
+            weights(&switch(&app, "green").unwrap()),
+            [
+                ("10.0.0.1:80", None, Some(PeerState::Drain)),
+                ("10.0.0.2:80", Some(1), Some(PeerState::Up)),
+                ("10.0.0.3:80", Some(1), Some(PeerState::Up)),
             ]
         );
     }
@@ -352,11 +446,11 @@ mod tests {
         let mut before = peer("green:1", 1, PeerState::Up, Health::Healthy);
         before.requests = 100;
         let mut now = before.clone();
-        assert_eq!(error_rate(&before, &now), None);
+        assert_eq!(error_rate([(&before, &now)]), None);
         now.requests = 200;
         now.responses.server_error = 10;
         now.failures = 4;
-        assert_eq!(error_rate(&before, &now), Some(0.1));
+        assert_eq!(error_rate([(&before, &now)]), Some(0.1));
     }
 
     #[test]

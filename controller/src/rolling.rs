@@ -109,6 +109,8 @@ async fn start_replica(
             server: server.clone(),
             weight: Some(replacing.weight),
             state: Some(PeerState::Down),
+            // The new replica runs the version of the one it replaces.
+            label: replacing.label.clone(),
             expect_generation: None,
         };
         ctx.fleet
@@ -181,7 +183,7 @@ async fn bring_in(ctx: &Ctx, plan: &DeployPlan, replacing: &Peer, new: &str) -> 
             if now.health == Health::Unhealthy {
                 return Err("became unhealthy".to_string());
             }
-            if let Some(rate) = plan::error_rate(before, now) {
+            if let Some(rate) = plan::error_rate([(before, now)]) {
                 if rate > plan.max_error_rate {
                     return Err(format!(
                         "has an error rate of {:.1}% over {} requests, above the {:.1}% allowed",
@@ -259,6 +261,7 @@ async fn set_peer(
                 PeerPatch {
                     weight,
                     state: Some(state),
+                    ..Default::default()
                 },
             );
             Ok(patch)

@@ -66,6 +66,11 @@ pub async fn canary(ctx: &Ctx, upstream: &str, options: &CanaryOptions) -> Resul
     for state in &before {
         plan::check_canary(state, target)?;
     }
+    // The target's peers in each Nginx: one address, or every peer of a label.
+    let targets: Vec<Vec<String>> = before
+        .iter()
+        .map(|state| plan::target_servers(state, target))
+        .collect::<Result<_, _>>()?;
     ctx.save_stable(&before)?;
     let stable: Vec<UpstreamPatch> = before.iter().map(plan::snapshot).collect();
     let mut interrupts = Interrupts::new()?;
@@ -79,7 +84,7 @@ pub async fn canary(ctx: &Ctx, upstream: &str, options: &CanaryOptions) -> Resul
         let applied = ctx
             .fleet
             .apply(upstream, |index, _| {
-                Ok(plan::canary_step(&stable[index], target, percent))
+                Ok(plan::canary_step(&stable[index], &targets[index], percent))
             })
             .await;
         if let Err(error) = applied {
@@ -91,7 +96,11 @@ pub async fn canary(ctx: &Ctx, upstream: &str, options: &CanaryOptions) -> Resul
             .await);
         }
         ctx.progress.event(&format!("{step} applied"));
-        match watch_step(ctx, upstream, target, options, &step, &mut interrupts).await? {
+        let watched = Watched {
+            target,
+            servers: &targets,
+        };
+        match watch_step(ctx, upstream, &watched, options, &step, &mut interrupts).await? {
             Watch::Passed => {}
             Watch::Failed(why) => {
                 return Err(roll_back(ctx, upstream, &format!("{step} failed: {why}")).await);
@@ -142,46 +151,67 @@ async fn roll_back(ctx: &Ctx, upstream: &str, why: &str) -> Failure {
     }
 }
 
-/// Watches the target for one step's interval: its health and its error rate since the step
-/// began, in every Nginx.
+/// The target a step watches: as the operator named it, and its peers' addresses in each
+/// Nginx.
+struct Watched<'a> {
+    target: &'a str,
+    servers: &'a [Vec<String>],
+}
+
+/// Watches the target for one step's interval: the health of its peers and their error rate
+/// since the step began, in every Nginx.
 async fn watch_step(
     ctx: &Ctx,
     upstream: &str,
-    target: &str,
+    watched: &Watched<'_>,
     options: &CanaryOptions,
     step: &str,
     interrupts: &mut Interrupts,
 ) -> Result<Watch, Failure> {
-    let baseline: Vec<Peer> = ctx
+    let target = watched.target;
+    let peers_of = |state: &shift_wire::Upstream, index: usize| -> Result<Vec<Peer>, Failure> {
+        watched.servers[index]
+            .iter()
+            .map(|server| Ok(plan::find_peer(state, server)?.clone()))
+            .collect()
+    };
+    let baseline: Vec<Vec<Peer>> = ctx
         .fleet
         .read(upstream)
         .await?
         .iter()
-        .map(|state| plan::find_peer(state, target).cloned())
+        .enumerate()
+        .map(|(index, state)| peers_of(state, index))
         .collect::<Result<_, _>>()?;
     let start = Instant::now();
     loop {
         let states = ctx.fleet.read(upstream).await?;
         let mut worst: Option<f64> = None;
-        for (state, before) in states.iter().zip(&baseline) {
-            let now = plan::find_peer(state, target)?;
-            if now.health == Health::Unhealthy {
-                let reason = now
+        for (index, (state, before)) in states.iter().zip(&baseline).enumerate() {
+            let now = peers_of(state, index)?;
+            if let Some(sick) = now.iter().find(|peer| peer.health == Health::Unhealthy) {
+                let reason = sick
                     .check
                     .as_ref()
                     .and_then(|c| c.last_error.clone())
                     .unwrap_or_default();
                 return Ok(Watch::Failed(format!(
-                    "{target} became unhealthy ({reason})"
+                    "{} became unhealthy ({reason})",
+                    sick.server
                 )));
             }
-            if let Some(rate) = plan::error_rate(before, now) {
+            if let Some(rate) = plan::error_rate(before.iter().zip(&now)) {
                 worst = Some(worst.map_or(rate, |w: f64| w.max(rate)));
                 if rate > options.max_error_rate {
+                    let requests: u64 = before
+                        .iter()
+                        .zip(&now)
+                        .map(|(before, now)| now.requests - before.requests)
+                        .sum();
                     return Ok(Watch::Failed(format!(
-                        "{target}'s error rate is {:.1}% over {} requests, above the {:.1}% allowed",
+                        "{target}'s error rate is {:.1}% over {requests} requests, above the \
+                         {:.1}% allowed",
                         rate * 100.0,
-                        now.requests - before.requests,
                         options.max_error_rate * 100.0
                     )));
                 }

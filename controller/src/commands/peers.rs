@@ -24,6 +24,7 @@ pub async fn add(
     server: &str,
     weight: u32,
     state: PeerState,
+    label: Option<String>,
 ) -> Result<(), Failure> {
     let server = parse_server(server)?;
     if weight > MAX_WEIGHT {
@@ -35,6 +36,7 @@ pub async fn add(
         server: server.clone(),
         weight: Some(weight),
         state: Some(state),
+        label,
         expect_generation: None,
     };
     let states = ctx.fleet.add_peer(upstream, &peer).await?;

@@ -41,7 +41,7 @@ fn parse_assignment(assignment: &str) -> Result<(String, PeerPatch), Failure> {
         })?;
     let patch = PeerPatch {
         weight: Some(weight),
-        state: None,
+        ..Default::default()
     };
     Ok((server.to_string(), patch))
 }
@@ -83,6 +83,32 @@ pub async fn set(
     }
 }
 
+/// Gives `server` the label `label` ("" takes it away) on every Nginx.
+pub async fn set_label(
+    ctx: &Ctx,
+    upstream: &str,
+    server: &str,
+    label: &str,
+) -> Result<(), Failure> {
+    let states = ctx
+        .fleet
+        .apply(upstream, |_, current| {
+            plan::find_peer(current, server).map_err(|err| err.to_string())?;
+            let mut patch = UpstreamPatch::default();
+            patch.peers.insert(
+                server.to_string(),
+                PeerPatch {
+                    label: Some(label.to_string()),
+                    ..Default::default()
+                },
+            );
+            Ok(patch)
+        })
+        .await?;
+    ctx.print_upstreams(&states);
+    Ok(())
+}
+
 pub async fn set_state(
     ctx: &Ctx,
     upstream: &str,
@@ -98,8 +124,8 @@ pub async fn set_state(
             peers.insert(
                 server.to_string(),
                 PeerPatch {
-                    weight: None,
                     state: Some(state),
+                    ..Default::default()
                 },
             );
             Ok(UpstreamPatch {

@@ -17,8 +17,8 @@ pub enum Unhealthy {
     AwaitRecovery,
 }
 
-/// Waits until `target` is healthy in every Nginx (when checks run there) and `check_url`, if
-/// given, answers 2xx or 3xx.
+/// Waits until the peers `target` names (an address or a label) are healthy in every Nginx
+/// (when checks run there) and `check_url`, if given, answers 2xx or 3xx.
 pub async fn wait_ready(
     ctx: &Ctx,
     upstream: &str,
@@ -37,19 +37,21 @@ pub async fn wait_ready(
         let states = ctx.fleet.read(upstream).await?;
         let mut waiting_for = Vec::new();
         for state in &states {
-            let peer = plan::find_peer(state, target)?;
             if first && unhealthy == Unhealthy::Refuse {
                 plan::require_not_unhealthy(state, target)?;
             }
-            if peer.check.is_some() && peer.health != Health::Healthy {
-                let last = peer
-                    .check
-                    .as_ref()
-                    .and_then(|check| check.last_error.as_deref());
-                waiting_for.push(match last {
-                    Some(error) => format!("a passed health check (last: {error})"),
-                    None => "a passed health check".to_string(),
-                });
+            for peer in plan::target_peers(state, target)? {
+                if peer.check.is_some() && peer.health != Health::Healthy {
+                    let last = peer
+                        .check
+                        .as_ref()
+                        .and_then(|check| check.last_error.as_deref());
+                    let server = &peer.server;
+                    waiting_for.push(match last {
+                        Some(error) => format!("a passed health check of {server} (last: {error})"),
+                        None => format!("a passed health check of {server}"),
+                    });
+                }
             }
         }
         first = false;
