@@ -38,17 +38,22 @@ impl HttpClient {
 
     /// `GET path`, retried once on a fresh connection if a reused one was closed under us.
     pub fn get(&mut self, path: &str) -> io::Result<Response> {
+        self.get_with(path, &[])
+    }
+
+    /// `GET path` with extra request headers (`name`, value), e.g. a cookie.
+    pub fn get_with(&mut self, path: &str, headers: &[(&str, &str)]) -> io::Result<Response> {
         let reused = self.conn.is_some();
-        match self.get_once(path) {
+        match self.get_once(path, headers) {
             Err(_) if reused => {
                 self.conn = None;
-                self.get_once(path)
+                self.get_once(path, headers)
             }
             other => other,
         }
     }
 
-    fn get_once(&mut self, path: &str) -> io::Result<Response> {
+    fn get_once(&mut self, path: &str, headers: &[(&str, &str)]) -> io::Result<Response> {
         if self.conn.is_none() {
             let stream = TcpStream::connect(("127.0.0.1", self.port))?;
             stream.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -56,7 +61,11 @@ impl HttpClient {
             self.conn = Some(BufReader::new(stream));
         }
         let conn = self.conn.as_mut().expect("connected above");
-        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        let headers: String = headers
+            .iter()
+            .map(|(name, value)| format!("{name}: {value}\r\n"))
+            .collect();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}\r\n");
         conn.get_mut().write_all(request.as_bytes())?;
         let (response, keep_alive) = read_response(conn).inspect_err(|_| self.conn = None)?;
         if !keep_alive {

@@ -52,4 +52,4 @@ module=$target/debug/libngx_http_shift_module.so
 echo "--- integration tests against Nginx $version ($build/objs/nginx) ---"
 SHIFT_NGINX=$build/objs/nginx SHIFT_MODULE=$module \
   cargo test --no-fail-fast --workspace --test runtime_weights --test health_checks --test foundation \
-  --test metrics --test lifecycle
+  --test metrics --test lifecycle --test sticky

@@ -22,7 +22,7 @@ if module=$(scripts/build-for-system-nginx.sh); then
   echo "--- again against $(/usr/sbin/nginx -v 2>&1) with $module ---"
   SHIFT_NGINX=/usr/sbin/nginx SHIFT_MODULE=$module \
     cargo test --no-fail-fast --workspace --test runtime_weights --test health_checks \
-    --test foundation --test metrics --test lifecycle 2>&1 | tee -a "$log" \
+    --test foundation --test metrics --test lifecycle --test sticky 2>&1 | tee -a "$log" \
     || status=$?
 else
   echo "could not build the module for the system Nginx" >&2

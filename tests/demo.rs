@@ -14,6 +14,15 @@ fn the_demo_shifts_traffic_and_shows_the_rollback() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    // Before the canary, a pinned request reaches standby green; an ordinary one, blue.
+    assert!(
+        stdout.contains(": green' http://127.0.0.1:") && stdout.contains("/\ngreen\n$ curl http"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("/\nblue\n\n== 1."),
+        "the unpinned request did not reach blue:\n{stdout}"
+    );
     assert!(
         stdout.contains("green 100.0%"),
         "the split never reached green:\n{stdout}"

@@ -949,3 +949,66 @@ fn a_rolling_deploy_whose_new_replica_fails_its_check_takes_it_out_and_stops() {
     assert_eq!(taking, 3, "the old replicas keep serving");
     assert_eq!(HttpClient::new(port).get("/").unwrap().status, 200);
 }
+
+#[test]
+fn a_label_moves_every_replica_of_a_version_together() {
+    let setup = Setup::start("");
+    let green2 = Backend::start("green2");
+    let server2 = green2.addr().to_string();
+    let labelled = setup.run(&["label", "app", &setup.green(), "green"]);
+    assert!(labelled.status.success(), "{}", text(&labelled.stderr));
+    let added = setup.run(&[
+        "add", "app", &server2, "--state", "down", "--label", "green",
+    ]);
+    assert!(added.status.success(), "{}", text(&added.stderr));
+    let status = text(&setup.run(&["status", "app"]).stdout);
+    assert!(
+        status.contains("LABEL") && status.matches(" green ").count() == 2,
+        "{status}"
+    );
+
+    let switched = setup.run(&["switch", "app", "--to", "green"]);
+    assert!(switched.status.success(), "{}", text(&switched.stderr));
+    let served: BTreeSet<String> = (0..40)
+        .map(|_| HttpClient::new(setup.port).get("/").unwrap().body)
+        .collect();
+    assert_eq!(
+        served,
+        BTreeSet::from(["green".to_string(), "green2".to_string()])
+    );
+    assert!(setup.run(&["rollback", "app"]).status.success());
+    assert_eq!(setup.green_share(40), 0.0, "back on blue");
+
+    let canary = setup.run(&[
+        "canary",
+        "app",
+        "--to",
+        "green",
+        "--steps",
+        "50,100",
+        "--interval",
+        "1s",
+    ]);
+    assert!(canary.status.success(), "{}", text(&canary.stderr));
+    let upstream = setup.admin.upstream("app");
+    let summary: Vec<_> = upstream
+        .peers
+        .iter()
+        .map(|peer| (peer.label.as_deref(), peer.weight, peer.state))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (None, 0, PeerState::Drain),
+            (Some("green"), 500, PeerState::Up),
+            (Some("green"), 500, PeerState::Up),
+        ]
+    );
+    let unknown = setup.run(&["switch", "app", "--to", "purple"]);
+    assert_eq!(unknown.status.code(), Some(2), "{}", text(&unknown.stderr));
+    assert!(
+        text(&unknown.stderr).contains("no peer or label \"purple\""),
+        "{}",
+        text(&unknown.stderr)
+    );
+}

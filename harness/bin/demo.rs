@@ -1,7 +1,9 @@
 //! The demo behind `scripts/demo.sh`: Nginx with the shift module in front of two backends,
-//! blue (live) and green (standby), a small load generator, and `shiftctl canary` moving the
-//! traffic from blue to green while the split is shown live. Then the same canary again, with
-//! green made to fail on purpose, to show the automatic rollback.
+//! blue (live) and green (standby). First a tester reaches green through the real Nginx with a
+//! pinned request (`X-Shift-To: green`) while every user stays on blue; then a small load
+//! generator runs and `shiftctl canary --to green` moves the traffic from blue to green while
+//! the split is shown live. Then the same canary again, with green made to fail on purpose, to
+//! show the automatic rollback.
 //!
 //! `--port N` picks the port Nginx listens on (default 8080); `--once` exits at the end instead
 //! of leaving everything running until Ctrl-C.
@@ -45,6 +47,10 @@ fn main() -> ExitCode {
              server 127.0.0.1:{green} down;  # green: standby until the canary brings it up\n\
              shift;\n\
              shift_check interval=500ms;\n\
+             shift_label 127.0.0.1:{blue} blue;\n\
+             shift_label 127.0.0.1:{green} green;\n\
+             shift_pin $http_x_shift_to;        # testers reach a version by its label\n\
+             shift_sticky $cookie_session;      # a user with a session stays on one version\n\
          }}\n\
          server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://app; }} }}\n\
          server {{ listen unix:{{prefix}}/shift.sock; location /api/ {{ shift_api; }} }}\n",
@@ -54,7 +60,6 @@ fn main() -> ExitCode {
     let socket = nginx.path("shift.sock");
     let admin = Admin::new(&socket, "/api/");
     let state_dir = nginx.path("shiftctl");
-    let green_server = green.addr().to_string();
 
     println!(
         "Nginx (master pid {}) with the shift module:",
@@ -81,6 +86,24 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
 
+    println!("== 0. before any user reaches green, a tester tries it through the real Nginx ==");
+    for (command, headers) in [
+        (
+            format!("curl -H 'X-Shift-To: green' http://127.0.0.1:{port}/"),
+            &[("X-Shift-To", "green")][..],
+        ),
+        (format!("curl http://127.0.0.1:{port}/"), &[][..]),
+    ] {
+        match HttpClient::new(port).get_with("/", headers) {
+            Ok(response) => println!("$ {command}\n{}", response.body),
+            Err(err) => {
+                eprintln!("demo: {command}: {err}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    println!();
+
     let tally: Tally = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let load = start_load(port, tally.clone(), stop.clone());
@@ -97,7 +120,7 @@ fn main() -> ExitCode {
         "canary",
         "app",
         "--to",
-        &green_server,
+        "green",
         "--steps",
         "10,50,100",
         "--interval",
@@ -146,7 +169,8 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     println!(
-        "Nginx keeps running: try curl http://127.0.0.1:{port}/ and shiftctl; Ctrl-C stops it all."
+        "Nginx keeps running: try curl http://127.0.0.1:{port}/ (add -H 'X-Shift-To: blue' or \
+         -H 'Cookie: session=you') and shiftctl; Ctrl-C stops it all."
     );
     wait_for_interrupt();
     println!("\nstopping Nginx and the backends");
