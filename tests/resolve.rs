@@ -252,3 +252,49 @@ fn a_replica_replaced_in_dns_finishes_its_requests_in_flight() {
         "it finished where it started"
     );
 }
+
+#[test]
+fn the_peers_of_a_labelled_name_carry_its_label_and_a_pin_reaches_them() {
+    let port = free_port();
+    let _replicas = [replica(2, port), replica(3, port), replica(4, port)];
+    let dns = Dnsmasq::start(&[
+        ("127.0.0.2", "blue"),
+        ("127.0.0.3", "green"),
+        ("127.0.0.4", "green"),
+    ]);
+    let (_nginx, admin, http) = start_nginx(
+        &dns,
+        &format!(
+            "shift_resolve blue:{port}; shift_resolve green:{port} down; shift; \
+             shift_label green:{port} green; shift_pin $http_x_shift_to;"
+        ),
+    );
+    let both = wait_until(Duration::from_secs(10), || {
+        admin.upstream("app").peers.len() == 3
+    });
+    assert!(both.is_some(), "{:?}", admin.upstream("app"));
+    let labels: BTreeSet<(String, Option<String>)> = admin
+        .upstream("app")
+        .peers
+        .into_iter()
+        .map(|peer| (peer.server, peer.label))
+        .collect();
+    assert_eq!(
+        labels,
+        BTreeSet::from([
+            (format!("127.0.0.2:{port}"), None),
+            (format!("127.0.0.3:{port}"), Some("green".to_string())),
+            (format!("127.0.0.4:{port}"), Some("green".to_string())),
+        ])
+    );
+    let served = |headers: &[(&str, &str)]| -> BTreeSet<String> {
+        (0..30)
+            .map(|_| HttpClient::new(http).get_with("/", headers).unwrap().body)
+            .collect()
+    };
+    assert_eq!(served(&[]), BTreeSet::from(["r2".to_string()]));
+    assert_eq!(
+        served(&[("X-Shift-To", "green")]),
+        BTreeSet::from(["r3".to_string(), "r4".to_string()])
+    );
+}

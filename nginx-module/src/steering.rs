@@ -81,21 +81,24 @@ pub unsafe fn get(
     pc: *mut ngx_peer_connection_t,
     rr_get: unsafe extern "C" fn(*mut ngx_peer_connection_t, *mut std::ffi::c_void) -> ngx_int_t,
 ) -> Option<ngx_int_t> {
+    // Round robin's data is only read through the pointer here: round robin writes it (and
+    // its bitmap, which may lie inside it) when it is called below.
     // SAFETY: per the contract.
-    let rrp_ref = unsafe { &mut *rrp };
+    let (list, tried) = unsafe { ((*rrp).peers, (*rrp).tried) };
     // Once round robin went on to the backup list, it decides.
-    if rrp_ref.peers != primary || rrp_ref.tried.is_null() {
+    if list != primary || tried.is_null() {
         return None;
     }
     let pin = steering.pin.take();
     // SAFETY: the primary list round robin walks; its peers live while the request holds it.
     let count = unsafe { (*primary).number };
-    let words = count.div_ceil(BITS);
-    if words > MAX_WORDS {
+    if count.div_ceil(BITS) > MAX_WORDS {
         return None;
     }
-    // SAFETY: round robin sized the bitmap for at least this list's peers.
-    let tried = unsafe { std::slice::from_raw_parts_mut(rrp_ref.tried, words) };
+    let bitmap = Bitmap {
+        words: tried,
+        count,
+    };
     // SAFETY: as above.
     let peers = || unsafe { primaries(primary, view) };
     // Nginx's cached time, as round robin reads it.
@@ -104,8 +107,7 @@ pub unsafe fn get(
         peers().map(|(index, peer, own)| {
             // SAFETY: the list's peers, alive while the request holds it.
             let peer = unsafe { &*peer };
-            let tried = tried[index / BITS] & (1 << (index % BITS)) != 0;
-            candidate(view, own, usable(peer, tried, now))
+            candidate(view, own, usable(peer, bitmap.is_set(index), now))
         })
     };
     let chosen = match pin {
@@ -126,7 +128,7 @@ pub unsafe fn get(
     let (index, peer, _) = peers().nth(chosen)?;
     Some(
         // SAFETY: per the contract; `peer` is the chosen primary peer at `index`.
-        unsafe { isolated_get(rrp, pc, tried, index, count, peer, rr_get) },
+        unsafe { isolated_get(rrp, pc, &bitmap, index, peer, rr_get) },
     )
 }
 
@@ -171,7 +173,7 @@ fn candidate<'a>(view: &'a ListView, own: Option<usize>, usable: bool) -> Candid
     match own.and_then(|own| Some((view.slots.get(own)?, view.routes.get(own)?, own))) {
         Some((slot, route, own)) => Candidate {
             hash: view.hashes.get(own).copied().unwrap_or(0),
-            server: slot.server(),
+            server: slot.server_bytes(),
             label: route.label,
             weight: route.weight,
             eligible: route.eligible,
@@ -181,7 +183,7 @@ fn candidate<'a>(view: &'a ListView, own: Option<usize>, usable: bool) -> Candid
         // The placeholder: never chosen.
         None => Candidate {
             hash: 0,
-            server: "",
+            server: b"",
             label: shift_core::table::Label::NONE,
             weight: 0,
             eligible: false,
@@ -201,26 +203,58 @@ fn spread_key() -> u64 {
     })
 }
 
+/// The request's tried bitmap of the primary list's `count` peers, as round robin keeps it.
+struct Bitmap {
+    words: *mut usize,
+    count: usize,
+}
+
+impl Bitmap {
+    fn is_set(&self, index: usize) -> bool {
+        // SAFETY: round robin sized the bitmap for at least `count` peers; `index` is one.
+        unsafe { *self.words.add(index / BITS) & (1 << (index % BITS)) != 0 }
+    }
+
+    fn set(&self, index: usize) {
+        // SAFETY: as `is_set`; the worker is single-threaded and nothing else holds it now.
+        unsafe { *self.words.add(index / BITS) |= 1 << (index % BITS) };
+    }
+
+    fn save(&self) -> [usize; MAX_WORDS] {
+        let mut saved = [0; MAX_WORDS];
+        for (word, value) in saved.iter_mut().enumerate().take(self.count.div_ceil(BITS)) {
+            // SAFETY: as `is_set`, for each word of `count` bits.
+            *value = unsafe { *self.words.add(word) };
+        }
+        saved
+    }
+
+    fn restore(&self, saved: &[usize; MAX_WORDS]) {
+        for (word, value) in saved.iter().enumerate().take(self.count.div_ceil(BITS)) {
+            // SAFETY: as `save`.
+            unsafe { *self.words.add(word) = *value };
+        }
+    }
+}
+
 /// Round robin's `get` with only the peer at `index` left to pick (let up if it was down),
 /// then the bitmap as it was plus that peer's own bit. Should round robin not take it (it
 /// checks what `usable` does, so it does not happen), the bitmap is put back and round robin
 /// picks as usual.
 ///
-/// SAFETY: as `get`; `tried` is the request's bitmap of the `count` primary peers, and `peer`
-/// the primary peer at `index`.
+/// SAFETY: as `get`; `bitmap` is the request's bitmap of the primary list, and `peer` the
+/// primary peer at `index`.
 unsafe fn isolated_get(
     rrp: *mut ngx_http_upstream_rr_peer_data_t,
     pc: *mut ngx_peer_connection_t,
-    tried: &mut [usize],
+    bitmap: &Bitmap,
     index: usize,
-    count: usize,
     peer: *mut ngx_http_upstream_rr_peer_t,
     rr_get: unsafe extern "C" fn(*mut ngx_peer_connection_t, *mut std::ffi::c_void) -> ngx_int_t,
 ) -> ngx_int_t {
-    let mut saved = [0usize; MAX_WORDS];
-    saved[..tried.len()].copy_from_slice(tried);
-    for other in (0..count).filter(|&other| other != index) {
-        tried[other / BITS] |= 1 << (other % BITS);
+    let saved = bitmap.save();
+    for other in (0..bitmap.count).filter(|&other| other != index) {
+        bitmap.set(other);
     }
     // SAFETY: per the contract: the request's own round-robin data and peers, touched only by
     // this (single-threaded) worker, put back before anything else runs.
@@ -233,9 +267,9 @@ unsafe fn isolated_get(
         if (*rrp).peers != list {
             return rc; // it went on to the backups, with a bitmap of their own
         }
-        tried.copy_from_slice(&saved[..tried.len()]);
+        bitmap.restore(&saved);
         if rc == ngx::core::Status::NGX_OK.0 && (*rrp).current == peer {
-            tried[index / BITS] |= 1 << (index % BITS);
+            bitmap.set(index);
             return rc;
         }
         rr_get(pc, rrp.cast())

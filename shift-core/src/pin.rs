@@ -10,7 +10,8 @@ use crate::table::Label;
 pub struct Candidate<'a> {
     /// `sticky::hash` of its address.
     pub hash: u64,
-    pub server: &'a str,
+    /// Its address as the API lists it.
+    pub server: &'a [u8],
     pub label: Label,
     /// Its weight now, and whether it takes new requests (weight, state, health).
     pub weight: u32,
@@ -24,7 +25,7 @@ pub struct Candidate<'a> {
 
 impl Candidate<'_> {
     fn named_by(&self, value: &[u8]) -> bool {
-        self.server.as_bytes() == value || (!self.label.is_none() && self.label.as_bytes() == value)
+        self.server == value || (!self.label.is_none() && self.label.as_bytes() == value)
     }
 }
 
@@ -101,7 +102,7 @@ mod tests {
     fn candidate(peer: &Peer) -> Candidate<'static> {
         Candidate {
             hash: sticky::hash(peer.server.as_bytes()),
-            server: peer.server,
+            server: peer.server.as_bytes(),
             label: Label::parse(peer.label).unwrap(),
             weight: peer.weight,
             eligible: peer.eligible,

@@ -34,7 +34,12 @@ impl FixedName {
 
     pub fn as_str(&self) -> &str {
         // Built from a &str in `new`, so the bytes are UTF-8 up to a char boundary.
-        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or("")
+        std::str::from_utf8(self.as_bytes()).unwrap_or("")
+    }
+
+    /// The bytes, without `as_str`'s UTF-8 check (for comparisons on the data path).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len).min(NAME_CAPACITY)]
     }
 }
 
@@ -291,6 +296,11 @@ impl PeerSlot {
 
     pub fn server(&self) -> &str {
         self.name.as_str()
+    }
+
+    /// `server()` as bytes, unchecked: what a request's pin is compared with.
+    pub fn server_bytes(&self) -> &[u8] {
+        self.name.as_bytes()
     }
 
     pub fn config(&self) -> PeerConfig {
