@@ -99,3 +99,67 @@ fn metrics_are_valid_prometheus_text_matching_the_api() {
         3.0
     );
 }
+
+#[test]
+fn latency_histograms_in_the_api_and_metrics_match_a_known_delay() {
+    let slow = Backend::start("slow");
+    let port = free_port();
+    let nginx = Nginx::start(NginxOptions::new(format!(
+        "upstream app {{ server {}; shift; }}\n\
+         server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://app; }} }}\n\
+         server {{ listen unix:{{prefix}}/api.sock; location /api/ {{ shift_api; }} }}\n",
+        slow.addr()
+    )));
+    let admin = Admin::new(nginx.path("api.sock"), "/api/");
+    // The backend answers after 50 ms, header and body together.
+    for _ in 0..20 {
+        let response = HttpClient::new(port).get("/slow/50").unwrap();
+        assert_eq!(response.status, 200);
+    }
+    let measured = admin.upstream("app").peers.remove(0);
+    for (what, times) in [
+        ("response", &measured.response_time),
+        ("header", &measured.header_time),
+    ] {
+        assert_eq!(times.count(), 20, "{what}: {times:?}");
+        let (p50, p99) = (
+            times.quantile_ms(0.5).unwrap(),
+            times.quantile_ms(0.99).unwrap(),
+        );
+        assert!((40.0..=60.0).contains(&p50), "{what} p50 {p50} ms");
+        assert!((40.0..=80.0).contains(&p99), "{what} p99 {p99} ms");
+        assert!(
+            (1000..=1400).contains(&times.sum_ms),
+            "{what}: {} ms in all",
+            times.sum_ms
+        );
+    }
+    let text = admin.request("GET", "metrics", None).body;
+    let scrape = scrape(&text);
+    let server = slow.addr().to_string();
+    let bucket = |le: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == "nginx_shift_peer_response_seconds"
+                    && s.labels.get("peer") == Some(server.as_str())
+            })
+            .map(|s| match &s.value {
+                Value::Histogram(buckets) => buckets
+                    .iter()
+                    .find(|b| (b.less_than - le.parse::<f64>().unwrap()).abs() < 1e-9)
+                    .map_or(-1.0, |b| b.count),
+                other => panic!("not a histogram: {other:?}"),
+            })
+            .expect("a response-time histogram for the peer")
+    };
+    assert_eq!(bucket("0.04"), 0.0, "{text}");
+    assert_eq!(bucket("0.08"), 20.0, "{text}");
+    let count = sample(
+        &scrape,
+        "nginx_shift_peer_response_seconds_count",
+        &peer(&server, None),
+    );
+    assert_eq!(count, 20.0);
+}

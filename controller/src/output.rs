@@ -108,6 +108,8 @@ mod tests {
             failures: 1,
             active: 3,
             responses: ResponseCounts::default(),
+            response_time: Default::default(),
+            header_time: Default::default(),
             check: None,
         }
     }

@@ -314,6 +314,8 @@ mod tests {
             failures: 0,
             active: 0,
             responses: ResponseCounts::default(),
+            response_time: Default::default(),
+            header_time: Default::default(),
             check: None,
         }
     }

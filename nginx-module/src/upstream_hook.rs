@@ -11,8 +11,8 @@ use ngx::ffi::{
     ngx_conf_t, ngx_event_free_peer_pt, ngx_event_get_peer_pt, ngx_event_save_peer_session_pt,
     ngx_event_set_peer_session_pt, ngx_http_request_t, ngx_http_upstream_rr_peer_data_t,
     ngx_http_upstream_rr_peers_t, ngx_http_upstream_server_t, ngx_http_upstream_srv_conf_t,
-    ngx_int_t, ngx_log_t, ngx_peer_connection_t, ngx_uint_t, NGX_LOG_EMERG, NGX_LOG_ERR,
-    NGX_PEER_FAILED,
+    ngx_int_t, ngx_log_t, ngx_msec_t, ngx_peer_connection_t, ngx_uint_t, NGX_LOG_EMERG,
+    NGX_LOG_ERR, NGX_PEER_FAILED,
 };
 use ngx::http::{HttpModuleMainConf, HttpModuleServerConf, Request};
 use ngx::log::DebugMask;
@@ -135,8 +135,10 @@ struct Attempt {
     request: *mut ngx_http_request_t,
     /// The worker's peer list the request started with; null for its configuration's own.
     list: *mut PeerList,
-    /// The slot and load position of the peer the current attempt uses.
+    /// The slot and load position of the peer the current attempt uses, and when it began
+    /// (Nginx's cached clock, as its own `$upstream_response_time` reads it).
     slot: Option<(&'static PeerSlot, usize)>,
+    started_ms: ngx_msec_t,
     /// Its `shift_sticky` and `shift_pin` values, and round robin's primary list when it
     /// started (steering stops once round robin goes on to the backups).
     steering: Steering,
@@ -194,6 +196,7 @@ fn init_request_peer(request: &mut Request, uscf: *mut ngx_http_upstream_srv_con
             request: r,
             list,
             slot: None,
+            started_ms: 0,
             steering,
             primary,
         })
@@ -435,6 +438,7 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
             slot.server()
         );
         slot.record_request();
+        attempt.started_ms = current_msec();
         if let Some(inflight) = inflight() {
             inflight.started(position);
         }
@@ -494,16 +498,22 @@ unsafe extern "C" fn free_peer(
     if let Some((slot, position)) = attempt.slot.take() {
         // SAFETY: the request outlives its upstream attempts; `upstream` and its `state` are
         // null-checked.
-        let status = unsafe {
+        let (status, header_ms) = unsafe {
             let upstream = (*attempt.request).upstream;
             if upstream.is_null() || (*upstream).state.is_null() {
-                None
+                (None, None)
             } else {
-                Some((*(*upstream).state).status as u16).filter(|&status| status != 0)
+                let state = &*(*upstream).state;
+                let status = Some(state.status as u16).filter(|&status| status != 0);
+                // Nginx keeps -1 until the header came.
+                let header_ms = Some(state.header_time).filter(|&ms| ms != ngx_msec_t::MAX);
+                (status, header_ms)
             }
         };
         let failed = state & NGX_PEER_FAILED as ngx_uint_t != 0;
         slot.record_finish(failed, status);
+        let response_ms = current_msec().wrapping_sub(attempt.started_ms);
+        slot.record_times(response_ms as u64, header_ms.map(|ms| ms as u64));
         if let Some(inflight) = inflight() {
             inflight.finished(position);
         }
@@ -512,6 +522,12 @@ unsafe extern "C" fn free_peer(
         // SAFETY: round robin's free, with its own data.
         unsafe { rr_free(pc, attempt.rr_data, state) };
     }
+}
+
+/// Nginx's cached clock in milliseconds, updated by the worker's event loop.
+fn current_msec() -> ngx_msec_t {
+    // SAFETY: a plain read of a value only this (single-threaded) worker writes.
+    unsafe { ngx::ffi::ngx_current_msec }
 }
 
 unsafe extern "C" fn set_session(pc: *mut ngx_peer_connection_t, data: *mut c_void) -> ngx_int_t {

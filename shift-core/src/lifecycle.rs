@@ -44,10 +44,10 @@ pub fn loads_to_free(
 pub const ZONE_BASE_BYTES: usize = 256 * 1024;
 /// Bytes reserved per upstream.
 pub const ZONE_UPSTREAM_BYTES: usize = 2 * 1024;
-/// Bytes reserved per peer: its slot (512) and its share of the load records and workers'
-/// in-flight counts, twice over, for the old and new loads that overlap during a reload and for
-/// peers added at run time.
-pub const ZONE_PEER_BYTES: usize = 2 * 1024;
+/// Bytes reserved per peer: its slot (about 1.1 KiB with its latency histograms, 2 KiB in the
+/// zone's allocator) and its share of the load records and workers' in-flight counts, twice
+/// over, for the old and new loads that overlap during a reload and for peers added at run time.
+pub const ZONE_PEER_BYTES: usize = 4 * 1024;
 /// The smallest zone.
 pub const ZONE_MIN_BYTES: usize = 1024 * 1024;
 
@@ -105,7 +105,22 @@ mod tests {
             "a few more peers keep the size"
         );
         let large = zone_size(1000, 10_000);
-        assert_eq!(large, 32 * 1024 * 1024);
+        assert_eq!(large, 64 * 1024 * 1024);
         assert!(large.is_power_of_two());
+    }
+}
+
+#[cfg(test)]
+mod reservation_tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_reservation_holds_its_slot_twice_over() {
+        let slot = std::mem::size_of::<crate::table::PeerSlot>();
+        // The slab allocator rounds a slot up to a power of two.
+        assert!(
+            2 * slot.next_power_of_two() <= ZONE_PEER_BYTES,
+            "a slot is {slot} bytes"
+        );
     }
 }

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use shift_wire::{Health, PeerState, Upstream};
+use shift_wire::{Health, Histogram, PeerState, Upstream, LATENCY_BOUNDS_MS};
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -158,6 +158,39 @@ pub fn render(upstreams: &[Upstream], zone: Option<ZoneUsage>) -> String {
         }
     }
 
+    type Times = fn(&shift_wire::Peer) -> &Histogram;
+    let histograms: [(&str, &str, Times); 2] = [
+        (
+            "nginx_shift_peer_response_seconds",
+            "Time of the peer's attempts, from sending the request to its upstream's last byte \
+             (or to the failure).",
+            |p| &p.response_time,
+        ),
+        (
+            "nginx_shift_peer_header_seconds",
+            "Time to the peer's response header.",
+            |p| &p.header_time,
+        ),
+    ];
+    for (name, help, times) in histograms {
+        family(&mut out, name, "histogram", help);
+        for (upstream, peer) in peers(upstreams) {
+            let labels = labels(upstream, peer);
+            let histogram = times(peer);
+            let mut cumulative = 0;
+            for (bucket, bound) in LATENCY_BOUNDS_MS.iter().enumerate() {
+                cumulative += histogram.counts.get(bucket).copied().unwrap_or(0);
+                let le = *bound as f64 / 1000.0;
+                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+            }
+            let count = histogram.count();
+            let sum = histogram.sum_ms as f64 / 1000.0;
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+            let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+            let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+        }
+    }
+
     family(
         &mut out,
         "nginx_shift_peer_state",
@@ -263,6 +296,27 @@ mod tests {
             ),
             "{text}"
         );
-        assert_eq!(text.matches("# TYPE").count(), 13);
+        let peer = &owned.peers[0];
+        peer.record_times(30, Some(4));
+        let text = render(&[owned.view().to_wire(&[])], None);
+        let series =
+            "nginx_shift_peer_response_seconds_bucket{upstream=\"app\",peer=\"127.0.0.1:8000\"";
+        assert!(
+            text.contains(&format!("{series},le=\"0.025\"}} 0\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{series},le=\"0.03\"}} 1\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{series},le=\"+Inf\"}} 1\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains("nginx_shift_peer_header_seconds_sum{upstream=\"app\",peer=\"127.0.0.1:8000\"} 0.004\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("# TYPE").count(), 15);
     }
 }

@@ -16,6 +16,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod latency;
+pub use latency::{bucket_of, Histogram, LATENCY_BOUNDS_MS, LATENCY_BUCKETS};
+
 /// Highest weight a peer can be given at run time (0 means no new requests).
 pub const MAX_WEIGHT: u32 = 1000;
 
@@ -140,6 +143,12 @@ pub struct Peer {
     /// Requests in progress on this peer right now.
     pub active: u64,
     pub responses: ResponseCounts,
+    /// How long its attempts took, from the request to its upstream's last byte (or to the
+    /// failure), and to its response header, in `LATENCY_BOUNDS_MS` buckets.
+    #[serde(default)]
+    pub response_time: Histogram,
+    #[serde(default)]
+    pub header_time: Histogram,
     /// The active health check's view of the peer; absent without `shift_check`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<CheckStatus>,

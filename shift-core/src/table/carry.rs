@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use shift_wire::{Health, PeerOrigin, PeerState};
+use shift_wire::{Health, Histogram, PeerOrigin, PeerState};
 
 use super::label::Label;
 use super::layout::{config_state, encode_health, encode_state, PeerConfig, PeerSlot};
@@ -142,6 +142,8 @@ pub struct CarriedCounters {
     pub requests: u64,
     pub failures: u64,
     pub responses: [u64; 5],
+    pub response_time: Histogram,
+    pub header_time: Histogram,
 }
 
 impl CarriedCounters {
@@ -150,6 +152,8 @@ impl CarriedCounters {
             requests: peer.requests.load(Ordering::Relaxed),
             failures: peer.failures.load(Ordering::Relaxed),
             responses: std::array::from_fn(|class| peer.responses[class].load(Ordering::Relaxed)),
+            response_time: peer.response_time.snapshot(),
+            header_time: peer.header_time.snapshot(),
         }
     }
 
@@ -159,6 +163,8 @@ impl CarriedCounters {
         for (slot, value) in peer.responses.iter().zip(self.responses) {
             slot.store(value, Ordering::Relaxed);
         }
+        peer.response_time.store(&self.response_time);
+        peer.header_time.store(&self.header_time);
     }
 }
 

@@ -7,6 +7,7 @@ use shift_wire::{CheckStatus, Health, Peer, PeerOrigin, PeerState, PinCounts, Re
 
 use super::eligible;
 use super::label::{Label, LabelCell};
+use super::latency::LatencyCell;
 use crate::health::ProbeError;
 
 /// Longest upstream or peer name a table holds (a `unix:` peer path fits).
@@ -219,6 +220,9 @@ pub struct PeerSlot {
     /// The label the config gives it, and the one it has now (the API may have changed it).
     pub(crate) config_label: LabelCell,
     pub(crate) label: LabelCell,
+    /// How long its attempts took, whole and to the response header.
+    pub(crate) response_time: LatencyCell,
+    pub(crate) header_time: LatencyCell,
 }
 
 impl PeerSlot {
@@ -250,6 +254,8 @@ impl PeerSlot {
             source: AtomicU64::new(0),
             config_label: LabelCell::new(config.label),
             label: LabelCell::new(config.label),
+            response_time: LatencyCell::new(),
+            header_time: LatencyCell::new(),
         })
     }
 
@@ -342,6 +348,15 @@ impl PeerSlot {
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// How long an attempt on this peer took (to its end, or to its failure), and to the
+    /// response header when one came.
+    pub fn record_times(&self, response_ms: u64, header_ms: Option<u64>) {
+        self.response_time.record(response_ms);
+        if let Some(header_ms) = header_ms {
+            self.header_time.record(header_ms);
+        }
+    }
+
     /// A request attempt on this peer finished; `status` is the upstream's status code if it
     /// answered one.
     pub fn record_finish(&self, failed: bool, status: Option<u16>) {
@@ -391,6 +406,8 @@ impl PeerSlot {
                 client_error: count(3),
                 server_error: count(4),
             },
+            response_time: self.response_time.snapshot(),
+            header_time: self.header_time.snapshot(),
             check: (checks != CheckMode::Off).then(|| self.check_status()),
         }
     }

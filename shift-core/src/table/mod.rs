@@ -22,6 +22,7 @@
 
 mod carry;
 mod label;
+mod latency;
 mod layout;
 mod lock;
 mod membership;
