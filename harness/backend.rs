@@ -25,6 +25,10 @@ struct Behaviour {
     name: String,
     status: AtomicU16,
     hang: AtomicBool,
+    /// Added to every answer's time, in ms.
+    delay_ms: AtomicU64,
+    /// Answers 500 to this many of every 1,000 requests, at random (a flaky dependency).
+    failures_per_mille: AtomicU64,
     hits: AtomicU64,
     hits_by_path: Mutex<HashMap<String, u64>>,
 }
@@ -57,6 +61,8 @@ impl Backend {
             name: name.to_string(),
             status: AtomicU16::new(200),
             hang: AtomicBool::new(false),
+            delay_ms: AtomicU64::new(0),
+            failures_per_mille: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             hits_by_path: Mutex::new(HashMap::new()),
         });
@@ -104,6 +110,18 @@ impl Backend {
     pub fn set_hang(&self, hang: bool) {
         self.behaviour.hang.store(hang, Ordering::SeqCst);
     }
+
+    /// Every following answer comes `ms` milliseconds later (a slower version).
+    pub fn set_delay(&self, ms: u64) {
+        self.behaviour.delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// The following requests fail (500) at random, `per_mille` of every 1,000.
+    pub fn set_failure_rate(&self, per_mille: u64) {
+        self.behaviour
+            .failures_per_mille
+            .store(per_mille, Ordering::SeqCst);
+    }
 }
 
 impl Drop for Backend {
@@ -148,10 +166,16 @@ async fn serve_connection(stream: TcpStream, behaviour: Arc<Behaviour>) {
         if behaviour.hang.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
-        if let Some(ms) = path_delay_ms(&path) {
-            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        let delay = path_delay_ms(&path).unwrap_or(0) + behaviour.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
         }
-        let status = behaviour.status.load(Ordering::SeqCst);
+        let flaky = behaviour.failures_per_mille.load(Ordering::SeqCst);
+        let status = if flaky > 0 && rand::random_range(0..1000) < flaky {
+            500
+        } else {
+            behaviour.status.load(Ordering::SeqCst)
+        };
         let answer = format!(
             "HTTP/1.1 {status} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{}",
             reason(status),

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use shift_wire::{PeerState, Upstream};
+use shiftctl::verdict::{self, Gates};
 
 use crate::commands::{self, CanaryOptions, Ctx, OnInterrupt, Unhealthy};
 use crate::exit::Failure;
@@ -32,9 +33,23 @@ pub struct DeployPlan {
     /// Time each canary step is watched.
     #[serde(default = "default_interval", deserialize_with = "duration")]
     pub interval: Duration,
-    /// Highest error rate a canary step may show (0.05 = 5%).
+    /// A canary step's gates, as `canary`'s options (see `shiftctl::verdict::Gates`): the
+    /// target's error rate may exceed the stable peers' by `error_margin` at `confidence`, and
+    /// `max_error_rate` when there is no stable traffic (a rolling deploy's replica: always);
+    /// its `latency_quantile` may be `max_latency_increase` above theirs; a step needs
+    /// `min_requests`.
     #[serde(default = "default_max_error_rate", deserialize_with = "error_rate")]
     pub max_error_rate: f64,
+    #[serde(default = "default_error_margin", deserialize_with = "error_rate")]
+    pub error_margin: f64,
+    #[serde(default = "default_confidence", deserialize_with = "confidence")]
+    pub confidence: f64,
+    #[serde(default = "default_latency_increase", deserialize_with = "increase")]
+    pub max_latency_increase: f64,
+    #[serde(default = "default_latency_quantile", deserialize_with = "quantile")]
+    pub latency_quantile: f64,
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u64,
     /// How long the new side may take to become healthy.
     #[serde(default = "default_health_timeout", deserialize_with = "duration")]
     pub health_timeout: Duration,
@@ -92,7 +107,22 @@ fn default_interval() -> Duration {
     Duration::from_secs(30)
 }
 fn default_max_error_rate() -> f64 {
-    0.05
+    Gates::default().max_error_rate
+}
+fn default_error_margin() -> f64 {
+    Gates::default().error_margin
+}
+fn default_confidence() -> f64 {
+    Gates::default().confidence
+}
+fn default_latency_increase() -> f64 {
+    Gates::default().max_latency_increase
+}
+fn default_latency_quantile() -> f64 {
+    Gates::default().latency_quantile
+}
+fn default_min_requests() -> u64 {
+    Gates::default().min_requests
 }
 fn default_health_timeout() -> Duration {
     Duration::from_secs(60)
@@ -116,6 +146,43 @@ fn duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duratio
 /// Reads the error rate with the same rules as `canary --max-error-rate`.
 fn error_rate<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
     plan::parse_error_rate(f64::deserialize(deserializer)?).map_err(serde::de::Error::custom)
+}
+
+fn confidence<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    verdict::parse_confidence(f64::deserialize(deserializer)?).map_err(serde::de::Error::custom)
+}
+
+fn quantile<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    verdict::parse_quantile(f64::deserialize(deserializer)?).map_err(serde::de::Error::custom)
+}
+
+/// Reads `"50%"` (or `0.5`) as `canary --max-latency-increase` does.
+fn increase<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Increase {
+        Text(String),
+        Number(f64),
+    }
+    let text = match Increase::deserialize(deserializer)? {
+        Increase::Text(text) => text,
+        Increase::Number(number) => number.to_string(),
+    };
+    verdict::parse_increase(&text).map_err(serde::de::Error::custom)
+}
+
+impl DeployPlan {
+    /// The gates of the plan's canary steps.
+    pub fn gates(&self) -> Gates {
+        Gates {
+            confidence: self.confidence,
+            error_margin: self.error_margin,
+            max_error_rate: self.max_error_rate,
+            latency_quantile: self.latency_quantile,
+            max_latency_increase: self.max_latency_increase,
+            min_requests: self.min_requests,
+        }
+    }
 }
 
 impl DeployPlan {
@@ -260,7 +327,7 @@ pub async fn deploy(ctx: &Ctx, plan_path: &Path) -> Result<(), Failure> {
                 target: new_side.server.clone(),
                 steps: plan.steps.clone(),
                 interval: plan.interval,
-                max_error_rate: plan.max_error_rate,
+                gates: plan.gates(),
                 pause: false,
                 on_interrupt: OnInterrupt::Rollback,
                 check_url: new_side.check_url.clone(),
@@ -341,6 +408,22 @@ mod tests {
             plan.sides["green"].check_url.as_deref(),
             Some("http://127.0.0.1:8001/api/users/")
         );
+        assert_eq!(plan.gates(), Gates::default());
+        let plan: DeployPlan = toml::from_str(
+            "upstream = \"app\"\nmax_latency_increase = \"20%\"\nlatency_quantile = 0.9\n\
+             min_requests = 500\nconfidence = 0.99\nerror_margin = 0.02\n[sides]\n",
+        )
+        .unwrap();
+        let gates = plan.gates();
+        assert_eq!(
+            (
+                gates.max_latency_increase,
+                gates.latency_quantile,
+                gates.min_requests
+            ),
+            (0.2, 0.9, 500)
+        );
+        assert_eq!((gates.confidence, gates.error_margin), (0.99, 0.02));
     }
 
     #[test]
@@ -361,6 +444,9 @@ mod tests {
             ("max_error_rate = 7.0", "fraction from 0 to 1"),
             ("max_error_rate = -1.0", "fraction from 0 to 1"),
             ("max_error_rate = nan", "fraction from 0 to 1"),
+            ("confidence = 1.0", "above 0.5 and below 1"),
+            ("latency_quantile = 2.0", "from 0.5 to below 1"),
+            ("max_latency_increase = \"0%\"", "must be above 0"),
         ] {
             let err = toml::from_str::<DeployPlan>(&format!("{line}\n{base}")).unwrap_err();
             assert!(err.to_string().contains(expected), "{line}: {err}");

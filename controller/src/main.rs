@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use shift_wire::PeerState;
+use shiftctl::verdict;
 
 use crate::client::AdminClient;
 use crate::commands::{CanaryOptions, Ctx, OnInterrupt, Unhealthy};
@@ -163,9 +164,8 @@ enum Command {
         /// How long each step is watched
         #[arg(long, default_value = "30s", value_parser = duration)]
         interval: Duration,
-        /// Highest error rate (5xx and failed attempts) allowed in a step, e.g. 0.01 for 1%
-        #[arg(long, default_value_t = 0.01, value_parser = error_rate)]
-        max_error_rate: f64,
+        #[command(flatten)]
+        gates: GateArgs,
         /// Wait for "shiftctl promote" (or Enter) between steps
         #[arg(long)]
         pause: bool,
@@ -205,6 +205,59 @@ fn error_rate(text: &str) -> Result<f64, String> {
         .parse()
         .map_err(|_| format!("\"{text}\" is not a number such as 0.01"))?;
     plan::parse_error_rate(rate)
+}
+
+/// What a canary step's target must pass (`shiftctl::verdict::Gates`): it is compared with
+/// the stable peers over the same window.
+#[derive(clap::Args)]
+struct GateArgs {
+    /// How many more errors (5xx and failed attempts, as a fraction of requests) than the
+    /// stable peers the target may show, e.g. 0.01 for 1 point
+    #[arg(long, default_value_t = 0.01, value_parser = error_rate)]
+    error_margin: f64,
+    /// How sure a step must be that the target is worse before it rolls back (one-sided, per
+    /// look)
+    #[arg(long, default_value_t = 0.999, value_parser = confidence)]
+    confidence: f64,
+    /// Highest error rate of the target when there is no stable traffic to compare with
+    #[arg(long, default_value_t = 0.05, value_parser = error_rate)]
+    max_error_rate: f64,
+    /// How much slower than the stable peers the target may be at --latency-quantile, e.g. 50%
+    #[arg(long, default_value = "50%", value_parser = verdict::parse_increase)]
+    max_latency_increase: f64,
+    /// The latency quantile compared, e.g. 0.99 (p99) or 0.9
+    #[arg(long, default_value_t = 0.99, value_parser = quantile)]
+    latency_quantile: f64,
+    /// Requests the target must serve in a step before the step can pass (0: none)
+    #[arg(long, default_value_t = 100)]
+    min_requests: u64,
+}
+
+impl From<GateArgs> for verdict::Gates {
+    fn from(args: GateArgs) -> verdict::Gates {
+        verdict::Gates {
+            confidence: args.confidence,
+            error_margin: args.error_margin,
+            max_error_rate: args.max_error_rate,
+            latency_quantile: args.latency_quantile,
+            max_latency_increase: args.max_latency_increase,
+            min_requests: args.min_requests,
+        }
+    }
+}
+
+fn confidence(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("\"{text}\" is not a number such as 0.999"))?;
+    verdict::parse_confidence(value)
+}
+
+fn quantile(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("\"{text}\" is not a number such as 0.99"))?;
+    verdict::parse_quantile(value)
 }
 
 /// Canary steps as one argument (`5,25,50,100`), not one value per step.
@@ -321,7 +374,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             to,
             steps,
             interval,
-            max_error_rate,
+            gates,
             pause,
             on_interrupt,
             check_url,
@@ -331,7 +384,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 target: to,
                 steps: steps.0,
                 interval,
-                max_error_rate,
+                gates: gates.into(),
                 pause,
                 on_interrupt,
                 check_url,

@@ -77,6 +77,42 @@ impl Default for Gates {
     }
 }
 
+/// Reads an allowed increase such as `50%` or `0.5` (the command line and deploy plans).
+pub fn parse_increase(text: &str) -> Result<f64, String> {
+    let (number, scale) = match text.trim().strip_suffix('%') {
+        Some(percent) => (percent, 100.0),
+        None => (text.trim(), 1.0),
+    };
+    number
+        .parse::<f64>()
+        .ok()
+        .map(|value| value / scale)
+        .filter(|value| value.is_finite() && *value > 0.0)
+        .ok_or_else(|| format!("increase \"{text}\" must be above 0, e.g. 50% or 0.5"))
+}
+
+/// Checks a one-sided confidence: above 0.5 and below 1, e.g. 0.999.
+pub fn parse_confidence(confidence: f64) -> Result<f64, String> {
+    if confidence > 0.5 && confidence < 1.0 {
+        Ok(confidence)
+    } else {
+        Err(format!(
+            "confidence {confidence} must be above 0.5 and below 1, e.g. 0.999"
+        ))
+    }
+}
+
+/// Checks a latency quantile: from 0.5 to below 1, e.g. 0.99 or 0.9.
+pub fn parse_quantile(quantile: f64) -> Result<f64, String> {
+    if (0.5..1.0).contains(&quantile) {
+        Ok(quantile)
+    } else {
+        Err(format!(
+            "latency quantile {quantile} must be from 0.5 to below 1, e.g. 0.99"
+        ))
+    }
+}
+
 /// A latency difference under this is never a failure: Nginx measures whole milliseconds.
 pub const LATENCY_FLOOR_MS: f64 = 5.0;
 
@@ -266,6 +302,18 @@ mod tests {
             errors: 0,
             latency,
         }
+    }
+
+    #[test]
+    fn gate_settings_are_read_or_refused_with_why() {
+        assert_eq!(parse_increase("50%"), Ok(0.5));
+        assert_eq!(parse_increase("0.25"), Ok(0.25));
+        assert!(parse_increase("0%").unwrap_err().contains("above 0"));
+        assert!(parse_increase("fast").is_err());
+        assert_eq!(parse_confidence(0.999), Ok(0.999));
+        assert!(parse_confidence(1.0).is_err() && parse_confidence(0.3).is_err());
+        assert_eq!(parse_quantile(0.9), Ok(0.9));
+        assert!(parse_quantile(1.0).is_err() && parse_quantile(f64::NAN).is_err());
     }
 
     #[test]
