@@ -163,12 +163,16 @@ fn the_example_config_and_plan_deploy_with_local_processes() {
             .output()
             .unwrap()
     };
+    // Users keep coming: each canary step needs requests to judge the new side by.
+    let traffic = Traffic::start(http, 2);
     let output = deploy();
+    let report = traffic.stop();
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    assert!(report.failed.is_empty(), "{report:?}");
     assert_eq!(sides.log(), "start green\nstop blue\n");
     assert_eq!(served(), ["green".to_string()].into());
     assert!(
@@ -176,12 +180,15 @@ fn the_example_config_and_plan_deploy_with_local_processes() {
         "the workers saved the state file"
     );
 
+    let traffic = Traffic::start(http, 2);
     let output = deploy();
+    let report = traffic.stop();
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    assert!(report.failed.is_empty(), "{report:?}");
     assert_eq!(
         sides.log(),
         "start green\nstop blue\nstart blue\nstop green\n"
