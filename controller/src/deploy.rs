@@ -35,7 +35,7 @@ pub struct DeployPlan {
     pub interval: Duration,
     /// A canary step's gates, as `canary`'s options (see `shiftctl::verdict::Gates`): the
     /// target's error rate may exceed the stable peers' by `error_margin` at `confidence`, and
-    /// `max_error_rate` when there is no stable traffic (a rolling deploy's replica: always);
+    /// `max_error_rate` when there is no stable traffic;
     /// its `latency_quantile` may be `max_latency_increase` above theirs; a step needs
     /// `min_requests`.
     #[serde(default = "default_max_error_rate", deserialize_with = "error_rate")]

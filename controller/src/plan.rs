@@ -237,22 +237,6 @@ pub fn switch(upstream: &Upstream, target: &str) -> Result<UpstreamPatch, PlanEr
     })
 }
 
-/// The share of a target's requests since `before` that failed: the larger of its 5xx answers
-/// and its failed attempts (an attempt retried on a 5xx shows in both), summed over its peers
-/// (each `(before, now)`). `None` without requests.
-pub fn error_rate<'a>(peers: impl IntoIterator<Item = (&'a Peer, &'a Peer)>) -> Option<f64> {
-    let (mut requests, mut server_errors, mut failures) = (0, 0, 0);
-    for (before, now) in peers {
-        requests += now.requests.saturating_sub(before.requests);
-        server_errors += now
-            .responses
-            .server_error
-            .saturating_sub(before.responses.server_error);
-        failures += now.failures.saturating_sub(before.failures);
-    }
-    (requests > 0).then(|| server_errors.max(failures) as f64 / requests as f64)
-}
-
 /// Durations of the command line and deploy plans: Nginx's notation, as the directives read it
 /// (`shift_wire::parse_duration`).
 pub use shift_wire::parse_duration;
@@ -441,18 +425,6 @@ mod tests {
                 ("green:1", Some(1), Some(PeerState::Up))
             ]
         );
-    }
-
-    #[test]
-    fn error_rate_over_a_step() {
-        let mut before = peer("green:1", 1, PeerState::Up, Health::Healthy);
-        before.requests = 100;
-        let mut now = before.clone();
-        assert_eq!(error_rate([(&before, &now)]), None);
-        now.requests = 200;
-        now.responses.server_error = 10;
-        now.failures = 4;
-        assert_eq!(error_rate([(&before, &now)]), Some(0.1));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::exit::Failure;
 use crate::hook;
 use crate::interrupts::Interrupts;
 use crate::plan;
+use shiftctl::verdict::{judge, Verdict, Window};
 
 pub async fn rolling(ctx: &Ctx, plan: &DeployPlan, rolling: &Rolling) -> Result<(), Failure> {
     let upstream = plan.upstream.as_str();
@@ -160,7 +161,8 @@ async fn appeared(
 }
 
 /// Waits for the new replica's checks, lets it take traffic with the old one's weight, and
-/// watches it for `interval`.
+/// watches it for `interval`: its health, and its errors and latency against the other peers'
+/// over the same window, by the plan's canary gates (`shiftctl::verdict`).
 async fn bring_in(ctx: &Ctx, plan: &DeployPlan, replacing: &Peer, new: &str) -> Result<(), String> {
     let upstream = plan.upstream.as_str();
     commands::wait_ready(
@@ -173,33 +175,47 @@ async fn bring_in(ctx: &Ctx, plan: &DeployPlan, replacing: &Peer, new: &str) -> 
     )
     .await
     .map_err(|failure| format!("{:#}", failure.error))?;
+    let read = || async {
+        ctx.fleet
+            .read(upstream)
+            .await
+            .map_err(|err| err.to_string())
+    };
+    // The window starts before the replica takes traffic: every request it gets is in it.
+    let baseline = read().await?;
     set_peer(ctx, upstream, new, Some(replacing.weight), PeerState::Up).await?;
-    let baseline: Vec<Peer> = peers_of(ctx, upstream, new).await?;
+    let gates = plan.gates();
     let mut interrupts = Interrupts::new().map_err(|failure| failure.error.to_string())?;
     let start = Instant::now();
-    while start.elapsed() < plan.interval {
-        let now = peers_of(ctx, upstream, new).await?;
-        for (before, now) in baseline.iter().zip(&now) {
-            if now.health == Health::Unhealthy {
-                return Err("became unhealthy".to_string());
-            }
-            if let Some(rate) = plan::error_rate([(before, now)]) {
-                if rate > plan.max_error_rate {
-                    return Err(format!(
-                        "has an error rate of {:.1}% over {} requests, above the {:.1}% allowed",
-                        rate * 100.0,
-                        now.requests - before.requests,
-                        plan.max_error_rate * 100.0
-                    ));
+    loop {
+        let states = read().await?;
+        let (mut target, mut stable) = (Vec::new(), Vec::new());
+        for (before, now) in baseline.iter().zip(&states) {
+            for peer in &now.peers {
+                let Some(earlier) = before.peers.iter().find(|p| p.server == peer.server) else {
+                    continue;
+                };
+                if peer.server != new {
+                    stable.push((earlier, peer));
+                } else if peer.health == Health::Unhealthy {
+                    return Err("became unhealthy".to_string());
+                } else {
+                    target.push((earlier, peer));
                 }
             }
+        }
+        let (target, stable) = (Window::between(target), Window::between(stable));
+        let interval_over = start.elapsed() >= plan.interval;
+        match judge(&target, &stable, &gates, interval_over) {
+            Verdict::Pass => return Ok(()),
+            Verdict::Fail(why) => return Err(why.replacen("the target's", "its", 1)),
+            Verdict::Wait(_) => {}
         }
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
             _ = interrupts.recv() => return Err("was being watched when shiftctl was interrupted".into()),
         }
     }
-    Ok(())
 }
 
 /// Takes a failed new replica out (drained, removed) and stops it.
@@ -269,20 +285,6 @@ async fn set_peer(
         .await
         .map(drop)
         .map_err(|err| err.to_string())
-}
-
-async fn peers_of(ctx: &Ctx, upstream: &str, server: &str) -> Result<Vec<Peer>, String> {
-    ctx.fleet
-        .read(upstream)
-        .await
-        .map_err(|err| err.to_string())?
-        .iter()
-        .map(|state| {
-            plan::find_peer(state, server)
-                .cloned()
-                .map_err(|err| err.to_string())
-        })
-        .collect()
 }
 
 async fn run_hook(
