@@ -18,7 +18,7 @@ pub use client::{api_request, HttpClient, Response};
 pub use dnsmasq::Dnsmasq;
 pub use nginx::{check_config, ConfigCheck, Nginx, NginxOptions};
 pub use processes::HookedBackends;
-pub use setup::ShiftSetup;
+pub use setup::{BlueGreen, ShiftSetup};
 pub use traffic::{Traffic, TrafficReport};
 pub use wrk::{wrk, wrk_result, WrkResult};
 

@@ -67,3 +67,54 @@ impl ShiftSetup {
         (served, workers)
     }
 }
+
+/// Two versions behind upstream `app`: blue (up) and green (a standby `down` line), with
+/// `shift` and `upstream_extra` directives; a traffic port that keeps upstream connections
+/// alive and names the answering worker in `X-Worker`; the admin API on `{prefix}/api.sock`
+/// under `/api/`. Nginx runs two workers.
+pub struct BlueGreen {
+    pub nginx: Nginx,
+    pub admin: Admin,
+    /// The traffic port.
+    pub port: u16,
+    pub blue: Backend,
+    pub green: Backend,
+}
+
+impl BlueGreen {
+    pub fn start(upstream_extra: &str) -> BlueGreen {
+        BlueGreen::start_with(|_, _| upstream_extra.to_string())
+    }
+
+    /// As `start`, with upstream directives that name the backends (e.g. their labels).
+    pub fn start_with(upstream_extra: impl FnOnce(&Backend, &Backend) -> String) -> BlueGreen {
+        let (blue, green) = (Backend::start("blue"), Backend::start("green"));
+        let port = free_port();
+        let extra = upstream_extra(&blue, &green);
+        let config = BlueGreen::config(&blue, &green, &extra, port);
+        let nginx = Nginx::start(NginxOptions::new(config));
+        let admin = Admin::new(nginx.path("api.sock"), "/api/");
+        BlueGreen {
+            nginx,
+            admin,
+            port,
+            blue,
+            green,
+        }
+    }
+
+    /// The `http {}` body `start` uses, for a reload with other directives.
+    pub fn config(blue: &Backend, green: &Backend, upstream_extra: &str, port: u16) -> String {
+        format!(
+            "upstream app {{\n    server {};\n    server {} down;\n    shift;\n    \
+             {upstream_extra}\n}}\n\
+             server {{\n    listen 127.0.0.1:{port};\n    location / {{\n        \
+             proxy_pass http://app;\n        proxy_http_version 1.1;\n        \
+             proxy_set_header Connection \"\";\n        add_header X-Worker $pid always;\n    \
+             }}\n}}\n\
+             server {{\n    listen unix:{{prefix}}/api.sock;\n    location /api/ {{ shift_api; }}\n}}\n",
+            blue.addr(),
+            green.addr()
+        )
+    }
+}

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use harness::{free_port, shiftctl_command, Admin, Backend, HttpClient, Nginx, NginxOptions};
+use harness::{shiftctl_command, BlueGreen, HttpClient};
 use tempfile::TempDir;
 
 /// One test at a time: each paces its own traffic, and their verdicts compare timings.
@@ -17,34 +17,23 @@ fn alone() -> MutexGuard<'static, ()> {
     ONE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Blue up and green a standby, and shiftctl's state directory.
 struct Site {
-    nginx: Nginx,
-    admin: Admin,
-    port: u16,
-    blue: Backend,
-    green: Backend,
+    versions: BlueGreen,
     state_dir: TempDir,
+}
+
+impl std::ops::Deref for Site {
+    type Target = BlueGreen;
+    fn deref(&self) -> &BlueGreen {
+        &self.versions
+    }
 }
 
 impl Site {
     fn start() -> Site {
-        let (blue, green) = (Backend::start("blue"), Backend::start("green"));
-        let port = free_port();
-        let nginx = Nginx::start(NginxOptions::new(format!(
-            "upstream app {{ server {}; server {} down; shift; }}\n\
-             server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://app; \
-             proxy_next_upstream off; }} }}\n\
-             server {{ listen unix:{{prefix}}/api.sock; location /api/ {{ shift_api; }} }}\n",
-            blue.addr(),
-            green.addr()
-        )));
-        let admin = Admin::new(nginx.path("api.sock"), "/api/");
         Site {
-            nginx,
-            admin,
-            port,
-            blue,
-            green,
+            versions: BlueGreen::start(""),
             state_dir: TempDir::new().unwrap(),
         }
     }

@@ -9,47 +9,33 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use harness::{
-    free_port, shiftctl_command, wait_until, Admin, Backend, HookedBackends, HttpClient, Nginx,
-    NginxOptions, Traffic,
+    free_port, shiftctl_command, wait_until, Admin, Backend, BlueGreen, HookedBackends, HttpClient,
+    Nginx, NginxOptions, Traffic,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use shift_wire::{Health, PeerState, Upstream};
 use tempfile::TempDir;
 
-/// Nginx with upstream `app` over blue (live) and green (standby), and the admin API.
+/// Nginx with upstream `app` over blue (live) and green (standby), the admin API, and
+/// shiftctl's state directory.
 struct Setup {
-    nginx: Nginx,
-    admin: Admin,
-    port: u16,
-    blue: Backend,
-    green: Backend,
+    versions: BlueGreen,
     state_dir: TempDir,
 }
 
-fn config(blue: &Backend, green: &Backend, check: &str, port: u16) -> String {
-    format!(
-        "upstream app {{\n    server {} ;\n    server {} down;\n    shift;\n    {check}\n}}\n\
-         server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://app; }} }}\n\
-         server {{ listen unix:{{prefix}}/api.sock; location /api/ {{ shift_api; }} }}\n",
-        blue.addr(),
-        green.addr()
-    )
+impl std::ops::Deref for Setup {
+    type Target = BlueGreen;
+    fn deref(&self) -> &BlueGreen {
+        &self.versions
+    }
 }
 
 impl Setup {
+    /// With `check` (e.g. a `shift_check` line) in the upstream.
     fn start(check: &str) -> Setup {
-        let blue = Backend::start("blue");
-        let green = Backend::start("green");
-        let port = free_port();
-        let nginx = Nginx::start(NginxOptions::new(config(&blue, &green, check, port)));
-        let admin = Admin::new(nginx.path("api.sock"), "/api/");
         Setup {
-            nginx,
-            admin,
-            port,
-            blue,
-            green,
+            versions: BlueGreen::start(check),
             state_dir: TempDir::new().unwrap(),
         }
     }

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::Duration;
 
-use harness::{check_config, wait_until, Admin, Backend, HttpClient, Nginx, NginxOptions};
+use harness::{check_config, wait_until, Backend, BlueGreen, HttpClient, NginxOptions};
 use shift_wire::{Health, Upstream};
 
 const USERS: usize = 10_000;
@@ -15,28 +15,27 @@ const USERS: usize = 10_000;
 /// requests, and the next may land on the other worker).
 const THREADS: usize = 8;
 
-struct Site {
-    nginx: Nginx,
-    admin: Admin,
-    port: u16,
-    blue: Backend,
-    green: Backend,
+/// Blue up, green a standby, both labelled, and `extra` directives in the upstream.
+struct Site(BlueGreen);
+
+impl std::ops::Deref for Site {
+    type Target = BlueGreen;
+    fn deref(&self) -> &BlueGreen {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Site {
+    fn deref_mut(&mut self) -> &mut BlueGreen {
+        &mut self.0
+    }
 }
 
 impl Site {
-    /// Blue up, green a labelled standby, and `extra` directives in the upstream.
     fn start(extra: &str) -> Site {
-        let (blue, green) = (Backend::start("blue"), Backend::start("green"));
-        let port = harness::free_port();
-        let nginx = Nginx::start(NginxOptions::new(site_config(&blue, &green, extra, port)));
-        let admin = Admin::new(nginx.path("api.sock"), "/api/");
-        Site {
-            nginx,
-            admin,
-            port,
-            blue,
-            green,
-        }
+        Site(BlueGreen::start_with(|blue, green| {
+            labelled(blue, green, extra)
+        }))
     }
 
     /// Green's share (percent of the weight); green is up from the first step on.
@@ -64,16 +63,12 @@ impl Site {
     }
 }
 
-fn site_config(blue: &Backend, green: &Backend, extra: &str, port: u16) -> String {
+/// The two versions' labels, then `extra`.
+fn labelled(blue: &Backend, green: &Backend, extra: &str) -> String {
     format!(
-        "upstream app {{\n    server {blue};\n    server {green} down;\n    shift;\n    \
-         shift_label {blue} blue;\n    shift_label {green} green;\n{extra}\n}}\n\
-         server {{\n    listen 127.0.0.1:{port};\n    location / {{\n        \
-         proxy_pass http://app;\n        proxy_http_version 1.1;\n        \
-         proxy_set_header Connection \"\";\n        add_header X-Worker $pid always;\n    }}\n}}\n\
-         server {{\n    listen unix:{{prefix}}/api.sock;\n    location /api/ {{ shift_api; }}\n}}\n",
-        blue = blue.addr(),
-        green = green.addr(),
+        "shift_label {} blue;\n    shift_label {} green;\n{extra}",
+        blue.addr(),
+        green.addr()
     )
 }
 
@@ -356,8 +351,13 @@ fn labels_come_from_the_config_and_the_api_and_outlive_reloads() {
     site.nginx.reload(None);
     assert_eq!(labels(&site)[1].as_deref(), Some("v2.3.1"));
     // A reload that changes the line's `shift_label` takes the config's, and only that.
-    let config =
-        site_config(&site.blue, &site.green, "", site.port).replace(" green;\n", " green-2;\n");
+    let config = BlueGreen::config(
+        &site.blue,
+        &site.green,
+        &labelled(&site.blue, &site.green, ""),
+        site.port,
+    )
+    .replace(" green;\n", " green-2;\n");
     site.nginx.reload(Some(&config));
     assert_eq!(
         labels(&site),
