@@ -41,7 +41,7 @@ struct Cli {
         long = "socket",
         env = "SHIFT_SOCKET",
         value_delimiter = ',',
-        default_value = "/run/nginx-shift.sock",
+        default_value = "/run/nginx-shift/shift.sock",
         global = true
     )]
     sockets: Vec<PathBuf>,
@@ -80,6 +80,7 @@ enum Command {
     Metrics,
     /// Set weights in one atomic change: shiftctl set app 127.0.0.1:8001=30 127.0.0.1:8000=70
     Set {
+        /// The shift upstream to change
         upstream: String,
         /// SERVER=WEIGHT (0 to 1000)
         #[arg(required = true)]
@@ -90,7 +91,9 @@ enum Command {
     },
     /// Stop sending new requests to a peer; it finishes what it has
     Drain {
+        /// The shift upstream of the peer
         upstream: String,
+        /// The peer's address, as status lists it
         server: String,
         /// Wait until the peer has no requests in progress
         #[arg(long)]
@@ -100,7 +103,12 @@ enum Command {
         timeout: Duration,
     },
     /// Send new requests to a drained or standby peer again
-    Undrain { upstream: String, server: String },
+    Undrain {
+        /// The shift upstream of the peer
+        upstream: String,
+        /// The peer's address, as status lists it
+        server: String,
+    },
     /// Add a peer at run time (kept across reloads and restarts until removed)
     Add {
         /// The shift upstream to add it to
@@ -128,7 +136,9 @@ enum Command {
     },
     /// Remove a peer added at run time; it finishes its requests in flight and takes no new ones
     Remove {
+        /// The shift upstream to remove it from
         upstream: String,
+        /// The peer's address, as status lists it
         server: String,
         /// Drain it first and wait for its requests to end (at most --timeout)
         #[arg(long)]
@@ -180,11 +190,20 @@ enum Command {
         timeout: Duration,
     },
     /// Let a canary paused with --pause take its next step
-    Promote { upstream: String },
+    Promote {
+        /// The upstream whose canary waits
+        upstream: String,
+    },
     /// Put all traffic back on the stable set recorded by the last switch or canary, at once
-    Rollback { upstream: String },
+    Rollback {
+        /// The upstream to put back
+        upstream: String,
+    },
     /// Run a deploy plan: start the idle side, wait for health, shift, stop the old side
-    Deploy { plan: PathBuf },
+    Deploy {
+        /// The plan, a TOML file (see docs/shiftctl.md)
+        plan: PathBuf,
+    },
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -396,5 +415,33 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Promote { upstream } => commands::promote(&ctx, &upstream),
         Command::Rollback { upstream } => commands::rollback(&ctx, &upstream).await,
         Command::Deploy { plan } => deploy::deploy(&ctx, &plan).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// `shiftctl COMMAND --help` explains every argument and option it lists.
+    #[test]
+    fn every_argument_has_help() {
+        let cli = Cli::command();
+        let mut missing = Vec::new();
+        for command in std::iter::once(&cli).chain(cli.get_subcommands()) {
+            assert!(
+                command.get_about().is_some() || command.get_name() == "shiftctl",
+                "{} has no description",
+                command.get_name()
+            );
+            for arg in command.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if arg.get_help().is_none() && !builtin {
+                    missing.push(format!("{} {}", command.get_name(), arg.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "no help text: {missing:?}");
     }
 }
