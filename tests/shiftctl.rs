@@ -1005,3 +1005,51 @@ fn a_label_moves_every_replica_of_a_version_together() {
         text(&unknown.stderr)
     );
 }
+
+#[test]
+fn status_watch_draws_the_split_and_the_error_rate_on_a_terminal() {
+    let setup = Setup::start("");
+    let body = format!(
+        r#"{{"peers": {{"{}": {{"weight": 3}}, "{}": {{"weight": 1, "state": "up"}}}}}}"#,
+        setup.blue(),
+        setup.green()
+    );
+    assert_eq!(setup.admin.patch("app", &body).status, 200);
+    setup.green.set_status(500);
+    let load = Load::start(setup.port);
+    // `script` gives shiftctl a terminal, where --watch draws; SIGINT ends both.
+    let command = format!(
+        "{} --socket {} status app --watch --every 300ms",
+        harness::shiftctl_binary().display(),
+        setup.nginx.path("api.sock").display()
+    );
+    let output = Command::new("timeout")
+        .args(["-s", "INT", "3", "script", "-qefc", &command, "/dev/null"])
+        .output()
+        .expect("run script");
+    load.stop();
+    let screen = text(&output.stdout);
+    let last = screen
+        .rsplit("upstream app")
+        .next()
+        .expect("a drawn upstream");
+    let line = |server: String| {
+        last.lines()
+            .find(|line| line.starts_with(&server))
+            .unwrap_or_else(|| panic!("no line for {server}: {screen}"))
+            .to_string()
+    };
+    let (blue, green) = (line(setup.blue()), line(setup.green()));
+    assert!(blue.contains('█') && blue.contains("errors ▁"), "{blue}");
+    // Green answers 500 to everything: its sparkline is at full height.
+    assert!(
+        green.contains('█') && green.trim_end().ends_with('█'),
+        "{green}"
+    );
+    let share = |line: &str| -> f64 {
+        line.split_whitespace()
+            .find_map(|word| word.strip_suffix('%')?.parse().ok())
+            .unwrap()
+    };
+    assert!((55.0..=95.0).contains(&share(&blue)), "{blue}");
+}

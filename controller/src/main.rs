@@ -14,6 +14,7 @@ mod plan;
 mod progress;
 mod rolling;
 mod state_dir;
+mod watch_view;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

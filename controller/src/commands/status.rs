@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::Ctx;
 use crate::exit::Failure;
 use crate::output::render_table;
+use crate::watch_view::WatchHistory;
 
 pub async fn status(
     ctx: &Ctx,
@@ -13,6 +14,14 @@ pub async fn status(
     watch: bool,
     every: Duration,
 ) -> Result<(), Failure> {
+    // With --watch on a terminal: bars and sparklines from successive reads, per Nginx.
+    let drawn = watch && !ctx.json && std::io::stdout().is_terminal();
+    let mut histories: Vec<WatchHistory> = ctx
+        .fleet
+        .clients()
+        .iter()
+        .map(|_| WatchHistory::new(every))
+        .collect();
     loop {
         let mut all = Vec::new();
         for client in ctx.fleet.clients() {
@@ -28,7 +37,9 @@ pub async fn status(
             ctx.print_json_per_socket("upstreams", &all);
             return Ok(());
         }
-        for (client, upstreams) in ctx.fleet.clients().iter().zip(&all) {
+        for ((client, upstreams), history) in
+            ctx.fleet.clients().iter().zip(&all).zip(&mut histories)
+        {
             if ctx.fleet.clients().len() > 1 {
                 println!("# {}", client.socket().display());
             }
@@ -38,6 +49,9 @@ pub async fn status(
                         "{}",
                         serde_json::to_string(upstream).expect("JSON of wire types")
                     );
+                } else if drawn {
+                    history.record(upstream);
+                    print!("{}", history.render(upstream));
                 } else {
                     print!("{}", render_table(upstream));
                 }
