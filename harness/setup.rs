@@ -1,8 +1,13 @@
 //! A ready-made setup: backends, an Nginx with a `shift` upstream over them, and its API.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 
-use crate::{free_port, shift_upstream_config, Admin, Backend, HttpClient, Nginx, NginxOptions};
+use crate::{
+    free_port, shift_upstream_config, shiftctl_command, Admin, Backend, HttpClient, Nginx,
+    NginxOptions,
+};
 
 /// Backends, an Nginx (two workers) with upstream `app` over them, and its admin API.
 pub struct ShiftSetup {
@@ -101,6 +106,18 @@ impl BlueGreen {
             blue,
             green,
         }
+    }
+
+    /// Where `shiftctl` keeps this site's stable set and deploy state: in the Nginx prefix.
+    pub fn state_dir(&self) -> PathBuf {
+        self.nginx.path("shiftctl")
+    }
+
+    /// `shiftctl ARGS` against this site's API and state directory, with stdin closed.
+    pub fn shiftctl(&self, args: &[&str]) -> Command {
+        let mut command = shiftctl_command(&[self.nginx.path("api.sock")], Some(&self.state_dir()));
+        command.args(args).stdin(Stdio::null());
+        command
     }
 
     /// The `http {}` body `start` uses, for a reload with other directives.

@@ -2,14 +2,13 @@
 //! 1,000 requests/s): the target is judged against the stable peers over the same window, on
 //! errors and on latency.
 
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use harness::{shiftctl_command, BlueGreen, HttpClient};
-use tempfile::TempDir;
+use harness::{BlueGreen, HttpClient};
 
 /// One test at a time: each paces its own traffic, and their verdicts compare timings.
 fn alone() -> MutexGuard<'static, ()> {
@@ -17,43 +16,18 @@ fn alone() -> MutexGuard<'static, ()> {
     ONE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Blue up and green a standby, and shiftctl's state directory.
-struct Site {
-    versions: BlueGreen,
-    state_dir: TempDir,
+/// `shiftctl canary app --to GREEN ARGS` on `site`.
+fn canary(site: &BlueGreen, args: &[&str]) -> Output {
+    let green = site.green.addr().to_string();
+    let mut all = vec!["canary", "app", "--to", &green];
+    all.extend(args);
+    site.shiftctl(&all).output().expect("run shiftctl")
 }
 
-impl std::ops::Deref for Site {
-    type Target = BlueGreen;
-    fn deref(&self) -> &BlueGreen {
-        &self.versions
-    }
-}
-
-impl Site {
-    fn start() -> Site {
-        Site {
-            versions: BlueGreen::start(""),
-            state_dir: TempDir::new().unwrap(),
-        }
-    }
-
-    fn canary(&self, args: &[&str]) -> Output {
-        let green = self.green.addr().to_string();
-        let mut all = vec!["canary", "app", "--to", &green];
-        all.extend(args);
-        shiftctl_command(&[self.nginx.path("api.sock")], Some(self.state_dir.path()))
-            .args(&all)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run shiftctl")
-    }
-
-    fn green_peer(&self) -> shift_wire::Peer {
-        self.admin
-            .peer("app", &self.green.addr().to_string())
-            .unwrap()
-    }
+fn green_peer(site: &BlueGreen) -> shift_wire::Peer {
+    site.admin
+        .peer("app", &site.green.addr().to_string())
+        .unwrap()
 }
 
 /// About `rate` requests per second over 40 keep-alive connections until dropped.
@@ -103,12 +77,12 @@ fn text(bytes: &[u8]) -> String {
 #[test]
 fn a_target_as_flaky_as_the_stable_version_is_promoted() {
     let _alone = alone();
-    let site = Site::start();
+    let site = BlueGreen::start("");
     // A flaky dependency: both versions fail 6% of requests at random.
     site.blue.set_failure_rate(60);
     site.green.set_failure_rate(60);
     let _load = PacedLoad::start(site.port, 1000);
-    let output = site.canary(&["--steps", "25,100", "--interval", "4s"]);
+    let output = canary(&site, &["--steps", "25,100", "--interval", "4s"]);
     let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
     assert!(output.status.success(), "{stdout}\n{stderr}");
     eprintln!("{stdout}");
@@ -124,17 +98,17 @@ fn a_target_as_flaky_as_the_stable_version_is_promoted() {
 #[test]
 fn a_target_that_fails_every_request_is_rolled_back_within_fifty_failures() {
     let _alone = alone();
-    let site = Site::start();
+    let site = BlueGreen::start("");
     site.green.set_status(500);
     let _load = PacedLoad::start(site.port, 1000);
-    let output = site.canary(&["--steps", "5,25,50,100", "--interval", "10s"]);
+    let output = canary(&site, &["--steps", "5,25,50,100", "--interval", "10s"]);
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("rolled back because step 1/4") && stderr.contains("error rate"),
         "{stderr}"
     );
-    let failed = site.green_peer().responses.server_error;
+    let failed = green_peer(&site).responses.server_error;
     eprintln!("green failed {failed} requests before the rollback");
     assert!(
         (1..=50).contains(&failed),
@@ -145,11 +119,11 @@ fn a_target_that_fails_every_request_is_rolled_back_within_fifty_failures() {
 #[test]
 fn a_target_three_times_slower_is_rolled_back_one_ten_percent_slower_is_not() {
     let _alone = alone();
-    let site = Site::start();
+    let site = BlueGreen::start("");
     site.blue.set_delay(10);
     site.green.set_delay(30);
     let load = PacedLoad::start(site.port, 1000);
-    let output = site.canary(&["--steps", "50,100", "--interval", "10s"]);
+    let output = canary(&site, &["--steps", "50,100", "--interval", "10s"]);
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
@@ -160,7 +134,7 @@ fn a_target_three_times_slower_is_rolled_back_one_ten_percent_slower_is_not() {
 
     site.green.set_delay(11);
     let _load = PacedLoad::start(site.port, 1000);
-    let output = site.canary(&["--steps", "50,100", "--interval", "3s"]);
+    let output = canary(&site, &["--steps", "50,100", "--interval", "3s"]);
     assert!(
         output.status.success(),
         "{}\n{}",

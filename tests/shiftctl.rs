@@ -19,40 +19,27 @@ use tempfile::TempDir;
 
 /// Nginx with upstream `app` over blue (live) and green (standby), the admin API, and
 /// shiftctl's state directory.
-struct Setup {
-    versions: BlueGreen,
-    state_dir: TempDir,
-}
+struct Setup(BlueGreen);
 
 impl std::ops::Deref for Setup {
     type Target = BlueGreen;
     fn deref(&self) -> &BlueGreen {
-        &self.versions
+        &self.0
     }
 }
 
 impl Setup {
     /// With `check` (e.g. a `shift_check` line) in the upstream.
     fn start(check: &str) -> Setup {
-        Setup {
-            versions: BlueGreen::start(check),
-            state_dir: TempDir::new().unwrap(),
-        }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command =
-            shiftctl_command(&[self.nginx.path("api.sock")], Some(self.state_dir.path()));
-        command.args(args).stdin(Stdio::null());
-        command
+        Setup(BlueGreen::start(check))
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("run shiftctl")
+        self.shiftctl(args).output().expect("run shiftctl")
     }
 
     fn spawn(&self, args: &[&str]) -> Child {
-        self.command(args)
+        self.shiftctl(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -580,7 +567,7 @@ fn a_fleet_change_applies_everywhere_or_nowhere() {
     let second = Setup::start("");
     let both = |args: &[&str]| {
         let sockets = [first.nginx.path("api.sock"), second.nginx.path("api.sock")];
-        shiftctl_command(&sockets, Some(first.state_dir.path()))
+        shiftctl_command(&sockets, Some(&first.state_dir()))
             .args(args)
             .output()
             .unwrap()
@@ -716,7 +703,7 @@ fn add_and_remove_change_every_nginx_or_none() {
     let second = Setup::start("");
     let sockets = [first.nginx.path("api.sock"), second.nginx.path("api.sock")];
     let both = |args: &[&str]| {
-        shiftctl_command(&sockets, Some(first.state_dir.path()))
+        shiftctl_command(&sockets, Some(&first.state_dir()))
             .args(args)
             .output()
             .unwrap()
