@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use shift_wire::{PeerPatch, PeerState, UpstreamPatch, MAX_WEIGHT};
+use shift_wire::{PeerPatch, PeerState, Upstream, UpstreamPatch, MAX_WEIGHT};
 
 use super::{Ctx, POLL};
 use crate::client::ClientError;
@@ -83,6 +83,23 @@ pub async fn set(
     }
 }
 
+/// Applies `patch` to the peer `server` (which every Nginx must have) as one change.
+async fn patch_peer(
+    ctx: &Ctx,
+    upstream: &str,
+    server: &str,
+    patch: PeerPatch,
+) -> Result<Vec<Upstream>, Failure> {
+    let states = ctx.fleet.apply(upstream, |_, current| {
+        plan::find_peer(current, server).map_err(|err| err.to_string())?;
+        Ok(UpstreamPatch {
+            peers: BTreeMap::from([(server.to_string(), patch.clone())]),
+            expect_generation: None,
+        })
+    });
+    Ok(states.await?)
+}
+
 /// Gives `server` the label `label` ("" takes it away) on every Nginx.
 pub async fn set_label(
     ctx: &Ctx,
@@ -90,21 +107,11 @@ pub async fn set_label(
     server: &str,
     label: &str,
 ) -> Result<(), Failure> {
-    let states = ctx
-        .fleet
-        .apply(upstream, |_, current| {
-            plan::find_peer(current, server).map_err(|err| err.to_string())?;
-            let mut patch = UpstreamPatch::default();
-            patch.peers.insert(
-                server.to_string(),
-                PeerPatch {
-                    label: Some(label.to_string()),
-                    ..Default::default()
-                },
-            );
-            Ok(patch)
-        })
-        .await?;
+    let patch = PeerPatch {
+        label: Some(label.to_string()),
+        ..Default::default()
+    };
+    let states = patch_peer(ctx, upstream, server, patch).await?;
     ctx.print_upstreams(&states);
     Ok(())
 }
@@ -116,24 +123,11 @@ pub async fn set_state(
     state: PeerState,
     wait: Option<Duration>,
 ) -> Result<(), Failure> {
-    let states = ctx
-        .fleet
-        .apply(upstream, |_, current| {
-            plan::find_peer(current, server).map_err(|err| err.to_string())?;
-            let mut peers = BTreeMap::new();
-            peers.insert(
-                server.to_string(),
-                PeerPatch {
-                    state: Some(state),
-                    ..Default::default()
-                },
-            );
-            Ok(UpstreamPatch {
-                peers,
-                expect_generation: None,
-            })
-        })
-        .await?;
+    let patch = PeerPatch {
+        state: Some(state),
+        ..Default::default()
+    };
+    let states = patch_peer(ctx, upstream, server, patch).await?;
     if let Some(timeout) = wait {
         let deadline = Instant::now() + timeout;
         loop {
