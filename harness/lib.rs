@@ -5,6 +5,7 @@
 mod admin;
 mod backend;
 mod client;
+pub mod debian;
 mod dnsmasq;
 mod nginx;
 mod processes;

@@ -34,6 +34,13 @@ pub struct NginxOptions {
     pub daemon: bool,
     /// The error log's level (`info` unless set).
     pub log_level: &'static str,
+    /// The Nginx to run instead of the one the tests were built for (`SHIFT_NGINX`), e.g. the
+    /// package tests' `/usr/sbin/nginx`.
+    pub binary: Option<PathBuf>,
+    /// Run with the binary's own prefix (no `-p`), as an installed Nginx runs: relative paths
+    /// such as a packaged `load_module modules/…;` then resolve where the package put them. The
+    /// config still lives in the temporary prefix.
+    pub installed_prefix: bool,
 }
 
 impl NginxOptions {
@@ -45,6 +52,8 @@ impl NginxOptions {
             full: None,
             daemon: false,
             log_level: "info",
+            binary: None,
+            installed_prefix: false,
         }
     }
 
@@ -57,6 +66,8 @@ impl NginxOptions {
             full: Some(config.into()),
             daemon: false,
             log_level: "info",
+            binary: None,
+            installed_prefix: false,
         }
     }
 
@@ -68,6 +79,20 @@ impl NginxOptions {
     pub fn daemon(mut self) -> NginxOptions {
         self.daemon = true;
         self
+    }
+
+    pub fn binary(mut self, binary: impl Into<PathBuf>) -> NginxOptions {
+        self.binary = Some(binary.into());
+        self
+    }
+
+    pub fn installed_prefix(mut self) -> NginxOptions {
+        self.installed_prefix = true;
+        self
+    }
+
+    fn nginx(&self) -> PathBuf {
+        self.binary.clone().unwrap_or_else(nginx_binary)
     }
 }
 
@@ -92,9 +117,9 @@ pub struct ConfigCheck {
 pub fn check_config(options: &NginxOptions) -> ConfigCheck {
     let prefix = new_prefix();
     write_config(prefix.path(), options);
-    let output = Command::new(nginx_binary())
+    let output = Command::new(options.nginx())
         .arg("-t")
-        .args(prefix_args(prefix.path()))
+        .args(prefix_args(prefix.path(), options))
         .output()
         .expect("run nginx -t");
     ConfigCheck {
@@ -393,22 +418,24 @@ fn new_prefix() -> TempDir {
     prefix
 }
 
-fn prefix_args(prefix: &Path) -> Vec<String> {
-    vec![
-        "-p".into(),
-        format!("{}/", prefix.display()),
+fn prefix_args(prefix: &Path, options: &NginxOptions) -> Vec<String> {
+    let config = vec![
         "-c".into(),
         prefix.join("conf/nginx.conf").display().to_string(),
-    ]
+    ];
+    if options.installed_prefix {
+        return config;
+    }
+    [vec!["-p".into(), format!("{}/", prefix.display())], config].concat()
 }
 
 /// The Nginx master, in the foreground. It gets SIGTERM when the thread that started it dies, so
 /// a test or demo that is killed (or whose terminal hangs up, which Nginx would take for a
 /// reload) leaves no Nginx behind.
 fn nginx_command(prefix: &Path, options: &NginxOptions) -> Command {
-    let mut command = Command::new(nginx_binary());
+    let mut command = Command::new(options.nginx());
     command
-        .args(prefix_args(prefix))
+        .args(prefix_args(prefix, options))
         .args(daemon_args(options))
         .stdin(Stdio::null())
         .stdout(Stdio::null());

@@ -37,6 +37,30 @@ for tarball in ../shared/nginx-src/nginx-*.tar.gz; do
 done
 shopt -u nullglob
 
+# The Debian packages: built by scripts/package.sh, then checked. Installing them touches this
+# machine's own Nginx (/etc/nginx, a reload trigger), so that test runs only in CI or on request.
+if scripts/package.sh >/dev/null; then
+  package_tests=(--ignored)
+  if [[ ${CI:-} == true || ${SHIFT_TEST_INSTALL:-} == 1 ]]; then
+    echo "--- packages: contents, and installed, used, removed and purged with dpkg ---"
+  else
+    echo "--- packages: contents only (SHIFT_TEST_INSTALL=1 also installs and purges them) ---"
+    package_tests+=(--skip installs_serves_removes_and_purges)
+  fi
+  nginx_org=
+  if stable=$(scripts/nginx-org-stable.sh) && [[ -n $stable ]]; then
+    nginx_org=$(scripts/build-for-nginx-source.sh "$stable" --release | sed -n 1p)
+  else
+    echo "--- no nginx.org source in ../shared/nginx-src: no nginx.org package to test ---"
+    package_tests+=(--skip nginx_org_module_serves_in_its_nginx)
+  fi
+  SHIFT_PACKAGES=$PWD/target/packages SHIFT_NGINX_ORG=$nginx_org \
+    cargo test --test packages -- "${package_tests[@]}" 2>&1 | tee -a "$log" || status=$?
+else
+  echo "could not build the packages" >&2
+  status=1
+fi
+
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"
