@@ -4,7 +4,8 @@
 #   libnginx-mod-http-shift  the module for Debian's own nginx, depending on the exact ABI the
 #                            installed nginx-dev declares, enabled through modules-enabled
 #   nginx-module-shift       the module for nginx.org's packages (nginx-r<version>) of the stable
-#                            Nginx in ../shared/nginx-src/, when that source is there
+#                            Nginx in ../shared/nginx-src/ when that source is there, or of the
+#                            source NGINX_ORG_SOURCE names
 #   shiftctl                 the command, its man pages and bash/zsh/fish completions
 #
 # Installs what is missing first (nginx, nginx-dev, cargo-deb). docs/installing.md says how the
@@ -47,15 +48,15 @@ nginx_abi=$(sed -n 's/^nginx:abi=//p' "$abi_file")
 module=$(scripts/build-for-system-nginx.sh)
 package_module debian "$module" "$nginx_abi" ""
 
-# nginx.org's stable Nginx (an even minor version), from the source beside the checkout.
-stable=$(scripts/nginx-org-stable.sh)
-if [[ -n $stable ]]; then
-  built=$(scripts/build-for-nginx-source.sh "$stable" --release)
+# nginx.org's Nginx, from its source (scripts/nginx-org-source.sh says which).
+nginx_org_source=$(scripts/nginx-org-source.sh)
+if [[ -n $nginx_org_source ]]; then
+  built=$(scripts/build-for-nginx-source.sh "$nginx_org_source" --release)
   nginx_version=$("$(sed -n 1p <<<"$built")" -v 2>&1 | sed -n 's|^nginx version: nginx/||p')
   package_module nginx-org "$(sed -n 2p <<<"$built")" "" "$nginx_version" \
     --deb-version "$nginx_version+$version-1"
 else
-  echo "package: no nginx.org source in ../shared/nginx-src/: nginx-module-shift not built" >&2
+  echo "package: no nginx.org source (../shared/nginx-src/ or NGINX_ORG_SOURCE): nginx-module-shift not built" >&2
 fi
 
 # shiftctl: the man pages and completions come from the built binary's clap definitions.

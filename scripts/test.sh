@@ -48,8 +48,8 @@ if scripts/package.sh >/dev/null; then
     package_tests+=(--skip installs_serves_removes_and_purges)
   fi
   nginx_org=
-  if stable=$(scripts/nginx-org-stable.sh) && [[ -n $stable ]]; then
-    nginx_org=$(scripts/build-for-nginx-source.sh "$stable" --release | sed -n 1p)
+  if nginx_org_source=$(scripts/nginx-org-source.sh) && [[ -n $nginx_org_source ]]; then
+    nginx_org=$(scripts/build-for-nginx-source.sh "$nginx_org_source" --release | sed -n 1p)
   else
     echo "--- no nginx.org source in ../shared/nginx-src: no nginx.org package to test ---"
     package_tests+=(--skip nginx_org_module_serves_in_its_nginx)
