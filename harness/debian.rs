@@ -70,19 +70,18 @@ impl Deb {
 
     /// Its files unpacked into a temporary directory, as they would land under `/`.
     pub fn extract(&self) -> TempDir {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        run(Command::new("dpkg-deb")
-            .arg("--extract")
-            .arg(&self.path)
-            .arg(dir.path()));
-        dir
+        self.unpack("--extract")
     }
 
     /// Its control files (`control`, `postinst`, …) unpacked into a temporary directory.
     pub fn control(&self) -> TempDir {
+        self.unpack("--control")
+    }
+
+    fn unpack(&self, what: &str) -> TempDir {
         let dir = tempfile::tempdir().expect("temporary directory");
         run(Command::new("dpkg-deb")
-            .arg("--control")
+            .arg(what)
             .arg(&self.path)
             .arg(dir.path()));
         dir

@@ -31,7 +31,11 @@ fn exported(text: &str) -> Exported {
             .collect();
         let names = match &sample.value {
             Value::Histogram(buckets) => {
-                labels.extend(buckets.iter().map(|b| ("le".to_owned(), b.less_than.to_string())));
+                labels.extend(
+                    buckets
+                        .iter()
+                        .map(|b| ("le".to_owned(), b.less_than.to_string())),
+                );
                 ["_bucket", "_sum", "_count"]
                     .map(|suffix| format!("{}{suffix}", sample.metric))
                     .to_vec()
@@ -41,7 +45,10 @@ fn exported(text: &str) -> Exported {
         for name in names {
             let metric = exported.entry(name).or_default();
             for (label, value) in &labels {
-                metric.entry(label.clone()).or_default().insert(value.clone());
+                metric
+                    .entry(label.clone())
+                    .or_default()
+                    .insert(value.clone());
             }
         }
     }
@@ -57,12 +64,18 @@ fn queries(dashboard: &Json) -> Vec<String> {
             found.push(target["expr"].as_str().expect("expr").to_owned());
         }
     }
-    for annotation in dashboard["annotations"]["list"].as_array().expect("annotations") {
+    for annotation in dashboard["annotations"]["list"]
+        .as_array()
+        .expect("annotations")
+    {
         if let Some(expr) = annotation["expr"].as_str() {
             found.push(expr.to_owned());
         }
     }
-    for variable in dashboard["templating"]["list"].as_array().expect("templating") {
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating")
+    {
         if let Some(query) = variable["query"]["query"].as_str() {
             let inner = query
                 .strip_prefix("label_values(")
@@ -131,16 +144,21 @@ fn mismatches(query: &str, exported: &Exported) -> Vec<String> {
             let values = labels.get(&matcher.name);
             match (&matcher.op, values) {
                 (_, None) => wrong.push(format!("{name} has no label {:?}", matcher.name)),
-                (MatchOp::Equal, Some(values)) if !values.contains(&matcher.value) => wrong.push(
-                    format!("{name} never has {}={:?}: {values:?}", matcher.name, matcher.value),
-                ),
+                (MatchOp::Equal, Some(values)) if !values.contains(&matcher.value) => {
+                    wrong.push(format!(
+                        "{name} never has {}={:?}: {values:?}",
+                        matcher.name, matcher.value
+                    ))
+                }
                 _ => {}
             }
         }
     }
     for label in &uses.grouping {
         if !known_labels.contains(label.as_str()) {
-            wrong.push(format!("grouped by {label:?}, which no metric it reads has"));
+            wrong.push(format!(
+                "grouped by {label:?}, which no metric it reads has"
+            ));
         }
     }
     wrong
@@ -181,7 +199,9 @@ fn every_dashboard_query_reads_exported_metrics() {
     for _ in 0..20 {
         client.get("/").expect("request through nginx");
     }
-    let scrape = HttpClient::new(metrics_port).get("/shift/metrics").expect("scrape");
+    let scrape = HttpClient::new(metrics_port)
+        .get("/shift/metrics")
+        .expect("scrape");
     assert_eq!(scrape.status, 200, "{}", scrape.body);
     let exported = exported(&scrape.body);
     drop(nginx);
@@ -192,7 +212,11 @@ fn every_dashboard_query_reads_exported_metrics() {
         .iter()
         .flat_map(|query| mismatches(query, &exported))
         .collect();
-    assert!(wrong.is_empty(), "{wrong:#?}\nexported: {:#?}", exported.keys());
+    assert!(
+        wrong.is_empty(),
+        "{wrong:#?}\nexported: {:#?}",
+        exported.keys()
+    );
 }
 
 /// The check above fails on the mistakes it is there for.

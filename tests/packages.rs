@@ -121,17 +121,22 @@ fn debian_module_package_follows_dh_nginx() {
     assert_scripts_parse(&deb, &["postinst", "prerm", "postrm"]);
 }
 
-/// The packaged `.so` loads into Debian's own nginx, whose ABI it declares, and proxies.
-#[test]
-#[ignore = "needs scripts/package.sh's packages: scripts/test.sh runs it"]
-fn debian_module_serves_in_debian_nginx() {
-    let root = Deb::find("libnginx-mod-http-shift").extract();
+/// Loads the module that `deb` carries, unpacked, into `nginx`, and proxies a request.
+fn serve_packaged_module(deb: &Deb, nginx: impl Into<PathBuf>) {
+    let root = deb.extract();
     let module = root.path().join(MODULE_SO.trim_start_matches('/'));
     let backend = Backend::start("packaged");
     let port = free_port();
     let load = format!("load_module {};", module.display());
-    let options = NginxOptions::full_config(config(&load, &backend, port), 1).binary(DEBIAN_NGINX);
+    let options = NginxOptions::full_config(config(&load, &backend, port), 1).binary(nginx);
     serve(options, &backend, port);
+}
+
+/// The packaged `.so` loads into Debian's own nginx, whose ABI it declares, and proxies.
+#[test]
+#[ignore = "needs scripts/package.sh's packages: scripts/test.sh runs it"]
+fn debian_module_serves_in_debian_nginx() {
+    serve_packaged_module(&Deb::find("libnginx-mod-http-shift"), DEBIAN_NGINX);
 }
 
 /// The nginx.org variant depends on the nginx.org package of the Nginx it was built against
@@ -148,14 +153,7 @@ fn nginx_org_module_serves_in_its_nginx() {
     assert!(deb.field("Version").starts_with(&format!("{version}+")));
     assert!(deb.files().iter().any(|file| file == MODULE_SO));
     assert_scripts_parse(&deb, &["postinst", "prerm", "postrm"]);
-
-    let root = deb.extract();
-    let module = root.path().join(MODULE_SO.trim_start_matches('/'));
-    let backend = Backend::start("nginx-org");
-    let port = free_port();
-    let load = format!("load_module {};", module.display());
-    let options = NginxOptions::full_config(config(&load, &backend, port), 1).binary(nginx);
-    serve(options, &backend, port);
+    serve_packaged_module(&deb, nginx);
 }
 
 #[test]
