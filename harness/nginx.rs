@@ -313,6 +313,16 @@ impl Nginx {
     /// Stops Nginx and restarts it on the same prefix (state files survive, shared memory not).
     pub fn restart(&mut self) {
         self.stop();
+        self.start_again();
+    }
+
+    /// Stops Nginx, as a host that goes down; `start_again` brings it back on the same prefix.
+    pub fn stop_for_now(&mut self) {
+        self.stop();
+    }
+
+    /// Starts a stopped Nginx again on the same prefix and config.
+    pub fn start_again(&mut self) {
         let stderr = fs::OpenOptions::new()
             .append(true)
             .open(self.path("logs/stderr.log"))

@@ -3,7 +3,10 @@
 # Sourced by demo.sh and test.sh, which may name more packages as arguments; safe to run again.
 set -euo pipefail
 
-packages=(clang libclang-dev libssl-dev libpcre2-dev zlib1g-dev make pkg-config curl "$@")
+# protobuf-compiler and libprotobuf-dev: shiftctl's etcd client is generated from etcd's .proto
+# files when it is built.
+packages=(clang libclang-dev libssl-dev libpcre2-dev zlib1g-dev make pkg-config curl
+          protobuf-compiler libprotobuf-dev "$@")
 
 missing=()
 for package in "${packages[@]}"; do

@@ -41,8 +41,42 @@ pub struct Cli {
     /// Print results as JSON
     #[arg(long, global = true)]
     pub json: bool,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// A fleet of Nginx hosts behind etcd: commands write the desired state there, and the agent
+/// beside each Nginx applies it.
+#[derive(clap::Args)]
+pub struct EtcdArgs {
+    /// etcd endpoints (URL[,URL...]): change the fleet's desired state there instead of local
+    /// sockets
+    #[arg(
+        long = "etcd",
+        env = "SHIFT_ETCD",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub etcd: Vec<String>,
+    /// Key prefix of the fleet's state in etcd
+    #[arg(
+        long = "etcd-prefix",
+        env = "SHIFT_ETCD_PREFIX",
+        default_value = "/nginx-shift/",
+        global = true
+    )]
+    pub etcd_prefix: String,
+    /// CA certificate (PEM) that signed etcd's server certificate
+    #[arg(long = "etcd-ca", env = "SHIFT_ETCD_CA", global = true)]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's mutual TLS, with --etcd-key
+    #[arg(long = "etcd-cert", env = "SHIFT_ETCD_CERT", global = true)]
+    pub etcd_cert: Option<PathBuf>,
+    /// Client key (PEM) for etcd's mutual TLS, with --etcd-cert
+    #[arg(long = "etcd-key", env = "SHIFT_ETCD_KEY", global = true)]
+    pub etcd_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -57,6 +91,9 @@ pub enum Command {
         /// Refresh period with --watch
         #[arg(long, default_value = "1s", value_parser = duration)]
         every: Duration,
+        /// With --etcd: each host SYNCED, STALE or GONE, and each upstream's split over the fleet
+        #[arg(long)]
+        fleet: bool,
     },
     /// Print the Prometheus metrics of every Nginx
     Metrics,
@@ -185,6 +222,18 @@ pub enum Command {
     Deploy {
         /// The plan, a TOML file (see docs/shiftctl.md)
         plan: PathBuf,
+    },
+    /// Keep the Nginx at --socket at the fleet's desired state in --etcd, and report to the fleet
+    Agent {
+        /// This host's name in the fleet (default: the machine's host name)
+        #[arg(long)]
+        host: Option<String>,
+        /// How long this host's report outlives the agent (then the host is GONE)
+        #[arg(long, default_value = "5s", value_parser = duration)]
+        lease: Duration,
+        /// How often the module is checked for drift and the report refreshed
+        #[arg(long, default_value = "1s", value_parser = duration)]
+        every: Duration,
     },
     /// Print the completion script for a shell, e.g. shiftctl completions bash > ~/.local/share/bash-completion/completions/shiftctl
     Completions {

@@ -50,7 +50,7 @@ impl ClientError {
 }
 
 /// The innermost error: "No such file or directory (os error 2)" rather than reqwest's layers.
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     let mut cause = error;
     while let Some(source) = cause.source() {
         cause = source;

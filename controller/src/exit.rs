@@ -2,6 +2,7 @@
 //! 2 bad usage (nothing was changed), 3 no nginx-shift answered.
 
 use crate::client::ClientError;
+use crate::etcd_store::StoreError;
 use crate::fleet::FleetError;
 use crate::plan::PlanError;
 
@@ -61,9 +62,28 @@ impl From<FleetError> for Failure {
             FleetError::Client(cause) => client_exit_code(cause),
             FleetError::RolledBack { cause, .. } if cause.is_unreachable() => EXIT_UNREACHABLE,
             FleetError::RolledBack { .. } | FleetError::Split { .. } => EXIT_ABORTED,
+            FleetError::Desired(_) => EXIT_USAGE,
+            FleetError::Store(cause) => store_exit_code(cause),
         };
         Failure {
             code,
+            error: error.into(),
+        }
+    }
+}
+
+fn store_exit_code(error: &StoreError) -> u8 {
+    match error {
+        StoreError::Unreachable { .. } => EXIT_UNREACHABLE,
+        StoreError::Tls { .. } | StoreError::HalfIdentity => EXIT_USAGE,
+        _ => EXIT_ABORTED,
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(error: StoreError) -> Failure {
+        Failure {
+            code: store_exit_code(&error),
             error: error.into(),
         }
     }

@@ -1,13 +1,24 @@
-//! One change applied to several Nginx instances: to all of them, or — on any failure — to none
-//! (what was applied is put back), so a few Nginx hosts move together.
+//! The Nginx instances a command acts on. Either local sockets (`--socket`), where one change
+//! is applied to all of them or — on any failure — to none (what was applied is put back); or a
+//! fleet behind etcd (`--etcd`, `etcd_fleet.rs`), where a change is one write of the desired
+//! state that every host's agent applies.
 
 use shift_wire::{NewPeer, PeerRemoval, Upstream, UpstreamPatch};
+use shiftctl::desired::DesiredError;
 
 use crate::client::{AdminClient, ClientError};
+use crate::etcd_fleet::EtcdFleet;
+use crate::etcd_store::StoreError;
 use crate::plan;
 
 /// The Nginx instances a command acts on.
-pub struct Fleet {
+pub enum Fleet {
+    Sockets(Sockets),
+    Etcd(Box<EtcdFleet>),
+}
+
+/// Nginx instances reached through their admin sockets.
+pub struct Sockets {
     clients: Vec<AdminClient>,
 }
 
@@ -27,8 +38,12 @@ pub enum FleetError {
     Split {
         cause: ClientError,
         socket: String,
-        restore_error: ClientError,
+        restore_error: Box<ClientError>,
     },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Desired(#[from] DesiredError),
 }
 
 impl FleetError {
@@ -37,23 +52,101 @@ impl FleetError {
         match self {
             FleetError::Client(error) => Some(error),
             FleetError::RolledBack { cause, .. } | FleetError::Split { cause, .. } => Some(cause),
-            FleetError::Plan(_) => None,
+            FleetError::Plan(_) | FleetError::Store(_) | FleetError::Desired(_) => None,
         }
+    }
+
+    /// Someone else changed the upstream since it was read: running again may succeed.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, FleetError::Store(StoreError::Conflict { .. }))
+            || self.client_error().and_then(ClientError::api_code) == Some("conflict")
     }
 }
 
 impl Fleet {
-    pub fn new(clients: Vec<AdminClient>) -> Fleet {
+    pub fn sockets(clients: Vec<AdminClient>) -> Fleet {
         assert!(!clients.is_empty(), "a fleet has at least one Nginx");
-        Fleet { clients }
+        Fleet::Sockets(Sockets { clients })
     }
 
-    pub fn clients(&self) -> &[AdminClient] {
-        &self.clients
+    /// The local Nginx instances, for the commands that only read sockets (`metrics`).
+    pub fn clients(&self) -> Result<&[AdminClient], FleetError> {
+        match self {
+            Fleet::Sockets(sockets) => Ok(&sockets.clients),
+            Fleet::Etcd(_) => Err(FleetError::Plan(
+                "this command reads Nginx's admin sockets: give --socket, not --etcd".into(),
+            )),
+        }
     }
 
+    /// What each of the upstreams the last read returned comes from: a socket, or a host.
+    pub fn sources(&self, count: usize) -> Vec<String> {
+        match self {
+            Fleet::Sockets(sockets) => sockets
+                .clients
+                .iter()
+                .map(|client| client.socket().display().to_string())
+                .collect(),
+            Fleet::Etcd(etcd) => etcd.sources(count),
+        }
+    }
+
+    /// How many states a stable set records: one per socket, or the one desired state.
+    pub fn width(&self) -> usize {
+        match self {
+            Fleet::Sockets(sockets) => sockets.clients.len(),
+            Fleet::Etcd(_) => 1,
+        }
+    }
+
+    /// The upstream as every Nginx has it (with --etcd: every live host reports it).
+    pub async fn read(&self, upstream: &str) -> Result<Vec<Upstream>, FleetError> {
+        match self {
+            Fleet::Sockets(sockets) => Ok(sockets.read(upstream).await?),
+            Fleet::Etcd(etcd) => etcd.read(upstream).await,
+        }
+    }
+
+    /// Applies the patch `make` returns for each Nginx's current state (with --etcd: for the
+    /// desired state, once).
+    pub async fn apply<F>(&self, upstream: &str, make: F) -> Result<Vec<Upstream>, FleetError>
+    where
+        F: Fn(usize, &Upstream) -> Result<UpstreamPatch, String>,
+    {
+        match self {
+            Fleet::Sockets(sockets) => sockets.apply(upstream, make).await,
+            Fleet::Etcd(etcd) => etcd.apply(upstream, make).await,
+        }
+    }
+
+    pub async fn add_peer(
+        &self,
+        upstream: &str,
+        peer: &NewPeer,
+    ) -> Result<Vec<Upstream>, FleetError> {
+        match self {
+            Fleet::Sockets(sockets) => sockets.add_peer(upstream, peer).await,
+            Fleet::Etcd(etcd) => etcd.add_peer(upstream, peer).await,
+        }
+    }
+
+    /// Removes a run-time peer. With --etcd the hosts' agents remove it (its requests in flight
+    /// end normally there), so there is no removal per Nginx to report.
+    pub async fn remove_peer(
+        &self,
+        upstream: &str,
+        server: &str,
+    ) -> Result<Vec<PeerRemoval>, FleetError> {
+        match self {
+            Fleet::Sockets(sockets) => sockets.remove_peer(upstream, server).await,
+            Fleet::Etcd(etcd) => etcd.remove_peer(upstream, server).await.map(|_| Vec::new()),
+        }
+    }
+}
+
+impl Sockets {
     /// The upstream as every Nginx has it, or the first failure.
-    pub async fn read(&self, upstream: &str) -> Result<Vec<Upstream>, ClientError> {
+    async fn read(&self, upstream: &str) -> Result<Vec<Upstream>, ClientError> {
         let mut states = Vec::with_capacity(self.clients.len());
         for client in &self.clients {
             states.push(client.upstream(upstream).await?);
@@ -64,7 +157,7 @@ impl Fleet {
     /// Applies the patch `make` returns for each Nginx's current state. Every Nginx is read
     /// first, so an unreachable one stops the change before anything is written; each PATCH
     /// carries the generation that was read, so a concurrent change is not overwritten.
-    pub async fn apply<F>(&self, upstream: &str, make: F) -> Result<Vec<Upstream>, FleetError>
+    async fn apply<F>(&self, upstream: &str, make: F) -> Result<Vec<Upstream>, FleetError>
     where
         F: Fn(usize, &Upstream) -> Result<UpstreamPatch, String>,
     {
@@ -87,11 +180,7 @@ impl Fleet {
 
     /// Adds `peer` to the upstream on every Nginx; on a failure it is removed again from those
     /// that took it.
-    pub async fn add_peer(
-        &self,
-        upstream: &str,
-        peer: &NewPeer,
-    ) -> Result<Vec<Upstream>, FleetError> {
+    async fn add_peer(&self, upstream: &str, peer: &NewPeer) -> Result<Vec<Upstream>, FleetError> {
         self.each_or_undo(
             async |client, _| client.add_peer(upstream, peer).await,
             async |client, _| client.remove_peer(upstream, &peer.server).await.map(drop),
@@ -101,7 +190,7 @@ impl Fleet {
 
     /// Removes peer `server` from the upstream on every Nginx; on a failure it is added back,
     /// with the weight and state it had, where it was removed.
-    pub async fn remove_peer(
+    async fn remove_peer(
         &self,
         upstream: &str,
         server: &str,
@@ -148,7 +237,7 @@ impl Fleet {
                     return Err(FleetError::Split {
                         cause,
                         socket,
-                        restore_error,
+                        restore_error: Box::new(restore_error),
                     });
                 }
             }
@@ -177,7 +266,7 @@ impl Fleet {
                 return FleetError::Split {
                     cause,
                     socket,
-                    restore_error,
+                    restore_error: Box::new(restore_error),
                 };
             }
         }

@@ -1,4 +1,7 @@
 //! What `shiftctl` decides without any Nginx, as a library: the verdict on a canary step
-//! (`verdict`), which the `canary_gates` benchmark also simulates.
+//! (`verdict`), which the `canary_gates` benchmark also simulates, and a fleet's desired state
+//! (`desired`), which commands change and agents converge to, and its status (`fleet_status`).
 
+pub mod desired;
+pub mod fleet_status;
 pub mod verdict;

@@ -2,10 +2,13 @@
 //!
 //! Exit codes: 0 done, 1 aborted or rolled back, 2 usage or config error, 3 cannot reach Nginx.
 
+mod agent;
 mod cli;
 mod client;
 mod commands;
 mod deploy;
+mod etcd_fleet;
+mod etcd_store;
 mod exit;
 mod fleet;
 mod hook;
@@ -26,6 +29,8 @@ use shift_wire::PeerState;
 use crate::cli::{Cli, Command};
 use crate::client::AdminClient;
 use crate::commands::{CanaryOptions, Ctx, Unhealthy};
+use crate::etcd_fleet::EtcdFleet;
+use crate::etcd_store::{EtcdOptions, Store};
 use crate::exit::Failure;
 use crate::fleet::Fleet;
 use crate::progress::Progress;
@@ -55,13 +60,27 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let clients = cli
+    let clients: Vec<AdminClient> = cli
         .sockets
         .iter()
         .map(|socket| AdminClient::new(socket, &cli.prefix))
         .collect();
+    let etcd = (!cli.etcd.etcd.is_empty()).then(|| EtcdOptions {
+        endpoints: cli.etcd.etcd.clone(),
+        prefix: cli.etcd.etcd_prefix.clone(),
+        ca: cli.etcd.etcd_ca.clone(),
+        cert: cli.etcd.etcd_cert.clone(),
+        key: cli.etcd.etcd_key.clone(),
+    });
+    if let Command::Agent { host, lease, every } = cli.command {
+        return run_agent(clients, etcd, host, lease, every).await;
+    }
+    let fleet = match &etcd {
+        Some(options) => Fleet::Etcd(Box::new(EtcdFleet::new(Store::connect(options).await?))),
+        None => Fleet::sockets(clients),
+    };
     let ctx = Ctx {
-        fleet: Fleet::new(clients),
+        fleet,
         json: cli.json,
         state_dir: cli.state_dir,
         progress: Progress::new(),
@@ -71,6 +90,21 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             upstream,
             watch,
             every,
+            fleet: true,
+        } => {
+            if watch || upstream.is_some() {
+                return Err(Failure::usage(anyhow::anyhow!(
+                    "status --fleet shows every upstream once: leave out UPSTREAM and --watch"
+                )));
+            }
+            let _ = every;
+            commands::fleet_status(&ctx).await
+        }
+        Command::Status {
+            upstream,
+            watch,
+            every,
+            fleet: false,
         } => commands::status(&ctx, upstream, watch, every).await,
         Command::Metrics => commands::metrics(&ctx).await,
         Command::Set {
@@ -157,7 +191,43 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Promote { upstream } => commands::promote(&ctx, &upstream),
         Command::Rollback { upstream } => commands::rollback(&ctx, &upstream).await,
         Command::Deploy { plan } => deploy::deploy(&ctx, &plan).await,
+        Command::Agent { .. } => unreachable!("the agent runs before any fleet is made"),
         Command::Completions { shell } => manuals::print_completions(shell),
         Command::ManPages { dir } => manuals::write_man_pages(&dir),
     }
+}
+
+/// `shiftctl agent`: one local Nginx (exactly one --socket) and etcd.
+async fn run_agent(
+    clients: Vec<AdminClient>,
+    etcd: Option<EtcdOptions>,
+    host: Option<String>,
+    lease: std::time::Duration,
+    every: std::time::Duration,
+) -> Result<(), Failure> {
+    let etcd = etcd.ok_or_else(|| {
+        Failure::usage(anyhow::anyhow!(
+            "the agent needs --etcd URL (or SHIFT_ETCD): where the fleet's desired state is"
+        ))
+    })?;
+    let [admin] = <[AdminClient; 1]>::try_from(clients).map_err(|clients| {
+        Failure::usage(anyhow::anyhow!(
+            "the agent runs beside one Nginx: give one --socket, not {}",
+            clients.len()
+        ))
+    })?;
+    let host = match host {
+        Some(host) => host,
+        None => nix::unistd::gethostname()
+            .map_err(|err| {
+                Failure::usage(anyhow::anyhow!(
+                    "cannot read the host name ({err}): give --host"
+                ))
+            })?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let store = Store::connect(&etcd).await?;
+    let options = agent::AgentOptions { host, lease, every };
+    agent::run(store, admin, options).await
 }

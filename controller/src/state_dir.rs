@@ -41,12 +41,12 @@ impl Ctx {
                 path.display()
             ))
         })?;
-        if snapshots.len() != self.fleet.clients().len() {
+        if snapshots.len() != self.fleet.width() {
             return Err(Failure::usage(anyhow::anyhow!(
-                "{} was recorded for {} Nginx instance(s), but {} --socket given",
+                "{} was recorded for {} Nginx instance(s) (or 1 with --etcd), but this run has {}",
                 path.display(),
                 snapshots.len(),
-                self.fleet.clients().len()
+                self.fleet.width()
             )));
         }
         Ok(snapshots)

@@ -16,11 +16,25 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod fleet;
 mod latency;
 pub use latency::{bucket_of, Histogram, LATENCY_BOUNDS_MS, LATENCY_BUCKETS};
 
 /// Highest weight a peer can be given at run time (0 means no new requests).
 pub const MAX_WEIGHT: u32 = 1000;
+
+/// Longest peer label, in bytes.
+pub const MAX_LABEL_LEN: usize = 63;
+
+/// Whether `text` may be a peer's label (the empty text being no label): up to
+/// [`MAX_LABEL_LEN`] letters, digits and `._+-`, nothing that could be read as an address
+/// (`:`), a path (`/`) or need quoting. The module and `shiftctl` both check it.
+pub fn is_valid_label(text: &str) -> bool {
+    text.len() <= MAX_LABEL_LEN
+        && text
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"._+-".contains(&byte))
+}
 
 /// Largest PATCH body the API reads, in bytes; larger ones get 413.
 pub const MAX_BODY_BYTES: usize = 8 * 1024;

@@ -15,7 +15,7 @@ use crate::progress::Progress;
 pub use canary::{canary, promote, CanaryOptions, OnInterrupt};
 pub use peers::{add, parse_server, remove};
 pub use set::{set, set_label, set_state};
-pub use status::{metrics, status};
+pub use status::{fleet_status, metrics, status};
 pub use switch::{rollback, switch, wait_ready, Unhealthy};
 
 /// How often long commands look at the upstream.

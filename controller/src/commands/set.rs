@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use shift_wire::{PeerPatch, PeerState, Upstream, UpstreamPatch, MAX_WEIGHT};
 
 use super::{Ctx, POLL};
-use crate::client::ClientError;
 use crate::exit::Failure;
 use crate::plan;
 
@@ -69,10 +68,7 @@ pub async fn set(
                 ctx.print_upstreams(&states);
                 return Ok(());
             }
-            Err(error)
-                if attempt < retries
-                    && error.client_error().and_then(ClientError::api_code) == Some("conflict") =>
-            {
+            Err(error) if attempt < retries && error.is_conflict() => {
                 attempt += 1;
                 ctx.progress.event(&format!(
                     "upstream changed meanwhile; retrying ({attempt}/{retries})"

@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Longest label, in bytes.
-pub const LABEL_CAPACITY: usize = 63;
+pub const LABEL_CAPACITY: usize = shift_wire::MAX_LABEL_LEN;
 
 /// A label, or none (empty). Copied by value: it is small and fixed-size.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -29,14 +29,9 @@ impl Label {
         bytes: [0; LABEL_CAPACITY],
     };
 
-    /// A label from its text; the empty text is no label. Only letters, digits and `._+-`:
-    /// nothing that could be read as an address (`:`), a path (`/`) or need quoting.
+    /// A label from its text; the empty text is no label (`shift_wire::is_valid_label`).
     pub fn parse(text: &str) -> Result<Label, BadLabel> {
-        let valid = text.len() <= LABEL_CAPACITY
-            && text
-                .bytes()
-                .all(|byte| byte.is_ascii_alphanumeric() || b"._+-".contains(&byte));
-        if !valid {
+        if !shift_wire::is_valid_label(text) {
             return Err(BadLabel(text.to_string()));
         }
         let mut label = Label::NONE;

@@ -1,0 +1,249 @@
+//! `shiftctl agent`: runs beside one Nginx and keeps its module at the fleet's desired state in
+//! etcd. It watches the desired states from the revision it last applied, applies each change
+//! through the local admin API, re-applies when the module drifts (a direct PATCH, an Nginx
+//! restart without `state=`), and publishes what it applied under a lease, so that a host that
+//! stops reporting is seen as gone.
+
+use std::time::Duration;
+
+use shift_wire::fleet::{DesiredUpstream, HostReport, Member};
+use shift_wire::UpstreamPatch;
+use shiftctl::desired;
+
+use crate::client::{AdminClient, ClientError};
+use crate::etcd_fleet::now_ms;
+use crate::etcd_store::{DesiredSnapshot, Lease, Store, StoreError, Versioned};
+use crate::exit::Failure;
+
+/// How the agent runs: `shiftctl agent --host NAME [--lease 5s] [--every 1s]`.
+pub struct AgentOptions {
+    pub host: String,
+    /// How long the host's report outlives the agent.
+    pub lease: Duration,
+    /// How often it checks its module for drift and refreshes its report.
+    pub every: Duration,
+}
+
+/// What the agent holds between events.
+struct Agent {
+    store: Store,
+    admin: AdminClient,
+    options: AgentOptions,
+    desired: DesiredSnapshot,
+    /// The last revision reported as applied.
+    applied: i64,
+    problems: Vec<String>,
+    lease: Option<Lease>,
+}
+
+pub async fn run(store: Store, admin: AdminClient, options: AgentOptions) -> Result<(), Failure> {
+    let mut agent = Agent {
+        store,
+        admin,
+        options,
+        desired: DesiredSnapshot::default(),
+        applied: 0,
+        problems: Vec::new(),
+        lease: None,
+    };
+    let mut resume = agent.resume_revision().await;
+    loop {
+        // Each pass: a consistent snapshot, then its changes as they come, until the watch
+        // breaks (etcd restarted or unreachable, or compacted past us).
+        match agent.follow(resume).await {
+            Ok(()) => {}
+            Err(StoreError::Compacted { revision }) => {
+                log(&format!(
+                    "revision {revision} was compacted in etcd: re-listing the desired states"
+                ));
+            }
+            Err(err) => {
+                log(&format!("{err}; retrying in 1 s"));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        resume = None;
+    }
+}
+
+fn log(message: &str) {
+    eprintln!("shiftctl agent: {message}");
+}
+
+impl Agent {
+    /// The revision this host applied before the agent (re)started, if it joined before.
+    async fn resume_revision(&self) -> Option<i64> {
+        match self.store.member(&self.options.host).await {
+            Ok(Some(member)) if member.applied_revision > 0 => Some(member.applied_revision),
+            _ => None,
+        }
+    }
+
+    /// Lists the desired states (as of `resume`, or now), applies them, then follows their
+    /// changes. Returns on a broken watch.
+    async fn follow(&mut self, resume: Option<i64>) -> Result<(), StoreError> {
+        self.desired = self.store.desired_snapshot(resume).await?;
+        match resume {
+            Some(revision) => log(&format!("resuming from revision {revision}")),
+            None => log(&format!(
+                "listed {} desired state(s) at revision {}",
+                self.desired.upstreams.len(),
+                self.desired.revision
+            )),
+        }
+        self.converge(self.desired.revision).await;
+        let mut watch = self.store.watch_desired(self.desired.revision + 1).await?;
+        let mut tick = tokio::time::interval(self.options.every);
+        loop {
+            tokio::select! {
+                message = watch.message() => {
+                    let response = match message {
+                        Ok(Some(response)) => response,
+                        Ok(None) => return Err(StoreError::Etcd("the watch ended".into())),
+                        Err(err) => return Err(StoreError::Etcd(err.to_string())),
+                    };
+                    if response.compact_revision() > 0 {
+                        let revision = self.desired.revision + 1;
+                        return Err(StoreError::Compacted { revision });
+                    }
+                    if response.canceled() {
+                        let reason = response.cancel_reason().to_string();
+                        return Err(StoreError::Etcd(format!("the watch was canceled: {reason}")));
+                    }
+                    for event in response.events() {
+                        self.take_event(event);
+                    }
+                    if let Some(header) = response.header() {
+                        self.desired.revision = self.desired.revision.max(header.revision());
+                    }
+                    if !response.events().is_empty() {
+                        self.converge(self.desired.revision).await;
+                    }
+                }
+                _ = tick.tick() => {
+                    self.converge(self.desired.revision).await;
+                }
+            }
+        }
+    }
+
+    fn take_event(&mut self, event: &etcd_client::Event) {
+        let Some(kv) = event.kv() else { return };
+        let Some(upstream) = self.store.upstream_of(kv.key()).map(str::to_string) else {
+            return;
+        };
+        if event.event_type() == etcd_client::EventType::Delete {
+            self.desired.upstreams.remove(&upstream);
+            return;
+        }
+        match serde_json::from_slice::<DesiredUpstream>(kv.value()) {
+            Ok(value) => {
+                let mod_revision = kv.mod_revision();
+                let versioned = Versioned {
+                    value,
+                    mod_revision,
+                };
+                self.desired.upstreams.insert(upstream, versioned);
+            }
+            Err(err) => log(&format!("ignoring the desired state of {upstream}: {err}")),
+        }
+    }
+
+    /// Brings the module to every desired state, then reports. Called on every change and
+    /// every tick: when nothing drifted, it only reads the module and refreshes the report.
+    async fn converge(&mut self, revision: i64) {
+        let mut problems = Vec::new();
+        let mut reached = true;
+        for (upstream, desired) in &self.desired.upstreams {
+            if let Err(err) = apply(&self.admin, upstream, &desired.value, &mut problems).await {
+                reached &= !err.is_unreachable();
+                problems.push(err.to_string());
+            }
+        }
+        let upstreams = match self.admin.upstreams().await {
+            Ok(list) => list.upstreams,
+            Err(err) => {
+                reached = false;
+                problems.push(err.to_string());
+                Vec::new()
+            }
+        };
+        if reached && revision != self.applied {
+            self.applied = revision;
+            let member = Member {
+                host: self.options.host.clone(),
+                applied_revision: revision,
+            };
+            if let Err(err) = self.store.put_member(&member).await {
+                log(&err.to_string());
+            }
+        }
+        if problems != self.problems {
+            for problem in &problems {
+                log(problem);
+            }
+            self.problems = problems.clone();
+        }
+        let report = HostReport {
+            host: self.options.host.clone(),
+            applied_revision: self.applied,
+            upstreams,
+            problems,
+            reported_ms: now_ms(),
+        };
+        if let Err(err) = self.publish(&report).await {
+            log(&format!("cannot publish this host's report: {err}"));
+        }
+    }
+
+    /// Writes the report under the agent's lease, taking a new lease when the old one is lost.
+    async fn publish(&mut self, report: &HostReport) -> Result<(), StoreError> {
+        if self.lease.as_ref().is_none_or(Lease::is_lost) {
+            self.lease = Some(self.store.lease(self.options.lease).await?);
+        }
+        let lease = self.lease.as_ref().expect("lease just taken").id;
+        let written = self.store.put_report(report, lease).await;
+        if written.is_err() {
+            // Most likely the lease expired while etcd was away: the next report takes a new one.
+            self.lease = None;
+        }
+        written
+    }
+}
+
+/// Applies one upstream's desired state to the local module: run-time peers added first (so
+/// that the patch can name them), then one PATCH, then run-time peers removed. What cannot be
+/// done (a server line this host's config lacks) goes to `problems`.
+async fn apply(
+    admin: &AdminClient,
+    upstream: &str,
+    desired: &DesiredUpstream,
+    problems: &mut Vec<String>,
+) -> Result<(), ClientError> {
+    let local = admin.upstream(upstream).await?;
+    let plan = desired::converge(desired, &local);
+    problems.extend(plan.problems.iter().cloned());
+    if plan.is_done() {
+        return Ok(());
+    }
+    for peer in &plan.add {
+        admin.add_peer(upstream, peer).await?;
+    }
+    if !plan.patch.is_empty() {
+        let patch = UpstreamPatch {
+            peers: plan.patch.clone(),
+            expect_generation: None,
+        };
+        admin.patch(upstream, &patch).await?;
+    }
+    for server in &plan.remove {
+        admin.remove_peer(upstream, server).await?;
+    }
+    log(&format!(
+        "applied upstream {upstream}: {} added, {} changed, {} removed",
+        plan.add.len(),
+        plan.patch.len(),
+        plan.remove.len()
+    ));
+    Ok(())
+}

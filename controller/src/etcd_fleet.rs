@@ -1,0 +1,146 @@
+//! A fleet behind etcd (`--etcd`): commands read what the hosts' agents report and change the
+//! upstream's desired state, in one compare-and-swap on the revision they read; every host's
+//! agent then applies it (`agent.rs`).
+
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use shift_wire::fleet::{DesiredUpstream, HostReport};
+use shift_wire::{NewPeer, Upstream, UpstreamPatch};
+use shiftctl::desired;
+
+use crate::etcd_store::{Store, Versioned};
+use crate::fleet::FleetError;
+
+pub struct EtcdFleet {
+    store: Store,
+    /// The hosts the last read returned upstreams of, in order (what the output names them).
+    last_sources: Mutex<Vec<String>>,
+}
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|since| since.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+impl EtcdFleet {
+    pub fn new(store: Store) -> EtcdFleet {
+        EtcdFleet {
+            store,
+            last_sources: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn sources(&self, count: usize) -> Vec<String> {
+        let sources = self.last_sources.lock().expect("sources lock").clone();
+        if sources.len() == count {
+            sources
+        } else {
+            vec!["desired state in etcd".to_string(); count]
+        }
+    }
+
+    fn remember(&self, sources: Vec<String>) {
+        *self.last_sources.lock().expect("sources lock") = sources;
+    }
+
+    /// The upstream as each live host reports it, by host name.
+    pub async fn read(&self, upstream: &str) -> Result<Vec<Upstream>, FleetError> {
+        let reports = self.store.reports().await?;
+        let (hosts, states) = hosts_with(&reports, upstream);
+        if states.is_empty() {
+            return Err(FleetError::Plan(format!(
+                "no live host reports upstream \"{upstream}\": is a \"shiftctl agent\" running \
+                 beside each Nginx, with the same --etcd-prefix? (\"shiftctl status --fleet\")"
+            )));
+        }
+        self.remember(hosts);
+        Ok(states)
+    }
+
+    /// The desired state and the revision it was read at; without one yet, the state the
+    /// first live host has (read at revision 0: the write then requires that none appeared).
+    async fn current(
+        &self,
+        upstream: &str,
+    ) -> Result<(Versioned<DesiredUpstream>, Upstream), FleetError> {
+        let hosts = self.read(upstream).await?;
+        let host_view = hosts[0].clone();
+        let desired = match self.store.desired(upstream).await? {
+            Some(desired) => desired,
+            None => Versioned {
+                value: desired::from_upstream(&host_view, now_ms()),
+                mod_revision: 0,
+            },
+        };
+        Ok((desired, host_view))
+    }
+
+    async fn write(
+        &self,
+        upstream: &str,
+        next: &DesiredUpstream,
+        read_revision: i64,
+        host_view: &Upstream,
+    ) -> Result<Vec<Upstream>, FleetError> {
+        self.store
+            .write_desired(upstream, next, read_revision)
+            .await?;
+        self.remember(vec!["desired state in etcd".to_string()]);
+        Ok(vec![desired::overlay(next, host_view)])
+    }
+
+    pub async fn apply<F>(&self, upstream: &str, make: F) -> Result<Vec<Upstream>, FleetError>
+    where
+        F: Fn(usize, &Upstream) -> Result<UpstreamPatch, String>,
+    {
+        let (current, host_view) = self.current(upstream).await?;
+        let view = desired::overlay(&current.value, &host_view);
+        let patch = make(0, &view).map_err(FleetError::Plan)?;
+        let next = desired::patched(&current.value, &patch, now_ms())?;
+        self.write(upstream, &next, current.mod_revision, &host_view)
+            .await
+    }
+
+    pub async fn add_peer(
+        &self,
+        upstream: &str,
+        peer: &NewPeer,
+    ) -> Result<Vec<Upstream>, FleetError> {
+        let (current, host_view) = self.current(upstream).await?;
+        let next = desired::with_peer(&current.value, peer, now_ms())?;
+        self.write(upstream, &next, current.mod_revision, &host_view)
+            .await
+    }
+
+    pub async fn remove_peer(
+        &self,
+        upstream: &str,
+        server: &str,
+    ) -> Result<Vec<Upstream>, FleetError> {
+        let (current, host_view) = self.current(upstream).await?;
+        let next = desired::without_peer(&current.value, server, now_ms())?;
+        self.write(upstream, &next, current.mod_revision, &host_view)
+            .await
+    }
+}
+
+/// The hosts whose reports have `upstream`, and its state on each, sorted by host.
+fn hosts_with(reports: &[HostReport], upstream: &str) -> (Vec<String>, Vec<Upstream>) {
+    let mut found: Vec<(String, Upstream)> = reports
+        .iter()
+        .filter_map(|report| {
+            let state = report.upstreams.iter().find(|u| u.name == upstream)?;
+            Some((report.host.clone(), state.clone()))
+        })
+        .collect();
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found.into_iter().unzip()
+}

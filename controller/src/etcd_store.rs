@@ -1,0 +1,370 @@
+//! The fleet's shared state in etcd v3, under one prefix (keys in `shift_wire::fleet`): the
+//! desired state of each upstream, written by compare-and-swap; the hosts' reports, held by
+//! their agents' leases; and the hosts that joined.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
+    TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
+};
+use serde::de::DeserializeOwned;
+
+use crate::client::root_cause;
+use shift_wire::fleet::{self, DesiredUpstream, HostReport, Member};
+
+/// Where etcd is and how to reach it: `--etcd`, `--etcd-prefix`, `--etcd-ca/cert/key`.
+#[derive(Debug, Clone)]
+pub struct EtcdOptions {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// What can go wrong with the shared state.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "cannot reach etcd at {endpoints} ({reason}): is it running there? (set it with --etcd \
+         or SHIFT_ETCD)"
+    )]
+    Unreachable { endpoints: String, reason: String },
+    #[error("cannot read {path} for etcd TLS: {reason}")]
+    Tls { path: PathBuf, reason: String },
+    #[error("--etcd-cert and --etcd-key go together: give both, or neither")]
+    HalfIdentity,
+    #[error("etcd refused the request: {0}")]
+    Etcd(String),
+    #[error("{key} in etcd is not valid JSON of its kind ({reason}): fix or delete it")]
+    BadValue { key: String, reason: String },
+    #[error(
+        "the desired state of upstream {upstream} changed in etcd since it was read (another \
+         shiftctl?): nothing was written; look at \"shiftctl status --fleet\" and run the \
+         command again"
+    )]
+    Conflict { upstream: String },
+    #[error("revision {revision} is compacted in etcd: re-list")]
+    Compacted { revision: i64 },
+}
+
+/// A value and the etcd revision that last wrote it.
+#[derive(Debug, Clone)]
+pub struct Versioned<T> {
+    pub value: T,
+    pub mod_revision: i64,
+}
+
+/// Every upstream's desired state, as of one etcd revision.
+#[derive(Debug, Clone, Default)]
+pub struct DesiredSnapshot {
+    pub upstreams: BTreeMap<String, Versioned<DesiredUpstream>>,
+    pub revision: i64,
+}
+
+/// A connection to etcd and the prefix the fleet's keys live under. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    prefix: String,
+    endpoints: String,
+}
+
+impl Store {
+    pub async fn connect(options: &EtcdOptions) -> Result<Store, StoreError> {
+        let endpoints = options.endpoints.join(",");
+        let mut connect = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        if let Some(tls) = tls_options(options)? {
+            connect = connect.with_tls(tls);
+        }
+        let client = Client::connect(&options.endpoints, Some(connect))
+            .await
+            .map_err(|err| StoreError::Unreachable {
+                endpoints: endpoints.clone(),
+                reason: root_cause(&err),
+            })?;
+        Ok(Store {
+            client,
+            prefix: options.prefix.clone(),
+            endpoints,
+        })
+    }
+
+    fn failed(&self, err: etcd_client::Error) -> StoreError {
+        match &err {
+            etcd_client::Error::GRpcStatus(status) if status.code() != tonic::Code::Unavailable => {
+                StoreError::Etcd(status.message().to_string())
+            }
+            _ => StoreError::Unreachable {
+                endpoints: self.endpoints.clone(),
+                reason: root_cause(&err),
+            },
+        }
+    }
+
+    /// One upstream's desired state, if it has one.
+    pub async fn desired(
+        &self,
+        upstream: &str,
+    ) -> Result<Option<Versioned<DesiredUpstream>>, StoreError> {
+        self.get_one(&fleet::upstream_key(&self.prefix, upstream))
+            .await
+    }
+
+    /// The value at `key` and the revision that wrote it, if there is one.
+    async fn get_one<T: DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<Versioned<T>>, StoreError> {
+        let response = self
+            .client
+            .clone()
+            .get(key, None)
+            .await
+            .map_err(|err| self.failed(err))?;
+        response
+            .kvs()
+            .first()
+            .map(|kv| {
+                Ok(Versioned {
+                    value: parse(key, kv.value())?,
+                    mod_revision: kv.mod_revision(),
+                })
+            })
+            .transpose()
+    }
+
+    /// Every upstream's desired state, now (`at: None`) or as it was at a past revision.
+    pub async fn desired_snapshot(&self, at: Option<i64>) -> Result<DesiredSnapshot, StoreError> {
+        let prefix = format!("{}upstreams/", self.prefix);
+        let mut options = GetOptions::new().with_prefix();
+        if let Some(revision) = at {
+            options = options.with_revision(revision);
+        }
+        let response = match self
+            .client
+            .clone()
+            .get(prefix.as_str(), Some(options))
+            .await
+        {
+            Ok(response) => response,
+            Err(etcd_client::Error::GRpcStatus(status))
+                if at.is_some() && status.message().contains("compacted") =>
+            {
+                let revision = at.unwrap_or_default();
+                return Err(StoreError::Compacted { revision });
+            }
+            Err(err) => return Err(self.failed(err)),
+        };
+        let mut snapshot = DesiredSnapshot {
+            revision: at.unwrap_or_else(|| header_revision(response.header())),
+            ..Default::default()
+        };
+        for kv in response.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let name = key[prefix.len()..].to_string();
+            let value = parse(&key, kv.value())?;
+            let mod_revision = kv.mod_revision();
+            snapshot.upstreams.insert(
+                name,
+                Versioned {
+                    value,
+                    mod_revision,
+                },
+            );
+        }
+        Ok(snapshot)
+    }
+
+    /// Writes an upstream's desired state if nobody wrote it since `read_revision` (0: it had
+    /// none). Returns the revision of the write.
+    pub async fn write_desired(
+        &self,
+        upstream: &str,
+        desired: &DesiredUpstream,
+        read_revision: i64,
+    ) -> Result<i64, StoreError> {
+        let key = fleet::upstream_key(&self.prefix, upstream);
+        let value = serde_json::to_vec(desired).expect("desired state serializes");
+        let unchanged = Compare::mod_revision(key.as_str(), CompareOp::Equal, read_revision);
+        let txn = Txn::new()
+            .when([unchanged])
+            .and_then([TxnOp::put(key.as_str(), value, None)]);
+        let response = self
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(|err| self.failed(err))?;
+        if !response.succeeded() {
+            let upstream = upstream.to_string();
+            return Err(StoreError::Conflict { upstream });
+        }
+        Ok(header_revision(response.header()))
+    }
+
+    /// The reports of the hosts whose agents are alive.
+    pub async fn reports(&self) -> Result<Vec<HostReport>, StoreError> {
+        self.list(&format!("{}hosts/", self.prefix)).await
+    }
+
+    /// Every host that ever joined.
+    pub async fn members(&self) -> Result<Vec<Member>, StoreError> {
+        self.list(&format!("{}members/", self.prefix)).await
+    }
+
+    /// One host's membership, if it joined before.
+    pub async fn member(&self, host: &str) -> Result<Option<Member>, StoreError> {
+        let found = self.get_one(&fleet::member_key(&self.prefix, host)).await?;
+        Ok(found.map(|member: Versioned<Member>| member.value))
+    }
+
+    async fn list<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>, StoreError> {
+        let options = GetOptions::new().with_prefix();
+        let response = self
+            .client
+            .clone()
+            .get(prefix, Some(options))
+            .await
+            .map_err(|err| self.failed(err))?;
+        response
+            .kvs()
+            .iter()
+            .map(|kv| parse(&String::from_utf8_lossy(kv.key()), kv.value()))
+            .collect()
+    }
+
+    pub async fn put_member(&self, member: &Member) -> Result<(), StoreError> {
+        let key = fleet::member_key(&self.prefix, &member.host);
+        let value = serde_json::to_vec(member).expect("member serializes");
+        self.client
+            .clone()
+            .put(key, value, None)
+            .await
+            .map_err(|err| self.failed(err))?;
+        Ok(())
+    }
+
+    /// Publishes a host's report under `lease`: it vanishes when the agent stops renewing it.
+    pub async fn put_report(&self, report: &HostReport, lease: i64) -> Result<(), StoreError> {
+        let key = fleet::report_key(&self.prefix, &report.host);
+        let value = serde_json::to_vec(report).expect("report serializes");
+        let options = PutOptions::new().with_lease(lease);
+        self.client
+            .clone()
+            .put(key, value, Some(options))
+            .await
+            .map_err(|err| self.failed(err))?;
+        Ok(())
+    }
+
+    /// A new lease of `ttl`, and a task that renews it every third of it until the lease is
+    /// lost (etcd unreachable for longer than `ttl`) or the task is dropped.
+    pub async fn lease(&self, ttl: Duration) -> Result<Lease, StoreError> {
+        let seconds = ttl.as_secs().max(1) as i64;
+        let mut client = self.client.clone();
+        let granted = client
+            .lease_grant(seconds, None)
+            .await
+            .map_err(|err| self.failed(err))?;
+        let id = granted.id();
+        let (mut keeper, mut responses) = client
+            .lease_keep_alive(id)
+            .await
+            .map_err(|err| self.failed(err))?;
+        let period = Duration::from_millis((seconds as u64 * 1000 / 3).max(300));
+        let renewal = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                if keeper.keep_alive().await.is_err() {
+                    return;
+                }
+                match responses.message().await {
+                    Ok(Some(response)) if response.ttl() > 0 => {}
+                    _ => return,
+                }
+            }
+        });
+        Ok(Lease { id, renewal })
+    }
+
+    /// Watches every desired state from `revision` on.
+    pub async fn watch_desired(&self, revision: i64) -> Result<WatchStream, StoreError> {
+        let prefix = format!("{}upstreams/", self.prefix);
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision);
+        self.client
+            .clone()
+            .watch(prefix.as_str(), Some(options))
+            .await
+            .map_err(|err| self.failed(err))
+    }
+
+    /// The upstream a desired-state key names, if it is one.
+    pub fn upstream_of<'k>(&self, key: &'k [u8]) -> Option<&'k str> {
+        let key = std::str::from_utf8(key).ok()?;
+        key.strip_prefix(&self.prefix)?.strip_prefix("upstreams/")
+    }
+}
+
+/// A lease being renewed; dropping it stops the renewal (the lease then expires).
+pub struct Lease {
+    pub id: i64,
+    renewal: tokio::task::JoinHandle<()>,
+}
+
+impl Lease {
+    /// Whether the renewal stopped: the lease is lost, or about to be.
+    pub fn is_lost(&self) -> bool {
+        self.renewal.is_finished()
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.renewal.abort();
+    }
+}
+
+fn tls_options(options: &EtcdOptions) -> Result<Option<TlsOptions>, StoreError> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|err| StoreError::Tls {
+            path: path.to_path_buf(),
+            reason: err.to_string(),
+        })
+    };
+    let identity = match (&options.cert, &options.key) {
+        (Some(cert), Some(key)) => Some(Identity::from_pem(read(cert)?, read(key)?)),
+        (None, None) => None,
+        _ => return Err(StoreError::HalfIdentity),
+    };
+    if options.ca.is_none() && identity.is_none() {
+        return Ok(None);
+    }
+    let mut tls = TlsOptions::new();
+    if let Some(ca) = &options.ca {
+        tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+    }
+    if let Some(identity) = identity {
+        tls = tls.identity(identity);
+    }
+    Ok(Some(tls))
+}
+
+fn parse<T: DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(value).map_err(|err| StoreError::BadValue {
+        key: key.to_string(),
+        reason: err.to_string(),
+    })
+}
+
+fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> i64 {
+    header.map(|header| header.revision()).unwrap_or_default()
+}

@@ -1,0 +1,188 @@
+//! A real etcd (Debian's `etcd-server`) on loopback ports the harness picks, with its data in
+//! a temporary directory, and `shiftctl agent` processes beside the test's Nginx instances.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+
+use crate::{free_port, shiftctl_binary, wait_until};
+
+pub struct Etcd {
+    child: Option<Child>,
+    client_port: u16,
+    peer_port: u16,
+    dir: TempDir,
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        let mut etcd = Etcd {
+            child: None,
+            client_port: free_port(),
+            peer_port: free_port(),
+            dir: TempDir::new().expect("a directory for etcd"),
+        };
+        etcd.start_again();
+        etcd
+    }
+
+    /// The client URL, e.g. `http://127.0.0.1:23790`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Starts it again after `stop`, on the same ports and data.
+    pub fn start_again(&mut self) {
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = fs::File::create(self.dir.path().join("etcd.log")).expect("etcd log");
+        let child = Command::new("etcd")
+            .arg("--name=test")
+            .arg(format!(
+                "--data-dir={}",
+                self.dir.path().join("data").display()
+            ))
+            .arg(format!("--listen-client-urls={}", self.url()))
+            .arg(format!("--advertise-client-urls={}", self.url()))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=test={peer}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("run etcd (apt-get install etcd-server; scripts/test.sh does)");
+        self.child = Some(child);
+        let ready = wait_until(Duration::from_secs(20), || {
+            self.etcdctl(&["endpoint", "health"]).is_some()
+        });
+        assert!(ready.is_some(), "etcd did not start:\n{}", self.log());
+    }
+
+    /// Stops it (SIGTERM), as an etcd restart or outage.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+
+    /// Runs `etcdctl` against it; its output, or None if it failed.
+    pub fn etcdctl(&self, args: &[&str]) -> Option<String> {
+        let output = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.url()))
+            .args(args)
+            .output()
+            .expect("run etcdctl (apt-get install etcd-client; scripts/test.sh does)");
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// The store's current revision.
+    pub fn revision(&self) -> i64 {
+        let status = self
+            .etcdctl(&["endpoint", "status", "--write-out=json"])
+            .expect("etcdctl endpoint status");
+        let json: serde_json::Value = serde_json::from_str(&status).expect("status JSON");
+        json[0]["Status"]["header"]["revision"]
+            .as_i64()
+            .expect("a revision in the status")
+    }
+
+    /// Compacts the history up to the current revision: a watch from before it fails.
+    pub fn compact(&self) -> i64 {
+        let revision = self.revision();
+        self.etcdctl(&["compact", &revision.to_string(), "--physical"])
+            .expect("etcdctl compact");
+        revision
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- etcd log ---\n{}--- end of etcd log ---", self.log());
+        }
+        self.stop();
+    }
+}
+
+/// `shiftctl agent` beside one Nginx, its stderr kept in a file.
+pub struct Agent {
+    child: Option<Child>,
+    args: Vec<String>,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl Agent {
+    /// Starts the agent of `host` for the Nginx whose admin API is at `socket`, with a short
+    /// lease and tick so that tests see changes quickly.
+    pub fn start(etcd: &Etcd, socket: &Path, host: &str) -> Agent {
+        let dir = TempDir::new().expect("a directory for the agent's log");
+        let args = vec![
+            format!("--etcd={}", etcd.url()),
+            format!("--socket={}", socket.display()),
+            "agent".to_string(),
+            format!("--host={host}"),
+            "--lease=2s".to_string(),
+            "--every=200ms".to_string(),
+        ];
+        let mut agent = Agent {
+            child: None,
+            args,
+            log: dir.path().join("agent.log"),
+            _dir: dir,
+        };
+        agent.start_again();
+        agent
+    }
+
+    /// Starts it again after `kill`, appending to the same log.
+    pub fn start_again(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("agent log");
+        let child = Command::new(shiftctl_binary())
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("run shiftctl agent");
+        self.child = Some(child);
+    }
+
+    /// Kills it (SIGKILL): no goodbye, its lease runs out.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- agent log ---\n{}--- end of agent log ---", self.log());
+        }
+        self.kill();
+    }
+}

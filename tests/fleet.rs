@@ -1,0 +1,294 @@
+//! Several Nginx hosts moved together through etcd: a real etcd, three Nginx instances with the
+//! module, and a `shiftctl agent` beside each. Commands with `--etcd` write the desired state;
+//! every agent applies it and reports; `status --fleet` tells who is SYNCED, STALE or GONE.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use harness::{shiftctl_binary, wait_until, Admin, Agent, Backend, Etcd, Nginx, NginxOptions};
+use serde_json::Value;
+
+/// How long an agent may take to apply a change (its tick is 200 ms; watches are faster).
+const CONVERGE: Duration = Duration::from_secs(10);
+
+struct Host {
+    nginx: Nginx,
+    agent: Agent,
+}
+
+impl Host {
+    fn admin(&self) -> Admin {
+        Admin::new(self.nginx.path("api.sock"), "/api/")
+    }
+
+    /// The weight each peer has in this host's module, by address.
+    fn weights(&self) -> Vec<(String, u32)> {
+        let mut weights: Vec<(String, u32)> = self
+            .admin()
+            .upstream("app")
+            .peers
+            .into_iter()
+            .map(|peer| (peer.server, peer.weight))
+            .collect();
+        weights.sort();
+        weights
+    }
+}
+
+struct Fleet {
+    etcd: Etcd,
+    blue: Backend,
+    green: Backend,
+    hosts: Vec<Host>,
+}
+
+impl Fleet {
+    fn start(count: usize) -> Fleet {
+        let etcd = Etcd::start();
+        let blue = Backend::start("blue");
+        let green = Backend::start("green");
+        let hosts = (0..count)
+            .map(|index| {
+                let nginx = Nginx::start(NginxOptions::new(format!(
+                    "upstream app {{ server {} weight=5; server {} weight=5; shift; }}\n\
+                     server {{ listen unix:{{prefix}}/api.sock; location /api/ {{ shift_api; }} }}\n",
+                    blue.addr(),
+                    green.addr()
+                )));
+                let agent = Agent::start(&etcd, &nginx.path("api.sock"), &format!("host{index}"));
+                Host { nginx, agent }
+            })
+            .collect();
+        let fleet = Fleet {
+            etcd,
+            blue,
+            green,
+            hosts,
+        };
+        fleet.wait_for_status(|status| synced_hosts(status).len() == count);
+        fleet
+    }
+
+    fn shiftctl(&self, args: &[&str]) -> Output {
+        Command::new(shiftctl_binary())
+            .env_remove("SHIFT_SOCKET")
+            .env_remove("SHIFT_ETCD")
+            .arg("--etcd")
+            .arg(self.etcd.url())
+            .args(args)
+            .output()
+            .expect("run shiftctl")
+    }
+
+    fn set(&self, blue: u32, green: u32) -> Output {
+        let blue = format!("{}={blue}", self.blue.addr());
+        let green = format!("{}={green}", self.green.addr());
+        self.shiftctl(&["set", "app", &blue, &green])
+    }
+
+    fn status(&self) -> Value {
+        let output = self.shiftctl(&["status", "--fleet", "--json"]);
+        assert!(output.status.success(), "{}", text(&output));
+        serde_json::from_slice(&output.stdout).expect("status --fleet --json")
+    }
+
+    fn wait_for_status(&self, mut condition: impl FnMut(&Value) -> bool) -> Value {
+        let mut last = Value::Null;
+        let met = wait_until(CONVERGE, || {
+            last = self.status();
+            condition(&last)
+        });
+        assert!(met.is_some(), "the fleet never got there: {last:#}");
+        last
+    }
+
+    fn expected(&self, blue: u32, green: u32) -> Vec<(String, u32)> {
+        let mut weights = vec![
+            (self.blue.addr().to_string(), blue),
+            (self.green.addr().to_string(), green),
+        ];
+        weights.sort();
+        weights
+    }
+
+    /// Waits until host `index` has these weights.
+    fn wait_for_weights(&self, index: usize, blue: u32, green: u32) {
+        let expected = self.expected(blue, green);
+        let mut last = Vec::new();
+        let met = wait_until(CONVERGE, || {
+            last = self.hosts[index].weights();
+            last == expected
+        });
+        assert!(met.is_some(), "host{index} has {last:?}, not {expected:?}");
+    }
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "exit {:?}\n{}{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// The hosts `status --fleet --json` calls SYNCED.
+fn synced_hosts(status: &Value) -> Vec<String> {
+    hosts_with(status, "SYNCED")
+}
+
+fn hosts_with(status: &Value, sync: &str) -> Vec<String> {
+    status["hosts"]
+        .as_array()
+        .map(|hosts| {
+            hosts
+                .iter()
+                .filter(|host| host["status"] == sync)
+                .map(|host| host["host"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_change_reaches_every_host() {
+    let fleet = Fleet::start(3);
+    let output = fleet.set(0, 100);
+    assert!(output.status.success(), "{}", text(&output));
+    for index in 0..3 {
+        fleet.wait_for_weights(index, 0, 100);
+    }
+    let status = fleet.wait_for_status(|status| synced_hosts(status).len() == 3);
+    let peers = &status["upstreams"][0]["peers"];
+    let green = peers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|peer| peer["server"] == fleet.green.addr().to_string())
+        .expect("green in the split");
+    assert_eq!(green["share"], 1.0, "{status:#}");
+}
+
+#[test]
+fn a_host_down_during_a_change_is_reported_and_converges_when_back() {
+    let mut fleet = Fleet::start(3);
+    fleet.hosts[2].nginx.stop_for_now();
+    let output = fleet.set(20, 80);
+    assert!(output.status.success(), "{}", text(&output));
+    fleet.wait_for_weights(0, 20, 80);
+    fleet.wait_for_weights(1, 20, 80);
+    let status = fleet.wait_for_status(|status| hosts_with(status, "STALE") == ["host2"]);
+    let host2 = &status["hosts"][2];
+    assert_eq!(host2["behind_changes"], 1, "{status:#}");
+    assert!(
+        host2["problems"][0]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cannot reach Nginx"),
+        "{status:#}"
+    );
+
+    // Back without `state=`: it starts from its config (5/5) and its agent puts it right.
+    fleet.hosts[2].nginx.start_again();
+    fleet.wait_for_weights(2, 20, 80);
+    fleet.wait_for_status(|status| synced_hosts(status).len() == 3);
+}
+
+#[test]
+fn a_stopped_agent_is_gone_and_a_restarted_one_resumes_from_its_revision() {
+    let mut fleet = Fleet::start(2);
+    fleet.hosts[1].agent.kill();
+    fleet.wait_for_status(|status| hosts_with(status, "GONE") == ["host1"]);
+    assert!(fleet.set(30, 70).status.success());
+    fleet.wait_for_weights(0, 30, 70);
+    assert_eq!(
+        fleet.hosts[1].weights(),
+        fleet.expected(5, 5),
+        "no agent, no change"
+    );
+
+    fleet.hosts[1].agent.start_again();
+    fleet.wait_for_weights(1, 30, 70);
+    fleet.wait_for_status(|status| synced_hosts(status).len() == 2);
+    let log = fleet.hosts[1].agent.log();
+    assert!(log.contains("resuming from revision"), "{log}");
+
+    // A direct change to its module (drift) is put back.
+    fleet.hosts[1]
+        .admin()
+        .set_weights("app", &[(&fleet.blue.addr().to_string(), 99)]);
+    fleet.wait_for_weights(1, 30, 70);
+}
+
+#[test]
+fn an_agent_behind_a_compaction_lists_again() {
+    let mut fleet = Fleet::start(2);
+    fleet.hosts[1].agent.kill();
+    for green in [60, 70, 80] {
+        assert!(fleet.set(100 - green, green).status.success());
+    }
+    fleet.etcd.compact();
+    fleet.hosts[1].agent.start_again();
+    fleet.wait_for_weights(1, 20, 80);
+    let log = fleet.hosts[1].agent.log();
+    assert!(log.contains("was compacted"), "{log}");
+    fleet.wait_for_status(|status| synced_hosts(status).len() == 2);
+}
+
+#[test]
+fn two_controllers_at_once_lose_no_change() {
+    let fleet = Fleet::start(1);
+    for round in 1..=8u32 {
+        let (blue_weight, green_weight) = (round, 100 + round);
+        let blue = format!("{}={blue_weight}", fleet.blue.addr());
+        let green = format!("{}={green_weight}", fleet.green.addr());
+        let url = fleet.etcd.url();
+        let spawn = |assignment: &str| {
+            Command::new(shiftctl_binary())
+                .args(["--etcd", &url, "set", "app", assignment])
+                .output()
+        };
+        let (one, two) = std::thread::scope(|scope| {
+            let one = scope.spawn(|| spawn(&blue));
+            let two = scope.spawn(|| spawn(&green));
+            (one.join().unwrap().unwrap(), two.join().unwrap().unwrap())
+        });
+        // Each either wrote, on top of what the other wrote, or was told and wrote nothing.
+        let desired = fleet
+            .etcd
+            .etcdctl(&["get", "/nginx-shift/upstreams/app", "--print-value-only"])
+            .expect("the desired state");
+        let desired: Value = serde_json::from_str(&desired).expect("desired JSON");
+        let weight_of = |server: String| {
+            desired["peers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|peer| peer["server"] == server)
+                .map(|peer| peer["weight"].as_u64().unwrap())
+        };
+        for (output, server, weight) in [
+            (&one, fleet.blue.addr().to_string(), blue_weight),
+            (&two, fleet.green.addr().to_string(), green_weight),
+        ] {
+            if output.status.success() {
+                assert_eq!(
+                    weight_of(server),
+                    Some(weight as u64),
+                    "round {round}: a lost change"
+                );
+            } else {
+                assert_eq!(output.status.code(), Some(1), "{}", text(output));
+                assert!(
+                    text(output).contains("changed in etcd since it was read"),
+                    "{}",
+                    text(output)
+                );
+            }
+        }
+        assert!(
+            one.status.success() || two.status.success(),
+            "round {round}: nobody wrote"
+        );
+    }
+}
