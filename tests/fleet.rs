@@ -292,3 +292,135 @@ fn two_controllers_at_once_lose_no_change() {
         );
     }
 }
+
+/// A canary through etcd, running in the background: `--interval` per step, no traffic needed
+/// (`--min-requests 0`).
+fn spawn_canary(
+    fleet: &Fleet,
+    steps: &str,
+    interval: &str,
+    state_dir: &std::path::Path,
+) -> std::process::Child {
+    Command::new(shiftctl_binary())
+        .env_remove("SHIFT_SOCKET")
+        .env_remove("SHIFT_ETCD")
+        .arg("--etcd")
+        .arg(fleet.etcd.url())
+        .arg("--state-dir")
+        .arg(state_dir)
+        .args(["canary", "app", "--to"])
+        .arg(fleet.green.addr().to_string())
+        .args([
+            "--steps",
+            steps,
+            "--interval",
+            interval,
+            "--min-requests",
+            "0",
+        ])
+        .args(["--sync-timeout", "3s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run shiftctl canary")
+}
+
+/// Step weights out of 1000: the target takes `percent`.
+fn step_weights(percent: u32) -> (u32, u32) {
+    (1000 - 10 * percent, 10 * percent)
+}
+
+#[test]
+fn a_canary_step_starts_on_every_host_and_a_host_that_cannot_apply_rolls_it_back() {
+    let mut fleet = Fleet::start(3);
+    let state_dir = tempfile::tempdir().unwrap();
+
+    // Every host takes every step; the canary ends with all of them on green.
+    let canary = spawn_canary(&fleet, "50,100", "1s", state_dir.path());
+    let output = canary.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    for index in 0..3 {
+        let (blue, green) = step_weights(100);
+        fleet.wait_for_weights(index, blue, green);
+    }
+
+    // Back to the start (the canary drained blue at its end), then a host goes down after the
+    // first step: the next step cannot be applied there, so the canary rolls every host back.
+    assert!(fleet.set(5, 5).status.success());
+    let blue_addr = fleet.blue.addr().to_string();
+    let undrain = fleet.shiftctl(&["undrain", "app", &blue_addr]);
+    assert!(undrain.status.success(), "{}", text(&undrain));
+    fleet.wait_for_status(|status| synced_hosts(status).len() == 3);
+    let mut canary = spawn_canary(&fleet, "10,50,100", "2s", state_dir.path());
+    let (blue, green) = step_weights(10);
+    let expected = fleet.expected(blue, green);
+    let started = wait_until(CONVERGE, || {
+        fleet.hosts[0].weights() == expected || canary.try_wait().unwrap().is_some()
+    });
+    if started.is_none() || canary.try_wait().unwrap().is_some() {
+        panic!(
+            "step 1 never came: {}",
+            text(&canary.wait_with_output().unwrap())
+        );
+    }
+    fleet.hosts[2].nginx.stop_for_now();
+    let output = canary.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let said = text(&output);
+    assert!(
+        said.contains("could not be applied") && said.contains("host2"),
+        "{said}"
+    );
+    assert!(said.contains("rolled back"), "{said}");
+    fleet.wait_for_weights(0, 5, 5);
+    fleet.wait_for_weights(1, 5, 5);
+    fleet.hosts[2].nginx.start_again();
+    fleet.wait_for_weights(2, 5, 5);
+}
+
+#[test]
+fn a_controller_killed_mid_canary_leaves_a_state_another_rolls_back() {
+    let fleet = Fleet::start(3);
+    let state_dir = tempfile::tempdir().unwrap();
+    let mut canary = spawn_canary(&fleet, "10,50,100", "60s", state_dir.path());
+    let (blue, green) = step_weights(10);
+    for index in 0..3 {
+        fleet.wait_for_weights(index, blue, green);
+    }
+    canary.kill().unwrap();
+    canary.wait().unwrap();
+
+    // Every host holds step 1, the desired state says so, and a controller elsewhere (another
+    // state directory) finds the stable set in etcd.
+    fleet.wait_for_status(|status| synced_hosts(status).len() == 3);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let output = fleet.shiftctl(&[
+        "--state-dir",
+        &elsewhere.path().display().to_string(),
+        "rollback",
+        "app",
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    for index in 0..3 {
+        fleet.wait_for_weights(index, 5, 5);
+    }
+}
+
+#[test]
+fn a_canary_rides_out_an_etcd_restart() {
+    let mut fleet = Fleet::start(3);
+    let state_dir = tempfile::tempdir().unwrap();
+    let canary = spawn_canary(&fleet, "20,100", "3s", state_dir.path());
+    let (blue, green) = step_weights(20);
+    fleet.wait_for_weights(0, blue, green);
+    fleet.etcd.stop();
+    std::thread::sleep(Duration::from_millis(500));
+    fleet.etcd.start_again();
+    let output = canary.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    let (blue, green) = step_weights(100);
+    for index in 0..3 {
+        fleet.wait_for_weights(index, blue, green);
+    }
+    fleet.wait_for_status(|status| synced_hosts(status).len() == 3);
+}

@@ -207,6 +207,10 @@ pub enum Command {
         /// Longest wait for the target to become ready
         #[arg(long, default_value = "60s", value_parser = duration)]
         timeout: Duration,
+        /// With --etcd: how long every live host may take to apply a step before the step fails
+        /// (and the canary rolls back)
+        #[arg(long, default_value = "10s", value_parser = duration)]
+        sync_timeout: Duration,
     },
     /// Let a canary paused with --pause take its next step
     Promote {
@@ -217,6 +221,9 @@ pub enum Command {
     Rollback {
         /// The upstream to put back
         upstream: String,
+        /// With --etcd: how long every live host may take to apply it
+        #[arg(long, default_value = "10s", value_parser = duration)]
+        sync_timeout: Duration,
     },
     /// Run a deploy plan: start the idle side, wait for health, shift, stop the old side
     Deploy {

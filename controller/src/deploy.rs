@@ -334,6 +334,7 @@ pub async fn deploy(ctx: &Ctx, plan_path: &Path) -> Result<(), Failure> {
                 ready_timeout: health_timeout,
                 // The side was stopped until the start hook ran: its checks need time to pass.
                 unhealthy: Unhealthy::AwaitRecovery,
+                sync_timeout: health_timeout,
             };
             commands::canary(ctx, &plan.upstream, &options).await
         }

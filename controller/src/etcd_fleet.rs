@@ -3,20 +3,25 @@
 //! agent then applies it (`agent.rs`).
 
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use shift_wire::fleet::{DesiredUpstream, HostReport};
 use shift_wire::{NewPeer, Upstream, UpstreamPatch};
 use shiftctl::desired;
 
-use crate::etcd_store::{Store, Versioned};
+use crate::etcd_store::{Store, StoreError, Versioned};
 use crate::fleet::FleetError;
 
 pub struct EtcdFleet {
     store: Store,
     /// The hosts the last read returned upstreams of, in order (what the output names them).
     last_sources: Mutex<Vec<String>>,
+    /// The revision of this command's last write: what `settle` waits for.
+    last_write: Mutex<i64>,
 }
+
+/// How long a read waits for an etcd that went away (restarted, a leader election).
+const ETCD_OUTAGE: Duration = Duration::from_secs(15);
 
 /// Now, in Unix milliseconds.
 pub fn now_ms() -> u64 {
@@ -31,6 +36,7 @@ impl EtcdFleet {
         EtcdFleet {
             store,
             last_sources: Mutex::new(Vec::new()),
+            last_write: Mutex::new(0),
         }
     }
 
@@ -51,9 +57,63 @@ impl EtcdFleet {
         *self.last_sources.lock().expect("sources lock") = sources;
     }
 
+    /// The live hosts' reports; while etcd is unreachable, retried for up to `ETCD_OUTAGE`.
+    async fn reports(&self) -> Result<Vec<HostReport>, StoreError> {
+        let deadline = Instant::now() + ETCD_OUTAGE;
+        loop {
+            match self.store.reports().await {
+                Err(StoreError::Unreachable { .. }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Waits until every live host applied this command's last write (or, before any, the
+    /// upstream's current desired state) with no problem. Fails naming the hosts still
+    /// behind after `timeout`.
+    pub async fn settle(&self, upstream: &str, timeout: Duration) -> Result<(), FleetError> {
+        let mut target = *self.last_write.lock().expect("last write lock");
+        if target == 0 {
+            target = self
+                .store
+                .desired(upstream)
+                .await?
+                .map_or(0, |desired| desired.mod_revision);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let reports = self.reports().await?;
+            let behind: Vec<String> = reports
+                .iter()
+                .filter(|report| report.applied_revision < target || !report.problems.is_empty())
+                .map(|report| match report.problems.first() {
+                    Some(problem) => format!("{} ({problem})", report.host),
+                    None => report.host.clone(),
+                })
+                .collect();
+            if behind.is_empty() && !reports.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(FleetError::Plan(format!(
+                    "not every host applied revision {target} of upstream \"{upstream}\" within \
+                     {timeout:?}: STALE: {}",
+                    if reports.is_empty() {
+                        "no host reports at all".to_string()
+                    } else {
+                        behind.join(", ")
+                    }
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The upstream as each live host reports it, by host name.
     pub async fn read(&self, upstream: &str) -> Result<Vec<Upstream>, FleetError> {
-        let reports = self.store.reports().await?;
+        let reports = self.reports().await?;
         let (hosts, states) = hosts_with(&reports, upstream);
         if states.is_empty() {
             return Err(FleetError::Plan(format!(
@@ -90,9 +150,11 @@ impl EtcdFleet {
         read_revision: i64,
         host_view: &Upstream,
     ) -> Result<Vec<Upstream>, FleetError> {
-        self.store
+        let revision = self
+            .store
             .write_desired(upstream, next, read_revision)
             .await?;
+        *self.last_write.lock().expect("last write lock") = revision;
         self.remember(vec!["desired state in etcd".to_string()]);
         Ok(vec![desired::overlay(next, host_view)])
     }

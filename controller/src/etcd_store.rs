@@ -209,6 +209,28 @@ impl Store {
         Ok(header_revision(response.header()))
     }
 
+    /// The stable set recorded for an upstream (JSON), if any.
+    pub async fn stable(&self, upstream: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = fleet::stable_key(&self.prefix, upstream);
+        let response = self
+            .client
+            .clone()
+            .get(key.as_str(), None)
+            .await
+            .map_err(|err| self.failed(err))?;
+        Ok(response.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
+    pub async fn put_stable(&self, upstream: &str, json: &[u8]) -> Result<(), StoreError> {
+        let key = fleet::stable_key(&self.prefix, upstream);
+        self.client
+            .clone()
+            .put(key, json, None)
+            .await
+            .map_err(|err| self.failed(err))?;
+        Ok(())
+    }
+
     /// The reports of the hosts whose agents are alive.
     pub async fn reports(&self) -> Result<Vec<HostReport>, StoreError> {
         self.list(&format!("{}hosts/", self.prefix)).await

@@ -4,6 +4,8 @@
 //! state that every host's agent applies.
 
 use shift_wire::{NewPeer, PeerRemoval, Upstream, UpstreamPatch};
+use std::time::Duration;
+
 use shiftctl::desired::DesiredError;
 
 use crate::client::{AdminClient, ClientError};
@@ -96,6 +98,16 @@ impl Fleet {
         match self {
             Fleet::Sockets(sockets) => sockets.clients.len(),
             Fleet::Etcd(_) => 1,
+        }
+    }
+
+    /// Returns once every Nginx has the last change: at once for sockets (a PATCH is applied
+    /// when it is answered); with --etcd, once every live host's agent applied it, or an error
+    /// after `timeout`.
+    pub async fn settle(&self, upstream: &str, timeout: Duration) -> Result<(), FleetError> {
+        match self {
+            Fleet::Sockets(_) => Ok(()),
+            Fleet::Etcd(etcd) => etcd.settle(upstream, timeout).await,
         }
     }
 

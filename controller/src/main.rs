@@ -174,6 +174,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             on_interrupt,
             check_url,
             timeout,
+            sync_timeout,
         } => {
             let options = CanaryOptions {
                 target: to,
@@ -185,11 +186,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 check_url,
                 ready_timeout: timeout,
                 unhealthy: Unhealthy::Refuse,
+                sync_timeout,
             };
             commands::canary(&ctx, &upstream, &options).await
         }
         Command::Promote { upstream } => commands::promote(&ctx, &upstream),
-        Command::Rollback { upstream } => commands::rollback(&ctx, &upstream).await,
+        Command::Rollback {
+            upstream,
+            sync_timeout,
+        } => commands::rollback(&ctx, &upstream, sync_timeout).await,
         Command::Deploy { plan } => deploy::deploy(&ctx, &plan).await,
         Command::Agent { .. } => unreachable!("the agent runs before any fleet is made"),
         Command::Completions { shell } => manuals::print_completions(shell),

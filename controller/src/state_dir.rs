@@ -9,6 +9,7 @@ use shift_wire::{Upstream, UpstreamPatch};
 
 use crate::commands::Ctx;
 use crate::exit::Failure;
+use crate::fleet::{Fleet, FleetError};
 use crate::plan;
 
 impl Ctx {
@@ -16,25 +17,43 @@ impl Ctx {
         self.state_dir.join(format!("{upstream}.stable.json"))
     }
 
-    /// Records the stable set (per Nginx) that `rollback` returns to.
-    pub(crate) fn save_stable(&self, upstreams: &[Upstream]) -> Result<(), Failure> {
-        let snapshots: Vec<UpstreamPatch> = upstreams.iter().map(plan::snapshot).collect();
-        let path = self.stable_path(&upstreams[0].name);
-        write_file(
-            &path,
-            &serde_json::to_vec_pretty(&snapshots).expect("JSON of wire types"),
-        )
+    /// Records the stable set (per Nginx) that `rollback` returns to: in the state directory,
+    /// or with --etcd in etcd (one set, from the first host: every host is at the desired
+    /// state then), where a rollback from any controller finds it.
+    pub(crate) async fn save_stable(&self, upstreams: &[Upstream]) -> Result<(), Failure> {
+        let width = self.fleet.width();
+        let snapshots: Vec<UpstreamPatch> = upstreams[..width].iter().map(plan::snapshot).collect();
+        let json = serde_json::to_vec_pretty(&snapshots).expect("JSON of wire types");
+        let upstream = &upstreams[0].name;
+        match &self.fleet {
+            Fleet::Etcd(etcd) => Ok(etcd
+                .store()
+                .put_stable(upstream, &json)
+                .await
+                .map_err(FleetError::from)?),
+            Fleet::Sockets(_) => write_file(&self.stable_path(upstream), &json),
+        }
     }
 
-    pub(crate) fn load_stable(&self, upstream: &str) -> Result<Vec<UpstreamPatch>, Failure> {
+    pub(crate) async fn load_stable(&self, upstream: &str) -> Result<Vec<UpstreamPatch>, Failure> {
         let path = self.stable_path(upstream);
-        let bytes = fs::read(&path).map_err(|err| {
+        let missing = |why: String| {
             Failure::usage(anyhow::anyhow!(
-                "no stable set recorded for upstream \"{upstream}\" ({}: {err}); a switch or \
-                 canary records one before it moves traffic",
-                path.display()
+                "no stable set recorded for upstream \"{upstream}\" ({why}); a switch or \
+                 canary records one before it moves traffic"
             ))
-        })?;
+        };
+        let bytes = match &self.fleet {
+            Fleet::Etcd(etcd) => etcd
+                .store()
+                .stable(upstream)
+                .await
+                .map_err(FleetError::from)?
+                .ok_or_else(|| missing("none in etcd".to_string()))?,
+            Fleet::Sockets(_) => {
+                fs::read(&path).map_err(|err| missing(format!("{}: {err}", path.display())))?
+            }
+        };
         let snapshots: Vec<UpstreamPatch> = serde_json::from_slice(&bytes).map_err(|err| {
             Failure::usage(anyhow::anyhow!(
                 "{} is not a stable set: {err}",
@@ -54,7 +73,7 @@ impl Ctx {
 
     /// Puts every Nginx back to the recorded stable set.
     pub(crate) async fn restore_stable(&self, upstream: &str) -> Result<Vec<Upstream>, Failure> {
-        let snapshots = self.load_stable(upstream)?;
+        let snapshots = self.load_stable(upstream).await?;
         Ok(self
             .fleet
             .apply(upstream, |index, _| Ok(snapshots[index].clone()))

@@ -6,6 +6,8 @@
 //! - `PREFIX/hosts/HOST` → [`HostReport`], held by the agent's lease: it vanishes with the agent
 //! - `PREFIX/members/HOST` → [`Member`], no lease: the hosts that ever joined, so that one whose
 //!   report vanished is known to be gone
+//! - `PREFIX/stable/NAME` → the stable set a switch or canary recorded (the `UpstreamPatch`es
+//!   `shiftctl rollback` applies), so that any controller can roll back
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +21,11 @@ pub fn upstream_key(prefix: &str, upstream: &str) -> String {
 /// Key of a host's report under the prefix.
 pub fn report_key(prefix: &str, host: &str) -> String {
     format!("{prefix}hosts/{host}")
+}
+
+/// Key of an upstream's stable set under the prefix.
+pub fn stable_key(prefix: &str, upstream: &str) -> String {
+    format!("{prefix}stable/{upstream}")
 }
 
 /// Key of a host's membership under the prefix.

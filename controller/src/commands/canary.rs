@@ -44,6 +44,8 @@ pub struct CanaryOptions {
     pub check_url: Option<String>,
     pub ready_timeout: Duration,
     pub unhealthy: Unhealthy,
+    /// With --etcd: how long every live host may take to apply a step before it fails.
+    pub sync_timeout: Duration,
 }
 
 enum Watch {
@@ -64,6 +66,8 @@ pub async fn canary(ctx: &Ctx, upstream: &str, options: &CanaryOptions) -> Resul
         options.unhealthy,
     )
     .await?;
+    // With --etcd: the stable set is what every host has, not one host's lagging view.
+    ctx.fleet.settle(upstream, options.sync_timeout).await?;
     let before = ctx.fleet.read(upstream).await?;
     for state in &before {
         plan::check_canary(state, target)?;
@@ -73,7 +77,7 @@ pub async fn canary(ctx: &Ctx, upstream: &str, options: &CanaryOptions) -> Resul
         .iter()
         .map(|state| plan::target_servers(state, target))
         .collect::<Result<_, _>>()?;
-    ctx.save_stable(&before)?;
+    ctx.save_stable(&before).await?;
     let stable: Vec<UpstreamPatch> = before.iter().map(plan::snapshot).collect();
     let mut interrupts = Interrupts::new()?;
     let mut reference = Window::default();
@@ -95,7 +99,13 @@ pub async fn canary(ctx: &Ctx, upstream: &str, options: &CanaryOptions) -> Resul
                 Ok(plan::canary_step(&stable[index], &targets[index], percent))
             })
             .await;
-        if let Err(error) = applied {
+        // With --etcd the watch starts once every live host applied the step: a host that
+        // cannot (down, unreachable) fails it.
+        let settled = match applied {
+            Ok(_) => ctx.fleet.settle(upstream, options.sync_timeout).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = settled {
             return Err(roll_back(
                 ctx,
                 upstream,

@@ -89,13 +89,16 @@ pub async fn switch(
     unhealthy: Unhealthy,
 ) -> Result<(), Failure> {
     wait_ready(ctx, upstream, target, check_url, timeout, unhealthy).await?;
-    ctx.save_stable(&ctx.fleet.read(upstream).await?)?;
+    // With --etcd: the stable set is what every host has, not one host's lagging view.
+    ctx.fleet.settle(upstream, timeout).await?;
+    ctx.save_stable(&ctx.fleet.read(upstream).await?).await?;
     let states = ctx
         .fleet
         .apply(upstream, |_, current| {
             plan::switch(current, target).map_err(|err| err.to_string())
         })
         .await?;
+    ctx.fleet.settle(upstream, timeout).await?;
     ctx.progress.event(&format!(
         "switched upstream \"{upstream}\" to {target}; the others drain"
     ));
@@ -103,8 +106,9 @@ pub async fn switch(
     Ok(())
 }
 
-pub async fn rollback(ctx: &Ctx, upstream: &str) -> Result<(), Failure> {
+pub async fn rollback(ctx: &Ctx, upstream: &str, timeout: Duration) -> Result<(), Failure> {
     let states = ctx.restore_stable(upstream).await?;
+    ctx.fleet.settle(upstream, timeout).await?;
     ctx.progress.event(&format!(
         "upstream \"{upstream}\" is back on its stable set"
     ));
