@@ -17,30 +17,73 @@ pub struct Etcd {
     client_port: u16,
     peer_port: u16,
     dir: TempDir,
+    /// With mutual TLS: the test CA's certificate, and a client certificate and key it signed.
+    tls: Option<ClientTls>,
+}
+
+/// What a client of an etcd with mutual TLS presents.
+pub struct ClientTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Etcd {
     pub fn start() -> Etcd {
+        Etcd::start_with(false)
+    }
+
+    /// An etcd that serves only TLS and accepts only clients with a certificate of the test CA
+    /// the harness makes.
+    pub fn start_with_mutual_tls() -> Etcd {
+        Etcd::start_with(true)
+    }
+
+    fn start_with(mutual_tls: bool) -> Etcd {
+        let dir = TempDir::new().expect("a directory for etcd");
+        let tls = mutual_tls.then(|| make_test_ca(dir.path()));
         let mut etcd = Etcd {
             child: None,
             client_port: free_port(),
             peer_port: free_port(),
-            dir: TempDir::new().expect("a directory for etcd"),
+            dir,
+            tls,
         };
         etcd.start_again();
         etcd
     }
 
-    /// The client URL, e.g. `http://127.0.0.1:23790`.
+    /// The client URL, e.g. `http://127.0.0.1:23790` (`https://` with TLS).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The `shiftctl` options that reach it: `--etcd`, and the TLS files when it has TLS.
+    pub fn client_args(&self) -> Vec<String> {
+        let mut args = vec![format!("--etcd={}", self.url())];
+        if let Some(tls) = &self.tls {
+            args.push(format!("--etcd-ca={}", tls.ca.display()));
+            args.push(format!("--etcd-cert={}", tls.cert.display()));
+            args.push(format!("--etcd-key={}", tls.key.display()));
+        }
+        args
     }
 
     /// Starts it again after `stop`, on the same ports and data.
     pub fn start_again(&mut self) {
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = fs::File::create(self.dir.path().join("etcd.log")).expect("etcd log");
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        if let Some(tls) = &self.tls {
+            let dir = self.dir.path();
+            command
+                .arg(format!("--cert-file={}", dir.join("server.pem").display()))
+                .arg(format!("--key-file={}", dir.join("server.key").display()))
+                .arg(format!("--trusted-ca-file={}", tls.ca.display()))
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .arg("--name=test")
             .arg(format!(
                 "--data-dir={}",
@@ -76,9 +119,17 @@ impl Etcd {
 
     /// Runs `etcdctl` against it; its output, or None if it failed.
     pub fn etcdctl(&self, args: &[&str]) -> Option<String> {
-        let output = Command::new("etcdctl")
+        let mut command = Command::new("etcdctl");
+        command
             .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.url()))
+            .arg(format!("--endpoints={}", self.url()));
+        if let Some(tls) = &self.tls {
+            command
+                .arg(format!("--cacert={}", tls.ca.display()))
+                .arg(format!("--cert={}", tls.cert.display()))
+                .arg(format!("--key={}", tls.key.display()));
+        }
+        let output = command
             .args(args)
             .output()
             .expect("run etcdctl (apt-get install etcd-client; scripts/test.sh does)");
@@ -108,6 +159,88 @@ impl Etcd {
     }
 }
 
+/// A test CA in `dir` with a server certificate for 127.0.0.1 and a client certificate, made
+/// with the openssl command.
+fn make_test_ca(dir: &Path) -> ClientTls {
+    let openssl = |args: &[&str]| {
+        let output = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("run openssl (apt-get install openssl; scripts/test.sh does)");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &[
+                "req",
+                "-x509",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=nginx-shift test CA",
+            ],
+            &key[..],
+            &["-keyout", "ca.key", "-out", "ca.pem"],
+        ]
+        .concat(),
+    );
+    for (name, extension) in [
+        ("server", "subjectAltName=IP:127.0.0.1"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ] {
+        let (key_file, pem) = (format!("{name}.key"), format!("{name}.pem"));
+        openssl(
+            &[
+                &["req", "-subj", &format!("/CN={name}")],
+                &key[..],
+                &["-keyout", &key_file, "-out", &format!("{name}.csr")],
+            ]
+            .concat(),
+        );
+        openssl(&[
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-extfile",
+            &extension_file(dir, name, extension),
+        ]);
+    }
+    ClientTls {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("client.pem"),
+        key: dir.join("client.key"),
+    }
+}
+
+/// A file holding one X.509 v3 extension line, for `openssl x509 -extfile`.
+fn extension_file(dir: &Path, name: &str, extension: &str) -> String {
+    let path = dir.join(format!("{name}.ext"));
+    fs::write(&path, format!("{extension}\n")).expect("extension file");
+    path.display().to_string()
+}
+
 impl Drop for Etcd {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -130,14 +263,14 @@ impl Agent {
     /// lease and tick so that tests see changes quickly.
     pub fn start(etcd: &Etcd, socket: &Path, host: &str) -> Agent {
         let dir = TempDir::new().expect("a directory for the agent's log");
-        let args = vec![
-            format!("--etcd={}", etcd.url()),
+        let mut args = etcd.client_args();
+        args.extend([
             format!("--socket={}", socket.display()),
             "agent".to_string(),
             format!("--host={host}"),
             "--lease=2s".to_string(),
             "--every=200ms".to_string(),
-        ];
+        ]);
         let mut agent = Agent {
             child: None,
             args,

@@ -4,8 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # Debian's own Nginx and its configured source, to test the module in the Nginx people run;
 # wrk and HAProxy for the smoke pass of the load benchmarks; dnsmasq for name re-resolution;
-# etcd (server and etcdctl) for the fleet tests.
-source scripts/setup.sh nginx nginx-dev wrk haproxy dnsmasq-base etcd-server etcd-client
+# etcd (server and etcdctl) and openssl (a test CA for etcd's mutual TLS) for the fleet tests.
+source scripts/setup.sh nginx nginx-dev wrk haproxy dnsmasq-base etcd-server etcd-client openssl
 
 # The module's .so is what the integration tests load; build it (and everything else) first.
 cargo build --workspace --all-targets --quiet

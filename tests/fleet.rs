@@ -44,7 +44,10 @@ struct Fleet {
 
 impl Fleet {
     fn start(count: usize) -> Fleet {
-        let etcd = Etcd::start();
+        Fleet::start_on(Etcd::start(), count)
+    }
+
+    fn start_on(etcd: Etcd, count: usize) -> Fleet {
         let blue = Backend::start("blue");
         let green = Backend::start("green");
         let hosts = (0..count)
@@ -73,8 +76,7 @@ impl Fleet {
         Command::new(shiftctl_binary())
             .env_remove("SHIFT_SOCKET")
             .env_remove("SHIFT_ETCD")
-            .arg("--etcd")
-            .arg(self.etcd.url())
+            .args(self.etcd.client_args())
             .args(args)
             .output()
             .expect("run shiftctl")
@@ -304,8 +306,7 @@ fn spawn_canary(
     Command::new(shiftctl_binary())
         .env_remove("SHIFT_SOCKET")
         .env_remove("SHIFT_ETCD")
-        .arg("--etcd")
-        .arg(fleet.etcd.url())
+        .args(fleet.etcd.client_args())
         .arg("--state-dir")
         .arg(state_dir)
         .args(["canary", "app", "--to"])
@@ -423,4 +424,25 @@ fn a_canary_rides_out_an_etcd_restart() {
         fleet.wait_for_weights(index, blue, green);
     }
     fleet.wait_for_status(|status| synced_hosts(status).len() == 3);
+}
+
+#[test]
+fn a_fleet_over_mutual_tls_takes_changes_and_refuses_a_client_without_a_certificate() {
+    let fleet = Fleet::start_on(Etcd::start_with_mutual_tls(), 2);
+    assert!(fleet.etcd.url().starts_with("https://"));
+    let output = fleet.set(40, 60);
+    assert!(output.status.success(), "{}", text(&output));
+    fleet.wait_for_weights(0, 40, 60);
+    fleet.wait_for_weights(1, 40, 60);
+    fleet.wait_for_status(|status| synced_hosts(status).len() == 2);
+
+    // The CA alone (no client certificate) is not let in; nothing is written.
+    let ca = fleet.etcd.client_args()[1].clone();
+    let stranger = Command::new(shiftctl_binary())
+        .args([&format!("--etcd={}", fleet.etcd.url()), &ca])
+        .args(["status", "--fleet"])
+        .output()
+        .unwrap();
+    assert!(!stranger.status.success(), "{}", text(&stranger));
+    assert!(text(&stranger).contains("etcd"), "{}", text(&stranger));
 }
