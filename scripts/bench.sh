@@ -5,7 +5,7 @@
 # pass of the load benchmarks instead).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/setup.sh wrk haproxy dnsmasq-base
+source scripts/setup.sh wrk haproxy dnsmasq-base etcd-server etcd-client
 
 cargo build --workspace --release --quiet
 report=target/bench-report.md

@@ -1,7 +1,8 @@
 //! Load benchmarks against real processes: the data-path cost of the module, how fast a switch
 //! takes effect (the module's API, shiftctl, `nginx -s reload`, HAProxy's runtime API; idle and
-//! under load), whether every change acknowledged during a reload storm is applied, and how many
-//! requests fail while traffic moves under load.
+//! under load), whether every change acknowledged during a reload storm is applied, how many
+//! requests fail while traffic moves under load, and how fast a fleet of Nginx hosts applies a
+//! desired state written to etcd.
 //!
 //! `cargo bench --bench load` runs them in full and prints a Markdown report (see
 //! scripts/bench.sh and BENCHMARKS.md). Run without `--bench` — as `cargo test --all-targets`
@@ -21,6 +22,7 @@ use harness::{
 };
 
 mod data_path;
+mod fleet;
 mod peers;
 mod reload_storm;
 mod resolve;
@@ -29,6 +31,7 @@ mod wrk;
 mod zero_downtime;
 
 use data_path::data_path;
+use fleet::fleet_sync;
 use harness::{wrk, wrk_result};
 use peers::peer_changes;
 use reload_storm::reload_storm;
@@ -55,6 +58,8 @@ struct Settings {
     /// Reloads in the storm, and seconds of load around it.
     storm_reloads: usize,
     storm_seconds: u32,
+    /// Desired-state changes timed per fleet size.
+    fleet_changes: usize,
 }
 
 impl Settings {
@@ -74,6 +79,7 @@ impl Settings {
                 restart_gap: Duration::from_secs(1),
                 storm_reloads: 50,
                 storm_seconds: 30,
+                fleet_changes: 200,
             }
         } else {
             Settings {
@@ -87,6 +93,7 @@ impl Settings {
                 restart_gap: Duration::from_millis(200),
                 storm_reloads: 3,
                 storm_seconds: 3,
+                fleet_changes: 3,
             }
         }
     }
@@ -121,13 +128,14 @@ fn main() {
         .filter(|arg| !arg.starts_with('-'))
         .collect();
     type Scenario = (&'static str, fn(&Settings));
-    let scenarios: [Scenario; 6] = [
+    let scenarios: [Scenario; 7] = [
         ("data_path", data_path),
         ("switch_latency", switch_latency),
         ("peer_changes", peer_changes),
         ("resolve_cost", resolve_cost),
         ("reload_storm", reload_storm),
         ("zero_downtime", zero_downtime),
+        ("fleet_sync", fleet_sync),
     ];
     for (name, run) in scenarios {
         if chosen.is_empty() || chosen.iter().any(|chosen| chosen == name) {
