@@ -34,7 +34,10 @@ fn etcd_version() -> String {
         .output()
         .map(|o| {
             let text = String::from_utf8_lossy(&o.stdout).into_owned();
-            text.lines().next().unwrap_or_default().replace("etcd Version: ", "")
+            text.lines()
+                .next()
+                .unwrap_or_default()
+                .replace("etcd Version: ", "")
         })
         .unwrap_or_default()
 }
@@ -83,7 +86,10 @@ fn sync_times(count: usize, changes: usize) -> (Vec<f64>, Vec<f64>) {
                 .iter()
                 .any(|p| p.server == servers[1] && p.weight == green)
             {
-                assert!(Instant::now() < deadline, "a host did not apply change {change}");
+                assert!(
+                    Instant::now() < deadline,
+                    "a host did not apply change {change}"
+                );
                 thread::sleep(Duration::from_micros(200));
             }
         }

@@ -126,6 +126,8 @@ pub async fn set_state(
     let states = patch_peer(ctx, upstream, server, patch).await?;
     if let Some(timeout) = wait {
         let deadline = Instant::now() + timeout;
+        // With --etcd, the requests counted must be those of hosts that already drained it.
+        ctx.fleet.settle(upstream, timeout).await?;
         loop {
             let active: u64 = ctx
                 .fleet
