@@ -9,8 +9,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use harness::{
-    free_port, module_path, shiftctl_command, wait_until, Admin, Dnsmasq, HookedBackends,
-    HttpClient, Nginx, NginxOptions, Traffic,
+    free_port, module_path, shiftctl_command, wait_until, Admin, Agent, Dnsmasq, Etcd,
+    HookedBackends, HttpClient, Nginx, NginxOptions, Traffic,
 };
 use shift_wire::Health;
 
@@ -100,13 +100,12 @@ fn the_compose_file_matches_the_config_and_the_plan() {
     assert!(config.contains("listen unix:/run/nginx-shift/shift.sock;"));
 }
 
-#[test]
-fn the_example_config_and_plan_deploy_with_local_processes() {
-    let (blue, green, http) = (free_port(), free_port(), free_port());
-    let state_dir = tempfile::tempdir().unwrap();
-    fs::set_permissions(state_dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
-    // The same nginx.conf, with this machine's paths and free ports in place of the container's.
-    let config = example("nginx.conf")
+/// The example's nginx.conf with this machine's paths and free ports in place of the
+/// container's: the module, blue and green at `ports`, the proxy on `http`, the admin socket in
+/// the prefix and state files in `state_dir`.
+fn example_config(ports: (u16, u16), http: u16, state_dir: &std::path::Path) -> String {
+    let (blue, green) = ports;
+    example("nginx.conf")
         .replace(
             "/etc/nginx/modules/libngx_http_shift_module.so",
             &module_path().display().to_string(),
@@ -115,14 +114,19 @@ fn the_example_config_and_plan_deploy_with_local_processes() {
         .replace("127.0.0.1:8001", &format!("127.0.0.1:{green}"))
         .replace("listen 80;", &format!("listen 127.0.0.1:{http};"))
         .replace("/run/nginx-shift/shift.sock", "{prefix}/shift.sock")
-        .replace(
-            "/var/lib/nginx-shift",
-            &state_dir.path().display().to_string(),
-        );
-    let nginx = Nginx::start(NginxOptions::full_config(config, 2));
+        .replace("/var/lib/nginx-shift", &state_dir.display().to_string())
+}
 
-    // The same plan, with local processes instead of compose services, and 1s canary steps.
-    let sides = HookedBackends::new();
+/// A state directory the workers may write `state=` files into.
+fn worker_state_dir() -> tempfile::TempDir {
+    let state_dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(state_dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    state_dir
+}
+
+/// The example plan, with local processes instead of compose services, and 1s canary steps.
+fn example_plan(sides: &HookedBackends, ports: (u16, u16)) -> std::path::PathBuf {
+    let (blue, green) = ports;
     let plan = example("deploy.toml")
         .replace("docker compose up -d backend_blue", &sides.start_hook(blue))
         .replace(
@@ -136,10 +140,12 @@ fn the_example_config_and_plan_deploy_with_local_processes() {
         .replace("interval = \"30s\"", "interval = \"1s\"");
     let plan_path = sides.dir().join("deploy.toml");
     fs::write(&plan_path, plan).unwrap();
+    plan_path
+}
 
-    // `docker compose up -d nginx backend_blue`, as the example's README starts it.
-    sides.start_now("blue", blue);
-    let admin = Admin::new(nginx.path("shift.sock"), "/api/");
+/// Waits until blue passes the example's health check (`GET /api/users/`) on `socket`.
+fn wait_for_healthy_blue(socket: &std::path::Path) {
+    let admin = Admin::new(socket, "/api/");
     let blue_healthy = wait_until(Duration::from_secs(15), || {
         admin.upstream("backend").peers[0].health == Health::Healthy
     });
@@ -148,13 +154,30 @@ fn the_example_config_and_plan_deploy_with_local_processes() {
         "blue never passed GET /api/users/: {:?}",
         admin.upstream("backend")
     );
-    let served = || {
-        let mut client = HttpClient::new(http);
-        (0..20)
-            .map(|_| client.get("/").expect("nginx answers").body)
-            .collect::<std::collections::BTreeSet<_>>()
-    };
-    assert_eq!(served(), ["blue".to_string()].into());
+}
+
+/// Who answers 20 requests on `http`.
+fn served(http: u16) -> std::collections::BTreeSet<String> {
+    let mut client = HttpClient::new(http);
+    (0..20)
+        .map(|_| client.get("/").expect("nginx answers").body)
+        .collect()
+}
+
+#[test]
+fn the_example_config_and_plan_deploy_with_local_processes() {
+    let ports = (free_port(), free_port());
+    let http = free_port();
+    let state_dir = worker_state_dir();
+    let config = example_config(ports, http, state_dir.path());
+    let nginx = Nginx::start(NginxOptions::full_config(config, 2));
+    let sides = HookedBackends::new();
+    let plan_path = example_plan(&sides, ports);
+
+    // `docker compose up -d nginx backend_blue`, as the example's README starts it.
+    sides.start_now("blue", ports.0);
+    wait_for_healthy_blue(&nginx.path("shift.sock"));
+    assert_eq!(served(http), ["blue".to_string()].into());
 
     let deploy = || {
         shiftctl_command(&[nginx.path("shift.sock")], Some(state_dir.path()))
@@ -174,7 +197,7 @@ fn the_example_config_and_plan_deploy_with_local_processes() {
     );
     assert!(report.failed.is_empty(), "{report:?}");
     assert_eq!(sides.log(), "start green\nstop blue\n");
-    assert_eq!(served(), ["green".to_string()].into());
+    assert_eq!(served(http), ["green".to_string()].into());
     assert!(
         state_dir.path().join("backend.json").exists(),
         "the workers saved the state file"
@@ -193,7 +216,52 @@ fn the_example_config_and_plan_deploy_with_local_processes() {
         sides.log(),
         "start green\nstop blue\nstart blue\nstop green\n"
     );
-    assert_eq!(served(), ["blue".to_string()].into());
+    assert_eq!(served(http), ["blue".to_string()].into());
+}
+
+/// The same plan over two Nginx hosts through etcd, each with its agent: the canary moves both.
+#[test]
+fn the_example_plan_deploys_a_fleet_through_etcd() {
+    let etcd = Etcd::start();
+    let ports = (free_port(), free_port());
+    let sides = HookedBackends::new();
+    let plan_path = example_plan(&sides, ports);
+    sides.start_now("blue", ports.0);
+    let hosts: Vec<(Nginx, Agent, u16, tempfile::TempDir)> = (0..2)
+        .map(|index| {
+            let (http, state_dir) = (free_port(), worker_state_dir());
+            let config = example_config(ports, http, state_dir.path());
+            let nginx = Nginx::start(NginxOptions::full_config(config, 2));
+            wait_for_healthy_blue(&nginx.path("shift.sock"));
+            let agent = Agent::start(&etcd, &nginx.path("shift.sock"), &format!("web{index}"));
+            (nginx, agent, http, state_dir)
+        })
+        .collect();
+
+    // Both hosts take users while the controller (its own state directory) deploys.
+    let controller_dir = tempfile::tempdir().unwrap();
+    let traffic: Vec<Traffic> = hosts.iter().map(|host| Traffic::start(host.2, 1)).collect();
+    let output = std::process::Command::new(harness::shiftctl_binary())
+        .args(etcd.client_args())
+        .arg("--state-dir")
+        .arg(controller_dir.path())
+        .arg("deploy")
+        .arg(&plan_path)
+        .output()
+        .unwrap();
+    for traffic in traffic {
+        let report = traffic.stop();
+        assert!(report.failed.is_empty(), "{report:?}");
+    }
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(sides.log(), "start green\nstop blue\n");
+    for host in &hosts {
+        assert_eq!(served(host.2), ["green".to_string()].into());
+    }
 }
 
 fn scaled(file: &str) -> String {

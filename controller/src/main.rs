@@ -89,15 +89,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Status {
             upstream,
             watch,
-            every,
             fleet: true,
+            ..
         } => {
             if watch || upstream.is_some() {
                 return Err(Failure::usage(anyhow::anyhow!(
                     "status --fleet shows every upstream once: leave out UPSTREAM and --watch"
                 )));
             }
-            let _ = every;
             commands::fleet_status(&ctx).await
         }
         Command::Status {
@@ -232,6 +231,12 @@ async fn run_agent(
             .to_string_lossy()
             .into_owned(),
     };
+    // It names a key: PREFIX/hosts/HOST.
+    if host.is_empty() || host.contains('/') || host.chars().any(char::is_control) {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "host name \"{host}\" cannot name this host in etcd: give --host without \"/\""
+        )));
+    }
     let store = Store::connect(&etcd).await?;
     let options = agent::AgentOptions { host, lease, every };
     agent::run(store, admin, options).await
