@@ -60,16 +60,19 @@ else
 fi
 
 # shiftctl: the man pages and completions come from the built binary's clap definitions.
-cargo build --release -p shiftctl --quiet
-assets=target/release/shiftctl-assets
+# SHIFTCTL_TARGET_DIR: where scripts/test.sh already builds it.
+cli_target=${SHIFTCTL_TARGET_DIR:-$PWD/target}
+cargo build --release -p shiftctl --quiet --target-dir "$cli_target"
+shiftctl=$cli_target/release/shiftctl
+assets=$cli_target/release/shiftctl-assets
 rm -rf "$assets"
-target/release/shiftctl man-pages "$assets/man"
+"$shiftctl" man-pages "$assets/man"
 gzip -9n "$assets"/man/*.1
 mkdir -p "$assets/completions"
-target/release/shiftctl completions bash >"$assets/completions/shiftctl.bash"
-target/release/shiftctl completions zsh >"$assets/completions/_shiftctl"
-target/release/shiftctl completions fish >"$assets/completions/shiftctl.fish"
-cargo deb -p shiftctl --no-build --quiet --output "$out" >/dev/null
+"$shiftctl" completions bash >"$assets/completions/shiftctl.bash"
+"$shiftctl" completions zsh >"$assets/completions/_shiftctl"
+"$shiftctl" completions fish >"$assets/completions/shiftctl.fish"
+CARGO_TARGET_DIR=$cli_target cargo deb -p shiftctl --no-build --quiet --output "$out" >/dev/null
 
 rm -rf "$out/build"
 ls "$out"/*.deb

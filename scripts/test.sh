@@ -10,6 +10,13 @@ source scripts/setup.sh nginx nginx-dev wrk haproxy dnsmasq-base etcd-server etc
 # The module's .so is what the integration tests load; build it (and everything else) first.
 cargo build --workspace --all-targets --quiet
 
+# The release shiftctl that scripts/package.sh packages takes minutes to compile: build it now,
+# at low priority and in its own target directory, while the integration tests below mostly
+# wait on sockets. package.sh waits for it (cargo's lock) and builds nothing twice.
+export SHIFTCTL_TARGET_DIR=$PWD/target/package-cli
+(nice -n 10 cargo build --release -p shiftctl --quiet --target-dir "$SHIFTCTL_TARGET_DIR" \
+  >target/package-cli.log 2>&1 || true) &
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
