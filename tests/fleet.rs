@@ -446,3 +446,36 @@ fn a_fleet_over_mutual_tls_takes_changes_and_refuses_a_client_without_a_certific
     assert!(!stranger.status.success(), "{}", text(&stranger));
     assert!(text(&stranger).contains("etcd"), "{}", text(&stranger));
 }
+
+#[test]
+fn a_peer_added_through_etcd_reaches_every_host_and_goes_with_remove() {
+    let fleet = Fleet::start(2);
+    let extra = Backend::start("extra");
+    let server = extra.addr().to_string();
+    let output = fleet.shiftctl(&["add", "app", &server, "--weight", "3", "--label", "v2"]);
+    assert!(output.status.success(), "{}", text(&output));
+    for host in &fleet.hosts {
+        let added = wait_until(CONVERGE, || {
+            host.admin().peer("app", &server).is_some_and(|peer| {
+                peer.weight == 3
+                    && peer.label.as_deref() == Some("v2")
+                    && peer.origin == shift_wire::PeerOrigin::Api
+            })
+        });
+        assert!(added.is_some(), "{:?}", host.admin().upstream("app"));
+    }
+    fleet.wait_for_status(|status| synced_hosts(status).len() == 2);
+
+    // A server line stays: only the config removes it.
+    let blue = fleet.blue.addr().to_string();
+    let refused = fleet.shiftctl(&["remove", "app", &blue]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(text(&refused).contains("server line"), "{}", text(&refused));
+
+    let output = fleet.shiftctl(&["remove", "app", &server]);
+    assert!(output.status.success(), "{}", text(&output));
+    for host in &fleet.hosts {
+        let gone = wait_until(CONVERGE, || host.admin().peer("app", &server).is_none());
+        assert!(gone.is_some(), "{:?}", host.admin().upstream("app"));
+    }
+}
