@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use shift_wire::fleet::{DesiredUpstream, HostReport, Member};
-use shift_wire::UpstreamPatch;
+use shift_wire::{Upstream, UpstreamPatch};
 use shiftctl::desired;
 
 use crate::client::{AdminClient, ClientError};
@@ -153,19 +153,11 @@ impl Agent {
     /// every tick: when nothing drifted, it only reads the module and refreshes the report.
     async fn converge(&mut self, revision: i64) {
         let mut problems = Vec::new();
-        let mut reached = true;
-        for (upstream, desired) in &self.desired.upstreams {
-            if let Err(err) = apply(&self.admin, upstream, &desired.value, &mut problems).await {
-                reached &= !err.is_unreachable();
-                problems.push(err.to_string());
-            }
-        }
-        let upstreams = match self.admin.upstreams().await {
-            Ok(list) => list.upstreams,
+        let (reached, upstreams) = match self.admin.upstreams().await {
+            Ok(list) => self.apply_all(list.upstreams, &mut problems).await,
             Err(err) => {
-                reached = false;
                 problems.push(err.to_string());
-                Vec::new()
+                (false, Vec::new())
             }
         };
         if reached && revision != self.applied {
@@ -196,6 +188,44 @@ impl Agent {
         }
     }
 
+    /// Applies every desired state to the module, whose upstreams are `local`. Returns whether
+    /// the module answered throughout, and its upstreams as they are now (read again only when
+    /// something changed).
+    async fn apply_all(
+        &self,
+        local: Vec<Upstream>,
+        problems: &mut Vec<String>,
+    ) -> (bool, Vec<Upstream>) {
+        let mut reached = true;
+        let mut changed = false;
+        for (name, desired) in &self.desired.upstreams {
+            let Some(upstream) = local.iter().find(|upstream| &upstream.name == name) else {
+                problems.push(format!(
+                    "this Nginx has no shift upstream {name}: its config differs from the other \
+                     hosts'"
+                ));
+                continue;
+            };
+            match apply(&self.admin, upstream, &desired.value, problems).await {
+                Ok(did) => changed |= did,
+                Err(err) => {
+                    reached &= !err.is_unreachable();
+                    problems.push(err.to_string());
+                }
+            }
+        }
+        if !changed {
+            return (reached, local);
+        }
+        match self.admin.upstreams().await {
+            Ok(list) => (reached, list.upstreams),
+            Err(err) => {
+                problems.push(err.to_string());
+                (false, local)
+            }
+        }
+    }
+
     /// Writes the report under the agent's lease, taking a new lease when the old one is lost.
     async fn publish(&mut self, report: &HostReport) -> Result<(), StoreError> {
         if self.lease.as_ref().is_none_or(Lease::is_lost) {
@@ -211,21 +241,22 @@ impl Agent {
     }
 }
 
-/// Applies one upstream's desired state to the local module: run-time peers added first (so
-/// that the patch can name them), then one PATCH, then run-time peers removed. What cannot be
-/// done (a server line this host's config lacks) goes to `problems`.
+/// Applies one upstream's desired state to the local module, whose upstream is `local`:
+/// run-time peers added first (so that the patch can name them), then one PATCH, then run-time
+/// peers removed. What cannot be done (a server line this host's config lacks) goes to
+/// `problems`. Returns whether it changed anything.
 async fn apply(
     admin: &AdminClient,
-    upstream: &str,
+    local: &Upstream,
     desired: &DesiredUpstream,
     problems: &mut Vec<String>,
-) -> Result<(), ClientError> {
-    let local = admin.upstream(upstream).await?;
-    let plan = desired::converge(desired, &local);
+) -> Result<bool, ClientError> {
+    let plan = desired::converge(desired, local);
     problems.extend(plan.problems.iter().cloned());
     if plan.is_done() {
-        return Ok(());
+        return Ok(false);
     }
+    let upstream = local.name.as_str();
     for peer in &plan.add {
         admin.add_peer(upstream, peer).await?;
     }
@@ -245,5 +276,5 @@ async fn apply(
         plan.patch.len(),
         plan.remove.len()
     ));
-    Ok(())
+    Ok(true)
 }

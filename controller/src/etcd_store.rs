@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
-    TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue,
+    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
 };
 use serde::de::DeserializeOwned;
 
@@ -122,15 +122,8 @@ impl Store {
         &self,
         key: &str,
     ) -> Result<Option<Versioned<T>>, StoreError> {
-        let response = self
-            .client
-            .clone()
-            .get(key, None)
-            .await
-            .map_err(|err| self.failed(err))?;
-        response
-            .kvs()
-            .first()
+        self.get_raw(key)
+            .await?
             .map(|kv| {
                 Ok(Versioned {
                     value: parse(key, kv.value())?,
@@ -138,6 +131,16 @@ impl Store {
                 })
             })
             .transpose()
+    }
+
+    async fn get_raw(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let mut response = self
+            .client
+            .clone()
+            .get(key, None)
+            .await
+            .map_err(|err| self.failed(err))?;
+        Ok(response.take_kvs().into_iter().next())
     }
 
     /// Every upstream's desired state, now (`at: None`) or as it was at a past revision.
@@ -212,13 +215,7 @@ impl Store {
     /// The stable set recorded for an upstream (JSON), if any.
     pub async fn stable(&self, upstream: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let key = fleet::stable_key(&self.prefix, upstream);
-        let response = self
-            .client
-            .clone()
-            .get(key.as_str(), None)
-            .await
-            .map_err(|err| self.failed(err))?;
-        Ok(response.kvs().first().map(|kv| kv.value().to_vec()))
+        Ok(self.get_raw(&key).await?.map(|kv| kv.value().to_vec()))
     }
 
     pub async fn put_stable(&self, upstream: &str, json: &[u8]) -> Result<(), StoreError> {
