@@ -10,19 +10,20 @@ source scripts/setup.sh nginx nginx-dev wrk haproxy dnsmasq-base etcd-server etc
 # The module's .so is what the integration tests load; build it (and everything else) first.
 cargo build --workspace --all-targets --quiet
 
-# The release shiftctl that scripts/package.sh packages takes minutes to compile: build it now,
-# at low priority and in its own target directory, while the integration tests below mostly
-# wait on sockets. package.sh waits for it (cargo's lock) and builds nothing twice.
-export SHIFTCTL_TARGET_DIR=$PWD/target/package-cli
-(nice -n 10 cargo build --release -p shiftctl --quiet --target-dir "$SHIFTCTL_TARGET_DIR" \
-  >target/package-cli.log 2>&1 || true) &
-
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 # --all-targets: unit and integration tests, plus the benchmarks in test mode (criterion runs
 # each once; benches/load.rs runs its smoke pass). There are no doc tests.
 cargo test --workspace --all-targets 2>&1 | tee "$log" || status=$?
+
+# The release shiftctl that scripts/package.sh packages takes minutes to compile: build it from
+# here on, at low priority and in its own target directory, beside the runs below against other
+# Nginx builds, which mostly wait on sockets. Not earlier: the canary tests above judge latency,
+# and a compile beside them makes it noisy. package.sh waits for it (cargo's lock).
+export SHIFTCTL_TARGET_DIR=$PWD/target/package-cli
+(nice -n 10 cargo build --release -p shiftctl --quiet --target-dir "$SHIFTCTL_TARGET_DIR" \
+  >target/package-cli.log 2>&1 || true) &
 
 # The same module built for Debian's Nginx (1.22), loaded into /usr/sbin/nginx: the tests of
 # weights, the API, health checks and the directives again.
