@@ -219,10 +219,23 @@ impl Store {
     }
 
     pub async fn put_stable(&self, upstream: &str, json: &[u8]) -> Result<(), StoreError> {
-        let key = fleet::stable_key(&self.prefix, upstream);
+        self.put(
+            fleet::stable_key(&self.prefix, upstream),
+            json.to_vec(),
+            None,
+        )
+        .await
+    }
+
+    async fn put(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        options: Option<PutOptions>,
+    ) -> Result<(), StoreError> {
         self.client
             .clone()
-            .put(key, json, None)
+            .put(key, value, options)
             .await
             .map_err(|err| self.failed(err))?;
         Ok(())
@@ -262,12 +275,7 @@ impl Store {
     pub async fn put_member(&self, member: &Member) -> Result<(), StoreError> {
         let key = fleet::member_key(&self.prefix, &member.host);
         let value = serde_json::to_vec(member).expect("member serializes");
-        self.client
-            .clone()
-            .put(key, value, None)
-            .await
-            .map_err(|err| self.failed(err))?;
-        Ok(())
+        self.put(key, value, None).await
     }
 
     /// Publishes a host's report under `lease`: it vanishes when the agent stops renewing it.
@@ -275,12 +283,7 @@ impl Store {
         let key = fleet::report_key(&self.prefix, &report.host);
         let value = serde_json::to_vec(report).expect("report serializes");
         let options = PutOptions::new().with_lease(lease);
-        self.client
-            .clone()
-            .put(key, value, Some(options))
-            .await
-            .map_err(|err| self.failed(err))?;
-        Ok(())
+        self.put(key, value, Some(options)).await
     }
 
     /// A new lease of `ttl`, and a task that renews it every third of it until the lease is

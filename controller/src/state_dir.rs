@@ -9,7 +9,7 @@ use shift_wire::{Upstream, UpstreamPatch};
 
 use crate::commands::Ctx;
 use crate::exit::Failure;
-use crate::fleet::{Fleet, FleetError};
+use crate::fleet::Fleet;
 use crate::plan;
 
 impl Ctx {
@@ -26,11 +26,7 @@ impl Ctx {
         let json = serde_json::to_vec_pretty(&snapshots).expect("JSON of wire types");
         let upstream = &upstreams[0].name;
         match &self.fleet {
-            Fleet::Etcd(etcd) => Ok(etcd
-                .store()
-                .put_stable(upstream, &json)
-                .await
-                .map_err(FleetError::from)?),
+            Fleet::Etcd(etcd) => Ok(etcd.store().put_stable(upstream, &json).await?),
             Fleet::Sockets(_) => write_file(&self.stable_path(upstream), &json),
         }
     }
@@ -47,8 +43,7 @@ impl Ctx {
             Fleet::Etcd(etcd) => etcd
                 .store()
                 .stable(upstream)
-                .await
-                .map_err(FleetError::from)?
+                .await?
                 .ok_or_else(|| missing("none in etcd".to_string()))?,
             Fleet::Sockets(_) => {
                 fs::read(&path).map_err(|err| missing(format!("{}: {err}", path.display())))?

@@ -10,7 +10,7 @@ use shiftctl::fleet_status;
 use super::Ctx;
 use crate::etcd_fleet::now_ms;
 use crate::exit::Failure;
-use crate::fleet::{Fleet, FleetError};
+use crate::fleet::Fleet;
 use crate::output::render_table;
 use crate::watch_view::WatchHistory;
 
@@ -27,7 +27,7 @@ async fn read_all(
     };
     match &ctx.fleet {
         Fleet::Etcd(etcd) => {
-            let mut reports = etcd.store().reports().await.map_err(FleetError::from)?;
+            let mut reports = etcd.store().reports().await?;
             reports.sort_by(|a, b| a.host.cmp(&b.host));
             Ok(reports
                 .into_iter()
@@ -56,12 +56,9 @@ pub async fn fleet_status(ctx: &Ctx) -> Result<(), Failure> {
         )));
     };
     let store = etcd.store();
-    let snapshot = store
-        .desired_snapshot(None)
-        .await
-        .map_err(FleetError::from)?;
-    let members = store.members().await.map_err(FleetError::from)?;
-    let reports = store.reports().await.map_err(FleetError::from)?;
+    let snapshot = store.desired_snapshot(None).await?;
+    let members = store.members().await?;
+    let reports = store.reports().await?;
     let desired: BTreeMap<String, (i64, shift_wire::fleet::DesiredUpstream)> = snapshot
         .upstreams
         .into_iter()
