@@ -21,7 +21,7 @@ use shift_wire::MAX_BODY_BYTES;
 use crate::ngx_module::Module;
 use crate::shm::{api_view, NotServing};
 use shift_core::api::{self, ApiContext, ApiRequest, Endpoint, Reply, Writer};
-use shift_core::process::process_alive;
+use shift_core::process::{own_token, token_alive};
 
 /// Serves the admin API.
 pub extern "C" fn handle(r: *mut ngx_http_request_t) -> ngx_int_t {
@@ -139,9 +139,8 @@ fn answer(request: &mut Request, body: &[u8]) -> ngx_int_t {
 
     let relative = path.strip_prefix(api_conf.prefix.as_str()).unwrap_or(&path);
     let writer = Writer {
-        // SAFETY: ngx_pid is set once at process start.
-        pid: unsafe { ngx::ffi::ngx_pid } as u32,
-        is_alive: &process_alive,
+        pid: own_token(),
+        is_alive: &token_alive,
     };
     // SAFETY: `args` points into the request line while the request runs.
     let args = unsafe { ngx::core::NgxStr::from_ngx_str(request.as_ref().args) }

@@ -34,7 +34,7 @@ use crate::shm::table_of;
 use nix::sys::socket::SockaddrLike;
 use shift_core::directives::{CheckArgs, CheckKind};
 use shift_core::health::{http_request, judge_http, with_port, ProbeError, MAX_RESPONSE_BYTES};
-use shift_core::process::process_alive;
+use shift_core::process::{own_token, token_alive};
 use shift_core::table::{PeerSlot, Table, TableHeader};
 use shift_wire::PeerOrigin;
 
@@ -453,16 +453,14 @@ fn finish(probe: &mut Probe, result: Result<(), ProbeError>) {
         probe.slot.server(),
         result.map_or_else(ProbeError::describe, |()| "passed".to_string())
     );
-    // SAFETY: ngx_pid is set once at process start.
-    let pid = unsafe { ngx::ffi::ngx_pid } as u32;
     match table.record_check(
         0,
         result,
         check.fails,
         check.passes,
         unix_ms(),
-        pid,
-        process_alive,
+        own_token(),
+        token_alive,
     ) {
         Ok(Some(transition)) => {
             let reason = transition.error.map(ProbeError::describe);

@@ -7,8 +7,8 @@
 //! copy of the upstream's `peer.data` at it. Requests already running keep the list they
 //! started with: each holds a reference (dropped by a cleanup of the request's pool), and a
 //! replaced list is freed when its last request ends. Until that moment the worker's record
-//! says how old its oldest list is, and a removed peer's slot stays in the zone (see
-//! `shm::membership`): no request ever reaches a freed peer.
+//! shows the list's epoch, and a removed peer it holds keeps its place in the zone (see
+//! `shift_core::reclaim`): no request ever reaches a freed peer.
 
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
@@ -19,6 +19,7 @@ use ngx::ffi::{
     ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t, ngx_str_t, sockaddr, socklen_t,
 };
 use nix::sys::socket::{SockaddrLike, SockaddrStorage};
+use shift_core::reclaim::HeldEpochs;
 use shift_core::table::PeerSlot;
 
 /// Stock Nginx's `server` defaults for a peer added at run time.
@@ -49,8 +50,10 @@ pub struct PeerList {
     pub slots: Vec<&'static PeerSlot>,
     pub rr_peers: Vec<*mut ngx_http_upstream_rr_peer_t>,
     pub positions: Vec<usize>,
-    /// The zone's membership epoch when it was built.
+    /// The zone's membership epoch when it was built, and its upstream's index among the
+    /// load's tables.
     pub epoch: u64,
+    table_index: usize,
     /// Requests that started with this list and have not ended.
     requests: usize,
     /// Replaced by a newer list: freed when its last request ends.
@@ -64,12 +67,13 @@ thread_local! {
 
 impl PeerList {
     /// Builds a list from `members` (each with its slot and load position), on top of
-    /// `original`, the configuration's own list. `None` when an address cannot be used.
+    /// `original`, the configuration's own list.
     pub fn build(
         original: &ngx_http_upstream_rr_peers_t,
         members: &[(Member, &'static PeerSlot, usize)],
         epoch: u64,
-    ) -> Option<*mut PeerList> {
+        table_index: usize,
+    ) -> *mut PeerList {
         let mut list = Box::new(PeerList {
             peers: *original,
             entries: Vec::new(),
@@ -79,6 +83,7 @@ impl PeerList {
             rr_peers: Vec::new(),
             positions: Vec::new(),
             epoch,
+            table_index,
             requests: 0,
             retired: false,
         });
@@ -92,7 +97,11 @@ impl PeerList {
                 // SAFETY: the configuration's round-robin peers live as long as its cycle.
                 Member::Config(rr_peer) => copy_of(unsafe { &**rr_peer }),
                 Member::Runtime => {
-                    let (storage, socklen) = socket_address(slot.server())?;
+                    // Not an address (a hand-edited state file): it takes no traffic, and
+                    // the rest of the list still does.
+                    let Some((storage, socklen)) = socket_address(slot.server()) else {
+                        continue;
+                    };
                     let name: Box<[u8]> = slot.server().as_bytes().into();
                     let entry = runtime_peer(&storage, socklen, &name, slot.config().weight);
                     list.addresses.push(storage);
@@ -133,7 +142,7 @@ impl PeerList {
         list.peers.set_weighted((total_weight != count) as u32);
         let list = Box::into_raw(list);
         LISTS.with(|lists| lists.borrow_mut().push(list));
-        Some(list)
+        list
     }
 
     /// A request started with `list`.
@@ -192,16 +201,19 @@ impl Drop for ListHold {
     }
 }
 
-/// The oldest epoch among this worker's lists, `u64::MAX` when it has none.
-pub fn oldest_epoch() -> u64 {
+/// The epochs of this worker's lists (current ones, and retired ones with requests) for the
+/// load's table `table_index`.
+pub fn held_epochs(table_index: usize) -> HeldEpochs {
     LISTS.with(|lists| {
-        lists
-            .borrow()
-            .iter()
-            // SAFETY: listed lists are not freed.
-            .map(|&list| unsafe { (*list).epoch })
-            .min()
-            .unwrap_or(u64::MAX)
+        HeldEpochs::of(
+            lists
+                .borrow()
+                .iter()
+                // SAFETY: listed lists are not freed.
+                .map(|&list| unsafe { &*list })
+                .filter(|list| list.table_index == table_index)
+                .map(|list| list.epoch),
+        )
     })
 }
 
@@ -209,8 +221,8 @@ fn free(list: *mut PeerList) {
     LISTS.with(|lists| lists.borrow_mut().retain(|&own| own != list));
     // SAFETY: made by `Box::into_raw` in `build`; no request holds it and it is no upstream's
     // current list any more.
-    drop(unsafe { Box::from_raw(list) });
-    crate::shm::publish_oldest_list_epoch(oldest_epoch());
+    let table_index = unsafe { Box::from_raw(list) }.table_index;
+    crate::shm::publish_held(table_index, &held_epochs(table_index));
 }
 
 /// A configuration peer's copy for a new list: its passive-health state comes along; its

@@ -20,7 +20,7 @@ use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 use ngx::ngx_log_error;
 use shift_core::api::Membership;
 use shift_core::directives::label_for;
-use shift_core::process::process_alive;
+use shift_core::process::{own_token, token_alive};
 use shift_core::resolve::{answer_peers, changes, next_lookup_in, source_id};
 use shift_core::table::{Addition, PeerSlot, Table};
 use shift_wire::{PeerOrigin, PeerState};
@@ -337,9 +337,7 @@ fn apply(
     if add.is_empty() && remove.is_empty() {
         return;
     }
-    // SAFETY: ngx_pid is set once at process start.
-    let pid = unsafe { ngx::ffi::ngx_pid } as u32;
-    let Ok(guard) = Table::new(header, &[]).lock(pid, process_alive) else {
+    let Ok(guard) = Table::new(header, &[]).lock(own_token(), token_alive) else {
         return; // another change holds it; the next lookup tries again
     };
     let mut membership = crate::shm::ZoneMembership::new(zone, &locked);
@@ -355,6 +353,7 @@ fn apply(
         PeerState::Up
     };
     let mut added = Vec::new();
+    let mut refused = false;
     for server in &add {
         if all
             .iter()
@@ -377,10 +376,12 @@ fn apply(
                 added.push(server.as_str());
             }
             Err(err) => {
+                refused = true;
                 ngx_log_error!(
                     NGX_LOG_ERR,
                     log,
-                    "shift: upstream \"{}\": {} from \"{}\" not added: {}",
+                    "shift: upstream \"{}\": {} from \"{}\" not added: {}; the addresses \
+                     it replaces stay until it can be",
                     header.name(),
                     server,
                     name.name_port(),
@@ -389,6 +390,9 @@ fn apply(
             }
         }
     }
+    // An answer that cannot be applied whole never takes the old addresses away: they may be
+    // all that still serves.
+    let remove = if refused { Vec::new() } else { remove };
     for slot in &remove {
         let epoch = membership.next_epoch();
         guard.remove_peer(slot, epoch);

@@ -326,45 +326,49 @@ fn follow_members(
         main,
         placement.first_slot,
         placement.positions,
+        placement.table_index,
         |members, epoch| {
             // Read under the zone's lock with the positions: a later change is seen next time.
             let members_now = header.members();
             let list = list_members(placement, members, had_list)
-                .map(|members| PeerList::build(original, &members, epoch).ok_or(()))
-                .transpose();
+                .map(|members| PeerList::build(original, &members, epoch, placement.table_index));
             (list, members_now)
         },
+        || crate::peer_list::held_epochs(placement.table_index),
     );
     let Some((list, members_now)) = built else {
-        return;
-    };
-    conf.routing.members_seen = members_now;
-    match list {
-        Ok(Some(list)) => {
-            if had_list {
-                PeerList::retire(conf.routing.list);
-            }
-            conf.routing.list = list;
-            // SAFETY: just built; it lives while it is this upstream's current list.
-            uscf.peer.data = unsafe { std::ptr::addr_of_mut!((*list).peers) }.cast();
-            conf.routing.seen_seq = u64::MAX;
-            // Run-time peers are checked like the others (a `mandatory` check keeps a new one
-            // out of traffic until it passes).
-            // SAFETY: as above.
-            let slots = unsafe { &(*list).slots };
-            crate::health_probe::follow(conf, &uscf.host.to_string(), slots);
-        }
-        Ok(None) => {}
-        Err(()) => {
+        if !NO_LIST_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
             ngx_log_error!(
                 NGX_LOG_ERR,
                 log,
-                "shift: upstream \"{}\" keeps its peers: an added peer's address is not usable",
+                "shift: this worker has no record in the shared zone (see the error at its \
+                 start): it routes to the \"server\" lines of upstream \"{}\" only, not to \
+                 peers added at run time",
                 uscf.host
             );
         }
+        conf.routing.members_seen = header.members();
+        return;
+    };
+    conf.routing.members_seen = members_now;
+    if let Some(list) = list {
+        if had_list {
+            PeerList::retire(conf.routing.list);
+        }
+        conf.routing.list = list;
+        // SAFETY: just built; it lives while it is this upstream's current list.
+        uscf.peer.data = unsafe { std::ptr::addr_of_mut!((*list).peers) }.cast();
+        conf.routing.seen_seq = u64::MAX;
+        // Run-time peers are checked like the others (a `mandatory` check keeps a new one
+        // out of traffic until it passes).
+        // SAFETY: as above.
+        let slots = unsafe { &(*list).slots };
+        crate::health_probe::follow(conf, &uscf.host.to_string(), slots);
     }
 }
+
+/// Whether this worker said once that it cannot route to run-time peers.
+static NO_LIST_LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// What a new list holds: the configuration's peers (primary ones copied, backup ones kept),
 /// then the current run-time peers in the table's order. `None` when the configuration's own

@@ -13,8 +13,9 @@ use shift_core::table::{PeerConfig, PeerSlot, Route, TableHeader};
 /// Where the upstream lives in the zone, set by the zone's init (`shm::load`) in the master and
 /// read-only in workers.
 pub struct Placement {
-    /// This upstream's table in the shared zone.
+    /// This upstream's table in the shared zone, and its index among the load's tables.
     pub table: *mut TableHeader,
+    pub table_index: usize,
     /// Whether the zone's init placed the table for this configuration (it then takes the state
     /// file's or a replaced zone's state when the configuration is committed).
     pub new_table: bool,
@@ -36,6 +37,7 @@ impl Default for Placement {
     fn default() -> Self {
         Placement {
             table: ptr::null_mut(),
+            table_index: 0,
             new_table: false,
             slots: Vec::new(),
             configs: Vec::new(),

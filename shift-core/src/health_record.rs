@@ -45,8 +45,8 @@ impl<'a> Table<'a> {
         fails_needed: u32,
         passes_needed: u32,
         finished_unix_ms: u64,
-        pid: u32,
-        is_alive: impl Fn(u32) -> bool,
+        pid: u64,
+        is_alive: impl Fn(u64) -> bool,
     ) -> Result<Option<Transition>, LockError> {
         let peer = &self.peers[index];
         let tally = Tally {

@@ -12,6 +12,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod pin;
 pub mod process;
+pub mod reclaim;
 pub mod resolve;
 pub mod state_file;
 pub mod sticky;

@@ -131,6 +131,18 @@ impl SavedUpstream {
             if !seen.insert(peer.server.as_str()) {
                 return Err(format!("peer \"{}\" is listed twice", peer.server));
             }
+            // A peer added at run time is placed again from the file alone: it must be an
+            // address as the API writes it (a config line's name is the config's business).
+            let canonical = peer
+                .server
+                .parse::<std::net::SocketAddr>()
+                .is_ok_and(|address| address.port() != 0 && address.to_string() == peer.server);
+            if peer.origin != PeerOrigin::Config && !canonical {
+                return Err(format!(
+                    "peer \"{}\" was added at run time but is not an address IP:PORT",
+                    peer.server.escape_default()
+                ));
+            }
             for label in [&peer.config_label, &peer.label].into_iter().flatten() {
                 Label::parse(label).map_err(|err| format!("peer \"{}\": {err}", peer.server))?;
             }
@@ -441,6 +453,26 @@ mod tests {
                     ..good.clone()
                 },
                 "\"other\"",
+            ),
+            (
+                SavedUpstream {
+                    peers: vec![SavedPeer {
+                        origin: PeerOrigin::Api,
+                        ..peer("backend:8000", 1)
+                    }],
+                    ..good.clone()
+                },
+                "not an address IP:PORT",
+            ),
+            (
+                SavedUpstream {
+                    peers: vec![SavedPeer {
+                        origin: PeerOrigin::Resolved,
+                        ..peer("127.000.0.1:80", 1)
+                    }],
+                    ..good.clone()
+                },
+                "not an address IP:PORT",
             ),
         ];
         for (saved, expected) in cases {

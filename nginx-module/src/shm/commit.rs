@@ -18,9 +18,9 @@ use super::reclaim::reclaim;
 use super::zone::{allocate_zeroed, slots_of, Zone};
 use crate::conf::{MainConf, UpstreamConf};
 use crate::ngx_module::Module;
-use shift_core::process::process_alive;
+use shift_core::process::{own_token, token_alive};
 use shift_core::state_file;
-use shift_core::table::{CarryNote, PeerSlot, Table, TableHeader};
+use shift_core::table::{CarryNote, CheckMode, PeerSlot, Table, TableHeader};
 
 /// Commits the load this configuration built; from `init_module`, which Nginx calls once the
 /// configuration can no longer fail.
@@ -77,7 +77,6 @@ pub unsafe fn commit(zone: Zone, main: &MainConf, log: *mut ngx_log_t) {
         let load = &*main.load;
         load.committed.store(true, Ordering::Release);
         root.current_load = load.id;
-        let pid = std::process::id();
         for &uscf in &main.upstreams {
             let Some(conf) = Module::server_conf(&*uscf) else {
                 continue;
@@ -96,7 +95,7 @@ pub unsafe fn commit(zone: Zone, main: &MainConf, log: *mut ngx_log_t) {
                 .copied()
                 .collect();
             let table = Table::new(header, &restored);
-            let Ok(guard) = table.lock(pid, process_alive) else {
+            let Ok(guard) = table.lock(own_token(), token_alive) else {
                 ngx_log_error!(
                     NGX_LOG_ERR,
                     log,
@@ -119,7 +118,20 @@ pub unsafe fn commit(zone: Zone, main: &MainConf, log: *mut ngx_log_t) {
                         .any(|own| std::ptr::eq(*own, *slot))
                 })
                 .collect();
-            let notes = guard.commit(check_mode(conf), &conf.placement.configs, &removed);
+            // Removed as the API removes a peer: at a new epoch, so that every worker's list
+            // leaves it out and its run-time positions in older loads can be given up.
+            let epoch = if removed.is_empty() {
+                0
+            } else {
+                root.next_members_epoch()
+            };
+            let notes = guard.commit(check_mode(conf), &conf.placement.configs, &removed, epoch);
+            if check_mode(conf) == CheckMode::Off {
+                // Nothing probes them any more: an unhealthy peer would stay out for good.
+                let current: Vec<&PeerSlot> =
+                    slots_of(header).filter(|slot| slot.is_current()).collect();
+                guard.forget_health(&current);
+            }
             // Addresses of names the configuration no longer has go (they stay while it does:
             // its workers look the names up again).
             let names: Vec<u64> = conf

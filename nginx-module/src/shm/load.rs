@@ -28,6 +28,7 @@ use super::zone::{allocate, allocate_zeroed, foreign_root, push_front, slots_of,
 use crate::conf::{MainConf, UpstreamConf};
 use crate::ngx_module::Module;
 use shift_core::directives::{label_for, LabelLine};
+use shift_core::reclaim::PositionKind;
 use shift_core::state_file;
 use shift_core::table::{CheckMode, PeerConfig, PeerSlot, TableHeader};
 use shift_wire::PeerOrigin;
@@ -46,12 +47,29 @@ pub struct LoadRecord {
     table_count: usize,
 }
 
-/// The positions of one upstream in a load.
+/// The positions of one upstream in a load: `configs` positions of its `server` lines (kept
+/// for the load's life), then its run-time peers and room for more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
 pub struct Range {
     pub first: usize,
+    pub configs: usize,
     pub len: usize,
+}
+
+impl Range {
+    /// What kind of position `position` (an index into the load's positions) is.
+    pub fn kind_of(&self, position: usize) -> PositionKind {
+        if position < self.first + self.configs {
+            PositionKind::Config
+        } else {
+            PositionKind::Runtime
+        }
+    }
+
+    pub fn positions(&self) -> std::ops::Range<usize> {
+        self.first..self.first + self.len
+    }
 }
 
 impl LoadRecord {
@@ -122,6 +140,10 @@ impl LoadRecord {
             .iter()
             .position(|own| std::ptr::eq(*own, header))?;
         Some(self.ranges()[index])
+    }
+
+    pub fn table_count(&self) -> usize {
+        self.table_count
     }
 }
 
@@ -218,6 +240,7 @@ unsafe fn place_views(
                 true,
             ),
         };
+        let epoch = zone.root().members_epoch.load(Ordering::Acquire);
         let mut view = Vec::with_capacity(configs.len());
         for config in &configs {
             // SAFETY: as above.
@@ -225,7 +248,7 @@ unsafe fn place_views(
             {
                 Some(slot) => slot,
                 // SAFETY: as above.
-                None => unsafe { place_slot(locked, header, config)? },
+                None => unsafe { place_slot(locked, header, config, epoch)? },
             };
             view.push(slot);
         }
@@ -238,7 +261,7 @@ unsafe fn place_views(
                     continue; // now a line of the config, which owns it
                 }
                 // SAFETY: as above.
-                placed.push(unsafe { place_slot(locked, header, &config)? });
+                placed.push(unsafe { place_slot(locked, header, &config, epoch)? });
             }
             placed
         } else {
@@ -251,12 +274,14 @@ unsafe fn place_views(
         let spare = configs.len().max(MIN_SPARE_POSITIONS);
         let range = Range {
             first: positions.len(),
+            configs: view.len(),
             len: view.len() + runtime.len() + spare,
         };
         positions.extend(view.iter().map(|slot| Some(*slot)));
         positions.extend(runtime.iter().map(|slot| Some(*slot)));
         positions.extend(std::iter::repeat_n(None, spare));
         conf.placement.table = std::ptr::from_ref(header).cast_mut();
+        conf.placement.table_index = tables.len();
         conf.placement.new_table = created;
         conf.placement.first_slot = range.first;
         conf.placement.positions = range.len;
@@ -365,16 +390,19 @@ unsafe fn place_table(
     }
 }
 
+/// Places a new slot for `config` in `header`'s list, placed at membership `epoch` (the zone's
+/// current one: no worker's list is older than it can hold the slot).
+///
 /// SAFETY: the caller holds the zone's lock.
 pub(super) unsafe fn place_slot(
     locked: &LockedSlabPool,
     header: &TableHeader,
     config: &PeerConfig,
+    epoch: u64,
 ) -> Result<&'static PeerSlot, String> {
-    let slot = allocate(
-        locked,
-        PeerSlot::new(config).map_err(|err| err.to_string())?,
-    )?;
+    let new = PeerSlot::new(config).map_err(|err| err.to_string())?;
+    new.mark_placed(epoch);
+    let slot = allocate(locked, new)?;
     // SAFETY: just placed; linked under the caller's lock.
     unsafe {
         push_front(&header.peers, &(*slot).next, slot as usize);

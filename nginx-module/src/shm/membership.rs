@@ -3,9 +3,9 @@
 //! A new peer gets a slot in its table's list and a position in every live configuration load
 //! that routes to the table (a load built by a reload not yet committed included), so that
 //! every worker, of every generation, routes to it once it has built its peer list again. A
-//! removed peer keeps its positions until no worker can start a request on it: every worker of
-//! the load must route with a list built after the removal and have no request left on an
-//! older one (`WorkerRecord::oldest_list_epoch`). The slot is freed when no position holds it.
+//! removed peer keeps its run-time positions until no list of any worker of the load can hold
+//! it, and the slot is freed when no position holds it: `shift_core::reclaim` decides both,
+//! from the epochs each worker publishes for its lists (`worker::publish_held`).
 
 use std::sync::atomic::Ordering;
 
@@ -16,6 +16,7 @@ use super::reclaim::sweep;
 use super::worker::WorkerRecord;
 use super::zone::{slots_of, walk, Zone};
 use shift_core::api::{Membership, PlaceError};
+use shift_core::reclaim::{may_give_up, HeldEpochs};
 use shift_core::table::{Label, PeerConfig, PeerSlot, TableHeader};
 use shift_wire::PeerOrigin;
 
@@ -73,8 +74,9 @@ impl Membership for ZoneMembership<'_> {
                     backup: false,
                     label: Label::NONE,
                 };
+                let epoch = self.zone.root().members_epoch.load(Ordering::Acquire);
                 // SAFETY: as above.
-                let slot = unsafe { place_slot(self.locked, table, &config) }
+                let slot = unsafe { place_slot(self.locked, table, &config, epoch) }
                     .map_err(PlaceError::ZoneFull)?;
                 slot.set_origin(PeerOrigin::Api);
                 slot
@@ -89,14 +91,14 @@ impl Membership for ZoneMembership<'_> {
             let Some(range) = load.range_of(table) else {
                 continue;
             };
-            let positions = &load.positions()[range.first..range.first + range.len];
+            let positions = &load.positions()[range.positions()];
             if positions
                 .iter()
                 .any(|position| position.load(Ordering::Acquire) == address)
             {
                 continue;
             }
-            let Some(free) = positions
+            let Some(free) = positions[range.configs..]
                 .iter()
                 .find(|position| position.load(Ordering::Acquire) == 0)
             else {
@@ -137,8 +139,8 @@ impl Membership for ZoneMembership<'_> {
     }
 }
 
-/// Gives up the positions of peers removed at run time that no worker can route to any more,
-/// and frees their slots when no position holds them.
+/// Gives up the run-time positions of removed peers that no worker's list can hold any more,
+/// and frees their slots when no position holds them (`shift_core::reclaim::may_give_up`).
 ///
 /// SAFETY: the caller holds the zone's lock.
 pub unsafe fn release_removed(zone: Zone, locked: &LockedSlabPool) {
@@ -159,23 +161,23 @@ pub unsafe fn release_removed(zone: Zone, locked: &LockedSlabPool) {
     let mut released = false;
     for load in loads {
         let address = std::ptr::from_ref(load) as usize;
-        let oldest = workers
+        let own: Vec<&WorkerRecord> = workers
             .iter()
+            .copied()
             .filter(|worker| worker.load == address)
-            .map(|worker| worker.oldest_list_epoch.load(Ordering::Acquire))
-            .min()
-            .unwrap_or(u64::MAX);
-        for (position, slot) in load.positions().iter().zip(load.slots()) {
-            let Some(slot) = slot else { continue };
-            let removed = slot.removed_epoch();
-            if slot.origin() == PeerOrigin::Api
-                && !slot.is_current()
-                && removed != 0
-                && oldest >= removed
-            {
-                position.store(0, Ordering::Release);
-                slot.refs.fetch_sub(1, Ordering::Relaxed);
-                released = true;
+            .collect();
+        let positions = load.positions();
+        let slots = load.slots();
+        for (table_index, range) in load.ranges().iter().enumerate() {
+            let holders: Vec<HeldEpochs> =
+                own.iter().map(|worker| worker.held(table_index)).collect();
+            for index in range.positions() {
+                let Some(slot) = slots[index] else { continue };
+                if may_give_up(range.kind_of(index), slot.life(), holders.iter().copied()) {
+                    positions[index].store(0, Ordering::Release);
+                    slot.refs.fetch_sub(1, Ordering::Relaxed);
+                    released = true;
+                }
             }
         }
     }
@@ -187,15 +189,22 @@ pub unsafe fn release_removed(zone: Zone, locked: &LockedSlabPool) {
 
 /// Calls `build` with the peers at positions `first..first + len` of this worker's load (each
 /// with its position) and the zone's membership epoch, under the zone's lock; then, still under
-/// it, says in the worker's record how old its oldest peer list is. A removal therefore either
-/// comes before the read (and the new list leaves the peer out) or after the record says the
-/// list exists (and the peer's slot waits for it).
+/// it, publishes in the worker's record the epochs of its lists for the load's table
+/// `table_index` (`held`, asked after the build). A removal therefore either comes before the
+/// read (and the new list leaves the peer out) or after the record shows the list (and the
+/// peer's position waits for it). `None` when this worker cannot publish (no record, or none
+/// with room for it): it must then route with its configuration's peers only.
 pub fn with_load_positions<T>(
     main: &crate::conf::MainConf,
     first: usize,
     len: usize,
+    table_index: usize,
     build: impl FnOnce(&[(usize, &'static PeerSlot)], u64) -> T,
+    held: impl FnOnce() -> HeldEpochs,
 ) -> Option<T> {
+    if !super::worker::can_publish_held() {
+        return None;
+    }
     let shm = std::ptr::NonNull::new(main.zone)?;
     // SAFETY: this worker's zone stays mapped while it runs.
     let zone = unsafe { Zone::at(shm) }?;
@@ -212,6 +221,6 @@ pub fn with_load_positions<T>(
         .collect();
     let epoch = zone.root().members_epoch.load(Ordering::Acquire);
     let built = build(&members, epoch);
-    super::worker::publish_oldest_list_epoch(crate::peer_list::oldest_epoch());
+    super::worker::publish_held_locked(table_index, &held());
     Some(built)
 }

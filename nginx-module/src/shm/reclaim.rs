@@ -12,6 +12,7 @@ use super::worker::WorkerRecord;
 use super::zone::{unlink_where, walk, Zone};
 use shift_core::lifecycle::{loads_to_free, LoadStatus};
 use shift_core::process::children_of;
+use shift_core::reclaim::may_free_slot;
 use shift_core::table::{PeerSlot, TableHeader};
 
 /// Frees what no live process can touch: records of exited workers, loads that were never
@@ -77,7 +78,7 @@ pub unsafe fn reclaim(zone: Zone, locked: &LockedSlabPool) {
 /// SAFETY: the caller holds the zone's lock.
 pub unsafe fn sweep(zone: Zone, locked: &LockedSlabPool) {
     let unused_slot =
-        |slot: &PeerSlot| slot.refs.load(Ordering::Relaxed) == 0 && !slot.is_current();
+        |slot: &PeerSlot| may_free_slot(slot.refs.load(Ordering::Relaxed), slot.is_current());
     // SAFETY: per the contract; an unused slot or header is reachable by nobody: workers reach
     // them only through their load, and the API only under the lock and only current ones.
     unsafe {

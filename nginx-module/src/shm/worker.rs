@@ -8,12 +8,12 @@
 use std::mem::{align_of, size_of};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use ngx::core::slab::LockedSlabPool;
 use ngx::core::CoreModuleMainConf;
-use ngx::ffi::{ngx_cycle_t, NGX_LOG_ERR};
+use ngx::ffi::{ngx_cycle_t, ngx_shm_zone_t, NGX_LOG_ERR};
 use ngx::ngx_log_error;
 
 use super::load::LoadRecord;
@@ -21,11 +21,13 @@ use super::zone::{allocate_zeroed, push_front, slots_of, unlink_where, walk, Zon
 use crate::conf::MainConf;
 use shift_core::inflight::{self, InFlight};
 use shift_core::process::ProcessId;
+use shift_core::reclaim::{HeldCell, HeldEpochs};
 use shift_core::state_file;
 use shift_core::table::{PeerSlot, Table, TableHeader};
 
-/// A worker (or helper process) of one load, followed in the same allocation by its in-flight
-/// counts, one per slot of the load.
+/// A worker (or helper process) of one load, followed in the same allocation by the epochs of
+/// its peer lists, one cell per table of the load (`shift_core::reclaim::HeldCell`), and its
+/// in-flight counts, one per position of the load.
 #[repr(C)]
 pub struct WorkerRecord {
     pub next: AtomicUsize,
@@ -33,23 +35,54 @@ pub struct WorkerRecord {
     /// Address of its load's record.
     pub load: usize,
     count_len: usize,
-    /// The oldest membership epoch among the peer lists this worker still routes with or has
-    /// requests on (`u64::MAX` while it has only its configuration's own): a removed peer's
-    /// position is given up once every worker's is at or past its removal.
-    pub oldest_list_epoch: AtomicU64,
+    /// How many held cells follow: the load's table count, or 0 when the zone had no room for
+    /// them (the worker then never routes with a list of its own).
+    held_len: usize,
 }
 
 impl WorkerRecord {
-    fn offset() -> usize {
-        size_of::<WorkerRecord>().next_multiple_of(align_of::<AtomicU32>())
+    fn held_offset() -> usize {
+        size_of::<WorkerRecord>().next_multiple_of(align_of::<HeldCell>())
+    }
+
+    fn counts_offset(held_len: usize) -> usize {
+        (Self::held_offset() + size_of::<HeldCell>() * held_len)
+            .next_multiple_of(align_of::<AtomicU32>())
+    }
+
+    fn size(held_len: usize, count_len: usize) -> usize {
+        Self::counts_offset(held_len) + size_of::<AtomicU32>() * count_len
     }
 
     fn counts(&self) -> &[AtomicU32] {
-        // SAFETY: allocated by `register_worker` with `count_len` zeroed counts after the record.
+        // SAFETY: allocated by `register_worker` with `count_len` zeroed counts after the held
+        // cells.
         unsafe {
-            let start = std::ptr::from_ref(self).cast::<u8>().add(Self::offset());
+            let start = std::ptr::from_ref(self)
+                .cast::<u8>()
+                .add(Self::counts_offset(self.held_len));
             std::slice::from_raw_parts(start.cast::<AtomicU32>(), self.count_len)
         }
+    }
+
+    /// The epochs of this worker's lists, one cell per table of its load.
+    fn held_cells(&self) -> &[HeldCell] {
+        // SAFETY: allocated by `register_worker` with `held_len` cells after the record, each
+        // written by `HeldCell::new`.
+        unsafe {
+            let start = std::ptr::from_ref(self)
+                .cast::<u8>()
+                .add(Self::held_offset());
+            std::slice::from_raw_parts(start.cast::<HeldCell>(), self.held_len)
+        }
+    }
+
+    /// What this worker published for the load's table `table_index`: nothing when it has no
+    /// cell (it then routes with its configuration's peers only).
+    pub fn held(&self, table_index: usize) -> HeldEpochs {
+        self.held_cells()
+            .get(table_index)
+            .map_or(HeldEpochs::NONE, HeldCell::load)
     }
 
     fn load(&self) -> &LoadRecord {
@@ -58,8 +91,9 @@ impl WorkerRecord {
     }
 }
 
-/// This worker's record, once registered.
+/// This worker's record, once registered, and the zone it is in.
 static OWN_RECORD: AtomicUsize = AtomicUsize::new(0);
+static OWN_ZONE: AtomicPtr<ngx_shm_zone_t> = AtomicPtr::new(std::ptr::null_mut());
 /// Where the pid file of an old binary is (`nginx.pid.oldbin`): if it names this worker's
 /// master, a new binary took over.
 static OLD_PID_FILE: OnceLock<PathBuf> = OnceLock::new();
@@ -86,19 +120,22 @@ pub unsafe fn register_worker(cycle: *mut ngx_cycle_t, main: &MainConf) {
         };
         let locked = zone.lock();
         let mut count_len = load.slots().len();
-        let size = |count_len| WorkerRecord::offset() + size_of::<AtomicU32>() * count_len;
-        // Without room for its counts a worker still registers, so that the master knows which
-        // configuration it belongs to.
-        let memory = allocate_zeroed::<u8>(&locked, size(count_len)).or_else(|_| {
-            ngx_log_error!(
-                NGX_LOG_ERR,
-                log,
-                "shift: {}; this worker's requests in flight are not counted",
-                super::zone::zone_full()
-            );
-            count_len = 0;
-            allocate_zeroed::<u8>(&locked, size(0))
-        });
+        let mut held_len = load.table_count();
+        // Without room for its counts and held cells a worker still registers, so that the
+        // master knows which configuration it belongs to; it then routes with its
+        // configuration's peers only (it could not say which run-time peers it holds).
+        let memory = allocate_zeroed::<u8>(&locked, WorkerRecord::size(held_len, count_len))
+            .or_else(|_| {
+                ngx_log_error!(
+                    NGX_LOG_ERR,
+                    log,
+                    "shift: {}; this worker's requests in flight are not counted and it routes \
+                     to no peer added at run time",
+                    super::zone::zone_full()
+                );
+                (count_len, held_len) = (0, 0);
+                allocate_zeroed::<u8>(&locked, WorkerRecord::size(0, 0))
+            });
         let Ok(memory) = memory else {
             return;
         };
@@ -108,18 +145,45 @@ pub unsafe fn register_worker(cycle: *mut ngx_cycle_t, main: &MainConf) {
             process,
             load: std::ptr::from_ref(load) as usize,
             count_len,
-            oldest_list_epoch: AtomicU64::new(u64::MAX),
+            held_len,
         });
+        let cells = memory.add(WorkerRecord::held_offset()).cast::<HeldCell>();
+        for index in 0..held_len {
+            cells.add(index).write(HeldCell::new());
+        }
         push_front(&zone.root().workers, &(*record).next, record as usize);
         OWN_RECORD.store(record as usize, Ordering::Release);
+        OWN_ZONE.store(shm.as_ptr(), Ordering::Release);
     }
 }
 
-/// Says in this worker's record how old its oldest peer list is (`peer_list`).
-pub fn publish_oldest_list_epoch(epoch: u64) {
-    if let Some(record) = own_record() {
-        record.oldest_list_epoch.store(epoch, Ordering::Release);
+/// Whether this worker may route with peer lists of its own: only when its record can say
+/// which run-time peers they hold (`publish_held`).
+pub fn can_publish_held() -> bool {
+    own_record().is_some_and(|record| record.held_len > 0)
+}
+
+/// Says in this worker's record which lists it holds for its load's table `table_index`.
+/// Call with the zone's lock held.
+pub fn publish_held_locked(table_index: usize, held: &HeldEpochs) {
+    if let Some(cell) = own_record().and_then(|record| record.held_cells().get(table_index)) {
+        cell.store(held);
     }
+}
+
+/// As `publish_held_locked`, taking the zone's lock: for lists freed when their last request
+/// ended. What it publishes only shrinks, so a reclaimer that read the older value merely kept
+/// a position longer.
+pub fn publish_held(table_index: usize, held: &HeldEpochs) {
+    let Some(shm) = NonNull::new(OWN_ZONE.load(Ordering::Acquire)) else {
+        return;
+    };
+    // SAFETY: the zone this worker registered in stays mapped while it runs.
+    let Some(zone) = (unsafe { Zone::at(shm) }) else {
+        return;
+    };
+    let _locked = zone.lock();
+    publish_held_locked(table_index, held);
 }
 
 /// This worker's record, once registered.

@@ -40,10 +40,11 @@ pub struct Reply {
     pub allow: Option<&'static str>,
 }
 
-/// The writer's identity for the table lock: its pid, and how to tell whether a pid still runs.
+/// The writer's identity for the table lock: its process token (`process::own_token`), and how
+/// to tell whether a token's process still runs.
 pub struct Writer<'a> {
-    pub pid: u32,
-    pub is_alive: &'a dyn Fn(u32) -> bool,
+    pub pid: u64,
+    pub is_alive: &'a dyn Fn(u64) -> bool,
 }
 
 /// One API request: `path` is relative to the `shift_api` location, `args` its query string.

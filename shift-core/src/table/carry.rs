@@ -15,13 +15,16 @@ impl WriteGuard<'_> {
     /// the configuration's order. A peer whose line changed takes the line's weight and state,
     /// and one whose `shift_label` changed takes that label; every other peer keeps its runtime
     /// values, so nothing the API acknowledged is undone.
-    /// Current peers of the table that the configuration no longer has are in `removed`. One new
-    /// generation when anything visible changed. Returns what changed, for the log.
+    /// The configuration owns its lines: a peer added at run time (through the API or a name)
+    /// that is now a line becomes a config peer. Current peers of the table that the
+    /// configuration no longer has are in `removed`: they are removed at membership `epoch`,
+    /// as the API removes a peer. One new generation when anything visible changed. Returns what changed, for the log.
     pub fn commit(
         &self,
         checks: CheckMode,
         configs: &[PeerConfig],
         removed: &[&PeerSlot],
+        epoch: u64,
     ) -> Vec<CarryNote> {
         let mut notes = Vec::new();
         let header = self.table.header;
@@ -60,10 +63,17 @@ impl WriteGuard<'_> {
                         server: peer.server().to_string(),
                     });
                 }
+                peer.set_origin(PeerOrigin::Config);
+                peer.source.store(0, Ordering::Relaxed);
+                peer.removed_epoch.store(0, Ordering::Release);
                 peer.set_current(true, order as u32);
             }
             for peer in removed {
                 peer.set_current(false, 0);
+                peer.removed_epoch.store(epoch, Ordering::Release);
+            }
+            if !removed.is_empty() {
+                header.members.store(epoch, Ordering::Release);
             }
             header.set_current(true);
         });
@@ -71,6 +81,20 @@ impl WriteGuard<'_> {
             self.bump_generation();
         }
         notes
+    }
+
+    /// Puts the health of `peers` back to unchecked: for an upstream whose configuration turned
+    /// its checks off, where nothing would ever probe an unhealthy peer again.
+    pub fn forget_health(&self, peers: &[&PeerSlot]) {
+        if peers.iter().all(|peer| peer.health() == Health::Unchecked) {
+            return;
+        }
+        self.write_section(|_| {
+            for peer in peers {
+                peer.health
+                    .store(encode_health(Health::Unchecked), Ordering::Relaxed);
+            }
+        });
     }
 
     /// Takes weights, states, labels, health and counters of peers found in `previous` (by
@@ -321,11 +345,12 @@ mod tests {
         assert_eq!(table.generation(), 2);
 
         // The same configuration again: nothing changes, not even the generation.
-        let notes =
-            table
-                .lock(1, |_| true)
-                .unwrap()
-                .commit(CheckMode::Off, &[a.clone(), b.clone()], &[]);
+        let notes = table.lock(1, |_| true).unwrap().commit(
+            CheckMode::Off,
+            &[a.clone(), b.clone()],
+            &[],
+            1,
+        );
         assert_eq!(table.generation(), 2);
         assert_eq!(
             notes,
@@ -345,11 +370,12 @@ mod tests {
 
         // b's line changes: b takes it, a keeps its runtime weight; one new generation.
         let b_heavier = config("b:1", 7, false);
-        let notes =
-            table
-                .lock(1, |_| true)
-                .unwrap()
-                .commit(CheckMode::Off, &[a.clone(), b_heavier], &[]);
+        let notes = table.lock(1, |_| true).unwrap().commit(
+            CheckMode::Off,
+            &[a.clone(), b_heavier],
+            &[],
+            1,
+        );
         assert!(notes.contains(&CarryNote::ConfigChanged {
             server: "b:1".into()
         }));
@@ -383,7 +409,7 @@ mod tests {
         table
             .lock(1, |_| true)
             .unwrap()
-            .commit(CheckMode::Off, &[labelled(blue)], &[]);
+            .commit(CheckMode::Off, &[labelled(blue)], &[], 1);
         assert_eq!(label_now().as_deref(), Some("v2"));
         // A changed `shift_label` takes its label; the line is the same, so the weight stays.
         let green = Label::parse("green").unwrap();
@@ -391,7 +417,7 @@ mod tests {
         table
             .lock(1, |_| true)
             .unwrap()
-            .commit(CheckMode::Off, &[labelled(green)], &[]);
+            .commit(CheckMode::Off, &[labelled(green)], &[], 1);
         let wire = table.to_wire(&[]);
         assert_eq!(
             (wire.peers[0].label.as_deref(), wire.peers[0].weight),
@@ -424,7 +450,7 @@ mod tests {
         table
             .lock(1, |_| true)
             .unwrap()
-            .commit(CheckMode::Mandatory, &[a], &[slot_b]);
+            .commit(CheckMode::Mandatory, &[a], &[slot_b], 1);
         assert!(slot_a.is_current() && !slot_b.is_current());
         assert_eq!(table.generation(), 2, "a peer left");
         assert_eq!(owned.header.checks(), CheckMode::Mandatory);

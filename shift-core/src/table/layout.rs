@@ -63,7 +63,8 @@ pub struct TableHeader {
     pub(crate) current: AtomicBool,
     pub(crate) name: FixedName,
     pub(crate) checks: AtomicU8,
-    pub(crate) writer: AtomicU32,
+    /// The lock holder's `ProcessId::token`, 0 when free.
+    pub(crate) writer: AtomicU64,
     pub(crate) seq: AtomicU64,
     pub(crate) generation: AtomicU64,
     /// The zone's membership epoch at the last change of this table's current peers: a worker
@@ -109,7 +110,7 @@ impl TableHeader {
             current: AtomicBool::new(false),
             name: FixedName::new(name)?,
             checks: AtomicU8::new(checks as u8),
-            writer: AtomicU32::new(0),
+            writer: AtomicU64::new(0),
             seq: AtomicU64::new(0),
             generation: AtomicU64::new(1),
             members: AtomicU64::new(0),
@@ -210,11 +211,15 @@ pub struct PeerSlot {
     pub(crate) last_check_ms: AtomicU64,
     /// `ProbeError::encode` of the last check, 0 when it passed.
     pub(crate) last_error: AtomicU64,
-    /// `PeerOrigin::Config` (0) or `PeerOrigin::Api` (1).
+    /// `PeerOrigin::Config` (0), `PeerOrigin::Api` (1) or `PeerOrigin::Resolved` (2).
     pub(crate) origin: AtomicU8,
-    /// The membership epoch at which the API removed it; its place in each load is given up
-    /// once every worker routes with a later peer list.
+    /// The membership epoch of its last removal (0 while it was not removed since it became
+    /// current); its run-time positions are given up once no worker's list can hold it
+    /// (`reclaim::may_give_up`).
     pub(crate) removed_epoch: AtomicU64,
+    /// The membership epoch when it was placed in the zone: no peer list older than that holds
+    /// it.
+    pub(crate) added_epoch: AtomicU64,
     /// The name a resolved peer came from (`resolve::source_id`), 0 for other peers.
     pub(crate) source: AtomicU64,
     /// The label the config gives it, and the one it has now (the API may have changed it).
@@ -251,6 +256,7 @@ impl PeerSlot {
             last_error: AtomicU64::new(0),
             origin: AtomicU8::new(0),
             removed_epoch: AtomicU64::new(0),
+            added_epoch: AtomicU64::new(0),
             source: AtomicU64::new(0),
             config_label: LabelCell::new(config.label),
             label: LabelCell::new(config.label),
@@ -291,9 +297,28 @@ impl PeerSlot {
         self.source.load(Ordering::Relaxed)
     }
 
-    /// The membership epoch at which the API removed it (0 when it never was).
+    /// The membership epoch of its last removal (0 while it was not removed since it became
+    /// current).
     pub fn removed_epoch(&self) -> u64 {
         self.removed_epoch.load(Ordering::Acquire)
+    }
+
+    /// Notes the membership epoch at which it was placed in the zone, once, before any worker
+    /// can list it. Until it becomes current it counts as removed at that same epoch: no list
+    /// holds it, so if the process placing it dies before making it current, its positions are
+    /// given up like any removed peer's.
+    pub fn mark_placed(&self, epoch: u64) {
+        self.added_epoch.store(epoch, Ordering::Release);
+        self.removed_epoch.store(epoch, Ordering::Release);
+    }
+
+    /// What reclaiming its positions depends on.
+    pub fn life(&self) -> crate::reclaim::SlotLife {
+        crate::reclaim::SlotLife {
+            current: self.is_current(),
+            added_epoch: self.added_epoch.load(Ordering::Acquire),
+            removed_epoch: self.removed_epoch(),
+        }
     }
 
     pub fn order(&self) -> u32 {

@@ -14,18 +14,20 @@ const LOCK_ATTEMPTS: usize = 10_000;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LockError {
     #[error(
-        "another change to upstream \"{upstream}\" is in progress (worker pid {holder}); try again"
+        "another change to upstream \"{upstream}\" is in progress (worker pid {}); try again",
+        crate::process::ProcessId::from_token(*holder).pid
     )]
-    Busy { upstream: String, holder: u32 },
+    Busy { upstream: String, holder: u64 },
 }
 
 impl<'a> Table<'a> {
-    /// Takes the write lock for the process `pid`. A lock held by a process that `is_alive` says
-    /// is gone (a worker that crashed mid-change) is taken over.
+    /// Takes the write lock for the process whose token (`process::ProcessId::token`: pid and
+    /// start time, so that a reused pid is not mistaken for the holder) is `pid`. A lock held by
+    /// a process that `is_alive` says is gone (a worker that crashed mid-change) is taken over.
     pub fn lock(
         &self,
-        pid: u32,
-        is_alive: impl Fn(u32) -> bool,
+        pid: u64,
+        is_alive: impl Fn(u64) -> bool,
     ) -> Result<WriteGuard<'a>, LockError> {
         let writer = &self.header.writer;
         let mut holder = 0;

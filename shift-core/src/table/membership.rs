@@ -83,6 +83,7 @@ impl WriteGuard<'_> {
                 if slot.origin() == PeerOrigin::Config {
                     slot.set_origin(PeerOrigin::Api);
                 }
+                slot.removed_epoch.store(0, Ordering::Release);
                 slot.set_current(true, first_order + offset as u32);
             }
             if changed {

@@ -50,7 +50,7 @@ impl OwnedTable {
             .view()
             .lock(1, |_| true)
             .unwrap()
-            .commit(checks, configs, &[]);
+            .commit(checks, configs, &[], 1);
         owned
     }
 
