@@ -295,7 +295,8 @@ impl Zone {
             taken.push((load, free));
         }
         if dies {
-            self.log.push(format!("post {table}/{server}: died placing it"));
+            self.log
+                .push(format!("post {table}/{server}: died placing it"));
             return;
         }
         self.epoch += 1;

@@ -114,6 +114,9 @@ pub unsafe fn register_worker(cycle: *mut ngx_cycle_t, main: &MainConf) {
         };
         let Some(zone) = Zone::at(shm) else { return };
         let log = (*cycle).log;
+        if skip_registration_for_tests(log) {
+            return;
+        }
         let Some(process) = ProcessId::current() else {
             ngx_log_error!(NGX_LOG_ERR, log, "shift: cannot read /proc/self/stat");
             return;
@@ -155,6 +158,40 @@ pub unsafe fn register_worker(cycle: *mut ngx_cycle_t, main: &MainConf) {
         OWN_RECORD.store(record as usize, Ordering::Release);
         OWN_ZONE.store(shm.as_ptr(), Ordering::Release);
     }
+}
+
+/// Debug builds only, the tests' hooks (set through Nginx's `env` directive), each said in the
+/// log: with `SHIFT_TEST_UNREGISTERED_WORKER=N`, worker number N does not register, as a worker
+/// that found the zone full would not (it must then stay away from peers added at run time);
+/// `SHIFT_TEST_HIDE_PROC=1` (read in `shift_core::process`) hides other processes' `/proc`.
+#[cfg(debug_assertions)]
+fn skip_registration_for_tests(log: *mut ngx::ffi::ngx_log_t) -> bool {
+    let wanted = std::env::var("SHIFT_TEST_UNREGISTERED_WORKER")
+        .ok()
+        .and_then(|value| value.parse::<ngx::ffi::ngx_uint_t>().ok());
+    if std::env::var_os("SHIFT_TEST_HIDE_PROC").is_some_and(|value| value == "1") {
+        ngx_log_error!(
+            ngx::ffi::NGX_LOG_NOTICE,
+            log,
+            "shift: test hook: other processes' /proc entries are hidden from this worker"
+        );
+    }
+    // SAFETY: set once by the master before it forks this worker.
+    let skip = wanted == Some(unsafe { ngx::ffi::ngx_worker });
+    if skip {
+        ngx_log_error!(
+            ngx::ffi::NGX_LOG_NOTICE,
+            log,
+            "shift: test hook: worker {} does not register",
+            wanted.unwrap_or_default()
+        );
+    }
+    skip
+}
+
+#[cfg(not(debug_assertions))]
+fn skip_registration_for_tests(_log: *mut ngx::ffi::ngx_log_t) -> bool {
+    false
 }
 
 /// Whether this worker may route with peer lists of its own: only when its record can say
