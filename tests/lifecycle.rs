@@ -493,3 +493,121 @@ fn a_binary_upgrade_keeps_every_acknowledged_change() {
     let (served, _) = setup.spread(10);
     assert_eq!(served.values().sum::<usize>(), 10);
 }
+
+#[test]
+fn a_state_file_save_that_waits_stalls_no_other_worker() {
+    let dir = state_dir();
+    let state = dir.path().join("app.json");
+    let setup = ShiftSetup::start(
+        &[("blue", ""), ("green", "")],
+        &format!("state={}", state.display()),
+        "",
+    );
+    let blue = setup.addr(0);
+    // The directory's lock held, as by a disk that takes its time: a PATCH's save waits for it.
+    let held = shift_core::state_file::lock_dir(&state).expect("lock the state directory");
+    let socket = setup.nginx.path("api.sock");
+    let body = format!(r#"{{"peers": {{"{blue}": {{"weight": 9}}}}}}"#);
+    let patch = thread::spawn(move || Admin::new(socket, "/api/").patch("app", &body));
+    thread::sleep(Duration::from_millis(300));
+    // Meanwhile the other worker answers the API and proxies: the zone is not locked while a
+    // file is written (a worker waiting on the disk with it would stall every other one).
+    for round in 0..5 {
+        let socket = setup.nginx.path("api.sock");
+        let (sender, receiver) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            let _ = sender.send(Admin::new(socket, "/api/").request("GET", "upstreams/app", None));
+        });
+        let answer = receiver.recv_timeout(Duration::from_secs(5));
+        assert!(
+            answer.as_ref().is_ok_and(|response| response.status == 200),
+            "round {round}: a GET waited for the PATCH's save: {answer:?}"
+        );
+        let response = HttpClient::new(setup.port).get("/").expect("a request");
+        assert_eq!(response.status, 200);
+    }
+    assert!(!patch.is_finished(), "the PATCH waits for the directory");
+    drop(held);
+    let answer = patch.join().unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let saved = shift_core::state_file::load(&state, "app")
+        .unwrap()
+        .unwrap();
+    let weight = saved
+        .peers
+        .iter()
+        .find(|peer| peer.server == blue)
+        .unwrap()
+        .weight;
+    assert_eq!(weight, 9, "saved before it was acknowledged");
+}
+
+#[test]
+fn a_binary_upgrade_keeps_every_post_acknowledged_while_it_starts() {
+    let dir = state_dir();
+    let state = dir.path().join("app.json");
+    let shift_args = format!("state={}", state.display());
+    let mut setup = ShiftSetup::start_with(&[("blue", "")], &shift_args, "", NginxOptions::daemon);
+    // POSTs and DELETEs without pause from before the USR2 until the new binary's workers run:
+    // the new master reads the state file while they are being saved. At most 8 are kept.
+    let stop = Arc::new(AtomicBool::new(false));
+    let socket = setup.nginx.path("api.sock");
+    let poster = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let admin = Admin::new(socket, "/api/");
+            let (mut live, mut deleted) = (std::collections::VecDeque::new(), Vec::new());
+            for n in 0u16..5000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let server = format!("127.0.{}.{}:8000", 2 + n / 250, 1 + n % 250);
+                if admin.add_peer("app", &server, "").status == 201 {
+                    live.push_back(server);
+                }
+                if live.len() > 8 {
+                    let oldest = live.pop_front().unwrap();
+                    // Not acknowledged (an old worker, superseded): it may be either way.
+                    if admin.remove_peer("app", &oldest).status == 200 {
+                        deleted.push(oldest);
+                    }
+                }
+            }
+            (Vec::from(live), deleted)
+        })
+    };
+    thread::sleep(Duration::from_millis(100));
+    let new_master = setup.nginx.begin_binary_upgrade();
+    thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    let (acknowledged, deleted) = poster.join().unwrap();
+    setup.nginx.finish_binary_upgrade(new_master);
+    let listed: std::collections::BTreeSet<String> = setup
+        .admin
+        .upstream("app")
+        .peers
+        .into_iter()
+        .map(|peer| peer.server)
+        .collect();
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .filter(|server| !listed.contains(*server))
+        .collect();
+    assert!(
+        deleted.len() > 10,
+        "POSTs and DELETEs ran: {}",
+        deleted.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "acknowledged, then lost by the upgrade: {lost:?}"
+    );
+    let back: Vec<&String> = deleted
+        .iter()
+        .filter(|server| listed.contains(*server))
+        .collect();
+    assert!(
+        back.is_empty(),
+        "deleted, then back after the upgrade: {back:?}"
+    );
+}

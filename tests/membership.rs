@@ -502,6 +502,10 @@ fn random_churn_never_routes_to_a_deleted_peer() {
                         .entry(replicas[0].name().to_string())
                         .or_default()
                         .push(Instant::now());
+                    // Often a run-time peer first, which the line then takes over.
+                    if next(2) == 0 {
+                        let _ = setup.admin.add_peer("app", &line, "");
+                    }
                     lines.push((line.clone(), ""));
                 }
                 let http = shift_upstream_config(&lines, "", "", setup.port);

@@ -19,7 +19,7 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use shift_wire::MAX_BODY_BYTES;
 
 use crate::ngx_module::Module;
-use crate::shm::{api_view, NotServing};
+use crate::shm::{api_view, still_serving, NotServing};
 use shift_core::api::{self, ApiContext, ApiRequest, Endpoint, Reply, Writer};
 use shift_core::process::{own_token, token_alive};
 
@@ -114,15 +114,10 @@ fn answer(request: &mut Request, body: &[u8]) -> ngx_int_t {
     let method = method_name(request);
     let path = request.path().to_string_lossy().into_owned();
     let uid = caller_uid(request);
-    // The zone stays locked while this request is answered: a configuration committed meanwhile
-    // waits for the change, and the change sees the last committed configuration.
-    let view = api_view(main).and_then(|mut view| {
-        if matches!(method.as_str(), "PATCH" | "POST" | "DELETE") {
-            view.hold_state_dirs()?;
-        }
-        Ok(view)
-    });
-    let view = match view {
+    // The zone stays locked while the request is decided and applied (a configuration committed
+    // meanwhile waits for the change, and the change sees the last committed configuration);
+    // the state file is written and the answer sent once it is unlocked.
+    let view = match api_view(main) {
         Ok(view) => view,
         Err(NotServing::Superseded(why)) => return send(request, &api::superseded_reply(why)),
         Err(NotServing::NoZone) => return Status::NGX_ERROR.0,
@@ -147,7 +142,7 @@ fn answer(request: &mut Request, body: &[u8]) -> ngx_int_t {
         .to_string_lossy()
         .into_owned();
     let mut membership = view.membership();
-    let reply = api::handle(
+    let answered = api::handle(
         &ApiRequest {
             method: &method,
             path: relative,
@@ -162,6 +157,10 @@ fn answer(request: &mut Request, body: &[u8]) -> ngx_int_t {
             membership: &mut membership,
         },
     );
+    drop(membership);
+    drop(endpoints);
+    drop(view);
+    let reply = api::save::finish(answered, still_serving);
     ngx_log_debug!(
         mask: DebugMask::Http,
         request.log(),

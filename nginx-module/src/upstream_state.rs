@@ -8,6 +8,7 @@ use std::ptr;
 use ngx::ffi::{ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t};
 
 use crate::peer_list::PeerList;
+use shift_core::state_file::SavedUpstream;
 use shift_core::table::{PeerConfig, PeerSlot, Route, TableHeader};
 
 /// Where the upstream lives in the zone, set by the zone's init (`shm::load`) in the master and
@@ -27,8 +28,10 @@ pub struct Placement {
     pub first_slot: usize,
     pub positions: usize,
     /// For a table new in this zone: the peers it had added at run time before (a replaced
-    /// zone's or the state file's), placed for this load and made current by its commit.
+    /// zone's or the state file's), placed for this load and made current by its commit; and
+    /// the state file as the zone's init read it, if it had one (or why it was refused).
     pub runtime: Vec<&'static PeerSlot>,
+    pub saved_state: Option<Result<SavedUpstream, String>>,
     /// Round robin's peers, in table order. Each worker steers its own copy of them.
     pub rr_peers: Vec<*mut ngx_http_upstream_rr_peer_t>,
 }
@@ -44,6 +47,7 @@ impl Default for Placement {
             first_slot: 0,
             positions: 0,
             runtime: Vec::new(),
+            saved_state: None,
             rr_peers: Vec::new(),
         }
     }

@@ -188,19 +188,16 @@ unsafe fn restore(
         log_notes(log, name, "the replaced zone", &notes);
         return;
     }
-    let Some(path) = &conf.state_path else {
+    // The state file as the zone's init read it (once, under its directory's lock).
+    let (Some(path), Some(read)) = (&conf.state_path, &conf.placement.saved_state) else {
         return;
     };
-    // Taken before reading: an old binary's worker finishes a save under it first (see
-    // `state_file::lock_dir`).
-    let _dir_lock = state_file::lock_dir(path);
-    match state_file::load(path, name) {
-        Ok(Some(saved)) => {
+    match read {
+        Ok(saved) => {
             let notes = guard.carry_over(&saved.carried(), saved.generation);
             log_notes(log, name, &format!("\"{}\"", path.display()), &notes);
         }
-        Ok(None) => {}
-        Err(err) => reject_state_file(path, name, &err.to_string(), log),
+        Err(reason) => reject_state_file(path, name, reason, log),
     }
 }
 

@@ -297,8 +297,11 @@ unsafe fn place_views(
 }
 
 /// The peers a table new in this zone had added at run time before: in the zone this one
-/// replaces (a reload that resized it), else in the upstream's state file (a start).
-fn runtime_peers_before(zone: Zone, name: &str, conf: &UpstreamConf) -> Vec<PeerConfig> {
+/// replaces (a reload that resized it), else in the upstream's state file (a start, or a binary
+/// upgrade). The file is read here once, under its directory's lock, and kept for the commit
+/// (`conf.placement.saved_state`): an old binary's worker saves under the same lock, and stops
+/// acknowledging changes once the new binary runs, so no change falls between two reads.
+fn runtime_peers_before(zone: Zone, name: &str, conf: &mut UpstreamConf) -> Vec<PeerConfig> {
     // Each configuration registers its own zone struct; the memory tells whether the zone was
     // replaced (and this one, locked by the caller, must not be locked again).
     let previous = NonNull::new(COMMITTED_ZONE.load(Ordering::Acquire))
@@ -317,11 +320,14 @@ fn runtime_peers_before(zone: Zone, name: &str, conf: &UpstreamConf) -> Vec<Peer
                 .collect();
         }
     }
-    let Some(path) = &conf.state_path else {
+    let Some(path) = conf.state_path.clone() else {
         return Vec::new();
     };
-    // A file that fails its checks is reported when the configuration is committed.
-    match state_file::load(path, name) {
+    let _dir_lock = state_file::lock_dir(&path);
+    // A file that fails its checks is reported, and set aside, when the configuration is
+    // committed.
+    let read = state_file::load(&path, name).map_err(|err| err.to_string());
+    let runtime = match &read {
         Ok(Some(saved)) => saved
             .carried()
             .into_iter()
@@ -329,7 +335,9 @@ fn runtime_peers_before(zone: Zone, name: &str, conf: &UpstreamConf) -> Vec<Peer
             .map(|peer| peer.config)
             .collect(),
         _ => Vec::new(),
-    }
+    };
+    conf.placement.saved_state = read.transpose();
+    runtime
 }
 
 /// Says before any change is made when a state file's directory is missing (an error: every

@@ -24,5 +24,5 @@ mod zone;
 pub use commit::commit_cycle;
 pub use load::{peer_count, LoadRecord};
 pub use membership::{with_load_positions, ZoneMembership};
-pub use worker::{api_view, inflight, publish_held, register_worker, NotServing};
+pub use worker::{api_view, inflight, publish_held, register_worker, still_serving, NotServing};
 pub use zone::{add_zone, set_zone_size, slots_of, table_of, Zone};

@@ -22,7 +22,6 @@ use crate::conf::MainConf;
 use shift_core::inflight::{self, InFlight};
 use shift_core::process::ProcessId;
 use shift_core::reclaim::{HeldCell, HeldEpochs};
-use shift_core::state_file;
 use shift_core::table::{PeerSlot, Table, TableHeader};
 
 /// A worker (or helper process) of one load, followed in the same allocation by the epochs of
@@ -294,7 +293,6 @@ impl UpstreamView {
 pub struct ApiView {
     pub upstreams: Vec<UpstreamView>,
     pub usage: shift_core::metrics::ZoneUsage,
-    state_dirs: Vec<state_file::DirLock>,
     zone: Zone,
     locked: LockedSlabPool,
 }
@@ -303,30 +301,6 @@ impl ApiView {
     /// The zone's side of adding and removing peers, under this view's lock.
     pub fn membership(&self) -> super::membership::ZoneMembership<'_> {
         super::membership::ZoneMembership::new(self.zone, &self.locked)
-    }
-
-    /// Before a change: locks the state files' directories and checks again that no new binary
-    /// has taken over, so that a new master reads every change this worker acknowledges (and
-    /// none is acknowledged after it read).
-    pub fn hold_state_dirs(&mut self) -> Result<(), NotServing> {
-        let mut dirs: Vec<&Path> = self
-            .upstreams
-            .iter()
-            .filter_map(|upstream| upstream.state_path())
-            .map(state_file::directory_of)
-            .collect();
-        // Each directory once, and in one order for every holder, so that two workers never
-        // wait on each other.
-        dirs.sort();
-        dirs.dedup();
-        self.state_dirs = dirs
-            .into_iter()
-            .filter_map(|dir| state_file::lock_directory(dir).ok())
-            .collect();
-        if new_binary_took_over() {
-            return Err(NotServing::Superseded("a new Nginx binary took over"));
-        }
-        Ok(())
     }
 }
 
@@ -388,11 +362,17 @@ pub fn api_view(main: &MainConf) -> Result<ApiView, NotServing> {
         Ok(ApiView {
             upstreams,
             usage: zone.usage(),
-            state_dirs: Vec::new(),
             zone,
             locked,
         })
     }
+}
+
+/// Whether this worker may still acknowledge changes: no new binary took over. Asked under a
+/// state file directory's lock, which the new master takes to read the files: every change
+/// saved before it read is in its state, and none is acknowledged after.
+pub fn still_serving() -> bool {
+    !new_binary_took_over()
 }
 
 /// Whether this worker's master is now the old one of a binary upgrade: Nginx renames its pid

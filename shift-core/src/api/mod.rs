@@ -1,10 +1,13 @@
 //! The admin API's logic: routing and access here, the all-or-nothing PATCH in `patch.rs`,
-//! peers added and removed at run time in `peers.rs`. The FFI handler reads the request and
-//! sends the [`Reply`]; nothing here touches Nginx.
+//! peers added and removed at run time in `peers.rs`, the state file saved after a change in
+//! `save.rs`. The FFI handler reads the request, calls [`handle`] under the zone's lock, saves
+//! what it says to save once the lock is released ([`save::finish`]), and sends the [`Reply`];
+//! nothing here touches Nginx.
 
 mod access;
 mod patch;
 mod peers;
+pub mod save;
 #[cfg(test)]
 pub(crate) mod test_support;
 
@@ -13,11 +16,11 @@ use std::path::Path;
 use shift_wire::{ApiError, UpstreamList, MAX_BODY_BYTES};
 
 use crate::metrics::{self, ZoneUsage};
-use crate::state_file::{self, SavedUpstream};
-use crate::table::{CarriedPeer, Table};
+use crate::table::Table;
 
 pub use access::{Access, Caller};
 pub use peers::{Membership, PlaceError};
+pub use save::{Answered, PendingSave};
 
 use access::check_access;
 
@@ -65,13 +68,20 @@ pub struct ApiContext<'a, 'm> {
     pub membership: &'m mut dyn Membership,
 }
 
-/// Answers one API request.
-pub fn handle(request: &ApiRequest, context: &mut ApiContext) -> Reply {
+/// Answers one API request, under the zone's lock; a change is applied, and the snapshot its
+/// state file needs comes with the answer (`save::finish` writes it after the lock).
+pub fn handle(request: &ApiRequest, context: &mut ApiContext) -> Answered {
     match respond(request, context) {
-        Ok(reply) => reply,
-        Err(failure) => failure.into_reply(),
+        Ok((reply, save)) => Answered { reply, save },
+        Err(failure) => Answered {
+            reply: failure.into_reply(),
+            save: None,
+        },
     }
 }
+
+/// A reply, and the snapshot to save before sending it.
+type Respond = Result<(Reply, Option<PendingSave>), Failure>;
 
 pub(crate) struct Failure {
     status: u16,
@@ -153,7 +163,7 @@ fn resource(route: &str) -> Option<Resource<'_>> {
     }
 }
 
-fn respond(request: &ApiRequest, context: &mut ApiContext) -> Result<Reply, Failure> {
+fn respond(request: &ApiRequest, context: &mut ApiContext) -> Respond {
     let method = request.method;
     let route = request.path.trim_start_matches('/');
     let endpoints = context.endpoints;
@@ -166,12 +176,13 @@ fn respond(request: &ApiRequest, context: &mut ApiContext) -> Result<Reply, Fail
             .iter()
             .map(|endpoint| endpoint.table.to_wire(endpoint.active))
             .collect();
-        return Ok(Reply {
+        let reply = Reply {
             status: 200,
             content_type: metrics::CONTENT_TYPE,
             body: metrics::render(&upstreams, context.zone),
             allow: None,
-        });
+        };
+        return Ok((reply, None));
     }
     let resource = resource(route).ok_or_else(|| {
         Failure::new(
@@ -198,7 +209,7 @@ fn respond(request: &ApiRequest, context: &mut ApiContext) -> Result<Reply, Fail
                 .iter()
                 .map(|endpoint| endpoint.table.to_wire(endpoint.active))
                 .collect();
-            return Ok(ok(&UpstreamList { upstreams }));
+            return Ok((ok(&UpstreamList { upstreams }), None));
         }
         Resource::Upstream(name) | Resource::Peers(name) | Resource::Peer(name, _) => name,
     };
@@ -229,7 +240,7 @@ fn respond(request: &ApiRequest, context: &mut ApiContext) -> Result<Reply, Fail
             context.writer,
             context.membership,
         ),
-        _ => Ok(ok(&endpoint.table.to_wire(endpoint.active))),
+        _ => Ok((ok(&endpoint.table.to_wire(endpoint.active)), None)),
     }
 }
 
@@ -261,27 +272,6 @@ fn expect_generation(table: Table, expected: Option<u64>) -> Result<(), Failure>
         )),
         _ => Ok(()),
     }
-}
-
-/// Saves the upstream with `peers` before a change is made: a file that cannot be written
-/// fails the request, and nothing changes.
-fn save_state(endpoint: &Endpoint, peers: &[CarriedPeer]) -> Result<(), Failure> {
-    let Some(path) = endpoint.state_path else {
-        return Ok(());
-    };
-    let table = endpoint.table;
-    let saved = SavedUpstream::new(table.name(), table.generation() + 1, peers);
-    state_file::save(path, &saved).map_err(|err| {
-        Failure::new(
-            500,
-            "state_not_saved",
-            format!(
-                "could not save the state file \"{}\" ({err}); nothing was changed: make the \
-                 file's directory writable by the Nginx worker user",
-                path.display()
-            ),
-        )
-    })
 }
 
 /// The answer of a worker whose state is no longer the truth: a newer Nginx binary took over
@@ -361,7 +351,7 @@ mod tests {
             active: &active,
         }];
         let (path, args) = path.split_once('?').unwrap_or((path, ""));
-        handle(
+        let answered = handle(
             &ApiRequest {
                 method,
                 path,
@@ -378,7 +368,9 @@ mod tests {
                 zone: None,
                 membership,
             },
-        )
+        );
+        // As the FFI handler does once the zone is unlocked.
+        save::finish(answered, || true)
     }
 
     fn app() -> OwnedTable {
@@ -540,13 +532,11 @@ mod tests {
     }
 
     #[test]
-    fn an_unwritable_state_file_fails_the_patch_and_changes_nothing() {
+    fn an_unwritable_state_file_is_said_and_the_next_save_carries_the_change() {
         let owned = app();
         let dir = tempfile::tempdir().unwrap();
         let missing_dir = dir.path().join("missing/app.json");
-        let body = br#"{"peers": {"127.0.0.1:8000": {"weight": 5}}}"#;
-        let body = std::str::from_utf8(body).unwrap();
-        let patch_saving_to = |path: &Path| {
+        let patch_saving_to = |body: &str, path: &Path| {
             let mut membership = test_support::HeapMembership::default();
             call_with(
                 &owned,
@@ -558,12 +548,18 @@ mod tests {
                 &mut membership,
             )
         };
-        assert_eq!(patch_saving_to(&missing_dir).status, 500);
-        assert_eq!(owned.view().to_wire(&[]).peers[0].weight, 1);
+        let first = r#"{"peers": {"127.0.0.1:8000": {"weight": 5}}}"#;
+        let reply = patch_saving_to(first, &missing_dir);
+        assert_eq!(reply.status, 500);
+        assert_eq!(error_code(&reply), "state_not_saved");
+        assert!(reply.body.contains("in effect"), "{}", reply.body);
+        assert_eq!(owned.view().to_wire(&[]).peers[0].weight, 5);
 
         let path = dir.path().join("app.json");
-        assert_eq!(patch_saving_to(&path).status, 200);
+        let second = r#"{"peers": {"127.0.0.1:8001": {"weight": 7}}}"#;
+        assert_eq!(patch_saving_to(second, &path).status, 200);
         let saved = crate::state_file::load(&path, "app").unwrap().unwrap();
-        assert_eq!((saved.generation, saved.peers[0].weight), (2, 5));
+        assert_eq!(saved.generation, 3);
+        assert_eq!((saved.peers[0].weight, saved.peers[1].weight), (5, 7));
     }
 }

@@ -4,11 +4,11 @@
 use shift_wire::{UpstreamPatch, MAX_BODY_BYTES, MAX_WEIGHT};
 
 use super::{
-    expect_generation, ok, save_state, too_large, unknown_peer, Endpoint, Failure, Reply, Writer,
+    expect_generation, ok, too_large, unknown_peer, Endpoint, Failure, PendingSave, Respond, Writer,
 };
 use crate::table::{Label, PeerChange, Table};
 
-pub(super) fn patch(endpoint: &Endpoint, body: &[u8], writer: &Writer) -> Result<Reply, Failure> {
+pub(super) fn patch(endpoint: &Endpoint, body: &[u8], writer: &Writer) -> Respond {
     if body.len() > MAX_BODY_BYTES {
         return Err(too_large());
     }
@@ -21,19 +21,12 @@ pub(super) fn patch(endpoint: &Endpoint, body: &[u8], writer: &Writer) -> Result
         .lock(writer.pid, writer.is_alive)
         .map_err(|err| Failure::new(503, "busy", err.to_string()))?;
     expect_generation(table, request.expect_generation)?;
-    if endpoint.state_path.is_some() {
-        let mut peers = table.carried();
-        for change in &changes {
-            let peer = &mut peers[change.index];
-            peer.weight = change.weight.unwrap_or(peer.weight);
-            peer.state = change.state.unwrap_or(peer.state);
-            peer.label = change.label.unwrap_or(peer.label);
-        }
-        save_state(endpoint, &peers)?;
-    }
     guard.apply(&changes);
     drop(guard);
-    Ok(ok(&table.to_wire(endpoint.active)))
+    Ok((
+        ok(&table.to_wire(endpoint.active)),
+        PendingSave::of(endpoint, table),
+    ))
 }
 
 /// Validates every change before any is applied.

@@ -1,17 +1,17 @@
 //! `POST upstreams/NAME/peers` and `DELETE upstreams/NAME/peers/SERVER`: peers added and
 //! removed at run time. The zone's side (a slot, and a position in every live configuration
 //! load) is the [`Membership`] the FFI module passes in; everything is checked before anything
-//! changes, the state file is saved before the change is made visible, and a failure leaves
-//! the upstream as it was.
+//! changes, and a failure leaves the upstream as it was. The state file is saved after the
+//! change, outside the zone's lock (`save.rs`).
 
 use std::net::SocketAddr;
 
 use shift_wire::{NewPeer, PeerOrigin, PeerRemoval, PeerState, MAX_BODY_BYTES, MAX_WEIGHT};
 
 use super::{
-    expect_generation, ok, save_state, too_large, unknown_peer, Endpoint, Failure, Reply, Writer,
+    expect_generation, ok, too_large, unknown_peer, Endpoint, Failure, PendingSave, Respond, Writer,
 };
-use crate::table::{Addition, CarriedPeer, Label, PeerConfig, PeerSlot, Table, TableHeader};
+use crate::table::{Addition, Label, PeerSlot, Table, TableHeader};
 
 /// Why the zone cannot take a new peer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,7 +44,7 @@ pub(super) fn add(
     body: &[u8],
     writer: &Writer,
     membership: &mut dyn Membership,
-) -> Result<Reply, Failure> {
+) -> Respond {
     if body.len() > MAX_BODY_BYTES {
         return Err(too_large());
     }
@@ -80,26 +80,6 @@ pub(super) fn add(
     let slot = membership
         .place(table.header(), &server)
         .map_err(|err| Failure::new(507, "insufficient_storage", err.to_string()))?;
-    let mut peers = table.carried();
-    peers.push(CarriedPeer {
-        config: PeerConfig {
-            server: server.clone(),
-            weight,
-            down: state == PeerState::Down,
-            backup: false,
-            label,
-        },
-        weight,
-        state,
-        label,
-        health: None,
-        counters: None,
-        origin: PeerOrigin::Api,
-    });
-    if let Err(failure) = save_state(endpoint, &peers) {
-        membership.unplace(slot);
-        return Err(failure);
-    }
     let order = table
         .peers()
         .iter()
@@ -111,9 +91,10 @@ pub(super) fn add(
     drop(guard);
     let mut now: Vec<&PeerSlot> = table.peers().to_vec();
     now.push(slot);
-    let mut reply = ok(&Table::new(table.header(), &now).to_wire(endpoint.active));
+    let now = Table::new(table.header(), &now);
+    let mut reply = ok(&now.to_wire(endpoint.active));
     reply.status = 201;
-    Ok(reply)
+    Ok((reply, PendingSave::of(endpoint, now)))
 }
 
 pub(super) fn remove(
@@ -122,7 +103,7 @@ pub(super) fn remove(
     args: &str,
     writer: &Writer,
     membership: &mut dyn Membership,
-) -> Result<Reply, Failure> {
+) -> Respond {
     let expected = expected_generation_arg(args)?;
     let table = endpoint.table;
     let index = table
@@ -155,9 +136,6 @@ pub(super) fn remove(
         .lock(writer.pid, writer.is_alive)
         .map_err(|err| Failure::new(503, "busy", err.to_string()))?;
     expect_generation(table, expected)?;
-    let mut peers = table.carried();
-    peers.remove(index);
-    save_state(endpoint, &peers)?;
     let epoch = membership.next_epoch();
     guard.remove_peer(slot, epoch);
     drop(guard);
@@ -168,13 +146,14 @@ pub(super) fn remove(
     if index < rest_active.len() {
         rest_active.remove(index);
     }
+    let rest = Table::new(table.header(), &rest);
     let removal = PeerRemoval {
         server: server.to_string(),
         gone: active == 0,
         active,
-        upstream: Table::new(table.header(), &rest).to_wire(&rest_active),
+        upstream: rest.to_wire(&rest_active),
     };
-    Ok(ok(&removal))
+    Ok((ok(&removal), PendingSave::of(endpoint, rest)))
 }
 
 /// A peer's address as the status lists it (`127.0.0.1:8000`, `[::1]:8000`); names are not
@@ -339,7 +318,7 @@ mod tests {
     }
 
     #[test]
-    fn an_unsaved_state_file_gives_the_slot_back() {
+    fn a_peer_that_cannot_be_saved_is_in_effect_and_said_so() {
         let owned = app();
         let dir = tempfile::tempdir().unwrap();
         let mut membership = HeapMembership::default();
@@ -356,26 +335,27 @@ mod tests {
             &mut membership,
         );
         assert_eq!(reply.status, 500);
-        assert_eq!(membership.unplaced.len(), 1);
-        assert!(!membership.placed[0].is_current());
-        assert_eq!(owned.view().generation(), 1);
+        assert!(reply.body.contains("in effect"), "{}", reply.body);
+        assert!(membership.placed[0].is_current());
+        assert_eq!(owned.view().generation(), 2);
 
         let file = dir.path().join("app.json");
         let reply = call_with(
             &owned,
             "POST",
             path,
-            body,
+            r#"{"server": "10.0.0.8:8000"}"#,
             WRITER,
             Some(&file),
             &mut membership,
         );
         assert_eq!(reply.status, 201);
         let saved = crate::state_file::load(&file, "app").unwrap().unwrap();
+        assert_eq!(saved.generation, 3);
         let added = saved.peers.last().unwrap();
         assert_eq!(
             (added.server.as_str(), added.origin),
-            ("10.0.0.7:8000", PeerOrigin::Api)
+            ("10.0.0.8:8000", PeerOrigin::Api)
         );
     }
 
