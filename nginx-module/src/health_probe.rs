@@ -433,6 +433,7 @@ unsafe extern "C" fn on_deadline(event: *mut ngx_event_t) {
 
 /// Closes the probe's connection, if open, and records its result.
 fn finish(probe: &mut Probe, result: Result<(), ProbeError>) {
+    probe.slot.verify();
     if probe.deadline.timer_set() != 0 {
         // SAFETY: the deadline is a timer of this worker's event loop.
         unsafe { ngx::ffi::ngx_del_timer(&mut probe.deadline) };

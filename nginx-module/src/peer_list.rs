@@ -89,6 +89,7 @@ impl PeerList {
         });
         let mut backups = Vec::new();
         for (member, slot, position) in members {
+            slot.verify();
             let entry = match member {
                 Member::Backup(rr_peer) => {
                     backups.push((*slot, *rr_peer, *position));
@@ -221,7 +222,17 @@ fn free(list: *mut PeerList) {
     LISTS.with(|lists| lists.borrow_mut().retain(|&own| own != list));
     // SAFETY: made by `Box::into_raw` in `build`; no request holds it and it is no upstream's
     // current list any more.
-    let table_index = unsafe { Box::from_raw(list) }.table_index;
+    let list = unsafe { Box::from_raw(list) };
+    for entry in &list.entries {
+        if !entry.ssl_session.is_null() {
+            // SAFETY: round robin keeps the TLS session it saved for a peer of an upstream
+            // without `zone` (which `shift` refuses) as an `SSL_SESSION` it owns, and frees the
+            // one it replaces: nobody else frees this one.
+            unsafe { ngx::ffi::SSL_SESSION_free(entry.ssl_session.cast()) };
+        }
+    }
+    let table_index = list.table_index;
+    drop(list);
     crate::shm::publish_held(table_index, &held_epochs(table_index));
 }
 
@@ -275,5 +286,8 @@ fn runtime_peer(
     entry.effective_weight = weight as isize;
     entry.max_fails = MAX_FAILS;
     entry.fail_timeout = FAIL_TIMEOUT_SECONDS;
+    // No request until the table's routes are copied in, right after the list is built (a
+    // drained or unhealthy peer must not take one meanwhile).
+    entry.down = 1;
     entry
 }

@@ -433,6 +433,7 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
         }),
     };
     if let Some((slot, position)) = attempt.slot {
+        slot.verify();
         ngx_log_debug!(
             mask: DebugMask::Http,
             // SAFETY: Nginx passes a valid peer connection.
@@ -500,6 +501,7 @@ unsafe extern "C" fn free_peer(
     // SAFETY: as in get_peer.
     let attempt = unsafe { &mut *data.cast::<Attempt>() };
     if let Some((slot, position)) = attempt.slot.take() {
+        slot.verify();
         // SAFETY: the request outlives its upstream attempts; `upstream` and its `state` are
         // null-checked.
         let (status, header_ms) = unsafe {

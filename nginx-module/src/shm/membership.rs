@@ -173,6 +173,7 @@ pub unsafe fn release_removed(zone: Zone, locked: &LockedSlabPool) {
                 own.iter().map(|worker| worker.held(table_index)).collect();
             for index in range.positions() {
                 let Some(slot) = slots[index] else { continue };
+                slot.verify();
                 if may_give_up(range.kind_of(index), slot.life(), holders.iter().copied()) {
                     positions[index].store(0, Ordering::Release);
                     slot.refs.fetch_sub(1, Ordering::Relaxed);

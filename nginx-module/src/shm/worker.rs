@@ -343,6 +343,7 @@ pub fn api_view(main: &MainConf) -> Result<ApiView, NotServing> {
             .map(|header| {
                 let mut peers: Vec<&PeerSlot> =
                     slots_of(header).filter(|slot| slot.is_current()).collect();
+                peers.iter().for_each(|slot| slot.verify());
                 peers.sort_by_key(|slot| slot.order());
                 let active = inflight::active(
                     &peers,

@@ -2,6 +2,7 @@
 //! walking the lists it keeps.
 
 use std::alloc::Layout;
+use std::mem::size_of;
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
@@ -15,7 +16,7 @@ use ngx::ffi::{
 
 use crate::conf::{MainConf, UpstreamConf};
 use shift_core::process::process_alive;
-use shift_core::table::{PeerSlot, Table, TableHeader};
+use shift_core::table::{PeerSlot, Table, TableHeader, FREED_BYTE};
 
 pub const ZONE_NAME: &str = "nginx_shift";
 /// Marks the zone's root; change it when the layout of anything in the zone changes.
@@ -278,11 +279,18 @@ pub fn allocate_zeroed<T>(locked: &LockedSlabPool, count: usize) -> Result<*mut 
         .map_err(|_| zone_full())
 }
 
-/// Frees what `allocate` or `allocate_zeroed` returned.
+/// Frees what `allocate` or `allocate_zeroed` returned. Debug builds fill the `T` with
+/// `FREED_BYTE` first, so that a slot used after this fails its check (`PeerSlot::verify`).
 ///
 /// SAFETY: `item` came from this zone's allocator and nothing uses it any more.
 pub unsafe fn free<T>(locked: &LockedSlabPool, item: *mut T) {
     if let Some(item) = NonNull::new(item) {
+        if cfg!(debug_assertions) {
+            // SAFETY: per the contract; the allocation holds at least a `T`.
+            unsafe {
+                ptr::write_bytes(item.as_ptr().cast::<u8>(), FREED_BYTE, size_of::<T>());
+            }
+        }
         // SAFETY: per the contract; the slab allocator frees by address alone.
         unsafe { locked.deallocate(item.cast(), Layout::new::<u8>()) };
     }

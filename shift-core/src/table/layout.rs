@@ -181,9 +181,18 @@ impl PeerConfig {
     }
 }
 
+/// What a live slot's `check` word holds. The zone's freed memory is filled with
+/// [`FREED_BYTE`] in debug builds, so a slot used after it was freed fails [`PeerSlot::verify`]
+/// at once instead of counting on whichever peer took its place.
+pub const SLOT_CHECK: u64 = 0x7368_6966_745f_736c;
+/// The byte the zone's freed memory is filled with in debug builds.
+pub const FREED_BYTE: u8 = 0xa5;
+
 /// One peer's live state, kept for as long as any live configuration routes to it.
 #[repr(C)]
 pub struct PeerSlot {
+    /// [`SLOT_CHECK`] while the slot is allocated.
+    check: AtomicU64,
     /// Address of the next slot of the same upstream; only the FFI module follows it.
     pub next: AtomicUsize,
     /// How many live configuration loads route to this peer (changed under the zone's lock).
@@ -235,6 +244,7 @@ impl PeerSlot {
     /// until a configuration that has it is committed.
     pub fn new(config: &PeerConfig) -> Result<PeerSlot, NameTooLong> {
         Ok(PeerSlot {
+            check: AtomicU64::new(SLOT_CHECK),
             next: AtomicUsize::new(0),
             refs: AtomicU32::new(0),
             current: AtomicBool::new(false),
@@ -267,6 +277,20 @@ impl PeerSlot {
 
     pub fn is_current(&self) -> bool {
         self.current.load(Ordering::Acquire)
+    }
+
+    /// Debug builds: panics (an Nginx worker aborts) when this slot was freed. Called where a
+    /// worker or the API takes a slot to use it; nothing in release builds.
+    #[inline]
+    pub fn verify(&self) {
+        if cfg!(debug_assertions) {
+            let check = self.check.load(Ordering::Relaxed);
+            assert!(
+                check == SLOT_CHECK,
+                "peer slot at {:p} used after it was freed (check word {check:#x})",
+                self
+            );
+        }
     }
 
     /// Marks the peer as in the committed configuration at position `order`, or as not in it.
@@ -502,6 +526,24 @@ pub(crate) fn decode_health(value: u8) -> Health {
 mod tests {
     use super::*;
     use crate::table::test_support::OwnedTable;
+
+    #[test]
+    #[should_panic(expected = "used after it was freed")]
+    fn a_slot_in_freed_memory_fails_its_check() {
+        let config = PeerConfig {
+            server: "127.0.0.1:1".into(),
+            weight: 1,
+            down: false,
+            backup: false,
+            label: Label::NONE,
+        };
+        let slot = PeerSlot::new(&config).unwrap();
+        slot.verify();
+        // The check word as the zone leaves freed memory in debug builds.
+        slot.check
+            .store(u64::from_ne_bytes([FREED_BYTE; 8]), Ordering::Relaxed);
+        slot.verify();
+    }
 
     #[test]
     pub(crate) fn counters_count_attempts_failures_and_classes() {

@@ -37,7 +37,8 @@ pub use carry::{CarriedCounters, CarriedPeer, CarryNote};
 pub use label::{BadLabel, Label, LABEL_CAPACITY};
 pub(crate) use layout::PeerValues;
 pub use layout::{
-    CheckMode, FixedName, NameTooLong, PeerConfig, PeerSlot, TableHeader, NAME_CAPACITY,
+    CheckMode, FixedName, NameTooLong, PeerConfig, PeerSlot, TableHeader, FREED_BYTE,
+    NAME_CAPACITY, SLOT_CHECK,
 };
 pub use lock::{LockError, WriteGuard, MAX_GENERATION};
 pub use membership::Addition;
