@@ -13,6 +13,9 @@ nginx=$(sed -n 1p <<<"$built")
 module=$(sed -n 2p <<<"$built")
 
 echo "--- integration tests against $("$nginx" -v 2>&1) ($nginx) ---"
-SHIFT_NGINX=$nginx SHIFT_MODULE=$module \
+# The membership churns (the ignored name churn included) at a fifth of their length, without
+# the debug builds' test hooks (this module is a release build).
+SHIFT_NGINX=$nginx SHIFT_MODULE=$module SHIFT_TEST_CHURN=${SHIFT_TEST_CHURN:-0.2} \
   cargo test --no-fail-fast --workspace --test runtime_weights --test health_checks --test foundation \
-  --test metrics --test lifecycle --test sticky
+  --test metrics --test lifecycle --test sticky --test membership \
+  -- --include-ignored --skip unreadable_proc_entries --skip a_worker_without_a_record

@@ -17,6 +17,16 @@ status=0
 # each once; benches/load.rs runs its smoke pass). There are no doc tests.
 cargo test --workspace --all-targets 2>&1 | tee "$log" || status=$?
 
+# The name churn (a name's address replaced 200 times, about 2 s each) mostly waits on DNS: its
+# test binary runs beside the runs against the other Nginx builds below, and joins the log at
+# the end.
+churn_log=$(mktemp)
+membership=$(cargo test --test membership --no-run 2>&1 |
+  sed -n 's/.*Executable tests\/membership.rs (\(.*\))/\1/p')
+("$membership" --ignored --exact a_name_rotated_through_hundreds_of_addresses_keeps_exactly_its_one_peer \
+  >"$churn_log" 2>&1; echo $? >"$churn_log.status") &
+churn=$!
+
 # The release shiftctl that scripts/package.sh packages takes minutes to compile: build it from
 # here on, at low priority and in its own target directory, beside the runs below against other
 # Nginx builds, which mostly wait on sockets. Not earlier: the canary tests above judge latency,
@@ -26,13 +36,15 @@ export SHIFTCTL_TARGET_DIR=$PWD/target/package-cli
   >target/package-cli.log 2>&1 || true) &
 
 # The same module built for Debian's Nginx (1.22), loaded into /usr/sbin/nginx: the tests of
-# weights, the API, health checks and the directives again.
+# weights, the API, health checks, membership and the directives again (the membership churns
+# at a fifth of their length, and without the debug builds' test hooks: these are release).
 if module=$(scripts/build-for-system-nginx.sh); then
   echo "--- again against $(/usr/sbin/nginx -v 2>&1) with $module ---"
-  SHIFT_NGINX=/usr/sbin/nginx SHIFT_MODULE=$module \
+  SHIFT_NGINX=/usr/sbin/nginx SHIFT_MODULE=$module SHIFT_TEST_CHURN=0.2 \
     cargo test --no-fail-fast --workspace --test runtime_weights --test health_checks \
-    --test foundation --test metrics --test lifecycle --test sticky 2>&1 | tee -a "$log" \
-    || status=$?
+    --test foundation --test metrics --test lifecycle --test sticky --test membership \
+    -- --include-ignored --skip unreadable_proc_entries --skip a_worker_without_a_record 2>&1 \
+    | tee -a "$log" || status=$?
 else
   echo "could not build the module for the system Nginx" >&2
   status=1
@@ -69,6 +81,12 @@ else
   echo "could not build the packages" >&2
   status=1
 fi
+
+wait "$churn" || true
+echo "--- the name churn (tests/membership.rs, ignored above) ---"
+tee -a "$log" <"$churn_log"
+[[ $(cat "$churn_log.status" 2>/dev/null) == 0 ]] || status=1
+rm -f "$churn_log" "$churn_log.status"
 
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }

@@ -113,6 +113,8 @@ fn a_runtime_peer_written_as_a_server_line_becomes_the_configs() {
 }
 
 #[test]
+#[ignore = "200 address changes take about 6 minutes, mostly waiting on DNS: scripts/test.sh \
+            runs it with --ignored beside the runs against the other Nginx builds"]
 fn a_name_rotated_through_hundreds_of_addresses_keeps_exactly_its_one_peer() {
     let changes = churn_length(200, 40);
     let port = free_port();
@@ -168,7 +170,7 @@ fn a_name_rotated_through_hundreds_of_addresses_keeps_exactly_its_one_peer() {
     );
     assert!(report.total() > changes as u64, "traffic ran: {report:?}");
     let log = nginx.error_log();
-    assert!(!log.contains("no room"), "{log}");
+    assert!(!log.contains("not added"), "{log}");
     // Every replaced address gave its place back (a GET reclaims what nothing holds).
     let freed = wait_until(Duration::from_secs(5), || {
         admin.metric("nginx_shift_zone_free_bytes").unwrap() >= free_at_start

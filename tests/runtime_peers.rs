@@ -171,39 +171,72 @@ fn adds_and_removes_under_load_and_reloads_fail_no_request() {
 }
 
 #[test]
-fn a_full_upstream_refuses_more_peers_until_removed_ones_are_gone() {
-    let setup = ShiftSetup::start(&[("blue", "")], "", "");
-    // Room for as many run-time peers as the config has, and at least 32 (docs/api.md).
-    let servers: Vec<String> = (0..32)
-        .map(|index| format!("127.0.0.1:{}", 40000 + index))
-        .collect();
-    for server in &servers {
+fn an_upstream_takes_more_run_time_peers_than_its_first_room() {
+    let mut setup = ShiftSetup::start(&[("blue", "")], "", "");
+    // Each configuration starts with room for 32 run-time peers here (docs/api.md), and grows.
+    let replicas: Vec<Backend> = (0..70).map(|n| Backend::start(&format!("r{n}"))).collect();
+    for replica in &replicas {
         decode::<Upstream>(
-            &setup.admin.add_peer("app", server, r#""state": "down""#),
+            &setup.admin.add_peer("app", &replica.addr().to_string(), ""),
             201,
         );
     }
-    let full = setup.admin.add_peer("app", "127.0.0.1:39999", "");
-    assert_eq!(full.status, 507, "{}", full.body);
-    assert!(full.body.contains("no room"), "{}", full.body);
-    assert_eq!(
-        setup.admin.upstream("app").peers.len(),
-        33,
-        "nothing half-added"
-    );
-    for server in &servers[..4] {
-        decode::<PeerRemoval>(&setup.admin.remove_peer("app", server), 200);
-    }
-    // Their places come free once every worker routes without them (at its next request, or
-    // its next tick when idle).
-    let added = wait_until(Duration::from_secs(10), || {
+    setup.admin.set_weights("app", &[(&setup.addr(0), 0)]);
+    let check_every_replica_answers = |setup: &ShiftSetup| {
+        let (served, workers) = setup.spread(300);
+        assert_eq!(workers.len(), 2, "{served:?}");
+        for replica in &replicas {
+            assert!(
+                served.contains_key(replica.name()),
+                "{} never answered: {served:?}",
+                replica.name()
+            );
+        }
+    };
+    check_every_replica_answers(&setup);
+    // A request in flight on a peer past the first room is counted like any other.
+    let last = replicas.last().unwrap().addr().to_string();
+    let weights: Vec<(String, u32)> = replicas
+        .iter()
+        .map(|replica| {
+            (
+                replica.addr().to_string(),
+                u32::from(replica.addr().to_string() == last),
+            )
+        })
+        .collect();
+    let weights: Vec<(&str, u32)> = weights.iter().map(|(s, w)| (s.as_str(), *w)).collect();
+    setup.admin.set_weights("app", &weights);
+    let port = setup.port;
+    let slow = thread::spawn(move || HttpClient::new(port).get("/slow/1500"));
+    let counted = wait_until(Duration::from_secs(5), || {
         setup
             .admin
-            .add_peer("app", "127.0.0.1:39999", r#""state": "down""#)
-            .status
-            == 201
+            .peer("app", &last)
+            .is_some_and(|peer| peer.active == 1)
     });
-    assert!(added.is_some(), "the removed peers' places never came free");
+    assert!(counted.is_some(), "{:?}", setup.admin.peer("app", &last));
+    assert_eq!(
+        slow.join().unwrap().unwrap().body,
+        replicas.last().unwrap().name()
+    );
+    // A reload carries them all into a configuration with room for them.
+    let weights: Vec<(&str, u32)> = weights.iter().map(|(s, _)| (*s, 1)).collect();
+    setup.admin.set_weights("app", &weights);
+    setup.nginx.reload(None);
+    assert_eq!(setup.admin.upstream("app").peers.len(), 71);
+    check_every_replica_answers(&setup);
+    for replica in &replicas {
+        decode::<PeerRemoval>(
+            &setup.admin.remove_peer("app", &replica.addr().to_string()),
+            200,
+        );
+    }
+    setup.admin.set_weights("app", &[(&setup.addr(0), 1)]);
+    assert_eq!(
+        spread(&setup, 20),
+        BTreeMap::from([("blue".to_string(), 20)])
+    );
 }
 
 #[test]

@@ -60,4 +60,75 @@ pub(crate) fn peer_changes(settings: &Settings) {
         }
     }
     println!();
+    peer_changes_at_scale(settings);
+}
+
+/// POST and DELETE in an upstream of 1,000 peers, with a new address every cycle (as
+/// recreated replicas bring), and the zone's free memory after the first 10 changes and after
+/// all of them: freed places are reused, so it must not shrink.
+pub(crate) fn peer_changes_at_scale(settings: &Settings) {
+    let changes = if settings.full { 10_000 } else { 40 };
+    let blue = Backend::start("blue");
+    let port = free_port();
+    let standby: String = (0..999)
+        .map(|n| format!("server 127.0.{}.{}:9 down; ", 10 + n / 250, 1 + n % 250))
+        .collect();
+    let nginx = Nginx::start(NginxOptions::new(format!(
+        "upstream app {{ server {} weight=1; {standby} shift; }}\n\
+         server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://app; }} }}\n\
+         server {{ listen unix:{{prefix}}/api.sock; location /api/ {{ shift_api; }} }}",
+        blue.addr()
+    )));
+    let socket = nginx.path("api.sock");
+    let free_bytes = || {
+        let metrics = api_request(&socket, "GET", "/api/metrics", None).expect("metrics");
+        metrics
+            .body
+            .lines()
+            .find_map(|line| line.strip_prefix("nginx_shift_zone_free_bytes "))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let (mut adds, mut removes) = (Vec::new(), Vec::new());
+    let mut after_ten = f64::NAN;
+    for cycle in 0..changes / 2 {
+        let server = format!("127.0.{}.{}:9", 200 + cycle / 250 % 50, 1 + cycle % 250);
+        let add = format!(r#"{{"server": "{server}"}}"#);
+        let start = Instant::now();
+        let response =
+            api_request(&socket, "POST", "/api/upstreams/app/peers", Some(&add)).expect("POST");
+        adds.push(start.elapsed().as_secs_f64() * 1e6);
+        assert_eq!(response.status, 201, "cycle {cycle}: {}", response.body);
+        let remove = format!("/api/upstreams/app/peers/{server}");
+        let start = Instant::now();
+        let response = api_request(&socket, "DELETE", &remove, None).expect("DELETE");
+        removes.push(start.elapsed().as_secs_f64() * 1e6);
+        assert_eq!(response.status, 200, "cycle {cycle}: {}", response.body);
+        // Keep the workers' lists moving, as traffic would.
+        let _ = first_answer(port);
+        if cycle == 4 {
+            after_ten = free_bytes();
+        }
+    }
+    let after_all = free_bytes();
+    println!(
+        "With 1,000 peers in the upstream (999 standby `server` lines) and a new address every \
+         cycle:\n"
+    );
+    println!("| how | changes | p50 | p99 |");
+    println!("| --- | ---: | ---: | ---: |");
+    for (what, mut micros) in [("POST (add)", adds), ("DELETE (remove)", removes)] {
+        micros.sort_by(|a, b| a.total_cmp(b));
+        println!(
+            "| {what}, 1,000 peers | {} | {:.0} µs | {:.0} µs |",
+            micros.len(),
+            percentile(&micros, 0.5),
+            percentile(&micros, 0.99)
+        );
+    }
+    println!(
+        "\nZone free after the first 10 changes: {:.0} KiB; after {changes}: {:.0} KiB.\n",
+        after_ten / 1024.0,
+        after_all / 1024.0
+    );
 }

@@ -324,8 +324,6 @@ fn follow_members(
     let had_list = !conf.routing.list.is_null();
     let built = crate::shm::with_load_positions(
         main,
-        placement.first_slot,
-        placement.positions,
         placement.table_index,
         |members, epoch| {
             // Read under the zone's lock with the positions: a later change is seen next time.

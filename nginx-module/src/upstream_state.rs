@@ -23,10 +23,10 @@ pub struct Placement {
     /// The slots of round robin's peers, in its order, and what the config says of each.
     pub slots: Vec<&'static PeerSlot>,
     pub configs: Vec<PeerConfig>,
-    /// Where this upstream's positions start in the load (in-flight counts are by position),
-    /// and how many it has: its config peers first, in `slots`' order.
+    /// Where this upstream's positions start in the load (in-flight counts are by position):
+    /// its config peers first, in `slots`' order (its run-time ones follow, and the load's
+    /// blocks may add more: `shm::positions`).
     pub first_slot: usize,
-    pub positions: usize,
     /// For a table new in this zone: the peers it had added at run time before (a replaced
     /// zone's or the state file's), placed for this load and made current by its commit; and
     /// the state file as the zone's init read it, if it had one (or why it was refused).
@@ -45,7 +45,6 @@ impl Default for Placement {
             slots: Vec::new(),
             configs: Vec::new(),
             first_slot: 0,
-            positions: 0,
             runtime: Vec::new(),
             saved_state: None,
             rr_peers: Vec::new(),

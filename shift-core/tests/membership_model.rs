@@ -7,7 +7,8 @@
 //! a current peer).
 //!
 //! The model follows the module's steps: POST and DELETE (and resolved answers, which take the
-//! same path) change the current set at a new membership epoch under the zone's lock; a worker
+//! same path) change the current set at a new membership epoch under the zone's lock (a load
+//! with no free run-time position for the upstream grows by a block of them); a worker
 //! builds a new list on its next request or tick when its upstream's membership moved, under
 //! the lock, and publishes the epochs of its lists; a request holds the list it started with;
 //! a reload builds a load (which may fail) and commits it; workers die, some without ever
@@ -20,7 +21,8 @@ use shift_core::reclaim::{may_free_slot, may_give_up, HeldEpochs, PositionKind, 
 
 const TABLES: usize = 2;
 const SERVERS: u16 = 10;
-/// Spare run-time positions per upstream and load: small, so that running out is common.
+/// Spare run-time positions per upstream and load, and the smallest block a load grows by:
+/// small, so that growing is common.
 const MIN_SPARE: usize = 3;
 
 /// A deterministic generator (xorshift64*), so that a seed replays a sequence.
@@ -74,7 +76,6 @@ impl Slot {
 struct Range {
     first: usize,
     configs: usize,
-    len: usize,
 }
 
 #[derive(Debug)]
@@ -84,6 +85,8 @@ struct Load {
     freed: bool,
     ranges: [Option<Range>; TABLES],
     positions: Vec<Option<usize>>,
+    /// Whose each position is, and what kind: the ranges' first, then grown blocks.
+    owners: Vec<(usize, PositionKind)>,
     /// What each config position held when the load was built: it must never change.
     config_slots: Vec<(usize, usize)>,
 }
@@ -186,28 +189,18 @@ impl Zone {
     /// emptied, then slots `may_free_slot` allows are freed.
     fn release(&mut self) {
         for load in self.live_loads().collect::<Vec<_>>() {
-            for table in 0..TABLES {
-                let Some(range) = self.loads[load].ranges[table] else {
+            for position in 0..self.loads[load].positions.len() {
+                let Some(slot) = self.loads[load].positions[position] else {
                     continue;
                 };
-                let holders: Vec<HeldEpochs> = self
+                let (table, kind) = self.loads[load].owners[position];
+                let holders = self
                     .workers
                     .iter()
                     .filter(|worker| worker.load == load && worker.registered && !worker.reaped)
-                    .map(|worker| worker.published[table])
-                    .collect();
-                for position in range.first..range.first + range.len {
-                    let Some(slot) = self.loads[load].positions[position] else {
-                        continue;
-                    };
-                    let kind = if position < range.first + range.configs {
-                        PositionKind::Config
-                    } else {
-                        PositionKind::Runtime
-                    };
-                    if may_give_up(kind, self.slots[slot].life(), holders.iter().copied()) {
-                        self.loads[load].positions[position] = None;
-                    }
+                    .map(|worker| worker.published[table]);
+                if may_give_up(kind, self.slots[slot].life(), holders) {
+                    self.loads[load].positions[position] = None;
                 }
             }
         }
@@ -268,31 +261,36 @@ impl Zone {
             Some(slot) => slot,
             None => self.new_slot(table, server, Origin::Runtime),
         };
-        let mut taken: Vec<(usize, usize)> = Vec::new();
         for load in self.live_loads().collect::<Vec<_>>() {
-            let Some(range) = self.loads[load].ranges[table] else {
+            if self.loads[load].ranges[table].is_none() {
                 continue;
-            };
-            let positions = range.first..range.first + range.len;
-            if positions
-                .clone()
-                .any(|position| self.loads[load].positions[position] == Some(slot))
+            }
+            let record = &mut self.loads[load];
+            let own = |position: &usize| record.owners[*position].0 == table;
+            if (0..record.positions.len())
+                .filter(own)
+                .any(|position| record.positions[position] == Some(slot))
             {
                 continue;
             }
-            let free = (range.first + range.configs..range.first + range.len)
-                .find(|&position| self.loads[load].positions[position].is_none());
-            let Some(free) = free else {
-                // 507: every position taken so far is given back.
-                for (load, position) in taken {
-                    self.loads[load].positions[position] = None;
+            let free = (0..record.positions.len()).filter(own).find(|&position| {
+                record.owners[position].1 == PositionKind::Runtime
+                    && record.positions[position].is_none()
+            });
+            let free = free.unwrap_or_else(|| {
+                // No room: the load grows by a block as large as the upstream's run-time
+                // positions so far.
+                let runtime = (0..record.positions.len())
+                    .filter(|&position| record.owners[position] == (table, PositionKind::Runtime))
+                    .count();
+                let first = record.positions.len();
+                for _ in 0..runtime.max(MIN_SPARE) {
+                    record.positions.push(None);
+                    record.owners.push((table, PositionKind::Runtime));
                 }
-                self.sweep();
-                self.log.push(format!("post {table}/{server}: no room"));
-                return;
-            };
-            self.loads[load].positions[free] = Some(slot);
-            taken.push((load, free));
+                first
+            });
+            record.positions[free] = Some(slot);
         }
         if dies {
             self.log
@@ -326,6 +324,7 @@ impl Zone {
     fn reload(&mut self, config: [BTreeSet<u16>; TABLES], ok: bool, rng: &mut Rng) {
         self.reclaim();
         let mut positions = Vec::new();
+        let mut owners = Vec::new();
         let mut ranges = [None; TABLES];
         let mut config_slots = Vec::new();
         for table in 0..TABLES {
@@ -352,13 +351,14 @@ impl Zone {
             for &slot in &view {
                 config_slots.push((positions.len(), slot));
                 positions.push(Some(slot));
+                owners.push((table, PositionKind::Config));
             }
             positions.extend(runtime.iter().map(|&slot| Some(slot)));
             positions.extend(std::iter::repeat_n(None, spare));
+            owners.resize(positions.len(), (table, PositionKind::Runtime));
             ranges[table] = Some(Range {
                 first,
                 configs: view.len(),
-                len: view.len() + runtime.len() + spare,
             });
         }
         let id = self.next_load_id;
@@ -369,6 +369,7 @@ impl Zone {
             freed: false,
             ranges,
             positions,
+            owners,
             config_slots,
         });
         let load = self.loads.len() - 1;
@@ -449,7 +450,9 @@ impl Zone {
             return;
         }
         let positions = &self.loads[load].positions;
-        let runtime: Vec<usize> = (range.first + range.configs..range.first + range.len)
+        let owners = &self.loads[load].owners;
+        let runtime: Vec<usize> = (0..positions.len())
+            .filter(|&position| owners[position] == (table, PositionKind::Runtime))
             .filter_map(|position| positions[position])
             .filter(|&slot| self.slots[slot].current)
             .collect();
@@ -610,17 +613,15 @@ impl Zone {
             assert!(config_line, "slot {id} leaked: {slot:?}");
         }
         for load in self.live_loads() {
-            for table in 0..TABLES {
-                let Some(range) = self.loads[load].ranges[table] else {
-                    continue;
-                };
-                for position in range.first + range.configs..range.first + range.len {
-                    if let Some(slot) = self.loads[load].positions[position] {
-                        assert!(
-                            self.slots[slot].current,
-                            "load {load} keeps removed slot {slot} at {position}"
-                        );
-                    }
+            let record = &self.loads[load];
+            for position in 0..record.positions.len() {
+                if let (Some(slot), (_, PositionKind::Runtime)) =
+                    (record.positions[position], record.owners[position])
+                {
+                    assert!(
+                        self.slots[slot].current,
+                        "load {load} keeps removed slot {slot} at {position}"
+                    );
                 }
             }
         }
@@ -704,8 +705,8 @@ fn nothing_reachable_is_freed_and_nothing_is_leaked() {
 
 #[test]
 fn long_churn_keeps_finding_room() {
-    // One upstream's run-time peer replaced 10,000 times while requests come and go: with
-    // three spare positions, every POST finds room once the workers caught up.
+    // One upstream's run-time peer replaced 10,000 times while requests come and go: its
+    // positions are reused, so the loads do not grow.
     let mut rng = Rng(7);
     let mut zone = Zone::new();
     let first = zone.config.clone();
@@ -731,4 +732,46 @@ fn long_churn_keeps_finding_room() {
     zone.settle_and_check_leaks();
     let live = zone.slots.iter().filter(|slot| !slot.freed).count();
     assert!(live <= 3, "{live} slots left after the churn");
+    let positions: usize = zone
+        .loads
+        .iter()
+        .filter(|load| !load.freed)
+        .map(|load| load.positions.len())
+        .sum();
+    assert!(
+        positions <= 2 * (3 + MIN_SPARE + 1 + MIN_SPARE),
+        "the loads grew to {positions}"
+    );
+}
+
+#[test]
+fn many_peers_at_once_grow_the_loads() {
+    // Forty run-time peers at once in an upstream whose loads started with three spare places.
+    let mut rng = Rng(11);
+    let mut zone = Zone::new();
+    let first = zone.config.clone();
+    zone.reload(first, true, &mut rng);
+    for round in 0..3 {
+        for server in 100..140 {
+            zone.post(0, server, false);
+            assert!(zone
+                .slot_of(0, server)
+                .is_some_and(|slot| zone.slots[slot].current));
+        }
+        for worker in 0..zone.workers.len() {
+            zone.start_request(worker, 0, &mut rng);
+        }
+        zone.check_reachable();
+        if round == 1 {
+            let config = zone.config.clone();
+            zone.reload(config, true, &mut rng);
+        }
+        for server in 100..140 {
+            zone.delete(0, server);
+        }
+        while !zone.requests.is_empty() {
+            zone.end_request(0);
+        }
+    }
+    zone.settle_and_check_leaks();
 }

@@ -37,7 +37,8 @@ use shift_wire::PeerOrigin;
 /// range of slot addresses: its config peers in round-robin order, its run-time peers, then
 /// room for more, 0 where empty), the addresses of its table headers, and each table's range of
 /// positions. Workers count in-flight requests by position, so a position's slot changes only
-/// once no worker can route to it (see `membership.rs`).
+/// once no worker can route to it (see `membership.rs`). It may grow by blocks of run-time
+/// positions (`positions.rs`).
 #[repr(C)]
 pub struct LoadRecord {
     pub next: AtomicUsize,
@@ -45,6 +46,9 @@ pub struct LoadRecord {
     pub committed: AtomicBool,
     slot_count: usize,
     table_count: usize,
+    /// The blocks it grew by (`positions::PositionBlock`), and its positions with theirs.
+    pub(super) blocks: AtomicUsize,
+    pub(super) position_count: AtomicUsize,
 }
 
 /// The positions of one upstream in a load: `configs` positions of its `server` lines (kept
@@ -90,24 +94,14 @@ impl LoadRecord {
         }
     }
 
-    /// The load's positions: slot addresses, 0 where empty. Written under the zone's lock.
-    pub fn positions(&self) -> &[AtomicUsize] {
+    /// The positions it was built with (its blocks' follow them): slot addresses, 0 where
+    /// empty. Written under the zone's lock.
+    pub(super) fn base_positions(&self) -> &[AtomicUsize] {
         // SAFETY: the record was allocated with `size` and zeroed; an `AtomicUsize` has the
         // layout of a `usize`.
         unsafe {
             std::slice::from_raw_parts(self.addresses().cast::<AtomicUsize>(), self.slot_count)
         }
-    }
-
-    /// The slot at each position, if any. Call with the zone's lock held.
-    pub fn slots(&self) -> Vec<Option<&'static PeerSlot>> {
-        self.positions()
-            .iter()
-            // SAFETY: a non-zero position holds a live slot: the position's reference keeps it.
-            .map(|position| unsafe {
-                (position.load(Ordering::Acquire) as *const PeerSlot).as_ref()
-            })
-            .collect()
     }
 
     pub fn tables(&self) -> &[&'static TableHeader] {
@@ -131,15 +125,6 @@ impl LoadRecord {
                 self.table_count,
             )
         }
-    }
-
-    /// The positions of `header`'s upstream, if this load routes to it.
-    pub fn range_of(&self, header: &TableHeader) -> Option<Range> {
-        let index = self
-            .tables()
-            .iter()
-            .position(|own| std::ptr::eq(*own, header))?;
-        Some(self.ranges()[index])
     }
 
     pub fn table_count(&self) -> usize {
@@ -210,9 +195,10 @@ pub unsafe fn build_view(
     }
 }
 
-/// Room for peers added at run time in each load, beyond the ones it starts with: as many as
+/// Room for peers added at run time in each load, beyond the ones it starts with (it grows
+/// when that is not enough, by at least as many: `positions.rs`): as many as
 /// the config has, and at least this many.
-const MIN_SPARE_POSITIONS: usize = 32;
+pub(super) const MIN_SPARE_POSITIONS: usize = 32;
 
 /// SAFETY: as `build_view`.
 unsafe fn place_views(
@@ -284,7 +270,6 @@ unsafe fn place_views(
         conf.placement.table_index = tables.len();
         conf.placement.new_table = created;
         conf.placement.first_slot = range.first;
-        conf.placement.positions = range.len;
         conf.placement.configs = configs;
         conf.placement.rr_peers = rr_peers;
         conf.placement.slots = view;
@@ -436,6 +421,8 @@ unsafe fn place_load(
             committed: AtomicBool::new(false),
             slot_count: positions.len(),
             table_count: tables.len(),
+            blocks: AtomicUsize::new(0),
+            position_count: AtomicUsize::new(positions.len()),
         });
         let addresses = (*record).addresses();
         for (index, slot) in positions.iter().enumerate() {

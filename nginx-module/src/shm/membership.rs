@@ -7,16 +7,16 @@
 //! it, and the slot is freed when no position holds it: `shift_core::reclaim` decides both,
 //! from the epochs each worker publishes for its lists (`worker::publish_held`).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ngx::core::slab::LockedSlabPool;
 
-use super::load::{place_slot, LoadRecord};
+use super::load::{place_slot, LoadRecord, MIN_SPARE_POSITIONS};
 use super::reclaim::sweep;
 use super::worker::WorkerRecord;
 use super::zone::{slots_of, walk, Zone};
 use shift_core::api::{Membership, PlaceError};
-use shift_core::reclaim::{may_give_up, HeldEpochs};
+use shift_core::reclaim::{may_give_up, HeldEpochs, PositionKind};
 use shift_core::table::{Label, PeerConfig, PeerSlot, TableHeader};
 use shift_wire::PeerOrigin;
 
@@ -88,30 +88,42 @@ impl Membership for ZoneMembership<'_> {
             positions: Vec::new(),
         };
         for load in self.loads() {
-            let Some(range) = load.range_of(table) else {
+            let Some(table_index) = load.index_of(table) else {
                 continue;
             };
-            let positions = &load.positions()[range.positions()];
+            let positions = load.positions_of(table_index);
             if positions
                 .iter()
-                .any(|position| position.load(Ordering::Acquire) == address)
+                .any(|position| position.cell.load(Ordering::Acquire) == address)
             {
                 continue;
             }
-            let Some(free) = positions[range.configs..]
-                .iter()
-                .find(|position| position.load(Ordering::Acquire) == 0)
-            else {
-                self.placed.push(placed);
-                self.unplace(slot);
-                return Err(PlaceError::NoRoom {
-                    upstream: table.name().to_string(),
-                    limit: range.len,
-                });
+            let free = positions.iter().find(|position| {
+                position.kind == PositionKind::Runtime && position.cell.load(Ordering::Acquire) == 0
+            });
+            let cell: &'static AtomicUsize = match free {
+                // SAFETY: a load's positions live as long as the load, which the lock keeps.
+                Some(position) => unsafe { &*std::ptr::from_ref(position.cell) },
+                None => {
+                    // No room left: the load grows by as many run-time positions as it has for
+                    // the upstream (the zone's memory is the only limit).
+                    let runtime = positions
+                        .iter()
+                        .filter(|position| position.kind == PositionKind::Runtime)
+                        .count();
+                    match load.grow(self.locked, table_index, runtime.max(MIN_SPARE_POSITIONS)) {
+                        Ok(position) => position.cell,
+                        Err(full) => {
+                            self.placed.push(placed);
+                            self.unplace(slot);
+                            return Err(PlaceError::ZoneFull(full));
+                        }
+                    }
+                }
             };
-            free.store(address, Ordering::Release);
+            cell.store(address, Ordering::Release);
             slot.refs.fetch_add(1, Ordering::Relaxed);
-            placed.positions.push(free);
+            placed.positions.push(cell);
         }
         self.placed.push(placed);
         Ok(slot)
@@ -166,16 +178,16 @@ pub unsafe fn release_removed(zone: Zone, locked: &LockedSlabPool) {
             .copied()
             .filter(|worker| worker.load == address)
             .collect();
-        let positions = load.positions();
-        let slots = load.slots();
-        for (table_index, range) in load.ranges().iter().enumerate() {
+        for table_index in 0..load.table_count() {
             let holders: Vec<HeldEpochs> =
                 own.iter().map(|worker| worker.held(table_index)).collect();
-            for index in range.positions() {
-                let Some(slot) = slots[index] else { continue };
+            for position in load.positions_of(table_index) {
+                let Some(slot) = position.slot() else {
+                    continue;
+                };
                 slot.verify();
-                if may_give_up(range.kind_of(index), slot.life(), holders.iter().copied()) {
-                    positions[index].store(0, Ordering::Release);
+                if may_give_up(position.kind, slot.life(), holders.iter().copied()) {
+                    position.cell.store(0, Ordering::Release);
                     slot.refs.fetch_sub(1, Ordering::Relaxed);
                     released = true;
                 }
@@ -188,8 +200,9 @@ pub unsafe fn release_removed(zone: Zone, locked: &LockedSlabPool) {
     }
 }
 
-/// Calls `build` with the peers at positions `first..first + len` of this worker's load (each
-/// with its position) and the zone's membership epoch, under the zone's lock; then, still under
+/// Calls `build` with the peers at the positions of the load's table `table_index` in this
+/// worker's load (each with its flat position, config ones first) and the zone's membership
+/// epoch, under the zone's lock; then, still under
 /// it, publishes in the worker's record the epochs of its lists for the load's table
 /// `table_index` (`held`, asked after the build). A removal therefore either comes before the
 /// read (and the new list leaves the peer out) or after the record shows the list (and the
@@ -197,8 +210,6 @@ pub unsafe fn release_removed(zone: Zone, locked: &LockedSlabPool) {
 /// with room for it): it must then route with its configuration's peers only.
 pub fn with_load_positions<T>(
     main: &crate::conf::MainConf,
-    first: usize,
-    len: usize,
     table_index: usize,
     build: impl FnOnce(&[(usize, &'static PeerSlot)], u64) -> T,
     held: impl FnOnce() -> HeldEpochs,
@@ -211,15 +222,14 @@ pub fn with_load_positions<T>(
     let zone = unsafe { Zone::at(shm) }?;
     // SAFETY: the load of this worker's configuration lives while the worker runs.
     let load = unsafe { main.load.as_ref() }?;
-    let _locked = zone.lock();
+    let locked = zone.lock();
     let members: Vec<(usize, &'static PeerSlot)> = load
-        .slots()
-        .into_iter()
-        .enumerate()
-        .skip(first)
-        .take(len)
-        .filter_map(|(position, slot)| Some((position, slot?)))
+        .positions_of(table_index)
+        .iter()
+        .filter_map(|position| Some((position.index, position.slot()?)))
         .collect();
+    // The load may have grown: this worker's in-flight counts cover every position it lists.
+    super::worker::cover_positions(&locked, load.position_count());
     let epoch = zone.root().members_epoch.load(Ordering::Acquire);
     let built = build(&members, epoch);
     super::worker::publish_held_locked(table_index, &held());

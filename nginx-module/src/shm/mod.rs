@@ -17,6 +17,7 @@
 mod commit;
 mod load;
 mod membership;
+mod positions;
 mod reclaim;
 mod worker;
 mod zone;

@@ -65,6 +65,7 @@ pub unsafe fn reclaim(zone: Zone, locked: &LockedSlabPool) {
                 for header in load.tables() {
                     header.refs.fetch_sub(1, Ordering::Relaxed);
                 }
+                load.free_blocks(locked);
                 true
             },
         );

@@ -25,15 +25,18 @@ use shift_core::reclaim::{HeldCell, HeldEpochs};
 use shift_core::table::{PeerSlot, Table, TableHeader};
 
 /// A worker (or helper process) of one load, followed in the same allocation by the epochs of
-/// its peer lists, one cell per table of the load (`shift_core::reclaim::HeldCell`), and its
-/// in-flight counts, one per position of the load.
+/// its peer lists, one cell per table of the load (`shift_core::reclaim::HeldCell`).
 #[repr(C)]
 pub struct WorkerRecord {
     pub next: AtomicUsize,
     pub process: ProcessId,
     /// Address of its load's record.
     pub load: usize,
-    count_len: usize,
+    /// Its in-flight counts, one per position of the load: an allocation of their own, which
+    /// the worker replaces by a larger one when its load grew (`cover_positions`). Both words
+    /// change only under the zone's lock, and only the worker itself changes them.
+    counts: AtomicUsize,
+    count_len: AtomicUsize,
     /// How many held cells follow: the load's table count, or 0 when the zone had no room for
     /// them (the worker then never routes with a list of its own).
     held_len: usize,
@@ -44,24 +47,19 @@ impl WorkerRecord {
         size_of::<WorkerRecord>().next_multiple_of(align_of::<HeldCell>())
     }
 
-    fn counts_offset(held_len: usize) -> usize {
-        (Self::held_offset() + size_of::<HeldCell>() * held_len)
-            .next_multiple_of(align_of::<AtomicU32>())
-    }
-
-    fn size(held_len: usize, count_len: usize) -> usize {
-        Self::counts_offset(held_len) + size_of::<AtomicU32>() * count_len
+    fn size(held_len: usize) -> usize {
+        Self::held_offset() + size_of::<HeldCell>() * held_len
     }
 
     fn counts(&self) -> &[AtomicU32] {
-        // SAFETY: allocated by `register_worker` with `count_len` zeroed counts after the held
-        // cells.
-        unsafe {
-            let start = std::ptr::from_ref(self)
-                .cast::<u8>()
-                .add(Self::counts_offset(self.held_len));
-            std::slice::from_raw_parts(start.cast::<AtomicU32>(), self.count_len)
+        let address = self.counts.load(Ordering::Acquire) as *const AtomicU32;
+        if address.is_null() {
+            return &[];
         }
+        // SAFETY: `count_len` zeroed counts allocated by `register_worker` or
+        // `cover_positions`, freed only with the record or when replaced (by the worker itself,
+        // under the lock that every other reader holds).
+        unsafe { std::slice::from_raw_parts(address, self.count_len.load(Ordering::Acquire)) }
     }
 
     /// The epochs of this worker's lists, one cell per table of its load.
@@ -121,13 +119,17 @@ pub unsafe fn register_worker(cycle: *mut ngx_cycle_t, main: &MainConf) {
             return;
         };
         let locked = zone.lock();
-        let mut count_len = load.slots().len();
+        let mut count_len = load.position_count();
         let mut held_len = load.table_count();
         // Without room for its counts and held cells a worker still registers, so that the
         // master knows which configuration it belongs to; it then routes with its
         // configuration's peers only (it could not say which run-time peers it holds).
-        let memory = allocate_zeroed::<u8>(&locked, WorkerRecord::size(held_len, count_len))
-            .or_else(|_| {
+        let mut counts = allocate_zeroed::<AtomicU32>(&locked, count_len).ok();
+        let record =
+            counts.and_then(|_| allocate_zeroed::<u8>(&locked, WorkerRecord::size(held_len)).ok());
+        let memory = match record {
+            Some(memory) => memory,
+            None => {
                 ngx_log_error!(
                     NGX_LOG_ERR,
                     log,
@@ -135,18 +137,24 @@ pub unsafe fn register_worker(cycle: *mut ngx_cycle_t, main: &MainConf) {
                      to no peer added at run time",
                     super::zone::zone_full()
                 );
+                if let Some(counts) = counts.take() {
+                    super::zone::free(&locked, counts);
+                }
                 (count_len, held_len) = (0, 0);
-                allocate_zeroed::<u8>(&locked, WorkerRecord::size(0, 0))
-            });
-        let Ok(memory) = memory else {
-            return;
+                match allocate_zeroed::<u8>(&locked, WorkerRecord::size(0)) {
+                    Ok(memory) => memory,
+                    Err(_) => return,
+                }
+            }
         };
+        let counts = counts.unwrap_or(std::ptr::null_mut());
         let record = memory.cast::<WorkerRecord>();
         record.write(WorkerRecord {
             next: AtomicUsize::new(0),
             process,
             load: std::ptr::from_ref(load) as usize,
-            count_len,
+            counts: AtomicUsize::new(counts as usize),
+            count_len: AtomicUsize::new(count_len),
             held_len,
         });
         let cells = memory.add(WorkerRecord::held_offset()).cast::<HeldCell>();
@@ -222,6 +230,33 @@ pub fn publish_held(table_index: usize, held: &HeldEpochs) {
     publish_held_locked(table_index, held);
 }
 
+/// Makes this worker's in-flight counts cover `positions` positions of its load, which may
+/// have grown since it registered: a larger zeroed allocation takes the counts so far. Call
+/// with the zone's lock held (`locked`); without room, positions past the old ones are not
+/// counted.
+pub fn cover_positions(locked: &LockedSlabPool, positions: usize) {
+    let Some(record) = own_record() else {
+        return;
+    };
+    let old = record.counts();
+    if positions <= old.len() || record.held_len == 0 {
+        return;
+    }
+    let Ok(new) = allocate_zeroed::<AtomicU32>(locked, positions) else {
+        return;
+    };
+    // SAFETY: just allocated with `positions` zeroed counts.
+    let counts = unsafe { std::slice::from_raw_parts(new.cast_const(), positions) };
+    for (count, value) in counts.iter().zip(old) {
+        count.store(value.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+    let previous = record.counts.swap(new as usize, Ordering::AcqRel);
+    record.count_len.store(positions, Ordering::Release);
+    // SAFETY: the old counts' only other readers hold the lock held here; this worker reads
+    // its own through `inflight()`, which looks the new ones up from now on.
+    unsafe { super::zone::free(locked, previous as *mut AtomicU32) };
+}
+
 /// This worker's record, once registered.
 fn own_record() -> Option<&'static WorkerRecord> {
     // SAFETY: set once by `register_worker` to this worker's record, which stays allocated while
@@ -247,7 +282,16 @@ pub unsafe fn reap_exited(zone: Zone, locked: &LockedSlabPool) {
             locked,
             &zone.root().workers,
             |worker: &WorkerRecord| &worker.next,
-            |worker| !worker.process.is_running(),
+            |worker| {
+                let exited = !worker.process.is_running();
+                if exited {
+                    super::zone::free(
+                        locked,
+                        worker.counts.swap(0, Ordering::AcqRel) as *mut AtomicU32,
+                    );
+                }
+                exited
+            },
         );
     }
 }

@@ -13,15 +13,10 @@ use super::{
 };
 use crate::table::{Addition, Label, PeerSlot, Table, TableHeader};
 
-/// Why the zone cannot take a new peer.
+/// Why the zone cannot take a new peer: it is full (the message names `shift_zone`). Nothing
+/// else stops one: a load grows by more positions when its room for run-time peers is taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlaceError {
-    /// A running configuration has no free position left for the upstream.
-    #[error(
-        "upstream \"{upstream}\" has no room for another peer in a running configuration \
-         ({limit} peers); remove one, or reload to make room"
-    )]
-    NoRoom { upstream: String, limit: usize },
     #[error("{0}")]
     ZoneFull(String),
 }
@@ -29,8 +24,9 @@ pub enum PlaceError {
 /// The zone's side of changing an upstream's set of peers, under the zone's lock.
 pub trait Membership {
     /// A slot for `server` in `table`, with a position in every live configuration load that
-    /// routes to the table; not current yet (nobody routes to it). A slot the table still holds
-    /// for the address (a peer removed, its requests not all ended) is reused.
+    /// routes to the table (a load without a free one grows); not current yet (nobody routes to
+    /// it). A slot the table still holds for the address (a peer removed, its requests not all
+    /// ended) is reused.
     fn place(&mut self, table: &TableHeader, server: &str)
         -> Result<&'static PeerSlot, PlaceError>;
     /// Gives up what `place` took, when the change cannot be completed.
@@ -305,7 +301,7 @@ mod tests {
     }
 
     #[test]
-    fn no_room_is_507_and_changes_nothing() {
+    fn a_full_zone_is_507_and_changes_nothing() {
         let owned = app();
         let mut membership = HeapMembership {
             room: 0,
@@ -313,7 +309,7 @@ mod tests {
         };
         let reply = post(&owned, r#"{"server": "10.0.0.7:8000"}"#, &mut membership);
         assert_eq!(reply.status, 507);
-        assert!(reply.body.contains("no room"), "{}", reply.body);
+        assert!(reply.body.contains("shift_zone"), "{}", reply.body);
         assert_eq!(owned.view().generation(), 1);
     }
 

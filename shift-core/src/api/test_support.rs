@@ -4,7 +4,8 @@ use crate::table::{PeerConfig, PeerSlot, TableHeader};
 
 use super::{Membership, PlaceError};
 
-/// Places slots on the heap (leaked, as the zone keeps them), with room for `room` more.
+/// Places slots on the heap (leaked, as the zone keeps them), with room for `room` more (then
+/// it answers as a full zone).
 pub(crate) struct HeapMembership {
     pub(crate) room: usize,
     pub(crate) placed: Vec<&'static PeerSlot>,
@@ -30,10 +31,12 @@ impl Membership for HeapMembership {
         server: &str,
     ) -> Result<&'static PeerSlot, PlaceError> {
         if self.placed.len() >= self.room {
-            return Err(PlaceError::NoRoom {
-                upstream: table.name().to_string(),
-                limit: self.room,
-            });
+            return Err(PlaceError::ZoneFull(format!(
+                "shared zone is full (no room for \"{}\" of upstream \"{}\"): set \
+                 \"shift_zone\" larger",
+                server,
+                table.name()
+            )));
         }
         let slot: &'static PeerSlot = Box::leak(Box::new(
             PeerSlot::new(&PeerConfig {
