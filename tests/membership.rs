@@ -183,17 +183,24 @@ fn a_name_rotated_through_hundreds_of_addresses_keeps_exactly_its_one_peer() {
     );
 }
 
-#[test]
-fn unreadable_proc_entries_never_make_a_live_worker_dead() {
-    // As under hidepid=2: the workers cannot read the other processes' /proc entries.
+/// Blue behind `app`, with one of the debug builds' test hooks (`VARIABLE=VALUE` through
+/// Nginx's `env`), which the log must confirm.
+fn with_test_hook(variable: &str, logged: &str) -> ShiftSetup {
     let setup = ShiftSetup::start_with(&[("blue", "")], "", "", |mut options| {
-        options.main = "env SHIFT_TEST_HIDE_PROC=1;".to_string();
+        options.main = format!("env {variable};");
         options
     });
     assert!(
-        setup.nginx.error_log().contains("/proc entries are hidden"),
-        "the test hook is active (a debug build of the module)"
+        setup.nginx.error_log().contains(logged),
+        "the test hook {variable} is active (a debug build of the module)"
     );
+    setup
+}
+
+#[test]
+fn unreadable_proc_entries_never_make_a_live_worker_dead() {
+    // As under hidepid=2: the workers cannot read the other processes' /proc entries.
+    let setup = with_test_hook("SHIFT_TEST_HIDE_PROC=1", "/proc entries are hidden");
     let blue = setup.addr(0);
     // A slow request in flight on one worker; API requests answered by both workers must keep
     // counting it (a worker taken for dead would have its record freed, and its count gone).
@@ -233,16 +240,9 @@ fn unreadable_proc_entries_never_make_a_live_worker_dead() {
 #[test]
 fn a_worker_without_a_record_routes_to_server_lines_only() {
     // Worker 1 does not register, as a worker that found the zone full.
-    let setup = ShiftSetup::start_with(&[("blue", "")], "", "", |mut options| {
-        options.main = "env SHIFT_TEST_UNREGISTERED_WORKER=1;".to_string();
-        options
-    });
-    assert!(
-        setup
-            .nginx
-            .error_log()
-            .contains("worker 1 does not register"),
-        "the test hook is active (a debug build of the module)"
+    let setup = with_test_hook(
+        "SHIFT_TEST_UNREGISTERED_WORKER=1",
+        "worker 1 does not register",
     );
     let replicas: Vec<Backend> = (0..4).map(|n| Backend::start(&format!("r{n}"))).collect();
     let mut served_by: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();

@@ -123,19 +123,24 @@ mod tests {
         assert_eq!(state_file::load(&path, "app").unwrap().unwrap(), next.saved);
     }
 
-    #[test]
-    fn a_superseded_worker_writes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("app.json");
-        let answered = Answered {
+    /// A 200 answer whose upstream is to be saved to `path`.
+    fn saving_ok(path: &std::path::Path) -> Answered {
+        Answered {
             reply: Reply {
                 status: 200,
                 content_type: "application/json",
                 body: "{}".into(),
                 allow: None,
             },
-            save: Some(pending(&path, 2, 1)),
-        };
+            save: Some(pending(path, 2, 1)),
+        }
+    }
+
+    #[test]
+    fn a_superseded_worker_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.json");
+        let answered = saving_ok(&path);
         let reply = finish(answered, || false);
         assert_eq!(reply.status, 503);
         assert!(!path.exists());
@@ -145,15 +150,7 @@ mod tests {
     fn an_unwritable_file_says_the_change_is_in_effect() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("missing/app.json");
-        let answered = Answered {
-            reply: Reply {
-                status: 200,
-                content_type: "application/json",
-                body: "{}".into(),
-                allow: None,
-            },
-            save: Some(pending(&path, 2, 1)),
-        };
+        let answered = saving_ok(&path);
         let reply = finish(answered, || true);
         assert_eq!(reply.status, 500);
         assert!(reply.body.contains("state_not_saved"), "{}", reply.body);
