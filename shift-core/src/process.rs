@@ -13,6 +13,8 @@
 
 use std::fs;
 use std::io;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+#[cfg(debug_assertions)]
 use std::sync::OnceLock;
 
 use nix::errno::Errno;
@@ -106,19 +108,23 @@ impl ProcessId {
         })
     }
 
-    /// This process, read once: its own `/proc` entry is always visible, and a read that fails
-    /// once (no file descriptor left) is retried at the next call.
+    /// This process, read once per process (a forked child reads its own): its own `/proc`
+    /// entry is always visible, and a read that fails (no file descriptor left) is retried at
+    /// the next call.
     pub fn current() -> Option<ProcessId> {
-        static OWN: OnceLock<ProcessId> = OnceLock::new();
-        if let Some(own) = OWN.get() {
-            if own.pid == std::process::id() {
-                return Some(*own);
-            }
-            // A forked child of the process that read it: read again, uncached.
-            return ProcessId::of(std::process::id());
+        static OWN_PID: AtomicU32 = AtomicU32::new(0);
+        static OWN_START: AtomicU64 = AtomicU64::new(0);
+        let pid = std::process::id();
+        if OWN_PID.load(Ordering::Acquire) == pid {
+            return Some(ProcessId {
+                pid,
+                start_time: OWN_START.load(Ordering::Relaxed),
+            });
         }
-        let own = ProcessId::of(std::process::id())?;
-        Some(*OWN.get_or_init(|| own))
+        let own = ProcessId::of(pid)?;
+        OWN_START.store(own.start_time, Ordering::Relaxed);
+        OWN_PID.store(pid, Ordering::Release);
+        Some(own)
     }
 
     /// Whether this very process still runs (not a zombie, not a later one with its pid);

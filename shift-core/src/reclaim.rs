@@ -147,15 +147,19 @@ pub struct SlotLife {
     pub removed_epoch: u64,
 }
 
-/// Whether a position of a load may be given up (emptied): only a run-time one, whose peer was
-/// removed and is held by no list of `holders`, the epochs every registered worker of the load
-/// published for the position's upstream.
+/// Whether a position of a load may be given up (emptied): only a run-time one of a committed
+/// load, whose peer was removed and is held by no list of `holders`, the epochs every
+/// registered worker of the load published for the position's upstream. A load not committed
+/// yet keeps every position: nothing routes through it, and its build placed peers (from a
+/// state file or a replaced zone) that only its commit makes current.
 pub fn may_give_up(
+    load_committed: bool,
     kind: PositionKind,
     life: SlotLife,
     holders: impl IntoIterator<Item = HeldEpochs>,
 ) -> bool {
-    kind == PositionKind::Runtime
+    load_committed
+        && kind == PositionKind::Runtime
         && !life.current
         && life.removed_epoch != 0
         && holders
@@ -226,13 +230,13 @@ mod tests {
     #[test]
     fn only_removed_runtime_peers_no_list_holds_are_given_up() {
         let quiet = [HeldEpochs::of([20]), HeldEpochs::NONE];
-        assert!(may_give_up(PositionKind::Runtime, life(3, 10), quiet));
+        assert!(may_give_up(true, PositionKind::Runtime, life(3, 10), quiet));
         assert!(
-            !may_give_up(PositionKind::Config, life(3, 10), quiet),
+            !may_give_up(true, PositionKind::Config, life(3, 10), quiet),
             "a config position stays for the load's life"
         );
         assert!(
-            !may_give_up(PositionKind::Runtime, life(3, 0), quiet),
+            !may_give_up(true, PositionKind::Runtime, life(3, 0), quiet),
             "a current peer"
         );
         let not_removed = SlotLife {
@@ -240,10 +244,19 @@ mod tests {
             added_epoch: 3,
             removed_epoch: 0,
         };
-        assert!(!may_give_up(PositionKind::Runtime, not_removed, quiet));
+        assert!(!may_give_up(
+            true,
+            PositionKind::Runtime,
+            not_removed,
+            quiet
+        ));
+        assert!(
+            !may_give_up(false, PositionKind::Runtime, life(3, 10), quiet),
+            "a load being built keeps what it placed for its commit"
+        );
         let busy = [HeldEpochs::of([20]), HeldEpochs::of([5, 20])];
         assert!(
-            !may_give_up(PositionKind::Runtime, life(3, 10), busy),
+            !may_give_up(true, PositionKind::Runtime, life(3, 10), busy),
             "a request still runs on a list built at 5"
         );
     }

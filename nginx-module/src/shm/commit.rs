@@ -157,12 +157,33 @@ pub unsafe fn commit(zone: Zone, main: &MainConf, log: *mut ngx_log_t) {
         }
         for header in zone.tables() {
             if !load.tables().iter().any(|own| std::ptr::eq(*own, header)) {
-                header.set_current(false);
-                slots_of(header).for_each(|slot| slot.set_current(false, 0));
+                drop_table(header, root.next_members_epoch());
             }
         }
         reclaim(zone, &locked);
     }
+}
+
+/// A table the committed configuration no longer has stops being current. Its run-time peers
+/// are removed at `epoch`, as a DELETE removes one, so that their places in older loads are
+/// given up once those loads' workers no longer hold them; its config peers go with the loads
+/// that have them.
+///
+/// SAFETY: the caller holds the zone's lock, which keeps the table's slots.
+unsafe fn drop_table(header: &TableHeader, epoch: u64) {
+    header.set_current(false);
+    // SAFETY: per the contract.
+    let slots: Vec<&PeerSlot> = unsafe { slots_of(header) }.collect();
+    // Held by a writer that cannot finish anything on a table that is not current: the peers
+    // still stop being current below, and their places wait for their loads.
+    if let Ok(guard) = Table::new(header, &[]).lock(own_token(), token_alive) {
+        for slot in &slots {
+            if slot.is_current() && slot.origin() != PeerOrigin::Config {
+                guard.remove_peer(slot, epoch);
+            }
+        }
+    }
+    slots.iter().for_each(|slot| slot.set_current(false, 0));
 }
 
 /// Gives a table that is new in this zone the state it had before: from the zone this one

@@ -121,8 +121,10 @@ impl Membership for ZoneMembership<'_> {
                     }
                 }
             };
-            cell.store(address, Ordering::Release);
+            // The reference first: a process killed between the two leaves one too many (a
+            // slot kept), never one too few (a slot freed while a position holds it).
             slot.refs.fetch_add(1, Ordering::Relaxed);
+            cell.store(address, Ordering::Release);
             placed.positions.push(cell);
         }
         self.placed.push(placed);
@@ -178,6 +180,7 @@ pub unsafe fn release_removed(zone: Zone, locked: &LockedSlabPool) {
             .copied()
             .filter(|worker| worker.load == address)
             .collect();
+        let committed = load.committed.load(Ordering::Acquire);
         for table_index in 0..load.table_count() {
             let holders: Vec<HeldEpochs> =
                 own.iter().map(|worker| worker.held(table_index)).collect();
@@ -186,7 +189,8 @@ pub unsafe fn release_removed(zone: Zone, locked: &LockedSlabPool) {
                     continue;
                 };
                 slot.verify();
-                if may_give_up(position.kind, slot.life(), holders.iter().copied()) {
+                let life = slot.life();
+                if may_give_up(committed, position.kind, life, holders.iter().copied()) {
                     position.cell.store(0, Ordering::Release);
                     slot.refs.fetch_sub(1, Ordering::Relaxed);
                     released = true;

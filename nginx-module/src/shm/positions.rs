@@ -123,7 +123,9 @@ impl LoadRecord {
         slots.resize(self.position_count(), None);
         for block in self.blocks() {
             for (offset, cell) in block.positions().iter().enumerate() {
-                slots[block.first + offset] = read(cell);
+                if let Some(entry) = slots.get_mut(block.first + offset) {
+                    *entry = read(cell);
+                }
             }
         }
         slots
@@ -141,6 +143,9 @@ impl LoadRecord {
             allocate_zeroed::<u8>(locked, PositionBlock::offset() + size_of::<usize>() * len)?;
         let block = memory.cast::<PositionBlock>();
         let first = self.position_count();
+        // The count first: a process killed before the block is linked leaves positions that
+        // read as empty, never a block past the count.
+        self.position_count.store(first + len, Ordering::Release);
         // SAFETY: zeroed memory of the block's full size, aligned by the slab allocator; linked
         // under the caller's lock.
         let block = unsafe {
@@ -153,7 +158,6 @@ impl LoadRecord {
             push_front(&self.blocks, &(*block).next, block as usize);
             &*block
         };
-        self.position_count.store(first + len, Ordering::Release);
         Ok(Position {
             index: first,
             cell: &block.positions()[0],

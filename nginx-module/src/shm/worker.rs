@@ -264,12 +264,12 @@ fn own_record() -> Option<&'static WorkerRecord> {
     unsafe { (OWN_RECORD.load(Ordering::Acquire) as *const WorkerRecord).as_ref() }
 }
 
-/// This worker's in-flight counts, by the flat slot index of its load.
+/// This worker's in-flight counts, by the flat position index of its load: to count one
+/// attempt at once, never to keep (`cover_positions` replaces them when the load grew).
 pub fn inflight() -> Option<InFlight<'static>> {
-    // SAFETY: set once by `register_worker` to this worker's record, which stays allocated while
-    // this worker runs.
-    let record = unsafe { (OWN_RECORD.load(Ordering::Acquire) as *const WorkerRecord).as_ref()? };
-    Some(InFlight::new(record.counts()))
+    // The record stays allocated while this worker runs; its counts until this worker replaces
+    // them, which it does only between two of its own calls of this.
+    Some(InFlight::new(own_record()?.counts()))
 }
 
 /// Frees the records of workers that have exited.
@@ -362,14 +362,16 @@ pub fn api_view(main: &MainConf) -> Result<ApiView, NotServing> {
     let shm = NonNull::new(main.zone).ok_or(NotServing::NoZone)?;
     // SAFETY: this worker's zone stays mapped while it runs.
     let zone = unsafe { Zone::at(shm) }.ok_or(NotServing::NoZone)?;
+    // A file read, so before the lock (the state file's save asks again, under its directory's
+    // lock, before a change is acknowledged).
+    if new_binary_took_over() {
+        return Err(NotServing::Superseded("a new Nginx binary took over"));
+    }
     let locked = zone.lock();
     if zone.root().superseded.load(Ordering::Acquire) != 0 {
         return Err(NotServing::Superseded(
             "a reload replaced the shared zone with one of another size",
         ));
-    }
-    if new_binary_took_over() {
-        return Err(NotServing::Superseded("a new Nginx binary took over"));
     }
     // SAFETY: the zone's lock is held for the life of the view.
     unsafe {
