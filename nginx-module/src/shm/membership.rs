@@ -42,6 +42,24 @@ impl<'a> ZoneMembership<'a> {
         }
     }
 
+    /// Gives up what a `place` of `slot` took, when it cannot complete.
+    fn unplace(&mut self, slot: &'static PeerSlot) {
+        let Some(index) = self
+            .placed
+            .iter()
+            .position(|placed| std::ptr::eq(placed.slot, slot))
+        else {
+            return;
+        };
+        for position in self.placed.remove(index).positions {
+            position.store(0, Ordering::Release);
+            slot.refs.fetch_sub(1, Ordering::Relaxed);
+        }
+        // SAFETY: the lock is held; a slot no position holds and that is not current is used by
+        // nobody.
+        unsafe { sweep(self.zone, self.locked) };
+    }
+
     fn loads(&self) -> impl Iterator<Item = &'static LoadRecord> {
         // SAFETY: the lock is held while `self` lives, which keeps every load allocated.
         unsafe {
@@ -129,23 +147,6 @@ impl Membership for ZoneMembership<'_> {
         }
         self.placed.push(placed);
         Ok(slot)
-    }
-
-    fn unplace(&mut self, slot: &'static PeerSlot) {
-        let Some(index) = self
-            .placed
-            .iter()
-            .position(|placed| std::ptr::eq(placed.slot, slot))
-        else {
-            return;
-        };
-        for position in self.placed.remove(index).positions {
-            position.store(0, Ordering::Release);
-            slot.refs.fetch_sub(1, Ordering::Relaxed);
-        }
-        // SAFETY: the lock is held; a slot no position holds and that is not current is used by
-        // nobody.
-        unsafe { sweep(self.zone, self.locked) };
     }
 
     fn next_epoch(&mut self) -> u64 {

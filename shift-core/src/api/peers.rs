@@ -29,8 +29,6 @@ pub trait Membership {
     /// ended) is reused.
     fn place(&mut self, table: &TableHeader, server: &str)
         -> Result<&'static PeerSlot, PlaceError>;
-    /// Gives up what `place` took, when the change cannot be completed.
-    fn unplace(&mut self, slot: &'static PeerSlot);
     /// A new membership epoch, for a change about to be made.
     fn next_epoch(&mut self) -> u64;
 }

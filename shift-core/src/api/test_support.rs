@@ -9,7 +9,6 @@ use super::{Membership, PlaceError};
 pub(crate) struct HeapMembership {
     pub(crate) room: usize,
     pub(crate) placed: Vec<&'static PeerSlot>,
-    pub(crate) unplaced: Vec<&'static PeerSlot>,
     pub(crate) epoch: u64,
 }
 
@@ -18,7 +17,6 @@ impl Default for HeapMembership {
         HeapMembership {
             room: 8,
             placed: Vec::new(),
-            unplaced: Vec::new(),
             epoch: 0,
         }
     }
@@ -50,10 +48,6 @@ impl Membership for HeapMembership {
         ));
         self.placed.push(slot);
         Ok(slot)
-    }
-
-    fn unplace(&mut self, slot: &'static PeerSlot) {
-        self.unplaced.push(slot);
     }
 
     fn next_epoch(&mut self) -> u64 {
