@@ -157,7 +157,6 @@ fn answer(request: &mut Request, body: &[u8]) -> ngx_int_t {
             membership: &mut membership,
         },
     );
-    drop(membership);
     drop(endpoints);
     drop(view);
     let reply = api::save::finish(answered, still_serving);

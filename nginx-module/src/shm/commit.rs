@@ -125,8 +125,9 @@ pub unsafe fn commit(zone: Zone, main: &MainConf, log: *mut ngx_log_t) {
             } else {
                 root.next_members_epoch()
             };
-            let notes = guard.commit(check_mode(conf), &conf.placement.configs, &removed, epoch);
-            if check_mode(conf) == CheckMode::Off {
+            let checks = check_mode(conf);
+            let notes = guard.commit(checks, &conf.placement.configs, &removed, epoch);
+            if checks == CheckMode::Off {
                 // Nothing probes them any more: an unhealthy peer would stay out for good.
                 let current: Vec<&PeerSlot> =
                     slots_of(header).filter(|slot| slot.is_current()).collect();

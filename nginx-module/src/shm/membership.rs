@@ -20,44 +20,15 @@ use shift_core::reclaim::{may_give_up, HeldEpochs, PositionKind};
 use shift_core::table::{Label, PeerConfig, PeerSlot, TableHeader};
 use shift_wire::PeerOrigin;
 
-/// What one `place` took, for `unplace`.
-struct Placed {
-    slot: &'static PeerSlot,
-    positions: Vec<&'static std::sync::atomic::AtomicUsize>,
-}
-
 /// Adds and removes peers in the zone; lives while the API holds the zone's lock.
 pub struct ZoneMembership<'a> {
     zone: Zone,
     locked: &'a LockedSlabPool,
-    placed: Vec<Placed>,
 }
 
 impl<'a> ZoneMembership<'a> {
     pub fn new(zone: Zone, locked: &'a LockedSlabPool) -> ZoneMembership<'a> {
-        ZoneMembership {
-            zone,
-            locked,
-            placed: Vec::new(),
-        }
-    }
-
-    /// Gives up what a `place` of `slot` took, when it cannot complete.
-    fn unplace(&mut self, slot: &'static PeerSlot) {
-        let Some(index) = self
-            .placed
-            .iter()
-            .position(|placed| std::ptr::eq(placed.slot, slot))
-        else {
-            return;
-        };
-        for position in self.placed.remove(index).positions {
-            position.store(0, Ordering::Release);
-            slot.refs.fetch_sub(1, Ordering::Relaxed);
-        }
-        // SAFETY: the lock is held; a slot no position holds and that is not current is used by
-        // nobody.
-        unsafe { sweep(self.zone, self.locked) };
+        ZoneMembership { zone, locked }
     }
 
     fn loads(&self) -> impl Iterator<Item = &'static LoadRecord> {
@@ -101,10 +72,7 @@ impl Membership for ZoneMembership<'_> {
             }
         };
         let address = std::ptr::from_ref(slot) as usize;
-        let mut placed = Placed {
-            slot,
-            positions: Vec::new(),
-        };
+        let mut taken: Vec<&'static AtomicUsize> = Vec::new();
         for load in self.loads() {
             let Some(table_index) = load.index_of(table) else {
                 continue;
@@ -119,9 +87,8 @@ impl Membership for ZoneMembership<'_> {
             let free = positions.iter().find(|position| {
                 position.kind == PositionKind::Runtime && position.cell.load(Ordering::Acquire) == 0
             });
-            let cell: &'static AtomicUsize = match free {
-                // SAFETY: a load's positions live as long as the load, which the lock keeps.
-                Some(position) => unsafe { &*std::ptr::from_ref(position.cell) },
+            let cell = match free {
+                Some(position) => position.cell,
                 None => {
                     // No room left: the load grows by as many run-time positions as it has for
                     // the upstream (the zone's memory is the only limit).
@@ -132,8 +99,14 @@ impl Membership for ZoneMembership<'_> {
                     match load.grow(self.locked, table_index, runtime.max(MIN_SPARE_POSITIONS)) {
                         Ok(position) => position.cell,
                         Err(full) => {
-                            self.placed.push(placed);
-                            self.unplace(slot);
+                            // What this place took goes back; a new slot no position holds,
+                            // and that is not current, is used by nobody.
+                            for cell in taken {
+                                cell.store(0, Ordering::Release);
+                                slot.refs.fetch_sub(1, Ordering::Relaxed);
+                            }
+                            // SAFETY: the lock is held while `self` lives.
+                            unsafe { sweep(self.zone, self.locked) };
                             return Err(PlaceError::ZoneFull(full));
                         }
                     }
@@ -143,9 +116,8 @@ impl Membership for ZoneMembership<'_> {
             // slot kept), never one too few (a slot freed while a position holds it).
             slot.refs.fetch_add(1, Ordering::Relaxed);
             cell.store(address, Ordering::Release);
-            placed.positions.push(cell);
+            taken.push(cell);
         }
-        self.placed.push(placed);
         Ok(slot)
     }
 

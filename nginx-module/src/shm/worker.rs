@@ -111,7 +111,7 @@ pub unsafe fn register_worker(cycle: *mut ngx_cycle_t, main: &MainConf) {
         };
         let Some(zone) = Zone::at(shm) else { return };
         let log = (*cycle).log;
-        if skip_registration_for_tests(log) {
+        if test_hooks_skip_registration(log) {
             return;
         }
         let Some(process) = ProcessId::current() else {
@@ -168,11 +168,11 @@ pub unsafe fn register_worker(cycle: *mut ngx_cycle_t, main: &MainConf) {
 }
 
 /// Debug builds only, the tests' hooks (set through Nginx's `env` directive), each said in the
-/// log: with `SHIFT_TEST_UNREGISTERED_WORKER=N`, worker number N does not register, as a worker
+/// log; true when this worker must not register: with `SHIFT_TEST_UNREGISTERED_WORKER=N`, worker number N does not register, as a worker
 /// that found the zone full would not (it must then stay away from peers added at run time);
 /// `SHIFT_TEST_HIDE_PROC=1` (read in `shift_core::process`) hides other processes' `/proc`.
 #[cfg(debug_assertions)]
-fn skip_registration_for_tests(log: *mut ngx::ffi::ngx_log_t) -> bool {
+fn test_hooks_skip_registration(log: *mut ngx::ffi::ngx_log_t) -> bool {
     let wanted = std::env::var("SHIFT_TEST_UNREGISTERED_WORKER")
         .ok()
         .and_then(|value| value.parse::<ngx::ffi::ngx_uint_t>().ok());
@@ -197,7 +197,7 @@ fn skip_registration_for_tests(log: *mut ngx::ffi::ngx_log_t) -> bool {
 }
 
 #[cfg(not(debug_assertions))]
-fn skip_registration_for_tests(_log: *mut ngx::ffi::ngx_log_t) -> bool {
+fn test_hooks_skip_registration(_log: *mut ngx::ffi::ngx_log_t) -> bool {
     false
 }
 
