@@ -1,8 +1,9 @@
 //! What the zone may free, and when. One rule for every origin of a peer (a `server` line, the
 //! API, a resolved name); the FFI module only carries out what this decides, under the zone's
-//! lock. `tests/membership_model.rs` drives it through random sequences of changes, reloads,
-//! worker deaths and requests, and checks after every step that nothing reachable is freed and,
-//! once everything is quiet, that nothing is leaked.
+//! lock. `tests/membership_model/` (`zone.rs` the model, `zone/invariants.rs` what must hold)
+//! drives it through random sequences of changes, reloads, worker deaths and requests, and
+//! checks after every step that nothing reachable is freed and, once everything is quiet, that
+//! nothing is leaked.
 //!
 //! A peer's slot is reachable in three ways:
 //! - a configuration load's *positions*: each upstream's range holds its config peers first
