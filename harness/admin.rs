@@ -74,14 +74,15 @@ impl Admin {
         self.request("PATCH", &format!("upstreams/{name}"), Some(body))
     }
 
-    /// Sets weights (`server`, weight) and requires success.
+    /// Sets weights (`server`, weight) and requires success: the whole upstream after it.
     pub fn set_weights(&self, name: &str, weights: &[(&str, u32)]) -> Upstream {
         let peers: serde_json::Map<String, serde_json::Value> = weights
             .iter()
             .map(|(server, weight)| (server.to_string(), serde_json::json!({ "weight": weight })))
             .collect();
         let body = serde_json::json!({ "peers": peers }).to_string();
-        decode(self.patch(name, &body))
+        let path = format!("upstreams/{name}?full=1");
+        decode(self.request("PATCH", &path, Some(&body)))
     }
 }
 

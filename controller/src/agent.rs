@@ -265,7 +265,7 @@ async fn apply(
             peers: plan.patch.clone(),
             expect_generation: None,
         };
-        admin.patch(upstream, &patch).await?;
+        admin.patch_named(upstream, &patch).await?;
     }
     for server in &plan.remove {
         admin.remove_peer(upstream, server).await?;

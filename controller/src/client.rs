@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use shift_wire::{ApiError, NewPeer, PeerRemoval, Upstream, UpstreamList, UpstreamPatch};
+use shift_wire::{
+    ApiError, NewPeer, PatchApplied, PeerRemoval, Upstream, UpstreamList, UpstreamPatch,
+};
 
 /// What can go wrong talking to one Nginx.
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +107,19 @@ impl AdminClient {
         self.send(self.http.get(url)).await
     }
 
+    /// `PATCH upstreams/NAME?full=1`: the whole upstream after the change, as the status shows
+    /// it.
     pub async fn patch(&self, name: &str, patch: &UpstreamPatch) -> Result<Upstream, ClientError> {
+        let url = format!("{}?full=1", self.url(&upstream_path(name)?));
+        self.send(self.http.patch(url).json(patch)).await
+    }
+
+    /// `PATCH upstreams/NAME`: the new generation and the peers the patch named.
+    pub async fn patch_named(
+        &self,
+        name: &str,
+        patch: &UpstreamPatch,
+    ) -> Result<PatchApplied, ClientError> {
         let url = self.url(&upstream_path(name)?);
         self.send(self.http.patch(url).json(patch)).await
     }

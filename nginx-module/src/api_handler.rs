@@ -20,7 +20,7 @@ use shift_wire::MAX_BODY_BYTES;
 
 use crate::ngx_module::Module;
 use crate::shm::{api_view, still_serving, NotServing};
-use shift_core::api::{self, ApiContext, ApiRequest, Endpoint, Reply, Writer};
+use shift_core::api::{self, ApiContext, ApiRequest, Reply, Writer};
 use shift_core::process::{own_token, token_alive};
 
 /// Serves the admin API.
@@ -122,15 +122,6 @@ fn answer(request: &mut Request, body: &[u8]) -> ngx_int_t {
         Err(NotServing::Superseded(why)) => return send(request, &api::superseded_reply(why)),
         Err(NotServing::NoZone) => return Status::NGX_ERROR.0,
     };
-    let endpoints: Vec<Endpoint> = view
-        .upstreams
-        .iter()
-        .map(|upstream| Endpoint {
-            table: upstream.table(),
-            state_path: upstream.state_path(),
-            active: &upstream.active,
-        })
-        .collect();
 
     let relative = path.strip_prefix(api_conf.prefix.as_str()).unwrap_or(&path);
     let writer = Writer {
@@ -151,13 +142,12 @@ fn answer(request: &mut Request, body: &[u8]) -> ngx_int_t {
             caller: api_conf.access.caller(uid),
         },
         &mut ApiContext {
-            endpoints: &endpoints,
+            upstreams: &view,
             writer: &writer,
-            zone: Some(view.usage),
+            zone: Some(view.usage()),
             membership: &mut membership,
         },
     );
-    drop(endpoints);
     drop(view);
     let reply = api::save::finish(answered, still_serving);
     ngx_log_debug!(

@@ -2,7 +2,8 @@
 //! (`resolver`), and follows peer changes made at run time even while the worker routes no
 //! request through an upstream. A worker otherwise builds its new peer list
 //! on its next request there; an idle one would keep an old list, and with it the slot of a
-//! removed peer (see `shm::membership`), for as long as it stays idle.
+//! removed peer (see `shm::membership`), for as long as it stays idle. It also does the zone's
+//! housekeeping (`shm::housekeeping`), which the admin API used to do on every request.
 
 use std::mem::MaybeUninit;
 
@@ -55,6 +56,7 @@ unsafe extern "C" fn on_tick(event: *mut ngx_event_t) {
                 crate::upstream_hook::follow_if_changed(conf, main, uscf, cycle.log);
             }
         }
+        crate::shm::housekeeping(main);
     }
     // SAFETY: as in `start`.
     unsafe { ngx::ffi::ngx_add_timer(event, TICK_MS) };

@@ -36,19 +36,22 @@ impl<'a> InFlight<'a> {
     }
 }
 
-/// The requests in flight on each of `peers`, summed over `workers`: each a worker's load (the
-/// peer at each of its positions, if any) and its counts.
+/// The requests in flight on each of `peers` (one upstream's), summed over `workers`: each the
+/// positions its load gives that upstream (a flat position index and the peer there) and the
+/// worker's counts. Only the upstream's own positions are read, whatever the zone's size.
 pub fn active<'a>(
     peers: &[&PeerSlot],
-    workers: impl IntoIterator<Item = (&'a [Option<&'a PeerSlot>], InFlight<'a>)>,
+    workers: impl IntoIterator<Item = (&'a [(usize, &'a PeerSlot)], InFlight<'a>)>,
 ) -> Vec<u64> {
     let mut by_slot: HashMap<*const PeerSlot, u64> = HashMap::new();
-    for (load, inflight) in workers {
-        for (peer, count) in load.iter().zip(inflight.counts) {
-            let Some(peer) = peer else { continue };
-            let count = count.load(Ordering::Relaxed);
+    for (positions, inflight) in workers {
+        for &(index, peer) in positions {
+            let count = inflight
+                .counts
+                .get(index)
+                .map_or(0, |count| count.load(Ordering::Relaxed));
             if count > 0 {
-                *by_slot.entry(*peer as *const PeerSlot).or_default() += u64::from(count);
+                *by_slot.entry(peer as *const PeerSlot).or_default() += u64::from(count);
             }
         }
     }
@@ -82,10 +85,10 @@ mod tests {
     #[test]
     fn sums_the_workers_of_every_load_by_peer() {
         let (a, b, c) = (slot("a:1"), slot("b:1"), slot("c:1"));
-        // An old load routes to a and b; the new one to b and c, in another order.
-        let old_load = [Some(&a), Some(&b)];
-        // An empty position (room for a peer added at run time) counts for nobody.
-        let new_load = [Some(&c), None, Some(&b)];
+        // An old load routes to a and b; the new one to b and c, in another order (position 1,
+        // room for a peer added at run time, is empty and not listed).
+        let old_load = [(0, &a), (1, &b)];
+        let new_load = [(0, &c), (2, &b)];
         let old_counts: Vec<AtomicU32> = (0..2).map(|_| AtomicU32::new(0)).collect();
         let new_counts: Vec<AtomicU32> = (0..3).map(|_| AtomicU32::new(0)).collect();
         let (old, new) = (InFlight::new(&old_counts), InFlight::new(&new_counts));

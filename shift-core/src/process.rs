@@ -133,6 +133,13 @@ impl ProcessId {
         judge(pid_exists(self.pid), &stat(self.pid), Some(self.start_time))
     }
 
+    /// A first look, one `kill(pid, 0)` and no file read: false once the kernel has no such
+    /// pid. A pid taken again by another process, or a zombie, still reads as running here;
+    /// [`is_running`](Self::is_running) tells those apart.
+    pub fn may_be_running(&self) -> bool {
+        pid_exists(self.pid)
+    }
+
     /// One word for a lock: the pid in the low bits, the start time above them.
     pub fn token(&self) -> u64 {
         (self.start_time << PID_BITS) | u64::from(self.pid)

@@ -201,6 +201,16 @@ pub struct PinCounts {
     pub fallbacks: u64,
 }
 
+/// The answer to a PATCH: the generation it made and the peers it changed, as they are now.
+/// `?full=1` asks for the whole [`Upstream`] instead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatchApplied {
+    pub name: String,
+    pub generation: u64,
+    /// The peers the PATCH named, in the upstream's order.
+    pub peers: Vec<Peer>,
+}
+
 /// `GET upstreams`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpstreamList {

@@ -77,6 +77,8 @@ pub unsafe fn commit(zone: Zone, main: &MainConf, log: *mut ngx_log_t) {
         let load = &*main.load;
         load.committed.store(true, Ordering::Release);
         root.current_load = load.id;
+        root.current_load_record
+            .store(std::ptr::from_ref(load) as usize, Ordering::Release);
         for &uscf in &main.upstreams {
             let Some(conf) = Module::server_conf(&*uscf) else {
                 continue;

@@ -35,8 +35,9 @@ use shift_wire::PeerOrigin;
 
 /// One configuration load, followed in the same allocation by its *positions* (each upstream's
 /// range of slot addresses: its config peers in round-robin order, its run-time peers, then
-/// room for more, 0 where empty), the addresses of its table headers, and each table's range of
-/// positions. Workers count in-flight requests by position, so a position's slot changes only
+/// room for more, 0 where empty), the addresses of its table headers, each table's range of
+/// positions, and the tables' indexes sorted by name (the API finds an upstream by binary
+/// search there, without walking the zone). Workers count in-flight requests by position, so a position's slot changes only
 /// once no worker can route to it (see `membership.rs`). It may grow by blocks of run-time
 /// positions (`positions.rs`).
 #[repr(C)]
@@ -81,6 +82,7 @@ impl LoadRecord {
         size_of::<LoadRecord>().next_multiple_of(align_of::<usize>())
             + size_of::<usize>() * (slots + tables)
             + size_of::<Range>() * tables
+            + size_of::<u32>() * tables
     }
 
     fn addresses(&self) -> *mut usize {
@@ -129,6 +131,37 @@ impl LoadRecord {
 
     pub fn table_count(&self) -> usize {
         self.table_count
+    }
+
+    /// The tables' indexes in the order of their names.
+    pub fn by_name(&self) -> &[u32] {
+        // SAFETY: as `tables`, for the sorted indexes after the ranges, written by `place_load`.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.addresses()
+                    .add(self.slot_count + self.table_count)
+                    .cast::<Range>()
+                    .add(self.table_count)
+                    .cast::<u32>(),
+                self.table_count,
+            )
+        }
+    }
+
+    /// The table at `rank` in name order, with its index in `tables`.
+    pub fn table_by_rank(&self, rank: usize) -> Option<(usize, &'static TableHeader)> {
+        let index = *self.by_name().get(rank)? as usize;
+        Some((index, self.tables()[index]))
+    }
+
+    /// The index in `tables` of the table named `name`: a binary search by name.
+    pub fn find(&self, name: &str) -> Option<usize> {
+        let tables = self.tables();
+        let by_name = self.by_name();
+        by_name
+            .binary_search_by(|&index| tables[index as usize].name().cmp(name))
+            .ok()
+            .map(|rank| by_name[rank] as usize)
     }
 }
 
@@ -443,6 +476,16 @@ unsafe fn place_load(
                 .cast::<Range>()
                 .add(index)
                 .write(*range);
+        }
+        let mut by_name: Vec<u32> = (0..tables.len() as u32).collect();
+        by_name.sort_by(|&a, &b| tables[a as usize].0.name().cmp(tables[b as usize].0.name()));
+        let sorted = addresses
+            .add(positions.len() + tables.len())
+            .cast::<Range>()
+            .add(tables.len())
+            .cast::<u32>();
+        for (rank, index) in by_name.into_iter().enumerate() {
+            sorted.add(rank).write(index);
         }
         push_front(&(*zone.root).loads, &(*record).next, record as usize);
     }

@@ -48,9 +48,10 @@ impl Membership for ZoneMembership<'_> {
         table: &TableHeader,
         server: &str,
     ) -> Result<&'static PeerSlot, PlaceError> {
-        // Positions of peers removed earlier may be free by now.
+        // Positions of this table's peers removed earlier may be free by now (the other
+        // tables' wait for the housekeeping: this request reads this table only).
         // SAFETY: the lock is held while `self` lives.
-        unsafe { release_removed(self.zone, self.locked) };
+        unsafe { release_removed_of(self.zone, self.locked, Some(table)) };
         // SAFETY: as above.
         let existing = unsafe { slots_of(table) }.find(|slot| slot.server() == server);
         let slot = match existing {
@@ -128,9 +129,32 @@ impl Membership for ZoneMembership<'_> {
 
 /// Gives up the run-time positions of removed peers that no worker's list can hold any more,
 /// and frees their slots when no position holds them (`shift_core::reclaim::may_give_up`).
+/// When none is left waiting, the zone records the membership epoch, and later calls skip the
+/// walk until a peer is removed again.
 ///
 /// SAFETY: the caller holds the zone's lock.
 pub unsafe fn release_removed(zone: Zone, locked: &LockedSlabPool) {
+    let root = zone.root();
+    let epoch = root.members_epoch.load(Ordering::Acquire);
+    if root.released_at_epoch.load(Ordering::Acquire) == epoch {
+        return;
+    }
+    // SAFETY: per the contract.
+    let waiting = unsafe { release_removed_of(zone, locked, None) };
+    if waiting == 0 {
+        root.released_at_epoch.store(epoch, Ordering::Release);
+    }
+}
+
+/// As `release_removed`, for the table `only` (every table when `None`), without the epoch's
+/// shortcut; returns how many removed peers' positions must still wait for workers' lists.
+///
+/// SAFETY: the caller holds the zone's lock.
+unsafe fn release_removed_of(
+    zone: Zone,
+    locked: &LockedSlabPool,
+    only: Option<&TableHeader>,
+) -> usize {
     // SAFETY: per the contract, the lists stay allocated while they are walked.
     let (workers, loads) = unsafe {
         let workers: Vec<&WorkerRecord> = walk(
@@ -146,6 +170,7 @@ pub unsafe fn release_removed(zone: Zone, locked: &LockedSlabPool) {
         (workers, loads)
     };
     let mut released = false;
+    let mut waiting = 0;
     for load in loads {
         let address = std::ptr::from_ref(load) as usize;
         let own: Vec<&WorkerRecord> = workers
@@ -154,7 +179,11 @@ pub unsafe fn release_removed(zone: Zone, locked: &LockedSlabPool) {
             .filter(|worker| worker.load == address)
             .collect();
         let committed = load.committed.load(Ordering::Acquire);
-        for table_index in 0..load.table_count() {
+        let tables = match only {
+            Some(header) => load.index_of(header).map_or(0..0, |index| index..index + 1),
+            None => 0..load.table_count(),
+        };
+        for table_index in tables {
             let holders: Vec<HeldEpochs> =
                 own.iter().map(|worker| worker.held(table_index)).collect();
             for position in load.positions_of(table_index) {
@@ -167,6 +196,8 @@ pub unsafe fn release_removed(zone: Zone, locked: &LockedSlabPool) {
                     position.cell.store(0, Ordering::Release);
                     slot.refs.fetch_sub(1, Ordering::Relaxed);
                     released = true;
+                } else if position.kind == PositionKind::Runtime && !slot.is_current() {
+                    waiting += 1;
                 }
             }
         }
@@ -175,6 +206,7 @@ pub unsafe fn release_removed(zone: Zone, locked: &LockedSlabPool) {
         // SAFETY: per the contract.
         unsafe { sweep(zone, locked) };
     }
+    waiting
 }
 
 /// Calls `build` with the peers at the positions of the load's table `table_index` in this

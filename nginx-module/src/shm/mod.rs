@@ -11,9 +11,11 @@
 //! - `load`: building a configuration's view at the zone's init.
 //! - `commit`: committing it when Nginx commits the configuration.
 //! - `membership`: peers added and removed at run time.
-//! - `reclaim`: freeing what no live process can touch.
-//! - `worker`: each worker's record and the API's view of the zone.
+//! - `reclaim`: freeing what no live process can touch; the workers' housekeeping.
+//! - `worker`: each worker's record, binary-upgrade detection.
+//! - `api_view`: the API's view of the zone, an upstream found by name.
 
+mod api_view;
 mod commit;
 mod load;
 mod membership;
@@ -22,8 +24,10 @@ mod reclaim;
 mod worker;
 mod zone;
 
+pub use api_view::{api_view, NotServing};
 pub use commit::commit_cycle;
 pub use load::{peer_count, LoadRecord};
 pub use membership::{with_load_positions, ZoneMembership};
-pub use worker::{api_view, inflight, publish_held, register_worker, still_serving, NotServing};
+pub use reclaim::housekeeping;
+pub use worker::{inflight, publish_held, register_worker, still_serving};
 pub use zone::{add_zone, set_zone_size, slots_of, table_of, Zone};

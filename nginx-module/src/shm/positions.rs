@@ -73,11 +73,10 @@ impl LoadRecord {
         self.position_count.load(Ordering::Acquire)
     }
 
-    /// The index of `header` among the load's tables, if it routes to it.
+    /// The index of `header` among the load's tables, if it routes to it: found by name.
     pub fn index_of(&self, header: &TableHeader) -> Option<usize> {
-        self.tables()
-            .iter()
-            .position(|own| std::ptr::eq(*own, header))
+        self.find(header.name())
+            .filter(|&index| std::ptr::eq(self.tables()[index], header))
     }
 
     /// Every position of the table at `table_index`: its range (config positions first), then

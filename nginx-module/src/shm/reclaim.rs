@@ -1,7 +1,8 @@
 //! FFI: freeing what no live process can touch any more: records of exited workers, loads that
 //! were never committed or whose processes have all exited (`shift_core::lifecycle` decides
 //! which), and the slots and headers only such loads used. Runs in the master, which knows its
-//! children, at every build and commit.
+//! children, at every build and commit; and each worker's housekeeping, once a second, frees
+//! exited workers' records and releases removed peers, so that no API request pays for it.
 
 use std::sync::atomic::Ordering;
 
@@ -106,5 +107,24 @@ pub unsafe fn sweep(zone: Zone, locked: &LockedSlabPool) {
                 unused
             },
         );
+    }
+}
+
+/// A worker's housekeeping, from its 1 s tick: frees the records of workers that have exited
+/// (a `/proc` read each), and releases removed peers' positions when any is waiting
+/// (`membership::release_removed`, skipped while nothing was removed since it last found none).
+pub fn housekeeping(main: &crate::conf::MainConf) {
+    let Some(shm) = std::ptr::NonNull::new(main.zone) else {
+        return;
+    };
+    // SAFETY: this worker's zone stays mapped while it runs.
+    let Some(zone) = (unsafe { Zone::at(shm) }) else {
+        return;
+    };
+    let locked = zone.lock();
+    // SAFETY: the zone's lock is held.
+    unsafe {
+        super::worker::reap_exited(zone, &locked);
+        super::membership::release_removed(zone, &locked);
     }
 }

@@ -1,12 +1,11 @@
-//! FFI: each worker's record in the zone, and the admin API's view of the zone.
+//! FFI: each worker's record in the zone, and binary-upgrade detection.
 //!
 //! A worker registers at its start with the load of its configuration and counts the requests
-//! it has in flight there (`shift_core::inflight`); its record goes when it has exited. The API,
-//! in any worker of any live generation, reads and writes the zone's current tables under the
-//! zone's lock, so it sees exactly what was last committed and every change acknowledged since.
+//! it has in flight there (`shift_core::inflight`); its record goes when it has exited (the
+//! workers' housekeeping and the master's reclaim free it).
 
 use std::mem::{align_of, size_of};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -17,12 +16,12 @@ use ngx::ffi::{ngx_cycle_t, ngx_shm_zone_t, NGX_LOG_ERR};
 use ngx::ngx_log_error;
 
 use super::load::LoadRecord;
-use super::zone::{allocate_zeroed, push_front, slots_of, unlink_where, walk, Zone};
+use super::zone::{allocate_zeroed, push_front, unlink_where, Zone};
 use crate::conf::MainConf;
-use shift_core::inflight::{self, InFlight};
+use shift_core::inflight::InFlight;
 use shift_core::process::ProcessId;
 use shift_core::reclaim::{HeldCell, HeldEpochs};
-use shift_core::table::{PeerSlot, Table, TableHeader};
+use shift_core::table::TableHeader;
 
 /// A worker (or helper process) of one load, followed in the same allocation by the epochs of
 /// its peer lists, one cell per table of the load (`shift_core::reclaim::HeldCell`).
@@ -51,7 +50,7 @@ impl WorkerRecord {
         Self::held_offset() + size_of::<HeldCell>() * held_len
     }
 
-    fn counts(&self) -> &[AtomicU32] {
+    pub(super) fn counts(&self) -> &[AtomicU32] {
         let address = self.counts.load(Ordering::Acquire) as *const AtomicU32;
         if address.is_null() {
             return &[];
@@ -82,7 +81,7 @@ impl WorkerRecord {
             .map_or(HeldEpochs::NONE, HeldCell::load)
     }
 
-    fn load(&self) -> &LoadRecord {
+    pub(super) fn load(&self) -> &LoadRecord {
         // SAFETY: a load is not freed while a running worker's record names it.
         unsafe { &*(self.load as *const LoadRecord) }
     }
@@ -315,106 +314,6 @@ pub unsafe fn state_path(header: &TableHeader) -> Option<PathBuf> {
     }
 }
 
-/// One current upstream as the API sees it.
-pub struct UpstreamView {
-    pub header: &'static TableHeader,
-    pub peers: Vec<&'static PeerSlot>,
-    pub active: Vec<u64>,
-    pub state_path: Option<PathBuf>,
-}
-
-impl UpstreamView {
-    pub fn table(&self) -> Table<'_> {
-        Table::new(self.header, &self.peers)
-    }
-
-    pub fn state_path(&self) -> Option<&Path> {
-        self.state_path.as_deref()
-    }
-}
-
-/// The zone as the API sees it: the current upstreams, held under the zone's lock until dropped.
-pub struct ApiView {
-    pub upstreams: Vec<UpstreamView>,
-    pub usage: shift_core::metrics::ZoneUsage,
-    zone: Zone,
-    locked: LockedSlabPool,
-}
-
-impl ApiView {
-    /// The zone's side of adding and removing peers, under this view's lock.
-    pub fn membership(&self) -> super::membership::ZoneMembership<'_> {
-        super::membership::ZoneMembership::new(self.zone, &self.locked)
-    }
-}
-
-/// Why this worker does not serve the API.
-pub enum NotServing {
-    /// A newer binary or a resized zone took over; the newer workers serve it.
-    Superseded(&'static str),
-    /// The zone cannot be read (no `shift` upstream).
-    NoZone,
-}
-
-/// Locks the zone and reads its current upstreams, with each peer's requests in flight summed
-/// over the workers that still run (records of exited ones are freed on the way).
-pub fn api_view(main: &MainConf) -> Result<ApiView, NotServing> {
-    let shm = NonNull::new(main.zone).ok_or(NotServing::NoZone)?;
-    // SAFETY: this worker's zone stays mapped while it runs.
-    let zone = unsafe { Zone::at(shm) }.ok_or(NotServing::NoZone)?;
-    // A file read, so before the lock (the state file's save asks again, under its directory's
-    // lock, before a change is acknowledged).
-    if new_binary_took_over() {
-        return Err(NotServing::Superseded("a new Nginx binary took over"));
-    }
-    let locked = zone.lock();
-    if zone.root().superseded.load(Ordering::Acquire) != 0 {
-        return Err(NotServing::Superseded(
-            "a reload replaced the shared zone with one of another size",
-        ));
-    }
-    // SAFETY: the zone's lock is held for the life of the view.
-    unsafe {
-        reap_exited(zone, &locked);
-        super::membership::release_removed(zone, &locked);
-        let workers: Vec<(Vec<Option<&PeerSlot>>, InFlight)> = walk(
-            zone.root().workers.load(Ordering::Acquire),
-            |worker: &WorkerRecord| &worker.next,
-        )
-        .map(|worker| (worker.load().slots(), InFlight::new(worker.counts())))
-        .collect();
-        let mut upstreams: Vec<UpstreamView> = zone
-            .tables()
-            .filter(|header| header.is_current())
-            .map(|header| {
-                let mut peers: Vec<&PeerSlot> =
-                    slots_of(header).filter(|slot| slot.is_current()).collect();
-                peers.iter().for_each(|slot| slot.verify());
-                peers.sort_by_key(|slot| slot.order());
-                let active = inflight::active(
-                    &peers,
-                    workers
-                        .iter()
-                        .map(|(positions, counts)| (positions.as_slice(), *counts)),
-                );
-                UpstreamView {
-                    header,
-                    peers,
-                    active,
-                    state_path: state_path(header),
-                }
-            })
-            .collect();
-        upstreams.sort_by(|a, b| a.header.name().cmp(b.header.name()));
-        Ok(ApiView {
-            upstreams,
-            usage: zone.usage(),
-            zone,
-            locked,
-        })
-    }
-}
-
 /// Whether this worker may still acknowledge changes: no new binary took over. Asked under a
 /// state file directory's lock, which the new master takes to read the files: every change
 /// saved before it read is in its state, and none is acknowledged after.
@@ -424,7 +323,7 @@ pub fn still_serving() -> bool {
 
 /// Whether this worker's master is now the old one of a binary upgrade: Nginx renames its pid
 /// file to `oldpid` (`nginx.pid.oldbin`) before it starts the new binary.
-fn new_binary_took_over() -> bool {
+pub(super) fn new_binary_took_over() -> bool {
     let Some(path) = OLD_PID_FILE.get() else {
         return false;
     };

@@ -20,7 +20,7 @@ use shift_core::table::{PeerSlot, Table, TableHeader, FREED_BYTE};
 
 pub const ZONE_NAME: &str = "nginx_shift";
 /// Marks the zone's root; change it when the layout of anything in the zone changes.
-const ROOT_MAGIC: u64 = 0x7368_6966_745f_0005;
+const ROOT_MAGIC: u64 = 0x7368_6966_745f_0006;
 
 /// The zone's root, at the slab pool's `data`.
 #[repr(C)]
@@ -35,12 +35,19 @@ pub struct ZoneRoot {
     pub next_load_id: u64,
     /// The last committed load.
     pub current_load: u64,
+    /// Its record's address (`load::LoadRecord`): its tables are the current ones, and its
+    /// index by name is where the API finds an upstream.
+    pub current_load_record: AtomicUsize,
     /// Set when a reload replaced this zone by one of another size: its workers then refuse API
     /// requests, which the new zone's workers answer.
     pub superseded: AtomicU32,
     /// Grows by one at every change of any table's current peers at run time (see
     /// `shift_core::table::membership`); workers stamp the peer lists they build with it.
     pub members_epoch: AtomicU64,
+    /// The membership epoch at which a pass of `membership::release_removed` last found no
+    /// removed peer left holding a position: until the epoch moves, the workers' housekeeping
+    /// has nothing to release and skips the pass.
+    pub released_at_epoch: AtomicU64,
 }
 
 /// Registers the zone with the cycle being configured, once per configuration; its size is set
@@ -113,8 +120,10 @@ impl Zone {
                     workers: AtomicUsize::new(0),
                     next_load_id: 1,
                     current_load: 0,
+                    current_load_record: AtomicUsize::new(0),
                     superseded: AtomicU32::new(0),
                     members_epoch: AtomicU64::new(1),
+                    released_at_epoch: AtomicU64::new(0),
                 },
             )?;
             (*pool).data = root.cast();

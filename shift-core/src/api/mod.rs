@@ -1,26 +1,32 @@
 //! The admin API's logic: routing and access here, the all-or-nothing PATCH in `patch.rs`,
 //! peers added and removed at run time in `peers.rs`, the state file saved after a change in
-//! `save.rs`. The FFI handler reads the request, calls [`handle`] under the zone's lock, saves
-//! what it says to save once the lock is released ([`save::finish`]), and sends the [`Reply`];
-//! nothing here touches Nginx.
+//! `save.rs`, every upstream read a page at a time in `listing.rs`, and what the zone is read
+//! through in `upstreams.rs`. The FFI handler reads the request, calls [`handle`] under the
+//! zone's lock (or, for a whole listing, steps a [`Listing`] a page per lock), saves what it
+//! says to save once the lock is released ([`save::finish`]), and sends the [`Reply`]; nothing
+//! here touches Nginx.
 
 mod access;
+mod listing;
 mod patch;
 mod peers;
 pub mod save;
 #[cfg(test)]
 pub(crate) mod test_support;
+mod upstreams;
 
 use std::path::Path;
 
-use shift_wire::{ApiError, UpstreamList, MAX_BODY_BYTES};
+use shift_wire::{ApiError, MAX_BODY_BYTES};
 
 use crate::metrics::{self, ZoneUsage};
 use crate::table::Table;
 
 pub use access::{Access, Caller};
+pub use listing::{ListKind, Listing, PAGE_PEERS};
 pub use peers::{Membership, PlaceError};
 pub use save::{Answered, PendingSave};
+pub use upstreams::{TableList, UpstreamData, Upstreams};
 
 use access::check_access;
 
@@ -62,7 +68,7 @@ pub struct ApiRequest<'a> {
 /// What the API works on: the current upstreams, the writer's identity, the zone's usage for
 /// the metrics, and the zone's side of adding and removing peers.
 pub struct ApiContext<'a, 'm> {
-    pub endpoints: &'a [Endpoint<'a>],
+    pub upstreams: &'a dyn Upstreams,
     pub writer: &'a Writer<'a>,
     pub zone: Option<ZoneUsage>,
     pub membership: &'m mut dyn Membership,
@@ -163,26 +169,32 @@ fn resource(route: &str) -> Option<Resource<'_>> {
     }
 }
 
+/// The listing `request` asks for, when it is a read of every upstream (`GET upstreams`, `GET
+/// metrics`) that the caller may make; `None` for every other request, which [`handle`]
+/// answers. The FFI handler steps a listing a page at a time.
+pub fn listing(request: &ApiRequest) -> Option<Listing> {
+    if request.method != "GET" && request.method != "HEAD" {
+        return None;
+    }
+    check_access(request.caller, false).ok()?;
+    match request.path.trim_start_matches('/') {
+        "metrics" => Some(Listing::new(ListKind::Metrics)),
+        route => matches!(resource(route), Some(Resource::List))
+            .then(|| Listing::new(ListKind::Upstreams)),
+    }
+}
+
 fn respond(request: &ApiRequest, context: &mut ApiContext) -> Respond {
     let method = request.method;
     let route = request.path.trim_start_matches('/');
-    let endpoints = context.endpoints;
+    let upstreams = context.upstreams;
     if route == "metrics" {
         if method != "GET" && method != "HEAD" {
             return Err(Failure::method_not_allowed(method, "GET, HEAD"));
         }
         check_access(request.caller, false)?;
-        let upstreams: Vec<_> = endpoints
-            .iter()
-            .map(|endpoint| endpoint.table.to_wire(endpoint.active))
-            .collect();
-        let reply = Reply {
-            status: 200,
-            content_type: metrics::CONTENT_TYPE,
-            body: metrics::render(&upstreams, context.zone),
-            allow: None,
-        };
-        return Ok((reply, None));
+        let listing = Listing::new(ListKind::Metrics);
+        return Ok((listing.run(upstreams, context.zone), None));
     }
     let resource = resource(route).ok_or_else(|| {
         Failure::new(
@@ -205,33 +217,17 @@ fn respond(request: &ApiRequest, context: &mut ApiContext) -> Respond {
 
     let name = match resource {
         Resource::List => {
-            let upstreams = endpoints
-                .iter()
-                .map(|endpoint| endpoint.table.to_wire(endpoint.active))
-                .collect();
-            return Ok((ok(&UpstreamList { upstreams }), None));
+            let listing = Listing::new(ListKind::Upstreams);
+            return Ok((listing.run(upstreams, context.zone), None));
         }
         Resource::Upstream(name) | Resource::Peers(name) | Resource::Peer(name, _) => name,
     };
-    let endpoint = endpoints
-        .iter()
-        .find(|endpoint| endpoint.table.name() == name)
-        .ok_or_else(|| {
-            let known: Vec<_> = endpoints
-                .iter()
-                .map(|endpoint| endpoint.table.name())
-                .collect();
-            Failure::new(
-                404,
-                "not_found",
-                format!(
-                    "no shift upstream \"{name}\"; shift upstreams: {}",
-                    known.join(", ")
-                ),
-            )
-        })?;
+    let data = upstreams
+        .find(name)
+        .ok_or_else(|| unknown_upstream(upstreams, name))?;
+    let endpoint = &data.endpoint();
     match (method, resource) {
-        ("PATCH", _) => patch::patch(endpoint, request.body, context.writer),
+        ("PATCH", _) => patch::patch(endpoint, request.body, request.args, context.writer),
         ("POST", _) => peers::add(endpoint, request.body, context.writer, context.membership),
         ("DELETE", Resource::Peer(_, server)) => peers::remove(
             endpoint,
@@ -242,6 +238,34 @@ fn respond(request: &ApiRequest, context: &mut ApiContext) -> Respond {
         ),
         _ => Ok((ok(&endpoint.table.to_wire(endpoint.active)), None)),
     }
+}
+
+/// How many names a 404 for an unknown upstream lists.
+const NAMES_LISTED: usize = 20;
+
+/// 404 for an upstream name the zone does not have, listing the first names it has.
+fn unknown_upstream(upstreams: &dyn Upstreams, name: &str) -> Failure {
+    let count = upstreams.count();
+    let mut known: Vec<&str> = (0..count.min(NAMES_LISTED))
+        .filter_map(|index| upstreams.name_at(index))
+        .collect();
+    let more = count.saturating_sub(NAMES_LISTED);
+    let more = if more > 0 {
+        format!(" and {more} more (GET upstreams lists them all)")
+    } else {
+        String::new()
+    };
+    if known.is_empty() {
+        known.push("none");
+    }
+    Failure::new(
+        404,
+        "not_found",
+        format!(
+            "no shift upstream \"{name}\"; shift upstreams: {}{more}",
+            known.join(", ")
+        ),
+    )
 }
 
 /// 404 for a peer the upstream does not have, listing the ones it has.
@@ -302,10 +326,25 @@ pub(crate) fn too_large() -> Failure {
 const JSON: &str = "application/json";
 
 fn ok<T: serde::Serialize>(value: &T) -> Reply {
+    ok_json(to_json(value))
+}
+
+/// 200 with a JSON body already encoded.
+fn ok_json(body: String) -> Reply {
     Reply {
         status: 200,
         content_type: JSON,
-        body: to_json(value),
+        body,
+        allow: None,
+    }
+}
+
+/// 200 with the metrics of `upstreams`.
+fn metrics_reply(upstreams: &[shift_wire::Upstream], zone: Option<ZoneUsage>) -> Reply {
+    Reply {
+        status: 200,
+        content_type: metrics::CONTENT_TYPE,
+        body: metrics::render(upstreams, zone),
         allow: None,
     }
 }
@@ -320,7 +359,7 @@ fn to_json<T: serde::Serialize>(value: &T) -> String {
 mod tests {
     use super::*;
     use crate::table::test_support::OwnedTable;
-    use shift_wire::{PeerState, Upstream};
+    use shift_wire::{PatchApplied, PeerState, Upstream, UpstreamList};
 
     pub(crate) const WRITER: Caller = Caller {
         uid: Some(0),
@@ -343,13 +382,7 @@ mod tests {
         state_path: Option<&Path>,
         membership: &mut test_support::HeapMembership,
     ) -> Reply {
-        let view = owned.view();
-        let active = vec![0; view.peers().len()];
-        let endpoints = [Endpoint {
-            table: view,
-            state_path,
-            active: &active,
-        }];
+        let upstreams = TableList::new(vec![(owned.view(), state_path)]);
         let (path, args) = path.split_once('?').unwrap_or((path, ""));
         let answered = handle(
             &ApiRequest {
@@ -360,7 +393,7 @@ mod tests {
                 caller,
             },
             &mut ApiContext {
-                endpoints: &endpoints,
+                upstreams: &upstreams,
                 writer: &Writer {
                     pid: 1,
                     is_alive: &|_| true,
@@ -404,13 +437,47 @@ mod tests {
                        "expect_generation": 1}"#;
         let reply = call(&owned, "PATCH", "upstreams/app", body, WRITER);
         assert_eq!(reply.status, 200, "{}", reply.body);
-        let upstream: Upstream = serde_json::from_str(&reply.body).unwrap();
-        assert_eq!(upstream.generation, 2);
-        assert_eq!(
-            (upstream.peers[0].weight, upstream.peers[1].weight),
-            (70, 30)
+        let applied: PatchApplied = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!((applied.name.as_str(), applied.generation), ("app", 2));
+        assert_eq!((applied.peers[0].weight, applied.peers[1].weight), (70, 30));
+        assert_eq!(applied.peers[1].state, PeerState::Up);
+    }
+
+    #[test]
+    fn a_patch_answers_with_the_peers_it_named_or_the_whole_upstream_when_asked() {
+        let owned = OwnedTable::new(
+            "app",
+            &[
+                ("127.0.0.1:8000", 1, false),
+                ("127.0.0.1:8001", 1, false),
+                ("127.0.0.1:8002", 1, false),
+            ],
         );
-        assert_eq!(upstream.peers[1].state, PeerState::Up);
+        let body =
+            r#"{"peers": {"127.0.0.1:8002": {"weight": 4}, "127.0.0.1:8000": {"weight": 3}}}"#;
+        let reply = call(&owned, "PATCH", "upstreams/app", body, WRITER);
+        let applied: PatchApplied = serde_json::from_str(&reply.body).unwrap();
+        let named: Vec<_> = applied
+            .peers
+            .iter()
+            .map(|peer| (peer.server.as_str(), peer.weight))
+            .collect();
+        assert_eq!(named, [("127.0.0.1:8000", 3), ("127.0.0.1:8002", 4)]);
+        assert_eq!(applied.generation, 2);
+
+        let body = r#"{"peers": {"127.0.0.1:8001": {"weight": 5}}}"#;
+        let reply = call(&owned, "PATCH", "upstreams/app?full=1", body, WRITER);
+        let upstream: Upstream = serde_json::from_str(&reply.body).unwrap();
+        let weights: Vec<_> = upstream.peers.iter().map(|peer| peer.weight).collect();
+        assert_eq!((weights, upstream.generation), (vec![3, 5, 4], 3));
+
+        let reply = call(&owned, "PATCH", "upstreams/app?fulll=1", body, WRITER);
+        assert_eq!(
+            (reply.status, error_code(&reply).as_str()),
+            (400, "bad_request")
+        );
+        assert!(reply.body.contains("full=1"), "{}", reply.body);
+        assert_eq!(owned.view().generation(), 3);
     }
 
     #[test]
@@ -420,13 +487,13 @@ mod tests {
                                  "127.0.0.1:8001": {"label": "green", "weight": 0}}}"#;
         let reply = call(&owned, "PATCH", "upstreams/app", body, WRITER);
         assert_eq!(reply.status, 200, "{}", reply.body);
-        let upstream: Upstream = serde_json::from_str(&reply.body).unwrap();
-        let labels: Vec<_> = upstream.peers.iter().map(|p| p.label.as_deref()).collect();
+        let applied: PatchApplied = serde_json::from_str(&reply.body).unwrap();
+        let labels: Vec<_> = applied.peers.iter().map(|p| p.label.as_deref()).collect();
         assert_eq!(labels, [Some("blue"), Some("green")]);
-        assert_eq!(upstream.generation, 2);
+        assert_eq!(applied.generation, 2);
         let body = r#"{"peers": {"127.0.0.1:8000": {"label": ""}}}"#;
         let upstream: Upstream =
-            serde_json::from_str(&call(&owned, "PATCH", "upstreams/app", body, WRITER).body)
+            serde_json::from_str(&call(&owned, "PATCH", "upstreams/app?full=1", body, WRITER).body)
                 .unwrap();
         assert_eq!(upstream.peers[0].label, None);
         assert_eq!(upstream.peers[1].label.as_deref(), Some("green"));

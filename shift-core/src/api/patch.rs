@@ -1,17 +1,19 @@
-//! `PATCH upstreams/NAME`: weights, states and labels of several peers, validated first, saved,
-//! then applied as one generation.
+//! `PATCH upstreams/NAME`: weights, states and labels of several peers, validated first,
+//! applied as one generation, then saved. The answer holds the new generation and the peers the
+//! PATCH named (`?full=1`: the whole upstream), so that its size follows the question.
 
-use shift_wire::{UpstreamPatch, MAX_BODY_BYTES, MAX_WEIGHT};
+use shift_wire::{PatchApplied, UpstreamPatch, MAX_BODY_BYTES, MAX_WEIGHT};
 
 use super::{
     expect_generation, ok, too_large, unknown_peer, Endpoint, Failure, PendingSave, Respond, Writer,
 };
-use crate::table::{Label, PeerChange, Table};
+use crate::table::{Label, PeerChange, PeerSlot, Table};
 
-pub(super) fn patch(endpoint: &Endpoint, body: &[u8], writer: &Writer) -> Respond {
+pub(super) fn patch(endpoint: &Endpoint, body: &[u8], args: &str, writer: &Writer) -> Respond {
     if body.len() > MAX_BODY_BYTES {
         return Err(too_large());
     }
+    let full = full_arg(args)?;
     let request: UpstreamPatch = serde_json::from_slice(body)
         .map_err(|err| Failure::new(400, "bad_request", format!("invalid PATCH body: {err}")))?;
     let table = endpoint.table;
@@ -23,10 +25,53 @@ pub(super) fn patch(endpoint: &Endpoint, body: &[u8], writer: &Writer) -> Respon
     expect_generation(table, request.expect_generation)?;
     guard.apply(&changes);
     drop(guard);
-    Ok((
-        ok(&table.to_wire(endpoint.active)),
-        PendingSave::of(endpoint, table),
-    ))
+    let reply = if full {
+        ok(&table.to_wire(endpoint.active))
+    } else {
+        ok(&changed_peers(endpoint, &changes))
+    };
+    Ok((reply, PendingSave::of(endpoint, table)))
+}
+
+/// The generation and the peers `changes` named, as they are now, in the upstream's order.
+fn changed_peers(endpoint: &Endpoint, changes: &[PeerChange]) -> PatchApplied {
+    let table = endpoint.table;
+    let mut indexes: Vec<usize> = changes.iter().map(|change| change.index).collect();
+    indexes.sort_unstable();
+    let slots: Vec<&PeerSlot> = indexes.iter().map(|&index| table.peers()[index]).collect();
+    let active: Vec<u64> = indexes
+        .iter()
+        .map(|&index| endpoint.active.get(index).copied().unwrap_or(0))
+        .collect();
+    let changed = Table::new(table.header(), &slots).to_wire(&active);
+    PatchApplied {
+        name: changed.name,
+        generation: changed.generation,
+        peers: changed.peers,
+    }
+}
+
+/// `full=1` from a PATCH's query string: answer with the whole upstream.
+fn full_arg(args: &str) -> Result<bool, Failure> {
+    let mut full = false;
+    for pair in args.split('&').filter(|pair| !pair.is_empty()) {
+        full = match pair {
+            "full=1" | "full=true" | "full" => true,
+            "full=0" | "full=false" => false,
+            _ => {
+                return Err(Failure::new(
+                    400,
+                    "bad_request",
+                    format!(
+                        "unknown query \"{}\"; PATCH takes full=1 (answer with the whole \
+                         upstream)",
+                        pair.escape_default()
+                    ),
+                ))
+            }
+        };
+    }
+    Ok(full)
 }
 
 /// Validates every change before any is applied.
