@@ -26,6 +26,7 @@ mod fleet;
 mod peers;
 mod reload_storm;
 mod resolve;
+mod scale;
 mod switch;
 mod wrk;
 mod zero_downtime;
@@ -36,6 +37,7 @@ use harness::{wrk, wrk_result};
 use peers::peer_changes;
 use reload_storm::reload_storm;
 use resolve::resolve_cost;
+use scale::api_at_scale;
 use switch::{first_answer, plain_upstream, shift_nginx, switch_latency, Pair};
 use wrk::{median, percentile};
 use zero_downtime::zero_downtime;
@@ -128,10 +130,11 @@ fn main() {
         .filter(|arg| !arg.starts_with('-'))
         .collect();
     type Scenario = (&'static str, fn(&Settings));
-    let scenarios: [Scenario; 7] = [
+    let scenarios: [Scenario; 8] = [
         ("data_path", data_path),
         ("switch_latency", switch_latency),
         ("peer_changes", peer_changes),
+        ("api_at_scale", api_at_scale),
         ("resolve_cost", resolve_cost),
         ("reload_storm", reload_storm),
         ("zero_downtime", zero_downtime),

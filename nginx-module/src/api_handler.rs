@@ -30,6 +30,12 @@ pub extern "C" fn handle(r: *mut ngx_http_request_t) -> ngx_int_t {
     let request = unsafe { Request::from_ngx_http_request(r) };
     // PATCH and POST have a body; nothing else of the API reads one.
     if !matches!(method_name(request).as_str(), "PATCH" | "POST") {
+        // A read of every upstream is served a page per event-loop turn.
+        if let Some((incoming, main)) = Incoming::of(request) {
+            if let Some(listing) = api::listing(&incoming.as_request(&[])) {
+                return crate::api_listing::start(request, main, listing);
+            }
+        }
         let rc = request.discard_request_body();
         if rc != Status::NGX_OK {
             return rc.0;
@@ -103,17 +109,58 @@ fn request_body(request: &Request) -> Option<Vec<u8>> {
     Some(body)
 }
 
+/// What the API logic needs of a request, besides its body.
+struct Incoming {
+    method: String,
+    /// The path relative to the `shift_api` location.
+    path: String,
+    args: String,
+    uid: Option<u32>,
+    caller: api::Caller,
+}
+
+impl Incoming {
+    /// The request's method, path, query and caller, with its configuration.
+    fn of(request: &Request) -> Option<(Incoming, &'static crate::conf::MainConf)> {
+        let api_conf = Module::location_conf(request).and_then(|loc| loc.api.as_ref())?;
+        let main = Module::main_conf(request)?;
+        let path = request.path().to_string_lossy().into_owned();
+        let path = match path.strip_prefix(api_conf.prefix.as_str()) {
+            Some(relative) => relative.to_string(),
+            None => path,
+        };
+        // SAFETY: `args` points into the request line while the request runs.
+        let args = unsafe { ngx::core::NgxStr::from_ngx_str(request.as_ref().args) }
+            .to_string_lossy()
+            .into_owned();
+        let uid = caller_uid(request);
+        let incoming = Incoming {
+            method: method_name(request),
+            path,
+            args,
+            uid,
+            caller: api_conf.access.caller(uid),
+        };
+        // SAFETY: the main conf lives as long as the cycle, which outlives its requests.
+        Some((incoming, unsafe { &*std::ptr::from_ref(main) }))
+    }
+
+    fn as_request<'a>(&'a self, body: &'a [u8]) -> ApiRequest<'a> {
+        ApiRequest {
+            method: &self.method,
+            path: &self.path,
+            args: &self.args,
+            body,
+            caller: self.caller,
+        }
+    }
+}
+
 /// Answers the request with what the API logic says.
 fn answer(request: &mut Request, body: &[u8]) -> ngx_int_t {
-    let Some(api_conf) = Module::location_conf(request).and_then(|loc| loc.api.as_ref()) else {
+    let Some((incoming, main)) = Incoming::of(request) else {
         return Status::NGX_ERROR.0;
     };
-    let Some(main) = Module::main_conf(request) else {
-        return Status::NGX_ERROR.0;
-    };
-    let method = method_name(request);
-    let path = request.path().to_string_lossy().into_owned();
-    let uid = caller_uid(request);
     // The zone stays locked while the request is decided and applied (a configuration committed
     // meanwhile waits for the change, and the change sees the last committed configuration);
     // the state file is written and the answer sent once it is unlocked.
@@ -123,24 +170,13 @@ fn answer(request: &mut Request, body: &[u8]) -> ngx_int_t {
         Err(NotServing::NoZone) => return Status::NGX_ERROR.0,
     };
 
-    let relative = path.strip_prefix(api_conf.prefix.as_str()).unwrap_or(&path);
     let writer = Writer {
         pid: own_token(),
         is_alive: &token_alive,
     };
-    // SAFETY: `args` points into the request line while the request runs.
-    let args = unsafe { ngx::core::NgxStr::from_ngx_str(request.as_ref().args) }
-        .to_string_lossy()
-        .into_owned();
     let mut membership = view.membership();
     let answered = api::handle(
-        &ApiRequest {
-            method: &method,
-            path: relative,
-            args: &args,
-            body,
-            caller: api_conf.access.caller(uid),
-        },
+        &incoming.as_request(body),
         &mut ApiContext {
             upstreams: &view,
             writer: &writer,
@@ -154,9 +190,9 @@ fn answer(request: &mut Request, body: &[u8]) -> ngx_int_t {
         mask: DebugMask::Http,
         request.log(),
         "shift: API {} {} from uid {:?} answered {}",
-        method,
-        relative,
-        uid,
+        incoming.method,
+        incoming.path,
+        incoming.uid,
         reply.status
     );
     send(request, &reply)
@@ -191,7 +227,7 @@ fn caller_uid(request: &Request) -> Option<u32> {
 }
 
 /// Sends `reply` as a JSON response; the request has not sent its header yet.
-fn send(request: &mut Request, reply: &Reply) -> ngx_int_t {
+pub fn send(request: &mut Request, reply: &Reply) -> ngx_int_t {
     let Ok(status) = HTTPStatus::from_u16(reply.status) else {
         return Status::NGX_ERROR.0;
     };

@@ -8,6 +8,7 @@
 
 mod api_handler;
 mod api_listener;
+mod api_listing;
 mod conf;
 mod conf_ext;
 mod health_probe;

@@ -1,0 +1,138 @@
+//! FFI: a GET of every upstream (`upstreams`, `metrics`) served a page per event-loop turn. Each
+//! page locks the zone, reads a bounded number of peers (`shift_core::api::Listing`), unlocks,
+//! and posts the next page to the *next* turn (`ngx_posted_next_events`), so that the worker
+//! handles its other connections in between: a zone of 10,000 peers is listed without holding
+//! traffic up for the whole answer.
+//!
+//! The request stays alive between pages the way a request body read keeps it:
+//! `ngx_http_read_client_request_body` counts a reference, and `ngx_http_finalize_request` after
+//! the last page gives it back (this module writes no bit field of the request, see
+//! `api_handler`). The run lives in the request's pool, whose cleanup drops it: a request
+//! closed before the last page takes its posted event off the queue.
+
+use std::ffi::c_void;
+use std::mem::MaybeUninit;
+use std::ptr::{addr_of_mut, NonNull};
+
+use ngx::ffi::{
+    ngx_delete_posted_event, ngx_event_t, ngx_http_finalize_request,
+    ngx_http_read_client_request_body, ngx_http_request_t, ngx_int_t, ngx_post_event,
+    ngx_posted_next_events, NGX_HTTP_SPECIAL_RESPONSE,
+};
+use ngx::http::Request;
+
+use crate::api_handler::send;
+use crate::conf::MainConf;
+use crate::shm::{api_view, NotServing};
+use shift_core::api::{self, Listing};
+
+/// A listing under way: its event for the next page, its request, and what is read so far.
+struct ListingRun {
+    event: ngx_event_t,
+    request: *mut ngx_http_request_t,
+    main: *const MainConf,
+    listing: Option<Listing>,
+}
+
+impl Drop for ListingRun {
+    fn drop(&mut self) {
+        if self.event.posted() != 0 {
+            // SAFETY: the event is on a posted queue of this worker (`next_page` put it there),
+            // which outlives the request; it must not run after its run is gone.
+            unsafe { ngx_delete_posted_event(&mut self.event) };
+        }
+    }
+}
+
+/// Serves `listing` for the request `request` of the configuration `main`; returns what the
+/// content handler returns.
+pub fn start(request: &mut Request, main: &MainConf, listing: Listing) -> ngx_int_t {
+    let r: *mut ngx_http_request_t = std::ptr::from_mut(request).cast();
+    // SAFETY: an all-zero event (no handler, not posted) is valid, as Nginx zeroes its own.
+    let mut event: ngx_event_t = unsafe { MaybeUninit::zeroed().assume_init() };
+    event.handler = Some(on_next_page);
+    // SAFETY: the request's connection and its log live as long as the request.
+    event.log = unsafe { (*request.connection()).log };
+    let run = request.pool().allocate(ListingRun {
+        event,
+        request: r,
+        main,
+        listing: Some(listing),
+    });
+    let Some(mut run) = NonNull::new(run) else {
+        return ngx::core::Status::NGX_ERROR.0;
+    };
+    // SAFETY: just allocated in the request's pool, which keeps it until the request ends.
+    unsafe { run.as_mut().event.data = run.as_ptr().cast::<c_void>() };
+    request.set_module_ctx(
+        run.as_ptr().cast(),
+        // SAFETY: the module's own static, as every handler uses it.
+        unsafe { &*addr_of_mut!(crate::ngx_module::ngx_http_shift_module) },
+    );
+    // The body of a GET, if any, is read and ignored; this counts the reference that keeps the
+    // request alive until `finish`.
+    // SAFETY: `r` is the valid request; `first_page` is called with it once read.
+    let rc = unsafe { ngx_http_read_client_request_body(r, Some(first_page)) };
+    if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
+        return rc;
+    }
+    ngx::core::Status::NGX_DONE.0
+}
+
+extern "C" fn first_page(r: *mut ngx_http_request_t) {
+    // SAFETY: Nginx calls this with the request `start` set the context of.
+    let request = unsafe { Request::from_ngx_http_request(r) };
+    let run = request.get_module_ctx::<ListingRun>(
+        // SAFETY: the module's own static.
+        unsafe { &*addr_of_mut!(crate::ngx_module::ngx_http_shift_module) },
+    );
+    if let Some(run) = run {
+        let run = std::ptr::from_ref(run).cast_mut();
+        // SAFETY: the run lives in the request's pool until the request ends, which only
+        // `next_page` makes it do; nothing else holds a reference to it now.
+        unsafe { next_page(run) };
+    }
+}
+
+unsafe extern "C" fn on_next_page(event: *mut ngx_event_t) {
+    // SAFETY: the event's data is its run (`start`), alive while the event is posted.
+    unsafe { next_page((*event).data.cast::<ListingRun>()) };
+}
+
+/// Reads one page under the zone's lock; then either posts the next one or sends the answer and
+/// finalizes the request (after which `run` is gone).
+///
+/// SAFETY: `run` is a live run whose request has not been finalized.
+unsafe fn next_page(run: *mut ListingRun) {
+    // SAFETY: per the contract.
+    let (r, main) = unsafe { ((*run).request, &*(*run).main) };
+    // SAFETY: the run's request is alive until it is finalized below.
+    let request = unsafe { Request::from_ngx_http_request(r) };
+    let reply = match api_view(main) {
+        Ok(view) => {
+            // SAFETY: per the contract; the view's lock is released before anything else.
+            let listing = unsafe { &mut (*run).listing };
+            let Some(page) = listing.as_mut() else { return };
+            if !page.step(&view, Some(view.usage())) {
+                drop(view);
+                // SAFETY: the run's event, handled by `on_next_page` on a later turn.
+                unsafe { ngx_post_event(&mut (*run).event, addr_of_mut!(ngx_posted_next_events)) };
+                return;
+            }
+            drop(view);
+            match listing.take() {
+                Some(done) => done.finish(),
+                None => return,
+            }
+        }
+        Err(NotServing::Superseded(why)) => api::superseded_reply(why),
+        Err(NotServing::NoZone) => {
+            // SAFETY: the request and its handler are done; the run goes with its pool.
+            unsafe { ngx_http_finalize_request(r, ngx::core::Status::NGX_ERROR.0) };
+            return;
+        }
+    };
+    let rc = send(request, &reply);
+    // SAFETY: as above; nothing touches the run after this.
+    unsafe { ngx_http_finalize_request(r, rc) };
+}
