@@ -2,7 +2,12 @@
 //! page locks the zone, reads a bounded number of peers (`shift_core::api::Listing`), unlocks,
 //! and posts the next page to the *next* turn (`ngx_posted_next_events`), so that the worker
 //! handles its other connections in between: a zone of 10,000 peers is listed without holding
-//! traffic up for the whole answer.
+//! traffic up for the whole answer. The metrics' text is then rendered a part per turn, without
+//! the lock.
+//!
+//! A worker that is shutting down gracefully leaves once no timer is left, and a request waiting
+//! for its next turn has none of its own: the run keeps one armed while it lasts, so that an old
+//! worker finishes the listing before it exits.
 //!
 //! The request stays alive between pages the way a request body read keeps it:
 //! `ngx_http_read_client_request_body` counts a reference, and `ngx_http_finalize_request` after
@@ -15,7 +20,7 @@ use std::mem::MaybeUninit;
 use std::ptr::{addr_of_mut, NonNull};
 
 use ngx::ffi::{
-    ngx_delete_posted_event, ngx_event_t, ngx_http_finalize_request,
+    ngx_add_timer, ngx_del_timer, ngx_delete_posted_event, ngx_event_t, ngx_http_finalize_request,
     ngx_http_read_client_request_body, ngx_http_request_t, ngx_int_t, ngx_post_event,
     ngx_posted_next_events, NGX_HTTP_SPECIAL_RESPONSE,
 };
@@ -25,6 +30,10 @@ use crate::api_handler::send;
 use crate::conf::MainConf;
 use crate::shm::{api_view, NotServing};
 use shift_core::api::{self, Listing};
+
+/// The timer a run keeps armed so that a worker shutting down waits for it; it never fires while
+/// the run makes progress (each page arms it again), and firing only runs the next page.
+const KEEP_WORKER_MS: ngx::ffi::ngx_msec_t = 60_000;
 
 /// A listing under way: its event for the next page, its request, and what is read so far.
 struct ListingRun {
@@ -36,6 +45,10 @@ struct ListingRun {
 
 impl Drop for ListingRun {
     fn drop(&mut self) {
+        if self.event.timer_set() != 0 {
+            // SAFETY: armed by `next_page` in this worker's timer tree.
+            unsafe { ngx_del_timer(&mut self.event) };
+        }
         if self.event.posted() != 0 {
             // SAFETY: the event is on a posted queue of this worker (`next_page` put it there),
             // which outlives the request; it must not run after its run is gone.
@@ -99,8 +112,9 @@ unsafe extern "C" fn on_next_page(event: *mut ngx_event_t) {
     unsafe { next_page((*event).data.cast::<ListingRun>()) };
 }
 
-/// Reads one page under the zone's lock; then either posts the next one or sends the answer and
-/// finalizes the request (after which `run` is gone).
+/// Reads one page under the zone's lock, or renders one part once all is read; then either
+/// posts the next one or sends the answer and finalizes the request (after which `run` is
+/// gone).
 ///
 /// SAFETY: `run` is a live run whose request has not been finalized.
 unsafe fn next_page(run: *mut ListingRun) {
@@ -108,30 +122,44 @@ unsafe fn next_page(run: *mut ListingRun) {
     let (r, main) = unsafe { ((*run).request, &*(*run).main) };
     // SAFETY: the run's request is alive until it is finalized below.
     let request = unsafe { Request::from_ngx_http_request(r) };
-    let reply = match api_view(main) {
-        Ok(view) => {
-            // SAFETY: per the contract; the view's lock is released before anything else.
-            let listing = unsafe { &mut (*run).listing };
-            let Some(page) = listing.as_mut() else { return };
-            if !page.step(&view, Some(view.usage())) {
+    // SAFETY: per the contract; nothing else refers to the listing now.
+    let listing = unsafe { &mut (*run).listing };
+    let Some(page) = listing.as_mut() else { return };
+    let ready = if page.is_read() {
+        page.render_step()
+    } else {
+        match api_view(main) {
+            Ok(view) => {
+                let read = page.step(&view, Some(view.usage()));
+                // Unlocked as soon as the page is read; for `GET upstreams` the answer is then
+                // ready, for the metrics this renders their first part.
                 drop(view);
-                // SAFETY: the run's event, handled by `on_next_page` on a later turn.
-                unsafe { ngx_post_event(&mut (*run).event, addr_of_mut!(ngx_posted_next_events)) };
+                read && page.render_step()
+            }
+            Err(NotServing::Superseded(why)) => {
+                let rc = send(request, &api::superseded_reply(why));
+                // SAFETY: as below.
+                unsafe { ngx_http_finalize_request(r, rc) };
                 return;
             }
-            drop(view);
-            match listing.take() {
-                Some(done) => done.finish(),
-                None => return,
+            Err(NotServing::NoZone) => {
+                // SAFETY: the request and its handler are done; the run goes with its pool.
+                unsafe { ngx_http_finalize_request(r, ngx::core::Status::NGX_ERROR.0) };
+                return;
             }
         }
-        Err(NotServing::Superseded(why)) => api::superseded_reply(why),
-        Err(NotServing::NoZone) => {
-            // SAFETY: the request and its handler are done; the run goes with its pool.
-            unsafe { ngx_http_finalize_request(r, ngx::core::Status::NGX_ERROR.0) };
-            return;
-        }
     };
+    if !ready {
+        // SAFETY: the run's event, handled by `on_next_page` on a later turn; its timer keeps
+        // a worker that is shutting down from leaving before the last page.
+        unsafe {
+            ngx_post_event(&mut (*run).event, addr_of_mut!(ngx_posted_next_events));
+            ngx_add_timer(&mut (*run).event, KEEP_WORKER_MS);
+        }
+        return;
+    }
+    let Some(done) = listing.take() else { return };
+    let reply = done.finish();
     let rc = send(request, &reply);
     // SAFETY: as above; nothing touches the run after this.
     unsafe { ngx_http_finalize_request(r, rc) };

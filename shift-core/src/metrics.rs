@@ -6,7 +6,6 @@ use shift_wire::{Health, Histogram, PeerState, Upstream, LATENCY_BOUNDS_MS};
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Renders every upstream's generation and every peer's weight, state, health and counters.
 /// How full the shared zone is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ZoneUsage {
@@ -15,228 +14,352 @@ pub struct ZoneUsage {
     pub free_bytes: u64,
 }
 
+/// Renders every upstream's generation and every peer's weight, state, health and counters.
 pub fn render(upstreams: &[Upstream], zone: Option<ZoneUsage>) -> String {
-    let mut out = String::new();
-    if let Some(zone) = zone {
-        for (name, help, value) in [
-            (
-                "nginx_shift_zone_size_bytes",
-                "Size of the shared zone.",
-                zone.size_bytes,
-            ),
-            (
-                "nginx_shift_zone_free_bytes",
-                "Bytes of the shared zone in wholly free pages.",
-                zone.free_bytes,
-            ),
-        ] {
-            family(&mut out, name, "gauge", help);
-            let _ = writeln!(out, "{name} {value}");
-        }
-    }
-    family(
-        &mut out,
-        "nginx_shift_upstream_generation",
+    let mut rendering = Rendering::new(zone);
+    while !rendering.step(upstreams, usize::MAX) {}
+    rendering.finish()
+}
+
+/// The families, in the order they are rendered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Zone,
+    Generation,
+    Pinned,
+    PinFallbacks,
+    PeerInfo,
+    Number(usize),
+    Responses,
+    Histogram(usize),
+    State,
+    Health,
+}
+
+const FAMILIES: [Family; 16] = [
+    Family::Zone,
+    Family::Generation,
+    Family::Pinned,
+    Family::PinFallbacks,
+    Family::PeerInfo,
+    Family::Number(0),
+    Family::Number(1),
+    Family::Number(2),
+    Family::Number(3),
+    Family::Number(4),
+    Family::Number(5),
+    Family::Responses,
+    Family::Histogram(0),
+    Family::Histogram(1),
+    Family::State,
+    Family::Health,
+];
+
+type Value = fn(&shift_wire::Peer) -> u64;
+
+/// The plain numbers of a peer: name, type, help, value.
+const NUMBERS: [(&str, &str, &str, Value); 6] = [
+    (
+        "nginx_shift_peer_weight",
         "gauge",
-        "Changes made to the upstream's weights and states so far.",
-    );
-    for upstream in upstreams {
-        let _ = writeln!(
-            out,
-            "nginx_shift_upstream_generation{{upstream=\"{}\"}} {}",
-            escape(&upstream.name),
-            upstream.generation
-        );
-    }
-
-    for (name, help, value) in [
-        (
-            "nginx_shift_pinned_requests_total",
-            "Requests shift_pin sent to the peer they named.",
-            (|u| u.pins.pinned) as fn(&Upstream) -> u64,
-        ),
-        (
-            "nginx_shift_pin_fallbacks_total",
-            "Requests whose shift_pin value named no peer that could take them (unknown, or \
-             unhealthy): they took the normal pick.",
-            |u| u.pins.fallbacks,
-        ),
-    ] {
-        family(&mut out, name, "counter", help);
-        for upstream in upstreams {
-            let _ = writeln!(
-                out,
-                "{name}{{upstream=\"{}\"}} {}",
-                escape(&upstream.name),
-                value(upstream)
-            );
-        }
-    }
-
-    family(
-        &mut out,
-        "nginx_shift_peer_info",
+        "Weight the peer is selected by now.",
+        |p| p.weight as u64,
+    ),
+    (
+        "nginx_shift_peer_config_weight",
         "gauge",
-        "Always 1; its label \"label\" is the peer's label (shift_label or the API), empty \
-         without one.",
-    );
-    for (upstream, peer) in peers(upstreams) {
-        let _ = writeln!(
-            out,
-            "nginx_shift_peer_info{{{},label=\"{}\"}} 1",
-            labels(upstream, peer),
-            escape(peer.label.as_deref().unwrap_or(""))
-        );
-    }
-
-    type Value = fn(&shift_wire::Peer) -> u64;
-    let numbers: [(&str, &str, &str, Value); 6] = [
-        (
-            "nginx_shift_peer_weight",
-            "gauge",
-            "Weight the peer is selected by now.",
-            |p| p.weight as u64,
-        ),
-        (
-            "nginx_shift_peer_config_weight",
-            "gauge",
-            "Weight the config gives the peer.",
-            |p| p.config_weight as u64,
-        ),
-        (
-            "nginx_shift_peer_active",
-            "gauge",
-            "Requests in progress on the peer.",
-            |p| p.active,
-        ),
-        (
-            "nginx_shift_peer_requests_total",
-            "counter",
-            "Requests sent to the peer, retries included.",
-            |p| p.requests,
-        ),
-        (
-            "nginx_shift_peer_failures_total",
-            "counter",
-            "Request attempts on the peer that failed.",
-            |p| p.failures,
-        ),
-        (
-            "nginx_shift_peer_backup",
-            "gauge",
-            "1 for a backup server.",
-            |p| p.backup as u64,
-        ),
-    ];
-    for (name, kind, help, value) in numbers {
-        family(&mut out, name, kind, help);
-        for (upstream, peer) in peers(upstreams) {
-            let _ = writeln!(out, "{name}{{{}}} {}", labels(upstream, peer), value(peer));
-        }
-    }
-
-    family(
-        &mut out,
-        "nginx_shift_peer_responses_total",
+        "Weight the config gives the peer.",
+        |p| p.config_weight as u64,
+    ),
+    (
+        "nginx_shift_peer_active",
+        "gauge",
+        "Requests in progress on the peer.",
+        |p| p.active,
+    ),
+    (
+        "nginx_shift_peer_requests_total",
         "counter",
-        "Responses from the peer by status class.",
-    );
-    for (upstream, peer) in peers(upstreams) {
-        let r = &peer.responses;
-        for (class, count) in [
-            ("1xx", r.informational),
-            ("2xx", r.success),
-            ("3xx", r.redirection),
-            ("4xx", r.client_error),
-            ("5xx", r.server_error),
-        ] {
-            let _ = writeln!(
-                out,
-                "nginx_shift_peer_responses_total{{{},class=\"{class}\"}} {count}",
-                labels(upstream, peer)
-            );
+        "Requests sent to the peer, retries included.",
+        |p| p.requests,
+    ),
+    (
+        "nginx_shift_peer_failures_total",
+        "counter",
+        "Request attempts on the peer that failed.",
+        |p| p.failures,
+    ),
+    (
+        "nginx_shift_peer_backup",
+        "gauge",
+        "1 for a backup server.",
+        |p| p.backup as u64,
+    ),
+];
+
+type Times = fn(&shift_wire::Peer) -> &Histogram;
+
+/// A peer's latency histograms: name, help, which one.
+const HISTOGRAMS: [(&str, &str, Times); 2] = [
+    (
+        "nginx_shift_peer_response_seconds",
+        "Time of the peer's attempts, from sending the request to its upstream's last byte \
+         (or to the failure).",
+        |p| &p.response_time,
+    ),
+    (
+        "nginx_shift_peer_header_seconds",
+        "Time to the peer's response header.",
+        |p| &p.header_time,
+    ),
+];
+
+/// Metrics rendered a part at a time, family by family and upstream by upstream within one, so
+/// that a zone of thousands of peers (about 100 lines each) can be rendered across event-loop
+/// turns; each family stays one group, as the text format requires.
+pub struct Rendering {
+    out: String,
+    zone: Option<ZoneUsage>,
+    /// The family being rendered, whether its header is written, and its next upstream.
+    family: usize,
+    header_written: bool,
+    upstream: usize,
+}
+
+impl Rendering {
+    pub fn new(zone: Option<ZoneUsage>) -> Rendering {
+        Rendering {
+            out: String::new(),
+            zone,
+            family: 0,
+            header_written: false,
+            upstream: 0,
         }
     }
 
-    type Times = fn(&shift_wire::Peer) -> &Histogram;
-    let histograms: [(&str, &str, Times); 2] = [
-        (
-            "nginx_shift_peer_response_seconds",
-            "Time of the peer's attempts, from sending the request to its upstream's last byte \
-             (or to the failure).",
-            |p| &p.response_time,
-        ),
-        (
-            "nginx_shift_peer_header_seconds",
-            "Time to the peer's response header.",
-            |p| &p.header_time,
-        ),
-    ];
-    for (name, help, times) in histograms {
-        family(&mut out, name, "histogram", help);
-        for (upstream, peer) in peers(upstreams) {
-            let labels = labels(upstream, peer);
-            let histogram = times(peer);
-            let mut cumulative = 0;
-            for (bucket, bound) in LATENCY_BOUNDS_MS.iter().enumerate() {
-                cumulative += histogram.counts.get(bucket).copied().unwrap_or(0);
-                let le = *bound as f64 / 1000.0;
-                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+    /// Renders at least one upstream's lines of the current family, then more until about
+    /// `lines` lines are written; true once every family is rendered for every upstream.
+    pub fn step(&mut self, upstreams: &[Upstream], lines: usize) -> bool {
+        let mut written = 0;
+        while let Some(&family) = FAMILIES.get(self.family) {
+            if !self.header_written {
+                self.header(family);
+                self.header_written = true;
             }
-            let count = histogram.count();
-            let sum = histogram.sum_ms as f64 / 1000.0;
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
-            let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-            let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+            while let Some(upstream) = upstreams.get(self.upstream) {
+                if written >= lines {
+                    return false;
+                }
+                written += self.upstream_lines(family, upstream);
+                self.upstream += 1;
+            }
+            self.family += 1;
+            self.header_written = false;
+            self.upstream = 0;
+        }
+        true
+    }
+
+    pub fn finish(self) -> String {
+        self.out
+    }
+
+    fn header(&mut self, family: Family) {
+        let out = &mut self.out;
+        match family {
+            Family::Zone => {
+                if let Some(zone) = self.zone {
+                    for (name, help, value) in [
+                        (
+                            "nginx_shift_zone_size_bytes",
+                            "Size of the shared zone.",
+                            zone.size_bytes,
+                        ),
+                        (
+                            "nginx_shift_zone_free_bytes",
+                            "Bytes of the shared zone in wholly free pages.",
+                            zone.free_bytes,
+                        ),
+                    ] {
+                        family_header(out, name, "gauge", help);
+                        let _ = writeln!(out, "{name} {value}");
+                    }
+                }
+            }
+            Family::Generation => family_header(
+                out,
+                "nginx_shift_upstream_generation",
+                "gauge",
+                "Changes made to the upstream's weights and states so far.",
+            ),
+            Family::Pinned => family_header(
+                out,
+                "nginx_shift_pinned_requests_total",
+                "counter",
+                "Requests shift_pin sent to the peer they named.",
+            ),
+            Family::PinFallbacks => family_header(
+                out,
+                "nginx_shift_pin_fallbacks_total",
+                "counter",
+                "Requests whose shift_pin value named no peer that could take them (unknown, \
+                 or unhealthy): they took the normal pick.",
+            ),
+            Family::PeerInfo => family_header(
+                out,
+                "nginx_shift_peer_info",
+                "gauge",
+                "Always 1; its label \"label\" is the peer's label (shift_label or the API), \
+                 empty without one.",
+            ),
+            Family::Number(index) => {
+                let (name, kind, help, _) = NUMBERS[index];
+                family_header(out, name, kind, help);
+            }
+            Family::Responses => family_header(
+                out,
+                "nginx_shift_peer_responses_total",
+                "counter",
+                "Responses from the peer by status class.",
+            ),
+            Family::Histogram(index) => {
+                let (name, help, _) = HISTOGRAMS[index];
+                family_header(out, name, "histogram", help);
+            }
+            Family::State => family_header(
+                out,
+                "nginx_shift_peer_state",
+                "gauge",
+                "1 for the peer's current state (up, drain, down).",
+            ),
+            Family::Health => family_header(
+                out,
+                "nginx_shift_peer_health",
+                "gauge",
+                "1 for the peer's current health (unchecked, healthy, unhealthy).",
+            ),
         }
     }
 
-    family(
-        &mut out,
-        "nginx_shift_peer_state",
-        "gauge",
-        "1 for the peer's current state (up, drain, down).",
-    );
-    for (upstream, peer) in peers(upstreams) {
-        for state in [PeerState::Up, PeerState::Drain, PeerState::Down] {
-            let on = u8::from(peer.state == state);
-            let _ = writeln!(
+    /// Writes one upstream's lines of `family`; returns how many.
+    fn upstream_lines(&mut self, family: Family, upstream: &Upstream) -> usize {
+        let out = &mut self.out;
+        let name = escape(&upstream.name);
+        let per_upstream = |out: &mut String, metric: &str, value: u64| {
+            let _ = writeln!(out, "{metric}{{upstream=\"{name}\"}} {value}");
+            1
+        };
+        match family {
+            Family::Zone => 0,
+            Family::Generation => {
+                per_upstream(out, "nginx_shift_upstream_generation", upstream.generation)
+            }
+            Family::Pinned => per_upstream(
                 out,
-                "nginx_shift_peer_state{{{},state=\"{}\"}} {on}",
-                labels(upstream, peer),
-                state.as_str()
-            );
+                "nginx_shift_pinned_requests_total",
+                upstream.pins.pinned,
+            ),
+            Family::PinFallbacks => per_upstream(
+                out,
+                "nginx_shift_pin_fallbacks_total",
+                upstream.pins.fallbacks,
+            ),
+            Family::PeerInfo => {
+                for peer in &upstream.peers {
+                    let _ = writeln!(
+                        out,
+                        "nginx_shift_peer_info{{{},label=\"{}\"}} 1",
+                        labels(upstream, peer),
+                        escape(peer.label.as_deref().unwrap_or(""))
+                    );
+                }
+                upstream.peers.len()
+            }
+            Family::Number(index) => {
+                let (metric, _, _, value) = NUMBERS[index];
+                for peer in &upstream.peers {
+                    let _ = writeln!(
+                        out,
+                        "{metric}{{{}}} {}",
+                        labels(upstream, peer),
+                        value(peer)
+                    );
+                }
+                upstream.peers.len()
+            }
+            Family::Responses => {
+                for peer in &upstream.peers {
+                    let r = &peer.responses;
+                    for (class, count) in [
+                        ("1xx", r.informational),
+                        ("2xx", r.success),
+                        ("3xx", r.redirection),
+                        ("4xx", r.client_error),
+                        ("5xx", r.server_error),
+                    ] {
+                        let _ = writeln!(
+                            out,
+                            "nginx_shift_peer_responses_total{{{},class=\"{class}\"}} {count}",
+                            labels(upstream, peer)
+                        );
+                    }
+                }
+                upstream.peers.len() * 5
+            }
+            Family::Histogram(index) => {
+                let (metric, _, times) = HISTOGRAMS[index];
+                for peer in &upstream.peers {
+                    let labels = labels(upstream, peer);
+                    let histogram = times(peer);
+                    let mut cumulative = 0;
+                    for (bucket, bound) in LATENCY_BOUNDS_MS.iter().enumerate() {
+                        cumulative += histogram.counts.get(bucket).copied().unwrap_or(0);
+                        let le = *bound as f64 / 1000.0;
+                        let _ =
+                            writeln!(out, "{metric}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+                    }
+                    let count = histogram.count();
+                    let sum = histogram.sum_ms as f64 / 1000.0;
+                    let _ = writeln!(out, "{metric}_bucket{{{labels},le=\"+Inf\"}} {count}");
+                    let _ = writeln!(out, "{metric}_sum{{{labels}}} {sum}");
+                    let _ = writeln!(out, "{metric}_count{{{labels}}} {count}");
+                }
+                upstream.peers.len() * (LATENCY_BOUNDS_MS.len() + 3)
+            }
+            Family::State => {
+                for peer in &upstream.peers {
+                    for state in [PeerState::Up, PeerState::Drain, PeerState::Down] {
+                        let on = u8::from(peer.state == state);
+                        let _ = writeln!(
+                            out,
+                            "nginx_shift_peer_state{{{},state=\"{}\"}} {on}",
+                            labels(upstream, peer),
+                            state.as_str()
+                        );
+                    }
+                }
+                upstream.peers.len() * 3
+            }
+            Family::Health => {
+                for peer in &upstream.peers {
+                    for health in [Health::Unchecked, Health::Healthy, Health::Unhealthy] {
+                        let on = u8::from(peer.health == health);
+                        let _ = writeln!(
+                            out,
+                            "nginx_shift_peer_health{{{},health=\"{}\"}} {on}",
+                            labels(upstream, peer),
+                            health.as_str()
+                        );
+                    }
+                }
+                upstream.peers.len() * 3
+            }
         }
     }
-
-    family(
-        &mut out,
-        "nginx_shift_peer_health",
-        "gauge",
-        "1 for the peer's current health (unchecked, healthy, unhealthy).",
-    );
-    for (upstream, peer) in peers(upstreams) {
-        for health in [Health::Unchecked, Health::Healthy, Health::Unhealthy] {
-            let on = u8::from(peer.health == health);
-            let _ = writeln!(
-                out,
-                "nginx_shift_peer_health{{{},health=\"{}\"}} {on}",
-                labels(upstream, peer),
-                health.as_str()
-            );
-        }
-    }
-    out
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+fn family_header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-fn peers(upstreams: &[Upstream]) -> impl Iterator<Item = (&Upstream, &shift_wire::Peer)> {
-    upstreams
-        .iter()
-        .flat_map(|upstream| upstream.peers.iter().map(move |peer| (upstream, peer)))
 }
 
 fn labels(upstream: &Upstream, peer: &shift_wire::Peer) -> String {
@@ -259,6 +382,36 @@ fn escape(value: &str) -> String {
 mod tests {
     use super::*;
     use crate::table::test_support::OwnedTable;
+
+    #[test]
+    fn rendered_in_small_steps_it_is_the_same_text() {
+        let tables: Vec<OwnedTable> = (0..7)
+            .map(|index| {
+                OwnedTable::new(
+                    &format!("app{index}"),
+                    &[("127.0.0.1:8000", 5, false), ("127.0.0.1:8001", 1, true)],
+                )
+            })
+            .collect();
+        let upstreams: Vec<Upstream> = tables.iter().map(|t| t.view().to_wire(&[])).collect();
+        let zone = Some(ZoneUsage {
+            size_bytes: 1 << 20,
+            free_bytes: 1 << 19,
+        });
+        let whole = render(&upstreams, zone);
+        let mut rendering = Rendering::new(zone);
+        let mut steps = 1;
+        while !rendering.step(&upstreams, 10) {
+            steps += 1;
+        }
+        // Not assert_eq: a failure would print both texts whole.
+        assert!(
+            rendering.finish() == whole,
+            "rendered in steps, the text differs"
+        );
+        assert!(steps > 20, "{steps} steps");
+        assert_eq!(whole.matches("# TYPE").count(), 17);
+    }
 
     #[test]
     fn renders_every_family_with_labels() {

@@ -2,16 +2,20 @@
 //! takes the zone's lock for one page and lets the worker's event loop run between pages, so a
 //! zone of thousands of peers never holds traffic up for the whole answer; a small zone fits in
 //! one page. Each upstream is read consistently on its own; a reload between two pages may add
-//! or drop upstreams, and the listing goes on after the last name it read.
+//! or drop upstreams, and the listing goes on after the last name it read. The metrics' text
+//! (about 100 lines a peer) is then rendered a part per turn too, without the lock.
 
 use shift_wire::Upstream;
 
-use super::{metrics_reply, ok_json, Reply, Upstreams};
-use crate::metrics::ZoneUsage;
+use super::{ok_json, Reply, Upstreams};
+use crate::metrics::{self, Rendering, ZoneUsage};
 
 /// Peers read per page: reading and encoding one takes a few microseconds, so a page stays well
 /// under a millisecond.
 pub const PAGE_PEERS: usize = 128;
+
+/// Lines of metrics rendered per part once every upstream is read (about 80 bytes each).
+pub const PAGE_LINES: usize = 2000;
 
 /// What is listed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,9 +33,11 @@ pub struct Listing {
     last_name: Option<String>,
     /// `Upstreams`: the JSON so far, each upstream encoded as soon as it is read.
     json: String,
-    /// `Metrics`: the upstreams read so far.
+    /// `Metrics`: the upstreams read so far, then their text as it is rendered.
     wires: Vec<Upstream>,
-    zone: Option<ZoneUsage>,
+    rendering: Option<Rendering>,
+    /// Every upstream is read.
+    read: bool,
 }
 
 impl Listing {
@@ -41,7 +47,8 @@ impl Listing {
             last_name: None,
             json: String::from("{\"upstreams\":["),
             wires: Vec::new(),
-            zone: None,
+            rendering: None,
+            read: false,
         }
     }
 
@@ -49,10 +56,23 @@ impl Listing {
         self.kind
     }
 
+    /// Whether every upstream is read: what is left ([`render_step`](Self::render_step)) needs
+    /// no lock.
+    pub fn is_read(&self) -> bool {
+        self.read
+    }
+
     /// Reads the next page (at least one upstream, then until `PAGE_PEERS` peers are read);
     /// true once every upstream is read. Call under the zone's lock; `zone` is its usage now.
     pub fn step(&mut self, upstreams: &dyn Upstreams, zone: Option<ZoneUsage>) -> bool {
-        self.zone = zone;
+        self.read = self.read_page(upstreams);
+        if self.read && self.kind == ListKind::Metrics {
+            self.rendering = Some(Rendering::new(zone));
+        }
+        self.read
+    }
+
+    fn read_page(&mut self, upstreams: &dyn Upstreams) -> bool {
         let mut index = match &self.last_name {
             None => 0,
             Some(last) => first_after(upstreams, last),
@@ -81,20 +101,35 @@ impl Listing {
         index >= upstreams.count()
     }
 
-    /// Reads every page at once: for small zones and the tests.
+    /// Renders the next part of the metrics once every upstream is read; true when the answer
+    /// is ready (at once for `GET upstreams`).
+    pub fn render_step(&mut self) -> bool {
+        match &mut self.rendering {
+            Some(rendering) => rendering.step(&self.wires, PAGE_LINES),
+            None => true,
+        }
+    }
+
+    /// Reads and renders everything at once: for small zones and the tests.
     pub fn run(mut self, upstreams: &dyn Upstreams, zone: Option<ZoneUsage>) -> Reply {
         while !self.step(upstreams, zone) {}
+        while !self.render_step() {}
         self.finish()
     }
 
-    /// The answer, once `step` said every upstream is read.
+    /// The answer, once `step` and `render_step` said it is ready.
     pub fn finish(mut self) -> Reply {
-        match self.kind {
-            ListKind::Upstreams => {
+        match (self.kind, self.rendering) {
+            (ListKind::Metrics, Some(rendering)) => Reply {
+                status: 200,
+                content_type: metrics::CONTENT_TYPE,
+                body: rendering.finish(),
+                allow: None,
+            },
+            _ => {
                 self.json.push_str("]}\n");
                 ok_json(self.json)
             }
-            ListKind::Metrics => metrics_reply(&self.wires, self.zone),
         }
     }
 }
@@ -196,6 +231,14 @@ mod tests {
             pages += 1;
         }
         assert_eq!(pages, 3);
+        assert!(listing.is_read());
+        let mut parts = 1;
+        while !listing.render_step() {
+            parts += 1;
+        }
+        // At least one upstream's lines of a family per part: the histograms' families alone
+        // take a part per upstream.
+        assert!(parts >= 2 * 3, "{parts} parts");
         let reply = listing.finish();
         assert!(reply.body.contains("upstream=\"app002\""), "{}", reply.body);
     }

@@ -19,7 +19,7 @@ use std::path::Path;
 
 use shift_wire::{ApiError, MAX_BODY_BYTES};
 
-use crate::metrics::{self, ZoneUsage};
+use crate::metrics::ZoneUsage;
 use crate::table::Table;
 
 pub use access::{Access, Caller};
@@ -335,16 +335,6 @@ fn ok_json(body: String) -> Reply {
         status: 200,
         content_type: JSON,
         body,
-        allow: None,
-    }
-}
-
-/// 200 with the metrics of `upstreams`.
-fn metrics_reply(upstreams: &[shift_wire::Upstream], zone: Option<ZoneUsage>) -> Reply {
-    Reply {
-        status: 200,
-        content_type: metrics::CONTENT_TYPE,
-        body: metrics::render(upstreams, zone),
         allow: None,
     }
 }
