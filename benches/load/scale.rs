@@ -76,13 +76,17 @@ pub(crate) fn api_at_scale(settings: &Settings) {
         note: String::new(),
     });
 
-    // Proxied traffic through u0000, alone and beside a poll every 250 ms.
-    let mut traffic = Vec::new();
-    for (what, poll_path) in [
+    // Proxied traffic through u0000, alone and beside a poll every 250 ms: a warm-up run, then
+    // the three in turn for each round, each figure the median of its rounds.
+    let _ = wrk_result(wrk(port, 2));
+    let configs = [
         ("no API requests", None),
         ("GET of one upstream every 250 ms", Some(middle.as_str())),
         ("GET of every upstream every 250 ms", Some("/api/upstreams")),
-    ] {
+    ];
+    let mut runs: Vec<Vec<harness::WrkResult>> = vec![Vec::new(); configs.len()];
+    for (config, (what, poll_path)) in (0..settings.rounds).flat_map(|_| configs.iter().enumerate())
+    {
         let load = wrk(port, settings.wrk_seconds);
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let poller = poll_path.map(|path| {
@@ -101,7 +105,7 @@ pub(crate) fn api_at_scale(settings: &Settings) {
             poller.join().expect("the poller ends");
         }
         assert_eq!(result.failed(), 0, "proxied requests failed beside {what}");
-        traffic.push((what, result));
+        runs[config].push(result);
     }
     let loaded = wrk(port, settings.wrk_seconds.max(2));
     thread::sleep(Duration::from_millis(300));
@@ -140,17 +144,22 @@ pub(crate) fn api_at_scale(settings: &Settings) {
     }
     println!();
     println!(
-        "Proxied traffic through one of them (`wrk -t2 -c32`, {} s each):\n",
-        settings.wrk_seconds
+        "Proxied traffic through one of them (`wrk -t2 -c32`, {} s each; {} rounds in turn, \
+         medians):\n",
+        settings.wrk_seconds, settings.rounds
     );
-    println!("| beside it | requests/s | p99 | failed |");
-    println!("| --- | ---: | ---: | ---: |");
-    for (what, result) in traffic {
+    println!("| beside it | requests/s | p99 | p99 of each round | failed |");
+    println!("| --- | ---: | ---: | --- | ---: |");
+    for ((what, _), results) in configs.iter().zip(runs) {
+        let mut rps: Vec<f64> = results.iter().map(|r| r.requests_per_second).collect();
+        let mut p99: Vec<f64> = results.iter().map(|r| r.p99_ms).collect();
+        let each: Vec<String> = p99.iter().map(|ms| format!("{ms:.1}")).collect();
         println!(
-            "| {what} | {:.0} | {:.2} ms | {} |",
-            result.requests_per_second,
-            result.p99_ms,
-            result.failed()
+            "| {what} | {:.0} | {:.2} ms | {} ms | {} |",
+            median(&mut rps),
+            median(&mut p99),
+            each.join(" / "),
+            results.iter().map(harness::WrkResult::failed).sum::<u64>()
         );
     }
     println!();

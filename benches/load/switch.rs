@@ -41,13 +41,11 @@ pub(crate) struct SwitchFigures {
 }
 
 pub(crate) fn switch_latency(settings: &Settings) {
-    let mut rows = vec![
-        shift_api_switches(settings, false),
-        shiftctl_switches(settings),
-        haproxy_switches(settings, false),
-        shift_api_switches(settings, true),
-        haproxy_switches(settings, true),
-    ];
+    let mut rows = shift_api_switches(settings, false);
+    rows.extend(shiftctl_switches(settings));
+    rows.push(haproxy_switches(settings, false));
+    rows.extend(shift_api_switches(settings, true));
+    rows.push(haproxy_switches(settings, true));
     rows.push(reload_switches(settings));
     println!("## Switch latency\n");
     println!("From issuing the change to its acknowledgement (for a reload: to the first answer from the new version), and stale answers (the old version) on the first request after it, each on a new connection.\n");
@@ -67,7 +65,8 @@ pub(crate) fn shift_nginx(pair: &Pair) -> (Nginx, u16) {
     let nginx = Nginx::start(NginxOptions::new(format!(
         "upstream app {{ server {} weight=1; server {} weight=1; shift; }}\n\
          server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://app; }} }}\n\
-         server {{ listen unix:{{prefix}}/api.sock; location /api/ {{ shift_api; }} }}",
+         server {{ listen unix:{{prefix}}/api.sock; location /api/ {{ shift_api; }} \
+         location = /ping {{ return 200; }} }}",
         pair.blue.addr(),
         pair.green.addr()
     )));
@@ -123,12 +122,14 @@ impl Drop for LoadWhile {
     }
 }
 
-fn shift_api_switches(settings: &Settings, loaded: bool) -> SwitchFigures {
+/// PATCHes, each followed by a bare `return 200` on the same socket (Nginx's own floor for a
+/// request there).
+fn shift_api_switches(settings: &Settings, loaded: bool) -> Vec<SwitchFigures> {
     let pair = Pair::new();
     let (nginx, port) = shift_nginx(&pair);
     let load = LoadWhile::start(loaded, port);
     let socket = nginx.path("api.sock");
-    let (mut micros, mut stale) = (Vec::new(), 0);
+    let (mut micros, mut stale, mut bare) = (Vec::new(), 0, Vec::new());
     for index in 0..settings.switches {
         let (blue, green) = weights_for(&pair, index);
         let body = format!(
@@ -144,19 +145,42 @@ fn shift_api_switches(settings: &Settings, loaded: bool) -> SwitchFigures {
         micros.push(start.elapsed().as_secs_f64() * 1e6);
         assert_eq!(response.status, 200, "{}", response.body);
         stale += usize::from(first_answer(port) != Pair::name(index));
+        // The bare request follows a proxied one too, as each PATCH does.
+        let _ = first_answer(port);
+        let start = Instant::now();
+        let response = api_request(&socket, "GET", "/ping", None).expect("GET /ping");
+        bare.push(start.elapsed().as_secs_f64() * 1e6);
+        assert_eq!(response.status, 200);
     }
-    figures(
-        &load.label("shift API (PATCH over the Unix socket)"),
-        micros,
-        stale,
-        "one request on a new connection per PATCH",
-    )
+    vec![
+        figures(
+            &load.label("shift API (PATCH over the Unix socket)"),
+            micros,
+            stale,
+            "one request on a new connection per PATCH",
+        ),
+        figures(
+            &load.label("bare `return 200` on the same socket"),
+            bare,
+            0,
+            "Nginx's own floor there; no change",
+        ),
+    ]
 }
 
-fn shiftctl_switches(settings: &Settings) -> SwitchFigures {
+/// `shiftctl set`, each followed by the process start alone (`shiftctl --version`) and the
+/// machine's floor for any process (`/bin/true`).
+fn shiftctl_switches(settings: &Settings) -> Vec<SwitchFigures> {
     let pair = Pair::new();
     let (nginx, port) = shift_nginx(&pair);
     let (mut micros, mut stale) = (Vec::new(), 0);
+    let (mut starts, mut floor) = (Vec::new(), Vec::new());
+    let timed = |command: &mut Command| {
+        let start = Instant::now();
+        let status = command.stdout(Stdio::null()).status().expect("run it");
+        assert!(status.success());
+        start.elapsed().as_secs_f64() * 1e6
+    };
     for index in 0..settings.shiftctl_switches {
         let (blue, green) = weights_for(&pair, index);
         let start = Instant::now();
@@ -168,13 +192,26 @@ fn shiftctl_switches(settings: &Settings) -> SwitchFigures {
         micros.push(start.elapsed().as_secs_f64() * 1e6);
         assert!(status.success());
         stale += usize::from(first_answer(port) != Pair::name(index));
+        starts.push(timed(
+            shiftctl_command(&[] as &[&Path], None).arg("--version"),
+        ));
+        floor.push(timed(&mut Command::new("/bin/true")));
     }
-    figures(
-        "`shiftctl set`",
-        micros,
-        stale,
-        "a process start, a GET and a PATCH",
-    )
+    vec![
+        figures(
+            "`shiftctl set`",
+            micros,
+            stale,
+            "a process start and one PATCH (one Nginx: no GET first)",
+        ),
+        figures(
+            "`shiftctl --version`",
+            starts,
+            0,
+            "shiftctl's process start alone; no change",
+        ),
+        figures("`/bin/true`", floor, 0, "any process start here; no change"),
+    ]
 }
 
 fn haproxy_switches(settings: &Settings, loaded: bool) -> SwitchFigures {

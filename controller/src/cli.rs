@@ -104,7 +104,8 @@ pub enum Command {
         /// SERVER=WEIGHT (0 to 1000)
         #[arg(required = true)]
         weights: Vec<String>,
-        /// Retry this many times when the upstream changed meanwhile
+        /// Retry this many times when the upstream changed meanwhile (with several Nginx,
+        /// between reading each and writing it; one Nginx takes the change in one request)
         #[arg(long, default_value_t = 0)]
         retry: u32,
     },

@@ -131,6 +131,23 @@ impl Fleet {
         }
     }
 
+    /// Applies `patch`, which does not depend on the current state (`set`'s weights). One Nginx
+    /// takes it in one request: a PATCH is all or nothing, and reading the upstream first would
+    /// only add a round trip. Several are read first, as `apply` does, so that an unreachable one
+    /// stops the change before anything is written.
+    pub async fn apply_patch(
+        &self,
+        upstream: &str,
+        patch: &UpstreamPatch,
+    ) -> Result<Vec<Upstream>, FleetError> {
+        match self {
+            Fleet::Sockets(sockets) if sockets.clients.len() == 1 => {
+                Ok(vec![sockets.clients[0].patch(upstream, patch).await?])
+            }
+            _ => self.apply(upstream, |_, _| Ok(patch.clone())).await,
+        }
+    }
+
     pub async fn add_peer(
         &self,
         upstream: &str,

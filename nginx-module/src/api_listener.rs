@@ -3,6 +3,12 @@
 //! with the traffic: without a cap, a local user who can reach the socket could hold every
 //! connection with half-sent headers (which `limit_conn` never sees, as it runs after them)
 //! and starve the data path. A connection over the cap is closed as soon as it is accepted.
+//!
+//! An admitted connection is read at once, as Nginx reads one accepted with `deferred` on a
+//! TCP listener: a client of the API writes its request right after it connects, so the request
+//! is usually there already, and reading it now answers it in the same turn of the event loop
+//! instead of after the next one (under load, a turn is every connection's events). When it is
+//! not there yet, Nginx waits for it as usual.
 
 use std::cell::RefCell;
 use std::ffi::c_void;
@@ -115,6 +121,8 @@ extern "C" fn accept(c: *mut ngx_connection_t) {
             }
             None => {}
         }
+        // Read at once (see above): `ready` is what a deferred accept sets.
+        (*(*c).read).set_ready(1);
         ngx_http_init_connection(c);
     }
 }

@@ -51,18 +51,13 @@ pub async fn set(
     assignments: &[String],
     retries: u32,
 ) -> Result<(), Failure> {
-    let peers = parse_assignments(assignments)?;
+    let patch = UpstreamPatch {
+        peers: parse_assignments(assignments)?,
+        expect_generation: None,
+    };
     let mut attempt = 0;
     loop {
-        let result = ctx
-            .fleet
-            .apply(upstream, |_, _| {
-                Ok(UpstreamPatch {
-                    peers: peers.clone(),
-                    expect_generation: None,
-                })
-            })
-            .await;
+        let result = ctx.fleet.apply_patch(upstream, &patch).await;
         match result {
             Ok(states) => {
                 ctx.print_upstreams(&states);
