@@ -30,17 +30,18 @@ pub extern "C" fn handle(r: *mut ngx_http_request_t) -> ngx_int_t {
     let request = unsafe { Request::from_ngx_http_request(r) };
     // PATCH and POST have a body; nothing else of the API reads one.
     if !matches!(method_name(request).as_str(), "PATCH" | "POST") {
+        let Some((incoming, main)) = Incoming::of(request) else {
+            return Status::NGX_ERROR.0;
+        };
         // A read of every upstream is served a page per event-loop turn.
-        if let Some((incoming, main)) = Incoming::of(request) {
-            if let Some(listing) = api::listing(&incoming.as_request(&[])) {
-                return crate::api_listing::start(request, main, listing);
-            }
+        if let Some(listing) = api::listing(&incoming.as_request(&[])) {
+            return crate::api_listing::start(request, main, listing);
         }
         let rc = request.discard_request_body();
         if rc != Status::NGX_OK {
             return rc.0;
         }
-        return answer(request, &[]);
+        return answer_incoming(request, &incoming, main, &[]);
     }
     if request.as_ref().headers_in.content_length_n > MAX_BODY_BYTES as i64 {
         // No "100 Continue" for a body we refuse: the 413 comes at once, as for Nginx's
@@ -158,9 +159,19 @@ impl Incoming {
 
 /// Answers the request with what the API logic says.
 fn answer(request: &mut Request, body: &[u8]) -> ngx_int_t {
-    let Some((incoming, main)) = Incoming::of(request) else {
-        return Status::NGX_ERROR.0;
-    };
+    match Incoming::of(request) {
+        Some((incoming, main)) => answer_incoming(request, &incoming, main, body),
+        None => Status::NGX_ERROR.0,
+    }
+}
+
+/// As `answer`, with the request's method, path and caller already read.
+fn answer_incoming(
+    request: &mut Request,
+    incoming: &Incoming,
+    main: &crate::conf::MainConf,
+    body: &[u8],
+) -> ngx_int_t {
     // The zone stays locked while the request is decided and applied (a configuration committed
     // meanwhile waits for the change, and the change sees the last committed configuration);
     // the state file is written and the answer sent once it is unlocked.

@@ -121,8 +121,11 @@ extern "C" fn accept(c: *mut ngx_connection_t) {
             }
             None => {}
         }
-        // Read at once (see above): `ready` is what a deferred accept sets.
-        (*(*c).read).set_ready(1);
+        // Read at once (see above), with what a deferred accept sets: `ready`, and
+        // `available` (with EPOLLRDHUP, Nginx's recv otherwise waits for the next event).
+        let read = &mut *(*c).read;
+        read.set_ready(1);
+        read.available = 1;
         ngx_http_init_connection(c);
     }
 }
