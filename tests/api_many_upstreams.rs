@@ -141,3 +141,31 @@ fn listings_under_reloads_that_add_and_drop_upstreams_never_repeat_one() {
     let expected: Vec<String> = (100..300).map(|index| format!("u{index:04}")).collect();
     assert_eq!(names, expected);
 }
+
+#[test]
+fn clients_gone_mid_listing_give_their_connections_back() {
+    // Few API connections per worker, and a listing of many pages: each client below sends a
+    // GET of the metrics and leaves at once, while its listing is under way. A connection that
+    // was not closed when its answer could not be sent would count against the cap for good.
+    let mut http = upstreams_conf(1000, 0);
+    http = http.replace("{ shift_api; }", "{ shift_api connections=3; }");
+    let nginx = Nginx::start(NginxOptions::new(http).workers(1));
+    let socket = nginx.path("api.sock");
+    for _ in 0..12 {
+        let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        std::io::Write::write_all(
+            &mut stream,
+            b"GET /api/metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        drop(stream);
+        thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Every listing has ended by now (about 10 ms each), and each one's connection with it.
+    thread::sleep(std::time::Duration::from_millis(500));
+    for _ in 0..5 {
+        let answer = harness::api_request(&socket, "GET", "/api/upstreams/u0001", None)
+            .expect("the API still takes connections");
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+}

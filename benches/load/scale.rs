@@ -85,8 +85,11 @@ pub(crate) fn api_at_scale(settings: &Settings) {
         ("GET of every upstream every 250 ms", Some("/api/upstreams")),
     ];
     let mut runs: Vec<Vec<harness::WrkResult>> = vec![Vec::new(); configs.len()];
-    for (config, (what, poll_path)) in (0..settings.rounds).flat_map(|_| configs.iter().enumerate())
-    {
+    // Each round starts with the next configuration, so that none is always first.
+    let order = (0..settings.rounds)
+        .flat_map(|round| (0..configs.len()).map(move |step| (round + step) % configs.len()));
+    for config in order {
+        let (what, poll_path) = configs[config];
         let load = wrk(port, settings.wrk_seconds);
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let poller = poll_path.map(|path| {

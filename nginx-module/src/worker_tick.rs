@@ -56,7 +56,7 @@ unsafe extern "C" fn on_tick(event: *mut ngx_event_t) {
                 crate::upstream_hook::follow_if_changed(conf, main, uscf, cycle.log);
             }
         }
-        crate::shm::housekeeping(main);
+        crate::shm::housekeeping(main, crate::health_probe::monotonic_ms());
     }
     // SAFETY: as in `start`.
     unsafe { ngx::ffi::ngx_add_timer(event, TICK_MS) };

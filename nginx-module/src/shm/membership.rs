@@ -118,6 +118,12 @@ impl Membership for ZoneMembership<'_> {
             slot.refs.fetch_add(1, Ordering::Relaxed);
             cell.store(address, Ordering::Release);
             taken.push(cell);
+            // The slot is not current until the change takes a new epoch: if the process dies
+            // first, its positions wait for a release pass that the epoch alone would skip.
+            self.zone
+                .root()
+                .released_at_epoch
+                .store(0, Ordering::Release);
         }
         Ok(slot)
     }

@@ -16,6 +16,11 @@ use shift_core::process::children_of;
 use shift_core::reclaim::may_free_slot;
 use shift_core::table::{PeerSlot, TableHeader};
 
+/// How long after the last housekeeping another runs, whichever worker does it: a little under
+/// the tick, so that a worker whose timer fires a few milliseconds early does not skip a whole
+/// second.
+const HOUSEKEEPING_MS: u64 = 900;
+
 /// Frees what no live process can touch: records of exited workers, loads that were never
 /// committed or whose processes have all exited, and the slots and headers that only such loads
 /// used. Runs in the master, which knows its children.
@@ -110,10 +115,12 @@ pub unsafe fn sweep(zone: Zone, locked: &LockedSlabPool) {
     }
 }
 
-/// A worker's housekeeping, from its 1 s tick: frees the records of workers that have exited
-/// (a `/proc` read each), and releases removed peers' positions when any is waiting
+/// The zone's housekeeping, from each worker's 1 s tick, done by one worker a second (the first
+/// whose tick comes once a second has passed): frees the records of workers that have exited (a
+/// `/proc` read each), and releases removed peers' positions when any is waiting
 /// (`membership::release_removed`, skipped while nothing was removed since it last found none).
-pub fn housekeeping(main: &crate::conf::MainConf) {
+/// `now_ms` is the system's monotonic clock, the same in every process.
+pub fn housekeeping(main: &crate::conf::MainConf, now_ms: u64) {
     let Some(shm) = std::ptr::NonNull::new(main.zone) else {
         return;
     };
@@ -122,6 +129,11 @@ pub fn housekeeping(main: &crate::conf::MainConf) {
         return;
     };
     let locked = zone.lock();
+    let last = &zone.root().housekeeping_ms;
+    if now_ms < last.load(Ordering::Acquire).saturating_add(HOUSEKEEPING_MS) {
+        return;
+    }
+    last.store(now_ms, Ordering::Release);
     // SAFETY: the zone's lock is held.
     unsafe {
         super::worker::reap_exited(zone, &locked);

@@ -82,7 +82,8 @@ impl WorkerRecord {
     }
 
     pub(super) fn load(&self) -> &LoadRecord {
-        // SAFETY: a load is not freed while a running worker's record names it.
+        // SAFETY: a load is not freed while any worker record names it (the master's reclaim
+        // counts the records left after it reaped exited workers' ones).
         unsafe { &*(self.load as *const LoadRecord) }
     }
 }

@@ -48,6 +48,9 @@ pub struct ZoneRoot {
     /// removed peer left holding a position: until the epoch moves, the workers' housekeeping
     /// has nothing to release and skips the pass.
     pub released_at_epoch: AtomicU64,
+    /// When a worker last did the zone's housekeeping (`reclaim::housekeeping`), in
+    /// milliseconds of the system's monotonic clock: one worker does it each second, not each.
+    pub housekeeping_ms: AtomicU64,
 }
 
 /// Registers the zone with the cycle being configured, once per configuration; its size is set
@@ -124,6 +127,7 @@ impl Zone {
                     superseded: AtomicU32::new(0),
                     members_epoch: AtomicU64::new(1),
                     released_at_epoch: AtomicU64::new(0),
+                    housekeeping_ms: AtomicU64::new(0),
                 },
             )?;
             (*pool).data = root.cast();
