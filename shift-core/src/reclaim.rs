@@ -174,6 +174,29 @@ pub fn may_free_slot(positions: u32, current: bool) -> bool {
     positions == 0 && !current
 }
 
+/// When the release pass over every load may be skipped. A pass that finds no removed peer's
+/// run-time position left waiting records the membership epoch it ran at ([`released_through`]);
+/// until the epoch moves (a peer removed) nothing new can become releasable, except positions
+/// taken for a peer that is not current yet (a placer that dies before its change takes an
+/// epoch), so taking one records [`RELEASE_PENDING`] instead. Skipping only ever keeps memory
+/// longer; the model test checks that nothing is kept for good.
+pub fn release_pass_due(members_epoch: u64, released_at: u64) -> bool {
+    members_epoch != released_at
+}
+
+/// What a pass records, run at `members_epoch` with `waiting` positions it could not give up
+/// yet: the epoch when none waits, else [`RELEASE_PENDING`] (the next pass runs).
+pub fn released_through(members_epoch: u64, waiting: usize) -> u64 {
+    if waiting == 0 {
+        members_epoch
+    } else {
+        RELEASE_PENDING
+    }
+}
+
+/// The record that makes the next pass run (membership epochs start at 1).
+pub const RELEASE_PENDING: u64 = 0;
+
 #[cfg(test)]
 mod tests {
     use super::*;

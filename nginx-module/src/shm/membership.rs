@@ -16,7 +16,9 @@ use super::reclaim::sweep;
 use super::worker::WorkerRecord;
 use super::zone::{slots_of, walk, Zone};
 use shift_core::api::{Membership, PlaceError};
-use shift_core::reclaim::{may_give_up, HeldEpochs, PositionKind};
+use shift_core::reclaim::{
+    may_give_up, release_pass_due, released_through, HeldEpochs, PositionKind, RELEASE_PENDING,
+};
 use shift_core::table::{Label, PeerConfig, PeerSlot, TableHeader};
 use shift_wire::PeerOrigin;
 
@@ -123,7 +125,7 @@ impl Membership for ZoneMembership<'_> {
             self.zone
                 .root()
                 .released_at_epoch
-                .store(0, Ordering::Release);
+                .store(RELEASE_PENDING, Ordering::Release);
         }
         Ok(slot)
     }
@@ -136,20 +138,20 @@ impl Membership for ZoneMembership<'_> {
 /// Gives up the run-time positions of removed peers that no worker's list can hold any more,
 /// and frees their slots when no position holds them (`shift_core::reclaim::may_give_up`).
 /// When none is left waiting, the zone records the membership epoch, and later calls skip the
-/// walk until a peer is removed again.
+/// walk until a peer is removed or a position taken again (`shift_core::reclaim`, which the
+/// model test drives with the same rule).
 ///
 /// SAFETY: the caller holds the zone's lock.
 pub unsafe fn release_removed(zone: Zone, locked: &LockedSlabPool) {
     let root = zone.root();
     let epoch = root.members_epoch.load(Ordering::Acquire);
-    if root.released_at_epoch.load(Ordering::Acquire) == epoch {
+    if !release_pass_due(epoch, root.released_at_epoch.load(Ordering::Acquire)) {
         return;
     }
     // SAFETY: per the contract.
     let waiting = unsafe { release_removed_of(zone, locked, None) };
-    if waiting == 0 {
-        root.released_at_epoch.store(epoch, Ordering::Release);
-    }
+    root.released_at_epoch
+        .store(released_through(epoch, waiting), Ordering::Release);
 }
 
 /// As `release_removed`, for the table `only` (every table when `None`), without the epoch's

@@ -6,7 +6,10 @@ mod invariants;
 use std::collections::BTreeSet;
 
 use shift_core::lifecycle::{loads_to_free, LoadStatus};
-use shift_core::reclaim::{may_free_slot, may_give_up, HeldEpochs, PositionKind, SlotLife};
+use shift_core::reclaim::{
+    may_free_slot, may_give_up, release_pass_due, released_through, HeldEpochs, PositionKind,
+    SlotLife, RELEASE_PENDING,
+};
 
 use crate::rng::Rng;
 use crate::{MIN_SPARE, SERVERS, TABLES};
@@ -89,6 +92,8 @@ pub(crate) struct Request {
 
 pub(crate) struct Zone {
     pub(crate) epoch: u64,
+    /// What the last full release pass recorded (`reclaim::released_through`).
+    pub(crate) released_at: u64,
     pub(crate) slots: Vec<Slot>,
     pub(crate) loads: Vec<Load>,
     pub(crate) workers: Vec<Worker>,
@@ -104,6 +109,7 @@ impl Zone {
     pub(crate) fn new() -> Zone {
         Zone {
             epoch: 1,
+            released_at: RELEASE_PENDING,
             slots: Vec::new(),
             loads: Vec::new(),
             workers: Vec::new(),
@@ -153,15 +159,30 @@ impl Zone {
             .sum()
     }
 
-    /// The module's `release_removed` and `sweep`: run-time positions `may_give_up` allows are
+    /// The module's `release_removed` (the housekeeping's and the master's, skipped while
+    /// `release_pass_due` says so) and `sweep`: run-time positions `may_give_up` allows are
     /// emptied, then slots `may_free_slot` allows are freed.
     pub(crate) fn release(&mut self) {
+        if release_pass_due(self.epoch, self.released_at) {
+            let waiting = self.release_tables(None);
+            self.released_at = released_through(self.epoch, waiting);
+        }
+        self.sweep();
+    }
+
+    /// One pass over the tables (`only` one, as a place does for its own, or all); returns how
+    /// many removed peers' run-time positions must still wait.
+    pub(crate) fn release_tables(&mut self, only: Option<usize>) -> usize {
+        let mut waiting = 0;
         for load in self.live_loads().collect::<Vec<_>>() {
             for position in 0..self.loads[load].positions.len() {
                 let Some(slot) = self.loads[load].positions[position] else {
                     continue;
                 };
                 let (table, kind) = self.loads[load].owners[position];
+                if only.is_some_and(|only| only != table) {
+                    continue;
+                }
                 let holders = self
                     .workers
                     .iter()
@@ -170,10 +191,12 @@ impl Zone {
                 let committed = self.loads[load].committed;
                 if may_give_up(committed, kind, self.slots[slot].life(), holders) {
                     self.loads[load].positions[position] = None;
+                } else if kind == PositionKind::Runtime && !self.slots[slot].current {
+                    waiting += 1;
                 }
             }
         }
-        self.sweep();
+        waiting
     }
 
     pub(crate) fn sweep(&mut self) {
@@ -225,7 +248,9 @@ impl Zone {
         {
             return; // 409: already a peer
         }
-        self.release();
+        // The module's place: its own table's removed peers, without the skip.
+        self.release_tables(Some(table));
+        self.sweep();
         let slot = match self.slot_of(table, server) {
             Some(slot) => slot,
             None => self.new_slot(table, server, Origin::Runtime),
@@ -260,6 +285,7 @@ impl Zone {
                 first
             });
             record.positions[free] = Some(slot);
+            self.released_at = RELEASE_PENDING;
         }
         if dies {
             self.log
