@@ -179,7 +179,14 @@ fn a_host_down_during_a_change_is_reported_and_converges_when_back() {
     assert!(output.status.success(), "{}", text(&output));
     fleet.wait_for_weights(0, 20, 80);
     fleet.wait_for_weights(1, 20, 80);
-    let status = fleet.wait_for_status(|status| hosts_with(status, "STALE") == ["host2"]);
+    // STALE as soon as the desired state moves; its agent's report says why once its attempt
+    // to apply it failed.
+    let status = fleet.wait_for_status(|status| {
+        hosts_with(status, "STALE") == ["host2"]
+            && status["hosts"][2]["problems"]
+                .as_array()
+                .is_some_and(|problems| !problems.is_empty())
+    });
     let host2 = &status["hosts"][2];
     assert_eq!(host2["behind_changes"], 1, "{status:#}");
     assert!(
