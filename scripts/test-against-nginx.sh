@@ -17,5 +17,5 @@ echo "--- integration tests against $("$nginx" -v 2>&1) ($nginx) ---"
 # the debug builds' test hooks (this module is a release build).
 SHIFT_NGINX=$nginx SHIFT_MODULE=$module SHIFT_TEST_CHURN=${SHIFT_TEST_CHURN:-0.2} \
   cargo test --no-fail-fast --workspace --test runtime_weights --test health_checks --test foundation \
-  --test metrics --test lifecycle --test sticky --test membership \
+  --test metrics --test lifecycle --test sticky --test membership --test api_many_upstreams \
   -- --include-ignored --skip unreadable_proc_entries --skip a_worker_without_a_record
