@@ -10,7 +10,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
 use harness::{wait_until, Backend, HttpClient, ShiftSetup, Traffic};
-use shift_wire::{PeerOrigin, PeerRemoval, Upstream};
+use shift_wire::{PatchApplied, PeerOrigin, PeerRemoval};
 
 fn decode<T: serde::de::DeserializeOwned>(response: &harness::Response, status: u16) -> T {
     assert_eq!(response.status, status, "answer: {}", response.body);
@@ -26,13 +26,14 @@ fn spread(setup: &ShiftSetup, count: usize) -> BTreeMap<String, usize> {
 fn an_added_peer_takes_traffic_in_every_worker_at_once() {
     let setup = ShiftSetup::start(&[("blue", "")], "", "");
     let green = Backend::start("green");
-    let added: Upstream = decode(
+    let added: PatchApplied = decode(
         &setup
             .admin
             .add_peer("app", &green.addr().to_string(), r#""weight": 1"#),
         201,
     );
-    let peer = added.peers.last().unwrap();
+    assert_eq!(added.peers.len(), 1, "the answer holds the peer it added");
+    let peer = &added.peers[0];
     assert_eq!(peer.server, green.addr().to_string());
     assert_eq!(peer.origin, PeerOrigin::Api);
     assert_eq!(added.generation, 2);
@@ -59,7 +60,7 @@ fn a_removed_peer_finishes_its_requests_and_takes_no_new_ones() {
     let setup = ShiftSetup::start(&[("blue", "")], "", "");
     let green = Backend::start("green");
     let server = green.addr().to_string();
-    decode::<Upstream>(&setup.admin.add_peer("app", &server, ""), 201);
+    decode::<PatchApplied>(&setup.admin.add_peer("app", &server, ""), 201);
     setup.admin.set_weights("app", &[(&setup.addr(0), 0)]);
     // A slow request on green is in flight when it is removed.
     let port = setup.port;
@@ -71,14 +72,13 @@ fn a_removed_peer_finishes_its_requests_and_takes_no_new_ones() {
             .is_some_and(|peer| peer.active == 1)
     });
     assert!(in_flight.is_some(), "the slow request reached green");
-    let removal: PeerRemoval = decode(&setup.admin.remove_peer("app", &server), 200);
+    let path = format!("upstreams/app/peers/{server}?full=1");
+    let removal: PeerRemoval = decode(&setup.admin.request("DELETE", &path, None), 200);
     assert!(!removal.gone);
     assert_eq!(removal.active, 1);
-    assert!(removal
-        .upstream
-        .peers
-        .iter()
-        .all(|peer| peer.server != server));
+    let rest = removal.upstream.expect("?full=1 answers with the upstream");
+    assert_eq!(rest.generation, removal.generation);
+    assert!(rest.peers.iter().all(|peer| peer.server != server));
     // New requests go to blue at once (weight 0 there, but it is the only peer: 502 if not).
     setup.admin.set_weights("app", &[(&setup.addr(0), 1)]);
     assert_eq!(
@@ -91,7 +91,7 @@ fn a_removed_peer_finishes_its_requests_and_takes_no_new_ones() {
     assert!(setup.admin.peer("app", &server).is_none());
     // Gone for good: a second DELETE does not find it, and it can be added back.
     assert_eq!(setup.admin.remove_peer("app", &server).status, 404);
-    decode::<Upstream>(&setup.admin.add_peer("app", &server, ""), 201);
+    decode::<PatchApplied>(&setup.admin.add_peer("app", &server, ""), 201);
     assert!(spread(&setup, 40).contains_key("green"));
 }
 
@@ -104,7 +104,7 @@ fn runtime_peers_stay_across_reloads_and_restarts() {
     let mut setup = ShiftSetup::start(&[("blue", "")], &shift_args, "");
     let green = Backend::start("green");
     let server = green.addr().to_string();
-    decode::<Upstream>(&setup.admin.add_peer("app", &server, r#""weight": 3"#), 201);
+    decode::<PatchApplied>(&setup.admin.add_peer("app", &server, r#""weight": 3"#), 201);
     setup.nginx.reload(None);
     let kept = |setup: &ShiftSetup| {
         let peer = setup.admin.peer("app", &server);
@@ -143,7 +143,7 @@ fn adds_and_removes_under_load_and_reloads_fail_no_request() {
         if expected.remove(&replica) {
             decode::<PeerRemoval>(&setup.admin.remove_peer("app", &replica), 200);
         } else {
-            decode::<Upstream>(&setup.admin.add_peer("app", &replica, ""), 201);
+            decode::<PatchApplied>(&setup.admin.add_peer("app", &replica, ""), 201);
             expected.insert(replica);
         }
         if round % 6 == 5 {
@@ -176,7 +176,7 @@ fn an_upstream_takes_more_run_time_peers_than_its_first_room() {
     // Each configuration starts with room for 32 run-time peers here (docs/api.md), and grows.
     let replicas: Vec<Backend> = (0..70).map(|n| Backend::start(&format!("r{n}"))).collect();
     for replica in &replicas {
-        decode::<Upstream>(
+        decode::<PatchApplied>(
             &setup.admin.add_peer("app", &replica.addr().to_string(), ""),
             201,
         );
@@ -252,8 +252,8 @@ fn a_mandatory_check_keeps_an_added_peer_out_until_it_passes() {
     });
     let green = Backend::start("green");
     let dead = format!("127.0.0.1:{}", harness::free_port());
-    decode::<Upstream>(&setup.admin.add_peer("app", &dead, r#""weight": 100"#), 201);
-    decode::<Upstream>(
+    decode::<PatchApplied>(&setup.admin.add_peer("app", &dead, r#""weight": 100"#), 201);
+    decode::<PatchApplied>(
         &setup
             .admin
             .add_peer("app", &green.addr().to_string(), r#""weight": 100"#),
@@ -297,7 +297,7 @@ fn an_added_peer_works_behind_keepalive() {
         options
     });
     let green = Backend::start("green");
-    decode::<Upstream>(
+    decode::<PatchApplied>(
         &setup.admin.add_peer("app", &green.addr().to_string(), ""),
         201,
     );

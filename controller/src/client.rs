@@ -124,17 +124,17 @@ impl AdminClient {
         self.send(self.http.patch(url).json(patch)).await
     }
 
-    /// `POST upstreams/NAME/peers`: the upstream with the new peer.
+    /// `POST upstreams/NAME/peers?full=1`: the upstream with the new peer.
     pub async fn add_peer(&self, name: &str, peer: &NewPeer) -> Result<Upstream, ClientError> {
-        let url = self.url(&format!("{}/peers", upstream_path(name)?));
+        let url = self.url(&format!("{}/peers?full=1", upstream_path(name)?));
         self.send(self.http.post(url).json(peer)).await
     }
 
-    /// `DELETE upstreams/NAME/peers/SERVER`.
+    /// `DELETE upstreams/NAME/peers/SERVER?full=1`: the removal, with the upstream without it.
     pub async fn remove_peer(&self, name: &str, server: &str) -> Result<PeerRemoval, ClientError> {
         // Brackets of an IPv6 address are escaped for the URL; Nginx decodes them.
         let server = server.replace('[', "%5B").replace(']', "%5D");
-        let url = self.url(&format!("{}/peers/{server}", upstream_path(name)?));
+        let url = self.url(&format!("{}/peers/{server}?full=1", upstream_path(name)?));
         self.send(self.http.delete(url)).await
     }
 

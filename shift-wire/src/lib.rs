@@ -201,8 +201,8 @@ pub struct PinCounts {
     pub fallbacks: u64,
 }
 
-/// The answer to a PATCH: the generation it made and the peers it changed, as they are now.
-/// `?full=1` asks for the whole [`Upstream`] instead.
+/// The answer to a PATCH, or to a POST of a peer: the generation it made and the peers it
+/// changed or added, as they are now. `?full=1` asks for the whole [`Upstream`] instead.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PatchApplied {
     pub name: String,
@@ -271,7 +271,11 @@ pub struct PeerRemoval {
     pub gone: bool,
     /// Its requests still in flight when it was removed.
     pub active: u64,
-    pub upstream: Upstream,
+    /// The upstream's generation after the removal.
+    pub generation: u64,
+    /// The upstream without it, with `?full=1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<Upstream>,
 }
 
 /// Parses a duration in Nginx's notation: `500ms`, `30s`, `2m`, `1h` (a bare number is

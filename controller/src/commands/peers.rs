@@ -70,7 +70,7 @@ pub async fn remove(
     });
     let states: Vec<_> = removals
         .into_iter()
-        .map(|removal| removal.upstream)
+        .filter_map(|removal| removal.upstream)
         .collect();
     ctx.print_upstreams(&states);
     Ok(())

@@ -10,6 +10,7 @@ mod access;
 mod listing;
 mod patch;
 mod peers;
+mod query;
 pub mod save;
 #[cfg(test)]
 pub(crate) mod test_support;
@@ -89,6 +90,7 @@ pub fn handle(request: &ApiRequest, context: &mut ApiContext) -> Answered {
 /// A reply, and the snapshot to save before sending it.
 type Respond = Result<(Reply, Option<PendingSave>), Failure>;
 
+#[derive(Debug)]
 pub(crate) struct Failure {
     status: u16,
     error: &'static str,
@@ -228,7 +230,13 @@ fn respond(request: &ApiRequest, context: &mut ApiContext) -> Respond {
     let endpoint = &data.endpoint();
     match (method, resource) {
         ("PATCH", _) => patch::patch(endpoint, request.body, request.args, context.writer),
-        ("POST", _) => peers::add(endpoint, request.body, context.writer, context.membership),
+        ("POST", _) => peers::add(
+            endpoint,
+            request.body,
+            request.args,
+            context.writer,
+            context.membership,
+        ),
         ("DELETE", Resource::Peer(_, server)) => peers::remove(
             endpoint,
             server,

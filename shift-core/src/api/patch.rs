@@ -4,6 +4,7 @@
 
 use shift_wire::{PatchApplied, UpstreamPatch, MAX_BODY_BYTES, MAX_WEIGHT};
 
+use super::query::Query;
 use super::{
     expect_generation, ok, too_large, unknown_peer, Endpoint, Failure, PendingSave, Respond, Writer,
 };
@@ -13,7 +14,7 @@ pub(super) fn patch(endpoint: &Endpoint, body: &[u8], args: &str, writer: &Write
     if body.len() > MAX_BODY_BYTES {
         return Err(too_large());
     }
-    let full = full_arg(args)?;
+    let full = Query::parse(args, "PATCH", false)?.full;
     let request: UpstreamPatch = serde_json::from_slice(body)
         .map_err(|err| Failure::new(400, "bad_request", format!("invalid PATCH body: {err}")))?;
     let table = endpoint.table;
@@ -49,29 +50,6 @@ fn changed_peers(endpoint: &Endpoint, changes: &[PeerChange]) -> PatchApplied {
         generation: changed.generation,
         peers: changed.peers,
     }
-}
-
-/// `full=1` from a PATCH's query string: answer with the whole upstream.
-fn full_arg(args: &str) -> Result<bool, Failure> {
-    let mut full = false;
-    for pair in args.split('&').filter(|pair| !pair.is_empty()) {
-        full = match pair {
-            "full=1" | "full=true" | "full" => true,
-            "full=0" | "full=false" => false,
-            _ => {
-                return Err(Failure::new(
-                    400,
-                    "bad_request",
-                    format!(
-                        "unknown query \"{}\"; PATCH takes full=1 (answer with the whole \
-                         upstream)",
-                        pair.escape_default()
-                    ),
-                ))
-            }
-        };
-    }
-    Ok(full)
 }
 
 /// Validates every change before any is applied.

@@ -6,8 +6,11 @@
 
 use std::net::SocketAddr;
 
-use shift_wire::{NewPeer, PeerOrigin, PeerRemoval, PeerState, MAX_BODY_BYTES, MAX_WEIGHT};
+use shift_wire::{
+    NewPeer, PatchApplied, PeerOrigin, PeerRemoval, PeerState, MAX_BODY_BYTES, MAX_WEIGHT,
+};
 
+use super::query::Query;
 use super::{
     expect_generation, ok, too_large, unknown_peer, Endpoint, Failure, PendingSave, Respond, Writer,
 };
@@ -36,12 +39,14 @@ pub trait Membership {
 pub(super) fn add(
     endpoint: &Endpoint,
     body: &[u8],
+    args: &str,
     writer: &Writer,
     membership: &mut dyn Membership,
 ) -> Respond {
     if body.len() > MAX_BODY_BYTES {
         return Err(too_large());
     }
+    let full = Query::parse(args, "POST", false)?.full;
     let request: NewPeer = serde_json::from_slice(body)
         .map_err(|err| Failure::new(400, "bad_request", format!("invalid peer: {err}")))?;
     let server = canonical_address(&request.server)?;
@@ -86,7 +91,16 @@ pub(super) fn add(
     let mut now: Vec<&PeerSlot> = table.peers().to_vec();
     now.push(slot);
     let now = Table::new(table.header(), &now);
-    let mut reply = ok(&now.to_wire(endpoint.active));
+    let mut reply = if full {
+        ok(&now.to_wire(endpoint.active))
+    } else {
+        let added = Table::new(table.header(), std::slice::from_ref(&slot)).to_wire(&[]);
+        ok(&PatchApplied {
+            name: added.name,
+            generation: added.generation,
+            peers: added.peers,
+        })
+    };
     reply.status = 201;
     Ok((reply, PendingSave::of(endpoint, now)))
 }
@@ -98,7 +112,7 @@ pub(super) fn remove(
     writer: &Writer,
     membership: &mut dyn Membership,
 ) -> Respond {
-    let expected = expected_generation_arg(args)?;
+    let query = Query::parse(args, "DELETE", true)?;
     let table = endpoint.table;
     let index = table
         .peer_index(server)
@@ -129,7 +143,7 @@ pub(super) fn remove(
     let guard = table
         .lock(writer.pid, writer.is_alive)
         .map_err(|err| Failure::new(503, "busy", err.to_string()))?;
-    expect_generation(table, expected)?;
+    expect_generation(table, query.expect_generation)?;
     let epoch = membership.next_epoch();
     guard.remove_peer(slot, epoch);
     drop(guard);
@@ -145,7 +159,8 @@ pub(super) fn remove(
         server: server.to_string(),
         gone: active == 0,
         active,
-        upstream: rest.to_wire(&rest_active),
+        generation: rest.generation(),
+        upstream: query.full.then(|| rest.to_wire(&rest_active)),
     };
     Ok((ok(&removal), PendingSave::of(endpoint, rest)))
 }
@@ -166,38 +181,9 @@ fn canonical_address(server: &str) -> Result<String, Failure> {
     }
 }
 
-/// `expect_generation=N` from a DELETE's query string.
-fn expected_generation_arg(args: &str) -> Result<Option<u64>, Failure> {
-    let mut expected = None;
-    for pair in args.split('&').filter(|pair| !pair.is_empty()) {
-        match pair.split_once('=') {
-            Some(("expect_generation", value)) => {
-                expected = Some(value.parse().map_err(|_| {
-                    Failure::new(
-                        400,
-                        "bad_request",
-                        format!("expect_generation \"{value}\" is not a generation number"),
-                    )
-                })?);
-            }
-            _ => {
-                return Err(Failure::new(
-                    400,
-                    "bad_request",
-                    format!(
-                        "unknown query \"{}\"; DELETE takes expect_generation=N",
-                        pair.escape_default()
-                    ),
-                ))
-            }
-        }
-    }
-    Ok(expected)
-}
-
 #[cfg(test)]
 mod tests {
-    use shift_wire::{ApiError, PeerOrigin, PeerRemoval, PeerState, Upstream};
+    use shift_wire::{ApiError, PatchApplied, PeerOrigin, PeerRemoval, PeerState};
 
     use super::super::test_support::HeapMembership;
     use super::super::tests::{call_with, WRITER};
@@ -238,9 +224,9 @@ mod tests {
             &mut membership,
         );
         assert_eq!(reply.status, 201, "{}", reply.body);
-        let upstream: Upstream = serde_json::from_str(&reply.body).unwrap();
-        assert_eq!(upstream.generation, 2);
-        let added = upstream.peers.last().unwrap();
+        let applied: PatchApplied = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!((applied.generation, applied.peers.len()), (2, 1));
+        let added = &applied.peers[0];
         assert_eq!(added.server, "10.0.0.7:8000");
         assert_eq!((added.weight, added.state), (5, PeerState::Down));
         assert_eq!(added.origin, PeerOrigin::Api);
@@ -383,8 +369,11 @@ mod tests {
         assert_eq!(reply.status, 200, "{}", reply.body);
         let removal: PeerRemoval = serde_json::from_str(&reply.body).unwrap();
         assert!(removal.gone);
-        assert_eq!(removal.upstream.peers.len(), 1);
-        assert_eq!(removal.upstream.generation, generation + 1);
+        assert_eq!(removal.generation, generation + 1);
+        assert_eq!(
+            removal.upstream, None,
+            "the whole upstream only with ?full=1"
+        );
         assert!(!owned.peers[1].is_current());
         assert_eq!(owned.peers[1].removed_epoch(), membership.epoch);
     }
