@@ -7,20 +7,21 @@
 
 use std::os::fd::BorrowedFd;
 
-use ngx::core::{Buffer, Status};
+use ngx::core::Status;
 use ngx::ffi::{
-    ngx_chain_t, ngx_http_finalize_request, ngx_http_read_client_request_body, ngx_http_request_t,
-    ngx_int_t, ngx_str_t, NGX_HTTP_SPECIAL_RESPONSE,
+    ngx_http_finalize_request, ngx_http_read_client_request_body, ngx_http_request_t, ngx_int_t,
+    NGX_HTTP_SPECIAL_RESPONSE,
 };
-use ngx::http::{HTTPStatus, HttpModuleLocationConf, HttpModuleMainConf, Method, Request};
+use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, Request};
 use ngx::log::DebugMask;
 use ngx::ngx_log_debug;
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use shift_wire::MAX_BODY_BYTES;
 
+use crate::api_reply::send;
 use crate::ngx_module::Module;
 use crate::shm::{api_view, still_serving, NotServing};
-use shift_core::api::{self, ApiContext, ApiRequest, Reply, Writer};
+use shift_core::api::{self, ApiContext, ApiRequest, Writer};
 use shift_core::process::{own_token, token_alive};
 
 /// Serves the admin API.
@@ -235,43 +236,4 @@ fn caller_uid(request: &Request) -> Option<u32> {
     getsockopt(&fd, PeerCredentials)
         .ok()
         .map(|credentials| credentials.uid())
-}
-
-/// Sends `reply` as a JSON response; the request has not sent its header yet.
-pub fn send(request: &mut Request, reply: &Reply) -> ngx_int_t {
-    let Ok(status) = HTTPStatus::from_u16(reply.status) else {
-        return Status::NGX_ERROR.0;
-    };
-    request.set_status(status);
-    request.set_content_length_n(reply.body.len());
-    let content_type = reply.content_type;
-    let headers_out = &mut request.as_mut().headers_out;
-    // A static string: Nginx only reads it.
-    headers_out.content_type = ngx_str_t {
-        len: content_type.len(),
-        data: content_type.as_ptr().cast_mut(),
-    };
-    headers_out.content_type_len = content_type.len();
-    if let Some(allow) = reply.allow {
-        if request.add_header_out("Allow", allow).is_none() {
-            return Status::NGX_ERROR.0;
-        }
-    }
-    let rc = request.send_header();
-    // HEAD: the header only (`r->header_only`, a bit field, is read wrong since 1.29, and so is
-    // `Request::header_only`; `method` is a plain field).
-    let head = request.method() == Method::HEAD;
-    if rc == Status::NGX_ERROR || rc.0 > Status::NGX_OK.0 || head {
-        return rc.0;
-    }
-    let Some(mut buffer) = request.pool().create_buffer_from_str(&reply.body) else {
-        return Status::NGX_ERROR.0;
-    };
-    buffer.set_last_buf(true);
-    buffer.set_last_in_chain(true);
-    let mut chain = ngx_chain_t {
-        buf: buffer.as_ngx_buf_mut(),
-        next: std::ptr::null_mut(),
-    };
-    request.output_filter(&mut chain).0
 }

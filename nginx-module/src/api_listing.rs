@@ -30,7 +30,7 @@ use ngx::ffi::{
 };
 use ngx::http::Request;
 
-use crate::api_handler::send;
+use crate::api_reply::send;
 use crate::conf::MainConf;
 use crate::shm::{api_view, NotServing};
 use shift_core::api::{self, Listing};

@@ -9,6 +9,7 @@
 mod api_handler;
 mod api_listener;
 mod api_listing;
+mod api_reply;
 mod conf;
 mod conf_ext;
 mod health_probe;
