@@ -328,33 +328,47 @@ impl Rendering {
             }
             Family::State => {
                 for peer in &upstream.peers {
-                    for state in [PeerState::Up, PeerState::Drain, PeerState::Down] {
-                        let on = u8::from(peer.state == state);
-                        let _ = writeln!(
-                            out,
-                            "nginx_shift_peer_state{{{},state=\"{}\"}} {on}",
-                            labels(upstream, peer),
-                            state.as_str()
-                        );
-                    }
+                    let states = [PeerState::Up, PeerState::Drain, PeerState::Down]
+                        .map(|state| (state.as_str(), peer.state == state));
+                    one_of(
+                        out,
+                        "nginx_shift_peer_state",
+                        "state",
+                        &labels(upstream, peer),
+                        states,
+                    );
                 }
                 upstream.peers.len() * 3
             }
             Family::Health => {
                 for peer in &upstream.peers {
-                    for health in [Health::Unchecked, Health::Healthy, Health::Unhealthy] {
-                        let on = u8::from(peer.health == health);
-                        let _ = writeln!(
-                            out,
-                            "nginx_shift_peer_health{{{},health=\"{}\"}} {on}",
-                            labels(upstream, peer),
-                            health.as_str()
-                        );
-                    }
+                    let healths = [Health::Unchecked, Health::Healthy, Health::Unhealthy]
+                        .map(|health| (health.as_str(), peer.health == health));
+                    one_of(
+                        out,
+                        "nginx_shift_peer_health",
+                        "health",
+                        &labels(upstream, peer),
+                        healths,
+                    );
                 }
                 upstream.peers.len() * 3
             }
         }
+    }
+}
+
+/// A gauge of one series per value `key` may take, 1 for the one that holds and 0 for the rest.
+fn one_of<const N: usize>(
+    out: &mut String,
+    metric: &str,
+    key: &str,
+    labels: &str,
+    values: [(&str, bool); N],
+) {
+    for (value, holds) in values {
+        let on = u8::from(holds);
+        let _ = writeln!(out, "{metric}{{{labels},{key}=\"{value}\"}} {on}");
     }
 }
 

@@ -52,10 +52,6 @@ impl Listing {
         }
     }
 
-    pub fn kind(&self) -> ListKind {
-        self.kind
-    }
-
     /// Whether every upstream is read: what is left ([`render_step`](Self::render_step)) needs
     /// no lock.
     pub fn is_read(&self) -> bool {
