@@ -40,10 +40,7 @@ fn random_config(rng: &mut Rng) -> [BTreeSet<u16>; TABLES] {
 }
 
 fn run(seed: u64, steps: usize) {
-    let mut rng = Rng(seed.max(1));
-    let mut zone = Zone::new();
-    let first = zone.config.clone();
-    zone.reload(first, true, &mut rng);
+    let (mut rng, mut zone) = started(seed.max(1));
     for _ in 0..steps {
         let table = rng.below(TABLES);
         let server = rng.below(SERVERS as usize) as u16;
@@ -92,6 +89,16 @@ fn run(seed: u64, steps: usize) {
     zone.settle_and_check_leaks();
 }
 
+/// A zone whose first configuration is committed and its workers started, and the random
+/// numbers the run goes on with.
+fn started(seed: u64) -> (Rng, Zone) {
+    let mut rng = Rng(seed);
+    let mut zone = Zone::new();
+    let first = zone.config.clone();
+    zone.reload(first, true, &mut rng);
+    (rng, zone)
+}
+
 #[test]
 fn nothing_reachable_is_freed_and_nothing_is_leaked() {
     for seed in 1..=400u64 {
@@ -107,10 +114,7 @@ fn nothing_reachable_is_freed_and_nothing_is_leaked() {
 fn long_churn_keeps_finding_room() {
     // One upstream's run-time peer replaced 10,000 times while requests come and go: its
     // positions are reused, so the loads do not grow.
-    let mut rng = Rng(7);
-    let mut zone = Zone::new();
-    let first = zone.config.clone();
-    zone.reload(first, true, &mut rng);
+    let (mut rng, mut zone) = started(7);
     let slots_at_start = zone.slots.iter().filter(|slot| !slot.freed).count();
     for round in 0..10_000u32 {
         let server = 2 + (round % 8) as u16;
@@ -151,10 +155,7 @@ fn long_churn_keeps_finding_room() {
 #[test]
 fn many_peers_at_once_grow_the_loads() {
     // Forty run-time peers at once in an upstream whose loads started with three spare places.
-    let mut rng = Rng(11);
-    let mut zone = Zone::new();
-    let first = zone.config.clone();
-    zone.reload(first, true, &mut rng);
+    let (mut rng, mut zone) = started(11);
     for round in 0..3 {
         for server in 100..140 {
             zone.post(0, server, false);
@@ -186,10 +187,7 @@ fn a_placer_killed_after_the_last_change_leaves_nothing_for_good() {
     // before its change takes an epoch, in one table and then the other: nothing moves the
     // epoch again, yet the positions it took must go.
     for seed in 1..=50u64 {
-        let mut rng = Rng(seed);
-        let mut zone = Zone::new();
-        let first = zone.config.clone();
-        zone.reload(first, true, &mut rng);
+        let (_, mut zone) = started(seed);
         zone.post(0, 7, false);
         zone.delete(0, 7);
         for worker in 0..zone.workers.len() {
@@ -211,10 +209,7 @@ fn one_removal_after_a_clean_pass_is_released() {
     // A pass finds nothing waiting and records its epoch; one removal follows, while a request
     // holds the peer: the next passes must run until its positions are given up.
     for seed in 1..=50u64 {
-        let mut rng = Rng(seed);
-        let mut zone = Zone::new();
-        let first = zone.config.clone();
-        zone.reload(first, true, &mut rng);
+        let (mut rng, mut zone) = started(seed);
         zone.post(1, 5, false);
         zone.release();
         for worker in 0..zone.workers.len() {
