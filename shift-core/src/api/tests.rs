@@ -1,0 +1,274 @@
+//! The tests of routing, access and PATCH through `handle`, and `call_with`, which the other
+//! files' tests use to send a request through `handle` as the FFI handler does.
+
+use super::*;
+use crate::table::test_support::OwnedTable;
+use shift_wire::{PatchApplied, PeerState, Upstream, UpstreamList};
+
+pub(crate) const WRITER: Caller = Caller {
+    uid: Some(0),
+    may_read: true,
+    may_write: true,
+};
+
+fn call(owned: &OwnedTable, method: &str, path: &str, body: &str, caller: Caller) -> Reply {
+    let mut membership = test_support::HeapMembership::default();
+    call_with(owned, method, path, body, caller, None, &mut membership)
+}
+
+/// A request with a state file and the zone's side of membership changes.
+pub(crate) fn call_with(
+    owned: &OwnedTable,
+    method: &str,
+    path: &str,
+    body: &str,
+    caller: Caller,
+    state_path: Option<&Path>,
+    membership: &mut test_support::HeapMembership,
+) -> Reply {
+    let upstreams = TableList::new(vec![(owned.view(), state_path)]);
+    let (path, args) = path.split_once('?').unwrap_or((path, ""));
+    let answered = handle(
+        &ApiRequest {
+            method,
+            path,
+            args,
+            body: body.as_bytes(),
+            caller,
+        },
+        &mut ApiContext {
+            upstreams: &upstreams,
+            writer: &Writer {
+                pid: 1,
+                is_alive: &|_| true,
+            },
+            zone: None,
+            membership,
+        },
+    );
+    // As the FFI handler does once the zone is unlocked.
+    save::finish(answered, || true)
+}
+
+fn app() -> OwnedTable {
+    OwnedTable::new(
+        "app",
+        &[("127.0.0.1:8000", 1, false), ("127.0.0.1:8001", 1, true)],
+    )
+}
+
+fn error_code(reply: &Reply) -> String {
+    serde_json::from_str::<ApiError>(&reply.body).unwrap().error
+}
+
+#[test]
+fn lists_and_reads_upstreams() {
+    let owned = app();
+    let reply = call(&owned, "GET", "upstreams", "", WRITER);
+    assert_eq!(reply.status, 200);
+    let list: UpstreamList = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(list.upstreams.len(), 1);
+    let one: Upstream =
+        serde_json::from_str(&call(&owned, "GET", "/upstreams/app", "", WRITER).body).unwrap();
+    assert_eq!(one.peers[1].state, PeerState::Down);
+}
+
+#[test]
+fn patch_applies_all_changes_as_one_generation() {
+    let owned = app();
+    let body = r#"{"peers": {"127.0.0.1:8000": {"weight": 70},
+                             "127.0.0.1:8001": {"weight": 30, "state": "up"}},
+                   "expect_generation": 1}"#;
+    let reply = call(&owned, "PATCH", "upstreams/app", body, WRITER);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let applied: PatchApplied = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!((applied.name.as_str(), applied.generation), ("app", 2));
+    assert_eq!((applied.peers[0].weight, applied.peers[1].weight), (70, 30));
+    assert_eq!(applied.peers[1].state, PeerState::Up);
+}
+
+#[test]
+fn a_patch_answers_with_the_peers_it_named_or_the_whole_upstream_when_asked() {
+    let owned = OwnedTable::new(
+        "app",
+        &[
+            ("127.0.0.1:8000", 1, false),
+            ("127.0.0.1:8001", 1, false),
+            ("127.0.0.1:8002", 1, false),
+        ],
+    );
+    let body = r#"{"peers": {"127.0.0.1:8002": {"weight": 4}, "127.0.0.1:8000": {"weight": 3}}}"#;
+    let reply = call(&owned, "PATCH", "upstreams/app", body, WRITER);
+    let applied: PatchApplied = serde_json::from_str(&reply.body).unwrap();
+    let named: Vec<_> = applied
+        .peers
+        .iter()
+        .map(|peer| (peer.server.as_str(), peer.weight))
+        .collect();
+    assert_eq!(named, [("127.0.0.1:8000", 3), ("127.0.0.1:8002", 4)]);
+    assert_eq!(applied.generation, 2);
+
+    let body = r#"{"peers": {"127.0.0.1:8001": {"weight": 5}}}"#;
+    let reply = call(&owned, "PATCH", "upstreams/app?full=1", body, WRITER);
+    let upstream: Upstream = serde_json::from_str(&reply.body).unwrap();
+    let weights: Vec<_> = upstream.peers.iter().map(|peer| peer.weight).collect();
+    assert_eq!((weights, upstream.generation), (vec![3, 5, 4], 3));
+
+    let reply = call(&owned, "PATCH", "upstreams/app?fulll=1", body, WRITER);
+    assert_eq!(
+        (reply.status, error_code(&reply).as_str()),
+        (400, "bad_request")
+    );
+    assert!(reply.body.contains("full=1"), "{}", reply.body);
+    assert_eq!(owned.view().generation(), 3);
+}
+
+#[test]
+fn patch_sets_and_takes_away_labels_as_a_generation() {
+    let owned = app();
+    let body = r#"{"peers": {"127.0.0.1:8000": {"label": "blue"},
+                             "127.0.0.1:8001": {"label": "green", "weight": 0}}}"#;
+    let reply = call(&owned, "PATCH", "upstreams/app", body, WRITER);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let applied: PatchApplied = serde_json::from_str(&reply.body).unwrap();
+    let labels: Vec<_> = applied.peers.iter().map(|p| p.label.as_deref()).collect();
+    assert_eq!(labels, [Some("blue"), Some("green")]);
+    assert_eq!(applied.generation, 2);
+    let body = r#"{"peers": {"127.0.0.1:8000": {"label": ""}}}"#;
+    let upstream: Upstream =
+        serde_json::from_str(&call(&owned, "PATCH", "upstreams/app?full=1", body, WRITER).body)
+            .unwrap();
+    assert_eq!(upstream.peers[0].label, None);
+    assert_eq!(upstream.peers[1].label.as_deref(), Some("green"));
+}
+
+#[test]
+fn bad_patches_get_their_status_and_change_nothing() {
+    let owned = app();
+    let before = owned.view().to_wire(&[]);
+    for (body, status, code) in [
+        ("{not json", 400, "bad_request"),
+        (
+            r#"{"peers": {"127.0.0.1:8000": {"weigth": 1}}}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            r#"{"peers": {"127.0.0.1:8000": {"state": "paused"}}}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            r#"{"peers": {"127.0.0.1:8000": {"weight": 1001}}}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            r#"{"peers": {"127.0.0.1:8000": {"weight": -1}}}"#,
+            400,
+            "bad_request",
+        ),
+        (r#"{"peers": {}}"#, 400, "bad_request"),
+        (r#"{"peers": {"127.0.0.1:8000": {}}}"#, 400, "bad_request"),
+        // One good change with one bad one: neither is applied.
+        (
+            r#"{"peers": {"127.0.0.1:8000": {"weight": 5}, "10.0.0.1:80": {"weight": 5}}}"#,
+            404,
+            "not_found",
+        ),
+        (
+            r#"{"peers": {"127.0.0.1:8000": {"weight": 5}}, "expect_generation": 9}"#,
+            409,
+            "conflict",
+        ),
+        // A good weight with a label that could pass for an address: neither is applied.
+        (
+            r#"{"peers": {"127.0.0.1:8000": {"weight": 5}, "127.0.0.1:8001": {"label": "10.0.0.1:80"}}}"#,
+            400,
+            "bad_request",
+        ),
+    ] {
+        let reply = call(&owned, "PATCH", "upstreams/app", body, WRITER);
+        assert_eq!(
+            (reply.status, error_code(&reply).as_str()),
+            (status, code),
+            "{body}"
+        );
+    }
+    let big = format!(
+        r#"{{"peers": {{"{}": {{"weight": 1}}}}}}"#,
+        "x".repeat(MAX_BODY_BYTES)
+    );
+    assert_eq!(
+        call(&owned, "PATCH", "upstreams/app", &big, WRITER).status,
+        413
+    );
+    assert_eq!(owned.view().to_wire(&[]), before);
+}
+
+#[test]
+fn unknown_routes_and_methods() {
+    let owned = app();
+    assert_eq!(
+        call(&owned, "GET", "upstreams/nope", "", WRITER).status,
+        404
+    );
+    assert_eq!(call(&owned, "GET", "status", "", WRITER).status, 404);
+    let reply = call(&owned, "DELETE", "upstreams/app", "", WRITER);
+    assert_eq!((reply.status, reply.allow), (405, Some("GET, HEAD, PATCH")));
+    assert_eq!(call(&owned, "PATCH", "upstreams", "{}", WRITER).status, 405);
+}
+
+#[test]
+fn readers_cannot_write_and_strangers_cannot_read() {
+    let owned = app();
+    let reader = Caller {
+        uid: Some(1000),
+        may_read: true,
+        may_write: false,
+    };
+    assert_eq!(call(&owned, "GET", "upstreams", "", reader).status, 200);
+    let body = r#"{"peers": {"127.0.0.1:8000": {"weight": 5}}}"#;
+    let reply = call(&owned, "PATCH", "upstreams/app", body, reader);
+    assert_eq!(reply.status, 403);
+    assert!(reply.body.contains("uid 1000"), "{}", reply.body);
+    let stranger = Caller {
+        uid: Some(1001),
+        may_read: false,
+        may_write: false,
+    };
+    assert_eq!(call(&owned, "GET", "upstreams", "", stranger).status, 403);
+    assert_eq!(owned.view().to_wire(&[]).generation, 1);
+}
+
+#[test]
+fn an_unwritable_state_file_is_said_and_the_next_save_carries_the_change() {
+    let owned = app();
+    let dir = tempfile::tempdir().unwrap();
+    let missing_dir = dir.path().join("missing/app.json");
+    let patch_saving_to = |body: &str, path: &Path| {
+        let mut membership = test_support::HeapMembership::default();
+        call_with(
+            &owned,
+            "PATCH",
+            "upstreams/app",
+            body,
+            WRITER,
+            Some(path),
+            &mut membership,
+        )
+    };
+    let first = r#"{"peers": {"127.0.0.1:8000": {"weight": 5}}}"#;
+    let reply = patch_saving_to(first, &missing_dir);
+    assert_eq!(reply.status, 500);
+    assert_eq!(error_code(&reply), "state_not_saved");
+    assert!(reply.body.contains("in effect"), "{}", reply.body);
+    assert_eq!(owned.view().to_wire(&[]).peers[0].weight, 5);
+
+    let path = dir.path().join("app.json");
+    let second = r#"{"peers": {"127.0.0.1:8001": {"weight": 7}}}"#;
+    assert_eq!(patch_saving_to(second, &path).status, 200);
+    let saved = crate::state_file::load(&path, "app").unwrap().unwrap();
+    assert_eq!(saved.generation, 3);
+    assert_eq!((saved.peers[0].weight, saved.peers[1].weight), (5, 7));
+}
