@@ -253,6 +253,52 @@ fn a_replica_replaced_in_dns_finishes_its_requests_in_flight() {
     );
 }
 
+/// Docker gives a new container the address of one it just removed: the name drops an
+/// address and gives it again, while a request the first instance took is still running (so
+/// its slot is kept, not freed). The address back is a new instance, with none of the first
+/// one's counters, and the old request still finishes.
+#[test]
+fn an_address_a_name_drops_and_gives_again_is_a_new_instance() {
+    let port = free_port();
+    let _replicas: Vec<Backend> = (2..=3).map(|n| replica(n, port)).collect();
+    let dns = Dnsmasq::start(&[("127.0.0.2", "backend")]);
+    let (_nginx, admin, http) = start_nginx(&dns, &format!("shift_resolve backend:{port}; shift;"));
+    await_resolved(&admin, port, &[2]);
+    let server = format!("127.0.0.2:{port}");
+    for _ in 0..5 {
+        assert_eq!(HttpClient::new(http).get("/").unwrap().body, "r2");
+    }
+    let slow = thread::spawn(move || HttpClient::new(http).get("/slow/3000"));
+    let in_flight = wait_until(Duration::from_secs(5), || {
+        admin.peer("app", &server).is_some_and(|peer| peer.active == 1)
+    });
+    assert!(in_flight.is_some(), "the slow request reached r2");
+    let first = admin.peer("app", &server).unwrap();
+    assert_eq!(first.requests, 6);
+    assert!(first.joined_ms > 0, "{first:?}");
+
+    dns.set(&[("127.0.0.3", "backend")]);
+    await_resolved(&admin, port, &[3]);
+    assert!(admin.peer("app", &server).is_none(), "r2 left the upstream");
+    dns.set(&[("127.0.0.2", "backend"), ("127.0.0.3", "backend")]);
+    await_resolved(&admin, port, &[2, 3]);
+    let second = admin.peer("app", &server).unwrap();
+    assert!(
+        second.joined_ms > first.joined_ms,
+        "a new instance: {first:?} then {second:?}"
+    );
+    assert_eq!((second.requests, second.failures), (0, 0), "{second:?}");
+    assert_eq!(second.responses.success, 0, "{second:?}");
+    assert_eq!(second.response_time.sum_ms, 0, "{second:?}");
+
+    let answer = slow.join().unwrap().expect("the slow request");
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (200, "r2"),
+        "the first instance's request finished"
+    );
+}
+
 #[test]
 fn the_peers_of_a_labelled_name_carry_its_label_and_a_pin_reaches_them() {
     let port = free_port();

@@ -284,6 +284,78 @@ fn a_mandatory_check_keeps_an_added_peer_out_until_it_passes() {
     );
 }
 
+/// A peer deleted while a request still runs on it (its slot kept) and added again is a new
+/// instance: a later `joined_ms`, no counters, and unchecked, so that a mandatory check keeps
+/// it out until the new instance passes one.
+#[test]
+fn a_peer_deleted_and_added_again_is_a_new_instance() {
+    let setup = ShiftSetup::start_with(&[("blue", "")], "", "", |mut options| {
+        options.http = options.http.replacen(
+            "    shift ;\n",
+            "    shift ;\n    shift_check interval=1s mandatory;\n",
+            1,
+        );
+        assert!(options.http.contains("shift_check"), "{}", options.http);
+        options
+    });
+    let green = Backend::start("green");
+    let server = green.addr().to_string();
+    let before_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let added: PatchApplied = decode(&setup.admin.add_peer("app", &server, ""), 201);
+    let first_joined = added.peers[0].joined_ms;
+    assert!(
+        (before_ms..before_ms + 60_000).contains(&first_joined),
+        "joined when it was added: {first_joined} against {before_ms}"
+    );
+    let healthy = wait_until(Duration::from_secs(10), || {
+        setup
+            .admin
+            .peer("app", &server)
+            .is_some_and(|peer| peer.health == shift_wire::Health::Healthy)
+    });
+    assert!(healthy.is_some(), "green passed its checks");
+    setup.admin.set_weights("app", &[(&setup.addr(0), 0)]);
+    assert_eq!(spread(&setup, 10).get("green"), Some(&10));
+    let port = setup.port;
+    let slow = thread::spawn(move || HttpClient::new(port).get("/slow/2000"));
+    let in_flight = wait_until(Duration::from_secs(5), || {
+        setup
+            .admin
+            .peer("app", &server)
+            .is_some_and(|peer| peer.active == 1)
+    });
+    assert!(in_flight.is_some(), "the slow request reached green");
+
+    let path = format!("upstreams/app/peers/{server}");
+    let removal: PeerRemoval = decode(&setup.admin.request("DELETE", &path, None), 200);
+    assert!(!removal.gone, "its request holds it");
+    let again: PatchApplied = decode(&setup.admin.add_peer("app", &server, ""), 201);
+    let second = &again.peers[0];
+    assert!(
+        second.joined_ms > first_joined,
+        "a new instance: {first_joined} then {second:?}"
+    );
+    assert_eq!((second.requests, second.failures), (0, 0), "{second:?}");
+    assert_eq!(second.health, shift_wire::Health::Unchecked, "{second:?}");
+    assert!(!second.eligible, "no traffic on the old instance's checks");
+    assert!(
+        second.check.as_ref().is_some_and(|check| check.last_check_ms.is_none()),
+        "{second:?}"
+    );
+    let healthy = wait_until(Duration::from_secs(10), || {
+        setup
+            .admin
+            .peer("app", &server)
+            .is_some_and(|peer| peer.eligible)
+    });
+    assert!(healthy.is_some(), "the new instance passed its own check");
+    let answer = slow.join().unwrap().expect("the slow request");
+    assert_eq!((answer.status, answer.body.as_str()), (200, "green"));
+}
+
 #[test]
 fn an_added_peer_works_behind_keepalive() {
     let setup = ShiftSetup::start_with(&[("blue", "")], "", "", |mut options| {

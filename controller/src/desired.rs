@@ -177,6 +177,8 @@ fn new_peer_view(wanted: &DesiredPeer) -> Peer {
         } else {
             PeerOrigin::Config
         },
+        // Not joined yet: the host has not added it.
+        joined_ms: 0,
         config_weight: wanted.weight,
         requests: 0,
         failures: 0,

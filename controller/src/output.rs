@@ -112,6 +112,7 @@ mod tests {
             eligible,
             backup,
             origin: shift_wire::PeerOrigin::Config,
+            joined_ms: 0,
             config_weight: weight,
             requests: 12,
             failures: 1,

@@ -293,6 +293,7 @@ mod tests {
             eligible: state == PeerState::Up && weight > 0 && health != Health::Unhealthy,
             backup: false,
             origin: shift_wire::PeerOrigin::Config,
+            joined_ms: 0,
             config_weight: 1,
             requests: 0,
             failures: 0,

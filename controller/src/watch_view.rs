@@ -143,6 +143,7 @@ mod tests {
             eligible: true,
             backup: false,
             origin: PeerOrigin::Config,
+            joined_ms: 0,
             config_weight: 1,
             requests,
             failures: 0,

@@ -154,6 +154,7 @@ impl Incoming {
             args: &self.args,
             body,
             caller: self.caller,
+            received_ms: crate::clock::unix_ms(),
         }
     }
 }

@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::mem::MaybeUninit;
 use std::os::fd::BorrowedFd;
 use std::ptr;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use ngx::core::Status;
 use ngx::ffi::{
@@ -26,7 +25,6 @@ use ngx::http::{HttpModuleMainConf, HttpModuleServerConf};
 use ngx::log::DebugMask;
 use ngx::{ngx_log_debug, ngx_log_error};
 use nix::sys::socket::{getsockopt, sockopt::SocketError};
-use nix::time::{clock_gettime, ClockId};
 
 use crate::conf::UpstreamConf;
 use crate::ngx_module::Module;
@@ -278,7 +276,7 @@ unsafe extern "C" fn on_tick(event: *mut ngx_event_t) {
         return;
     }
     let table = probe.table();
-    if table.claim_check(0, monotonic_ms(), probe.check().interval_ms) {
+    if table.claim_check(0, crate::clock::monotonic_ms(), probe.check().interval_ms) {
         // SAFETY: the probe is idle (no connection), checked above.
         unsafe { start(probe) };
     }
@@ -459,7 +457,7 @@ fn finish(probe: &mut Probe, result: Result<(), ProbeError>) {
         result,
         check.fails,
         check.passes,
-        unix_ms(),
+        crate::clock::unix_ms(),
         own_token(),
         token_alive,
     ) {
@@ -489,14 +487,3 @@ fn finish(probe: &mut Probe, result: Result<(), ProbeError>) {
     }
 }
 
-pub fn monotonic_ms() -> u64 {
-    clock_gettime(ClockId::CLOCK_MONOTONIC)
-        .map(|now| now.tv_sec() as u64 * 1000 + now.tv_nsec() as u64 / 1_000_000)
-        .unwrap_or(0)
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis() as u64)
-}

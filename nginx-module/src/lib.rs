@@ -10,6 +10,7 @@ mod api_handler;
 mod api_listener;
 mod api_listing;
 mod api_reply;
+mod clock;
 mod conf;
 mod conf_ext;
 mod health_probe;

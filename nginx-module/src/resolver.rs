@@ -300,7 +300,7 @@ fn finish(conf: &mut UpstreamConf, valid_ms: Option<u64>) {
     }
     // SAFETY: as in `shm::table_of`.
     if let Some(header) = unsafe { conf.placement.table.as_ref() } {
-        header.lookup_done(crate::health_probe::monotonic_ms() + conf.routing.next_lookup_ms);
+        header.lookup_done(crate::clock::monotonic_ms() + conf.routing.next_lookup_ms);
     }
 }
 
@@ -370,6 +370,7 @@ fn apply(
                     label: label_for(&conf.labels, &name.name_port(), server),
                     origin: PeerOrigin::Resolved,
                     source,
+                    at_ms: crate::clock::unix_ms(),
                 };
                 guard.add_peer(slot, &addition, order, epoch);
                 order += 1;

@@ -52,11 +52,11 @@ unsafe extern "C" fn on_tick(event: *mut ngx_event_t) {
             // touched only by this (single-threaded) worker.
             let uscf = unsafe { &mut *uscf };
             if let Some(conf) = Module::server_conf_mut(uscf) {
-                crate::resolver::tick(conf, main, cycle.log, crate::health_probe::monotonic_ms());
+                crate::resolver::tick(conf, main, cycle.log, crate::clock::monotonic_ms());
                 crate::upstream_hook::follow_if_changed(conf, main, uscf, cycle.log);
             }
         }
-        crate::shm::housekeeping(main, crate::health_probe::monotonic_ms());
+        crate::shm::housekeeping(main, crate::clock::monotonic_ms());
     }
     // SAFETY: as in `start`.
     unsafe { ngx::ffi::ngx_add_timer(event, TICK_MS) };

@@ -148,6 +148,13 @@ pub struct Peer {
     /// A `server` line, or added through the API.
     #[serde(default)]
     pub origin: PeerOrigin,
+    /// When this instance of the peer joined the upstream, in milliseconds since the Unix
+    /// epoch. A replica is not its address: an address removed and back (a container
+    /// recreated with the same IP, a peer deleted and added again, a name that dropped it and
+    /// resolves to it again) is a new instance, with a later `joined_ms`, its health unchecked
+    /// and its counters from zero. 0 from a module older than this field.
+    #[serde(default)]
+    pub joined_ms: u64,
     /// The weight the config gives it; `weight` differs once changed at run time.
     pub config_weight: u32,
     /// Requests sent to this peer (every attempt, retries included).

@@ -128,7 +128,13 @@ pub unsafe fn commit(zone: Zone, main: &MainConf, log: *mut ngx_log_t) {
                 root.next_members_epoch()
             };
             let checks = check_mode(conf);
-            let notes = guard.commit(checks, &conf.placement.configs, &removed, epoch);
+            let notes = guard.commit(
+                checks,
+                &conf.placement.configs,
+                &removed,
+                epoch,
+                crate::clock::unix_ms(),
+            );
             if checks == CheckMode::Off {
                 // Nothing probes them any more: an unhealthy peer would stay out for good.
                 let current: Vec<&PeerSlot> =
@@ -152,7 +158,12 @@ pub unsafe fn commit(zone: Zone, main: &MainConf, log: *mut ngx_log_t) {
             if !conf.placement.runtime.is_empty() {
                 let epoch = root.next_members_epoch();
                 let first_order = conf.placement.configs.len() as u32;
-                guard.keep_runtime_peers(&conf.placement.runtime, first_order, epoch);
+                guard.keep_runtime_peers(
+                    &conf.placement.runtime,
+                    first_order,
+                    epoch,
+                    crate::clock::unix_ms(),
+                );
             }
             drop(guard);
             log_notes(log, name, "the running state", &notes);

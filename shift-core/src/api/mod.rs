@@ -64,6 +64,8 @@ pub struct ApiRequest<'a> {
     pub args: &'a str,
     pub body: &'a [u8],
     pub caller: Caller,
+    /// When it came (Unix ms): the `joined_ms` of a peer it adds.
+    pub received_ms: u64,
 }
 
 /// What the API works on: the current upstreams, the writer's identity, the zone's usage for
@@ -230,13 +232,7 @@ fn respond(request: &ApiRequest, context: &mut ApiContext) -> Respond {
     let endpoint = &data.endpoint();
     match (method, resource) {
         ("PATCH", _) => patch::patch(endpoint, request.body, request.args, context.writer),
-        ("POST", _) => peers::add(
-            endpoint,
-            request.body,
-            request.args,
-            context.writer,
-            context.membership,
-        ),
+        ("POST", _) => peers::add(endpoint, request, context.writer, context.membership),
         ("DELETE", Resource::Peer(_, server)) => peers::remove(
             endpoint,
             server,

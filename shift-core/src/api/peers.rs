@@ -12,7 +12,8 @@ use shift_wire::{
 
 use super::query::Query;
 use super::{
-    expect_generation, ok, too_large, unknown_peer, Endpoint, Failure, PendingSave, Respond, Writer,
+    expect_generation, ok, too_large, unknown_peer, ApiRequest, Endpoint, Failure, PendingSave,
+    Respond, Writer,
 };
 use crate::table::{Addition, Label, PeerSlot, Table, TableHeader};
 
@@ -29,7 +30,7 @@ pub trait Membership {
     /// A slot for `server` in `table`, with a position in every live configuration load that
     /// routes to the table (a load without a free one grows); not current yet (nobody routes to
     /// it). A slot the table still holds for the address (a peer removed, its requests not all
-    /// ended) is reused.
+    /// ended) is reused, for a new instance of the peer (`WriteGuard::add_peer`).
     fn place(&mut self, table: &TableHeader, server: &str)
         -> Result<&'static PeerSlot, PlaceError>;
     /// A new membership epoch, for a change about to be made.
@@ -38,15 +39,16 @@ pub trait Membership {
 
 pub(super) fn add(
     endpoint: &Endpoint,
-    body: &[u8],
-    args: &str,
+    request: &ApiRequest,
     writer: &Writer,
     membership: &mut dyn Membership,
 ) -> Respond {
+    let (body, args) = (request.body, request.args);
     if body.len() > MAX_BODY_BYTES {
         return Err(too_large());
     }
     let full = Query::parse(args, "POST", false)?.full;
+    let received_ms = request.received_ms;
     let request: NewPeer = serde_json::from_slice(body)
         .map_err(|err| Failure::new(400, "bad_request", format!("invalid peer: {err}")))?;
     let server = canonical_address(&request.server)?;
@@ -86,7 +88,12 @@ pub(super) fn add(
         .max()
         .unwrap_or(0);
     let epoch = membership.next_epoch();
-    guard.add_peer(slot, &Addition::api(weight, state, label), order, epoch);
+    guard.add_peer(
+        slot,
+        &Addition::api(weight, state, label, received_ms),
+        order,
+        epoch,
+    );
     drop(guard);
     let mut now: Vec<&PeerSlot> = table.peers().to_vec();
     now.push(slot);
@@ -188,7 +195,7 @@ mod tests {
     use super::super::test_support::HeapMembership;
     use super::super::tests::{call_with, WRITER};
     use super::super::{Caller, Reply};
-    use crate::table::test_support::OwnedTable;
+    use crate::table::test_support::{OwnedTable, NOW_MS};
     use crate::table::{Addition, Label};
 
     fn app() -> OwnedTable {
@@ -345,7 +352,7 @@ mod tests {
         let table = owned.view();
         table.lock(1, |_| true).unwrap().add_peer(
             owned.peers[1],
-            &Addition::api(1, PeerState::Up, Label::NONE),
+            &Addition::api(1, PeerState::Up, Label::NONE, NOW_MS),
             1,
             1,
         );

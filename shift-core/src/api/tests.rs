@@ -35,6 +35,7 @@ pub(crate) fn call_with(
             args,
             body: body.as_bytes(),
             caller,
+            received_ms: crate::table::test_support::NOW_MS,
         },
         &mut ApiContext {
             upstreams: &upstreams,

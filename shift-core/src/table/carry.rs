@@ -8,6 +8,7 @@ use shift_wire::{Health, Histogram, PeerOrigin, PeerState};
 use super::label::Label;
 use super::layout::{config_state, encode_health, encode_state, PeerConfig, PeerSlot};
 use super::lock::{WriteGuard, MAX_GENERATION};
+use super::membership::note_first_join;
 use super::{CheckMode, Table};
 
 impl WriteGuard<'_> {
@@ -18,13 +19,15 @@ impl WriteGuard<'_> {
     /// The configuration owns its lines: a peer added at run time (through the API or a name)
     /// that is now a line becomes a config peer. Current peers of the table that the
     /// configuration no longer has are in `removed`: they are removed at membership `epoch`,
-    /// as the API removes a peer. One new generation when anything visible changed. Returns what changed, for the log.
+    /// as the API removes a peer. A peer current for the first time joins at `at_ms`. One new
+    /// generation when anything visible changed. Returns what changed, for the log.
     pub fn commit(
         &self,
         checks: CheckMode,
         configs: &[PeerConfig],
         removed: &[&PeerSlot],
         epoch: u64,
+        at_ms: u64,
     ) -> Vec<CarryNote> {
         let mut notes = Vec::new();
         let header = self.table.header;
@@ -66,6 +69,7 @@ impl WriteGuard<'_> {
                 peer.set_origin(PeerOrigin::Config);
                 peer.source.store(0, Ordering::Relaxed);
                 peer.removed_epoch.store(0, Ordering::Release);
+                note_first_join(peer, at_ms);
                 peer.set_current(true, order as u32);
             }
             for peer in removed {
@@ -161,8 +165,10 @@ pub struct CarriedPeer {
     pub origin: PeerOrigin,
 }
 
+/// A replaced zone's counters, and the instance of the peer they belong to (its `joined_ms`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CarriedCounters {
+    pub joined_ms: u64,
     pub requests: u64,
     pub failures: u64,
     pub responses: [u64; 5],
@@ -173,6 +179,7 @@ pub struct CarriedCounters {
 impl CarriedCounters {
     fn of(peer: &PeerSlot) -> CarriedCounters {
         CarriedCounters {
+            joined_ms: peer.joined_ms(),
             requests: peer.requests.load(Ordering::Relaxed),
             failures: peer.failures.load(Ordering::Relaxed),
             responses: std::array::from_fn(|class| peer.responses[class].load(Ordering::Relaxed)),
@@ -182,6 +189,7 @@ impl CarriedCounters {
     }
 
     fn store_into(&self, peer: &PeerSlot) {
+        peer.joined_ms.store(self.joined_ms, Ordering::Relaxed);
         peer.requests.store(self.requests, Ordering::Relaxed);
         peer.failures.store(self.failures, Ordering::Relaxed);
         for (slot, value) in peer.responses.iter().zip(self.responses) {
@@ -228,8 +236,8 @@ mod tests {
     use shift_wire::PeerState;
 
     use super::*;
-    use crate::table::test_support::{config, route, routes, OwnedTable};
-    use crate::table::{Label, PeerChange};
+    use crate::table::test_support::{config, route, routes, OwnedTable, NOW_MS};
+    use crate::table::{Label, PeerChange, TableHeader};
 
     #[test]
     fn config_down_peers_start_as_standby() {
@@ -350,6 +358,7 @@ mod tests {
             &[a.clone(), b.clone()],
             &[],
             1,
+            NOW_MS,
         );
         assert_eq!(table.generation(), 2);
         assert_eq!(
@@ -375,6 +384,7 @@ mod tests {
             &[a.clone(), b_heavier],
             &[],
             1,
+            NOW_MS,
         );
         assert!(notes.contains(&CarryNote::ConfigChanged {
             server: "b:1".into()
@@ -409,7 +419,7 @@ mod tests {
         table
             .lock(1, |_| true)
             .unwrap()
-            .commit(CheckMode::Off, &[labelled(blue)], &[], 1);
+            .commit(CheckMode::Off, &[labelled(blue)], &[], 1, NOW_MS);
         assert_eq!(label_now().as_deref(), Some("v2"));
         // A changed `shift_label` takes its label; the line is the same, so the weight stays.
         let green = Label::parse("green").unwrap();
@@ -417,7 +427,7 @@ mod tests {
         table
             .lock(1, |_| true)
             .unwrap()
-            .commit(CheckMode::Off, &[labelled(green)], &[], 1);
+            .commit(CheckMode::Off, &[labelled(green)], &[], 1, NOW_MS);
         let wire = table.to_wire(&[]);
         assert_eq!(
             (wire.peers[0].label.as_deref(), wire.peers[0].weight),
@@ -450,9 +460,33 @@ mod tests {
         table
             .lock(1, |_| true)
             .unwrap()
-            .commit(CheckMode::Mandatory, &[a], &[slot_b], 1);
+            .commit(CheckMode::Mandatory, &[a], &[slot_b], 1, NOW_MS);
         assert!(slot_a.is_current() && !slot_b.is_current());
         assert_eq!(table.generation(), 2, "a peer left");
         assert_eq!(owned.header.checks(), CheckMode::Mandatory);
+    }
+
+    #[test]
+    fn a_peer_joins_at_its_first_commit_and_a_replaced_zone_hands_its_instance_on() {
+        let a = config("a:1", 1, false);
+        let old = OwnedTable::with_checks("app", std::slice::from_ref(&a), CheckMode::Off);
+        assert_eq!(old.peers[0].joined_ms(), NOW_MS);
+        // A later commit of the same line: the same instance.
+        old.view()
+            .lock(1, |_| true)
+            .unwrap()
+            .commit(CheckMode::Off, std::slice::from_ref(&a), &[], 1, NOW_MS + 10);
+        assert_eq!(old.peers[0].joined_ms(), NOW_MS);
+
+        // A resized zone's new table: carried over first, then committed, as on a reload.
+        let header: &'static TableHeader =
+            Box::leak(Box::new(TableHeader::new("app", CheckMode::Off).unwrap()));
+        let fresh = [crate::table::test_support::leaked_slot("a:1")];
+        let new = Table::new(header, &fresh);
+        let guard = new.lock(1, |_| true).unwrap();
+        guard.carry_over(&old.view().carried(), old.view().generation());
+        guard.commit(CheckMode::Off, &[a], &[], 1, NOW_MS + 20);
+        drop(guard);
+        assert_eq!(fresh[0].joined_ms(), NOW_MS, "the same instance in the new zone");
     }
 }

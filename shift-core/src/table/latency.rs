@@ -43,6 +43,14 @@ impl LatencyCell {
         }
         self.sum_ms.store(histogram.sum_ms, Ordering::Relaxed);
     }
+
+    /// Back to no times at all: for a new instance of the peer.
+    pub fn clear(&self) {
+        for cell in &self.counts {
+            cell.store(0, Ordering::Relaxed);
+        }
+        self.sum_ms.store(0, Ordering::Relaxed);
+    }
 }
 
 impl Default for LatencyCell {

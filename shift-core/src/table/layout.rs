@@ -229,6 +229,10 @@ pub struct PeerSlot {
     /// The membership epoch when it was placed in the zone: no peer list older than that holds
     /// it.
     pub(crate) added_epoch: AtomicU64,
+    /// When this instance of the peer joined the upstream (Unix ms, 0 before it first became
+    /// current): an address that leaves and comes back is another instance, with a later one
+    /// (see `table::membership`).
+    pub(crate) joined_ms: AtomicU64,
     /// The name a resolved peer came from (`resolve::source_id`), 0 for other peers.
     pub(crate) source: AtomicU64,
     /// The label the config gives it, and the one it has now (the API may have changed it).
@@ -267,6 +271,7 @@ impl PeerSlot {
             origin: AtomicU8::new(0),
             removed_epoch: AtomicU64::new(0),
             added_epoch: AtomicU64::new(0),
+            joined_ms: AtomicU64::new(0),
             source: AtomicU64::new(0),
             config_label: LabelCell::new(config.label),
             label: LabelCell::new(config.label),
@@ -347,6 +352,11 @@ impl PeerSlot {
 
     pub fn order(&self) -> u32 {
         self.order.load(Ordering::Relaxed)
+    }
+
+    /// When this instance of the peer joined (Unix ms); 0 before it first became current.
+    pub fn joined_ms(&self) -> u64 {
+        self.joined_ms.load(Ordering::Relaxed)
     }
 
     pub fn server(&self) -> &str {
@@ -444,6 +454,7 @@ impl PeerSlot {
             ),
             backup: self.backup.load(Ordering::Relaxed),
             origin: self.origin(),
+            joined_ms: self.joined_ms(),
             config_weight: self.config_weight.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),

@@ -3,13 +3,20 @@
 //! change visible as one new generation, and stamp the table with the zone's membership epoch
 //! so that each worker builds its round-robin peer list again on its next request. A removed
 //! peer takes no new requests from then on; its slot stays until no worker's list holds it.
+//!
+//! A replica is not its address: Docker gives a new container the address of one just
+//! removed. A peer that becomes current again after it was removed (its slot kept for the
+//! lists that still hold it) is a new instance: a later `joined_ms`, health unchecked (no
+//! traffic on the old instance's checks), counters and latencies from zero. Requests the old
+//! instance still had in flight finish into the new one's counters; a drain before removal
+//! leaves none.
 
 use std::sync::atomic::Ordering;
 
-use shift_wire::{PeerOrigin, PeerState};
+use shift_wire::{Health, PeerOrigin, PeerState};
 
 use super::label::Label;
-use super::layout::{encode_state, PeerConfig, PeerSlot};
+use super::layout::{encode_health, encode_state, PeerConfig, PeerSlot};
 use super::lock::WriteGuard;
 
 /// What a peer added at run time starts with.
@@ -21,26 +28,69 @@ pub struct Addition {
     /// Through the API, or resolved from a name (whose id is `source`, 0 otherwise).
     pub origin: PeerOrigin,
     pub source: u64,
+    /// When it is added (Unix ms): the new instance's `joined_ms`.
+    pub at_ms: u64,
 }
 
 impl Addition {
-    /// A peer the API adds.
-    pub fn api(weight: u32, state: PeerState, label: Label) -> Addition {
+    /// A peer the API adds at `at_ms`.
+    pub fn api(weight: u32, state: PeerState, label: Label, at_ms: u64) -> Addition {
         Addition {
             weight,
             state,
             label,
             origin: PeerOrigin::Api,
             source: 0,
+            at_ms,
         }
+    }
+}
+
+/// Makes `slot`, which is not current, a new instance of its address joining at `at_ms`: its
+/// `joined_ms` later than any instance before it in this slot, health unchecked and checked at
+/// once, every counter from zero. Called inside a write section.
+fn start_instance(slot: &PeerSlot, at_ms: u64) {
+    let previous = slot.joined_ms();
+    let joined = if previous == 0 {
+        at_ms.max(1)
+    } else {
+        at_ms.max(previous + 1)
+    };
+    slot.joined_ms.store(joined, Ordering::Relaxed);
+    slot.health
+        .store(encode_health(Health::Unchecked), Ordering::Relaxed);
+    slot.next_check_ms.store(0, Ordering::Relaxed);
+    slot.check_fails.store(0, Ordering::Relaxed);
+    slot.check_passes.store(0, Ordering::Relaxed);
+    slot.last_check_ms.store(0, Ordering::Relaxed);
+    slot.last_error.store(0, Ordering::Relaxed);
+    slot.requests.store(0, Ordering::Relaxed);
+    slot.failures.store(0, Ordering::Relaxed);
+    for class in &slot.responses {
+        class.store(0, Ordering::Relaxed);
+    }
+    slot.response_time.clear();
+    slot.header_time.clear();
+}
+
+/// A slot becoming current at `at_ms` that never was before (a new `server` line, a run-time
+/// peer placed again by a restart) takes that as its `joined_ms`; one that was current before
+/// keeps its own (a carried instance, or a run-time peer that became a line).
+pub(crate) fn note_first_join(slot: &PeerSlot, at_ms: u64) {
+    if slot.joined_ms() == 0 {
+        slot.joined_ms.store(at_ms.max(1), Ordering::Relaxed);
     }
 }
 
 impl WriteGuard<'_> {
     /// Makes `slot`, placed for this table, a current peer added at run time, at `order` in the
-    /// listing, as `addition` says, at membership `epoch`. One new generation, which it returns.
+    /// listing, as `addition` says, at membership `epoch`: a new instance unless it is current
+    /// already. One new generation, which it returns.
     pub fn add_peer(&self, slot: &PeerSlot, addition: &Addition, order: u32, epoch: u64) -> u64 {
         self.write_section(|_| {
+            if !slot.is_current() {
+                start_instance(slot, addition.at_ms);
+            }
             slot.set_config(&PeerConfig {
                 server: slot.server().to_string(),
                 weight: addition.weight,
@@ -74,12 +124,20 @@ impl WriteGuard<'_> {
 
     /// Keeps the run-time peers `slots` current after a configuration's commit, listed after
     /// its `first_order` config peers, and marks the table's membership at `epoch` when their
-    /// set changed (a state file or a replaced zone brought them back).
-    pub fn keep_runtime_peers(&self, slots: &[&PeerSlot], first_order: u32, epoch: u64) {
+    /// set changed (a state file or a replaced zone brought them back); one that never was
+    /// current joins at `at_ms`.
+    pub fn keep_runtime_peers(
+        &self,
+        slots: &[&PeerSlot],
+        first_order: u32,
+        epoch: u64,
+        at_ms: u64,
+    ) {
         self.write_section(|_| {
             let mut changed = false;
             for (offset, slot) in slots.iter().enumerate() {
                 changed |= !slot.is_current();
+                note_first_join(slot, at_ms);
                 if slot.origin() == PeerOrigin::Config {
                     slot.set_origin(PeerOrigin::Api);
                 }
@@ -96,10 +154,10 @@ impl WriteGuard<'_> {
 #[cfg(test)]
 mod tests {
     use crate::table::test_support::leaked_slot as slot;
-    use shift_wire::{PeerOrigin, PeerState};
+    use shift_wire::{Health, PeerOrigin, PeerState};
 
     use super::Addition;
-    use crate::table::test_support::OwnedTable;
+    use crate::table::test_support::{OwnedTable, NOW_MS};
     use crate::table::{Label, Table};
 
     #[test]
@@ -110,7 +168,7 @@ mod tests {
         let added = slot("127.0.0.1:2");
         let generation = table.lock(1, |_| true).unwrap().add_peer(
             added,
-            &Addition::api(5, PeerState::Drain, Label::NONE),
+            &Addition::api(5, PeerState::Drain, Label::NONE, NOW_MS),
             1,
             7,
         );
@@ -134,7 +192,7 @@ mod tests {
         let table = owned.view();
         let added = slot("127.0.0.1:2");
         let guard = table.lock(1, |_| true).unwrap();
-        guard.add_peer(added, &Addition::api(1, PeerState::Up, Label::NONE), 1, 3);
+        guard.add_peer(added, &Addition::api(1, PeerState::Up, Label::NONE, NOW_MS), 1, 3);
         let generation = guard.remove_peer(added, 4);
         drop(guard);
         assert_eq!(generation, table.generation());
@@ -144,12 +202,61 @@ mod tests {
         // Added again before its slot went: current once more, no longer marked removed.
         table.lock(1, |_| true).unwrap().add_peer(
             added,
-            &Addition::api(2, PeerState::Up, Label::NONE),
+            &Addition::api(2, PeerState::Up, Label::NONE, NOW_MS),
             1,
             5,
         );
         assert!(added.is_current());
         assert_eq!(added.removed_epoch(), 0);
+    }
+
+    #[test]
+    fn an_address_added_again_after_its_removal_is_a_new_instance() {
+        let owned = OwnedTable::new("app", &[("127.0.0.1:1", 1, false)]);
+        let table = owned.view();
+        let added = slot("127.0.0.1:2");
+        let peers = [owned.peers[0], added];
+        let table_with = Table::new(owned.header, &peers);
+        let up = |at_ms| Addition::api(3, PeerState::Up, Label::NONE, at_ms);
+        table.lock(1, |_| true).unwrap().add_peer(added, &up(NOW_MS), 1, 3);
+        assert_eq!(added.joined_ms(), NOW_MS);
+        // Its first instance takes traffic and passes checks.
+        added.record_request();
+        added.record_finish(true, Some(502));
+        added.record_times(40, Some(10));
+        table_with
+            .record_check(1, Ok(()), 1, 1, NOW_MS + 5, 1, |_| true)
+            .unwrap();
+        table_with.claim_check(1, 1_000, 5_000);
+        let first = table_with.to_wire(&[]).peers[1].clone();
+        assert_eq!((first.requests, first.health), (1, Health::Healthy));
+
+        // Removed, then the address comes back within the same millisecond (the slot is still
+        // held by a worker's list): another instance, with nothing of the first one's.
+        let guard = table.lock(1, |_| true).unwrap();
+        guard.remove_peer(added, 4);
+        guard.add_peer(added, &up(NOW_MS), 1, 5);
+        drop(guard);
+        let second = table_with.to_wire(&[]).peers[1].clone();
+        assert_eq!(second.joined_ms, NOW_MS + 1, "later than the first instance");
+        assert_eq!(second.health, Health::Unchecked);
+        assert_eq!((second.requests, second.failures), (0, 0));
+        assert_eq!(second.responses.server_error, 0);
+        assert!(second.response_time.counts.iter().all(|&count| count == 0));
+        assert_eq!(second.header_time.sum_ms, 0);
+        assert!(
+            table_with.claim_check(1, 1_001, 5_000),
+            "checked at once, not at the first instance's next time"
+        );
+
+        // An add of a current peer (the API answers 409 instead, a lookup skips it) keeps the
+        // instance.
+        let guard = table.lock(1, |_| true).unwrap();
+        added.record_request();
+        guard.add_peer(added, &up(NOW_MS + 60_000), 1, 6);
+        drop(guard);
+        let same = table_with.to_wire(&[]).peers[1].clone();
+        assert_eq!((same.joined_ms, same.requests), (NOW_MS + 1, 1));
     }
 
     #[test]
@@ -164,7 +271,7 @@ mod tests {
         table
             .lock(1, |_| true)
             .unwrap()
-            .keep_runtime_peers(&[restored], 2, 9);
+            .keep_runtime_peers(&[restored], 2, 9, NOW_MS);
         assert!(restored.is_current());
         assert_eq!(restored.order(), 2);
         assert_eq!(table.header().members(), 9);
@@ -172,7 +279,7 @@ mod tests {
         table
             .lock(1, |_| true)
             .unwrap()
-            .keep_runtime_peers(&[restored], 2, 10);
+            .keep_runtime_peers(&[restored], 2, 10, NOW_MS);
         assert_eq!(table.header().members(), 9);
         assert_ne!(members, 9);
     }

@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// The Unix time tests change things at (a November 2023 millisecond).
+pub(crate) const NOW_MS: u64 = 1_700_000_000_000;
+
 /// A table in ordinary memory (leaked, as the zone would hold it for the process's life).
 pub(crate) struct OwnedTable {
     pub(crate) header: &'static TableHeader,
@@ -50,7 +53,7 @@ impl OwnedTable {
             .view()
             .lock(1, |_| true)
             .unwrap()
-            .commit(checks, configs, &[], 1);
+            .commit(checks, configs, &[], 1, NOW_MS);
         owned
     }
 
