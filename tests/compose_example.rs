@@ -137,7 +137,8 @@ fn example_plan(sides: &HookedBackends, ports: (u16, u16)) -> std::path::PathBuf
         .replace("docker compose stop backend_green", &sides.stop_hook())
         .replace("127.0.0.1:8000", &format!("127.0.0.1:{blue}"))
         .replace("127.0.0.1:8001", &format!("127.0.0.1:{green}"))
-        .replace("interval = \"30s\"", "interval = \"1s\"");
+        .replace("interval = \"30s\"", "interval = \"1s\"")
+        .replace("health_timeout = \"120s\"", "health_timeout = \"20s\"");
     let plan_path = sides.dir().join("deploy.toml");
     fs::write(&plan_path, plan).unwrap();
     plan_path
@@ -274,6 +275,37 @@ fn scaled(file: &str) -> String {
 
 #[test]
 fn the_scaled_example_rolls_its_replicas_with_local_processes_and_dnsmasq() {
+    roll_the_scaled_example(
+        Addresses::New,
+        "start 127.0.0.5\nstop 127.0.0.2\nstart 127.0.0.6\nstop 127.0.0.3\nstart 127.0.0.7\nstop 127.0.0.4\n",
+        &[5, 6, 7],
+    );
+}
+
+/// As Docker does: each new replica gets the address of the one removed just before it, so
+/// from the second step on the new replica is a known address that came back.
+#[test]
+fn the_scaled_example_rolls_replicas_that_take_removed_ones_addresses() {
+    roll_the_scaled_example(
+        Addresses::Reused,
+        "start 127.0.0.5\nstop 127.0.0.2\nstart 127.0.0.2\nstop 127.0.0.3\nstart 127.0.0.3\nstop 127.0.0.4\n",
+        &[5, 2, 3],
+    );
+}
+
+/// Where the stand-in for Compose puts a new replica.
+#[derive(PartialEq)]
+enum Addresses {
+    /// The next address never used.
+    New,
+    /// The address a removed replica had, when there is one.
+    Reused,
+}
+
+/// The scaled example's plan rolled over three replicas 127.0.0.2–4 with local processes and
+/// dnsmasq, the replicas placed as `addresses` says; `log` is what the hooks did, `ending` the
+/// replicas serving at the end.
+fn roll_the_scaled_example(addresses: Addresses, log: &str, ending: &[u8]) {
     let compose: serde_yaml::Value = serde_yaml::from_str(&scaled("docker-compose.yml")).unwrap();
     assert_eq!(
         compose["services"]["backend"]["environment"]["PORT"].as_str(),
@@ -298,15 +330,26 @@ fn the_scaled_example_rolls_its_replicas_with_local_processes_and_dnsmasq() {
     let dns = Dnsmasq::start(&[]);
     fs::write(dir.path().join("next"), "2").unwrap();
     let (d, hosts, dns_pid) = (dir.path().display(), dns.hosts_path().display(), dns.pid());
+    fs::write(dir.path().join("free"), "").unwrap();
+    let pick = match addresses {
+        Addresses::New => format!("n=$(cat {d}/next); echo $((n + 1)) > {d}/next"),
+        Addresses::Reused => format!(
+            "n=$(head -n 1 {d}/free); sed -i 1d {d}/free; \
+             if [ -z \"$n\" ]; then n=$(cat {d}/next); echo $((n + 1)) > {d}/next; fi"
+        ),
+    };
     let start = format!(
-        "n=$(cat {d}/next); echo $((n + 1)) > {d}/next; \
+        "{pick}; \
          {backend} v$n 127.0.0.$n:{port} >/dev/null 2>&1 & echo $! > {d}/127.0.0.$n:{port}.pid; \
          echo \"127.0.0.$n backend\" >> {hosts}; kill -HUP {dns_pid}; echo start 127.0.0.$n >> {d}/log",
         backend = harness::backend_binary().display()
     );
+    // The replica is gone, its address free, when the hook returns (as `docker rm -f`).
     let stop = format!(
         "ip=${{SHIFT_SERVER%:*}}; sed -i \"/^$ip /d\" {hosts}; kill -HUP {dns_pid}; \
-         kill $(cat {d}/$SHIFT_SERVER.pid); echo stop $ip >> {d}/log"
+         pid=$(cat {d}/$SHIFT_SERVER.pid); kill $pid; \
+         while kill -0 $pid 2>/dev/null; do sleep 0.05; done; \
+         echo ${{ip##*.}} >> {d}/free; echo stop $ip >> {d}/log"
     );
     for _ in 0..3 {
         assert!(std::process::Command::new("sh")
@@ -362,7 +405,8 @@ fn the_scaled_example_rolls_its_replicas_with_local_processes_and_dnsmasq() {
     let plan = scaled("deploy.toml")
         .replace("\"./start-replica.sh\"", &format!("'{start}'"))
         .replace("\"./stop-replica.sh\"", &format!("'{stop}'"))
-        .replace("interval = \"30s\"", "interval = \"1s\"");
+        .replace("interval = \"30s\"", "interval = \"1s\"")
+        .replace("health_timeout = \"120s\"", "health_timeout = \"20s\"");
     let plan_path = dir.path().join("deploy.toml");
     fs::write(&plan_path, plan).unwrap();
     let traffic = Traffic::start(http, 1);
@@ -381,12 +425,9 @@ fn the_scaled_example_rolls_its_replicas_with_local_processes_and_dnsmasq() {
         failed.is_empty(),
         "failed requests during the rolling deploy: {failed:?}"
     );
-    assert_eq!(
-        fs::read_to_string(dir.path().join("log")).unwrap(),
-        "start 127.0.0.5\nstop 127.0.0.2\nstart 127.0.0.6\nstop 127.0.0.3\nstart 127.0.0.7\nstop 127.0.0.4\n"
-    );
+    assert_eq!(fs::read_to_string(dir.path().join("log")).unwrap(), log);
     assert!(
-        wait_until(Duration::from_secs(10), || taking() == replicas(&[5, 6, 7])).is_some(),
+        wait_until(Duration::from_secs(10), || taking() == replicas(ending)).is_some(),
         "the new replicas take the traffic: {:?}",
         admin.upstream("backend")
     );

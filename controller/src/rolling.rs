@@ -4,6 +4,11 @@
 //! `interval`, then drain the old one, remove it and stop it (hook). A failed check, error
 //! rate, hook or interruption stops the roll: that step's new replica is taken out and
 //! stopped, the old one keeps serving, and replicas replaced before stay replaced.
+//!
+//! A replica is not its address: Docker gives a new container the address of one it just
+//! removed. A peer is known by its address and when it joined (`joined_ms`), and a resolved
+//! replica that was stopped must have left the name's answers before the next one starts, so
+//! that a new container at its address comes back as a new peer the roll can see.
 
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -32,11 +37,7 @@ pub async fn rolling(ctx: &Ctx, plan: &DeployPlan, rolling: &Rolling) -> Result<
             "upstream \"{upstream}\" has no replica taking traffic to replace"
         )));
     }
-    let mut known: BTreeSet<String> = before[0]
-        .peers
-        .iter()
-        .map(|peer| peer.server.clone())
-        .collect();
+    let mut known: BTreeSet<Instance> = before[0].peers.iter().map(instance).collect();
     for (number, replica) in old.iter().enumerate() {
         let step = format!("replica {}/{} ({})", number + 1, old.len(), replica.server);
         ctx.progress
@@ -45,6 +46,7 @@ pub async fn rolling(ctx: &Ctx, plan: &DeployPlan, rolling: &Rolling) -> Result<
             .await
             .map_err(|why| stopped(&step, number, &why))?;
         known.insert(new.clone());
+        let (new, _) = new;
         if let Err(why) = bring_in(ctx, plan, replica, &new).await {
             take_out(ctx, plan, rolling, &new).await;
             return Err(stopped(&step, number, &format!("{new} {why}")));
@@ -72,15 +74,22 @@ fn stopped(step: &str, replaced: usize, why: &str) -> Failure {
     ))
 }
 
+/// A peer instance as the first Nginx lists it: its address and when it joined.
+type Instance = (String, u64);
+
+fn instance(peer: &Peer) -> Instance {
+    (peer.server.clone(), peer.joined_ms)
+}
+
 /// Runs the start hook and finds the new replica: the address it wrote, added as standby, or
-/// a peer that appeared meanwhile.
+/// a peer that appeared meanwhile (a new instance: at a new address, or at a known one again).
 async fn start_replica(
     ctx: &Ctx,
     plan: &DeployPlan,
     rolling: &Rolling,
     replacing: &Peer,
-    known: &BTreeSet<String>,
-) -> Result<String, String> {
+    known: &BTreeSet<Instance>,
+) -> Result<Instance, String> {
     let file = tempfile::NamedTempFile::new_in(&ctx.state_dir)
         .or_else(|_| tempfile::NamedTempFile::new())
         .map_err(|err| format!("cannot create the address file: {err}"))?;
@@ -98,11 +107,12 @@ async fn start_replica(
     }
     let server =
         commands::parse_server(written).map_err(|failure| format!("{:#}", failure.error))?;
-    let present = ctx
+    let mut states = ctx
         .fleet
         .read(&plan.upstream)
         .await
-        .map_err(|err| err.to_string())?
+        .map_err(|err| err.to_string())?;
+    let present = states
         .iter()
         .all(|state| plan::find_peer(state, &server).is_ok());
     if !present {
@@ -114,21 +124,23 @@ async fn start_replica(
             label: replacing.label.clone(),
             expect_generation: None,
         };
-        ctx.fleet
+        states = ctx
+            .fleet
             .add_peer(&plan.upstream, &peer)
             .await
             .map_err(|err| err.to_string())?;
         ctx.progress.event(&format!("added {server} as standby"));
     }
-    Ok(server)
+    let joined = plan::find_peer(&states[0], &server).map_or(0, |peer| peer.joined_ms);
+    Ok((server, joined))
 }
 
-/// Waits for a peer that was not there before to appear in every Nginx.
+/// Waits for a peer instance that was not there before to appear in every Nginx.
 async fn appeared(
     ctx: &Ctx,
     plan: &DeployPlan,
-    known: &BTreeSet<String>,
-) -> Result<String, String> {
+    known: &BTreeSet<Instance>,
+) -> Result<Instance, String> {
     let deadline = Instant::now() + plan.health_timeout;
     loop {
         let states = ctx
@@ -139,9 +151,9 @@ async fn appeared(
         let new = states[0]
             .peers
             .iter()
-            .map(|peer| peer.server.clone())
-            .find(|server| !known.contains(server))
-            .filter(|server| {
+            .map(instance)
+            .find(|new| !known.contains(new))
+            .filter(|(server, _)| {
                 states
                     .iter()
                     .all(|state| plan::find_peer(state, server).is_ok())
@@ -234,7 +246,7 @@ async fn take_out(ctx: &Ctx, plan: &DeployPlan, rolling: &Rolling, new: &str) {
 }
 
 /// Drains an old replica, waits for its requests, removes it (a `server` line stays, drained)
-/// and stops it.
+/// and stops it. A resolved replica then waits to leave its name's answers in every Nginx.
 async fn retire(ctx: &Ctx, plan: &DeployPlan, rolling: &Rolling, old: &Peer) -> Result<(), String> {
     let upstream = plan.upstream.as_str();
     commands::set_state(
@@ -253,13 +265,62 @@ async fn retire(ctx: &Ctx, plan: &DeployPlan, rolling: &Rolling, old: &Peer) -> 
             .map_err(|err| err.to_string())?;
     }
     if let Some(stop) = &rolling.stop {
+        // Each Nginx's own instance of the replica (they joined at different times).
+        let stopping: Vec<Option<u64>> = ctx
+            .fleet
+            .read(upstream)
+            .await
+            .map_err(|err| err.to_string())?
+            .iter()
+            .map(|state| joined(state, &old.server))
+            .collect();
         let env = [
             ("SHIFT_UPSTREAM", upstream),
             ("SHIFT_SERVER", old.server.as_str()),
         ];
         run_hook(ctx, plan, "stop", stop, &env).await?;
+        if old.origin == PeerOrigin::Resolved {
+            left_the_name(ctx, plan, &old.server, &stopping).await?;
+        }
     }
     Ok(())
+}
+
+fn joined(state: &shift_wire::Upstream, server: &str) -> Option<u64> {
+    plan::find_peer(state, server).ok().map(|peer| peer.joined_ms)
+}
+
+/// Waits until no Nginx lists the instance of `server` it had before the stop hook: the next
+/// replica may get the same address, and only a peer that left and came back is a new one.
+async fn left_the_name(
+    ctx: &Ctx,
+    plan: &DeployPlan,
+    server: &str,
+    stopping: &[Option<u64>],
+) -> Result<(), String> {
+    let deadline = Instant::now() + plan.health_timeout;
+    loop {
+        let states = ctx
+            .fleet
+            .read(&plan.upstream)
+            .await
+            .map_err(|err| err.to_string())?;
+        let gone = states
+            .iter()
+            .zip(stopping)
+            .all(|(state, before)| before.is_none() || joined(state, server) != *before);
+        if gone {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{server} was still in its name's answers {:?} after the stop hook; the stop \
+                 hook must stop the replica at $SHIFT_SERVER (Docker then drops it from its DNS)",
+                plan.health_timeout
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 async fn set_peer(
