@@ -53,6 +53,9 @@ struct Probe {
     sent: usize,
     response: Vec<u8>,
     connection: *mut ngx_connection_t,
+    /// The peer's instance (`joined_ms`) when this check was claimed: a result for an instance
+    /// that has left is dropped (`Table::record_check`).
+    instance: u64,
     /// The cycle's log with its level capped, so that a refused connect every interval does not
     /// flood the error log (the result is in the API, and transitions are logged).
     quiet_log: ngx_log_t,
@@ -157,6 +160,7 @@ fn spawn(
         sent: 0,
         response: Vec::new(),
         connection: ptr::null_mut(),
+        instance: 0,
         quiet_log,
     }));
     let data: *mut Probe = probe;
@@ -277,6 +281,7 @@ unsafe extern "C" fn on_tick(event: *mut ngx_event_t) {
     }
     let table = probe.table();
     if table.claim_check(0, crate::clock::monotonic_ms(), probe.check().interval_ms) {
+        probe.instance = probe.slot.joined_ms();
         // SAFETY: the probe is idle (no connection), checked above.
         unsafe { start(probe) };
     }
@@ -454,6 +459,7 @@ fn finish(probe: &mut Probe, result: Result<(), ProbeError>) {
     );
     match table.record_check(
         0,
+        probe.instance,
         result,
         check.fails,
         check.passes,

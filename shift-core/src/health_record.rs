@@ -37,10 +37,14 @@ impl<'a> Table<'a> {
 
     /// Records a check's result and moves the peer's health as `fails`/`passes` say; returns the
     /// transition if the health changed (routing then changes at once, in every worker).
+    /// `instance` is the peer's `joined_ms` when the check was claimed: the result of a check of
+    /// an instance that has since left (its address back as a new instance) is dropped, so that
+    /// the new one is judged by its own checks only.
     #[allow(clippy::too_many_arguments)]
     pub fn record_check(
         &self,
         index: usize,
+        instance: u64,
         result: Result<(), ProbeError>,
         fails_needed: u32,
         passes_needed: u32,
@@ -49,6 +53,9 @@ impl<'a> Table<'a> {
         is_alive: impl Fn(u64) -> bool,
     ) -> Result<Option<Transition>, LockError> {
         let peer = &self.peers[index];
+        if peer.joined_ms() != instance {
+            return Ok(None);
+        }
         let tally = Tally {
             fails: peer.check_fails.load(Ordering::Relaxed),
             passes: peer.check_passes.load(Ordering::Relaxed),
@@ -66,7 +73,13 @@ impl<'a> Table<'a> {
         if health == current {
             return Ok(None);
         }
-        self.lock(pid, is_alive)?.set_health(index, health);
+        let guard = self.lock(pid, is_alive)?;
+        // A new instance starts under this lock (`WriteGuard::add_peer`): checked again here, the
+        // old instance's health can never land on it.
+        if peer.joined_ms() != instance {
+            return Ok(None);
+        }
+        guard.set_health(index, health);
         Ok(Some(Transition {
             server: peer.server().to_string(),
             from: current,
@@ -108,11 +121,11 @@ mod tests {
         );
 
         let passed = table
-            .record_check(0, Ok(()), 2, 2, 10, 1, |_| true)
+            .record_check(0, table.peers()[0].joined_ms(), Ok(()), 2, 2, 10, 1, |_| true)
             .unwrap();
         assert_eq!(passed, None, "one pass of two");
         let transition = table
-            .record_check(0, Ok(()), 2, 2, 20, 1, |_| true)
+            .record_check(0, table.peers()[0].joined_ms(), Ok(()), 2, 2, 20, 1, |_| true)
             .unwrap();
         assert_eq!(
             transition,
@@ -135,10 +148,10 @@ mod tests {
         );
 
         table
-            .record_check(0, Err(ProbeError::Status(503)), 2, 2, 30, 1, |_| true)
+            .record_check(0, table.peers()[0].joined_ms(), Err(ProbeError::Status(503)), 2, 2, 30, 1, |_| true)
             .unwrap();
         let down = table
-            .record_check(0, Err(ProbeError::Status(503)), 2, 2, 40, 1, |_| true)
+            .record_check(0, table.peers()[0].joined_ms(), Err(ProbeError::Status(503)), 2, 2, 40, 1, |_| true)
             .unwrap();
         assert_eq!(down.map(|t| t.to), Some(Health::Unhealthy));
         table.routes_if_changed(seq, &mut routes).unwrap();

@@ -158,7 +158,7 @@ mod tests {
 
     use super::Addition;
     use crate::table::test_support::{OwnedTable, NOW_MS};
-    use crate::table::{Label, Table};
+    use crate::table::{CheckMode, Label, Table};
 
     #[test]
     fn an_added_peer_is_current_listed_last_and_a_new_generation() {
@@ -212,7 +212,7 @@ mod tests {
 
     #[test]
     fn an_address_added_again_after_its_removal_is_a_new_instance() {
-        let owned = OwnedTable::new("app", &[("127.0.0.1:1", 1, false)]);
+        let owned = OwnedTable::checked("app", &["127.0.0.1:1"], CheckMode::On);
         let table = owned.view();
         let added = slot("127.0.0.1:2");
         let peers = [owned.peers[0], added];
@@ -225,7 +225,7 @@ mod tests {
         added.record_finish(true, Some(502));
         added.record_times(40, Some(10));
         table_with
-            .record_check(1, Ok(()), 1, 1, NOW_MS + 5, 1, |_| true)
+            .record_check(1, NOW_MS, Ok(()), 1, 1, NOW_MS + 5, 1, |_| true)
             .unwrap();
         table_with.claim_check(1, 1_000, 5_000);
         let first = table_with.to_wire(&[]).peers[1].clone();
@@ -248,6 +248,14 @@ mod tests {
             table_with.claim_check(1, 1_001, 5_000),
             "checked at once, not at the first instance's next time"
         );
+        // A check the first instance claimed, finishing now, says nothing of the second.
+        let late = table_with
+            .record_check(1, first.joined_ms, Ok(()), 1, 1, NOW_MS + 9, 1, |_| true)
+            .unwrap();
+        assert_eq!(late, None);
+        let after_late = table_with.to_wire(&[]).peers[1].clone();
+        assert_eq!(after_late.health, Health::Unchecked);
+        assert_eq!(after_late.check.and_then(|check| check.last_check_ms), None);
 
         // An add of a current peer (the API answers 409 instead, a lookup skips it) keeps the
         // instance.
