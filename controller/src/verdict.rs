@@ -22,18 +22,24 @@ pub struct Window {
 }
 
 impl Window {
-    /// What the peers (each `(before, now)`, two reads of one peer) did between the reads.
+    /// What the peers (each `(before, now)`, two reads of one address) did between the reads.
+    /// When the address is another instance now (it left and came back, its counters from
+    /// zero), all the new instance did is in the window.
     pub fn between<'a>(peers: impl IntoIterator<Item = (&'a Peer, &'a Peer)>) -> Window {
         let (mut requests, mut server_errors, mut failures) = (0, 0, 0);
         let mut latency = Histogram::default();
+        let nothing = Histogram::default();
         for (before, now) in peers {
-            requests += now.requests.saturating_sub(before.requests);
+            let same = before.joined_ms == now.joined_ms;
+            let earlier = |count: u64| if same { count } else { 0 };
+            requests += now.requests.saturating_sub(earlier(before.requests));
             server_errors += now
                 .responses
                 .server_error
-                .saturating_sub(before.responses.server_error);
-            failures += now.failures.saturating_sub(before.failures);
-            latency = latency.plus(&now.response_time.since(&before.response_time));
+                .saturating_sub(earlier(before.responses.server_error));
+            failures += now.failures.saturating_sub(earlier(before.failures));
+            let earlier_latency = if same { &before.response_time } else { &nothing };
+            latency = latency.plus(&now.response_time.since(earlier_latency));
         }
         Window {
             requests,
@@ -302,6 +308,26 @@ mod tests {
             errors: 0,
             latency,
         }
+    }
+
+    /// One read of peer 10.0.0.1:80, of the instance that joined at `joined_ms`.
+    fn read(requests: u64, errors: u64, joined_ms: u64) -> Peer {
+        serde_json::from_value(serde_json::json!({
+            "server": "10.0.0.1:80", "weight": 1, "state": "up", "health": "unchecked",
+            "backup": false, "config_weight": 1, "requests": requests, "failures": 0,
+            "active": 0, "joined_ms": joined_ms,
+            "responses": {"1xx": 0, "2xx": requests - errors, "3xx": 0, "4xx": 0, "5xx": errors}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_window_counts_a_new_instance_of_an_address_from_zero() {
+        let (before, now) = (read(500, 10, 1), read(530, 13, 1));
+        assert_eq!(Window::between([(&before, &now)]), window(30, 3));
+        // The address left and came back: its counters started again, below the old ones.
+        let again = read(40, 20, 2);
+        assert_eq!(Window::between([(&before, &again)]), window(40, 20));
     }
 
     #[test]
