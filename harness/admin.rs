@@ -35,6 +35,16 @@ impl Admin {
         decode(self.request("GET", &format!("upstreams/{name}"), None))
     }
 
+    /// The peers of upstream `name` that take new requests now.
+    pub fn eligible(&self, name: &str) -> std::collections::BTreeSet<String> {
+        self.upstream(name)
+            .peers
+            .into_iter()
+            .filter(|peer| peer.eligible)
+            .map(|peer| peer.server)
+            .collect()
+    }
+
     /// Peer `server` of upstream `name`, if it has it (a removed peer is no longer listed).
     pub fn peer(&self, name: &str, server: &str) -> Option<Peer> {
         self.upstream(name)

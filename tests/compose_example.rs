@@ -383,15 +383,7 @@ fn roll_the_scaled_example(addresses: Addresses, log: &str, ending: &[u8]) {
         .replace("/var/lib/nginx-shift", &dir.path().display().to_string());
     let nginx = Nginx::start(NginxOptions::full_config(config, 2));
     let admin = Admin::new(nginx.path("shift.sock"), "/api/");
-    let taking = || -> std::collections::BTreeSet<String> {
-        admin
-            .upstream("backend")
-            .peers
-            .iter()
-            .filter(|peer| peer.eligible)
-            .map(|peer| peer.server.clone())
-            .collect()
-    };
+    let taking = || admin.eligible("backend");
     let replicas = |ns: &[u8]| -> std::collections::BTreeSet<String> {
         ns.iter().map(|n| format!("127.0.0.{n}:{port}")).collect()
     };

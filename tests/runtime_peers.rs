@@ -17,6 +17,19 @@ fn decode<T: serde::de::DeserializeOwned>(response: &harness::Response, status: 
     serde_json::from_str(&response.body).expect("a JSON answer")
 }
 
+/// Upstream `app` with blue and a mandatory check every `interval`.
+fn blue_with_mandatory_check(interval: &str) -> ShiftSetup {
+    ShiftSetup::start_with(&[("blue", "")], "", "", |mut options| {
+        options.http = options.http.replacen(
+            "    shift ;\n",
+            &format!("    shift ;\n    shift_check interval={interval} mandatory;\n"),
+            1,
+        );
+        assert!(options.http.contains("shift_check"), "{}", options.http);
+        options
+    })
+}
+
 /// Who answered `count` requests, each on a new connection so that both workers take some.
 fn spread(setup: &ShiftSetup, count: usize) -> BTreeMap<String, usize> {
     setup.spread(count).0
@@ -241,15 +254,7 @@ fn an_upstream_takes_more_run_time_peers_than_its_first_room() {
 
 #[test]
 fn a_mandatory_check_keeps_an_added_peer_out_until_it_passes() {
-    let setup = ShiftSetup::start_with(&[("blue", "")], "", "", |mut options| {
-        options.http = options.http.replacen(
-            "    shift ;\n",
-            "    shift ;\n    shift_check interval=200ms mandatory;\n",
-            1,
-        );
-        assert!(options.http.contains("shift_check"), "{}", options.http);
-        options
-    });
+    let setup = blue_with_mandatory_check("200ms");
     let green = Backend::start("green");
     let dead = format!("127.0.0.1:{}", harness::free_port());
     decode::<PatchApplied>(&setup.admin.add_peer("app", &dead, r#""weight": 100"#), 201);
@@ -289,15 +294,7 @@ fn a_mandatory_check_keeps_an_added_peer_out_until_it_passes() {
 /// it out until the new instance passes one.
 #[test]
 fn a_peer_deleted_and_added_again_is_a_new_instance() {
-    let setup = ShiftSetup::start_with(&[("blue", "")], "", "", |mut options| {
-        options.http = options.http.replacen(
-            "    shift ;\n",
-            "    shift ;\n    shift_check interval=1s mandatory;\n",
-            1,
-        );
-        assert!(options.http.contains("shift_check"), "{}", options.http);
-        options
-    });
+    let setup = blue_with_mandatory_check("1s");
     let green = Backend::start("green");
     let server = green.addr().to_string();
     let before_ms = std::time::SystemTime::now()
@@ -342,7 +339,10 @@ fn a_peer_deleted_and_added_again_is_a_new_instance() {
     assert_eq!(second.health, shift_wire::Health::Unchecked, "{second:?}");
     assert!(!second.eligible, "no traffic on the old instance's checks");
     assert!(
-        second.check.as_ref().is_some_and(|check| check.last_check_ms.is_none()),
+        second
+            .check
+            .as_ref()
+            .is_some_and(|check| check.last_check_ms.is_none()),
         "{second:?}"
     );
     let healthy = wait_until(Duration::from_secs(10), || {

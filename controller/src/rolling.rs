@@ -107,11 +107,7 @@ async fn start_replica(
     }
     let server =
         commands::parse_server(written).map_err(|failure| format!("{:#}", failure.error))?;
-    let mut states = ctx
-        .fleet
-        .read(&plan.upstream)
-        .await
-        .map_err(|err| err.to_string())?;
+    let mut states = read(ctx, &plan.upstream).await?;
     let present = states
         .iter()
         .all(|state| plan::find_peer(state, &server).is_ok());
@@ -143,11 +139,7 @@ async fn appeared(
 ) -> Result<Instance, String> {
     let deadline = Instant::now() + plan.health_timeout;
     loop {
-        let states = ctx
-            .fleet
-            .read(&plan.upstream)
-            .await
-            .map_err(|err| err.to_string())?;
+        let states = read(ctx, &plan.upstream).await?;
         let new = states[0]
             .peers
             .iter()
@@ -187,20 +179,14 @@ async fn bring_in(ctx: &Ctx, plan: &DeployPlan, replacing: &Peer, new: &str) -> 
     )
     .await
     .map_err(|failure| format!("{:#}", failure.error))?;
-    let read = || async {
-        ctx.fleet
-            .read(upstream)
-            .await
-            .map_err(|err| err.to_string())
-    };
     // The window starts before the replica takes traffic: every request it gets is in it.
-    let baseline = read().await?;
+    let baseline = read(ctx, upstream).await?;
     set_peer(ctx, upstream, new, Some(replacing.weight), PeerState::Up).await?;
     let gates = plan.gates();
     let mut interrupts = Interrupts::new().map_err(|failure| failure.error.to_string())?;
     let start = Instant::now();
     loop {
-        let states = read().await?;
+        let states = read(ctx, upstream).await?;
         let (mut target, mut stable) = (Vec::new(), Vec::new());
         for (before, now) in baseline.iter().zip(&states) {
             for peer in &now.peers {
@@ -266,11 +252,8 @@ async fn retire(ctx: &Ctx, plan: &DeployPlan, rolling: &Rolling, old: &Peer) -> 
     }
     if let Some(stop) = &rolling.stop {
         // Each Nginx's own instance of the replica (they joined at different times).
-        let stopping: Vec<Option<u64>> = ctx
-            .fleet
-            .read(upstream)
-            .await
-            .map_err(|err| err.to_string())?
+        let stopping: Vec<Option<u64>> = read(ctx, upstream)
+            .await?
             .iter()
             .map(|state| joined(state, &old.server))
             .collect();
@@ -287,7 +270,9 @@ async fn retire(ctx: &Ctx, plan: &DeployPlan, rolling: &Rolling, old: &Peer) -> 
 }
 
 fn joined(state: &shift_wire::Upstream, server: &str) -> Option<u64> {
-    plan::find_peer(state, server).ok().map(|peer| peer.joined_ms)
+    plan::find_peer(state, server)
+        .ok()
+        .map(|peer| peer.joined_ms)
 }
 
 /// Waits until no Nginx lists the instance of `server` it had before the stop hook: the next
@@ -300,11 +285,7 @@ async fn left_the_name(
 ) -> Result<(), String> {
     let deadline = Instant::now() + plan.health_timeout;
     loop {
-        let states = ctx
-            .fleet
-            .read(&plan.upstream)
-            .await
-            .map_err(|err| err.to_string())?;
+        let states = read(ctx, &plan.upstream).await?;
         let gone = states
             .iter()
             .zip(stopping)
@@ -321,6 +302,14 @@ async fn left_the_name(
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Every Nginx's view of `upstream`, or why not, as a step's failure says it.
+async fn read(ctx: &Ctx, upstream: &str) -> Result<Vec<shift_wire::Upstream>, String> {
+    ctx.fleet
+        .read(upstream)
+        .await
+        .map_err(|err| err.to_string())
 }
 
 async fn set_peer(
