@@ -270,7 +270,9 @@ fn an_address_a_name_drops_and_gives_again_is_a_new_instance() {
     }
     let slow = thread::spawn(move || HttpClient::new(http).get("/slow/3000"));
     let in_flight = wait_until(Duration::from_secs(5), || {
-        admin.peer("app", &server).is_some_and(|peer| peer.active == 1)
+        admin
+            .peer("app", &server)
+            .is_some_and(|peer| peer.active == 1)
     });
     assert!(in_flight.is_some(), "the slow request reached r2");
     let first = admin.peer("app", &server).unwrap();

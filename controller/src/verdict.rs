@@ -38,7 +38,11 @@ impl Window {
                 .server_error
                 .saturating_sub(earlier(before.responses.server_error));
             failures += now.failures.saturating_sub(earlier(before.failures));
-            let earlier_latency = if same { &before.response_time } else { &nothing };
+            let earlier_latency = if same {
+                &before.response_time
+            } else {
+                &nothing
+            };
             latency = latency.plus(&now.response_time.since(earlier_latency));
         }
         Window {

@@ -492,4 +492,3 @@ fn finish(probe: &mut Probe, result: Result<(), ProbeError>) {
         }
     }
 }
-

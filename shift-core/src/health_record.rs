@@ -121,11 +121,15 @@ mod tests {
         );
 
         let passed = table
-            .record_check(0, table.peers()[0].joined_ms(), Ok(()), 2, 2, 10, 1, |_| true)
+            .record_check(0, table.peers()[0].joined_ms(), Ok(()), 2, 2, 10, 1, |_| {
+                true
+            })
             .unwrap();
         assert_eq!(passed, None, "one pass of two");
         let transition = table
-            .record_check(0, table.peers()[0].joined_ms(), Ok(()), 2, 2, 20, 1, |_| true)
+            .record_check(0, table.peers()[0].joined_ms(), Ok(()), 2, 2, 20, 1, |_| {
+                true
+            })
             .unwrap();
         assert_eq!(
             transition,
@@ -148,10 +152,28 @@ mod tests {
         );
 
         table
-            .record_check(0, table.peers()[0].joined_ms(), Err(ProbeError::Status(503)), 2, 2, 30, 1, |_| true)
+            .record_check(
+                0,
+                table.peers()[0].joined_ms(),
+                Err(ProbeError::Status(503)),
+                2,
+                2,
+                30,
+                1,
+                |_| true,
+            )
             .unwrap();
         let down = table
-            .record_check(0, table.peers()[0].joined_ms(), Err(ProbeError::Status(503)), 2, 2, 40, 1, |_| true)
+            .record_check(
+                0,
+                table.peers()[0].joined_ms(),
+                Err(ProbeError::Status(503)),
+                2,
+                2,
+                40,
+                1,
+                |_| true,
+            )
             .unwrap();
         assert_eq!(down.map(|t| t.to), Some(Health::Unhealthy));
         table.routes_if_changed(seq, &mut routes).unwrap();

@@ -472,10 +472,13 @@ mod tests {
         let old = OwnedTable::with_checks("app", std::slice::from_ref(&a), CheckMode::Off);
         assert_eq!(old.peers[0].joined_ms(), NOW_MS);
         // A later commit of the same line: the same instance.
-        old.view()
-            .lock(1, |_| true)
-            .unwrap()
-            .commit(CheckMode::Off, std::slice::from_ref(&a), &[], 1, NOW_MS + 10);
+        old.view().lock(1, |_| true).unwrap().commit(
+            CheckMode::Off,
+            std::slice::from_ref(&a),
+            &[],
+            1,
+            NOW_MS + 10,
+        );
         assert_eq!(old.peers[0].joined_ms(), NOW_MS);
 
         // A resized zone's new table: carried over first, then committed, as on a reload.
@@ -487,6 +490,10 @@ mod tests {
         guard.carry_over(&old.view().carried(), old.view().generation());
         guard.commit(CheckMode::Off, &[a], &[], 1, NOW_MS + 20);
         drop(guard);
-        assert_eq!(fresh[0].joined_ms(), NOW_MS, "the same instance in the new zone");
+        assert_eq!(
+            fresh[0].joined_ms(),
+            NOW_MS,
+            "the same instance in the new zone"
+        );
     }
 }

@@ -192,7 +192,12 @@ mod tests {
         let table = owned.view();
         let added = slot("127.0.0.1:2");
         let guard = table.lock(1, |_| true).unwrap();
-        guard.add_peer(added, &Addition::api(1, PeerState::Up, Label::NONE, NOW_MS), 1, 3);
+        guard.add_peer(
+            added,
+            &Addition::api(1, PeerState::Up, Label::NONE, NOW_MS),
+            1,
+            3,
+        );
         let generation = guard.remove_peer(added, 4);
         drop(guard);
         assert_eq!(generation, table.generation());
@@ -218,7 +223,10 @@ mod tests {
         let peers = [owned.peers[0], added];
         let table_with = Table::new(owned.header, &peers);
         let up = |at_ms| Addition::api(3, PeerState::Up, Label::NONE, at_ms);
-        table.lock(1, |_| true).unwrap().add_peer(added, &up(NOW_MS), 1, 3);
+        table
+            .lock(1, |_| true)
+            .unwrap()
+            .add_peer(added, &up(NOW_MS), 1, 3);
         assert_eq!(added.joined_ms(), NOW_MS);
         // Its first instance takes traffic and passes checks.
         added.record_request();
@@ -238,7 +246,11 @@ mod tests {
         guard.add_peer(added, &up(NOW_MS), 1, 5);
         drop(guard);
         let second = table_with.to_wire(&[]).peers[1].clone();
-        assert_eq!(second.joined_ms, NOW_MS + 1, "later than the first instance");
+        assert_eq!(
+            second.joined_ms,
+            NOW_MS + 1,
+            "later than the first instance"
+        );
         assert_eq!(second.health, Health::Unchecked);
         assert_eq!((second.requests, second.failures), (0, 0));
         assert_eq!(second.responses.server_error, 0);

@@ -231,7 +231,9 @@ mod tests {
             "mandatory: unchecked peers wait"
         );
         table
-            .record_check(0, table.peers()[0].joined_ms(), Ok(()), 1, 1, 10, 1, |_| true)
+            .record_check(0, table.peers()[0].joined_ms(), Ok(()), 1, 1, 10, 1, |_| {
+                true
+            })
             .unwrap();
         assert_eq!(eligible(table), [true, false]);
     }
