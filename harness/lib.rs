@@ -7,6 +7,7 @@ mod backend;
 mod client;
 pub mod debian;
 mod dnsmasq;
+pub mod docker;
 mod etcd;
 mod nginx;
 mod processes;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
 use crate::HttpClient;
 
@@ -31,8 +32,18 @@ impl TrafficReport {
 }
 
 impl Traffic {
-    /// `threads` threads sending `GET /` to 127.0.0.1:`port`.
+    /// `threads` threads sending `GET /` to 127.0.0.1:`port`, each as fast as it is answered.
     pub fn start(port: u16, threads: usize) -> Traffic {
+        Traffic::with_pause(port, threads, Duration::ZERO)
+    }
+
+    /// One thread sending `GET /` to 127.0.0.1:`port` every `pause` after the last answer: a
+    /// request loop that counts failures through a long deploy without loading the machine.
+    pub fn paced(port: u16, pause: Duration) -> Traffic {
+        Traffic::with_pause(port, 1, pause)
+    }
+
+    fn with_pause(port: u16, threads: usize, pause: Duration) -> Traffic {
         let stop = Arc::new(AtomicBool::new(false));
         let threads = (0..threads)
             .map(|_| {
@@ -49,6 +60,7 @@ impl Traffic {
                             }
                             Err(err) => failed.push(err.to_string()),
                         }
+                        thread::sleep(pause);
                     }
                     (answers, failed)
                 })

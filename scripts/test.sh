@@ -4,14 +4,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # Debian's own Nginx and its configured source, to test the module in the Nginx people run;
 # wrk and HAProxy for the smoke pass of the load benchmarks; dnsmasq for name re-resolution;
-# etcd (server and etcdctl) and openssl (a test CA for etcd's mutual TLS) for the fleet tests.
-source scripts/setup.sh nginx nginx-dev wrk haproxy dnsmasq-base etcd-server etcd-client openssl
+# etcd (server and etcdctl) and openssl (a test CA for etcd's mutual TLS) for the fleet tests;
+# Docker and docker-compose for the Compose examples on a real engine.
+source scripts/docker-for-tests.sh
+# shellcheck disable=SC2046
+source scripts/setup.sh nginx nginx-dev wrk haproxy dnsmasq-base etcd-server etcd-client openssl \
+  iptables $(docker_packages)
 
 # The module's .so is what the integration tests load; build it (and everything else) first.
 cargo build --workspace --all-targets --quiet
 
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+trap 'rm -f "$log"; docker_down' EXIT
+docker_up
 status=0
 # --all-targets: unit and integration tests, plus the benchmarks in test mode (criterion runs
 # each once; benches/load.rs runs its smoke pass). There are no doc tests.
@@ -26,6 +31,12 @@ membership=$(cargo test --test membership --no-run 2>&1 |
 ("$membership" --ignored --exact a_name_rotated_through_hundreds_of_addresses_keeps_exactly_its_one_peer \
   >"$churn_log" 2>&1; echo $? >"$churn_log.status") &
 churn=$!
+
+# The Compose examples on a real Docker engine (five rolling deploys, about a minute each,
+# mostly waiting on Docker's DNS and health checks): beside the runs below too.
+docker_log=$(mktemp)
+(cargo test --test compose_docker -- --ignored >"$docker_log" 2>&1; echo $? >"$docker_log.status") &
+docker_tests=$!
 
 # The release shiftctl that scripts/package.sh packages takes minutes to compile: build it from
 # here on, at low priority and in its own target directory, beside the runs below against other
@@ -82,6 +93,12 @@ else
   echo "could not build the packages" >&2
   status=1
 fi
+
+wait "$docker_tests" || true
+echo "--- the Compose examples on Docker (tests/compose_docker.rs, ignored above) ---"
+tee -a "$log" <"$docker_log"
+[[ $(cat "$docker_log.status" 2>/dev/null) == 0 ]] || status=1
+rm -f "$docker_log" "$docker_log.status"
 
 wait "$churn" || true
 echo "--- the name churn (tests/membership.rs, ignored above) ---"
