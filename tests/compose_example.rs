@@ -62,7 +62,7 @@ fn the_compose_file_matches_the_config_and_the_plan() {
             .as_table()
             .unwrap()
             .values()
-            .find(|side| side["start"].as_str() == Some(&format!("docker compose up -d {service}")))
+            .find(|side| side["start"].as_str() == Some(&format!("./compose.sh up -d {service}")))
             .unwrap_or_else(|| panic!("no side of deploy.toml starts {service}"));
         assert_eq!(
             side["server"].as_str(),
@@ -70,7 +70,7 @@ fn the_compose_file_matches_the_config_and_the_plan() {
         );
         assert_eq!(
             side["stop"].as_str(),
-            Some(format!("docker compose stop {service}").as_str())
+            Some(format!("./compose.sh stop {service}").as_str())
         );
     }
 
@@ -127,14 +127,20 @@ fn worker_state_dir() -> tempfile::TempDir {
 /// The example plan, with local processes instead of compose services, and 1s canary steps.
 fn example_plan(sides: &HookedBackends, ports: (u16, u16)) -> std::path::PathBuf {
     let (blue, green) = ports;
-    let plan = example("deploy.toml")
-        .replace("docker compose up -d backend_blue", &sides.start_hook(blue))
-        .replace(
-            "docker compose up -d backend_green",
-            &sides.start_hook(green),
-        )
-        .replace("docker compose stop backend_blue", &sides.stop_hook())
-        .replace("docker compose stop backend_green", &sides.stop_hook())
+    let plan = example("deploy.toml");
+    for hook in [
+        "./compose.sh up -d backend_blue",
+        "./compose.sh up -d backend_green",
+        "./compose.sh stop backend_blue",
+        "./compose.sh stop backend_green",
+    ] {
+        assert!(plan.contains(hook), "the example's plan runs {hook}");
+    }
+    let plan = plan
+        .replace("./compose.sh up -d backend_blue", &sides.start_hook(blue))
+        .replace("./compose.sh up -d backend_green", &sides.start_hook(green))
+        .replace("./compose.sh stop backend_blue", &sides.stop_hook())
+        .replace("./compose.sh stop backend_green", &sides.stop_hook())
         .replace("127.0.0.1:8000", &format!("127.0.0.1:{blue}"))
         .replace("127.0.0.1:8001", &format!("127.0.0.1:{green}"))
         .replace("interval = \"30s\"", "interval = \"1s\"")
