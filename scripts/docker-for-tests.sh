@@ -1,7 +1,8 @@
 # Docker for the Compose tests (tests/compose_docker.rs), sourced by test.sh: the engine and
 # docker-compose where they are missing, a daemon started when none runs (and stopped at the
-# end), and the test images removed at the end. Without root and without a running daemon the
-# tests print why they skip; in CI they must run.
+# end), loopback left untracked by the kernel's connection tracking while the tests run, and the
+# test images removed at the end. Without root and without a running daemon the tests print why
+# they skip; in CI they must run.
 
 # The packages to install: Debian's engine only where no dockerd is installed (Docker's own
 # docker-ce conflicts with it), docker-compose only where no Compose command works.

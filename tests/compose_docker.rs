@@ -132,9 +132,11 @@ fn the_scaled_example_rolls_on_real_docker() {
             "deploy of {version}: {:?}; replicas {before:?} -> {after:?}",
             timings.last().unwrap()
         );
-        // Every replica runs the new version.
-        let answers = harness::HttpClient::new(http).get("/").unwrap();
-        assert_eq!(answers.body, version);
+        // Every replica runs the new version: a dozen requests, round robin over the three.
+        for _ in 0..12 {
+            let answer = harness::HttpClient::new(http).get("/").unwrap();
+            assert_eq!(answer.body, version, "every replica runs {version}");
+        }
     }
     // A bad release: its replica answers 500, to its health checks too. The roll stops at the
     // first replica, which is taken out and removed; the three replicas of the last version keep
