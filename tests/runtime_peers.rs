@@ -17,6 +17,25 @@ fn decode<T: serde::de::DeserializeOwned>(response: &harness::Response, status: 
     serde_json::from_str(&response.body).expect("a JSON answer")
 }
 
+/// A request that takes `ms` on `server`, the only peer taking traffic, once it is in flight
+/// there; the handle gives its answer.
+fn slow_request_on(
+    setup: &ShiftSetup,
+    server: &str,
+    ms: u64,
+) -> thread::JoinHandle<std::io::Result<harness::Response>> {
+    let port = setup.port;
+    let slow = thread::spawn(move || HttpClient::new(port).get(&format!("/slow/{ms}")));
+    let in_flight = wait_until(Duration::from_secs(5), || {
+        setup
+            .admin
+            .peer("app", server)
+            .is_some_and(|peer| peer.active == 1)
+    });
+    assert!(in_flight.is_some(), "the slow request reached {server}");
+    slow
+}
+
 /// Upstream `app` with blue and a mandatory check every `interval`.
 fn blue_with_mandatory_check(interval: &str) -> ShiftSetup {
     ShiftSetup::start_with(&[("blue", "")], "", "", |mut options| {
@@ -76,15 +95,7 @@ fn a_removed_peer_finishes_its_requests_and_takes_no_new_ones() {
     decode::<PatchApplied>(&setup.admin.add_peer("app", &server, ""), 201);
     setup.admin.set_weights("app", &[(&setup.addr(0), 0)]);
     // A slow request on green is in flight when it is removed.
-    let port = setup.port;
-    let slow = std::thread::spawn(move || HttpClient::new(port).get("/slow/1500"));
-    let in_flight = wait_until(Duration::from_secs(5), || {
-        setup
-            .admin
-            .peer("app", &server)
-            .is_some_and(|peer| peer.active == 1)
-    });
-    assert!(in_flight.is_some(), "the slow request reached green");
+    let slow = slow_request_on(&setup, &server, 1500);
     let path = format!("upstreams/app/peers/{server}?full=1");
     let removal: PeerRemoval = decode(&setup.admin.request("DELETE", &path, None), 200);
     assert!(!removal.gone);
@@ -316,15 +327,7 @@ fn a_peer_deleted_and_added_again_is_a_new_instance() {
     assert!(healthy.is_some(), "green passed its checks");
     setup.admin.set_weights("app", &[(&setup.addr(0), 0)]);
     assert_eq!(spread(&setup, 10).get("green"), Some(&10));
-    let port = setup.port;
-    let slow = thread::spawn(move || HttpClient::new(port).get("/slow/2000"));
-    let in_flight = wait_until(Duration::from_secs(5), || {
-        setup
-            .admin
-            .peer("app", &server)
-            .is_some_and(|peer| peer.active == 1)
-    });
-    assert!(in_flight.is_some(), "the slow request reached green");
+    let slow = slow_request_on(&setup, &server, 2000);
 
     let path = format!("upstreams/app/peers/{server}");
     let removal: PeerRemoval = decode(&setup.admin.request("DELETE", &path, None), 200);
