@@ -73,6 +73,8 @@ pub unsafe fn commit(zone: Zone, main: &MainConf, log: *mut ngx_log_t) {
             previous.lock()
         });
         let locked = zone.lock();
+        // Peers that become current for the first time in this commit all join now.
+        let now_ms = crate::clock::unix_ms();
         let root = &mut *zone.root;
         let load = &*main.load;
         load.committed.store(true, Ordering::Release);
@@ -128,13 +130,7 @@ pub unsafe fn commit(zone: Zone, main: &MainConf, log: *mut ngx_log_t) {
                 root.next_members_epoch()
             };
             let checks = check_mode(conf);
-            let notes = guard.commit(
-                checks,
-                &conf.placement.configs,
-                &removed,
-                epoch,
-                crate::clock::unix_ms(),
-            );
+            let notes = guard.commit(checks, &conf.placement.configs, &removed, epoch, now_ms);
             if checks == CheckMode::Off {
                 // Nothing probes them any more: an unhealthy peer would stay out for good.
                 let current: Vec<&PeerSlot> =
@@ -158,12 +154,7 @@ pub unsafe fn commit(zone: Zone, main: &MainConf, log: *mut ngx_log_t) {
             if !conf.placement.runtime.is_empty() {
                 let epoch = root.next_members_epoch();
                 let first_order = conf.placement.configs.len() as u32;
-                guard.keep_runtime_peers(
-                    &conf.placement.runtime,
-                    first_order,
-                    epoch,
-                    crate::clock::unix_ms(),
-                );
+                guard.keep_runtime_peers(&conf.placement.runtime, first_order, epoch, now_ms);
             }
             drop(guard);
             log_notes(log, name, "the running state", &notes);

@@ -50,12 +50,8 @@ impl Addition {
 /// `joined_ms` later than any instance before it in this slot, health unchecked and checked at
 /// once, every counter from zero. Called inside a write section.
 fn start_instance(slot: &PeerSlot, at_ms: u64) {
-    let previous = slot.joined_ms();
-    let joined = if previous == 0 {
-        at_ms.max(1)
-    } else {
-        at_ms.max(previous + 1)
-    };
+    // Never 0 ("not joined yet"), and later than the instance before it in this slot.
+    let joined = at_ms.max(slot.joined_ms() + 1);
     slot.joined_ms.store(joined, Ordering::Relaxed);
     slot.health
         .store(encode_health(Health::Unchecked), Ordering::Relaxed);
