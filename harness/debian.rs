@@ -3,7 +3,7 @@
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use tempfile::TempDir;
 
@@ -42,17 +42,19 @@ impl Deb {
 
     /// A control field, e.g. `Depends`.
     pub fn field(&self, name: &str) -> String {
-        let output = run(Command::new("dpkg-deb")
-            .arg("--field")
-            .arg(&self.path)
-            .arg(name));
+        let output = crate::run_ok(
+            Command::new("dpkg-deb")
+                .arg("--field")
+                .arg(&self.path)
+                .arg(name),
+        );
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 
     /// The paths it installs, as `dpkg-deb --contents` lists them, without the leading `.`:
     /// `/usr/lib/nginx/modules/ngx_http_shift_module.so`. Directories end with `/`.
     pub fn contents(&self) -> Vec<String> {
-        let output = run(Command::new("dpkg-deb").arg("--contents").arg(&self.path));
+        let output = crate::run_ok(Command::new("dpkg-deb").arg("--contents").arg(&self.path));
         String::from_utf8_lossy(&output.stdout)
             .lines()
             .filter_map(|line| line.split_whitespace().nth(5))
@@ -80,10 +82,12 @@ impl Deb {
 
     fn unpack(&self, what: &str) -> TempDir {
         let dir = tempfile::tempdir().expect("temporary directory");
-        run(Command::new("dpkg-deb")
-            .arg(what)
-            .arg(&self.path)
-            .arg(dir.path()));
+        crate::run_ok(
+            Command::new("dpkg-deb")
+                .arg(what)
+                .arg(&self.path)
+                .arg(dir.path()),
+        );
         dir
     }
 }
@@ -109,22 +113,10 @@ pub fn is_known(package: &str) -> bool {
 
 /// Runs `dpkg` with these arguments and returns what it printed; panics if it fails.
 pub fn dpkg(args: &[&OsStr]) -> String {
-    let output = run(Command::new("dpkg").args(args));
+    let output = crate::run_ok(Command::new("dpkg").args(args));
     format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
-}
-
-fn run(command: &mut Command) -> Output {
-    let output = command
-        .output()
-        .unwrap_or_else(|err| panic!("cannot run {command:?}: {err}"));
-    assert!(
-        output.status.success(),
-        "{command:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
 }

@@ -77,20 +77,7 @@ pub fn require(test: &str) -> bool {
 
 /// Runs `docker ARGS…`, panicking with its output when it fails.
 pub fn docker(args: &[&str]) -> Output {
-    run(Command::new("docker").args(args))
-}
-
-fn run(command: &mut Command) -> Output {
-    let output = command
-        .output()
-        .unwrap_or_else(|err| panic!("{command:?}: {err}"));
-    assert!(
-        output.status.success(),
-        "{command:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
+    crate::run_ok(Command::new("docker").args(args))
 }
 
 /// Builds the test images once per test process: Nginx and the backend's versions.
@@ -133,7 +120,7 @@ fn build(tag: &str, binaries: &[(&Path, &str)], dirs: &[&str], entrypoint: &str)
     let mut libraries = BTreeSet::new();
     for (binary, inside) in binaries {
         copy(binary, &root.join(inside.trim_start_matches('/')));
-        let ldd = run(Command::new("ldd").arg(binary));
+        let ldd = crate::run_ok(Command::new("ldd").arg(binary));
         for line in String::from_utf8_lossy(&ldd.stdout).lines() {
             // "libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x…)" or "/lib64/ld-linux… (0x…)"
             let path = line
@@ -208,7 +195,7 @@ impl ComposeProject {
 
     /// Compose `ARGS…` in this project, panicking when it fails.
     pub fn compose(&self, args: &[&str]) -> Output {
-        run(self.command().args(args))
+        crate::run_ok(self.command().args(args))
     }
 
     /// The last lines of `service`'s logs, for a failure's message.
