@@ -3,6 +3,8 @@
 //! share a port, as Compose replicas on their own IPs; the peer set follows the answers.
 
 use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::thread;
 use std::time::Duration;
 
@@ -10,7 +12,7 @@ use harness::{
     check_config, free_port, nginx_version, wait_until, Admin, Backend, Dnsmasq, HttpClient, Nginx,
     NginxOptions, Traffic,
 };
-use shift_wire::PeerOrigin;
+use shift_wire::{PeerOrigin, PeerState};
 
 fn replica(n: u8, port: u16) -> Backend {
     Backend::start_at(
@@ -345,4 +347,137 @@ fn the_peers_of_a_labelled_name_carry_its_label_and_a_pin_reaches_them() {
         served(&[("X-Shift-To", "green")]),
         BTreeSet::from(["r3".to_string(), "r4".to_string()])
     );
+}
+
+/// Who answers 20 requests on `http`.
+fn served(http: u16) -> BTreeSet<String> {
+    (0..20)
+        .map(|_| HttpClient::new(http).get("/").unwrap().body)
+        .collect()
+}
+
+/// A PATCH of `app` that sets each peer's weight and state.
+fn set(admin: &Admin, peers: &[(&str, u32, &str)]) {
+    let peers: Vec<String> = peers
+        .iter()
+        .map(|(server, weight, state)| {
+            format!(r#""{server}": {{"weight": {weight}, "state": "{state}"}}"#)
+        })
+        .collect();
+    let body = format!(r#"{{"peers": {{{}}}}}"#, peers.join(", "));
+    let answer = admin.patch("app", &body);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+}
+
+/// The weight, state and config weight of `app`'s peer `server`, once it is there.
+fn settings_of(admin: &Admin, server: &str) -> (u32, PeerState, u32) {
+    let there = wait_until(Duration::from_secs(10), || {
+        admin.peer("app", server).is_some()
+    });
+    assert!(
+        there.is_some(),
+        "{server} appears: {:?}",
+        admin.upstream("app")
+    );
+    let peer = admin.peer("app", server).unwrap();
+    (peer.weight, peer.state, peer.config_weight)
+}
+
+/// Blue-green over two names, as Compose services on a network (the seed's Option 2): after a
+/// switch, each side's container is recreated with a new address. The new container takes its
+/// side's place: the standby side stays standby though its line is up, the live side stays
+/// live though its line is `down`. A side's line decides only for a name with no peers.
+#[test]
+fn a_recreated_container_takes_its_sides_place_not_its_line() {
+    let port = free_port();
+    let _replicas: Vec<Backend> = (2..=5).map(|n| replica(n, port)).collect();
+    let dns = Dnsmasq::start(&[("127.0.0.2", "blue"), ("127.0.0.3", "green")]);
+    let (nginx, admin, http) = start_nginx(
+        &dns,
+        &format!("shift_resolve blue:{port}; shift_resolve green:{port} down; shift;"),
+    );
+    let [blue, green, new_blue, new_green] = [2, 3, 4, 5].map(|n| format!("127.0.0.{n}:{port}"));
+    assert_eq!(settings_of(&admin, &blue), (1, PeerState::Up, 1));
+    assert_eq!(settings_of(&admin, &green), (1, PeerState::Down, 1));
+
+    // The switch: green live, blue standby.
+    set(&admin, &[(&blue, 0, "drain"), (&green, 5, "up")]);
+    assert_eq!(served(http), BTreeSet::from(["r3".to_string()]));
+
+    // Both recreated, each with a new address.
+    dns.set(&[("127.0.0.4", "blue"), ("127.0.0.5", "green")]);
+    await_resolved(&admin, port, &[5]);
+    assert_eq!(settings_of(&admin, &new_blue), (0, PeerState::Drain, 1));
+    assert_eq!(settings_of(&admin, &new_green), (5, PeerState::Up, 1));
+    for gone in [&blue, &green] {
+        assert!(admin.peer("app", gone).is_none(), "{gone} left");
+    }
+    assert_eq!(
+        served(http),
+        BTreeSet::from(["r5".to_string()]),
+        "traffic stays on green, none on the standby blue"
+    );
+    assert!(
+        nginx.error_log().contains(&format!(
+            "added {new_blue} (weight=0 state=drain, as the name's peers)"
+        )),
+        "{}",
+        nginx.error_log()
+    );
+}
+
+/// After a restart the state file gives a name's address its saved weight and state, so a
+/// live side whose line is `down` is live again (and the standby one standby).
+#[test]
+fn a_restart_finds_a_resolved_side_as_the_state_file_saved_it() {
+    let port = free_port();
+    let _replicas: Vec<Backend> = (2..=3).map(|n| replica(n, port)).collect();
+    let dns = Dnsmasq::start(&[("127.0.0.2", "blue"), ("127.0.0.3", "green")]);
+    // The workers write the state file; when the tests run as root they run as nobody.
+    let state_dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(state_dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let state_file = state_dir.path().join("app.json");
+    let (mut nginx, admin, http) = start_nginx(
+        &dns,
+        &format!(
+            "shift_resolve blue:{port}; shift_resolve green:{port} down; shift state={};",
+            state_file.display()
+        ),
+    );
+    let [blue, green] = [2, 3].map(|n| format!("127.0.0.{n}:{port}"));
+    settings_of(&admin, &green);
+    set(&admin, &[(&blue, 0, "drain"), (&green, 5, "up")]);
+
+    nginx.restart();
+    assert_eq!(settings_of(&admin, &green), (5, PeerState::Up, 1));
+    assert_eq!(settings_of(&admin, &blue), (0, PeerState::Drain, 1));
+    assert_eq!(served(http), BTreeSet::from(["r3".to_string()]));
+}
+
+/// A reload that outgrows the zone moves every upstream to a new, larger one, where names are
+/// looked up afresh: their addresses take the settings they had in the zone it replaced.
+#[test]
+fn a_grown_zone_keeps_a_resolved_sides_place() {
+    let port = free_port();
+    let _replicas: Vec<Backend> = (2..=3).map(|n| replica(n, port)).collect();
+    let dns = Dnsmasq::start(&[("127.0.0.2", "blue"), ("127.0.0.3", "green")]);
+    let upstream = format!("shift_resolve blue:{port}; shift_resolve green:{port} down; shift;");
+    let (mut nginx, admin, http) = start_nginx(&dns, &upstream);
+    let [blue, green] = [2, 3].map(|n| format!("127.0.0.{n}:{port}"));
+    settings_of(&admin, &green);
+    set(&admin, &[(&blue, 0, "drain"), (&green, 5, "up")]);
+
+    let size_before = admin.metric("nginx_shift_zone_size_bytes").unwrap();
+    let crowd: String = (0..700)
+        .map(|i| format!("server 127.0.0.1:{} down;", 20000 + i))
+        .collect();
+    let grown = format!(
+        "{}upstream crowd {{ {crowd} shift; }}\n",
+        config(dns.port(), &upstream, http)
+    );
+    nginx.reload(Some(&grown));
+    assert!(admin.metric("nginx_shift_zone_size_bytes").unwrap() > size_before);
+    assert_eq!(settings_of(&admin, &green), (5, PeerState::Up, 1));
+    assert_eq!(settings_of(&admin, &blue), (0, PeerState::Drain, 1));
+    assert_eq!(served(http), BTreeSet::from(["r3".to_string()]));
 }

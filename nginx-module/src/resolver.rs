@@ -21,9 +21,11 @@ use ngx::ngx_log_error;
 use shift_core::api::Membership;
 use shift_core::directives::label_for;
 use shift_core::process::{own_token, token_alive};
-use shift_core::resolve::{answer_peers, changes, next_lookup_in, source_id};
+use shift_core::resolve::{
+    answer_peers, changes, joining_settings, next_lookup_in, source_id, Settings,
+};
 use shift_core::table::{Addition, PeerSlot, Table};
-use shift_wire::{PeerOrigin, PeerState};
+use shift_wire::PeerOrigin;
 
 use crate::conf::{MainConf, UpstreamConf};
 
@@ -347,11 +349,14 @@ fn apply(
         .map(|slot| slot.order() + 1)
         .max()
         .unwrap_or(0);
-    let state = if name.down {
-        PeerState::Down
-    } else {
-        PeerState::Up
-    };
+    let line = Settings::of_line(name.weight, name.down);
+    // What the upstream had before this zone (a restart's state file, or the zone a reload
+    // replaced), for a name that has no peers yet.
+    let saved = conf
+        .placement
+        .state_before
+        .as_ref()
+        .and_then(|read| read.as_ref().ok());
     let mut added = Vec::new();
     let mut refused = false;
     for server in &add {
@@ -364,9 +369,13 @@ fn apply(
         match membership.place(header, server) {
             Ok(slot) => {
                 let epoch = membership.next_epoch();
+                // Read under the table's lock: no PATCH changes the name's peers meanwhile.
+                let (joining, from) = joining_settings(&current, saved, server, line);
                 let addition = Addition {
-                    weight: name.weight,
-                    state,
+                    weight: joining.weight,
+                    state: joining.state,
+                    line_weight: name.weight,
+                    line_down: name.down,
                     label: label_for(&conf.labels, &name.name_port(), server),
                     origin: PeerOrigin::Resolved,
                     source,
@@ -374,7 +383,14 @@ fn apply(
                 };
                 guard.add_peer(slot, &addition, order, epoch);
                 order += 1;
-                added.push(server.as_str());
+                // With what it joined, and why: an operator reading the log sees why a new
+                // container is standby, or live.
+                added.push(format!(
+                    "{server} (weight={} state={}, {})",
+                    joining.weight,
+                    joining.state.as_str(),
+                    from.describe()
+                ));
             }
             Err(err) => {
                 refused = true;

@@ -32,6 +32,9 @@ pub struct Placement {
     /// the state file as the zone's init read it, if it had one (or why it was refused).
     pub runtime: Vec<&'static PeerSlot>,
     pub saved_state: Option<Result<SavedUpstream, String>>,
+    /// For a table new in this zone: its state before, the replaced zone's or the state
+    /// file's, from which its names' first addresses take their settings.
+    pub state_before: Option<Result<SavedUpstream, String>>,
     /// Round robin's peers, in table order. Each worker steers its own copy of them.
     pub rr_peers: Vec<*mut ngx_http_upstream_rr_peer_t>,
 }
@@ -47,6 +50,7 @@ impl Default for Placement {
             first_slot: 0,
             runtime: Vec::new(),
             saved_state: None,
+            state_before: None,
             rr_peers: Vec::new(),
         }
     }

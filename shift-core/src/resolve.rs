@@ -7,6 +7,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use std::sync::atomic::Ordering;
 
+use shift_wire::{PeerOrigin, PeerState};
+
+use crate::state_file::SavedUpstream;
 use crate::table::{PeerSlot, TableHeader};
 
 impl TableHeader {
@@ -69,6 +72,82 @@ pub fn changes<'a>(
     (add, remove)
 }
 
+/// A weight and a state, as a name's `server` line gives them or as its peers have them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    pub weight: u32,
+    pub state: PeerState,
+}
+
+impl Settings {
+    /// What a `server NAME resolve [weight=N] [down]` line gives its addresses.
+    pub fn of_line(weight: u32, down: bool) -> Settings {
+        let state = if down { PeerState::Down } else { PeerState::Up };
+        Settings { weight, state }
+    }
+}
+
+/// What a new address of a name starts with. A new address is most often a container that
+/// takes another's place (recreated with a new IP, started again after a stop), so:
+///
+/// 1. the state that every current peer of the name has (those this answer drops included),
+///    with their mean weight: a standby side comes back standby, a live one live, whatever
+///    its line says (the mean, because a canary splits a label's weight with a remainder);
+/// 2. else, when the name has no current peer, what the state file gave this address when
+///    Nginx started (`saved`), if its line is still what it was then: a restart finds the
+///    live side live;
+/// 3. else its line's.
+pub fn joining_settings(
+    current: &[&PeerSlot],
+    saved: Option<&SavedUpstream>,
+    server: &str,
+    line: Settings,
+) -> (Settings, JoinedFrom) {
+    if let Some(first) = current.first() {
+        let state = first.state();
+        if current.iter().any(|slot| slot.state() != state) {
+            return (line, JoinedFrom::Line);
+        }
+        let total: u64 = current.iter().map(|slot| u64::from(slot.weight())).sum();
+        let weight = (total / current.len() as u64) as u32;
+        return (Settings { weight, state }, JoinedFrom::NamesPeers);
+    }
+    saved
+        .and_then(|saved| {
+            saved.peers.iter().find(|peer| {
+                peer.server == server
+                    && peer.origin == PeerOrigin::Resolved
+                    && Settings::of_line(peer.config_weight, peer.config_down) == line
+            })
+        })
+        .map_or((line, JoinedFrom::Line), |peer| {
+            let saved = Settings {
+                weight: peer.weight,
+                state: peer.state,
+            };
+            (saved, JoinedFrom::StateFile)
+        })
+}
+
+/// Which rule of `joining_settings` gave a new address its settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinedFrom {
+    NamesPeers,
+    StateFile,
+    Line,
+}
+
+impl JoinedFrom {
+    /// As the error log says it after the address.
+    pub fn describe(self) -> &'static str {
+        match self {
+            JoinedFrom::NamesPeers => "as the name's peers",
+            JoinedFrom::StateFile => "from the state file",
+            JoinedFrom::Line => "from its line",
+        }
+    }
+}
+
 /// When to ask again after an answer valid for `valid_ms` (Nginx's resolver: the record's
 /// TTL, or the `resolver valid=` time).
 pub fn next_lookup_in(valid_ms: Option<u64>) -> u64 {
@@ -79,6 +158,7 @@ pub fn next_lookup_in(valid_ms: Option<u64>) -> u64 {
 mod tests {
     use super::*;
     use crate::table::test_support::leaked_slot as slot;
+    use crate::table::test_support::leaked_slot_with as peer_with;
 
     #[test]
     fn an_answer_adds_new_addresses_and_removes_vanished_ones() {
@@ -99,6 +179,92 @@ mod tests {
         assert!(
             add.is_empty() && remove.is_empty(),
             "the same answer changes nothing"
+        );
+    }
+
+    fn settings(weight: u32, state: PeerState) -> Settings {
+        Settings { weight, state }
+    }
+
+    #[test]
+    fn a_new_address_takes_the_place_of_the_names_peers() {
+        let line = Settings::of_line(1, false);
+        // A standby side recreated with a new IP stays standby, though its line is up.
+        let standby = [peer_with("172.18.0.3:8000", 0, PeerState::Drain)];
+        assert_eq!(
+            joining_settings(&standby, None, "172.18.0.5:8000", line),
+            (settings(0, PeerState::Drain), JoinedFrom::NamesPeers)
+        );
+        // A live side whose line is `down` stays live.
+        let live = [
+            peer_with("172.18.0.3:8000", 334, PeerState::Up),
+            peer_with("172.18.0.4:8000", 333, PeerState::Up),
+        ];
+        assert_eq!(
+            joining_settings(&live, None, "172.18.0.5:8000", Settings::of_line(1, true)).0,
+            settings(333, PeerState::Up),
+            "the mean of a canary's split"
+        );
+        // Peers that disagree on their state (one drained for removal) say nothing.
+        let mixed = [
+            peer_with("172.18.0.3:8000", 5, PeerState::Up),
+            peer_with("172.18.0.4:8000", 5, PeerState::Drain),
+        ];
+        assert_eq!(
+            joining_settings(&mixed, None, "172.18.0.5:8000", line),
+            (line, JoinedFrom::Line)
+        );
+        assert_eq!(
+            joining_settings(&[], None, "172.18.0.5:8000", line),
+            (line, JoinedFrom::Line)
+        );
+    }
+
+    #[test]
+    fn a_name_without_peers_takes_what_the_state_file_saved_of_its_address() {
+        let line = Settings::of_line(1, true);
+        let saved_peer = |server: &str, origin, config_down| crate::state_file::SavedPeer {
+            server: server.into(),
+            config_weight: 1,
+            config_down,
+            backup: false,
+            weight: 1000,
+            state: PeerState::Up,
+            origin,
+            config_label: None,
+            label: None,
+        };
+        let saved = SavedUpstream {
+            upstream: "app".into(),
+            generation: 9,
+            peers: vec![
+                saved_peer("172.18.0.3:8000", PeerOrigin::Resolved, true),
+                saved_peer("172.18.0.4:8000", PeerOrigin::Api, true),
+            ],
+        };
+        let at = |server| joining_settings(&[], Some(&saved), server, line);
+        assert_eq!(
+            at("172.18.0.3:8000"),
+            (settings(1000, PeerState::Up), JoinedFrom::StateFile)
+        );
+        assert_eq!(at("172.18.0.9:8000").0, line, "an address it did not save");
+        assert_eq!(at("172.18.0.4:8000").0, line, "not a resolved peer");
+        // The line changed since (no longer `down`): the line wins, as for config peers.
+        assert_eq!(
+            joining_settings(
+                &[],
+                Some(&saved),
+                "172.18.0.3:8000",
+                Settings::of_line(1, false)
+            )
+            .0,
+            Settings::of_line(1, false)
+        );
+        // A name with peers takes their place, not the file's.
+        let standby = [peer_with("172.18.0.5:8000", 0, PeerState::Down)];
+        assert_eq!(
+            joining_settings(&standby, Some(&saved), "172.18.0.3:8000", line).0,
+            settings(0, PeerState::Down)
         );
     }
 

@@ -24,6 +24,10 @@ use super::lock::WriteGuard;
 pub struct Addition {
     pub weight: u32,
     pub state: PeerState,
+    /// What its line says: a POST is its own line; a resolved peer's is its name's `server`
+    /// line, whatever weight and state it joins with. The API shows it as `config_weight`.
+    pub line_weight: u32,
+    pub line_down: bool,
     pub label: Label,
     /// Through the API, or resolved from a name (whose id is `source`, 0 otherwise).
     pub origin: PeerOrigin,
@@ -38,6 +42,8 @@ impl Addition {
         Addition {
             weight,
             state,
+            line_weight: weight,
+            line_down: state == PeerState::Down,
             label,
             origin: PeerOrigin::Api,
             source: 0,
@@ -89,8 +95,8 @@ impl WriteGuard<'_> {
             }
             slot.set_config(&PeerConfig {
                 server: slot.server().to_string(),
-                weight: addition.weight,
-                down: addition.state == PeerState::Down,
+                weight: addition.line_weight,
+                down: addition.line_down,
                 backup: false,
                 label: addition.label,
             });
