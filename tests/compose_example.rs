@@ -32,7 +32,7 @@ fn backend_ports(compose: &serde_yaml::Value) -> BTreeMap<String, String> {
 }
 
 #[test]
-fn the_compose_file_matches_the_config_and_the_plan() {
+fn the_compose_file_matches_the_config_and_the_plans() {
     let compose: serde_yaml::Value =
         serde_yaml::from_str(&example("docker-compose.yml")).expect("YAML");
     let services: Vec<&str> = compose["services"]
@@ -47,31 +47,46 @@ fn the_compose_file_matches_the_config_and_the_plan() {
         ports,
         BTreeMap::from([
             ("backend_blue".into(), "8000".into()),
-            ("backend_green".into(), "8001".into())
+            ("backend_green".into(), "8000".into())
         ])
     );
+    for service in &services {
+        assert!(
+            compose["services"][service]["network_mode"].is_null(),
+            "{service} is on the project's network, where Docker's DNS names it"
+        );
+    }
 
     let config = example("nginx.conf");
+    assert!(config.contains("resolver 127.0.0.11 "), "Docker's DNS");
     let plan: toml::Value = toml::from_str(&example("deploy.toml")).expect("TOML");
+    let recreate: toml::Value = toml::from_str(&example("deploy-recreate.toml")).expect("TOML");
+    assert_eq!(plan["strategy"].as_str(), Some("canary"));
+    assert_eq!(recreate["strategy"].as_str(), Some("switch"));
     for (service, port) in &ports {
+        let side = service.trim_start_matches("backend_");
         assert!(
-            config.contains(&format!("server 127.0.0.1:{port}")),
-            "nginx.conf lacks {service}'s port {port}"
+            config.contains(&format!("server {service}:{port} resolve"))
+                && config.contains(&format!("shift_label {service}:{port} {side};")),
+            "nginx.conf resolves {service} and labels it {side}"
         );
-        let side = plan["sides"]
-            .as_table()
-            .unwrap()
-            .values()
-            .find(|side| side["start"].as_str() == Some(&format!("./compose.sh up -d {service}")))
-            .unwrap_or_else(|| panic!("no side of deploy.toml starts {service}"));
+        let planned = &plan["sides"][side];
+        assert_eq!(planned["server"].as_str(), Some(side), "sides are labels");
         assert_eq!(
-            side["server"].as_str(),
-            Some(format!("127.0.0.1:{port}").as_str())
+            planned["start"].as_str(),
+            Some(format!("./compose.sh up -d {service}").as_str())
         );
         assert_eq!(
-            side["stop"].as_str(),
+            planned["stop"].as_str(),
             Some(format!("./compose.sh stop {service}").as_str())
         );
+        let recreated = &recreate["sides"][side];
+        assert_eq!(recreated["server"].as_str(), Some(side));
+        assert_eq!(
+            recreated["start"].as_str(),
+            Some(format!("./compose.sh up -d --force-recreate {service}").as_str())
+        );
+        assert!(recreated.get("stop").is_none(), "the old side stays up");
     }
 
     let volumes: Vec<&str> = compose["services"]["nginx"]["volumes"]
@@ -101,17 +116,27 @@ fn the_compose_file_matches_the_config_and_the_plan() {
 }
 
 /// The example's nginx.conf with this machine's paths and free ports in place of the
-/// container's: the module, blue and green at `ports`, the proxy on `http`, the admin socket in
-/// the prefix and state files in `state_dir`.
+/// container's: the module, blue and green at `ports` (static lines standing in for their
+/// service names), the proxy on `http`, the admin socket in the prefix and state files in
+/// `state_dir`.
 fn example_config(ports: (u16, u16), http: u16, state_dir: &std::path::Path) -> String {
     let (blue, green) = ports;
-    example("nginx.conf")
+    let config = example("nginx.conf");
+    for line in [
+        "server backend_blue:8000 resolve;",
+        "server backend_green:8000 resolve down;",
+    ] {
+        assert!(config.contains(line), "the example has {line}");
+    }
+    config
         .replace(
             "/etc/nginx/modules/libngx_http_shift_module.so",
             &module_path().display().to_string(),
         )
-        .replace("127.0.0.1:8000", &format!("127.0.0.1:{blue}"))
-        .replace("127.0.0.1:8001", &format!("127.0.0.1:{green}"))
+        .replace("backend_blue:8000 resolve", &format!("127.0.0.1:{blue}"))
+        .replace("backend_green:8000 resolve", &format!("127.0.0.1:{green}"))
+        .replace("backend_blue:8000", &format!("127.0.0.1:{blue}"))
+        .replace("backend_green:8000", &format!("127.0.0.1:{green}"))
         .replace("listen 80;", &format!("listen 127.0.0.1:{http};"))
         .replace("/run/nginx-shift/shift.sock", "{prefix}/shift.sock")
         .replace("/var/lib/nginx-shift", &state_dir.display().to_string())
@@ -141,8 +166,6 @@ fn example_plan(sides: &HookedBackends, ports: (u16, u16)) -> std::path::PathBuf
         .replace("./compose.sh up -d backend_green", &sides.start_hook(green))
         .replace("./compose.sh stop backend_blue", &sides.stop_hook())
         .replace("./compose.sh stop backend_green", &sides.stop_hook())
-        .replace("127.0.0.1:8000", &format!("127.0.0.1:{blue}"))
-        .replace("127.0.0.1:8001", &format!("127.0.0.1:{green}"))
         .replace("interval = \"30s\"", "interval = \"1s\"")
         .replace("health_timeout = \"120s\"", "health_timeout = \"20s\"");
     let plan_path = sides.dir().join("deploy.toml");

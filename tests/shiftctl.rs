@@ -457,6 +457,57 @@ fn deploy_runs_the_hooks_in_order_and_alternates_sides() {
     assert_eq!(served(), ["blue".to_string()].into());
 }
 
+/// A new side that never passes its health check takes no traffic; the deploy stops it with
+/// its own stop hook (it could take traffic by mistake later) and says so.
+#[test]
+fn a_release_that_fails_its_checks_is_stopped_and_traffic_stays() {
+    let sides = HookedBackends::new();
+    let (blue, green, port) = (free_port(), free_port(), free_port());
+    let nginx = Nginx::start(NginxOptions::new(format!(
+        "upstream app {{\n    server 127.0.0.1:{blue};\n    server 127.0.0.1:{green} down;\n    shift;\n\
+             shift_check interval=200ms;\n}}\n\
+         server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://app; }} }}\n\
+         server {{ listen unix:{{prefix}}/api.sock; location /api/ {{ shift_api; }} }}\n"
+    )));
+    let admin = Admin::new(nginx.path("api.sock"), "/api/");
+    // Green's release answers 500, to its checks too.
+    let broken = sides
+        .start_hook(green)
+        .replace(&format!(" {green} >"), &format!(" 127.0.0.1:{green} 500 >"));
+    let plan = plan(&sides, blue, green, &broken);
+    fs::write(
+        &plan,
+        fs::read_to_string(&plan)
+            .unwrap()
+            .replace("health_timeout = \"10s\"", "health_timeout = \"2s\""),
+    )
+    .unwrap();
+    sides.start_now("blue", blue);
+    let blue_healthy = wait_until(Duration::from_secs(10), || {
+        admin.upstream("app").peers[0].health == Health::Healthy
+    });
+    assert!(blue_healthy.is_some());
+
+    let state_dir = TempDir::new().unwrap();
+    let output = shiftctl_command(&[nginx.path("api.sock")], Some(state_dir.path()))
+        .arg("deploy")
+        .arg(&plan)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("deploy of green stopped; traffic stays on blue; green is stopped")
+            && stderr.contains("status 500"),
+        "{stderr}"
+    );
+    assert_eq!(sides.log(), "start green\nstop green\n");
+    let mut client = HttpClient::new(port);
+    for _ in 0..10 {
+        assert_eq!(client.get("/").unwrap().body, "blue");
+    }
+}
+
 #[test]
 fn a_failing_start_hook_leaves_traffic_on_the_old_side() {
     let setup = Setup::start("");

@@ -11,7 +11,8 @@ use serde::Deserialize;
 use shift_wire::{PeerState, Upstream};
 use shiftctl::verdict::{self, Gates};
 
-use crate::commands::{self, CanaryOptions, Ctx, OnInterrupt, Unhealthy};
+use crate::commands::{self, CanaryOptions, Ctx, OnInterrupt, Unhealthy::AwaitStart};
+use crate::etcd_fleet::now_ms;
 use crate::exit::Failure;
 use crate::hook;
 use crate::interrupts::Interrupts;
@@ -87,7 +88,9 @@ pub enum Strategy {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Side {
-    /// The peer's address as the upstream lists it, e.g. "127.0.0.1:8001".
+    /// The side's peers: one address as the upstream lists it ("127.0.0.1:8001"), or a label
+    /// (`shift_label`) that names all of them, such as the addresses of a Compose service
+    /// (`server backend_green:8000 resolve`), which change when its container is recreated.
     pub server: String,
     /// Shell command that starts this side (e.g. "docker compose up -d backend_green").
     pub start: Option<String>,
@@ -229,9 +232,25 @@ impl DeployPlan {
     }
 }
 
-/// The side taking traffic now: the one recorded by the last deploy, else the one whose peer
-/// is up with a weight.
+/// The side taking traffic now: the one side with a peer up with a weight (a side with no
+/// peer, such as a Compose service never started, has none), else, while both or neither do
+/// (a canary held half way), the one the last deploy recorded. What the upstream shows comes
+/// first: after `shiftctl rollback` the record names the side the traffic left.
 fn live_side(ctx: &Ctx, plan: &DeployPlan, upstream: &Upstream) -> Result<String, Failure> {
+    let live: Vec<&String> = plan
+        .sides
+        .iter()
+        .filter(|(_, side)| {
+            plan::target_peers(upstream, &side.server)
+                .unwrap_or_default()
+                .iter()
+                .any(|peer| peer.state == PeerState::Up && peer.weight > 0)
+        })
+        .map(|(name, _)| name)
+        .collect();
+    if let [one] = live.as_slice() {
+        return Ok((*one).clone());
+    }
     let record = ctx.state_dir.join(format!("{}.live", plan.upstream));
     if let Ok(text) = fs::read_to_string(&record) {
         let name = text.trim().to_string();
@@ -239,23 +258,13 @@ fn live_side(ctx: &Ctx, plan: &DeployPlan, upstream: &Upstream) -> Result<String
             return Ok(name);
         }
     }
-    let mut live = Vec::new();
-    for (name, side) in &plan.sides {
-        let peer = plan::find_peer(upstream, &side.server)?;
-        if peer.state == PeerState::Up && peer.weight > 0 {
-            live.push(name.clone());
-        }
-    }
-    match live.as_slice() {
-        [one] => Ok(one.clone()),
-        _ => Err(Failure::usage(anyhow::anyhow!(
-            "cannot tell which side of \"{}\" is live ({} of them take traffic); write its name \
-             to {}",
-            plan.upstream,
-            live.len(),
-            record.display()
-        ))),
-    }
+    Err(Failure::usage(anyhow::anyhow!(
+        "cannot tell which side of \"{}\" is live ({} of them take traffic); write its name \
+         to {}",
+        plan.upstream,
+        live.len(),
+        record.display()
+    )))
 }
 
 async fn run_hook(
@@ -307,6 +316,8 @@ pub async fn deploy(ctx: &Ctx, plan_path: &Path) -> Result<(), Failure> {
     run_hook(ctx, &plan, &new_name, &new_side, "start")
         .await
         .map_err(|why| Failure::aborted(anyhow::anyhow!("{why}; traffic stays on {old_name}")))?;
+    // Its checks count from here: a container the hook replaced passed them at its old address.
+    let started = AwaitStart { since_ms: now_ms() };
     let health_timeout = plan.health_timeout;
     let shifted = match plan.strategy {
         Strategy::Switch => {
@@ -317,7 +328,7 @@ pub async fn deploy(ctx: &Ctx, plan_path: &Path) -> Result<(), Failure> {
                 &new_side.server,
                 check_url,
                 health_timeout,
-                Unhealthy::AwaitRecovery,
+                started,
             )
             .await
         }
@@ -333,18 +344,26 @@ pub async fn deploy(ctx: &Ctx, plan_path: &Path) -> Result<(), Failure> {
                 check_url: new_side.check_url.clone(),
                 ready_timeout: health_timeout,
                 // The side was stopped until the start hook ran: its checks need time to pass.
-                unhealthy: Unhealthy::AwaitRecovery,
+                unhealthy: started,
                 sync_timeout: health_timeout,
             };
             commands::canary(ctx, &plan.upstream, &options).await
         }
     };
-    shifted.map_err(|failure| Failure {
-        code: failure.code,
-        error: failure.error.context(format!(
-            "deploy of {new_name} stopped; traffic stays on {old_name}"
-        )),
-    })?;
+    if let Err(failure) = shifted {
+        // The failed release takes no traffic; stopped, it cannot take any by mistake later.
+        let stopped = match run_hook(ctx, &plan, &new_name, &new_side, "stop").await {
+            Ok(()) if new_side.stop.is_some() => format!("; {new_name} is stopped"),
+            Ok(()) => String::new(),
+            Err(why) => format!("; {why}: stop {new_name} by hand"),
+        };
+        return Err(Failure {
+            code: failure.code,
+            error: failure.error.context(format!(
+                "deploy of {new_name} stopped; traffic stays on {old_name}{stopped}"
+            )),
+        });
+    }
 
     write_file(
         &ctx.state_dir.join(format!("{}.live", plan.upstream)),
@@ -365,16 +384,16 @@ pub async fn deploy(ctx: &Ctx, plan_path: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Waits (up to 30 s) until `server` has no requests in progress anywhere.
-async fn wait_drained(ctx: &Ctx, upstream: &str, server: &str) {
+/// Waits (up to 30 s) until the peers `target` names have no requests in progress anywhere.
+async fn wait_drained(ctx: &Ctx, upstream: &str, target: &str) {
     for _ in 0..120 {
         let Ok(states) = ctx.fleet.read(upstream).await else {
             return;
         };
         let active: u64 = states
             .iter()
-            .filter_map(|s| plan::find_peer(s, server).ok())
-            .map(|p| p.active)
+            .flat_map(|state| plan::target_peers(state, target).unwrap_or_default())
+            .map(|peer| peer.active)
             .sum();
         if active == 0 {
             return;

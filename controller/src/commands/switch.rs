@@ -15,6 +15,11 @@ pub enum Unhealthy {
     Refuse,
     /// Wait for it to pass: a deploy just started it, and it was down until now.
     AwaitRecovery,
+    /// A deploy's start hook just started it, and ended at `since_ms` (Unix ms): wait for its
+    /// peers to appear (a resolved name is looked up again) and for each to pass a check that
+    /// ended after that. An address the hook's container no longer has (recreated with a new
+    /// one) passed its checks before, and fails them now.
+    AwaitStart { since_ms: u64 },
 }
 
 /// Waits until the peers `target` names (an address or a label) are healthy in every Nginx
@@ -40,14 +45,27 @@ pub async fn wait_ready(
             if first && unhealthy == Unhealthy::Refuse {
                 plan::require_not_unhealthy(state, target)?;
             }
-            for peer in plan::target_peers(state, target)? {
-                if peer.check.is_some() && peer.health != Health::Healthy {
-                    let last = peer
-                        .check
-                        .as_ref()
-                        .and_then(|check| check.last_error.as_deref());
+            let peers = match (plan::target_peers(state, target), unhealthy) {
+                (Ok(peers), _) => peers,
+                (Err(_), Unhealthy::AwaitStart { .. }) => {
+                    waiting_for.push(format!("{target} to appear in upstream \"{upstream}\""));
+                    continue;
+                }
+                (Err(err), _) => return Err(err.into()),
+            };
+            for peer in peers {
+                let Some(check) = &peer.check else {
+                    continue;
+                };
+                let checked_since_start = match unhealthy {
+                    Unhealthy::AwaitStart { since_ms } => {
+                        check.last_check_ms.is_some_and(|ended| ended >= since_ms)
+                    }
+                    _ => true,
+                };
+                if peer.health != Health::Healthy || !checked_since_start {
                     let server = &peer.server;
-                    waiting_for.push(match last {
+                    waiting_for.push(match &check.last_error {
                         Some(error) => format!("a passed health check of {server} (last: {error})"),
                         None => format!("a passed health check of {server}"),
                     });
