@@ -481,3 +481,26 @@ fn a_grown_zone_keeps_a_resolved_sides_place() {
     assert_eq!(settings_of(&admin, &blue), (0, PeerState::Drain, 1));
     assert_eq!(served(http), BTreeSet::from(["r3".to_string()]));
 }
+
+/// Every answer vouches for the addresses it gives, changed or not: a peer's `resolved_ms` is
+/// set by the answer that adds it, and moves on with each lookup (`valid=1s`). A deploy waits
+/// for one after its start hook before it trusts a side's addresses.
+#[test]
+fn each_answer_stamps_the_addresses_it_gives() {
+    let port = free_port();
+    let _replica = replica(2, port);
+    let dns = Dnsmasq::start(&[("127.0.0.2", "backend")]);
+    let (_nginx, admin, _) = start_nginx(&dns, &format!("shift_resolve backend:{port}; shift;"));
+    await_resolved(&admin, port, &[2]);
+    let server = format!("127.0.0.2:{port}");
+    let joined = admin.peer("app", &server).unwrap();
+    let first = joined.resolved_ms.expect("a resolved peer's stamp");
+    assert!(first >= joined.joined_ms, "{joined:?}");
+    let later = wait_until(Duration::from_secs(10), || {
+        admin
+            .peer("app", &server)
+            .and_then(|peer| peer.resolved_ms)
+            .is_some_and(|at| at > first)
+    });
+    assert!(later.is_some(), "{:?}", admin.peer("app", &server));
+}

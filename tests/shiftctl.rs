@@ -461,32 +461,58 @@ fn deploy_runs_the_hooks_in_order_and_alternates_sides() {
 /// its own stop hook (it could take traffic by mistake later) and says so.
 #[test]
 fn a_release_that_fails_its_checks_is_stopped_and_traffic_stays() {
+    deploy_a_release_that_fails_its_checks(false);
+}
+
+/// As Compose's `up -d --force-recreate` of a standby side: the healthy container is replaced
+/// by the bad release at the same address. The side's health is still `healthy` until enough
+/// checks failed, so the deploy waits for a check that passed after its start hook.
+#[test]
+fn a_release_recreated_at_a_healthy_address_must_pass_a_check_itself() {
+    deploy_a_release_that_fails_its_checks(true);
+}
+
+fn deploy_a_release_that_fails_its_checks(green_runs_before: bool) {
     let sides = HookedBackends::new();
     let (blue, green, port) = (free_port(), free_port(), free_port());
     let nginx = Nginx::start(NginxOptions::new(format!(
         "upstream app {{\n    server 127.0.0.1:{blue};\n    server 127.0.0.1:{green} down;\n    shift;\n\
-             shift_check interval=200ms;\n}}\n\
+             shift_check interval=200ms fails=50;\n}}\n\
          server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://app; }} }}\n\
          server {{ listen unix:{{prefix}}/api.sock; location /api/ {{ shift_api; }} }}\n"
     )));
     let admin = Admin::new(nginx.path("api.sock"), "/api/");
-    // Green's release answers 500, to its checks too.
+    // Green's release answers 500, to its checks too; a green running before is replaced.
+    let dir = sides.dir().display();
     let broken = sides
         .start_hook(green)
         .replace(&format!(" {green} >"), &format!(" 127.0.0.1:{green} 500 >"));
-    let plan = plan(&sides, blue, green, &broken);
+    let recreate = format!(
+        "pid=$(cat {dir}/green.pid 2>/dev/null) && kill $pid && \
+         while kill -0 $pid 2>/dev/null; do sleep 0.05; done; {broken}"
+    );
+    let plan = plan(&sides, blue, green, &recreate);
     fs::write(
         &plan,
         fs::read_to_string(&plan)
             .unwrap()
-            .replace("health_timeout = \"10s\"", "health_timeout = \"2s\""),
+            .replace("health_timeout = \"10s\"", "health_timeout = \"2s\"")
+            .replace(
+                &format!("check_url = \"http://127.0.0.1:{green}/health\"\n"),
+                "",
+            ),
     )
     .unwrap();
     sides.start_now("blue", blue);
-    let blue_healthy = wait_until(Duration::from_secs(10), || {
-        admin.upstream("app").peers[0].health == Health::Healthy
+    if green_runs_before {
+        sides.start_now("green", green);
+    }
+    let healthy = wait_until(Duration::from_secs(10), || {
+        let peers = admin.upstream("app").peers;
+        peers[0].health == Health::Healthy
+            && (!green_runs_before || peers[1].health == Health::Healthy)
     });
-    assert!(blue_healthy.is_some());
+    assert!(healthy.is_some(), "{:?}", admin.upstream("app"));
 
     let state_dir = TempDir::new().unwrap();
     let output = shiftctl_command(&[nginx.path("api.sock")], Some(state_dir.path()))

@@ -378,8 +378,13 @@ pub async fn deploy(ctx: &Ctx, plan_path: &Path) -> Result<(), Failure> {
                 "{new_name} is live, but {why}; stop {old_name} by hand"
             ))
         })?;
+    let old_is = if old_side.stop.is_some() {
+        "stopped"
+    } else {
+        "idle, for a rollback"
+    };
     ctx.progress.event(&format!(
-        "deploy done: {new_name} is live, {old_name} is stopped"
+        "deploy done: {new_name} is live, {old_name} is {old_is}"
     ));
     Ok(())
 }

@@ -113,6 +113,7 @@ mod tests {
             backup,
             origin: shift_wire::PeerOrigin::Config,
             joined_ms: 0,
+            resolved_ms: None,
             config_weight: weight,
             requests: 12,
             failures: 1,

@@ -294,6 +294,7 @@ mod tests {
             backup: false,
             origin: shift_wire::PeerOrigin::Config,
             joined_ms: 0,
+            resolved_ms: None,
             config_weight: 1,
             requests: 0,
             failures: 0,

@@ -144,6 +144,7 @@ mod tests {
             backup: false,
             origin: PeerOrigin::Config,
             joined_ms: 0,
+            resolved_ms: None,
             config_weight: 1,
             requests,
             failures: 0,

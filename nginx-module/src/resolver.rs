@@ -335,6 +335,11 @@ fn apply(
         .filter(|slot| slot.is_current() && slot.origin() == PeerOrigin::Resolved)
         .filter(|slot| slot.source() == source)
         .collect();
+    // Every answer, changed or not, vouches for the addresses it gives.
+    let answered_ms = crate::clock::unix_ms();
+    for slot in current.iter().filter(|slot| answer.contains(slot.server())) {
+        slot.note_resolved(answered_ms);
+    }
     let (add, remove) = changes(&current, answer);
     if add.is_empty() && remove.is_empty() {
         return;
@@ -379,7 +384,7 @@ fn apply(
                     label: label_for(&conf.labels, &name.name_port(), server),
                     origin: PeerOrigin::Resolved,
                     source,
-                    at_ms: crate::clock::unix_ms(),
+                    at_ms: answered_ms,
                 };
                 guard.add_peer(slot, &addition, order, epoch);
                 order += 1;

@@ -155,6 +155,11 @@ pub struct Peer {
     /// and its counters from zero. 0 from a module older than this field.
     #[serde(default)]
     pub joined_ms: u64,
+    /// For a resolved peer: when the last answer for its name that gives this address arrived
+    /// (Unix ms). An address the name no longer gives goes at the next answer; a deploy waits
+    /// for an answer after its start hook before it trusts a side's addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_ms: Option<u64>,
     /// The weight the config gives it; `weight` differs once changed at run time.
     pub config_weight: u32,
     /// Requests sent to this peer (every attempt, retries included).

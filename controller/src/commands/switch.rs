@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use shift_wire::Health;
+use shift_wire::{Health, PeerOrigin};
 
 use super::{Ctx, POLL};
 use crate::exit::Failure;
@@ -16,9 +16,10 @@ pub enum Unhealthy {
     /// Wait for it to pass: a deploy just started it, and it was down until now.
     AwaitRecovery,
     /// A deploy's start hook just started it, and ended at `since_ms` (Unix ms): wait for its
-    /// peers to appear (a resolved name is looked up again) and for each to pass a check that
-    /// ended after that. An address the hook's container no longer has (recreated with a new
-    /// one) passed its checks before, and fails them now.
+    /// peers to appear, for a lookup after that to give each resolved one, and for the last
+    /// check of each to have passed, and ended after that. An address the hook's container no longer has
+    /// (recreated with a new one) passed its checks before, and fails them now; one it has
+    /// again (Docker often gives it back) must pass for the new container.
     AwaitStart { since_ms: u64 },
 }
 
@@ -54,16 +55,32 @@ pub async fn wait_ready(
                 (Err(err), _) => return Err(err.into()),
             };
             for peer in peers {
+                // A resolved side's addresses are the ones an answer after the start hook gives:
+                // an address its container had before may be another container's by now.
+                if let Unhealthy::AwaitStart { since_ms } = unhealthy {
+                    if peer.origin == PeerOrigin::Resolved
+                        && peer.resolved_ms.is_none_or(|at| at < since_ms)
+                    {
+                        waiting_for.push(format!(
+                            "a lookup of {target}'s name that still gives {}",
+                            peer.server
+                        ));
+                        continue;
+                    }
+                }
                 let Some(check) = &peer.check else {
                     continue;
                 };
-                let checked_since_start = match unhealthy {
+                // Health stays `healthy` until `fails` checks in a row failed: a container
+                // recreated at the same address must pass one itself.
+                let passed_since_start = match unhealthy {
                     Unhealthy::AwaitStart { since_ms } => {
-                        check.last_check_ms.is_some_and(|ended| ended >= since_ms)
+                        check.last_error.is_none()
+                            && check.last_check_ms.is_some_and(|ended| ended >= since_ms)
                     }
                     _ => true,
                 };
-                if peer.health != Health::Healthy || !checked_since_start {
+                if peer.health != Health::Healthy || !passed_since_start {
                     let server = &peer.server;
                     waiting_for.push(match &check.last_error {
                         Some(error) => format!("a passed health check of {server} (last: {error})"),

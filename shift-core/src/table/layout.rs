@@ -235,6 +235,10 @@ pub struct PeerSlot {
     pub(crate) joined_ms: AtomicU64,
     /// The name a resolved peer came from (`resolve::source_id`), 0 for other peers.
     pub(crate) source: AtomicU64,
+    /// When the last answer for its name that gives this address arrived (Unix ms), 0 for
+    /// peers that are not resolved: a deploy that just started a container waits for a lookup
+    /// after it, which drops the address a recreated container no longer has.
+    pub(crate) resolved_ms: AtomicU64,
     /// The label the config gives it, and the one it has now (the API may have changed it).
     pub(crate) config_label: LabelCell,
     pub(crate) label: LabelCell,
@@ -273,6 +277,7 @@ impl PeerSlot {
             added_epoch: AtomicU64::new(0),
             joined_ms: AtomicU64::new(0),
             source: AtomicU64::new(0),
+            resolved_ms: AtomicU64::new(0),
             config_label: LabelCell::new(config.label),
             label: LabelCell::new(config.label),
             response_time: LatencyCell::new(),
@@ -357,6 +362,12 @@ impl PeerSlot {
     /// When this instance of the peer joined (Unix ms); 0 before it first became current.
     pub fn joined_ms(&self) -> u64 {
         self.joined_ms.load(Ordering::Relaxed)
+    }
+
+    /// Notes that an answer for the slot's name that arrived at `at_ms` (Unix ms) gives its
+    /// address. A bare store: it orders nothing else.
+    pub fn note_resolved(&self, at_ms: u64) {
+        self.resolved_ms.store(at_ms, Ordering::Relaxed);
     }
 
     pub fn server(&self) -> &str {
@@ -455,6 +466,10 @@ impl PeerSlot {
             backup: self.backup.load(Ordering::Relaxed),
             origin: self.origin(),
             joined_ms: self.joined_ms(),
+            resolved_ms: match self.resolved_ms.load(Ordering::Relaxed) {
+                0 => None,
+                at => Some(at),
+            },
             config_weight: self.config_weight.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),

@@ -106,6 +106,13 @@ impl WriteGuard<'_> {
             slot.label.store(addition.label);
             slot.set_origin(addition.origin);
             slot.source.store(addition.source, Ordering::Relaxed);
+            // The answer that adds a resolved peer is its first.
+            let resolved = if addition.origin == PeerOrigin::Resolved {
+                addition.at_ms
+            } else {
+                0
+            };
+            slot.resolved_ms.store(resolved, Ordering::Relaxed);
             slot.removed_epoch.store(0, Ordering::Relaxed);
             slot.set_current(true, order);
             self.table.header.members.store(epoch, Ordering::Release);
