@@ -35,13 +35,15 @@ fn shared_dir(parent: &Path, name: &str) -> PathBuf {
 /// The override adds `filler`, started only when named: another service's container, which
 /// answers as `filler`, to take an address a stopped container freed.
 struct Stage {
+    // Dropped first (fields drop in order): taking the project down reads the override file
+    // in `work`.
+    project: ComposeProject,
     example: PathBuf,
     work: tempfile::TempDir,
     run: PathBuf,
     state: PathBuf,
     logs: PathBuf,
     http: u16,
-    project: ComposeProject,
 }
 
 impl Stage {
@@ -82,13 +84,13 @@ impl Stage {
             ],
         );
         Stage {
+            project,
             example,
             work,
             run,
             state,
             logs,
             http,
-            project,
         }
     }
 
@@ -251,19 +253,7 @@ fn the_scaled_example_rolls_on_real_docker() {
     assert_eq!(admin.eligible("backend"), serving);
     assert_eq!(harness::HttpClient::new(http).get("/").unwrap().body, last);
 
-    let report = traffic.stop();
-    assert!(
-        report.failed.is_empty(),
-        "failed requests through the deploys: {:?} (answers {:?})",
-        report.failed,
-        report.answers
-    );
-    assert!(report.total() > 100, "the loop ran: {:?}", report.answers);
-    assert_no_request_went_astray(&stage);
-    eprintln!(
-        "deploys took {timings:?}; {} requests, none failed",
-        report.total()
-    );
+    finish_traffic(&stage, traffic, &timings);
 }
 
 /// Every peer of `backend` with `label` (a side of examples/compose), eligible or not.
@@ -283,6 +273,29 @@ fn other_side(side: &str) -> &'static str {
     } else {
         "blue"
     }
+}
+
+/// Stops the request loop that ran through the deploys: not one request failed, and none
+/// went to an address without a container. Returns who answered how often.
+fn finish_traffic(
+    stage: &Stage,
+    traffic: Traffic,
+    timings: &[Duration],
+) -> std::collections::BTreeMap<String, u64> {
+    let report = traffic.stop();
+    assert!(
+        report.failed.is_empty(),
+        "failed requests through the deploys: {:?} (answers {:?})",
+        report.failed,
+        report.answers
+    );
+    assert!(report.total() > 100, "the loop ran: {:?}", report.answers);
+    assert_no_request_went_astray(stage);
+    eprintln!(
+        "deploys took {timings:?}; {} requests, none failed",
+        report.total()
+    );
+    report.answers
 }
 
 /// No request went to an address without a container: Nginx logs each failed connect to an
@@ -384,19 +397,7 @@ fn the_blue_green_example_deploys_on_real_docker() {
     let last = versions[versions.len() - 1];
     assert_eq!(stage.answers(), BTreeSet::from([last.to_string()]));
 
-    let report = traffic.stop();
-    assert!(
-        report.failed.is_empty(),
-        "failed requests through the deploys: {:?} (answers {:?})",
-        report.failed,
-        report.answers
-    );
-    assert!(report.total() > 100, "the loop ran: {:?}", report.answers);
-    assert_no_request_went_astray(&stage);
-    eprintln!(
-        "deploys took {timings:?}; {} requests, none failed",
-        report.total()
-    );
+    finish_traffic(&stage, traffic, &timings);
 }
 
 /// Option 2 of the seed note: both sides run; each deploy recreates the idle one with the new
@@ -510,22 +511,9 @@ fn the_recreate_example_switches_on_real_docker() {
     );
     assert_eq!(stage.answers(), BTreeSet::from([previous.to_string()]));
 
-    let report = traffic.stop();
+    let answers = finish_traffic(&stage, traffic, &timings);
     assert!(
-        report.failed.is_empty(),
-        "failed requests through the deploys: {:?} (answers {:?})",
-        report.failed,
-        report.answers
-    );
-    assert!(report.total() > 100, "the loop ran: {:?}", report.answers);
-    assert!(
-        !report.answers.contains_key("filler"),
-        "a request reached the container at a side's old address: {:?}",
-        report.answers
-    );
-    assert_no_request_went_astray(&stage);
-    eprintln!(
-        "deploys took {timings:?}; {} requests, none failed",
-        report.total()
+        !answers.contains_key("filler"),
+        "a request reached the container at a side's old address: {answers:?}"
     );
 }

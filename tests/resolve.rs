@@ -426,60 +426,82 @@ fn a_recreated_container_takes_its_sides_place_not_its_line() {
     );
 }
 
+/// Names `blue` and `green` (its line `down`), on 127.0.0.2 and .3, with the upstream's `shift`
+/// as `shift`; green made live and blue standby by a PATCH, as a switch leaves them.
+struct SwitchedSides {
+    nginx: Nginx,
+    admin: Admin,
+    http: u16,
+    dns: Dnsmasq,
+    upstream: String,
+    blue: String,
+    green: String,
+    _replicas: Vec<Backend>,
+}
+
+impl SwitchedSides {
+    fn start(shift: &str) -> SwitchedSides {
+        let port = free_port();
+        let replicas: Vec<Backend> = (2..=3).map(|n| replica(n, port)).collect();
+        let dns = Dnsmasq::start(&[("127.0.0.2", "blue"), ("127.0.0.3", "green")]);
+        let upstream =
+            format!("shift_resolve blue:{port}; shift_resolve green:{port} down; {shift}");
+        let (nginx, admin, http) = start_nginx(&dns, &upstream);
+        let [blue, green] = [2, 3].map(|n| format!("127.0.0.{n}:{port}"));
+        settings_of(&admin, &green);
+        set(&admin, &[(&blue, 0, "drain"), (&green, 5, "up")]);
+        SwitchedSides {
+            nginx,
+            admin,
+            http,
+            dns,
+            upstream,
+            blue,
+            green,
+            _replicas: replicas,
+        }
+    }
+
+    /// Green live and blue standby, as the switch left them.
+    fn assert_still_switched(&self) {
+        assert_eq!(settings_of(&self.admin, &self.green), (5, PeerState::Up, 1));
+        assert_eq!(
+            settings_of(&self.admin, &self.blue),
+            (0, PeerState::Drain, 1)
+        );
+        assert_eq!(served(self.http), BTreeSet::from(["r3".to_string()]));
+    }
+}
+
 /// After a restart the state file gives a name's address its saved weight and state, so a
 /// live side whose line is `down` is live again (and the standby one standby).
 #[test]
 fn a_restart_finds_a_resolved_side_as_the_state_file_saved_it() {
-    let port = free_port();
-    let _replicas: Vec<Backend> = (2..=3).map(|n| replica(n, port)).collect();
-    let dns = Dnsmasq::start(&[("127.0.0.2", "blue"), ("127.0.0.3", "green")]);
     // The workers write the state file; when the tests run as root they run as nobody.
     let state_dir = tempfile::tempdir().unwrap();
     fs::set_permissions(state_dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
     let state_file = state_dir.path().join("app.json");
-    let (mut nginx, admin, http) = start_nginx(
-        &dns,
-        &format!(
-            "shift_resolve blue:{port}; shift_resolve green:{port} down; shift state={};",
-            state_file.display()
-        ),
-    );
-    let [blue, green] = [2, 3].map(|n| format!("127.0.0.{n}:{port}"));
-    settings_of(&admin, &green);
-    set(&admin, &[(&blue, 0, "drain"), (&green, 5, "up")]);
-
-    nginx.restart();
-    assert_eq!(settings_of(&admin, &green), (5, PeerState::Up, 1));
-    assert_eq!(settings_of(&admin, &blue), (0, PeerState::Drain, 1));
-    assert_eq!(served(http), BTreeSet::from(["r3".to_string()]));
+    let mut sides = SwitchedSides::start(&format!("shift state={};", state_file.display()));
+    sides.nginx.restart();
+    sides.assert_still_switched();
 }
 
 /// A reload that outgrows the zone moves every upstream to a new, larger one, where names are
 /// looked up afresh: their addresses take the settings they had in the zone it replaced.
 #[test]
 fn a_grown_zone_keeps_a_resolved_sides_place() {
-    let port = free_port();
-    let _replicas: Vec<Backend> = (2..=3).map(|n| replica(n, port)).collect();
-    let dns = Dnsmasq::start(&[("127.0.0.2", "blue"), ("127.0.0.3", "green")]);
-    let upstream = format!("shift_resolve blue:{port}; shift_resolve green:{port} down; shift;");
-    let (mut nginx, admin, http) = start_nginx(&dns, &upstream);
-    let [blue, green] = [2, 3].map(|n| format!("127.0.0.{n}:{port}"));
-    settings_of(&admin, &green);
-    set(&admin, &[(&blue, 0, "drain"), (&green, 5, "up")]);
-
-    let size_before = admin.metric("nginx_shift_zone_size_bytes").unwrap();
+    let mut sides = SwitchedSides::start("shift;");
+    let size_before = sides.admin.metric("nginx_shift_zone_size_bytes").unwrap();
     let crowd: String = (0..700)
         .map(|i| format!("server 127.0.0.1:{} down;", 20000 + i))
         .collect();
     let grown = format!(
         "{}upstream crowd {{ {crowd} shift; }}\n",
-        config(dns.port(), &upstream, http)
+        config(sides.dns.port(), &sides.upstream, sides.http)
     );
-    nginx.reload(Some(&grown));
-    assert!(admin.metric("nginx_shift_zone_size_bytes").unwrap() > size_before);
-    assert_eq!(settings_of(&admin, &green), (5, PeerState::Up, 1));
-    assert_eq!(settings_of(&admin, &blue), (0, PeerState::Drain, 1));
-    assert_eq!(served(http), BTreeSet::from(["r3".to_string()]));
+    sides.nginx.reload(Some(&grown));
+    assert!(sides.admin.metric("nginx_shift_zone_size_bytes").unwrap() > size_before);
+    sides.assert_still_switched();
 }
 
 /// Every answer vouches for the addresses it gives, changed or not: a peer's `resolved_ms` is
