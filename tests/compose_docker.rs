@@ -123,6 +123,21 @@ impl Stage {
             .unwrap()
     }
 
+    /// `deploy` that must succeed; its time goes to `timings`. Returns what it printed.
+    fn deploy_ok(&self, plan: &Path, version: &str, timings: &mut Vec<Duration>) -> String {
+        let started = Instant::now();
+        let output = self.deploy(plan, version);
+        timings.push(started.elapsed());
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(
+            output.status.success(),
+            "deploy of {version} by {}: {stderr}\nnginx: {}",
+            plan.display(),
+            self.error_log()
+        );
+        stderr
+    }
+
     /// `shiftctl` on the project's Nginx, from the example's directory, with `BACKEND_IMAGE`
     /// the image of `version`.
     fn shiftctl(&self, version: &str) -> Command {
@@ -203,15 +218,7 @@ fn the_scaled_example_rolls_on_real_docker() {
     let versions = ["v2", "v1", "v2", "v1", "v2"];
     for version in versions {
         let before = containers(project);
-        let started = Instant::now();
-        let output = stage.deploy(&plan_path, version);
-        timings.push(started.elapsed());
-        assert!(
-            output.status.success(),
-            "deploy of {version}: {}\nnginx: {}",
-            String::from_utf8_lossy(&output.stderr),
-            project.logs("nginx")
-        );
+        stage.deploy_ok(&plan_path, version, &mut timings);
         let after = containers(project);
         assert_eq!(after.len(), 3, "three replicas after the deploy: {after:?}");
         assert!(
@@ -355,15 +362,7 @@ fn the_blue_green_example_deploys_on_real_docker() {
     let versions = ["v2", "v1", "v2", "v1", "v2"];
     for version in versions {
         let next = other_side(live);
-        let started = Instant::now();
-        let output = stage.deploy(&plan, version);
-        timings.push(started.elapsed());
-        assert!(
-            output.status.success(),
-            "deploy of {version} to {next}: {}\nnginx: {}",
-            String::from_utf8_lossy(&output.stderr),
-            stage.error_log()
-        );
+        stage.deploy_ok(&plan, version, &mut timings);
         let serving = containers_of(&stage.project, &format!("backend_{next}"));
         assert_eq!(serving.len(), 1, "{next} runs: {serving:?}");
         assert!(
@@ -441,16 +440,7 @@ fn the_recreate_example_switches_on_real_docker() {
                 "a filler took {next}'s address {before:?}"
             );
         }
-        let started = Instant::now();
-        let output = stage.deploy(&plan, version);
-        timings.push(started.elapsed());
-        assert!(
-            output.status.success(),
-            "deploy of {version} to {next}: {}\nnginx: {}",
-            String::from_utf8_lossy(&output.stderr),
-            stage.error_log()
-        );
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stderr = stage.deploy_ok(&plan, version, &mut timings);
         assert!(
             stderr.contains(&format!("{next} is live, {live} is idle, for a rollback")),
             "{stderr}"
