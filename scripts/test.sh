@@ -55,7 +55,7 @@ if module=$(scripts/build-for-system-nginx.sh); then
     cargo test --no-fail-fast --workspace --test runtime_weights --test health_checks \
     --test foundation --test metrics --test lifecycle --test sticky --test membership \
     --test api_many_upstreams --test runtime_peers --test resolve \
-    -- --include-ignored --skip unreadable_proc_entries --skip a_worker_without_a_record 2>&1 \
+    -- --include-ignored --skip unreadable_proc_entries --skip a_worker_without_a_record --skip a_delete_while_a_worker_builds_its_list 2>&1 \
     | tee -a "$log" || status=$?
 else
   echo "could not build the module for the system Nginx" >&2

@@ -202,8 +202,12 @@ fn with_test_hook(variable: &str, logged: &str) -> ShiftSetup {
         options.main = format!("env {variable};");
         options
     });
+    // Each worker says so as it starts, which may be just after Nginx answers.
+    let active = wait_until(Duration::from_secs(5), || {
+        setup.nginx.error_log().contains(logged)
+    });
     assert!(
-        setup.nginx.error_log().contains(logged),
+        active.is_some(),
         "the test hook {variable} is active (a debug build of the module)"
     );
     setup
@@ -285,6 +289,43 @@ fn a_worker_without_a_record_routes_to_server_lines_only() {
         .error_log()
         .contains("has no record in the shared zone"));
     assert!(signal_deaths(&setup.nginx.error_log(), &[]).is_empty());
+}
+
+/// A DELETE that lands while a worker builds its peer list (the list is made under the zone's
+/// lock, its routes read after it) is not missed: no request sent after the DELETE was
+/// acknowledged reaches the deleted peer, on either worker. The test hook stops each worker for
+/// 400 ms right after it builds a list; the DELETE is answered by the other worker meanwhile.
+#[test]
+fn a_delete_while_a_worker_builds_its_list_is_not_missed() {
+    let setup = with_test_hook(
+        "SHIFT_TEST_PAUSE_AFTER_LIST_MS=400",
+        "pauses 400 ms after each peer list",
+    );
+    let green = Backend::start("green");
+    let server = green.addr().to_string();
+    for round in 0..3 {
+        let added = setup.admin.add_peer("app", &server, r#""weight": 100"#);
+        assert_eq!(status(&added), 201, "round {round}");
+        // The worker that takes this request builds its list with green, and pauses.
+        let port = setup.port;
+        let first = thread::spawn(move || HttpClient::new(port).get("/"));
+        thread::sleep(Duration::from_millis(150));
+        let removed = setup.admin.remove_peer("app", &server);
+        assert_eq!(status(&removed), 200, "round {round}");
+        first
+            .join()
+            .unwrap()
+            .expect("the request sent before the DELETE");
+        for _ in 0..20 {
+            let response = HttpClient::new(setup.port).get("/").expect("a request");
+            assert_eq!(
+                response.body,
+                "blue",
+                "round {round}: worker {:?} routed to the deleted peer",
+                response.header("X-Worker")
+            );
+        }
+    }
 }
 
 #[test]

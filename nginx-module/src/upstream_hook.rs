@@ -24,7 +24,7 @@ use crate::peer_list::{ListHold, Member, PeerList};
 use crate::shm::{inflight, table_of};
 use crate::steering::{self, ListView, Steering};
 use shift_core::directives::{duplicate_address, unknown_label_server};
-use shift_core::table::{slot_of, PeerSlot, Table};
+use shift_core::table::{slot_of, PeerSlot, Table, TableHeader};
 
 /// `peer.init_upstream`: lets round robin build the peers, then takes over `peer.init`.
 pub extern "C" fn init_upstream(
@@ -219,7 +219,7 @@ fn init_request_peer(request: &mut Request, uscf: *mut ngx_http_upstream_srv_con
 fn copy_routes_if_changed<'a>(
     conf: &mut UpstreamConf,
     // Looked up only when the peers changed: not on the per-request path.
-    main: impl FnOnce() -> Option<&'a MainConf>,
+    main: impl Fn() -> Option<&'a MainConf>,
     uscf: &mut ngx_http_upstream_srv_conf_t,
     log: *mut ngx_log_t,
 ) {
@@ -227,13 +227,36 @@ fn copy_routes_if_changed<'a>(
     let Some(header) = (unsafe { conf.placement.table.as_ref() }) else {
         return;
     };
-    if Table::new(header, &[]).seq() == conf.routing.seen_seq {
-        return;
+    // The list is built under the zone's lock and the routes read after it: another worker's
+    // DELETE or lookup between the two leaves routes of a newer `seq` on an older list, which
+    // the per-request check (the `seq` alone) would then trust, sending requests to a removed
+    // peer. So the members are looked at again, and the list built again when they moved.
+    for _ in 0..MEMBER_RACES {
+        if Table::new(header, &[]).seq() == conf.routing.seen_seq {
+            return;
+        }
+        let changed = header.members() != conf.routing.members_seen;
+        if let Some(main) = changed.then(&main).flatten() {
+            follow_members(conf, main, uscf, log);
+            crate::shm::pause_after_list();
+        }
+        copy_routes(conf, header, log);
+        if header.members() == conf.routing.members_seen {
+            return;
+        }
+        // Not taken: the next round (or the next request) reads the table again.
+        conf.routing.seen_seq = u64::MAX;
     }
-    let changed = header.members() != conf.routing.members_seen;
-    if let Some(main) = changed.then(main).flatten() {
-        follow_members(conf, main, uscf, log);
-    }
+}
+
+/// How many times a request builds its worker's list again when the members keep moving while
+/// it does (each time another worker changed them within microseconds); after that the next
+/// request tries again.
+const MEMBER_RACES: usize = 3;
+
+/// Copies the table's routes (weights, eligibility) into this worker's round-robin peers, in
+/// its current list's order, and notes the `seq` they are of.
+fn copy_routes(conf: &mut UpstreamConf, header: &TableHeader, log: *mut ngx_log_t) {
     // The fields are borrowed apart so that `routes` can be filled from a view of the slots.
     // SAFETY: a non-null list is this worker's current one, alive while it is.
     let (slots, rr_peers) = match unsafe { conf.routing.list.as_ref() } {

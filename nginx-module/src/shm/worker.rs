@@ -170,9 +170,23 @@ pub unsafe fn register_worker(cycle: *mut ngx_cycle_t, main: &MainConf) {
 /// Debug builds only, the tests' hooks (set through Nginx's `env` directive), each said in the
 /// log; true when this worker must not register: with `SHIFT_TEST_UNREGISTERED_WORKER=N`, worker number N does not register, as a worker
 /// that found the zone full would not (it must then stay away from peers added at run time);
-/// `SHIFT_TEST_HIDE_PROC=1` (read in `shift_core::process`) hides other processes' `/proc`.
+/// `SHIFT_TEST_HIDE_PROC=1` (read in `shift_core::process`) hides other processes' `/proc`;
+/// `SHIFT_TEST_PAUSE_AFTER_LIST_MS=N` stops the worker for N ms after each peer list it builds
+/// (`pause_after_list`), so that another worker's change falls between the list and its routes.
 #[cfg(debug_assertions)]
 fn test_hooks_skip_registration(log: *mut ngx::ffi::ngx_log_t) -> bool {
+    let pause = std::env::var("SHIFT_TEST_PAUSE_AFTER_LIST_MS")
+        .ok()
+        .and_then(|value| value.parse::<u64>().ok());
+    if let Some(ms) = pause {
+        PAUSE_AFTER_LIST_MS.store(ms, Ordering::Relaxed);
+        ngx_log_error!(
+            ngx::ffi::NGX_LOG_NOTICE,
+            log,
+            "shift: test hook: this worker pauses {} ms after each peer list it builds",
+            ms
+        );
+    }
     let wanted = std::env::var("SHIFT_TEST_UNREGISTERED_WORKER")
         .ok()
         .and_then(|value| value.parse::<ngx::ffi::ngx_uint_t>().ok());
@@ -199,6 +213,19 @@ fn test_hooks_skip_registration(log: *mut ngx::ffi::ngx_log_t) -> bool {
 #[cfg(not(debug_assertions))]
 fn test_hooks_skip_registration(_log: *mut ngx::ffi::ngx_log_t) -> bool {
     false
+}
+
+/// `SHIFT_TEST_PAUSE_AFTER_LIST_MS` as this worker read it (debug builds; 0: no pause).
+#[cfg(debug_assertions)]
+static PAUSE_AFTER_LIST_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The test hook's pause after a peer list is built (debug builds only; see above).
+pub fn pause_after_list() {
+    #[cfg(debug_assertions)]
+    match PAUSE_AFTER_LIST_MS.load(Ordering::Relaxed) {
+        0 => {}
+        ms => std::thread::sleep(std::time::Duration::from_millis(ms)),
+    }
 }
 
 /// Whether this worker may route with peer lists of its own: only when its record can say
