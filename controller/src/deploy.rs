@@ -12,7 +12,6 @@ use shift_wire::{PeerState, Upstream};
 use shiftctl::verdict::{self, Gates};
 
 use crate::commands::{self, CanaryOptions, Ctx, OnInterrupt, Unhealthy::AwaitStart};
-use crate::etcd_fleet::now_ms;
 use crate::exit::Failure;
 use crate::hook;
 use crate::interrupts::Interrupts;
@@ -316,8 +315,9 @@ pub async fn deploy(ctx: &Ctx, plan_path: &Path) -> Result<(), Failure> {
     run_hook(ctx, &plan, &new_name, &new_side, "start")
         .await
         .map_err(|why| Failure::aborted(anyhow::anyhow!("{why}; traffic stays on {old_name}")))?;
-    // Its checks count from here: a container the hook replaced passed them at its old address.
-    let started = AwaitStart { since_ms: now_ms() };
+    // Its lookups and checks count from here: a container the hook replaced passed them at its
+    // old address.
+    let started = AwaitStart;
     let health_timeout = plan.health_timeout;
     let shifted = match plan.strategy {
         Strategy::Switch => {
@@ -351,11 +351,17 @@ pub async fn deploy(ctx: &Ctx, plan_path: &Path) -> Result<(), Failure> {
         }
     };
     if let Err(failure) = shifted {
-        // The failed release takes no traffic; stopped, it cannot take any by mistake later.
-        let stopped = match run_hook(ctx, &plan, &new_name, &new_side, "stop").await {
-            Ok(()) if new_side.stop.is_some() => format!("; {new_name} is stopped"),
-            Ok(()) => String::new(),
-            Err(why) => format!("; {why}: stop {new_name} by hand"),
+        // A failed release that takes no traffic is stopped: it cannot take any by mistake
+        // later. One that still takes some (the rollback did not finish) is left to the operator.
+        let stopped = if new_side.stop.is_none() {
+            String::new()
+        } else if let Some(why) = takes_traffic(ctx, &plan.upstream, &new_side.server).await {
+            format!("; {new_name} was not stopped: {why}; see \"shiftctl status\" and \"shiftctl rollback\"")
+        } else {
+            match run_hook(ctx, &plan, &new_name, &new_side, "stop").await {
+                Ok(()) => format!("; {new_name} is stopped"),
+                Err(why) => format!("; {why}: stop {new_name} by hand"),
+            }
         };
         return Err(Failure {
             code: failure.code,
@@ -387,6 +393,20 @@ pub async fn deploy(ctx: &Ctx, plan_path: &Path) -> Result<(), Failure> {
         "deploy done: {new_name} is live, {old_name} is {old_is}"
     ));
     Ok(())
+}
+
+/// Why the peers `target` names may still take traffic in some Nginx (one is up with a
+/// weight, or an Nginx cannot be read); `None` when none does.
+async fn takes_traffic(ctx: &Ctx, upstream: &str, target: &str) -> Option<String> {
+    let states = match ctx.fleet.read(upstream).await {
+        Ok(states) => states,
+        Err(err) => return Some(format!("cannot tell whether it takes traffic ({err})")),
+    };
+    states
+        .iter()
+        .flat_map(|state| plan::target_peers(state, target).unwrap_or_default())
+        .find(|peer| peer.state == PeerState::Up && peer.weight > 0)
+        .map(|peer| format!("{} still takes traffic", peer.server))
 }
 
 /// Waits (up to 30 s) until the peers `target` names have no requests in progress anywhere.

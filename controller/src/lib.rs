@@ -1,7 +1,8 @@
 //! What `shiftctl` decides without any Nginx, as a library: the verdict on a canary step
 //! (`verdict`), which the `canary_gates` benchmark also simulates, and a fleet's desired state
-//! (`desired`), which commands change and agents converge to, and its status (`fleet_status`).
+//! (`desired`), which commands change and agents converge to, and its status (`fleet_status`); and what a side a deploy just started must show (`started`).
 
 pub mod desired;
 pub mod fleet_status;
+pub mod started;
 pub mod verdict;

@@ -2,7 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use shift_wire::{Health, PeerOrigin};
+use shift_wire::Health;
+use shiftctl::started::StartBaseline;
 
 use super::{Ctx, POLL};
 use crate::exit::Failure;
@@ -15,12 +16,10 @@ pub enum Unhealthy {
     Refuse,
     /// Wait for it to pass: a deploy just started it, and it was down until now.
     AwaitRecovery,
-    /// A deploy's start hook just started it, and ended at `since_ms` (Unix ms): wait for its
-    /// peers to appear, for a lookup after that to give each resolved one, and for the last
-    /// check of each to have passed, and ended after that. An address the hook's container no longer has
-    /// (recreated with a new one) passed its checks before, and fails them now; one it has
-    /// again (Docker often gives it back) must pass for the new container.
-    AwaitStart { since_ms: u64 },
+    /// A deploy's start hook just started it: wait for its peers to appear, and for each to
+    /// show a lookup and a passed check later than when the wait began, by its own Nginx
+    /// (`shiftctl::started`).
+    AwaitStart,
 }
 
 /// Waits until the peers `target` names (an address or a label) are healthy in every Nginx
@@ -39,50 +38,38 @@ pub async fn wait_ready(
         .build()
         .expect("client");
     let mut first = true;
+    let mut baseline: Option<StartBaseline> = None;
     loop {
         let states = ctx.fleet.read(upstream).await?;
+        if unhealthy == Unhealthy::AwaitStart && !baseline.as_ref().is_some_and(|b| b.fits(&states))
+        {
+            baseline = Some(StartBaseline::of(&states));
+        }
         let mut waiting_for = Vec::new();
-        for state in &states {
+        for (index, state) in states.iter().enumerate() {
             if first && unhealthy == Unhealthy::Refuse {
                 plan::require_not_unhealthy(state, target)?;
             }
             let peers = match (plan::target_peers(state, target), unhealthy) {
                 (Ok(peers), _) => peers,
-                (Err(_), Unhealthy::AwaitStart { .. }) => {
+                (Err(_), Unhealthy::AwaitStart) => {
                     waiting_for.push(format!("{target} to appear in upstream \"{upstream}\""));
                     continue;
                 }
                 (Err(err), _) => return Err(err.into()),
             };
             for peer in peers {
-                // A resolved side's addresses are the ones an answer after the start hook gives:
-                // an address its container had before may be another container's by now.
-                if let Unhealthy::AwaitStart { since_ms } = unhealthy {
-                    if peer.origin == PeerOrigin::Resolved
-                        && peer.resolved_ms.is_none_or(|at| at < since_ms)
-                    {
-                        waiting_for.push(format!(
-                            "a lookup of {target}'s name that still gives {}",
-                            peer.server
-                        ));
-                        continue;
-                    }
-                }
-                let Some(check) = &peer.check else {
+                if let Some(baseline) = &baseline {
+                    waiting_for.extend(baseline.missing(index, peer));
                     continue;
-                };
-                // Health stays `healthy` until `fails` checks in a row failed: a container
-                // recreated at the same address must pass one itself.
-                let passed_since_start = match unhealthy {
-                    Unhealthy::AwaitStart { since_ms } => {
-                        check.last_error.is_none()
-                            && check.last_check_ms.is_some_and(|ended| ended >= since_ms)
-                    }
-                    _ => true,
-                };
-                if peer.health != Health::Healthy || !passed_since_start {
+                }
+                if peer.check.is_some() && peer.health != Health::Healthy {
+                    let last = peer
+                        .check
+                        .as_ref()
+                        .and_then(|check| check.last_error.as_deref());
                     let server = &peer.server;
-                    waiting_for.push(match &check.last_error {
+                    waiting_for.push(match last {
                         Some(error) => format!("a passed health check of {server} (last: {error})"),
                         None => format!("a passed health check of {server}"),
                     });
