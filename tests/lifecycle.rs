@@ -6,7 +6,7 @@
 use std::fs;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -551,9 +551,10 @@ fn a_binary_upgrade_keeps_every_post_acknowledged_while_it_starts() {
     // POSTs and DELETEs without pause from before the USR2 until the new binary's workers run:
     // the new master reads the state file while they are being saved. At most 8 are kept.
     let stop = Arc::new(AtomicBool::new(false));
+    let deletes = Arc::new(AtomicUsize::new(0));
     let socket = setup.nginx.path("api.sock");
     let poster = {
-        let stop = stop.clone();
+        let (stop, deletes) = (stop.clone(), deletes.clone());
         thread::spawn(move || {
             let admin = Admin::new(socket, "/api/");
             let (mut live, mut deleted) = (std::collections::VecDeque::new(), Vec::new());
@@ -570,6 +571,7 @@ fn a_binary_upgrade_keeps_every_post_acknowledged_while_it_starts() {
                     // Not acknowledged (an old worker, superseded): it may be either way.
                     if admin.remove_peer("app", &oldest).status == 200 {
                         deleted.push(oldest);
+                        deletes.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -578,7 +580,13 @@ fn a_binary_upgrade_keeps_every_post_acknowledged_while_it_starts() {
     };
     thread::sleep(Duration::from_millis(100));
     let new_master = setup.nginx.begin_binary_upgrade();
+    // At least 200 ms of changes while the new binary starts, and a dozen acknowledged
+    // deletes in that time however loaded the machine is.
+    let from = deletes.load(Ordering::Relaxed);
     thread::sleep(Duration::from_millis(200));
+    wait_until(Duration::from_secs(10), || {
+        deletes.load(Ordering::Relaxed) >= from + 12
+    });
     stop.store(true, Ordering::Relaxed);
     let (acknowledged, deleted) = poster.join().unwrap();
     setup.nginx.finish_binary_upgrade(new_master);

@@ -270,7 +270,9 @@ fn an_address_a_name_drops_and_gives_again_is_a_new_instance() {
     for _ in 0..5 {
         assert_eq!(HttpClient::new(http).get("/").unwrap().body, "r2");
     }
-    let slow = thread::spawn(move || HttpClient::new(http).get("/slow/3000"));
+    // Long enough to outlast two lookups (2 s apart) under a loaded machine: it must still be
+    // in flight when the address comes back.
+    let slow = thread::spawn(move || HttpClient::new(http).get("/slow/8000"));
     let in_flight = wait_until(Duration::from_secs(5), || {
         admin
             .peer("app", &server)
@@ -462,19 +464,23 @@ impl SwitchedSides {
         }
     }
 
-    /// Green live and blue standby, as the switch left them.
-    fn assert_still_switched(&self) {
+    /// Green live (answering as `green_answers`) and blue standby, as the switch left them.
+    fn assert_still_switched(&self, green_answers: &str) {
         assert_eq!(settings_of(&self.admin, &self.green), (5, PeerState::Up, 1));
         assert_eq!(
             settings_of(&self.admin, &self.blue),
             (0, PeerState::Drain, 1)
         );
-        assert_eq!(served(self.http), BTreeSet::from(["r3".to_string()]));
+        assert_eq!(
+            served(self.http),
+            BTreeSet::from([green_answers.to_string()])
+        );
     }
 }
 
-/// After a restart the state file gives a name's address its saved weight and state, so a
-/// live side whose line is `down` is live again (and the standby one standby).
+/// After a restart the state file gives each name the place its peers had, by name: a live
+/// side whose line is `down` is live again, and the standby one standby, at whatever address
+/// its container has now. The resolver saves the file when an answer changes the peers.
 #[test]
 fn a_restart_finds_a_resolved_side_as_the_state_file_saved_it() {
     // The workers write the state file; when the tests run as root they run as nobody.
@@ -482,8 +488,31 @@ fn a_restart_finds_a_resolved_side_as_the_state_file_saved_it() {
     fs::set_permissions(state_dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
     let state_file = state_dir.path().join("app.json");
     let mut sides = SwitchedSides::start(&format!("shift state={};", state_file.display()));
+    let port: u16 = sides.green.rsplit(':').next().unwrap().parse().unwrap();
+    let _more: Vec<Backend> = (4..=5).map(|n| replica(n, port)).collect();
+
+    // The live green recreated at .4: the resolver saves it, with its place.
+    sides
+        .dns
+        .set(&[("127.0.0.2", "blue"), ("127.0.0.4", "green")]);
+    let moved = format!("127.0.0.4:{port}");
+    assert_eq!(settings_of(&sides.admin, &moved), (5, PeerState::Up, 1));
+    let saved = wait_until(Duration::from_secs(10), || {
+        fs::read_to_string(&state_file).is_ok_and(|text| text.contains(&moved))
+    });
+    assert!(
+        saved.is_some(),
+        "{}",
+        fs::read_to_string(&state_file).unwrap_or_default()
+    );
+
+    // A restart, and green at yet another address (a host rebooted).
+    sides
+        .dns
+        .set(&[("127.0.0.2", "blue"), ("127.0.0.5", "green")]);
     sides.nginx.restart();
-    sides.assert_still_switched();
+    sides.green = format!("127.0.0.5:{port}");
+    sides.assert_still_switched("r5");
 }
 
 /// A reload that outgrows the zone moves every upstream to a new, larger one, where names are
@@ -501,7 +530,7 @@ fn a_grown_zone_keeps_a_resolved_sides_place() {
     );
     sides.nginx.reload(Some(&grown));
     assert!(sides.admin.metric("nginx_shift_zone_size_bytes").unwrap() > size_before);
-    sides.assert_still_switched();
+    sides.assert_still_switched("r3");
 }
 
 /// Every answer vouches for the addresses it gives, changed or not: a peer's `resolved_ms` is

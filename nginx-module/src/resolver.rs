@@ -5,6 +5,7 @@
 //! API's POST and DELETE do (`shift_core::resolve` decides what changes). A failed lookup keeps
 //! the last good set.
 
+use std::collections::BTreeSet;
 use std::ffi::{c_void, CStr};
 use std::mem::size_of;
 use std::net::IpAddr;
@@ -18,12 +19,15 @@ use ngx::ffi::{
 };
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 use ngx::ngx_log_error;
+use shift_core::api::save::{self, PendingSave, SaveError};
 use shift_core::api::Membership;
 use shift_core::directives::label_for;
 use shift_core::process::{own_token, token_alive};
 use shift_core::resolve::{
-    answer_peers, changes, joining_settings, next_lookup_in, source_id, Settings,
+    answer_peers, changes, earlier_places, joining_settings, next_lookup_in, settings_of,
+    source_id, Settings,
 };
+use shift_core::state_file::SavedUpstream;
 use shift_core::table::{Addition, PeerSlot, Table};
 use shift_wire::PeerOrigin;
 
@@ -354,28 +358,33 @@ fn apply(
         .map(|slot| slot.order() + 1)
         .max()
         .unwrap_or(0);
+    // Copied before the first `place`: placing may free slots that are not current, which `all`
+    // still lists.
+    let taken: BTreeSet<String> = all
+        .iter()
+        .filter(|slot| slot.is_current())
+        .map(|slot| slot.server().to_string())
+        .collect();
     let line = Settings::of_line(name.weight, name.down);
-    // What the upstream had before this zone (a restart's state file, or the zone a reload
-    // replaced), for a name that has no peers yet.
-    let saved = conf
+    // Read under the table's lock (PATCHes also take the zone's): where the name's peers stand,
+    // and where they stood before this zone (a restart's state file, or the zone a resizing
+    // reload replaced), for a name that has none yet.
+    let places: Vec<Settings> = current.iter().map(|slot| settings_of(slot)).collect();
+    let before = conf
         .placement
         .state_before
         .as_ref()
-        .and_then(|read| read.as_ref().ok());
+        .map_or_else(Vec::new, |saved| earlier_places(saved, source, line));
+    let (joining, from) = joining_settings(&places, &before, line);
     let mut added = Vec::new();
     let mut refused = false;
     for server in &add {
-        if all
-            .iter()
-            .any(|slot| slot.is_current() && slot.server() == server)
-        {
+        if taken.contains(server) {
             continue; // a config or API peer has the address already
         }
         match membership.place(header, server) {
             Ok(slot) => {
                 let epoch = membership.next_epoch();
-                // Read under the table's lock: no PATCH changes the name's peers meanwhile.
-                let (joining, from) = joining_settings(&current, saved, server, line);
                 let addition = Addition {
                     weight: joining.weight,
                     state: joining.state,
@@ -421,6 +430,20 @@ fn apply(
     }
     drop(guard);
     let removed: Vec<&str> = remove.iter().map(|slot| slot.server()).collect();
+    // The state file follows, so that a restart finds the name's place (`earlier_places`):
+    // a snapshot now, written once the zone is unlocked, as the API does.
+    // SAFETY: the zone's lock is held, which keeps the path and the slots.
+    let pending = unsafe { crate::shm::state_path(header) }.map(|path| {
+        // SAFETY: as above.
+        let slots: Vec<&PeerSlot> = unsafe { crate::shm::slots_of(header) }
+            .filter(|slot| slot.is_current())
+            .collect();
+        let table = Table::new(header, &slots);
+        PendingSave {
+            path,
+            saved: SavedUpstream::new(header.name(), table.generation(), &table.carried()),
+        }
+    });
     ngx_log_error!(
         NGX_LOG_NOTICE,
         log,
@@ -439,6 +462,21 @@ fn apply(
             format!("; removed {}", removed.join(", "))
         }
     );
+    drop(locked);
+    if let Some(pending) = pending {
+        // A new binary that took over looks the names up itself.
+        if let Err(SaveError::NotSaved(err)) = save::write(&pending, crate::shm::still_serving) {
+            ngx_log_error!(
+                NGX_LOG_ERR,
+                log,
+                "shift: upstream \"{}\": state file \"{}\" not saved after a lookup: {}; \
+                 the next change that saves writes it",
+                pending.saved.upstream,
+                pending.path.display(),
+                err
+            );
+        }
+    }
 }
 
 fn upstream_name(conf: &UpstreamConf) -> String {

@@ -33,8 +33,9 @@ pub struct Placement {
     pub runtime: Vec<&'static PeerSlot>,
     pub saved_state: Option<Result<SavedUpstream, String>>,
     /// For a table new in this zone: its state before, the replaced zone's or the state
-    /// file's, from which its names' first addresses take their settings.
-    pub state_before: Option<Result<SavedUpstream, String>>,
+    /// file's, as the commit carried it over (in the master, before the workers fork); its
+    /// names' first addresses take their places from it (`resolve::earlier_places`).
+    pub state_before: Option<SavedUpstream>,
     /// Round robin's peers, in table order. Each worker steers its own copy of them.
     pub rr_peers: Vec<*mut ngx_http_upstream_rr_peer_t>,
 }

@@ -90,50 +90,84 @@ impl Settings {
 /// What a new address of a name starts with. A new address is most often a container that
 /// takes another's place (recreated with a new IP, started again after a stop), so:
 ///
-/// 1. the state that every current peer of the name has (those this answer drops included),
-///    with their mean weight: a standby side comes back standby, a live one live, whatever
-///    its line says (the mean, because a canary splits a label's weight with a remainder);
-/// 2. else, when the name has no current peer, what the state file gave this address when
-///    Nginx started (`saved`), if its line is still what it was then: a restart finds the
-///    live side live;
+/// 1. the place of the name's current peers (`current`, those this answer drops included):
+///    `up` when any of them is, with the mean weight of those that are; else `down` when all
+///    are, else `drain`, with their mean weight. A standby side recreated with a new IP stays
+///    standby though its line is up; a live side stays live though its line is `down`, and
+///    though one of its replicas is drained.
+/// 2. else, for a name with no current peer, the place its peers had before this zone
+///    (`before`: see `earlier_places`), by the same rule: a restart finds the live side live.
 /// 3. else its line's.
 pub fn joining_settings(
-    current: &[&PeerSlot],
-    saved: Option<&SavedUpstream>,
-    server: &str,
+    current: &[Settings],
+    before: &[Settings],
     line: Settings,
 ) -> (Settings, JoinedFrom) {
-    if let Some(first) = current.first() {
-        let state = first.state();
-        if current.iter().any(|slot| slot.state() != state) {
-            return (line, JoinedFrom::Line);
-        }
-        let total: u64 = current.iter().map(|slot| u64::from(slot.weight())).sum();
-        let weight = (total / current.len() as u64) as u32;
-        return (Settings { weight, state }, JoinedFrom::NamesPeers);
+    if let Some(place) = place_of(current) {
+        return (place, JoinedFrom::NamesPeers);
     }
+    if let Some(place) = place_of(before) {
+        return (place, JoinedFrom::Before);
+    }
+    (line, JoinedFrom::Line)
+}
+
+/// The place peers hold together (rule 1 of `joining_settings`), if there are any.
+fn place_of(peers: &[Settings]) -> Option<Settings> {
+    let up: Vec<&Settings> = peers
+        .iter()
+        .filter(|peer| peer.state == PeerState::Up)
+        .collect();
+    let (state, group): (PeerState, Vec<&Settings>) = if !up.is_empty() {
+        (PeerState::Up, up)
+    } else if peers.iter().all(|peer| peer.state == PeerState::Down) {
+        (PeerState::Down, peers.iter().collect())
+    } else {
+        (PeerState::Drain, peers.iter().collect())
+    };
+    let total: u64 = group.iter().map(|peer| u64::from(peer.weight)).sum();
+    let count = group.len() as u64;
+    if count == 0 {
+        return None;
+    }
+    // The nearest whole weight, and never 0 for peers that have some: a canary splits a
+    // label's weight with a remainder, and a side's share must not vanish.
+    let mean = ((total + count / 2) / count).max(u64::from(total > 0)) as u32;
+    Some(Settings {
+        weight: mean,
+        state,
+    })
+}
+
+/// The places the name `source` had before this zone, from `saved` (a restart's state file, or
+/// the zone a resizing reload replaced): its resolved peers then, if its line is still what it
+/// was (a changed line wins, as for `server` lines).
+pub fn earlier_places(saved: &SavedUpstream, source: u64, line: Settings) -> Vec<Settings> {
     saved
-        .and_then(|saved| {
-            saved.peers.iter().find(|peer| {
-                peer.server == server
-                    && peer.origin == PeerOrigin::Resolved
-                    && Settings::of_line(peer.config_weight, peer.config_down) == line
-            })
+        .peers
+        .iter()
+        .filter(|peer| peer.origin == PeerOrigin::Resolved && peer.source == source)
+        .filter(|peer| Settings::of_line(peer.config_weight, peer.config_down) == line)
+        .map(|peer| Settings {
+            weight: peer.weight,
+            state: peer.state,
         })
-        .map_or((line, JoinedFrom::Line), |peer| {
-            let saved = Settings {
-                weight: peer.weight,
-                state: peer.state,
-            };
-            (saved, JoinedFrom::StateFile)
-        })
+        .collect()
+}
+
+/// The weight and state a slot has now.
+pub fn settings_of(slot: &PeerSlot) -> Settings {
+    Settings {
+        weight: slot.weight(),
+        state: slot.state(),
+    }
 }
 
 /// Which rule of `joining_settings` gave a new address its settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JoinedFrom {
     NamesPeers,
-    StateFile,
+    Before,
     Line,
 }
 
@@ -142,23 +176,29 @@ impl JoinedFrom {
     pub fn describe(self) -> &'static str {
         match self {
             JoinedFrom::NamesPeers => "as the name's peers",
-            JoinedFrom::StateFile => "from the state file",
+            JoinedFrom::Before => "as its name's peers before the restart or reload",
             JoinedFrom::Line => "from its line",
         }
     }
 }
 
 /// When to ask again after an answer valid for `valid_ms` (Nginx's resolver: the record's
-/// TTL, or the `resolver valid=` time).
+/// TTL, or the `resolver valid=` time): a second after it expires. Nginx's resolver answers
+/// from its cache through the second its entry expires in, and a cached answer says nothing
+/// new (`resolved_ms` must stamp only fresh ones).
 pub fn next_lookup_in(valid_ms: Option<u64>) -> u64 {
-    valid_ms.map_or(RETRY_AFTER_FAILURE_MS, |valid| valid.max(MIN_INTERVAL_MS))
+    valid_ms.map_or(RETRY_AFTER_FAILURE_MS, |valid| {
+        valid.max(MIN_INTERVAL_MS) + PAST_THE_CACHE_MS
+    })
 }
+
+/// How long after an answer's validity the next lookup goes: past the resolver's cache.
+pub const PAST_THE_CACHE_MS: u64 = 1_000;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::table::test_support::leaked_slot as slot;
-    use crate::table::test_support::leaked_slot_with as peer_with;
 
     #[test]
     fn an_answer_adds_new_addresses_and_removes_vanished_ones() {
@@ -188,42 +228,48 @@ mod tests {
 
     #[test]
     fn a_new_address_takes_the_place_of_the_names_peers() {
+        use PeerState::{Down, Drain, Up};
         let line = Settings::of_line(1, false);
+        let joins = |current: &[Settings]| joining_settings(current, &[], line);
         // A standby side recreated with a new IP stays standby, though its line is up.
-        let standby = [peer_with("172.18.0.3:8000", 0, PeerState::Drain)];
         assert_eq!(
-            joining_settings(&standby, None, "172.18.0.5:8000", line),
-            (settings(0, PeerState::Drain), JoinedFrom::NamesPeers)
-        );
-        // A live side whose line is `down` stays live.
-        let live = [
-            peer_with("172.18.0.3:8000", 334, PeerState::Up),
-            peer_with("172.18.0.4:8000", 333, PeerState::Up),
-        ];
-        assert_eq!(
-            joining_settings(&live, None, "172.18.0.5:8000", Settings::of_line(1, true)).0,
-            settings(333, PeerState::Up),
-            "the mean of a canary's split"
-        );
-        // Peers that disagree on their state (one drained for removal) say nothing.
-        let mixed = [
-            peer_with("172.18.0.3:8000", 5, PeerState::Up),
-            peer_with("172.18.0.4:8000", 5, PeerState::Drain),
-        ];
-        assert_eq!(
-            joining_settings(&mixed, None, "172.18.0.5:8000", line),
-            (line, JoinedFrom::Line)
+            joins(&[settings(0, Drain)]),
+            (settings(0, Drain), JoinedFrom::NamesPeers)
         );
         assert_eq!(
-            joining_settings(&[], None, "172.18.0.5:8000", line),
-            (line, JoinedFrom::Line)
+            joins(&[settings(1, Down), settings(1, Down)]).0,
+            settings(1, Down)
         );
+        assert_eq!(
+            joins(&[settings(1, Down), settings(0, Drain)]).0,
+            settings(1, Drain),
+            "standby either way: never up"
+        );
+        // A live side whose line is `down` stays live, with the mean of a canary's split...
+        let down_line = Settings::of_line(1, true);
+        assert_eq!(
+            joining_settings(&[settings(334, Up), settings(333, Up)], &[], down_line).0,
+            settings(334, Up)
+        );
+        // ...and though one of its replicas is drained for removal.
+        assert_eq!(
+            joins(&[settings(5, Up), settings(0, Drain), settings(7, Up)]).0,
+            settings(6, Up)
+        );
+        // A share never rounds away.
+        assert_eq!(
+            joins(&[settings(1, Up), settings(0, Up), settings(0, Up)]).0,
+            settings(1, Up)
+        );
+        assert_eq!(joins(&[settings(0, Up)]).0, settings(0, Up));
+        assert_eq!(joins(&[]), (line, JoinedFrom::Line));
     }
 
     #[test]
-    fn a_name_without_peers_takes_what_the_state_file_saved_of_its_address() {
+    fn a_name_without_peers_takes_the_place_it_had_before() {
         let line = Settings::of_line(1, true);
-        let saved_peer = |server: &str, origin, config_down| crate::state_file::SavedPeer {
+        let backend = source_id("backend_green:8000");
+        let saved_peer = |server: &str, origin, source, config_down| crate::state_file::SavedPeer {
             server: server.into(),
             config_weight: 1,
             config_down,
@@ -233,37 +279,35 @@ mod tests {
             origin,
             config_label: None,
             label: None,
+            source,
         };
         let saved = SavedUpstream {
             upstream: "app".into(),
             generation: 9,
             peers: vec![
-                saved_peer("172.18.0.3:8000", PeerOrigin::Resolved, true),
-                saved_peer("172.18.0.4:8000", PeerOrigin::Api, true),
+                saved_peer("172.18.0.3:8000", PeerOrigin::Resolved, backend, true),
+                saved_peer(
+                    "172.18.0.4:8000",
+                    PeerOrigin::Resolved,
+                    source_id("blue:8000"),
+                    true,
+                ),
+                saved_peer("172.18.0.5:8000", PeerOrigin::Api, 0, true),
             ],
         };
-        let at = |server| joining_settings(&[], Some(&saved), server, line);
+        // By its name, whatever address it has now (a host restarted: Docker hands them out anew).
+        let before = earlier_places(&saved, backend, line);
+        assert_eq!(before, [settings(1000, PeerState::Up)]);
         assert_eq!(
-            at("172.18.0.3:8000"),
-            (settings(1000, PeerState::Up), JoinedFrom::StateFile)
+            joining_settings(&[], &before, line),
+            (settings(1000, PeerState::Up), JoinedFrom::Before)
         );
-        assert_eq!(at("172.18.0.9:8000").0, line, "an address it did not save");
-        assert_eq!(at("172.18.0.4:8000").0, line, "not a resolved peer");
         // The line changed since (no longer `down`): the line wins, as for config peers.
+        assert!(earlier_places(&saved, backend, Settings::of_line(1, false)).is_empty());
+        assert!(earlier_places(&saved, source_id("red:8000"), line).is_empty());
+        // A name with peers takes their place, not the earlier one.
         assert_eq!(
-            joining_settings(
-                &[],
-                Some(&saved),
-                "172.18.0.3:8000",
-                Settings::of_line(1, false)
-            )
-            .0,
-            Settings::of_line(1, false)
-        );
-        // A name with peers takes their place, not the file's.
-        let standby = [peer_with("172.18.0.5:8000", 0, PeerState::Down)];
-        assert_eq!(
-            joining_settings(&standby, Some(&saved), "172.18.0.3:8000", line).0,
+            joining_settings(&[settings(0, PeerState::Down)], &before, line).0,
             settings(0, PeerState::Down)
         );
     }
@@ -289,8 +333,8 @@ mod tests {
 
     #[test]
     fn lookups_follow_validity_with_a_floor_and_retry_after_failures() {
-        assert_eq!(next_lookup_in(Some(30_000)), 30_000);
-        assert_eq!(next_lookup_in(Some(0)), MIN_INTERVAL_MS);
+        assert_eq!(next_lookup_in(Some(30_000)), 31_000);
+        assert_eq!(next_lookup_in(Some(0)), MIN_INTERVAL_MS + PAST_THE_CACHE_MS);
         assert_eq!(next_lookup_in(None), RETRY_AFTER_FAILURE_MS);
     }
 }

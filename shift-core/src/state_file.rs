@@ -39,6 +39,14 @@ pub struct SavedPeer {
     pub config_label: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// For a resolved peer, the id of the name it came from (`resolve::source_id` of
+    /// `NAME:PORT`): after a restart the name's new addresses take its place (absent: 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub source: u64,
+}
+
+fn is_zero(source: &u64) -> bool {
+    *source == 0
 }
 
 /// A saved label; `validate` refused files with invalid ones.
@@ -67,6 +75,7 @@ impl SavedUpstream {
                     origin: peer.origin,
                     config_label: peer.config.label.to_wire(),
                     label: peer.label.to_wire(),
+                    source: peer.source,
                 })
                 .collect(),
         }
@@ -90,6 +99,7 @@ impl SavedUpstream {
                 health: None,
                 counters: None,
                 origin: peer.origin,
+                source: peer.source,
             })
             .collect()
     }
@@ -300,6 +310,7 @@ mod tests {
                     origin: PeerOrigin::Config,
                     config_label: Some("blue".into()),
                     label: Some("blue".into()),
+                    source: 0,
                 },
                 SavedPeer {
                     server: "10.0.0.7:8000".into(),
@@ -311,6 +322,19 @@ mod tests {
                     origin: PeerOrigin::Api,
                     config_label: None,
                     label: Some("green".into()),
+                    source: 0,
+                },
+                SavedPeer {
+                    server: "172.18.0.5:8000".into(),
+                    config_weight: 1,
+                    config_down: true,
+                    backup: false,
+                    weight: 3,
+                    state: PeerState::Up,
+                    origin: PeerOrigin::Resolved,
+                    config_label: None,
+                    label: None,
+                    source: crate::resolve::source_id("backend_green:8000"),
                 },
             ],
         };
@@ -407,6 +431,7 @@ mod tests {
             origin: PeerOrigin::Config,
             config_label: None,
             label: None,
+            source: 0,
         }
     }
 

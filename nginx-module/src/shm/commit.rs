@@ -19,7 +19,7 @@ use super::zone::{allocate_zeroed, slots_of, Zone};
 use crate::conf::{MainConf, UpstreamConf};
 use crate::ngx_module::Module;
 use shift_core::process::{own_token, token_alive};
-use shift_core::state_file;
+use shift_core::state_file::{self, SavedUpstream};
 use shift_core::table::{CarryNote, CheckMode, PeerSlot, Table, TableHeader};
 
 /// Commits the load this configuration built; from `init_module`, which Nginx calls once the
@@ -108,9 +108,11 @@ pub unsafe fn commit(zone: Zone, main: &MainConf, log: *mut ngx_log_t) {
                 );
                 continue;
             };
-            if conf.placement.new_table {
-                restore(previous, &guard, conf, log);
-            }
+            let state_before = if conf.placement.new_table {
+                restore(previous, &guard, conf, log)
+            } else {
+                None
+            };
             // Peers added at run time stay until they are removed; the config owns its lines.
             let removed: Vec<&PeerSlot> = slots_of(header)
                 .filter(|slot| slot.is_current() && slot.origin() == PeerOrigin::Config)
@@ -159,6 +161,10 @@ pub unsafe fn commit(zone: Zone, main: &MainConf, log: *mut ngx_log_t) {
             drop(guard);
             log_notes(log, name, "the running state", &notes);
             set_state_path(&locked, header, conf.state_path.as_deref());
+            // For this configuration's workers, forked after the commit (`resolver`).
+            if let Some(conf) = Module::server_conf_mut(&*uscf) {
+                conf.placement.state_before = state_before;
+            }
         }
         for header in zone.tables() {
             if !load.tables().iter().any(|own| std::ptr::eq(*own, header)) {
@@ -200,7 +206,7 @@ unsafe fn restore(
     guard: &shift_core::table::WriteGuard,
     conf: &UpstreamConf,
     log: *mut ngx_log_t,
-) {
+) -> Option<SavedUpstream> {
     let name = guard.table().name();
     // SAFETY: per the contract.
     let old = previous.and_then(|previous| unsafe { previous.tables() }.find(|h| h.name() == name));
@@ -210,20 +216,27 @@ unsafe fn restore(
             .filter(|slot| slot.is_current())
             .collect();
         let table = Table::new(old, &slots);
-        let notes = guard.carry_over(&table.carried(), table.generation());
+        let carried = table.carried();
+        let notes = guard.carry_over(&carried, table.generation());
         log_notes(log, name, "the replaced zone", &notes);
-        return;
+        // Its names are looked up afresh in this zone: their new addresses take the places
+        // the names had in the replaced one.
+        return Some(SavedUpstream::new(name, table.generation(), &carried));
     }
     // The state file as the zone's init read it (once, under its directory's lock).
     let (Some(path), Some(read)) = (&conf.state_path, &conf.placement.saved_state) else {
-        return;
+        return None;
     };
     match read {
         Ok(saved) => {
             let notes = guard.carry_over(&saved.carried(), saved.generation);
             log_notes(log, name, &format!("\"{}\"", path.display()), &notes);
+            Some(saved.clone())
         }
-        Err(reason) => reject_state_file(path, name, reason, log),
+        Err(reason) => {
+            reject_state_file(path, name, reason, log);
+            None
+        }
     }
 }
 

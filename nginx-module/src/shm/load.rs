@@ -29,8 +29,8 @@ use crate::conf::{MainConf, UpstreamConf};
 use crate::ngx_module::Module;
 use shift_core::directives::{label_for, LabelLine};
 use shift_core::reclaim::PositionKind;
-use shift_core::state_file::{self, SavedUpstream};
-use shift_core::table::{CheckMode, PeerConfig, PeerSlot, Table, TableHeader};
+use shift_core::state_file;
+use shift_core::table::{CheckMode, PeerConfig, PeerSlot, TableHeader};
 use shift_wire::PeerOrigin;
 
 /// One configuration load, followed in the same allocation by its *positions* (each upstream's
@@ -332,20 +332,8 @@ fn runtime_peers_before(zone: Zone, name: &str, conf: &mut UpstreamConf) -> Vec<
         let old = unsafe { previous.tables() }.find(|header| header.name() == name);
         if let Some(old) = old {
             // SAFETY: as above.
-            let current: Vec<&PeerSlot> = unsafe { slots_of(old) }
-                .filter(|slot| slot.is_current())
-                .collect();
-            // Its names are looked up afresh in this zone: their new peers take the settings
-            // their addresses had in the replaced one (`resolve::joining_settings`).
-            let table = Table::new(old, &current);
-            conf.placement.state_before = Some(Ok(SavedUpstream::new(
-                name,
-                table.generation(),
-                &table.carried(),
-            )));
-            return current
-                .iter()
-                .filter(|slot| slot.origin() == PeerOrigin::Api)
+            return unsafe { slots_of(old) }
+                .filter(|slot| slot.is_current() && slot.origin() == PeerOrigin::Api)
                 .map(|slot| slot.config())
                 .collect();
         }
@@ -367,7 +355,6 @@ fn runtime_peers_before(zone: Zone, name: &str, conf: &mut UpstreamConf) -> Vec<
         _ => Vec::new(),
     };
     conf.placement.saved_state = read.transpose();
-    conf.placement.state_before = conf.placement.saved_state.clone();
     runtime
 }
 

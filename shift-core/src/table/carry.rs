@@ -68,6 +68,7 @@ impl WriteGuard<'_> {
                 }
                 peer.set_origin(PeerOrigin::Config);
                 peer.source.store(0, Ordering::Relaxed);
+                peer.resolved_ms.store(0, Ordering::Relaxed);
                 peer.removed_epoch.store(0, Ordering::Release);
                 note_first_join(peer, at_ms);
                 peer.set_current(true, order as u32);
@@ -163,6 +164,8 @@ pub struct CarriedPeer {
     pub counters: Option<CarriedCounters>,
     /// A `server` line's peer, or one added through the API (which a restart places again).
     pub origin: PeerOrigin,
+    /// For a resolved peer, the id of its name (`resolve::source_id`); 0 for others.
+    pub source: u64,
 }
 
 /// A replaced zone's counters, and the instance of the peer they belong to (its `joined_ms`).
@@ -213,6 +216,7 @@ impl Table<'_> {
                 health: Some(peer.health()),
                 counters: Some(CarriedCounters::of(peer)),
                 origin: peer.origin(),
+                source: peer.source(),
             })
             .collect()
     }

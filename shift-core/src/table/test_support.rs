@@ -94,19 +94,3 @@ pub(crate) fn route(weight: u32, eligible: bool) -> Route {
 pub(crate) fn leaked_slot(server: &str) -> &'static PeerSlot {
     Box::leak(Box::new(PeerSlot::new(&config(server, 1, false)).unwrap()))
 }
-
-/// A leaked slot for `server` with the runtime `weight` and `state` the API may have given it.
-pub(crate) fn leaked_slot_with(
-    server: &str,
-    weight: u32,
-    state: shift_wire::PeerState,
-) -> &'static PeerSlot {
-    let slot = leaked_slot(server);
-    slot.weight
-        .store(weight, std::sync::atomic::Ordering::Relaxed);
-    slot.state.store(
-        layout::encode_state(state),
-        std::sync::atomic::Ordering::Relaxed,
-    );
-    slot
-}
