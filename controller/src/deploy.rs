@@ -351,23 +351,30 @@ pub async fn deploy(ctx: &Ctx, plan_path: &Path) -> Result<(), Failure> {
         }
     };
     if let Err(failure) = shifted {
-        // A failed release that takes no traffic is stopped: it cannot take any by mistake
-        // later. One that still takes some (the rollback did not finish) is left to the operator.
-        let stopped = if new_side.stop.is_none() {
-            String::new()
-        } else if let Some(why) = takes_traffic(ctx, &plan.upstream, &new_side.server).await {
-            format!("; {new_name} was not stopped: {why}; see \"shiftctl status\" and \"shiftctl rollback\"")
-        } else {
-            match run_hook(ctx, &plan, &new_name, &new_side, "stop").await {
-                Ok(()) => format!("; {new_name} is stopped"),
-                Err(why) => format!("; {why}: stop {new_name} by hand"),
+        // A failed release that takes no traffic is stopped, once what it had in flight ended:
+        // it cannot take any by mistake later. One that still takes some (the rollback did not
+        // finish) is left to the operator.
+        let outcome = match takes_traffic(ctx, &plan.upstream, &new_side.server).await {
+            Some(why) => format!(
+                "{new_name} may still take traffic ({why}), so it was not stopped: see \
+                 \"shiftctl status\" and \"shiftctl rollback\""
+            ),
+            None if new_side.stop.is_none() => format!("traffic stays on {old_name}"),
+            None => {
+                wait_drained(ctx, &plan.upstream, &new_side.server).await;
+                match run_hook(ctx, &plan, &new_name, &new_side, "stop").await {
+                    Ok(()) => format!("traffic stays on {old_name}; {new_name} is stopped"),
+                    Err(why) => {
+                        format!("traffic stays on {old_name}; {why}: stop {new_name} by hand")
+                    }
+                }
             }
         };
         return Err(Failure {
             code: failure.code,
-            error: failure.error.context(format!(
-                "deploy of {new_name} stopped; traffic stays on {old_name}{stopped}"
-            )),
+            error: failure
+                .error
+                .context(format!("deploy of {new_name} stopped; {outcome}")),
         });
     }
 
@@ -400,7 +407,7 @@ pub async fn deploy(ctx: &Ctx, plan_path: &Path) -> Result<(), Failure> {
 async fn takes_traffic(ctx: &Ctx, upstream: &str, target: &str) -> Option<String> {
     let states = match ctx.fleet.read(upstream).await {
         Ok(states) => states,
-        Err(err) => return Some(format!("cannot tell whether it takes traffic ({err})")),
+        Err(err) => return Some(format!("an Nginx could not be read: {err}")),
     };
     states
         .iter()

@@ -56,8 +56,9 @@ impl StartBaseline {
 
     /// What `peer`, of the Nginx at `index`, still has to show to count as the started
     /// side's; `None` when it is ready. A peer that was not there (or was another instance)
-    /// when the wait began needs no later lookup, only a passed check.
-    pub fn missing(&self, index: usize, peer: &Peer) -> Option<String> {
+    /// when the wait began needs no later lookup, only a passed check. `Err` when it never can:
+    /// its module does not report lookups.
+    pub fn missing(&self, index: usize, peer: &Peer) -> Result<Option<String>, String> {
         let server = &peer.server;
         let before = self
             .hosts
@@ -66,18 +67,20 @@ impl StartBaseline {
             .filter(|stamps| stamps.joined_ms == peer.joined_ms);
         if peer.origin == PeerOrigin::Resolved {
             let Some(resolved) = peer.resolved_ms else {
-                return Some(format!(
-                    "a lookup time for {server}, which this Nginx's module does not report \
-                     (older than shiftctl: upgrade it)"
+                return Err(format!(
+                    "this Nginx's module does not say when it last looked up {server} (it is \
+                     older than shiftctl): upgrade it, or name the side by address"
                 ));
             };
             if before.is_some_and(|stamps| stamps.resolved_ms >= Some(resolved)) {
-                return Some(format!(
+                return Ok(Some(format!(
                     "a lookup of its name after the start that gives {server}"
-                ));
+                )));
             }
         }
-        let check = peer.check.as_ref()?;
+        let Some(check) = peer.check.as_ref() else {
+            return Ok(None);
+        };
         let checked_since = match (
             before.and_then(|stamps| stamps.last_check_ms),
             check.last_check_ms,
@@ -88,12 +91,12 @@ impl StartBaseline {
         };
         let passed = peer.health == Health::Healthy && check.last_error.is_none();
         if checked_since && passed {
-            return None;
+            return Ok(None);
         }
-        Some(match &check.last_error {
+        Ok(Some(match &check.last_error {
             Some(error) => format!("a passed health check of {server} (last: {error})"),
             None => format!("a passed health check of {server} after the start"),
-        })
+        }))
     }
 }
 
@@ -143,7 +146,7 @@ mod tests {
     fn a_resolved_peer_needs_a_later_lookup_and_a_later_passed_check() {
         let old = peer("172.18.0.3:8000", PeerOrigin::Resolved);
         let baseline = StartBaseline::of(&[upstream(vec![old.clone()])]);
-        let missing = baseline.missing(0, &old).unwrap();
+        let missing = baseline.missing(0, &old).unwrap().unwrap();
         assert!(
             missing.contains("a lookup of its name after the start"),
             "{missing}"
@@ -154,7 +157,7 @@ mod tests {
             resolved_ms: Some(1_001),
             ..old.clone()
         };
-        let missing = baseline.missing(0, &looked_up).unwrap();
+        let missing = baseline.missing(0, &looked_up).unwrap().unwrap();
         assert!(missing.contains("a passed health check"), "{missing}");
         // Healthy still, but its last check failed: the container at its address is new.
         let failed = Peer {
@@ -166,7 +169,11 @@ mod tests {
             }),
             ..looked_up.clone()
         };
-        assert!(baseline.missing(0, &failed).unwrap().contains("status 500"));
+        assert!(baseline
+            .missing(0, &failed)
+            .unwrap()
+            .unwrap()
+            .contains("status 500"));
         let passed = Peer {
             check: Some(CheckStatus {
                 last_check_ms: Some(2_500),
@@ -176,14 +183,14 @@ mod tests {
             }),
             ..looked_up
         };
-        assert_eq!(baseline.missing(0, &passed), None);
+        assert_eq!(baseline.missing(0, &passed), Ok(None));
     }
 
     #[test]
     fn a_peer_that_appeared_after_the_start_needs_only_a_passed_check() {
         let baseline = StartBaseline::of(&[upstream(vec![])]);
         let new = peer("172.18.0.5:8000", PeerOrigin::Resolved);
-        assert_eq!(baseline.missing(0, &new), None);
+        assert_eq!(baseline.missing(0, &new), Ok(None));
         // Another instance at an address that was there: as new.
         let old = peer("172.18.0.3:8000", PeerOrigin::Resolved);
         let baseline = StartBaseline::of(&[upstream(vec![old.clone()])]);
@@ -191,7 +198,7 @@ mod tests {
             joined_ms: 300,
             ..old
         };
-        assert_eq!(baseline.missing(0, &rejoined), None);
+        assert_eq!(baseline.missing(0, &rejoined), Ok(None));
         let unchecked = Peer {
             health: Health::Unchecked,
             check: Some(CheckStatus {
@@ -202,7 +209,7 @@ mod tests {
             }),
             ..rejoined
         };
-        assert!(baseline.missing(0, &unchecked).is_some());
+        assert!(matches!(baseline.missing(0, &unchecked), Ok(Some(_))));
     }
 
     #[test]
@@ -210,11 +217,11 @@ mod tests {
         let mut plain = peer("127.0.0.1:8001", PeerOrigin::Config);
         plain.check = None;
         let baseline = StartBaseline::of(&[upstream(vec![plain.clone()])]);
-        assert_eq!(baseline.missing(0, &plain), None);
+        assert_eq!(baseline.missing(0, &plain), Ok(None));
         let mut old_module = peer("172.18.0.3:8000", PeerOrigin::Resolved);
         old_module.resolved_ms = None;
-        let missing = baseline.missing(0, &old_module).unwrap();
-        assert!(missing.contains("upgrade it"), "{missing}");
+        let never = baseline.missing(0, &old_module).unwrap_err();
+        assert!(never.contains("upgrade it"), "{never}");
         assert!(baseline.fits(&[upstream(vec![])]));
         assert!(!baseline.fits(&[]));
     }

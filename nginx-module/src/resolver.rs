@@ -374,7 +374,9 @@ fn apply(
         .placement
         .state_before
         .as_ref()
-        .map_or_else(Vec::new, |saved| earlier_places(saved, source, line));
+        .map_or_else(Vec::new, |saved| {
+            earlier_places(saved, source, answer, line)
+        });
     let (joining, from) = joining_settings(&places, &before, line);
     let mut added = Vec::new();
     let mut refused = false;

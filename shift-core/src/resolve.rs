@@ -141,12 +141,22 @@ fn place_of(peers: &[Settings]) -> Option<Settings> {
 
 /// The places the name `source` had before this zone, from `saved` (a restart's state file, or
 /// the zone a resizing reload replaced): its resolved peers then, if its line is still what it
-/// was (a changed line wins, as for `server` lines).
-pub fn earlier_places(saved: &SavedUpstream, source: u64, line: Settings) -> Vec<Settings> {
+/// was (a changed line wins, as for `server` lines). A file written before peers kept their
+/// name's id says none: its resolved peers at an address of this `answer` count instead.
+pub fn earlier_places(
+    saved: &SavedUpstream,
+    source: u64,
+    answer: &BTreeSet<String>,
+    line: Settings,
+) -> Vec<Settings> {
     saved
         .peers
         .iter()
-        .filter(|peer| peer.origin == PeerOrigin::Resolved && peer.source == source)
+        .filter(|peer| peer.origin == PeerOrigin::Resolved)
+        .filter(|peer| match peer.source {
+            0 => answer.contains(&peer.server),
+            id => id == source,
+        })
         .filter(|peer| Settings::of_line(peer.config_weight, peer.config_down) == line)
         .map(|peer| Settings {
             weight: peer.weight,
@@ -296,15 +306,26 @@ mod tests {
             ],
         };
         // By its name, whatever address it has now (a host restarted: Docker hands them out anew).
-        let before = earlier_places(&saved, backend, line);
+        let answer = BTreeSet::from(["172.18.0.9:8000".to_string()]);
+        let before = earlier_places(&saved, backend, &answer, line);
         assert_eq!(before, [settings(1000, PeerState::Up)]);
         assert_eq!(
             joining_settings(&[], &before, line),
             (settings(1000, PeerState::Up), JoinedFrom::Before)
         );
         // The line changed since (no longer `down`): the line wins, as for config peers.
-        assert!(earlier_places(&saved, backend, Settings::of_line(1, false)).is_empty());
-        assert!(earlier_places(&saved, source_id("red:8000"), line).is_empty());
+        let changed = Settings::of_line(1, false);
+        assert!(earlier_places(&saved, backend, &answer, changed).is_empty());
+        assert!(earlier_places(&saved, source_id("red:8000"), &answer, line).is_empty());
+        // A file from before names were saved: by address.
+        let mut old_file = saved.clone();
+        old_file.peers.iter_mut().for_each(|peer| peer.source = 0);
+        assert!(earlier_places(&old_file, backend, &answer, line).is_empty());
+        let at_old_address = BTreeSet::from(["172.18.0.3:8000".to_string()]);
+        assert_eq!(
+            earlier_places(&old_file, backend, &at_old_address, line),
+            [settings(1000, PeerState::Up)]
+        );
         // A name with peers takes their place, not the earlier one.
         assert_eq!(
             joining_settings(&[settings(0, PeerState::Down)], &before, line).0,

@@ -60,7 +60,11 @@ pub async fn wait_ready(
             };
             for peer in peers {
                 if let Some(baseline) = &baseline {
-                    waiting_for.extend(baseline.missing(index, peer));
+                    let missing = baseline.missing(index, peer).map_err(|never| {
+                        ctx.progress.finish();
+                        Failure::aborted(anyhow::anyhow!("{never}; traffic was not moved"))
+                    })?;
+                    waiting_for.extend(missing);
                     continue;
                 }
                 if peer.check.is_some() && peer.health != Health::Healthy {
