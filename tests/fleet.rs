@@ -486,3 +486,71 @@ fn a_peer_added_through_etcd_reaches_every_host_and_goes_with_remove() {
         assert!(gone.is_some(), "{:?}", host.admin().upstream("app"));
     }
 }
+
+/// A restarted agent reports a revision as applied only once its Nginx shows it: the watch's
+/// first answer carries etcd's newest revision before the changes up to it have arrived. Five
+/// restarts, each after changes it missed; `status --fleet` is polled as fast as it answers, and
+/// whenever it calls the host SYNCED, the module (read after it) must have the weights.
+#[test]
+fn a_restarted_agent_never_reports_a_change_before_its_nginx_has_it() {
+    let mut fleet = Fleet::start(2);
+    for round in 0..5u32 {
+        fleet.hosts[1].agent.kill();
+        fleet.wait_for_status(|status| hosts_with(status, "GONE") == ["host1"]);
+        // Changes it misses, the last one what it must reach.
+        for step in 0..3 {
+            let blue = 10 + round * 10 + step;
+            assert!(fleet.set(blue, 100 - blue).status.success());
+        }
+        let (blue, green) = (12 + round * 10, 88 - round * 10);
+        fleet.hosts[1].agent.start_again();
+        let expected = fleet.expected(blue, green);
+        let synced = wait_until(CONVERGE, || {
+            let status = fleet.status();
+            if !synced_hosts(&status).contains(&"host1".to_string()) {
+                return false;
+            }
+            let weights = fleet.hosts[1].weights();
+            assert_eq!(
+                weights, expected,
+                "round {round}: host1 reported SYNCED before its Nginx had the change: {status:#}"
+            );
+            true
+        });
+        assert!(synced.is_some(), "round {round}: host1 never synced");
+    }
+}
+
+/// A key under `upstreams/` that holds no readable desired state (garbage, or written by
+/// something else) is skipped, by a running agent and by a restarted one alike: every other
+/// upstream is still applied, and the host is STALE with a problem that names the key until it
+/// is fixed.
+#[test]
+fn a_bad_desired_state_key_stops_nothing_else_and_is_reported() {
+    let mut fleet = Fleet::start(2);
+    let key = "/nginx-shift/upstreams/other";
+    fleet
+        .etcd
+        .etcdctl(&["put", key, "{not json"])
+        .expect("etcdctl put");
+    let named = |status: &Value| {
+        status["hosts"].as_array().is_some_and(|hosts| {
+            hosts
+                .iter()
+                .all(|host| host["status"] == "STALE" && host["problems"].to_string().contains(key))
+        })
+    };
+    fleet.wait_for_status(named);
+    assert!(fleet.set(20, 80).status.success());
+    fleet.wait_for_weights(0, 20, 80);
+
+    // A restarted agent lists the keys afresh: the same.
+    fleet.hosts[1].agent.kill();
+    fleet.hosts[1].agent.start_again();
+    assert!(fleet.set(40, 60).status.success());
+    fleet.wait_for_weights(1, 40, 60);
+    fleet.wait_for_status(named);
+
+    fleet.etcd.etcdctl(&["del", key]).expect("etcdctl del");
+    fleet.wait_for_status(|status| synced_hosts(status).len() == 2);
+}

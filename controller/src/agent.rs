@@ -110,11 +110,14 @@ impl Agent {
                         let reason = response.cancel_reason().to_string();
                         return Err(StoreError::Etcd(format!("the watch was canceled: {reason}")));
                     }
+                    // The revision to report is that of the newest change taken, never a
+                    // response header's: the first response (the watch "created") carries the
+                    // store's newest revision before the changes up to it have arrived.
                     for event in response.events() {
                         self.take_event(event);
-                    }
-                    if let Some(header) = response.header() {
-                        self.desired.revision = self.desired.revision.max(header.revision());
+                        if let Some(kv) = event.kv() {
+                            self.desired.revision = self.desired.revision.max(kv.mod_revision());
+                        }
                     }
                     if !response.events().is_empty() {
                         self.converge(self.desired.revision).await;
@@ -132,6 +135,7 @@ impl Agent {
         let Some(upstream) = self.store.upstream_of(kv.key()).map(str::to_string) else {
             return;
         };
+        self.desired.unreadable.remove(&upstream);
         if event.event_type() == etcd_client::EventType::Delete {
             self.desired.upstreams.remove(&upstream);
             return;
@@ -145,14 +149,23 @@ impl Agent {
                 };
                 self.desired.upstreams.insert(upstream, versioned);
             }
-            Err(err) => log(&format!("ignoring the desired state of {upstream}: {err}")),
+            // As a restarted agent's listing does: the last one it could read stays, and the
+            // key is a problem until it is fixed.
+            Err(err) => {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                let why = StoreError::BadValue {
+                    key,
+                    reason: err.to_string(),
+                };
+                self.desired.unreadable.insert(upstream, why.to_string());
+            }
         }
     }
 
     /// Brings the module to every desired state, then reports. Called on every change and
     /// every tick: when nothing drifted, it only reads the module and refreshes the report.
     async fn converge(&mut self, revision: i64) {
-        let mut problems = Vec::new();
+        let mut problems: Vec<String> = self.desired.unreadable.values().cloned().collect();
         let (reached, upstreams) = match self.admin.upstreams().await {
             Ok(list) => self.apply_all(list.upstreams, &mut problems).await,
             Err(err) => {
@@ -217,8 +230,26 @@ impl Agent {
         if !changed {
             return (reached, local);
         }
+        // Applied means read back from the module: only then is its revision reported.
         match self.admin.upstreams().await {
-            Ok(list) => (reached, list.upstreams),
+            Ok(list) => {
+                let confirmed = self.desired.upstreams.iter().all(|(name, desired)| {
+                    list.upstreams
+                        .iter()
+                        .find(|upstream| &upstream.name == name)
+                        .is_none_or(|upstream| {
+                            desired::converge(&desired.value, upstream).is_done()
+                        })
+                });
+                if !confirmed {
+                    problems.push(
+                        "the module does not show every applied change yet (read back after \
+                         applying); trying again"
+                            .to_string(),
+                    );
+                }
+                (reached && confirmed, list.upstreams)
+            }
             Err(err) => {
                 problems.push(err.to_string());
                 (false, local)

@@ -63,6 +63,9 @@ pub struct Versioned<T> {
 pub struct DesiredSnapshot {
     pub upstreams: BTreeMap<String, Versioned<DesiredUpstream>>,
     pub revision: i64,
+    /// The upstreams whose key holds no desired state this shiftctl can read, with why: left
+    /// out, the others applied, and each reported as a problem.
+    pub unreadable: BTreeMap<String, String>,
 }
 
 /// A connection to etcd and the prefix the fleet's keys live under. Cheap to clone.
@@ -172,7 +175,14 @@ impl Store {
         for kv in response.kvs() {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             let name = key[prefix.len()..].to_string();
-            let value = parse(&key, kv.value())?;
+            // One bad key must not keep every other upstream from its desired state.
+            let value = match parse(&key, kv.value()) {
+                Ok(value) => value,
+                Err(err) => {
+                    snapshot.unreadable.insert(name, err.to_string());
+                    continue;
+                }
+            };
             let mod_revision = kv.mod_revision();
             snapshot.upstreams.insert(
                 name,
