@@ -554,3 +554,21 @@ fn a_bad_desired_state_key_stops_nothing_else_and_is_reported() {
     fleet.etcd.etcdctl(&["del", key]).expect("etcdctl del");
     fleet.wait_for_status(|status| synced_hosts(status).len() == 2);
 }
+
+/// While etcd is away the agent keeps putting back the last desired state it knows: a host
+/// whose Nginx restarts during the outage (without `state=`, so from its config) is back at the
+/// fleet's weights while etcd is still down, and says it works from a copy.
+#[test]
+fn an_nginx_restarted_while_etcd_is_down_gets_the_fleets_weights_back() {
+    let mut fleet = Fleet::start(2);
+    assert!(fleet.set(30, 70).status.success());
+    fleet.wait_for_weights(0, 30, 70);
+    fleet.etcd.stop();
+    fleet.hosts[0].nginx.restart();
+    fleet.wait_for_weights(0, 30, 70);
+    let log = fleet.hosts[0].agent.log();
+    assert!(log.contains("working from the copy"), "{log}");
+
+    fleet.etcd.start_again();
+    fleet.wait_for_status(|status| synced_hosts(status).len() == 2);
+}

@@ -58,13 +58,16 @@ pub async fn run(store: Store, admin: AdminClient, options: AgentOptions) -> Res
                 ));
             }
             Err(err) => {
-                log(&format!("{err}; retrying in 1 s"));
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                log(&format!("{err}; retrying every second"));
+                agent.work_offline().await;
             }
         }
         resume = None;
     }
 }
+
+/// How long a reconnection attempt may take while etcd is away, between two repairs.
+const RECONNECT_WAIT: Duration = Duration::from_secs(1);
 
 fn log(message: &str) {
     eprintln!("shiftctl agent: {message}");
@@ -76,6 +79,31 @@ impl Agent {
         match self.store.member(&self.options.host).await {
             Ok(Some(member)) if member.applied_revision > 0 => Some(member.applied_revision),
             _ => None,
+        }
+    }
+
+    /// While etcd is away: keeps putting back the last desired state it knows (an Nginx that
+    /// restarts meanwhile starts from its config), every `--every`, and returns once etcd
+    /// answers again.
+    async fn work_offline(&mut self) {
+        if !self.desired.upstreams.is_empty() {
+            log(&format!(
+                "working from the copy of the desired states at revision {} until etcd answers",
+                self.desired.revision
+            ));
+        }
+        loop {
+            let mut problems = Vec::new();
+            if let Ok(list) = self.admin.upstreams().await {
+                self.apply_all(list.upstreams, &mut problems).await;
+            }
+            let attempt =
+                tokio::time::timeout(RECONNECT_WAIT, self.store.member(&self.options.host)).await;
+            if let Ok(Ok(_)) = attempt {
+                log("etcd answers again");
+                return;
+            }
+            tokio::time::sleep(self.options.every.min(RECONNECT_WAIT)).await;
         }
     }
 
