@@ -572,3 +572,22 @@ fn an_nginx_restarted_while_etcd_is_down_gets_the_fleets_weights_back() {
     fleet.etcd.start_again();
     fleet.wait_for_status(|status| synced_hosts(status).len() == 2);
 }
+
+/// An idle fleet adds no revision to etcd: each agent writes its report when what it says
+/// changed (or its counters moved and are due), and its lease lives on etcd's keep-alive.
+#[test]
+fn an_idle_fleet_adds_no_revision() {
+    let fleet = Fleet::start(3);
+    // The first reports are out once every host is SYNCED; a moment for the last one.
+    std::thread::sleep(Duration::from_secs(1));
+    let before = fleet.etcd.revision();
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        fleet.etcd.revision(),
+        before,
+        "revisions written by an idle fleet of 3 in 6 s"
+    );
+    // A change still reaches every host, and is reported at once.
+    assert!(fleet.set(20, 80).status.success());
+    fleet.wait_for_status(|status| synced_hosts(status).len() == 3);
+}

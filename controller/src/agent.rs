@@ -4,24 +4,33 @@
 //! restart without `state=`), and publishes what it applied under a lease, so that a host that
 //! stops reporting is seen as gone.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shift_wire::fleet::{DesiredUpstream, HostReport, Member};
 use shift_wire::{Upstream, UpstreamPatch};
 use shiftctl::desired;
+use shiftctl::report_policy::{self, Published};
 
 use crate::client::{AdminClient, ClientError};
 use crate::etcd_fleet::now_ms;
 use crate::etcd_store::{DesiredSnapshot, Lease, Store, StoreError, Versioned};
 use crate::exit::Failure;
 
-/// How the agent runs: `shiftctl agent --host NAME [--lease 5s] [--every 1s]`.
+/// How the agent runs: `shiftctl agent --host NAME [--lease 5s] [--every 1s]
+/// [--report-every 30s]`.
 pub struct AgentOptions {
     pub host: String,
+    pub cadence: Cadence,
+}
+
+/// The agent's times.
+pub struct Cadence {
     /// How long the host's report outlives the agent.
     pub lease: Duration,
-    /// How often it checks its module for drift and refreshes its report.
+    /// How often it checks its module for drift (and its report for what changed).
     pub every: Duration,
+    /// How often a report whose counters alone moved is written (`report_policy`).
+    pub report_every: Duration,
 }
 
 /// What the agent holds between events.
@@ -34,6 +43,9 @@ struct Agent {
     applied: i64,
     problems: Vec<String>,
     lease: Option<Lease>,
+    /// The last report written, and when.
+    published: Option<Published>,
+    published_at: Instant,
 }
 
 pub async fn run(store: Store, admin: AdminClient, options: AgentOptions) -> Result<(), Failure> {
@@ -45,6 +57,8 @@ pub async fn run(store: Store, admin: AdminClient, options: AgentOptions) -> Res
         applied: 0,
         problems: Vec::new(),
         lease: None,
+        published: None,
+        published_at: Instant::now(),
     };
     let mut resume = agent.resume_revision().await;
     loop {
@@ -103,7 +117,7 @@ impl Agent {
                 log("etcd answers again");
                 return;
             }
-            tokio::time::sleep(self.options.every.min(RECONNECT_WAIT)).await;
+            tokio::time::sleep(self.options.cadence.every.min(RECONNECT_WAIT)).await;
         }
     }
 
@@ -121,7 +135,7 @@ impl Agent {
         }
         self.converge(self.desired.revision).await;
         let mut watch = self.store.watch_desired(self.desired.revision + 1).await?;
-        let mut tick = tokio::time::interval(self.options.every);
+        let mut tick = tokio::time::interval(self.options.cadence.every);
         loop {
             tokio::select! {
                 message = watch.message() => {
@@ -285,16 +299,36 @@ impl Agent {
         }
     }
 
-    /// Writes the report under the agent's lease, taking a new lease when the old one is lost.
+    /// Writes the report under the agent's lease when `report_policy` says it is worth a
+    /// revision, taking a new lease when the old one is lost.
     async fn publish(&mut self, report: &HostReport) -> Result<(), StoreError> {
         if self.lease.as_ref().is_none_or(Lease::is_lost) {
-            self.lease = Some(self.store.lease(self.options.lease).await?);
+            self.lease = Some(self.store.lease(self.options.cadence.lease).await?);
         }
         let lease = self.lease.as_ref().expect("lease just taken").id;
+        let wanted = self.store.fresh_reports_wanted().await;
+        let due = report_policy::decide(
+            self.published.as_ref(),
+            report,
+            lease,
+            self.published_at.elapsed(),
+            self.options.cadence.report_every,
+            wanted,
+        );
+        if due.is_none() {
+            return Ok(());
+        }
         let written = self.store.put_report(report, lease).await;
-        if written.is_err() {
+        match written {
+            Ok(()) => {
+                self.published = Some(Published {
+                    report: report.clone(),
+                    lease,
+                });
+                self.published_at = Instant::now();
+            }
             // Most likely the lease expired while etcd was away: the next report takes a new one.
-            self.lease = None;
+            Err(_) => self.lease = None,
         }
         written
     }

@@ -239,9 +239,13 @@ pub enum Command {
         /// How long this host's report outlives the agent (then the host is GONE)
         #[arg(long, default_value = "5s", value_parser = duration)]
         lease: Duration,
-        /// How often the module is checked for drift and the report refreshed
+        /// How often the module is checked for drift (a report is written when it changed)
         #[arg(long, default_value = "1s", value_parser = duration)]
         every: Duration,
+        /// How often a report whose counters alone moved is written (sooner while a command
+        /// reads the fleet: canary, drain)
+        #[arg(long, default_value = "30s", value_parser = duration)]
+        report_every: Duration,
     },
     /// Print the completion script for a shell, e.g. shiftctl completions bash > ~/.local/share/bash-completion/completions/shiftctl
     Completions {

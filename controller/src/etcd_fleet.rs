@@ -9,7 +9,7 @@ use shift_wire::fleet::{DesiredUpstream, HostReport};
 use shift_wire::{NewPeer, Upstream, UpstreamPatch};
 use shiftctl::desired;
 
-use crate::etcd_store::{Store, StoreError, Versioned};
+use crate::etcd_store::{Lease, Store, StoreError, Versioned};
 use crate::fleet::FleetError;
 
 pub struct EtcdFleet {
@@ -18,7 +18,13 @@ pub struct EtcdFleet {
     last_sources: Mutex<Vec<String>>,
     /// The revision of this command's last write: what `settle` waits for.
     last_write: Mutex<i64>,
+    /// Held from this command's first read of the hosts: the agents then report their
+    /// counters as they move (`report_policy`), for the canary's verdicts and drains.
+    fresh_reports: Mutex<Option<Lease>>,
 }
+
+/// How long the agents keep reporting fresh counters after a command stopped asking.
+const FRESH_REPORTS_TTL: Duration = Duration::from_secs(5);
 
 /// How long a read waits for an etcd that went away (restarted, a leader election).
 const ETCD_OUTAGE: Duration = Duration::from_secs(15);
@@ -37,6 +43,7 @@ impl EtcdFleet {
             store,
             last_sources: Mutex::new(Vec::new()),
             last_write: Mutex::new(0),
+            fresh_reports: Mutex::new(None),
         }
     }
 
@@ -55,6 +62,22 @@ impl EtcdFleet {
 
     fn remember(&self, sources: Vec<String>) {
         *self.last_sources.lock().expect("sources lock") = sources;
+    }
+
+    /// From the first read on, asks the agents for fresh counters (once; a failure only
+    /// leaves counters up to `--report-every` old).
+    async fn ask_for_fresh_reports(&self) {
+        if self
+            .fresh_reports
+            .lock()
+            .expect("fresh reports lock")
+            .is_some()
+        {
+            return;
+        }
+        if let Ok(lease) = self.store.want_fresh_reports(FRESH_REPORTS_TTL).await {
+            *self.fresh_reports.lock().expect("fresh reports lock") = Some(lease);
+        }
     }
 
     /// The live hosts' reports; while etcd is unreachable, retried for up to `ETCD_OUTAGE`.
@@ -113,6 +136,7 @@ impl EtcdFleet {
 
     /// The upstream as each live host reports it, by host name.
     pub async fn read(&self, upstream: &str) -> Result<Vec<Upstream>, FleetError> {
+        self.ask_for_fresh_reports().await;
         let reports = self.reports().await?;
         let (hosts, states) = hosts_with(&reports, upstream);
         if states.is_empty() {

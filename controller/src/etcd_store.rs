@@ -326,6 +326,22 @@ impl Store {
         Ok(Lease { id, renewal })
     }
 
+    /// Asks the agents for fresh counters for as long as the returned lease lives (renewed
+    /// until it is dropped, then gone within `ttl`): one write.
+    pub async fn want_fresh_reports(&self, ttl: Duration) -> Result<Lease, StoreError> {
+        let lease = self.lease(ttl).await?;
+        let options = PutOptions::new().with_lease(lease.id);
+        let key = fleet::fresh_reports_key(&self.prefix);
+        self.put(key, b"1".to_vec(), Some(options)).await?;
+        Ok(lease)
+    }
+
+    /// Whether a command asks for fresh counters now (a read: no revision).
+    pub async fn fresh_reports_wanted(&self) -> bool {
+        let key = fleet::fresh_reports_key(&self.prefix);
+        matches!(self.get_raw(&key).await, Ok(Some(_)))
+    }
+
     /// Watches every desired state from `revision` on.
     pub async fn watch_desired(&self, revision: i64) -> Result<WatchStream, StoreError> {
         let prefix = format!("{}upstreams/", self.prefix);

@@ -72,8 +72,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         cert: cli.etcd.etcd_cert.clone(),
         key: cli.etcd.etcd_key.clone(),
     });
-    if let Command::Agent { host, lease, every } = cli.command {
-        return run_agent(clients, etcd, host, lease, every).await;
+    if let Command::Agent {
+        host,
+        lease,
+        every,
+        report_every,
+    } = cli.command
+    {
+        let cadence = agent::Cadence {
+            lease,
+            every,
+            report_every,
+        };
+        return run_agent(clients, etcd, host, cadence).await;
     }
     let fleet = match &etcd {
         Some(options) => Fleet::Etcd(Box::new(EtcdFleet::new(Store::connect(options).await?))),
@@ -206,8 +217,7 @@ async fn run_agent(
     clients: Vec<AdminClient>,
     etcd: Option<EtcdOptions>,
     host: Option<String>,
-    lease: std::time::Duration,
-    every: std::time::Duration,
+    cadence: agent::Cadence,
 ) -> Result<(), Failure> {
     let etcd = etcd.ok_or_else(|| {
         Failure::usage(anyhow::anyhow!(
@@ -238,6 +248,6 @@ async fn run_agent(
         )));
     }
     let store = Store::connect(&etcd).await?;
-    let options = agent::AgentOptions { host, lease, every };
+    let options = agent::AgentOptions { host, cadence };
     agent::run(store, admin, options).await
 }

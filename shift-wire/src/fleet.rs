@@ -8,6 +8,8 @@
 //!   report vanished is known to be gone
 //! - `PREFIX/stable/NAME` → the stable set a switch or canary recorded (the `UpstreamPatch`es
 //!   `shiftctl rollback` applies), so that any controller can roll back
+//! - `PREFIX/fresh-reports` → held by a command that reads counters (a canary, a drain), under
+//!   a short lease: the agents report counters as they move while it exists
 
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +28,13 @@ pub fn report_key(prefix: &str, host: &str) -> String {
 /// Key of an upstream's stable set under the prefix.
 pub fn stable_key(prefix: &str, upstream: &str) -> String {
     format!("{prefix}stable/{upstream}")
+}
+
+/// Key that asks the agents for fresh counters: while it exists (a command reading the fleet
+/// holds it under a short lease), each writes its report when its counters move, not only
+/// every `--report-every`.
+pub fn fresh_reports_key(prefix: &str) -> String {
+    format!("{prefix}fresh-reports")
 }
 
 /// Key of a host's membership under the prefix.
