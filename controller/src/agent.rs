@@ -97,8 +97,8 @@ impl Agent {
     }
 
     /// While etcd is away: keeps putting back the last desired state it knows (an Nginx that
-    /// restarts meanwhile starts from its config), every `--every`, and returns once etcd
-    /// answers again.
+    /// restarts meanwhile starts from its config), every `--every` (at most every second),
+    /// and returns once etcd answers again.
     async fn work_offline(&mut self) {
         if !self.desired.upstreams.is_empty() {
             log(&format!(
@@ -111,13 +111,16 @@ impl Agent {
             if let Ok(list) = self.admin.upstreams().await {
                 self.apply_all(list.upstreams, &mut problems).await;
             }
+            // A pause before each attempt, so that a watch that keeps failing while reads
+            // answer is not retried in a tight loop.
+            tokio::time::sleep(self.options.cadence.every.min(RECONNECT_WAIT)).await;
             let attempt =
                 tokio::time::timeout(RECONNECT_WAIT, self.store.member(&self.options.host)).await;
-            if let Ok(Ok(_)) = attempt {
+            // Any answer (a member key it cannot read included) means etcd is back.
+            if !matches!(attempt, Err(_) | Ok(Err(StoreError::Unreachable { .. }))) {
                 log("etcd answers again");
                 return;
             }
-            tokio::time::sleep(self.options.cadence.every.min(RECONNECT_WAIT)).await;
         }
     }
 

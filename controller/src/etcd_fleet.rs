@@ -64,15 +64,17 @@ impl EtcdFleet {
         *self.last_sources.lock().expect("sources lock") = sources;
     }
 
-    /// From the first read on, asks the agents for fresh counters (once; a failure only
-    /// leaves counters up to `--report-every` old).
+    /// From the first read on, asks the agents for fresh counters (a failure only leaves
+    /// counters up to `--report-every` old).
     async fn ask_for_fresh_reports(&self) {
-        if self
+        // Again when its lease was lost (etcd restarted, a leader changed): the key went with it.
+        let held = self
             .fresh_reports
             .lock()
             .expect("fresh reports lock")
-            .is_some()
-        {
+            .as_ref()
+            .is_some_and(|lease| !lease.is_lost());
+        if held {
             return;
         }
         if let Ok(lease) = self.store.want_fresh_reports(FRESH_REPORTS_TTL).await {

@@ -2,9 +2,10 @@
 //! until it is compacted, so an idle fleet writes none: a report goes out when what it says
 //! changed (the revision applied, weights, states, labels, health, problems), when its lease is
 //! new (the old report went with the old lease), and otherwise only when its counters moved and
-//! either `--report-every` passed since the last one or a command asked for fresh counters
-//! (a canary judging its steps, see `fleet::FAST_REPORTS`). The lease is kept alive by etcd's
-//! keep-alive, which adds no revision.
+//! either `--report-every` passed since the last one or a command asked for fresh ones (the
+//! key `fresh-reports`: a canary judging its steps, a deploy waiting for a started side's
+//! checks and lookups). While one asks, check and lookup times count as moved too. The lease is
+//! kept alive by etcd's keep-alive, which adds no revision.
 
 use std::time::Duration;
 
@@ -48,7 +49,19 @@ pub fn decide(
     if settings(&last.report) != settings(now) {
         return Some(Write::Changed);
     }
-    let moved = counted(&last.report) != counted(now);
+    // A command that asks for fresh reports may judge by check and lookup times (a deploy's
+    // started side): those count then; otherwise only the counters.
+    let moved = if fresh_counters_wanted {
+        HostReport {
+            reported_ms: 0,
+            ..last.report.clone()
+        } != HostReport {
+            reported_ms: 0,
+            ..now.clone()
+        }
+    } else {
+        counted(&last.report) != counted(now)
+    };
     (moved && (fresh_counters_wanted || since_last >= report_every)).then_some(Write::Counters)
 }
 
@@ -174,7 +187,13 @@ mod tests {
         let later = report(5, 0, 61_000);
         let long = Duration::from_secs(3600);
         assert_eq!(decide(Some(&last), &later, 9, long, EVERY, false), None);
-        assert_eq!(decide(Some(&last), &later, 9, long, EVERY, true), None);
+        // While a command asks, a later check is worth a report (a deploy waits for one).
+        assert_eq!(
+            decide(Some(&last), &later, 9, Duration::ZERO, EVERY, true),
+            Some(Write::Counters)
+        );
+        let same = report(5, 0, 1_000);
+        assert_eq!(decide(Some(&last), &same, 9, long, EVERY, true), None);
     }
 
     #[test]

@@ -68,7 +68,8 @@ pub struct DesiredPeer {
     pub runtime: bool,
 }
 
-/// What a host's agent last did, refreshed every second while the agent runs.
+/// What a host's agent last did, written when it changes (its counters every `--report-every`,
+/// or at every `--every` while a command asks for fresh reports).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HostReport {
     pub host: String,
