@@ -19,6 +19,8 @@ pub struct Etcd {
     dir: TempDir,
     /// With mutual TLS: the test CA's certificate, and a client certificate and key it signed.
     tls: Option<ClientTls>,
+    /// More of etcd's options, e.g. a small `--quota-backend-bytes`.
+    options: Vec<String>,
 }
 
 /// What a client of an etcd with mutual TLS presents.
@@ -30,16 +32,22 @@ pub struct ClientTls {
 
 impl Etcd {
     pub fn start() -> Etcd {
-        Etcd::start_with(false)
+        Etcd::start_with(false, Vec::new())
     }
 
     /// An etcd that serves only TLS and accepts only clients with a certificate of the test CA
     /// the harness makes.
     pub fn start_with_mutual_tls() -> Etcd {
-        Etcd::start_with(true)
+        Etcd::start_with(true, Vec::new())
     }
 
-    fn start_with(mutual_tls: bool) -> Etcd {
+    /// An etcd whose database may grow to `bytes` only: past it, etcd raises its NOSPACE alarm
+    /// and refuses writes.
+    pub fn start_with_quota(bytes: u64) -> Etcd {
+        Etcd::start_with(false, vec![format!("--quota-backend-bytes={bytes}")])
+    }
+
+    fn start_with(mutual_tls: bool, options: Vec<String>) -> Etcd {
         let dir = TempDir::new().expect("a directory for etcd");
         let tls = mutual_tls.then(|| make_test_ca(dir.path()));
         let mut etcd = Etcd {
@@ -48,6 +56,7 @@ impl Etcd {
             peer_port: free_port(),
             dir,
             tls,
+            options,
         };
         etcd.start_again();
         etcd
@@ -94,6 +103,7 @@ impl Etcd {
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster=test={peer}"))
+            .args(&self.options)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -4,11 +4,12 @@
 //! restart without `state=`), and publishes what it applied under a lease, so that a host that
 //! stops reporting is seen as gone.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use shift_wire::fleet::{DesiredUpstream, HostReport, Member};
+use shift_wire::fleet::{DesiredUpstream, HostReport, Member, FORMAT};
 use shift_wire::{Upstream, UpstreamPatch};
-use shiftctl::desired;
+use shiftctl::desired::{self, WRITTEN_BY};
 use shiftctl::report_policy::{self, Published};
 
 use crate::client::{AdminClient, ClientError};
@@ -60,6 +61,9 @@ pub async fn run(store: Store, admin: AdminClient, options: AgentOptions) -> Res
         published: None,
         published_at: Instant::now(),
     };
+    log(&format!(
+        "{WRITTEN_BY}, reading desired states up to format {FORMAT}"
+    ));
     let mut resume = agent.resume_revision().await;
     loop {
         // Each pass: a consistent snapshot, then its changes as they come, until the watch
@@ -87,6 +91,35 @@ fn log(message: &str) {
     eprintln!("shiftctl agent: {message}");
 }
 
+/// What keeps this host from the desired state: of the whole host (its Nginx unreachable), or
+/// of one upstream (a key it cannot read, a peer its config lacks), which holds back only that
+/// upstream's commands.
+#[derive(Default)]
+struct Problems {
+    host: Vec<String>,
+    upstreams: BTreeMap<String, Vec<String>>,
+}
+
+impl Problems {
+    fn of_host(&mut self, problem: String) {
+        self.host.push(problem);
+    }
+
+    fn of_upstream(&mut self, upstream: &str, problem: String) {
+        self.upstreams
+            .entry(upstream.to_string())
+            .or_default()
+            .push(problem);
+    }
+
+    /// Every problem (the report's `problems`), and those of each upstream.
+    fn into_report(self) -> (Vec<String>, BTreeMap<String, Vec<String>>) {
+        let mut all = self.host;
+        all.extend(self.upstreams.values().flatten().cloned());
+        (all, self.upstreams)
+    }
+}
+
 impl Agent {
     /// The revision this host applied before the agent (re)started, if it joined before.
     async fn resume_revision(&self) -> Option<i64> {
@@ -107,7 +140,7 @@ impl Agent {
             ));
         }
         loop {
-            let mut problems = Vec::new();
+            let mut problems = Problems::default();
             if let Ok(list) = self.admin.upstreams().await {
                 self.apply_all(list.upstreams, &mut problems).await;
             }
@@ -117,7 +150,14 @@ impl Agent {
             let attempt =
                 tokio::time::timeout(RECONNECT_WAIT, self.store.member(&self.options.host)).await;
             // Any answer (a member key it cannot read included) means etcd is back.
-            if !matches!(attempt, Err(_) | Ok(Err(StoreError::Unreachable { .. }))) {
+            let away = matches!(
+                attempt,
+                Err(_)
+                    | Ok(Err(
+                        StoreError::Unreachable { .. } | StoreError::NotEtcd { .. }
+                    ))
+            );
+            if !away {
                 log("etcd answers again");
                 return;
             }
@@ -210,11 +250,14 @@ impl Agent {
     /// Brings the module to every desired state, then reports. Called on every change and
     /// every tick: when nothing drifted, it only reads the module and refreshes the report.
     async fn converge(&mut self, revision: i64) {
-        let mut problems: Vec<String> = self.desired.unreadable.values().cloned().collect();
+        let mut problems = Problems::default();
+        for (upstream, why) in &self.desired.unreadable {
+            problems.of_upstream(upstream, why.clone());
+        }
         let (reached, upstreams) = match self.admin.upstreams().await {
             Ok(list) => self.apply_all(list.upstreams, &mut problems).await,
             Err(err) => {
-                problems.push(err.to_string());
+                problems.of_host(err.to_string());
                 (false, Vec::new())
             }
         };
@@ -223,11 +266,13 @@ impl Agent {
             let member = Member {
                 host: self.options.host.clone(),
                 applied_revision: revision,
+                written_by: WRITTEN_BY.to_string(),
             };
             if let Err(err) = self.store.put_member(&member).await {
                 log(&err.to_string());
             }
         }
+        let (problems, upstream_problems) = problems.into_report();
         if problems != self.problems {
             for problem in &problems {
                 log(problem);
@@ -236,9 +281,11 @@ impl Agent {
         }
         let report = HostReport {
             host: self.options.host.clone(),
+            written_by: WRITTEN_BY.to_string(),
             applied_revision: self.applied,
             upstreams,
             problems,
+            upstream_problems,
             reported_ms: now_ms(),
         };
         if let Err(err) = self.publish(&report).await {
@@ -252,24 +299,36 @@ impl Agent {
     async fn apply_all(
         &self,
         local: Vec<Upstream>,
-        problems: &mut Vec<String>,
+        problems: &mut Problems,
     ) -> (bool, Vec<Upstream>) {
         let mut reached = true;
         let mut changed = false;
         for (name, desired) in &self.desired.upstreams {
             let Some(upstream) = local.iter().find(|upstream| &upstream.name == name) else {
-                problems.push(format!(
-                    "this Nginx has no shift upstream {name}: its config differs from the other \
-                     hosts'"
-                ));
+                problems.of_upstream(
+                    name,
+                    format!(
+                        "this Nginx has no shift upstream {name}: its config differs from the \
+                         other hosts'"
+                    ),
+                );
                 continue;
             };
-            match apply(&self.admin, upstream, &desired.value, problems).await {
+            if desired.value.is_newer_than_this_build() {
+                // It applies the weights and states it knows, and says what it may miss.
+                problems.of_upstream(name, newer_format(name, &desired.value));
+            }
+            let mut plan_problems = Vec::new();
+            match apply(&self.admin, upstream, &desired.value, &mut plan_problems).await {
                 Ok(did) => changed |= did,
-                Err(err) => {
-                    reached &= !err.is_unreachable();
-                    problems.push(err.to_string());
+                Err(err) if err.is_unreachable() => {
+                    reached = false;
+                    problems.of_host(err.to_string());
                 }
+                Err(err) => problems.of_upstream(name, err.to_string()),
+            }
+            for problem in plan_problems {
+                problems.of_upstream(name, problem);
             }
         }
         if !changed {
@@ -287,7 +346,7 @@ impl Agent {
                         })
                 });
                 if !confirmed {
-                    problems.push(
+                    problems.of_host(
                         "the module does not show every applied change yet (read back after \
                          applying); trying again"
                             .to_string(),
@@ -296,7 +355,7 @@ impl Agent {
                 (reached && confirmed, list.upstreams)
             }
             Err(err) => {
-                problems.push(err.to_string());
+                problems.of_host(err.to_string());
                 (false, local)
             }
         }
@@ -335,6 +394,21 @@ impl Agent {
         }
         written
     }
+}
+
+/// What an agent older than a desired state says about it.
+fn newer_format(upstream: &str, desired: &DesiredUpstream) -> String {
+    let writer = if desired.written_by.is_empty() {
+        "a newer writer"
+    } else {
+        &desired.written_by
+    };
+    format!(
+        "the desired state of upstream {upstream} is in format {}, written by {writer}; this \
+         agent ({WRITTEN_BY}) reads format {FORMAT}: it applied the weights, states and labels it \
+         knows and may miss the rest; upgrade shiftctl on this host",
+        desired.format
+    )
 }
 
 /// Applies one upstream's desired state to the local module, whose upstream is `local`:

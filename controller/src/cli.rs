@@ -180,6 +180,10 @@ pub enum Command {
         /// Longest wait for the target to become ready
         #[arg(long, default_value = "60s", value_parser = duration)]
         timeout: Duration,
+        /// With --etcd: go on with the hosts that report when some are GONE or STALE (the
+        /// outcome names them) instead of stopping with exit 1
+        #[arg(long)]
+        allow_partial: bool,
     },
     /// Shift traffic to a target in steps, watching its health and error rate; roll back on failure
     Canary {
@@ -212,6 +216,10 @@ pub enum Command {
         /// (and the canary rolls back)
         #[arg(long, default_value = "10s", value_parser = duration)]
         sync_timeout: Duration,
+        /// With --etcd: go on with the hosts that report when some are GONE or STALE (the
+        /// outcome names them) instead of stopping with exit 1
+        #[arg(long)]
+        allow_partial: bool,
     },
     /// Let a canary paused with --pause take its next step
     Promote {
@@ -225,11 +233,19 @@ pub enum Command {
         /// With --etcd: how long every live host may take to apply it
         #[arg(long, default_value = "10s", value_parser = duration)]
         sync_timeout: Duration,
+        /// With --etcd: go on with the hosts that report when some are GONE or STALE (the
+        /// outcome names them) instead of stopping with exit 1
+        #[arg(long)]
+        allow_partial: bool,
     },
     /// Run a deploy plan: start the idle side, wait for health, shift, stop the old side
     Deploy {
         /// The plan, a TOML file (see docs/shiftctl.md)
         plan: PathBuf,
+        /// With --etcd: go on with the hosts that report when some are GONE or STALE (the
+        /// outcome names them) instead of stopping with exit 1
+        #[arg(long)]
+        allow_partial: bool,
     },
     /// Keep the Nginx at --socket at the fleet's desired state in --etcd, and report to the fleet
     Agent {
@@ -339,6 +355,19 @@ pub struct Steps(pub Vec<u32>);
 
 fn steps(text: &str) -> Result<Steps, String> {
     plan::parse_steps(text).map(Steps)
+}
+
+impl Command {
+    /// Whether the command was given `--allow-partial`.
+    pub fn allows_partial(&self) -> bool {
+        match self {
+            Command::Switch { allow_partial, .. }
+            | Command::Canary { allow_partial, .. }
+            | Command::Rollback { allow_partial, .. }
+            | Command::Deploy { allow_partial, .. } => *allow_partial,
+            _ => false,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use shift_wire::fleet::{DesiredPeer, DesiredUpstream};
+use shift_wire::fleet::{DesiredPeer, DesiredUpstream, FORMAT};
 use shift_wire::{
     is_valid_label, NewPeer, Peer, PeerOrigin, PeerPatch, PeerState, Upstream, UpstreamPatch,
     MAX_WEIGHT,
@@ -23,6 +23,39 @@ pub enum DesiredError {
     BadWeight { server: String, weight: u32 },
     #[error("label \"{0}\" is not valid: up to 63 letters, digits, \".\", \"_\", \"+\" or \"-\"")]
     BadLabel(String),
+    #[error(
+        "this desired state is in format {format}, written by {written_by}; this shiftctl \
+         ({WRITTEN_BY}) writes format {FORMAT} and could drop what it does not know: nothing was \
+         written; run a shiftctl as new as the one that wrote it"
+    )]
+    WrittenByNewer { format: u32, written_by: String },
+}
+
+/// What this build writes in each value's `written_by`.
+pub const WRITTEN_BY: &str = concat!("shiftctl ", env!("CARGO_PKG_VERSION"));
+
+/// Refuses to rewrite a desired state of a newer format: what its writer meant and this build
+/// does not know could be lost.
+fn writable(desired: &DesiredUpstream) -> Result<(), DesiredError> {
+    if desired.is_newer_than_this_build() {
+        return Err(DesiredError::WrittenByNewer {
+            format: desired.format,
+            written_by: if desired.written_by.is_empty() {
+                "an unnamed writer".to_string()
+            } else {
+                desired.written_by.clone()
+            },
+        });
+    }
+    Ok(())
+}
+
+/// `next` as this build writes it, at `written_ms`.
+fn stamped(mut next: DesiredUpstream, written_ms: u64) -> DesiredUpstream {
+    next.format = FORMAT;
+    next.written_by = WRITTEN_BY.to_string();
+    next.written_ms = written_ms;
+    next
 }
 
 /// The desired state that keeps an upstream as `upstream` has it now. Resolved peers are left
@@ -38,10 +71,15 @@ pub fn from_upstream(upstream: &Upstream, written_ms: u64) -> DesiredUpstream {
             state: peer.state,
             label: peer.label.clone(),
             runtime: peer.origin == PeerOrigin::Api,
+            ..Default::default()
         })
         .collect();
     peers.sort_by(|a, b| a.server.cmp(&b.server));
-    DesiredUpstream { peers, written_ms }
+    let desired = DesiredUpstream {
+        peers,
+        ..Default::default()
+    };
+    stamped(desired, written_ms)
 }
 
 /// The desired state with `patch` applied, all of it or (on the first bad entry) none.
@@ -50,6 +88,7 @@ pub fn patched(
     patch: &UpstreamPatch,
     written_ms: u64,
 ) -> Result<DesiredUpstream, DesiredError> {
+    writable(desired)?;
     let mut next = desired.clone();
     for (server, change) in &patch.peers {
         let peer = next
@@ -59,8 +98,7 @@ pub fn patched(
             .ok_or_else(|| DesiredError::UnknownPeer(server.clone()))?;
         apply_peer_patch(peer, change)?;
     }
-    next.written_ms = written_ms;
-    Ok(next)
+    Ok(stamped(next, written_ms))
 }
 
 fn apply_peer_patch(peer: &mut DesiredPeer, change: &PeerPatch) -> Result<(), DesiredError> {
@@ -89,6 +127,7 @@ pub fn with_peer(
     new: &NewPeer,
     written_ms: u64,
 ) -> Result<DesiredUpstream, DesiredError> {
+    writable(desired)?;
     if desired.peers.iter().any(|peer| peer.server == new.server) {
         return Err(DesiredError::PeerExists(new.server.clone()));
     }
@@ -96,8 +135,8 @@ pub fn with_peer(
         server: new.server.clone(),
         weight: 1,
         state: PeerState::Up,
-        label: None,
         runtime: true,
+        ..Default::default()
     };
     let change = PeerPatch {
         weight: new.weight,
@@ -110,8 +149,7 @@ pub fn with_peer(
         .peers
         .partition_point(|other| other.server < peer.server);
     next.peers.insert(at, peer);
-    next.written_ms = written_ms;
-    Ok(next)
+    Ok(stamped(next, written_ms))
 }
 
 /// The desired state without the run-time peer `server`.
@@ -120,6 +158,7 @@ pub fn without_peer(
     server: &str,
     written_ms: u64,
 ) -> Result<DesiredUpstream, DesiredError> {
+    writable(desired)?;
     let at = desired
         .peers
         .iter()
@@ -130,8 +169,7 @@ pub fn without_peer(
     }
     let mut next = desired.clone();
     next.peers.remove(at);
-    next.written_ms = written_ms;
-    Ok(next)
+    Ok(stamped(next, written_ms))
 }
 
 /// `upstream` (a host's view, with its counters and health) as the desired state would make
@@ -156,11 +194,25 @@ pub fn overlay(desired: &DesiredUpstream, upstream: &Upstream) -> Upstream {
                 peer.weight = wanted.weight;
                 peer.state = wanted.state;
                 peer.label = wanted.label.clone();
+                peer.eligible = eligible_after(peer);
             }
             None => view.peers.push(new_peer_view(wanted)),
         }
     }
     view
+}
+
+/// Whether the host will let `peer` take new requests once it has the new weight and state:
+/// the module's rule, with what the host last reported of its health. An unchecked peer with
+/// checks that took no traffic yet counts as not taking it, as under `mandatory` checks.
+fn eligible_after(peer: &Peer) -> bool {
+    peer.weight > 0
+        && peer.state == PeerState::Up
+        && match peer.health {
+            shift_wire::Health::Healthy => true,
+            shift_wire::Health::Unhealthy => false,
+            shift_wire::Health::Unchecked => peer.check.is_none() || peer.eligible,
+        }
 }
 
 fn new_peer_view(wanted: &DesiredPeer) -> Peer {
@@ -268,6 +320,7 @@ mod tests {
             state: PeerState::Up,
             label: None,
             runtime: origin == PeerOrigin::Api,
+            ..Default::default()
         });
         peer.origin = origin;
         peer
@@ -352,6 +405,68 @@ mod tests {
     }
 
     #[test]
+    fn a_newer_format_is_not_rewritten_and_unknown_fields_are_kept() {
+        let host = upstream(vec![peer("a:1", 5, PeerOrigin::Config)]);
+        let mut desired = from_upstream(&host, 0);
+        assert_eq!(
+            (desired.format, desired.written_by.as_str()),
+            (FORMAT, WRITTEN_BY)
+        );
+        desired
+            .unknown
+            .insert("note".into(), serde_json::json!("kept"));
+        desired.peers[0]
+            .unknown
+            .insert("ramp".into(), serde_json::json!("30s"));
+        desired.written_by = "shiftctl 0.0.1".into();
+        let next = patched(&desired, &weights(&[("a:1", 7)]), 9).unwrap();
+        assert_eq!(next.written_by, WRITTEN_BY);
+        assert_eq!(next.unknown["note"], "kept");
+        assert_eq!(next.peers[0].unknown["ramp"], "30s");
+
+        desired.format = FORMAT + 1;
+        desired.written_by = "shiftctl 9.0.0".into();
+        let refused = DesiredError::WrittenByNewer {
+            format: FORMAT + 1,
+            written_by: "shiftctl 9.0.0".into(),
+        };
+        assert_eq!(
+            patched(&desired, &weights(&[("a:1", 7)]), 9),
+            Err(refused.clone())
+        );
+        let new = NewPeer {
+            server: "b:1".into(),
+            weight: None,
+            state: None,
+            label: None,
+            expect_generation: None,
+        };
+        assert_eq!(with_peer(&desired, &new, 9), Err(refused.clone()));
+        assert_eq!(without_peer(&desired, "a:1", 9), Err(refused));
+    }
+
+    #[test]
+    fn the_view_after_a_write_takes_traffic_as_the_host_will() {
+        let mut standby = peer("b:1", 0, PeerOrigin::Config);
+        standby.state = PeerState::Down;
+        standby.eligible = false;
+        let mut live = peer("a:1", 5, PeerOrigin::Config);
+        live.eligible = true;
+        let host = upstream(vec![live, standby]);
+        let desired = from_upstream(&host, 0);
+        let switched = patched(&desired, &weights(&[("a:1", 0), ("b:1", 5)]), 1).unwrap();
+        let mut switched = switched;
+        switched.peers[1].state = PeerState::Up;
+        let view = overlay(&switched, &host);
+        let eligible: Vec<(&str, bool)> = view
+            .peers
+            .iter()
+            .map(|p| (p.server.as_str(), p.eligible))
+            .collect();
+        assert_eq!(eligible, [("a:1", false), ("b:1", true)]);
+    }
+
+    #[test]
     fn convergence_adds_changes_and_removes_only_what_it_may() {
         let desired = DesiredUpstream {
             peers: vec![
@@ -361,6 +476,7 @@ mod tests {
                     state: PeerState::Drain,
                     label: Some("green".into()),
                     runtime: false,
+                    ..Default::default()
                 },
                 DesiredPeer {
                     server: "new:1".into(),
@@ -368,6 +484,7 @@ mod tests {
                     state: PeerState::Up,
                     label: None,
                     runtime: true,
+                    ..Default::default()
                 },
                 DesiredPeer {
                     server: "missing:1".into(),
@@ -375,9 +492,10 @@ mod tests {
                     state: PeerState::Up,
                     label: None,
                     runtime: false,
+                    ..Default::default()
                 },
             ],
-            written_ms: 0,
+            ..Default::default()
         };
         let local = upstream(vec![
             peer("a:1", 5, PeerOrigin::Config),

@@ -2,6 +2,7 @@
 //! upstream's desired state, in one compare-and-swap on the revision they read; every host's
 //! agent then applies it (`agent.rs`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -10,7 +11,7 @@ use shift_wire::{NewPeer, Upstream, UpstreamPatch};
 use shiftctl::desired;
 
 use crate::etcd_store::{Lease, Store, StoreError, Versioned};
-use crate::fleet::FleetError;
+use crate::fleet::{FleetError, Laggards};
 
 pub struct EtcdFleet {
     store: Store,
@@ -21,6 +22,8 @@ pub struct EtcdFleet {
     /// Held from this command's first read of the hosts: the agents then report their
     /// counters as they move (`report_policy`), for the canary's verdicts and drains.
     fresh_reports: Mutex<Option<Lease>>,
+    /// Whether etcd answered this command once: only then is an outage waited for.
+    answered: AtomicBool,
 }
 
 /// How long the agents keep reporting fresh counters after a command stopped asking.
@@ -44,6 +47,7 @@ impl EtcdFleet {
             last_sources: Mutex::new(Vec::new()),
             last_write: Mutex::new(0),
             fresh_reports: Mutex::new(None),
+            answered: AtomicBool::new(false),
         }
     }
 
@@ -66,7 +70,7 @@ impl EtcdFleet {
 
     /// From the first read on, asks the agents for fresh counters (a failure only leaves
     /// counters up to `--report-every` old).
-    async fn ask_for_fresh_reports(&self) {
+    pub async fn ask_for_fresh_reports(&self) {
         // Again when its lease was lost (etcd restarted, a leader changed): the key went with it.
         let held = self
             .fresh_reports
@@ -82,58 +86,81 @@ impl EtcdFleet {
         }
     }
 
-    /// The live hosts' reports; while etcd is unreachable, retried for up to `ETCD_OUTAGE`.
+    /// The live hosts' reports. An etcd that answered this command before and is now
+    /// unreachable (restarted, electing a leader) is waited for, up to `ETCD_OUTAGE`; one that
+    /// never answered fails at once, as every command's first contact does.
     async fn reports(&self) -> Result<Vec<HostReport>, StoreError> {
         let deadline = Instant::now() + ETCD_OUTAGE;
         loop {
             match self.store.reports().await {
-                Err(StoreError::Unreachable { .. }) if Instant::now() < deadline => {
+                Err(StoreError::Unreachable { .. })
+                    if self.answered.load(Ordering::Relaxed) && Instant::now() < deadline =>
+                {
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                result => return result,
+                result => {
+                    if result.is_ok() {
+                        self.answered.store(true, Ordering::Relaxed);
+                    }
+                    return result;
+                }
             }
         }
     }
 
     /// Waits until every live host applied this command's last write (or, before any, the
-    /// upstream's current desired state) with no problem. Fails naming the hosts still
-    /// behind after `timeout`.
-    pub async fn settle(&self, upstream: &str, timeout: Duration) -> Result<(), FleetError> {
-        let mut target = *self.last_write.lock().expect("last write lock");
-        if target == 0 {
-            target = self
-                .store
-                .desired(upstream)
-                .await?
-                .map_or(0, |desired| desired.mod_revision);
-        }
+    /// upstream's current desired state) with no problem of this upstream, or `timeout`
+    /// passed. Returns the hosts without it: those still behind, and those that joined once
+    /// and no longer report (GONE), which it does not wait for.
+    pub async fn settle(&self, upstream: &str, timeout: Duration) -> Result<Laggards, FleetError> {
+        let target = self.settle_target(upstream).await?;
         let deadline = Instant::now() + timeout;
         loop {
             let reports = self.reports().await?;
-            let behind: Vec<String> = reports
+            let stale: Vec<String> = reports
                 .iter()
-                .filter(|report| report.applied_revision < target || !report.problems.is_empty())
-                .map(|report| match report.problems.first() {
-                    Some(problem) => format!("{} ({problem})", report.host),
-                    None => report.host.clone(),
+                .filter_map(|report| {
+                    let problems = report.problems_of(upstream);
+                    if let Some(problem) = problems.first() {
+                        return Some(format!("{} ({problem})", report.host));
+                    }
+                    (report.applied_revision < target).then(|| {
+                        format!(
+                            "{} (applied revision {}, not yet {target})",
+                            report.host, report.applied_revision
+                        )
+                    })
                 })
                 .collect();
-            if behind.is_empty() && !reports.is_empty() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(FleetError::Plan(format!(
-                    "not every host applied revision {target} of upstream \"{upstream}\" within \
-                     {timeout:?}: STALE: {}",
-                    if reports.is_empty() {
-                        "no host reports at all".to_string()
-                    } else {
-                        behind.join(", ")
-                    }
-                )));
+            if stale.is_empty() || Instant::now() >= deadline {
+                let members = self.store.members().await?;
+                let gone = members
+                    .into_iter()
+                    .map(|member| member.host)
+                    .filter(|host| !reports.iter().any(|report| &report.host == host))
+                    .collect();
+                return Ok(Laggards {
+                    upstream: upstream.to_string(),
+                    revision: target,
+                    written: *self.last_write.lock().expect("last write lock") != 0,
+                    reporting: reports.len(),
+                    gone,
+                    stale,
+                });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The revision `settle` waits for: this command's last write, or before any the
+    /// upstream's current desired state.
+    async fn settle_target(&self, upstream: &str) -> Result<i64, FleetError> {
+        let written = *self.last_write.lock().expect("last write lock");
+        if written != 0 {
+            return Ok(written);
+        }
+        let desired = self.store.desired(upstream).await?;
+        Ok(desired.map_or(0, |desired| desired.mod_revision))
     }
 
     /// The upstream as each live host reports it, by host name.

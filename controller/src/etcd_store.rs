@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue,
-    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
+    AlarmAction, AlarmType, Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions,
+    Identity, KeyValue, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
 };
 use serde::de::DeserializeOwned;
 
@@ -37,6 +37,16 @@ pub enum StoreError {
     Tls { path: PathBuf, reason: String },
     #[error("--etcd-cert and --etcd-key go together: give both, or neither")]
     HalfIdentity,
+    #[error(
+        "what answers at {endpoints} is not etcd ({found}): give --etcd (or SHIFT_ETCD) etcd's \
+         client URL, e.g. http://HOST:2379"
+    )]
+    NotEtcd { endpoints: String, found: String },
+    #[error(
+        "etcd is out of space ({0}): nothing was written; compact and defragment it, then \
+         disarm the alarm (\"etcdctl alarm disarm\"); see docs/fleet.md, \"Keeping etcd small\""
+    )]
+    NoSpace(String),
     #[error("etcd refused the request: {0}")]
     Etcd(String),
     #[error("{key} in etcd is not valid JSON of its kind ({reason}): fix or delete it")]
@@ -100,14 +110,49 @@ impl Store {
     }
 
     fn failed(&self, err: etcd_client::Error) -> StoreError {
-        match &err {
-            etcd_client::Error::GRpcStatus(status) if status.code() != tonic::Code::Unavailable => {
-                StoreError::Etcd(status.message().to_string())
-            }
-            _ => StoreError::Unreachable {
+        let etcd_client::Error::GRpcStatus(status) = &err else {
+            return StoreError::Unreachable {
                 endpoints: self.endpoints.clone(),
                 reason: root_cause(&err),
+            };
+        };
+        let message = status.message();
+        // A server that does not speak gRPC (an HTTP/1 server, a TLS port spoken to in
+        // clear) breaks HTTP/2 framing; a gRPC server that is not etcd lacks etcd's services.
+        if status.code() == tonic::Code::Unimplemented
+            || message.contains("protocol error")
+            || message.contains("content-type")
+        {
+            let found = http_server_at(&self.endpoints)
+                .unwrap_or_else(|| format!("it answered: {message}"));
+            return StoreError::NotEtcd {
+                endpoints: self.endpoints.clone(),
+                found,
+            };
+        }
+        // A server that closed the connection on gRPC's first bytes: not etcd if it speaks
+        // HTTP/1; otherwise etcd went away mid-request.
+        if message.contains("transport error") {
+            return match http_server_at(&self.endpoints) {
+                Some(found) => StoreError::NotEtcd {
+                    endpoints: self.endpoints.clone(),
+                    found,
+                },
+                None => StoreError::Unreachable {
+                    endpoints: self.endpoints.clone(),
+                    reason: message.to_string(),
+                },
+            };
+        }
+        if message.contains("database space exceeded") {
+            return StoreError::NoSpace(message.to_string());
+        }
+        match status.code() {
+            tonic::Code::Unavailable => StoreError::Unreachable {
+                endpoints: self.endpoints.clone(),
+                reason: root_cause(status),
             },
+            _ => StoreError::Etcd(message.to_string()),
         }
     }
 
@@ -251,14 +296,33 @@ impl Store {
         Ok(())
     }
 
-    /// The reports of the hosts whose agents are alive.
+    /// The reports of the hosts whose agents are alive. A report this build cannot read (an
+    /// agent of another version, a value written by hand) stands for a host with that problem
+    /// and no upstream: it is not in sync, and it stops nothing else.
     pub async fn reports(&self) -> Result<Vec<HostReport>, StoreError> {
-        self.list(&format!("{}hosts/", self.prefix)).await
+        let prefix = format!("{}hosts/", self.prefix);
+        let listed = self.list(&prefix).await?;
+        Ok(listed
+            .into_iter()
+            .map(|(host, read)| read.unwrap_or_else(|why| unreadable_report(host, why)))
+            .collect())
     }
 
-    /// Every host that ever joined.
+    /// Every host that ever joined (one whose key this build cannot read, with the revision it
+    /// names if any).
     pub async fn members(&self) -> Result<Vec<Member>, StoreError> {
-        self.list(&format!("{}members/", self.prefix)).await
+        let prefix = format!("{}members/", self.prefix);
+        let listed = self.list(&prefix).await?;
+        Ok(listed
+            .into_iter()
+            .map(|(host, read)| {
+                read.unwrap_or_else(|why| Member {
+                    applied_revision: why.applied_revision,
+                    written_by: why.written_by,
+                    host,
+                })
+            })
+            .collect())
     }
 
     /// One host's membership, if it joined before.
@@ -267,7 +331,11 @@ impl Store {
         Ok(found.map(|member: Versioned<Member>| member.value))
     }
 
-    async fn list<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>, StoreError> {
+    /// Every value under `prefix`, by the rest of its key: read, or why not.
+    async fn list<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, Result<T, Unreadable>)>, StoreError> {
         let options = GetOptions::new().with_prefix();
         let response = self
             .client
@@ -275,11 +343,15 @@ impl Store {
             .get(prefix, Some(options))
             .await
             .map_err(|err| self.failed(err))?;
-        response
+        Ok(response
             .kvs()
             .iter()
-            .map(|kv| parse(&String::from_utf8_lossy(kv.key()), kv.value()))
-            .collect()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                let read = parse(&key, kv.value()).map_err(|err| Unreadable::of(err, kv.value()));
+                (key[prefix.len()..].to_string(), read)
+            })
+            .collect())
     }
 
     pub async fn put_member(&self, member: &Member) -> Result<(), StoreError> {
@@ -340,6 +412,28 @@ impl Store {
     pub async fn fresh_reports_wanted(&self) -> bool {
         let key = fleet::fresh_reports_key(&self.prefix);
         matches!(self.get_raw(&key).await, Ok(Some(_)))
+    }
+
+    /// etcd's active alarms, e.g. "NOSPACE on member 8e9e05c52164694d": while one is raised,
+    /// etcd refuses writes, so no desired state changes and no host reports anew.
+    pub async fn alarms(&self) -> Result<Vec<String>, StoreError> {
+        let response = self
+            .client
+            .clone()
+            .alarm(AlarmAction::Get, AlarmType::None, None)
+            .await
+            .map_err(|err| self.failed(err))?;
+        Ok(response
+            .alarms()
+            .iter()
+            .map(|alarm| {
+                format!(
+                    "{} on member {:x}",
+                    alarm.alarm().as_str_name(),
+                    alarm.member_id()
+                )
+            })
+            .collect())
     }
 
     /// Watches every desired state from `revision` on.
@@ -404,6 +498,85 @@ fn tls_options(options: &EtcdOptions) -> Result<Option<TlsOptions>, StoreError> 
         tls = tls.identity(identity);
     }
     Ok(Some(tls))
+}
+
+/// The HTTP/1 server at the first of `endpoints`, where etcd was expected: its status line and
+/// `Server` header. Asked only when gRPC failed there, so a short blocking exchange is fine.
+fn http_server_at(endpoints: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let first = endpoints.split(',').next().unwrap_or_default();
+    let address = first
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let probe = || -> Option<String> {
+        let address = std::net::ToSocketAddrs::to_socket_addrs(&address)
+            .ok()?
+            .next()?;
+        let timeout = Duration::from_millis(500);
+        let mut stream = std::net::TcpStream::connect_timeout(&address, timeout).ok()?;
+        stream.set_read_timeout(Some(timeout)).ok()?;
+        stream
+            .write_all(b"GET / HTTP/1.0\r\nHost: etcd\r\n\r\n")
+            .ok()?;
+        let mut head = vec![0; 1024];
+        let read = stream.read(&mut head).ok()?;
+        let head = String::from_utf8_lossy(&head[..read]).into_owned();
+        let status = head
+            .lines()
+            .next()
+            .filter(|line| line.starts_with("HTTP/"))?;
+        let server = head.lines().find_map(|line| {
+            line.strip_prefix("Server: ")
+                .or(line.strip_prefix("server: "))
+        });
+        Some(match server {
+            Some(server) => format!("an HTTP server: \"{status}\", Server: {server}"),
+            None => format!("an HTTP server: \"{status}\""),
+        })
+    };
+    if first.starts_with("https://") {
+        None
+    } else {
+        probe()
+    }
+}
+
+/// A value this build cannot read, and what can still be told of it.
+struct Unreadable {
+    why: String,
+    applied_revision: i64,
+    written_by: String,
+}
+
+impl Unreadable {
+    fn of(error: StoreError, value: &[u8]) -> Unreadable {
+        let loose: serde_json::Value = serde_json::from_slice(value).unwrap_or_default();
+        Unreadable {
+            why: error.to_string(),
+            applied_revision: loose["applied_revision"].as_i64().unwrap_or_default(),
+            written_by: loose["written_by"].as_str().unwrap_or_default().to_string(),
+        }
+    }
+}
+
+/// The report of a host whose key holds no report this build can read.
+fn unreadable_report(host: String, unreadable: Unreadable) -> HostReport {
+    let writer = match unreadable.written_by.as_str() {
+        "" => String::new(),
+        writer => format!(" (written by {writer})"),
+    };
+    HostReport {
+        problems: vec![format!(
+            "{}{writer}; this host counts as not in sync until its agent and this shiftctl \
+             are of one version",
+            unreadable.why
+        )],
+        host,
+        written_by: unreadable.written_by,
+        applied_revision: unreadable.applied_revision,
+        ..Default::default()
+    }
 }
 
 fn parse<T: DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, StoreError> {

@@ -63,6 +63,7 @@ impl From<FleetError> for Failure {
             FleetError::RolledBack { cause, .. } if cause.is_unreachable() => EXIT_UNREACHABLE,
             FleetError::RolledBack { .. } | FleetError::Split { .. } => EXIT_ABORTED,
             FleetError::Desired(_) => EXIT_USAGE,
+            FleetError::Partial(_) => EXIT_ABORTED,
             FleetError::Store(cause) => store_exit_code(cause),
         };
         Failure {
@@ -74,7 +75,8 @@ impl From<FleetError> for Failure {
 
 fn store_exit_code(error: &StoreError) -> u8 {
     match error {
-        StoreError::Unreachable { .. } => EXIT_UNREACHABLE,
+        // Something other than etcd answering is as good as nothing answering.
+        StoreError::Unreachable { .. } | StoreError::NotEtcd { .. } => EXIT_UNREACHABLE,
         StoreError::Tls { .. } | StoreError::HalfIdentity => EXIT_USAGE,
         _ => EXIT_ABORTED,
     }

@@ -66,8 +66,27 @@ pub struct PeerSplit {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FleetStatus {
+    /// What is wrong with the fleet as a whole: etcd's alarms, desired states no host can
+    /// read.
+    pub warnings: Vec<String>,
     pub hosts: Vec<HostStatus>,
     pub upstreams: Vec<UpstreamSplit>,
+}
+
+/// What `status --fleet` warns of, besides the hosts: etcd's active `alarms`, and the
+/// desired-state keys this build cannot read (by upstream, with why).
+pub fn warnings(alarms: &[String], unreadable: &BTreeMap<String, String>) -> Vec<String> {
+    let alarms = alarms.iter().map(|alarm| {
+        format!(
+            "etcd alarm {alarm}: etcd refuses every write until it is compacted, defragmented \
+             and the alarm disarmed (docs/fleet.md, \"Keeping etcd small\"); the hosts' reports \
+             below are their last ones"
+        )
+    });
+    let unreadable = unreadable
+        .iter()
+        .map(|(upstream, why)| format!("upstream {upstream}: {why}"));
+    alarms.chain(unreadable).collect()
 }
 
 /// The fleet's status from the desired states (with their revisions), the members and the live
@@ -117,6 +136,7 @@ pub fn fleet_status(
         .map(|(name, (revision, state))| split(name, *revision, state, reports))
         .collect();
     FleetStatus {
+        warnings: Vec::new(),
         hosts: hosts.into_values().collect(),
         upstreams,
     }
@@ -170,7 +190,14 @@ fn split(
 
 /// The text `status --fleet` prints.
 pub fn render(status: &FleetStatus) -> String {
-    let mut out = String::from("HOST                 STATUS  APPLIED  BEHIND\n");
+    let mut out = String::new();
+    for warning in &status.warnings {
+        out.push_str(&format!("WARNING: {warning}\n"));
+    }
+    if !status.warnings.is_empty() {
+        out.push('\n');
+    }
+    out.push_str("HOST                 STATUS  APPLIED  BEHIND\n");
     for host in &status.hosts {
         let behind = match host.status {
             Sync::Stale if host.behind_changes > 0 => format!(
@@ -225,9 +252,11 @@ mod tests {
                     state: PeerState::Up,
                     label: None,
                     runtime: false,
+                    ..Default::default()
                 })
                 .collect(),
             written_ms,
+            ..Default::default()
         }
     }
 
@@ -237,7 +266,7 @@ mod tests {
             applied_revision,
             upstreams: Vec::new(),
             problems: problems.iter().map(|p| p.to_string()).collect(),
-            reported_ms: 0,
+            ..Default::default()
         }
     }
 
@@ -245,6 +274,7 @@ mod tests {
         Member {
             host: host.into(),
             applied_revision,
+            written_by: String::new(),
         }
     }
 

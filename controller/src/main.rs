@@ -95,6 +95,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         json: cli.json,
         state_dir: cli.state_dir,
         progress: Progress::new(),
+        allow_partial: cli.command.allows_partial(),
     };
     match cli.command {
         Command::Status {
@@ -163,6 +164,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             to,
             check_url,
             timeout,
+            ..
         } => {
             commands::switch(
                 &ctx,
@@ -185,6 +187,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             check_url,
             timeout,
             sync_timeout,
+            ..
         } => {
             let options = CanaryOptions {
                 target: to,
@@ -204,8 +207,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Rollback {
             upstream,
             sync_timeout,
+            ..
         } => commands::rollback(&ctx, &upstream, sync_timeout).await,
-        Command::Deploy { plan } => deploy::deploy(&ctx, &plan).await,
+        Command::Deploy { plan, .. } => deploy::deploy(&ctx, &plan).await,
         Command::Agent { .. } => unreachable!("the agent runs before any fleet is made"),
         Command::Completions { shell } => manuals::print_completions(shell),
         Command::ManPages { dir } => manuals::write_man_pages(&dir),

@@ -164,8 +164,8 @@ mod tests {
                 }],
                 pins: Default::default(),
             }],
-            problems: Vec::new(),
             reported_ms: last_check_ms,
+            ..Default::default()
         }
     }
 

@@ -40,10 +40,11 @@ pub fn is_valid_label(text: &str) -> bool {
 pub const MAX_BODY_BYTES: usize = 8 * 1024;
 
 /// Whether a peer takes new requests (besides its weight and health).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PeerState {
-    /// Takes new requests according to its weight.
+    /// Takes new requests according to its weight: where a peer added without a state starts.
+    #[default]
     Up,
     /// Finishes the requests it has and takes no new ones.
     Drain,

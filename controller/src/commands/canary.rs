@@ -67,7 +67,8 @@ pub async fn canary(ctx: &Ctx, upstream: &str, options: &CanaryOptions) -> Resul
     )
     .await?;
     // With --etcd: the stable set is what every host has, not one host's lagging view.
-    ctx.fleet.settle(upstream, options.sync_timeout).await?;
+    ctx.settle_everywhere(upstream, options.sync_timeout)
+        .await?;
     let before = ctx.fleet.read(upstream).await?;
     for state in &before {
         plan::check_canary(state, target)?;
@@ -102,18 +103,22 @@ pub async fn canary(ctx: &Ctx, upstream: &str, options: &CanaryOptions) -> Resul
         // With --etcd the watch starts once every live host applied the step: a host that
         // cannot (down, unreachable) fails it.
         let settled = match applied {
-            Ok(_) => ctx.fleet.settle(upstream, options.sync_timeout).await,
+            Ok(_) => ctx.settle_everywhere(upstream, options.sync_timeout).await,
             Err(error) => Err(error),
         };
-        if let Err(error) = settled {
-            return Err(roll_back(
-                ctx,
-                upstream,
-                &format!("{step} could not be applied: {error}"),
-            )
-            .await);
-        }
-        ctx.progress.event(&format!("{step} applied"));
+        let laggards = match settled {
+            Ok(laggards) => laggards,
+            Err(error) => {
+                return Err(roll_back(
+                    ctx,
+                    upstream,
+                    &format!("{step} could not be applied: {error}"),
+                )
+                .await)
+            }
+        };
+        ctx.progress
+            .event(&format!("{step} applied{}", laggards.outcome_note()));
         let watched = Watched { servers: &targets };
         let (watch, target_side, stable_side) = watch_step(
             ctx,

@@ -9,7 +9,7 @@ mod switch;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, FleetError, Laggards};
 use crate::progress::Progress;
 
 pub use canary::{canary, promote, CanaryOptions, OnInterrupt};
@@ -27,4 +27,29 @@ pub struct Ctx {
     pub json: bool,
     pub state_dir: PathBuf,
     pub progress: Progress,
+    /// `--allow-partial`: a switch, canary or rollback goes on with the hosts that report when
+    /// some are GONE or STALE (and names them) instead of failing.
+    pub allow_partial: bool,
+}
+
+impl Ctx {
+    /// Waits until every Nginx has the upstream's last change (`Fleet::settle`). Hosts of an
+    /// etcd fleet without it fail the command, unless `--allow-partial` was given: it then
+    /// goes on, says so, and returns them for its outcome.
+    pub async fn settle_everywhere(
+        &self,
+        upstream: &str,
+        timeout: Duration,
+    ) -> Result<Laggards, FleetError> {
+        let laggards = self.fleet.settle(upstream, timeout).await?;
+        if laggards.is_empty() {
+            return Ok(laggards);
+        }
+        if !self.allow_partial || laggards.reporting == 0 {
+            return Err(FleetError::Partial(laggards));
+        }
+        self.progress
+            .event(&format!("going on without {}", laggards.hosts()));
+        Ok(laggards)
+    }
 }

@@ -7,6 +7,7 @@ use shift_wire::{PeerPatch, PeerState, Upstream, UpstreamPatch, MAX_WEIGHT};
 
 use super::{Ctx, POLL};
 use crate::exit::Failure;
+use crate::fleet::Laggards;
 use crate::plan;
 
 /// Parses `SERVER=WEIGHT` arguments.
@@ -122,7 +123,19 @@ pub async fn set_state(
     if let Some(timeout) = wait {
         let deadline = Instant::now() + timeout;
         // With --etcd, the requests counted must be those of hosts that already drained it.
-        ctx.fleet.settle(upstream, timeout).await?;
+        // A GONE host sends no report to count; one still behind fails the wait.
+        let laggards = ctx.fleet.settle(upstream, timeout).await?;
+        if !laggards.stale.is_empty() || laggards.reporting == 0 {
+            let laggards = Laggards {
+                gone: Vec::new(),
+                ..laggards
+            };
+            return Err(Failure::aborted(anyhow::anyhow!(
+                "not every host drained {server} of upstream \"{upstream}\" within {timeout:?} \
+                 ({}): \"shiftctl status --fleet\" shows why",
+                laggards.hosts()
+            )));
+        }
         loop {
             let active: u64 = ctx
                 .fleet

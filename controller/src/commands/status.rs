@@ -64,7 +64,8 @@ pub async fn fleet_status(ctx: &Ctx) -> Result<(), Failure> {
         .into_iter()
         .map(|(name, versioned)| (name, (versioned.mod_revision, versioned.value)))
         .collect();
-    let status = fleet_status::fleet_status(&desired, &members, &reports, now_ms());
+    let mut status = fleet_status::fleet_status(&desired, &members, &reports, now_ms());
+    status.warnings = fleet_status::warnings(&store.alarms().await?, &snapshot.unreadable);
     if ctx.json {
         let json = serde_json::to_string_pretty(&status).expect("JSON of the fleet status");
         println!("{json}");
@@ -84,6 +85,10 @@ pub async fn status(
     let drawn = watch && !ctx.json && std::io::stdout().is_terminal();
     let mut histories: BTreeMap<String, WatchHistory> = BTreeMap::new();
     loop {
+        if let (true, Fleet::Etcd(etcd)) = (watch, &ctx.fleet) {
+            // The agents then report their counters at every --every, not every 30 s.
+            etcd.ask_for_fresh_reports().await;
+        }
         let all = read_all(ctx, upstream.as_deref()).await?;
         if watch && std::io::stdout().is_terminal() {
             print!("\x1b[2J\x1b[H");

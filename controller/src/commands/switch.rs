@@ -116,7 +116,7 @@ pub async fn switch(
 ) -> Result<(), Failure> {
     wait_ready(ctx, upstream, target, check_url, timeout, unhealthy).await?;
     // With --etcd: the stable set is what every host has, not one host's lagging view.
-    ctx.fleet.settle(upstream, timeout).await?;
+    ctx.settle_everywhere(upstream, timeout).await?;
     ctx.save_stable(&ctx.fleet.read(upstream).await?).await?;
     let states = ctx
         .fleet
@@ -124,9 +124,10 @@ pub async fn switch(
             plan::switch(current, target).map_err(|err| err.to_string())
         })
         .await?;
-    ctx.fleet.settle(upstream, timeout).await?;
+    let laggards = ctx.settle_everywhere(upstream, timeout).await?;
     ctx.progress.event(&format!(
-        "switched upstream \"{upstream}\" to {target}; the others drain"
+        "switched upstream \"{upstream}\" to {target}{}; the others drain",
+        laggards.outcome_note()
     ));
     ctx.print_upstreams(&states);
     Ok(())
@@ -134,9 +135,10 @@ pub async fn switch(
 
 pub async fn rollback(ctx: &Ctx, upstream: &str, timeout: Duration) -> Result<(), Failure> {
     let states = ctx.restore_stable(upstream).await?;
-    ctx.fleet.settle(upstream, timeout).await?;
+    let laggards = ctx.settle_everywhere(upstream, timeout).await?;
     ctx.progress.event(&format!(
-        "upstream \"{upstream}\" is back on its stable set"
+        "upstream \"{upstream}\" is back on its stable set{}",
+        laggards.outcome_note()
     ));
     ctx.print_upstreams(&states);
     Ok(())
