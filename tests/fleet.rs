@@ -524,7 +524,7 @@ fn a_restarted_agent_never_reports_a_change_before_its_nginx_has_it() {
 /// A key under `upstreams/` that holds no readable desired state (garbage, or written by
 /// something else) is skipped, by a running agent and by a restarted one alike: every other
 /// upstream is still applied, and the host is STALE with a problem that names the key until it
-/// is fixed.
+/// is fixed; commands on the other upstreams are not held back by it.
 #[test]
 fn a_bad_desired_state_key_stops_nothing_else_and_is_reported() {
     let mut fleet = Fleet::start(2);
@@ -550,6 +550,12 @@ fn a_bad_desired_state_key_stops_nothing_else_and_is_reported() {
     assert!(fleet.set(40, 60).status.success());
     fleet.wait_for_weights(1, 40, 60);
     fleet.wait_for_status(named);
+
+    // The problem is the other upstream's: a switch of app, which waits for every host to
+    // have app in sync, is not held back by it.
+    let green = fleet.green.addr().to_string();
+    let switch = fleet.shiftctl(&["switch", "app", "--to", &green, "--timeout", "5s"]);
+    assert!(switch.status.success(), "{}", text(&switch));
 
     fleet.etcd.etcdctl(&["del", key]).expect("etcdctl del");
     fleet.wait_for_status(|status| synced_hosts(status).len() == 2);
@@ -590,4 +596,289 @@ fn an_idle_fleet_adds_no_revision() {
     // A change still reaches every host, and is reported at once.
     assert!(fleet.set(20, 80).status.success());
     fleet.wait_for_status(|status| synced_hosts(status).len() == 3);
+}
+
+/// A host key of another version (here one that lacks fields this build needs) stops no
+/// command: `set` writes, `status --fleet` lists that host STALE with a problem naming its key
+/// and writer, and `switch` counts it: exit 1 with nothing changed, or with `--allow-partial`
+/// it goes on with the hosts that report and names it.
+#[test]
+fn a_host_report_of_another_version_is_stale_and_blocks_no_write() {
+    let fleet = Fleet::start(2);
+    let ghost = r#"{"host":"ghost","applied_revision":3,"written_by":"shiftctl 9.0.0"}"#;
+    fleet
+        .etcd
+        .etcdctl(&["put", "/nginx-shift/hosts/ghost", ghost])
+        .expect("etcdctl put");
+    let set = fleet.set(20, 80);
+    assert!(set.status.success(), "{}", text(&set));
+    fleet.wait_for_weights(0, 20, 80);
+    fleet.wait_for_weights(1, 20, 80);
+    let status = fleet.wait_for_status(|status| {
+        hosts_with(status, "STALE") == ["ghost"] && synced_hosts(status).len() == 2
+    });
+    let problems = status["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|host| host["host"] == "ghost")
+        .map(|host| host["problems"].to_string())
+        .unwrap_or_default();
+    assert!(
+        problems.contains("hosts/ghost") && problems.contains("shiftctl 9.0.0"),
+        "{status:#}"
+    );
+
+    let green = fleet.green.addr().to_string();
+    let refused = fleet.shiftctl(&["switch", "app", "--to", &green, "--timeout", "2s"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    let said = text(&refused);
+    assert!(
+        said.contains("STALE: ghost") && said.contains("nothing was changed"),
+        "{said}"
+    );
+    fleet.wait_for_weights(0, 20, 80);
+
+    let went = fleet.shiftctl(&[
+        "switch",
+        "app",
+        "--to",
+        &green,
+        "--timeout",
+        "2s",
+        "--allow-partial",
+    ]);
+    assert!(went.status.success(), "{}", text(&went));
+    assert!(
+        text(&went).contains("not yet on STALE: ghost"),
+        "{}",
+        text(&went)
+    );
+    for host in &fleet.hosts {
+        let blue = fleet.blue.addr().to_string();
+        let drained = wait_until(CONVERGE, || {
+            host.admin()
+                .peer("app", &blue)
+                .is_some_and(|peer| peer.state == shift_wire::PeerState::Drain)
+        });
+        assert!(drained.is_some(), "{:?}", host.admin().upstream("app"));
+    }
+}
+
+/// A desired state of a newer format is applied as far as this build knows it, and each host
+/// says its agent is older; no command of this build rewrites it (exit 2), so the field it
+/// does not know stays. A field it does not know in its own format is ignored by the agents
+/// and kept by a rewrite.
+#[test]
+fn a_desired_state_of_a_newer_format_is_applied_as_far_as_known_and_never_rewritten() {
+    let fleet = Fleet::start(2);
+    let key = "/nginx-shift/upstreams/app";
+    let desired = |format: u32, blue: u32, green: u32, extra: &str| {
+        format!(
+            r#"{{"format":{format},"written_by":"shiftctl 9.0.0","peers":[
+                {{"server":"{}","weight":{blue},"state":"up"}},
+                {{"server":"{}","weight":{green},"state":"up"}}],"written_ms":1,{extra}}}"#,
+            fleet.blue.addr(),
+            fleet.green.addr()
+        )
+    };
+    let newer = desired(2, 30, 70, r#""canary_group":"eu""#);
+    fleet.etcd.etcdctl(&["put", key, &newer]).expect("put");
+    fleet.wait_for_weights(0, 30, 70);
+    fleet.wait_for_weights(1, 30, 70);
+    fleet.wait_for_status(|status| {
+        hosts_with(status, "STALE").len() == 2 && status.to_string().contains("format 2")
+    });
+    let refused = fleet.set(50, 50);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("format 2") && text(&refused).contains("nothing was written"),
+        "{}",
+        text(&refused)
+    );
+    let stored = fleet.etcd.etcdctl(&["get", key, "--print-value-only"]);
+    assert!(stored.unwrap_or_default().contains("canary_group"));
+
+    let same_format = desired(1, 40, 60, r#""note":"kept""#);
+    fleet
+        .etcd
+        .etcdctl(&["put", key, &same_format])
+        .expect("put");
+    fleet.wait_for_weights(0, 40, 60);
+    fleet.wait_for_status(|status| synced_hosts(status).len() == 2);
+    let set = fleet.set(45, 55);
+    assert!(set.status.success(), "{}", text(&set));
+    let stored: Value = serde_json::from_str(
+        &fleet
+            .etcd
+            .etcdctl(&["get", key, "--print-value-only"])
+            .unwrap_or_default(),
+    )
+    .expect("desired JSON");
+    assert_eq!(stored["note"], "kept", "{stored:#}");
+    assert!(
+        stored["written_by"]
+            .as_str()
+            .is_some_and(|writer| writer.starts_with("shiftctl 0.")),
+        "{stored:#}"
+    );
+    fleet.wait_for_weights(1, 45, 55);
+}
+
+/// `switch` and `rollback` count GONE hosts: a switch stops with exit 1 before writing
+/// anything and names the host; with `--allow-partial` it moves the hosts that report; a
+/// rollback writes, then exits 1 naming the host still without it, which takes it when its
+/// agent is back.
+#[test]
+fn a_switch_and_a_rollback_name_gone_hosts_and_go_on_only_when_allowed() {
+    let mut fleet = Fleet::start(3);
+    fleet.hosts[2].agent.kill();
+    fleet.wait_for_status(|status| hosts_with(status, "GONE") == ["host2"]);
+    let (blue, green) = (
+        fleet.blue.addr().to_string(),
+        fleet.green.addr().to_string(),
+    );
+    let state_of = |host: &Host, server: &str| host.admin().peer("app", server).map(|p| p.state);
+
+    let refused = fleet.shiftctl(&["switch", "app", "--to", &green]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    let said = text(&refused);
+    assert!(
+        said.contains("GONE: host2") && said.contains("nothing was changed"),
+        "{said}"
+    );
+    assert_eq!(
+        state_of(&fleet.hosts[0], &blue),
+        Some(shift_wire::PeerState::Up)
+    );
+
+    let went = fleet.shiftctl(&["switch", "app", "--to", &green, "--allow-partial"]);
+    assert!(went.status.success(), "{}", text(&went));
+    assert!(text(&went).contains("GONE: host2"), "{}", text(&went));
+    for host in &fleet.hosts[..2] {
+        assert_eq!(state_of(host, &blue), Some(shift_wire::PeerState::Drain));
+    }
+
+    let rollback = fleet.shiftctl(&["rollback", "app"]);
+    assert_eq!(rollback.status.code(), Some(1), "{}", text(&rollback));
+    let said = text(&rollback);
+    assert!(
+        said.contains("GONE: host2") && said.contains("written in etcd"),
+        "{said}"
+    );
+    for host in &fleet.hosts[..2] {
+        let back = wait_until(CONVERGE, || {
+            state_of(host, &blue) == Some(shift_wire::PeerState::Up)
+        });
+        assert!(back.is_some(), "{:?}", host.admin().upstream("app"));
+    }
+    fleet.hosts[2].agent.start_again();
+    fleet.wait_for_status(|status| synced_hosts(status).len() == 3);
+}
+
+/// What answers at --etcd decides the exit: a server that is not etcd is named, exit 3, like
+/// no server at all; and a command whose first contact finds nothing fails at once (the wait
+/// for an etcd that went away is for one that answered before).
+#[test]
+fn a_server_that_is_not_etcd_is_named_and_exits_3() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+            let _ = stream.read(&mut [0; 1024]);
+            let _ = stream.write_all(b"HTTP/1.0 404 Not Found\r\nServer: not-etcd/1.0\r\n\r\n");
+        }
+    });
+    let run = |url: &str, args: &[&str]| {
+        Command::new(shiftctl_binary())
+            .env_remove("SHIFT_ETCD")
+            .arg(format!("--etcd={url}"))
+            .args(args)
+            .output()
+            .expect("run shiftctl")
+    };
+    let not_etcd = format!("http://{address}");
+    for args in [&["status", "--fleet"][..], &["set", "app", "127.0.0.1:1=1"]] {
+        let output = run(&not_etcd, args);
+        assert_eq!(output.status.code(), Some(3), "{}", text(&output));
+        let said = text(&output);
+        assert!(
+            said.contains("is not etcd") && said.contains("not-etcd/1.0"),
+            "{said}"
+        );
+    }
+    let nothing = format!("http://127.0.0.1:{}", harness::free_port());
+    let started = std::time::Instant::now();
+    let output = run(&nothing, &["set", "app", "127.0.0.1:1=1"]);
+    assert_eq!(output.status.code(), Some(3), "{}", text(&output));
+    assert!(
+        text(&output).contains("cannot reach etcd"),
+        "{}",
+        text(&output)
+    );
+    // Before, it waited out the 15 s outage window on a port nothing ever answered.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// An etcd out of space (its NOSPACE alarm raised at a small quota) is shown by `status
+/// --fleet`, and a write fails with exit 1 saying so and what to do.
+#[test]
+fn etcd_out_of_space_is_shown_by_status_and_by_a_write() {
+    let fleet = Fleet::start_on(Etcd::start_with_quota(1 << 20), 1);
+    let filler = "x".repeat(100_000);
+    let full = (0..100).any(|_| fleet.etcd.etcdctl(&["put", "/filler", &filler]).is_none());
+    assert!(full, "etcd never ran out of space");
+    let status = fleet.shiftctl(&["status", "--fleet"]);
+    assert!(status.status.success(), "{}", text(&status));
+    assert!(
+        text(&status).contains("WARNING: etcd alarm NOSPACE"),
+        "{}",
+        text(&status)
+    );
+    let set = fleet.set(20, 80);
+    assert_eq!(set.status.code(), Some(1), "{}", text(&set));
+    assert!(
+        text(&set).contains("etcd is out of space") && text(&set).contains("nothing was written"),
+        "{}",
+        text(&set)
+    );
+}
+
+/// `status --watch --etcd` asks the agents for fresh reports for as long as it runs (the
+/// `fresh-reports` key under its lease), so its counters move at the agents' `--every`, not
+/// every `--report-every`; the key goes with it.
+#[test]
+fn a_status_watch_asks_for_fresh_reports_while_it_runs() {
+    let fleet = Fleet::start(1);
+    let key = "/nginx-shift/fresh-reports";
+    let asked = || {
+        fleet
+            .etcd
+            .etcdctl(&["get", key, "--print-value-only"])
+            .is_some_and(|value| !value.trim().is_empty())
+    };
+    assert!(!asked());
+    let mut watch = Command::new(shiftctl_binary())
+        .env_remove("SHIFT_ETCD")
+        .args(fleet.etcd.client_args())
+        .args(["status", "--watch", "--every", "200ms"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("run shiftctl status --watch");
+    let held = wait_until(CONVERGE, asked);
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert!(
+        held.is_some(),
+        "status --watch did not ask for fresh reports"
+    );
+    // Its lease (5 s) runs out.
+    assert!(wait_until(CONVERGE, || !asked()).is_some());
 }
