@@ -28,7 +28,7 @@ pub(crate) fn fleet_sync(settings: &Settings) {
     println!();
 }
 
-fn etcd_version() -> String {
+pub(crate) fn etcd_version() -> String {
     Command::new("etcd")
         .arg("--version")
         .output()
@@ -47,20 +47,7 @@ fn sync_times(count: usize, changes: usize) -> (Vec<f64>, Vec<f64>) {
     let etcd = Etcd::start();
     let pair = Pair::new();
     let servers = [pair.blue.addr().to_string(), pair.green.addr().to_string()];
-    let hosts: Vec<(Nginx, Agent)> = (0..count)
-        .map(|index| {
-            let nginx = Nginx::start(
-                NginxOptions::new(format!(
-                    "upstream app {{ server {} weight=5; server {} weight=5; shift; }}\n\
-                     server {{ listen unix:{{prefix}}/api.sock; location /api/ {{ shift_api; }} }}\n",
-                    servers[0], servers[1]
-                ))
-                .workers(1),
-            );
-            let agent = Agent::start(&etcd, &nginx.path("api.sock"), &format!("host{index}"));
-            (nginx, agent)
-        })
-        .collect();
+    let hosts = start_hosts(&etcd, &servers, count);
     let admins: Vec<Admin> = hosts
         .iter()
         .map(|(nginx, _)| Admin::new(nginx.path("api.sock"), "/api/"))
@@ -71,7 +58,7 @@ fn sync_times(count: usize, changes: usize) -> (Vec<f64>, Vec<f64>) {
         let green = 100 + change as u32 % 800;
         let desired = DesiredUpstream {
             peers: vec![peer(&servers[0], 1000 - green), peer(&servers[1], green)],
-            written_ms: 0,
+            ..Default::default()
         };
         let value = serde_json::to_string(&desired).expect("desired JSON");
         let started = Instant::now();
@@ -111,5 +98,25 @@ fn peer(server: &str, weight: u32) -> DesiredPeer {
         state: PeerState::Up,
         label: None,
         runtime: false,
+        ..Default::default()
     }
+}
+
+/// `count` Nginx hosts (one worker each) with upstream `app` over `servers`, each with an
+/// agent on `etcd` named host0, host1, …
+pub(crate) fn start_hosts(etcd: &Etcd, servers: &[String; 2], count: usize) -> Vec<(Nginx, Agent)> {
+    (0..count)
+        .map(|index| {
+            let nginx = Nginx::start(
+                NginxOptions::new(format!(
+                    "upstream app {{ server {} weight=5; server {} weight=5; shift; }}\n\
+                     server {{ listen unix:{{prefix}}/api.sock; location /api/ {{ shift_api; }} }}\n",
+                    servers[0], servers[1]
+                ))
+                .workers(1),
+            );
+            let agent = Agent::start(etcd, &nginx.path("api.sock"), &format!("host{index}"));
+            (nginx, agent)
+        })
+        .collect()
 }

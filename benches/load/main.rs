@@ -23,6 +23,7 @@ use harness::{
 
 mod data_path;
 mod fleet;
+mod fleet_history;
 mod peers;
 mod reload_storm;
 mod resolve;
@@ -33,6 +34,7 @@ mod zero_downtime;
 
 use data_path::data_path;
 use fleet::fleet_sync;
+use fleet_history::fleet_history;
 use harness::{wrk, wrk_result};
 use peers::peer_changes;
 use reload_storm::reload_storm;
@@ -130,7 +132,7 @@ fn main() {
         .filter(|arg| !arg.starts_with('-'))
         .collect();
     type Scenario = (&'static str, fn(&Settings));
-    let scenarios: [Scenario; 8] = [
+    let scenarios: [Scenario; 9] = [
         ("data_path", data_path),
         ("switch_latency", switch_latency),
         ("peer_changes", peer_changes),
@@ -139,6 +141,7 @@ fn main() {
         ("reload_storm", reload_storm),
         ("zero_downtime", zero_downtime),
         ("fleet_sync", fleet_sync),
+        ("fleet_history", fleet_history),
     ];
     for (name, run) in scenarios {
         if chosen.is_empty() || chosen.iter().any(|chosen| chosen == name) {
