@@ -1,4 +1,4 @@
-//! Simulates `shiftctl canary`'s verdicts (`shiftctl::verdict`) over random draws, with the
+//! Simulates `shiftctl canary`'s verdicts (`shiftctl::deploy::verdict`) over random draws, with the
 //! default gates: how often a healthy target is rolled back by noise, and how many failed
 //! requests a broken one serves before it is rolled back. A canary here is 5/25/50/100% steps
 //! of 30 s at 1,000 requests/s, judged every 250 ms as `shiftctl` polls; at 100% (no stable
@@ -8,7 +8,7 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use shiftctl::verdict::{judge, Gates, Verdict, Window};
+use shiftctl::deploy::verdict::{judge, Gates, Verdict, Window};
 
 const STEPS: [f64; 4] = [0.05, 0.25, 0.50, 1.0];
 const POLLS_PER_STEP: usize = 120;

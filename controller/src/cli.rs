@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use shift_wire::PeerState;
-use shiftctl::verdict;
+use shiftctl::deploy::verdict;
 
 use crate::commands::OnInterrupt;
 use crate::plan;
@@ -296,7 +296,7 @@ fn error_rate(text: &str) -> Result<f64, String> {
     plan::parse_error_rate(rate)
 }
 
-/// What a canary step's target must pass (`shiftctl::verdict::Gates`): it is compared with
+/// What a canary step's target must pass (`shiftctl::deploy::verdict::Gates`): it is compared with
 /// the stable peers over the same window.
 #[derive(clap::Args)]
 pub struct GateArgs {

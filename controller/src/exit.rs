@@ -2,7 +2,7 @@
 //! 2 bad usage (nothing was changed), 3 no nginx-shift answered.
 
 use crate::client::ClientError;
-use crate::etcd_store::StoreError;
+use crate::fleet::store::StoreError;
 use crate::fleet::FleetError;
 use crate::plan::PlanError;
 

@@ -2,24 +2,16 @@
 //!
 //! Exit codes: 0 done, 1 aborted or rolled back, 2 usage or config error, 3 cannot reach Nginx.
 
-mod agent;
 mod cli;
 mod client;
 mod commands;
 mod deploy;
-mod etcd_fleet;
-mod etcd_store;
 mod exit;
 mod fleet;
-mod hook;
 mod interrupts;
 mod manuals;
-mod output;
 mod plan;
-mod progress;
-mod rolling;
-mod state_dir;
-mod watch_view;
+mod view;
 
 use std::process::ExitCode;
 
@@ -29,11 +21,12 @@ use shift_wire::PeerState;
 use crate::cli::{Cli, Command};
 use crate::client::AdminClient;
 use crate::commands::{CanaryOptions, Ctx, Unhealthy};
-use crate::etcd_fleet::EtcdFleet;
-use crate::etcd_store::{EtcdOptions, Store};
 use crate::exit::Failure;
+use crate::fleet::agent;
+use crate::fleet::etcd::EtcdFleet;
+use crate::fleet::store::{EtcdOptions, Store};
 use crate::fleet::Fleet;
-use crate::progress::Progress;
+use crate::view::progress::Progress;
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -253,5 +246,5 @@ async fn run_agent(
     }
     let store = Store::connect(&etcd).await?;
     let options = agent::AgentOptions { host, cadence };
-    agent::run(store, admin, options).await
+    match agent::run(store, admin, options).await {}
 }

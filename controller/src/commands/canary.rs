@@ -6,15 +6,15 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use shift_wire::{Health, Upstream, UpstreamPatch};
-use shiftctl::verdict::{judge, quantile_name, Gates, Verdict, Window};
+use shiftctl::deploy::verdict::{judge, quantile_name, Gates, Verdict, Window};
 use tokio::io::AsyncBufReadExt;
 
 use super::switch::{wait_ready, Unhealthy};
 use super::{Ctx, POLL};
+use crate::commands::state_dir::write_file;
 use crate::exit::Failure;
 use crate::interrupts::Interrupts;
 use crate::plan;
-use crate::state_dir::write_file;
 
 pub fn promote(ctx: &Ctx, upstream: &str) -> Result<(), Failure> {
     write_file(&ctx.promote_flag(upstream), b"promote\n")?;
@@ -37,7 +37,7 @@ pub struct CanaryOptions {
     pub target: String,
     pub steps: Vec<u32>,
     pub interval: Duration,
-    /// What a step's target must pass (`shiftctl::verdict`).
+    /// What a step's target must pass (`shiftctl::deploy::verdict`).
     pub gates: Gates,
     pub pause: bool,
     pub on_interrupt: OnInterrupt,

@@ -1,8 +1,10 @@
 //! The commands, over a fleet of one or more Nginx instances: one file per family.
 
 mod canary;
+mod output;
 mod peers;
 mod set;
+pub(crate) mod state_dir;
 mod status;
 mod switch;
 
@@ -10,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::fleet::{Fleet, FleetError, Laggards};
-use crate::progress::Progress;
+use crate::view::progress::Progress;
 
 pub use canary::{canary, promote, CanaryOptions, OnInterrupt};
 pub use peers::{add, parse_server, remove};

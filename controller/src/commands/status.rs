@@ -5,14 +5,14 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use shift_wire::Upstream;
-use shiftctl::fleet_status;
+use shiftctl::fleet::status as fleet_status;
 
 use super::Ctx;
-use crate::etcd_fleet::now_ms;
 use crate::exit::Failure;
+use crate::fleet::etcd::now_ms;
 use crate::fleet::Fleet;
-use crate::output::render_table;
-use crate::watch_view::WatchHistory;
+use crate::view::table::render_table;
+use crate::view::watch::WatchHistory;
 
 /// Every Nginx's upstreams (or the one named), by source: a socket, or a reporting host.
 async fn read_all(

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use shift_wire::Health;
-use shiftctl::started::StartBaseline;
+use shiftctl::deploy::started::StartBaseline;
 
 use super::{Ctx, POLL};
 use crate::exit::Failure;
@@ -18,7 +18,7 @@ pub enum Unhealthy {
     AwaitRecovery,
     /// A deploy's start hook just started it: wait for its peers to appear, and for each to
     /// show a lookup and a passed check later than when the wait began, by its own Nginx
-    /// (`shiftctl::started`).
+    /// (`shiftctl::deploy::started`).
     AwaitStart,
 }
 

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use shift_wire::fleet::{DesiredUpstream, HostReport};
 use shift_wire::{NewPeer, Upstream, UpstreamPatch};
-use shiftctl::desired;
+use shiftctl::fleet::desired;
 
-use crate::etcd_store::{Lease, Store, StoreError, Versioned};
-use crate::fleet::{FleetError, Laggards};
+use super::error::{FleetError, Laggards};
+use super::store::{Lease, Store, StoreError, Versioned};
 
 pub struct EtcdFleet {
     store: Store,

@@ -15,13 +15,13 @@ use std::time::Instant;
 
 use shift_wire::{Health, NewPeer, Peer, PeerOrigin, PeerPatch, PeerState, UpstreamPatch};
 
+use super::hook;
+use super::plan_file::{DeployPlan, Rolling};
 use crate::commands::{self, Ctx, Unhealthy, POLL};
-use crate::deploy::{DeployPlan, Rolling};
 use crate::exit::Failure;
-use crate::hook;
 use crate::interrupts::Interrupts;
 use crate::plan;
-use shiftctl::verdict::{judge, Verdict, Window};
+use shiftctl::deploy::verdict::{judge, Verdict, Window};
 
 pub async fn rolling(ctx: &Ctx, plan: &DeployPlan, rolling: &Rolling) -> Result<(), Failure> {
     let upstream = plan.upstream.as_str();
@@ -166,7 +166,7 @@ async fn appeared(
 
 /// Waits for the new replica's checks, lets it take traffic with the old one's weight, and
 /// watches it for `interval`: its health, and its errors and latency against the other peers'
-/// over the same window, by the plan's canary gates (`shiftctl::verdict`).
+/// over the same window, by the plan's canary gates (`shiftctl::deploy::verdict`).
 async fn bring_in(ctx: &Ctx, plan: &DeployPlan, replacing: &Peer, new: &str) -> Result<(), String> {
     let upstream = plan.upstream.as_str();
     commands::wait_ready(

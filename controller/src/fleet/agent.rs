@@ -5,17 +5,17 @@
 //! stops reporting is seen as gone.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use shift_wire::fleet::{DesiredUpstream, HostReport, Member, FORMAT};
 use shift_wire::{Upstream, UpstreamPatch};
-use shiftctl::desired::{self, WRITTEN_BY};
-use shiftctl::report_policy::{self, Published};
+use shiftctl::fleet::desired::{self, WRITTEN_BY};
+use shiftctl::fleet::report_policy::{self, Published};
 
 use crate::client::{AdminClient, ClientError};
-use crate::etcd_fleet::now_ms;
-use crate::etcd_store::{DesiredSnapshot, Lease, Store, StoreError, Versioned};
-use crate::exit::Failure;
+use crate::fleet::etcd::now_ms;
+use crate::fleet::store::{DesiredSnapshot, Lease, Store, StoreError, Versioned};
 
 /// How the agent runs: `shiftctl agent --host NAME [--lease 5s] [--every 1s]
 /// [--report-every 30s]`.
@@ -49,7 +49,8 @@ struct Agent {
     published_at: Instant,
 }
 
-pub async fn run(store: Store, admin: AdminClient, options: AgentOptions) -> Result<(), Failure> {
+/// Runs until the process is stopped: every failure (etcd or Nginx away) is waited out.
+pub async fn run(store: Store, admin: AdminClient, options: AgentOptions) -> Infallible {
     let mut agent = Agent {
         store,
         admin,
