@@ -89,6 +89,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         state_dir: cli.state_dir,
         progress: Progress::new(),
         allow_partial: cli.command.allows_partial(),
+        went_without: Default::default(),
     };
     match cli.command {
         Command::Status {

@@ -143,18 +143,25 @@ pub struct HostReport {
 
 impl HostReport {
     /// The problems that keep `upstream` from being in sync here: those of the whole host and
-    /// those of `upstream`, not those of the other upstreams.
+    /// those of `upstream`, not those of the other upstreams. The host's own are `problems`
+    /// less every upstream's (counted, so that one text the host and an upstream share, or
+    /// two upstreams share, stays where it belongs); a report without `upstream_problems` (an
+    /// older agent) has only the host's.
     pub fn problems_of(&self, upstream: &str) -> Vec<&str> {
-        let elsewhere = |problem: &String| {
-            self.upstream_problems
-                .iter()
-                .any(|(name, problems)| name != upstream && problems.contains(problem))
-        };
-        self.problems
-            .iter()
-            .filter(|problem| !elsewhere(problem))
-            .map(String::as_str)
-            .collect()
+        let mut of_upstreams: Vec<&String> = self.upstream_problems.values().flatten().collect();
+        let mut found: Vec<&str> = Vec::new();
+        for problem in &self.problems {
+            match of_upstreams.iter().position(|listed| *listed == problem) {
+                Some(at) => {
+                    of_upstreams.swap_remove(at);
+                }
+                None => found.push(problem),
+            }
+        }
+        if let Some(own) = self.upstream_problems.get(upstream) {
+            found.extend(own.iter().map(String::as_str));
+        }
+        found
     }
 }
 
@@ -203,5 +210,21 @@ mod tests {
         };
         assert_eq!(report.problems_of("app"), ["nginx down"]);
         assert_eq!(report.problems_of("api"), ["nginx down", "api: bad key"]);
+    }
+
+    #[test]
+    fn a_problem_two_upstreams_share_holds_back_both() {
+        let refused = "the API refused the PATCH".to_string();
+        let report = HostReport {
+            problems: vec![refused.clone(), refused.clone()],
+            upstream_problems: BTreeMap::from([
+                ("api".into(), vec![refused.clone()]),
+                ("app".into(), vec![refused.clone()]),
+            ]),
+            ..Default::default()
+        };
+        assert_eq!(report.problems_of("app"), [refused.as_str()]);
+        assert_eq!(report.problems_of("api"), [refused.as_str()]);
+        assert!(report.problems_of("other").is_empty());
     }
 }

@@ -9,6 +9,7 @@ mod status;
 mod switch;
 
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::fleet::{Fleet, FleetError, Laggards};
@@ -32,6 +33,8 @@ pub struct Ctx {
     /// `--allow-partial`: a switch, canary or rollback goes on with the hosts that report when
     /// some are GONE or STALE (and names them) instead of failing.
     pub allow_partial: bool,
+    /// The hosts it went on without, so far: a deploy does not stop a side they may still use.
+    pub went_without: Mutex<Vec<String>>,
 }
 
 impl Ctx {
@@ -52,6 +55,16 @@ impl Ctx {
         }
         self.progress
             .event(&format!("going on without {}", laggards.hosts()));
+        self.went_without
+            .lock()
+            .expect("went-without lock")
+            .push(laggards.hosts());
         Ok(laggards)
+    }
+
+    /// The hosts a change went on without (`--allow-partial`), if any: "GONE: a; STALE: b".
+    pub fn hosts_gone_without(&self) -> Option<String> {
+        let went = self.went_without.lock().expect("went-without lock");
+        (!went.is_empty()).then(|| went.join("; "))
     }
 }

@@ -152,6 +152,11 @@ pub async fn deploy(ctx: &Ctx, plan_path: &Path) -> Result<(), Failure> {
                  \"shiftctl status\" and \"shiftctl rollback\""
             ),
             None if new_side.stop.is_none() => format!("traffic stays on {old_name}"),
+            None if ctx.hosts_gone_without().is_some() => format!(
+                "traffic stays on {old_name}; {new_name} was not stopped: hosts without the last \
+                 change ({}) may still send it traffic",
+                ctx.hosts_gone_without().unwrap_or_default()
+            ),
             None => {
                 wait_drained(ctx, &plan.upstream, &new_side.server).await;
                 match run_hook(ctx, &plan, &new_name, &new_side, "stop").await {
@@ -174,6 +179,15 @@ pub async fn deploy(ctx: &Ctx, plan_path: &Path) -> Result<(), Failure> {
         &ctx.state_dir.join(format!("{}.live", plan.upstream)),
         format!("{new_name}\n").as_bytes(),
     )?;
+    // Hosts that do not have the change yet (--allow-partial) still send the old side traffic.
+    if let Some(hosts) = ctx.hosts_gone_without() {
+        ctx.progress.event(&format!(
+            "deploy done on the hosts that report: {new_name} is live there; {old_name} was not \
+             stopped, as hosts without the change ({hosts}) may still send it traffic: stop it \
+             once \"shiftctl status --fleet\" shows every host SYNCED"
+        ));
+        return Ok(());
+    }
     // Let requests the old side still has finish before it is stopped.
     wait_drained(ctx, &plan.upstream, &old_side.server).await;
     run_hook(ctx, &plan, &old_name, &old_side, "stop")

@@ -2,7 +2,6 @@
 //! upstream's desired state, in one compare-and-swap on the revision they read; every host's
 //! agent then applies it (`agent.rs`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,8 +21,6 @@ pub struct EtcdFleet {
     /// Held from this command's first read of the hosts: the agents then report their
     /// counters as they move (`report_policy`), for the canary's verdicts and drains.
     fresh_reports: Mutex<Option<Lease>>,
-    /// Whether etcd answered this command once: only then is an outage waited for.
-    answered: AtomicBool,
 }
 
 /// How long the agents keep reporting fresh counters after a command stopped asking.
@@ -47,7 +44,6 @@ impl EtcdFleet {
             last_sources: Mutex::new(Vec::new()),
             last_write: Mutex::new(0),
             fresh_reports: Mutex::new(None),
-            answered: AtomicBool::new(false),
         }
     }
 
@@ -94,16 +90,11 @@ impl EtcdFleet {
         loop {
             match self.store.reports().await {
                 Err(StoreError::Unreachable { .. })
-                    if self.answered.load(Ordering::Relaxed) && Instant::now() < deadline =>
+                    if self.store.has_answered() && Instant::now() < deadline =>
                 {
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                result => {
-                    if result.is_ok() {
-                        self.answered.store(true, Ordering::Relaxed);
-                    }
-                    return result;
-                }
+                result => return result,
             }
         }
     }
@@ -132,7 +123,8 @@ impl EtcdFleet {
                     })
                 })
                 .collect();
-            if stale.is_empty() || Instant::now() >= deadline {
+            let done = stale.is_empty() && !reports.is_empty();
+            if done || Instant::now() >= deadline {
                 let members = self.store.members().await?;
                 let gone = members
                     .into_iter()

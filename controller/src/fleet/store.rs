@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
@@ -43,7 +45,7 @@ pub enum StoreError {
     )]
     NotEtcd { endpoints: String, found: String },
     #[error(
-        "etcd is out of space ({0}): nothing was written; compact and defragment it, then \
+        "etcd is out of space ({0}): it refused this write; compact and defragment it, then \
          disarm the alarm (\"etcdctl alarm disarm\"); see docs/fleet.md, \"Keeping etcd small\""
     )]
     NoSpace(String),
@@ -84,6 +86,9 @@ pub struct Store {
     client: Client,
     prefix: String,
     endpoints: String,
+    /// Whether etcd answered through this connection once: until then a failure may be a
+    /// server that is not etcd; after it, it is etcd going away.
+    answered: Arc<AtomicBool>,
 }
 
 impl Store {
@@ -106,52 +111,55 @@ impl Store {
             client,
             prefix: options.prefix.clone(),
             endpoints,
+            answered: Arc::new(AtomicBool::new(false)),
         })
     }
 
+    fn note_answer(&self) {
+        self.answered.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether etcd answered through this connection once.
+    pub fn has_answered(&self) -> bool {
+        self.answered.load(Ordering::Relaxed)
+    }
+
     fn failed(&self, err: etcd_client::Error) -> StoreError {
+        let unreachable = |reason: String| StoreError::Unreachable {
+            endpoints: self.endpoints.clone(),
+            reason,
+        };
         let etcd_client::Error::GRpcStatus(status) = &err else {
-            return StoreError::Unreachable {
-                endpoints: self.endpoints.clone(),
-                reason: root_cause(&err),
-            };
+            return unreachable(root_cause(&err));
         };
         let message = status.message();
-        // A server that does not speak gRPC (an HTTP/1 server, a TLS port spoken to in
-        // clear) breaks HTTP/2 framing; a gRPC server that is not etcd lacks etcd's services.
-        if status.code() == tonic::Code::Unimplemented
+        if message.contains("database space exceeded") {
+            return StoreError::NoSpace(message.to_string());
+        }
+        // A server that does not speak gRPC (an HTTP/1 server, a TLS port spoken to in clear)
+        // breaks HTTP/2 framing or closes the connection; a gRPC server that is not etcd lacks
+        // etcd's services. Only asked before etcd ever answered: afterwards such errors are
+        // etcd restarting (a reset connection is an HTTP/2 error too).
+        let broken = status.code() == tonic::Code::Unimplemented
             || message.contains("protocol error")
             || message.contains("content-type")
-        {
-            let found = http_server_at(&self.endpoints)
-                .unwrap_or_else(|| format!("it answered: {message}"));
-            return StoreError::NotEtcd {
-                endpoints: self.endpoints.clone(),
-                found,
-            };
-        }
-        // A server that closed the connection on gRPC's first bytes: not etcd if it speaks
-        // HTTP/1; otherwise etcd went away mid-request.
-        if message.contains("transport error") {
-            return match http_server_at(&self.endpoints) {
+            || message.contains("transport error");
+        if broken && !self.has_answered() {
+            return match not_etcd_at(&self.endpoints) {
                 Some(found) => StoreError::NotEtcd {
                     endpoints: self.endpoints.clone(),
                     found,
                 },
-                None => StoreError::Unreachable {
-                    endpoints: self.endpoints.clone(),
-                    reason: message.to_string(),
-                },
+                None => unreachable(message.to_string()),
             };
         }
-        if message.contains("database space exceeded") {
-            return StoreError::NoSpace(message.to_string());
-        }
         match status.code() {
-            tonic::Code::Unavailable => StoreError::Unreachable {
-                endpoints: self.endpoints.clone(),
-                reason: root_cause(status),
-            },
+            tonic::Code::Unavailable => unreachable(root_cause(status)),
+            _ if broken => unreachable(message.to_string()),
+            // No answer in time from a server that never answered: as good as none.
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled if !self.has_answered() => {
+                unreachable(message.to_string())
+            }
             _ => StoreError::Etcd(message.to_string()),
         }
     }
@@ -187,6 +195,7 @@ impl Store {
             .clone()
             .get(key, None)
             .await
+            .inspect(|_| self.note_answer())
             .map_err(|err| self.failed(err))?;
         Ok(response.take_kvs().into_iter().next())
     }
@@ -204,7 +213,10 @@ impl Store {
             .get(prefix.as_str(), Some(options))
             .await
         {
-            Ok(response) => response,
+            Ok(response) => {
+                self.note_answer();
+                response
+            }
             Err(etcd_client::Error::GRpcStatus(status))
                 if at.is_some() && status.message().contains("compacted") =>
             {
@@ -259,6 +271,7 @@ impl Store {
             .clone()
             .txn(txn)
             .await
+            .inspect(|_| self.note_answer())
             .map_err(|err| self.failed(err))?;
         if !response.succeeded() {
             let upstream = upstream.to_string();
@@ -292,6 +305,7 @@ impl Store {
             .clone()
             .put(key, value, options)
             .await
+            .inspect(|_| self.note_answer())
             .map_err(|err| self.failed(err))?;
         Ok(())
     }
@@ -342,13 +356,15 @@ impl Store {
             .clone()
             .get(prefix, Some(options))
             .await
+            .inspect(|_| self.note_answer())
             .map_err(|err| self.failed(err))?;
         Ok(response
             .kvs()
             .iter()
             .map(|kv| {
                 let key = String::from_utf8_lossy(kv.key()).into_owned();
-                let read = parse(&key, kv.value()).map_err(|err| Unreadable::of(err, kv.value()));
+                let read =
+                    parse(&key, kv.value()).map_err(|err| Unreadable::of(&key, err, kv.value()));
                 (key[prefix.len()..].to_string(), read)
             })
             .collect())
@@ -376,11 +392,13 @@ impl Store {
         let granted = client
             .lease_grant(seconds, None)
             .await
+            .inspect(|_| self.note_answer())
             .map_err(|err| self.failed(err))?;
         let id = granted.id();
         let (mut keeper, mut responses) = client
             .lease_keep_alive(id)
             .await
+            .inspect(|_| self.note_answer())
             .map_err(|err| self.failed(err))?;
         let period = Duration::from_millis((seconds as u64 * 1000 / 3).max(300));
         let renewal = tokio::spawn(async move {
@@ -422,6 +440,7 @@ impl Store {
             .clone()
             .alarm(AlarmAction::Get, AlarmType::None, None)
             .await
+            .inspect(|_| self.note_answer())
             .map_err(|err| self.failed(err))?;
         Ok(response
             .alarms()
@@ -446,6 +465,7 @@ impl Store {
             .clone()
             .watch(prefix.as_str(), Some(options))
             .await
+            .inspect(|_| self.note_answer())
             .map_err(|err| self.failed(err))
     }
 
@@ -500,60 +520,82 @@ fn tls_options(options: &EtcdOptions) -> Result<Option<TlsOptions>, StoreError> 
     Ok(Some(tls))
 }
 
-/// The HTTP/1 server at the first of `endpoints`, where etcd was expected: its status line and
-/// `Server` header. Asked only when gRPC failed there, so a short blocking exchange is fine.
-fn http_server_at(endpoints: &str) -> Option<String> {
-    use std::io::{Read, Write};
+/// What answers at the first of `endpoints` where gRPC failed, if it is not etcd: an HTTP/1
+/// server's status line and `Server` header (etcd answers HTTP/1 too, and `GET /version` tells
+/// it apart). `None` when nothing answers in time, or etcd does. The exchange runs on its own
+/// thread and is given one second in all, name lookup included, so a command that is failing
+/// anyway, or an agent retrying, is held up no longer.
+fn not_etcd_at(endpoints: &str) -> Option<String> {
     let first = endpoints.split(',').next().unwrap_or_default();
+    if first.starts_with("https://") {
+        return None;
+    }
     let address = first
         .trim_start_matches("http://")
         .trim_end_matches('/')
         .to_string();
-    let probe = || -> Option<String> {
-        let address = std::net::ToSocketAddrs::to_socket_addrs(&address)
-            .ok()?
-            .next()?;
-        let timeout = Duration::from_millis(500);
-        let mut stream = std::net::TcpStream::connect_timeout(&address, timeout).ok()?;
-        stream.set_read_timeout(Some(timeout)).ok()?;
-        stream
-            .write_all(b"GET / HTTP/1.0\r\nHost: etcd\r\n\r\n")
-            .ok()?;
-        let mut head = vec![0; 1024];
-        let read = stream.read(&mut head).ok()?;
-        let head = String::from_utf8_lossy(&head[..read]).into_owned();
-        let status = head
-            .lines()
-            .next()
-            .filter(|line| line.starts_with("HTTP/"))?;
-        let server = head.lines().find_map(|line| {
-            line.strip_prefix("Server: ")
-                .or(line.strip_prefix("server: "))
-        });
-        Some(match server {
-            Some(server) => format!("an HTTP server: \"{status}\", Server: {server}"),
-            None => format!("an HTTP server: \"{status}\""),
-        })
-    };
-    if first.starts_with("https://") {
-        None
-    } else {
-        probe()
+    let (sender, answer) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(http_version_at(&address));
+    });
+    let head = answer.recv_timeout(Duration::from_secs(1)).ok().flatten()?;
+    if head.contains("etcdserver") {
+        return None;
     }
+    let status = head
+        .lines()
+        .next()
+        .filter(|line| line.starts_with("HTTP/"))?;
+    let server = head.lines().find_map(|line| {
+        line.strip_prefix("Server: ")
+            .or(line.strip_prefix("server: "))
+    });
+    Some(match server {
+        Some(server) => format!("an HTTP server: \"{status}\", Server: {server}"),
+        None => format!("an HTTP server: \"{status}\""),
+    })
+}
+
+/// The start of the answer to `GET /version` at `address` (HOST:PORT), if any.
+fn http_version_at(address: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let address = std::net::ToSocketAddrs::to_socket_addrs(address)
+        .ok()?
+        .next()?;
+    let timeout = Duration::from_millis(500);
+    let mut stream = std::net::TcpStream::connect_timeout(&address, timeout).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    stream
+        .write_all(b"GET /version HTTP/1.0\r\nHost: etcd\r\n\r\n")
+        .ok()?;
+    let mut head = vec![0; 2048];
+    let mut read = 0;
+    while read < head.len() {
+        match stream.read(&mut head[read..]) {
+            Ok(0) | Err(_) => break,
+            Ok(more) => read += more,
+        }
+    }
+    (read > 0).then(|| String::from_utf8_lossy(&head[..read]).into_owned())
 }
 
 /// A value this build cannot read, and what can still be told of it.
 struct Unreadable {
-    why: String,
+    key: String,
+    reason: String,
     applied_revision: i64,
     written_by: String,
 }
 
 impl Unreadable {
-    fn of(error: StoreError, value: &[u8]) -> Unreadable {
+    fn of(key: &str, error: StoreError, value: &[u8]) -> Unreadable {
         let loose: serde_json::Value = serde_json::from_slice(value).unwrap_or_default();
         Unreadable {
-            why: error.to_string(),
+            key: key.to_string(),
+            reason: match error {
+                StoreError::BadValue { reason, .. } => reason,
+                other => other.to_string(),
+            },
             applied_revision: loose["applied_revision"].as_i64().unwrap_or_default(),
             written_by: loose["written_by"].as_str().unwrap_or_default().to_string(),
         }
@@ -568,9 +610,9 @@ fn unreadable_report(host: String, unreadable: Unreadable) -> HostReport {
     };
     HostReport {
         problems: vec![format!(
-            "{}{writer}; this host counts as not in sync until its agent and this shiftctl \
-             are of one version",
-            unreadable.why
+            "{} is not a report this shiftctl can read{writer} ({}); this host counts as not in \
+             sync until its agent and this shiftctl are of one version",
+            unreadable.key, unreadable.reason
         )],
         host,
         written_by: unreadable.written_by,
