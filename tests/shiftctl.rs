@@ -314,6 +314,76 @@ fn canary_walks_the_steps_and_traffic_follows_each() {
     );
 }
 
+/// A canary on an upstream without traffic ends: a step that has not had the requests a verdict
+/// needs by `--quiet-timeout` is quiet, and `--on-quiet` decides. `rollback` puts the stable set
+/// back (exit 1); `hold` keeps the step and exits 4 saying how to go on, its waiting line
+/// counting down to it; `promote` takes the next steps to the end.
+#[test]
+fn a_canary_on_a_quiet_upstream_ends_as_on_quiet_says() {
+    let setup = Setup::start("");
+    let green = setup.green();
+    let canary = |on_quiet: &str, quiet_timeout: &str| {
+        setup.run(&[
+            "canary",
+            "app",
+            "--to",
+            &green,
+            "--steps",
+            "10,50,100",
+            "--interval",
+            "1s",
+            "--quiet-timeout",
+            quiet_timeout,
+            "--on-quiet",
+            on_quiet,
+        ])
+    };
+    let green_peer = || setup.admin.upstream("app").peers.remove(1);
+    for (on_quiet, quiet_timeout) in [("wait", "2s"), ("hold", "0s"), ("hold", "soon")] {
+        let refused = canary(on_quiet, quiet_timeout);
+        assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+    }
+    assert_eq!(green_peer().state, PeerState::Down);
+
+    let rolled_back = canary("rollback", "2s");
+    assert_eq!(
+        rolled_back.status.code(),
+        Some(1),
+        "{}",
+        text(&rolled_back.stderr)
+    );
+    assert!(
+        text(&rolled_back.stderr).contains("step 1/3 (10% to"),
+        "{}",
+        text(&rolled_back.stderr)
+    );
+    assert!(text(&rolled_back.stderr).contains("is quiet"));
+    assert_eq!(green_peer().state, PeerState::Down);
+
+    let held = canary("hold", "7s");
+    let said = text(&held.stderr);
+    assert_eq!(held.status.code(), Some(4), "{said}");
+    assert!(
+        said.contains("is quiet: the target served 0 of the 100 requests a step needs"),
+        "{said}"
+    );
+    assert!(said.contains("(then hold)"), "the waiting line: {said}");
+    assert!(said.contains("shiftctl rollback app"), "{said}");
+    let held_at = green_peer();
+    assert_eq!((held_at.state, held_at.weight / 10), (PeerState::Up, 10));
+
+    let back = setup.run(&["rollback", "app"]);
+    assert!(back.status.success(), "{}", text(&back.stderr));
+    let promoted = canary("promote", "2s");
+    assert!(promoted.status.success(), "{}", text(&promoted.stderr));
+    assert!(text(&promoted.stderr).contains("promoted, as --on-quiet says"));
+    let upstream = setup.admin.upstream("app");
+    assert_eq!(
+        (upstream.peers[0].state, upstream.peers[1].state),
+        (PeerState::Drain, PeerState::Up)
+    );
+}
+
 #[test]
 fn a_canary_whose_target_fails_is_rolled_back() {
     let setup = Setup::start("");

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use shift_wire::PeerState;
 use shiftctl::deploy::verdict;
 
-use crate::commands::OnInterrupt;
+use crate::commands::{OnInterrupt, OnQuiet};
 use crate::plan;
 
 #[derive(Parser)]
@@ -216,6 +216,13 @@ pub enum Command {
         /// (and the canary rolls back)
         #[arg(long, default_value = "10s", value_parser = duration)]
         sync_timeout: Duration,
+        /// How long a step may wait for the requests a verdict needs (--min-requests on the
+        /// target) before it is quiet [default: 10 × --interval]
+        #[arg(long, value_parser = duration)]
+        quiet_timeout: Option<Duration>,
+        /// What a quiet step does: hold it (exit 4), promote it, or roll back
+        #[arg(long, value_enum, default_value_t = OnQuiet::Hold)]
+        on_quiet: OnQuiet,
         /// With --etcd: go on with the hosts that report when some are GONE or STALE (the
         /// outcome names them) instead of stopping with exit 1
         #[arg(long)]

@@ -1,5 +1,6 @@
 //! What a command's failure says and the exit code it ends with: 1 aborted (or rolled back),
-//! 2 bad usage (nothing was changed), 3 no nginx-shift answered.
+//! 2 bad usage (nothing was changed), 3 no nginx-shift answered, 4 a canary held at a quiet
+//! step.
 
 use crate::client::ClientError;
 use crate::fleet::store::StoreError;
@@ -16,6 +17,8 @@ pub struct Failure {
 pub const EXIT_ABORTED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_UNREACHABLE: u8 = 3;
+/// A canary step that saw too little traffic for a verdict, held as `--on-quiet hold` says.
+pub const EXIT_QUIET: u8 = 4;
 
 impl Failure {
     pub fn aborted(error: impl Into<anyhow::Error>) -> Failure {

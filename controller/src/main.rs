@@ -1,6 +1,7 @@
 //! `shiftctl`: moves traffic between versions of a backend through nginx-shift's admin API.
 //!
-//! Exit codes: 0 done, 1 aborted or rolled back, 2 usage or config error, 3 cannot reach Nginx.
+//! Exit codes: 0 done, 1 aborted or rolled back, 2 usage or config error, 3 cannot reach Nginx
+//! (or etcd), 4 a canary held at a quiet step.
 
 mod cli;
 mod client;
@@ -181,6 +182,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             check_url,
             timeout,
             sync_timeout,
+            quiet_timeout,
+            on_quiet,
             ..
         } => {
             let options = CanaryOptions {
@@ -194,6 +197,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 ready_timeout: timeout,
                 unhealthy: Unhealthy::Refuse,
                 sync_timeout,
+                quiet_timeout,
+                on_quiet,
             };
             commands::canary(&ctx, &upstream, &options).await
         }

@@ -6,13 +6,13 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use shift_wire::{Health, Upstream, UpstreamPatch};
-use shiftctl::deploy::verdict::{judge, quantile_name, Gates, Verdict, Window};
+use shiftctl::deploy::verdict::{is_quiet, judge, quantile_name, Gates, Verdict, Window};
 use tokio::io::AsyncBufReadExt;
 
 use super::switch::{wait_ready, Unhealthy};
 use super::{Ctx, POLL};
 use crate::commands::state_dir::write_file;
-use crate::exit::Failure;
+use crate::exit::{Failure, EXIT_QUIET};
 use crate::interrupts::Interrupts;
 use crate::plan;
 
@@ -22,6 +22,29 @@ pub fn promote(ctx: &Ctx, upstream: &str) -> Result<(), Failure> {
         "asked the paused canary of \"{upstream}\" to take its next step"
     ));
     Ok(())
+}
+
+/// What a step does when it is quiet: its target did not serve `--min-requests` by
+/// `--quiet-timeout`, so no verdict can come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnQuiet {
+    /// Keep the current step and stop with exit 4, saying how to go on or back.
+    Hold,
+    /// Take the next step as if it had passed.
+    Promote,
+    /// Put all traffic back on the stable peers.
+    Rollback,
+}
+
+impl OnQuiet {
+    fn as_str(self) -> &'static str {
+        match self {
+            OnQuiet::Hold => "hold",
+            OnQuiet::Promote => "promote",
+            OnQuiet::Rollback => "rollback",
+        }
+    }
 }
 
 /// What to do when a canary is interrupted (Ctrl-C or SIGTERM).
@@ -46,12 +69,23 @@ pub struct CanaryOptions {
     pub unhealthy: Unhealthy,
     /// With --etcd: how long every live host may take to apply a step before it fails.
     pub sync_timeout: Duration,
+    /// How long a step may wait for the requests a verdict needs (`None`: 10 × interval).
+    pub quiet_timeout: Option<Duration>,
+    pub on_quiet: OnQuiet,
+}
+
+impl CanaryOptions {
+    fn quiet_timeout(&self) -> Duration {
+        self.quiet_timeout.unwrap_or(self.interval * 10)
+    }
 }
 
 enum Watch {
     Passed,
     Failed(String),
     Interrupted,
+    /// The step ran `quiet_timeout` without the requests a verdict needs: why, in words.
+    Quiet(String),
 }
 
 pub async fn canary(ctx: &Ctx, upstream: &str, options: &CanaryOptions) -> Result<(), Failure> {
@@ -134,6 +168,7 @@ pub async fn canary(ctx: &Ctx, upstream: &str, options: &CanaryOptions) -> Resul
             Watch::Passed => "passed".to_string(),
             Watch::Failed(why) => format!("failed: {why}"),
             Watch::Interrupted => "interrupted".to_string(),
+            Watch::Quiet(_) => format!("quiet: {}", options.on_quiet.as_str()),
         };
         let number_of = format!("{}/{}", number + 1, options.steps.len());
         let sides = (&target_side, &stable_side);
@@ -146,11 +181,34 @@ pub async fn canary(ctx: &Ctx, upstream: &str, options: &CanaryOptions) -> Resul
                 ..stable_side
             };
         }
-        if !matches!(watch, Watch::Passed) {
+        let goes_on = matches!(watch, Watch::Passed)
+            || matches!(watch, Watch::Quiet(_)) && options.on_quiet == OnQuiet::Promote;
+        if !goes_on {
             print_report(ctx, &report, q);
         }
         match watch {
             Watch::Passed => {}
+            Watch::Quiet(why) => match options.on_quiet {
+                OnQuiet::Promote => ctx.progress.event(&format!(
+                    "{step} is quiet ({why}); promoted, as --on-quiet says"
+                )),
+                OnQuiet::Rollback => {
+                    return Err(
+                        roll_back(ctx, upstream, &format!("{step} is quiet ({why})")).await,
+                    );
+                }
+                OnQuiet::Hold => {
+                    return Err(Failure {
+                        code: EXIT_QUIET,
+                        error: anyhow::anyhow!(
+                            "{step} is quiet: {why}; holding at it. \"shiftctl switch {upstream} \
+                             --to {target}\" moves the rest of the traffic, \"shiftctl rollback \
+                             {upstream}\" puts the stable set back, or run the canary again \
+                             with a longer --quiet-timeout or a lower --min-requests"
+                        ),
+                    });
+                }
+            },
             Watch::Failed(why) => {
                 return Err(roll_back(ctx, upstream, &format!("{step} failed: {why}")).await);
             }
@@ -264,6 +322,7 @@ async fn watch_step(
 ) -> Result<(Watch, Window, Window), Failure> {
     let gates = &options.gates;
     let start = Instant::now();
+    let quiet_timeout = options.quiet_timeout();
     loop {
         let states = ctx.fleet.read(upstream).await?;
         let (target, stable) = watched.windows(baseline, &states);
@@ -284,8 +343,22 @@ async fn watch_step(
             }
             Verdict::Wait(why) => why,
         };
+        if left.is_zero() && is_quiet(&target, gates, start.elapsed(), quiet_timeout) {
+            let why = format!(
+                "the target served {} of the {} requests a step needs in {}s",
+                target.requests,
+                gates.min_requests,
+                start.elapsed().as_secs()
+            );
+            ctx.progress.finish();
+            return Ok((Watch::Quiet(why), target, stable));
+        }
         let next = if left.is_zero() {
-            format!("waiting: {why_waiting}")
+            let quiet_in = quiet_timeout.saturating_sub(start.elapsed()).as_secs() + 1;
+            format!(
+                "waiting: {why_waiting}; quiet in {quiet_in}s (then {})",
+                options.on_quiet.as_str()
+            )
         } else {
             format!("next step in {}s", left.as_secs() + 1)
         };

@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::fleet::{Fleet, FleetError, Laggards};
 use crate::view::progress::Progress;
 
-pub use canary::{canary, promote, CanaryOptions, OnInterrupt};
+pub use canary::{canary, promote, CanaryOptions, OnInterrupt, OnQuiet};
 pub use peers::{add, parse_server, remove};
 pub use set::{set, set_label, set_state};
 pub use status::{fleet_status, metrics, status};

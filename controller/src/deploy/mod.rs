@@ -138,6 +138,8 @@ pub async fn deploy(ctx: &Ctx, plan_path: &Path) -> Result<(), Failure> {
                 // The side was stopped until the start hook ran: its checks need time to pass.
                 unhealthy: started,
                 sync_timeout: health_timeout,
+                quiet_timeout: plan.quiet_timeout,
+                on_quiet: plan.on_quiet,
             };
             commands::canary(ctx, &plan.upstream, &options).await
         }

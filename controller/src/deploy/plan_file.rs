@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use shiftctl::deploy::verdict::{self, Gates};
 
+use crate::commands::OnQuiet;
 use crate::exit::Failure;
 use crate::plan;
 
@@ -44,6 +45,13 @@ pub struct DeployPlan {
     pub latency_quantile: f64,
     #[serde(default = "default_min_requests")]
     pub min_requests: u64,
+    /// How long a canary step (or a rolling deploy's new replica) may wait for `min_requests`
+    /// before it is quiet (default: 10 × `interval`), and what it then does (`hold`, `promote`,
+    /// `rollback`; a rolling deploy takes its replica out for `hold` as for `rollback`).
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub quiet_timeout: Option<Duration>,
+    #[serde(default = "default_on_quiet")]
+    pub on_quiet: OnQuiet,
     /// How long the new side may take to become healthy.
     #[serde(default = "default_health_timeout", deserialize_with = "duration")]
     pub health_timeout: Duration,
@@ -134,6 +142,16 @@ fn steps<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<u32>, 
 }
 
 /// Reads durations such as "30s" with the same rules as the command line.
+fn default_on_quiet() -> OnQuiet {
+    OnQuiet::Hold
+}
+
+fn optional_duration<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    duration(deserializer).map(Some)
+}
+
 fn duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
     plan::parse_duration(&text).map_err(serde::de::Error::custom)
@@ -168,6 +186,11 @@ fn increase<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D:
 }
 
 impl DeployPlan {
+    /// How long a step may wait for the requests a verdict needs.
+    pub fn quiet_timeout(&self) -> Duration {
+        self.quiet_timeout.unwrap_or(self.interval * 10)
+    }
+
     /// The gates of the plan's canary steps.
     pub fn gates(&self) -> Gates {
         Gates {
@@ -303,5 +326,26 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("stratgy"), "{err}");
+    }
+
+    #[test]
+    fn a_quiet_step_waits_ten_intervals_unless_the_plan_says() {
+        let base = "upstream = \"app\"\ninterval = \"20s\"\n";
+        let plan: DeployPlan = toml::from_str(base).unwrap();
+        assert_eq!(
+            (plan.quiet_timeout(), plan.on_quiet),
+            (Duration::from_secs(200), OnQuiet::Hold)
+        );
+        let plan: DeployPlan = toml::from_str(&format!(
+            "{base}quiet_timeout = \"5m\"\non_quiet = \"promote\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            (plan.quiet_timeout(), plan.on_quiet),
+            (Duration::from_secs(300), OnQuiet::Promote)
+        );
+        let err =
+            toml::from_str::<DeployPlan>(&format!("{base}on_quiet = \"wait\"\n")).unwrap_err();
+        assert!(err.to_string().contains("on_quiet"), "{err}");
     }
 }

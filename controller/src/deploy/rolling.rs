@@ -17,11 +17,11 @@ use shift_wire::{Health, NewPeer, Peer, PeerOrigin, PeerPatch, PeerState, Upstre
 
 use super::hook;
 use super::plan_file::{DeployPlan, Rolling};
-use crate::commands::{self, Ctx, Unhealthy, POLL};
+use crate::commands::{self, Ctx, OnQuiet, Unhealthy, POLL};
 use crate::exit::Failure;
 use crate::interrupts::Interrupts;
 use crate::plan;
-use shiftctl::deploy::verdict::{judge, Verdict, Window};
+use shiftctl::deploy::verdict::{is_quiet, judge, Verdict, Window};
 
 pub async fn rolling(ctx: &Ctx, plan: &DeployPlan, rolling: &Rolling) -> Result<(), Failure> {
     let upstream = plan.upstream.as_str();
@@ -208,6 +208,20 @@ async fn bring_in(ctx: &Ctx, plan: &DeployPlan, replacing: &Peer, new: &str) -> 
             Verdict::Pass => return Ok(()),
             Verdict::Fail(why) => return Err(why.replacen("the target's", "its", 1)),
             Verdict::Wait(_) => {}
+        }
+        if interval_over && is_quiet(&target, &gates, start.elapsed(), plan.quiet_timeout()) {
+            let why = format!(
+                "is quiet: it served {} of the {} requests a verdict needs in {}s",
+                target.requests,
+                gates.min_requests,
+                start.elapsed().as_secs()
+            );
+            if plan.on_quiet == OnQuiet::Promote {
+                ctx.progress
+                    .event(&format!("{new} {why}; promoted, as on_quiet says"));
+                return Ok(());
+            }
+            return Err(why);
         }
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}

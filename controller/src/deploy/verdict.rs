@@ -9,6 +9,8 @@
 //! canary of four steps polled four times a second under 1 false rollback in 100 when both
 //! versions fail alike (see `benches/canary_gates.rs`).
 
+use std::time::Duration;
+
 use shift_wire::{Histogram, Peer};
 
 /// What one side did over a window.
@@ -156,6 +158,18 @@ pub fn judge(target: &Window, stable: &Window, gates: &Gates, interval_over: boo
         ));
     }
     Verdict::Pass
+}
+
+/// Whether a step is quiet: it has run for `quiet_timeout` and its target still served fewer
+/// than `min_requests`, so no verdict may come (a service with little traffic). What then is
+/// the operator's choice (`--on-quiet`), not a verdict.
+pub fn is_quiet(
+    target: &Window,
+    gates: &Gates,
+    step_age: Duration,
+    quiet_timeout: Duration,
+) -> bool {
+    step_age >= quiet_timeout && target.requests < gates.min_requests
 }
 
 fn error_failure(target: &Window, stable: &Window, gates: &Gates) -> Option<String> {
@@ -312,6 +326,20 @@ mod tests {
             errors: 0,
             latency,
         }
+    }
+
+    #[test]
+    fn a_step_is_quiet_only_when_its_time_is_up_and_its_target_lacks_requests() {
+        let gates = Gates::default();
+        let (age, timeout) = (Duration::from_secs(10), Duration::from_secs(10));
+        assert!(is_quiet(&window(99, 0), &gates, age, timeout));
+        assert!(!is_quiet(&window(100, 0), &gates, age, timeout));
+        assert!(!is_quiet(
+            &window(0, 0),
+            &gates,
+            age - Duration::from_millis(1),
+            timeout
+        ));
     }
 
     /// One read of peer 10.0.0.1:80, of the instance that joined at `joined_ms`.
