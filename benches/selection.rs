@@ -13,6 +13,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::sync::atomic::AtomicU32;
 
 use shift_core::inflight::InFlight;
+use shift_core::slow_start::SlowStart;
 use shift_core::table::{slot_of, CheckMode, PeerChange, PeerConfig, PeerSlot, Table, TableHeader};
 
 fn peers(count: usize) -> (TableHeader, Vec<PeerSlot>) {
@@ -81,15 +82,15 @@ fn after_a_change(c: &mut Criterion) {
                 // Another worker's PATCH, then this worker's copy on its next request.
                 weight = weight % 1000 + 1;
                 let seen = table.seq();
-                table
-                    .lock(1, |_| true)
-                    .expect("unlocked")
-                    .apply(&[PeerChange {
+                table.lock(1, |_| true).expect("unlocked").apply(
+                    &[PeerChange {
                         index: 0,
                         weight: Some(weight),
                         state: None,
                         ..Default::default()
-                    }]);
+                    }],
+                    1,
+                );
                 black_box(table.routes_if_changed(seen, &mut routes))
             })
         });
@@ -125,5 +126,32 @@ fn sticky_pick(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, per_request, after_a_change, sticky_pick);
+/// `shift_slow_start`'s weight of one ramping peer, as a worker computes it on each request
+/// while the ramp runs: linear (the default) and with an aggression, which takes a power.
+fn slow_start_weight(c: &mut Criterion) {
+    let mut group = c.benchmark_group("slow_start_weight");
+    for aggression_centi in [100, 250] {
+        let slow_start = SlowStart {
+            window_ms: 30_000,
+            min_permille: 100,
+            aggression_centi,
+        };
+        let mut now_ms = 1_000_000;
+        group.bench_function(BenchmarkId::from_parameter(aggression_centi), |b| {
+            b.iter(|| {
+                now_ms = 1_000_000 + (now_ms + 7) % 30_000;
+                black_box(slow_start.effective_weight(black_box(800), 1_000_000, now_ms))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    per_request,
+    after_a_change,
+    sticky_pick,
+    slow_start_weight
+);
 criterion_main!(benches);

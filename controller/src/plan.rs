@@ -295,6 +295,7 @@ mod tests {
             origin: shift_wire::PeerOrigin::Config,
             joined_ms: 0,
             resolved_ms: None,
+            ramp: None,
             config_weight: 1,
             requests: 0,
             failures: 0,

@@ -16,6 +16,7 @@ use crate::shm::LoadRecord;
 use crate::upstream_state::{Placement, WorkerRouting};
 use shift_core::api::Access;
 use shift_core::directives::{CheckArgs, LabelLine, ResolvedName, ShiftArgs};
+use shift_core::slow_start::SlowStart;
 
 /// Per-`http` state: the upstreams that use `shift`, and the shared zone of their tables.
 pub struct MainConf {
@@ -54,6 +55,8 @@ impl Default for MainConf {
 pub struct UpstreamConf {
     pub shift: Option<ShiftArgs>,
     pub check: Option<CheckArgs>,
+    /// `shift_slow_start`; off without it.
+    pub slow_start: SlowStart,
     pub state_path: Option<PathBuf>,
     /// Names whose addresses are peers (`shift_resolve`, or `server NAME resolve` on 1.27.3+),
     /// and the resolver that looks them up (set by `upstream_hook::init_upstream`).
@@ -77,6 +80,7 @@ impl Default for UpstreamConf {
         UpstreamConf {
             shift: None,
             check: None,
+            slow_start: SlowStart::OFF,
             state_path: None,
             resolve: Vec::new(),
             resolver: ptr::null_mut(),

@@ -16,6 +16,7 @@ mod conf_ext;
 mod health_probe;
 mod ngx_module;
 mod peer_list;
+mod ramp;
 mod resolver;
 mod shm;
 mod steering;

@@ -233,6 +233,10 @@ fn copy_routes_if_changed<'a>(
     // peer. So the members are looked at again, and the list built again when they moved.
     for _ in 0..MEMBER_RACES {
         if Table::new(header, &[]).seq() == conf.routing.seen_seq {
+            // A clock read only while a slow start runs: nothing on the data path otherwise.
+            if !conf.routing.ramping.is_empty() {
+                crate::ramp::follow(conf, header, crate::clock::unix_ms());
+            }
             return;
         }
         let changed = header.members() != conf.routing.members_seen;
@@ -306,6 +310,7 @@ fn copy_routes(conf: &mut UpstreamConf, header: &TableHeader, log: *mut ngx_log_
             .collect::<Vec<_>>()
             .join(", ")
     );
+    crate::ramp::start(conf, header, crate::clock::unix_ms());
 }
 
 /// Follows a change of the table's peers if there was one (from the worker's tick).

@@ -76,6 +76,10 @@ pub struct WorkerRouting {
     /// answers want the next one (ms from their end; see `resolver`).
     pub lookups_pending: usize,
     pub next_lookup_ms: u64,
+    /// The indexes of `routes` whose slow start runs (`ramp`), and the Unix ms their weights
+    /// were last set for.
+    pub ramping: Vec<usize>,
+    pub ramp_weights_ms: u64,
 }
 
 impl Default for WorkerRouting {
@@ -91,6 +95,8 @@ impl Default for WorkerRouting {
             hashes: Vec::new(),
             lookups_pending: 0,
             next_lookup_ms: u64::MAX,
+            ramping: Vec::new(),
+            ramp_weights_ms: 0,
         }
     }
 }

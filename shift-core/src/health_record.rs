@@ -79,7 +79,7 @@ impl<'a> Table<'a> {
         if peer.joined_ms() != instance {
             return Ok(None);
         }
-        guard.set_health(index, health);
+        guard.set_health(index, health, finished_unix_ms);
         Ok(Some(Transition {
             server: peer.server().to_string(),
             from: current,
@@ -95,6 +95,7 @@ mod tests {
 
     use super::*;
     use crate::table::test_support::OwnedTable;
+    use crate::table::test_support::NOW_MS;
     use crate::table::CheckMode;
 
     #[test]
@@ -179,7 +180,10 @@ mod tests {
         table.routes_if_changed(seq, &mut routes).unwrap();
         assert!(!routes[0].eligible);
 
-        let check = owned.view().to_wire(&[]).peers[0].check.clone().unwrap();
+        let check = owned.view().to_wire(&[], NOW_MS).peers[0]
+            .check
+            .clone()
+            .unwrap();
         assert_eq!(check.last_error.as_deref(), Some("status 503"));
         assert_eq!(
             (check.consecutive_fails, check.last_check_ms),

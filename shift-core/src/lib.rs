@@ -14,6 +14,7 @@ pub mod pin;
 pub mod process;
 pub mod reclaim;
 pub mod resolve;
+pub mod slow_start;
 pub mod state_file;
 pub mod sticky;
 pub mod table;

@@ -36,7 +36,7 @@ enum Family {
     Health,
 }
 
-const FAMILIES: [Family; 16] = [
+const FAMILIES: [Family; 17] = [
     Family::Zone,
     Family::Generation,
     Family::Pinned,
@@ -48,6 +48,7 @@ const FAMILIES: [Family; 16] = [
     Family::Number(3),
     Family::Number(4),
     Family::Number(5),
+    Family::Number(6),
     Family::Responses,
     Family::Histogram(0),
     Family::Histogram(1),
@@ -58,12 +59,18 @@ const FAMILIES: [Family; 16] = [
 type Value = fn(&shift_wire::Peer) -> u64;
 
 /// The plain numbers of a peer: name, type, help, value.
-const NUMBERS: [(&str, &str, &str, Value); 6] = [
+const NUMBERS: [(&str, &str, &str, Value); 7] = [
     (
         "nginx_shift_peer_weight",
         "gauge",
         "Weight the peer is selected by now.",
         |p| p.weight as u64,
+    ),
+    (
+        "nginx_shift_peer_effective_weight",
+        "gauge",
+        "Weight the peer routes with now: below its weight while shift_slow_start ramps it up.",
+        |p| p.ramp.map_or(p.weight, |ramp| ramp.effective_weight) as u64,
     ),
     (
         "nginx_shift_peer_config_weight",
@@ -396,6 +403,7 @@ fn escape(value: &str) -> String {
 mod tests {
     use super::*;
     use crate::table::test_support::OwnedTable;
+    use crate::table::test_support::NOW_MS;
 
     #[test]
     fn rendered_in_small_steps_it_is_the_same_text() {
@@ -407,7 +415,10 @@ mod tests {
                 )
             })
             .collect();
-        let upstreams: Vec<Upstream> = tables.iter().map(|t| t.view().to_wire(&[])).collect();
+        let upstreams: Vec<Upstream> = tables
+            .iter()
+            .map(|t| t.view().to_wire(&[], NOW_MS))
+            .collect();
         let zone = Some(ZoneUsage {
             size_bytes: 1 << 20,
             free_bytes: 1 << 19,
@@ -424,7 +435,7 @@ mod tests {
             "rendered in steps, the text differs"
         );
         assert!(steps > 20, "{steps} steps");
-        assert_eq!(whole.matches("# TYPE").count(), 17);
+        assert_eq!(whole.matches("# TYPE").count(), 18);
     }
 
     #[test]
@@ -436,7 +447,7 @@ mod tests {
                 ("unix:/run/b\"x.sock", 1, true),
             ],
         );
-        let text = render(&[owned.view().to_wire(&[])], None);
+        let text = render(&[owned.view().to_wire(&[], NOW_MS)], None);
         assert!(
             text.contains("nginx_shift_upstream_generation{upstream=\"app\"} 1\n"),
             "{text}"
@@ -465,7 +476,7 @@ mod tests {
         );
         let peer = &owned.peers[0];
         peer.record_times(30, Some(4));
-        let text = render(&[owned.view().to_wire(&[])], None);
+        let text = render(&[owned.view().to_wire(&[], NOW_MS)], None);
         let series =
             "nginx_shift_peer_response_seconds_bucket{upstream=\"app\",peer=\"127.0.0.1:8000\"";
         assert!(
@@ -484,6 +495,6 @@ mod tests {
             text.contains("nginx_shift_peer_header_seconds_sum{upstream=\"app\",peer=\"127.0.0.1:8000\"} 0.004\n"),
             "{text}"
         );
-        assert_eq!(text.matches("# TYPE").count(), 15);
+        assert_eq!(text.matches("# TYPE").count(), 16);
     }
 }

@@ -127,6 +127,15 @@ pub struct ResponseCounts {
     pub server_error: u64,
 }
 
+/// A peer that `shift_slow_start` is ramping up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ramp {
+    /// The weight it routes with now, from its floor up to `weight`.
+    pub effective_weight: u32,
+    /// When it routes with its whole weight (Unix ms).
+    pub ramp_ends_ms: u64,
+}
+
 /// One peer of an upstream, as live in shared memory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peer {
@@ -161,6 +170,10 @@ pub struct Peer {
     /// for an answer after its start hook before it trusts a side's addresses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved_ms: Option<u64>,
+    /// While `shift_slow_start` ramps it up: the weight it routes with now, and when the ramp
+    /// ends (absent otherwise).
+    #[serde(flatten)]
+    pub ramp: Option<Ramp>,
     /// The weight the config gives it; `weight` differs once changed at run time.
     pub config_weight: u32,
     /// Requests sent to this peer (every attempt, retries included).

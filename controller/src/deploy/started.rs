@@ -117,6 +117,7 @@ mod tests {
             origin,
             joined_ms: 100,
             resolved_ms: (origin == PeerOrigin::Resolved).then_some(1_000),
+            ramp: None,
             config_weight: 1,
             requests: 0,
             failures: 0,
@@ -155,6 +156,7 @@ mod tests {
         // Looked up again (its clock may be behind the controller's: only its own counts).
         let looked_up = Peer {
             resolved_ms: Some(1_001),
+            ramp: None,
             ..old.clone()
         };
         let missing = baseline.missing(0, &looked_up).unwrap().unwrap();

@@ -232,6 +232,7 @@ fn new_peer_view(wanted: &DesiredPeer) -> Peer {
         // Not joined yet: the host has not added it.
         joined_ms: 0,
         resolved_ms: None,
+        ramp: None,
         config_weight: wanted.weight,
         requests: 0,
         failures: 0,

@@ -103,6 +103,7 @@ fn strip(report: &HostReport, counters: bool) -> HostReport {
 fn strip_peer(peer: &Peer, counters: bool) -> Peer {
     let timeless = Peer {
         resolved_ms: None,
+        ramp: None,
         check: peer.check.as_ref().map(|check| CheckStatus {
             last_check_ms: None,
             consecutive_fails: 0,
@@ -148,6 +149,7 @@ mod tests {
                     origin: PeerOrigin::Config,
                     joined_ms: 1,
                     resolved_ms: None,
+                    ramp: None,
                     config_weight: 1,
                     requests,
                     failures: 0,

@@ -74,6 +74,7 @@ mod tests {
             origin: shift_wire::PeerOrigin::Config,
             joined_ms: 0,
             resolved_ms: None,
+            ramp: None,
             config_weight: weight,
             requests: 12,
             failures: 1,

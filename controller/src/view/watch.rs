@@ -145,6 +145,7 @@ mod tests {
             origin: PeerOrigin::Config,
             joined_ms: 0,
             resolved_ms: None,
+            ramp: None,
             config_weight: 1,
             requests,
             failures: 0,

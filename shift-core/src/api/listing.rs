@@ -38,11 +38,14 @@ pub struct Listing {
     rendering: Option<Rendering>,
     /// Every upstream is read.
     read: bool,
+    /// When it was asked for (Unix ms): where slow starts stand.
+    now_ms: u64,
 }
 
 impl Listing {
-    pub fn new(kind: ListKind) -> Listing {
+    pub fn new(kind: ListKind, now_ms: u64) -> Listing {
         Listing {
+            now_ms,
             kind,
             last_name: None,
             json: String::from("{\"upstreams\":["),
@@ -79,7 +82,7 @@ impl Listing {
                 return true;
             };
             index += 1;
-            let wire = data.endpoint().table.to_wire(&data.active);
+            let wire = data.endpoint(self.now_ms).wire();
             peers += wire.peers.len().max(1);
             self.last_name = Some(wire.name.clone());
             match self.kind {
@@ -148,6 +151,7 @@ mod tests {
     use super::*;
     use crate::api::TableList;
     use crate::table::test_support::OwnedTable;
+    use crate::table::test_support::NOW_MS;
     use shift_wire::UpstreamList;
 
     fn tables(count: usize, peers: usize) -> Vec<OwnedTable> {
@@ -181,7 +185,7 @@ mod tests {
     fn pages_hold_a_bounded_number_of_peers_and_add_up_to_the_whole() {
         let owned = tables(100, 5);
         let upstreams = list_of(&owned);
-        let mut listing = Listing::new(ListKind::Upstreams);
+        let mut listing = Listing::new(ListKind::Upstreams, NOW_MS);
         let mut pages = 1;
         while !listing.step(&upstreams, None) {
             pages += 1;
@@ -192,14 +196,14 @@ mod tests {
         let all = names(&reply);
         assert_eq!(all.len(), 100);
         assert!(all.windows(2).all(|pair| pair[0] < pair[1]));
-        let whole = Listing::new(ListKind::Upstreams).run(&upstreams, None);
+        let whole = Listing::new(ListKind::Upstreams, NOW_MS).run(&upstreams, None);
         assert_eq!(reply, whole);
     }
 
     #[test]
     fn a_reload_between_pages_neither_repeats_nor_skips_a_name_it_keeps() {
         let owned = tables(60, 5);
-        let mut listing = Listing::new(ListKind::Upstreams);
+        let mut listing = Listing::new(ListKind::Upstreams, NOW_MS);
         assert!(!listing.step(&list_of(&owned), None));
         // A reload drops the first ten upstreams and adds one that sorts first.
         let mut after: Vec<OwnedTable> = owned.into_iter().skip(10).collect();
@@ -221,7 +225,7 @@ mod tests {
     fn an_upstream_with_more_peers_than_a_page_is_read_whole() {
         let owned = tables(3, PAGE_PEERS * 2);
         let upstreams = list_of(&owned);
-        let mut listing = Listing::new(ListKind::Metrics);
+        let mut listing = Listing::new(ListKind::Metrics, NOW_MS);
         let mut pages = 1;
         while !listing.step(&upstreams, None) {
             pages += 1;
@@ -242,7 +246,7 @@ mod tests {
     #[test]
     fn an_empty_zone_lists_nothing() {
         let upstreams = TableList::new(Vec::new());
-        let reply = Listing::new(ListKind::Upstreams).run(&upstreams, None);
+        let reply = Listing::new(ListKind::Upstreams, NOW_MS).run(&upstreams, None);
         assert_eq!(reply.body, "{\"upstreams\":[]}\n");
     }
 }

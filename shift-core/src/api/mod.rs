@@ -38,6 +38,15 @@ pub struct Endpoint<'a> {
     pub state_path: Option<&'a Path>,
     /// Requests in flight on each of the table's peers, summed over running workers.
     pub active: &'a [u64],
+    /// When the request came (Unix ms): where a peer's slow start stands.
+    pub now_ms: u64,
+}
+
+impl Endpoint<'_> {
+    /// The upstream as the API shows it now.
+    pub fn wire(&self) -> shift_wire::Upstream {
+        self.table.to_wire(self.active, self.now_ms)
+    }
 }
 
 /// The answer to send.
@@ -182,9 +191,9 @@ pub fn listing(request: &ApiRequest) -> Option<Listing> {
     }
     check_access(request.caller, false).ok()?;
     match request.path.trim_start_matches('/') {
-        "metrics" => Some(Listing::new(ListKind::Metrics)),
+        "metrics" => Some(Listing::new(ListKind::Metrics, request.received_ms)),
         route => matches!(resource(route), Some(Resource::List))
-            .then(|| Listing::new(ListKind::Upstreams)),
+            .then(|| Listing::new(ListKind::Upstreams, request.received_ms)),
     }
 }
 
@@ -197,7 +206,7 @@ fn respond(request: &ApiRequest, context: &mut ApiContext) -> Respond {
             return Err(Failure::method_not_allowed(method, "GET, HEAD"));
         }
         check_access(request.caller, false)?;
-        let listing = Listing::new(ListKind::Metrics);
+        let listing = Listing::new(ListKind::Metrics, request.received_ms);
         return Ok((listing.run(upstreams, context.zone), None));
     }
     let resource = resource(route).ok_or_else(|| {
@@ -221,7 +230,7 @@ fn respond(request: &ApiRequest, context: &mut ApiContext) -> Respond {
 
     let name = match resource {
         Resource::List => {
-            let listing = Listing::new(ListKind::Upstreams);
+            let listing = Listing::new(ListKind::Upstreams, request.received_ms);
             return Ok((listing.run(upstreams, context.zone), None));
         }
         Resource::Upstream(name) | Resource::Peers(name) | Resource::Peer(name, _) => name,
@@ -229,7 +238,7 @@ fn respond(request: &ApiRequest, context: &mut ApiContext) -> Respond {
     let data = upstreams
         .find(name)
         .ok_or_else(|| unknown_upstream(upstreams, name))?;
-    let endpoint = &data.endpoint();
+    let endpoint = &data.endpoint(request.received_ms);
     match (method, resource) {
         ("PATCH", _) => patch::patch(endpoint, request.body, request.args, context.writer),
         ("POST", _) => peers::add(endpoint, request, context.writer, context.membership),
@@ -240,7 +249,7 @@ fn respond(request: &ApiRequest, context: &mut ApiContext) -> Respond {
             context.writer,
             context.membership,
         ),
-        _ => Ok((ok(&endpoint.table.to_wire(endpoint.active)), None)),
+        _ => Ok((ok(&endpoint.wire()), None)),
     }
 }
 

@@ -24,10 +24,10 @@ pub(super) fn patch(endpoint: &Endpoint, body: &[u8], args: &str, writer: &Write
         .lock(writer.pid, writer.is_alive)
         .map_err(|err| Failure::new(503, "busy", err.to_string()))?;
     expect_generation(table, request.expect_generation)?;
-    guard.apply(&changes);
+    guard.apply(&changes, endpoint.now_ms);
     drop(guard);
     let reply = if full {
-        ok(&table.to_wire(endpoint.active))
+        ok(&endpoint.wire())
     } else {
         ok(&changed_peers(endpoint, &changes))
     };
@@ -44,7 +44,7 @@ fn changed_peers(endpoint: &Endpoint, changes: &[PeerChange]) -> PatchApplied {
         .iter()
         .map(|&index| endpoint.active.get(index).copied().unwrap_or(0))
         .collect();
-    let changed = Table::new(table.header(), &slots).to_wire(&active);
+    let changed = Table::new(table.header(), &slots).to_wire(&active, endpoint.now_ms);
     PatchApplied {
         name: changed.name,
         generation: changed.generation,

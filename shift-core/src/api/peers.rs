@@ -99,9 +99,10 @@ pub(super) fn add(
     now.push(slot);
     let now = Table::new(table.header(), &now);
     let mut reply = if full {
-        ok(&now.to_wire(endpoint.active))
+        ok(&now.to_wire(endpoint.active, endpoint.now_ms))
     } else {
-        let added = Table::new(table.header(), std::slice::from_ref(&slot)).to_wire(&[]);
+        let added =
+            Table::new(table.header(), std::slice::from_ref(&slot)).to_wire(&[], endpoint.now_ms);
         ok(&PatchApplied {
             name: added.name,
             generation: added.generation,
@@ -167,7 +168,9 @@ pub(super) fn remove(
         gone: active == 0,
         active,
         generation: rest.generation(),
-        upstream: query.full.then(|| rest.to_wire(&rest_active)),
+        upstream: query
+            .full
+            .then(|| rest.to_wire(&rest_active, endpoint.now_ms)),
     };
     Ok((ok(&removal), PendingSave::of(endpoint, rest)))
 }

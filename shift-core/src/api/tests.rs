@@ -146,7 +146,9 @@ fn patch_sets_and_takes_away_labels_as_a_generation() {
 #[test]
 fn bad_patches_get_their_status_and_change_nothing() {
     let owned = app();
-    let before = owned.view().to_wire(&[]);
+    let before = owned
+        .view()
+        .to_wire(&[], crate::table::test_support::NOW_MS);
     for (body, status, code) in [
         ("{not json", 400, "bad_request"),
         (
@@ -204,7 +206,12 @@ fn bad_patches_get_their_status_and_change_nothing() {
         call(&owned, "PATCH", "upstreams/app", &big, WRITER).status,
         413
     );
-    assert_eq!(owned.view().to_wire(&[]), before);
+    assert_eq!(
+        owned
+            .view()
+            .to_wire(&[], crate::table::test_support::NOW_MS),
+        before
+    );
 }
 
 #[test]
@@ -239,7 +246,13 @@ fn readers_cannot_write_and_strangers_cannot_read() {
         may_write: false,
     };
     assert_eq!(call(&owned, "GET", "upstreams", "", stranger).status, 403);
-    assert_eq!(owned.view().to_wire(&[]).generation, 1);
+    assert_eq!(
+        owned
+            .view()
+            .to_wire(&[], crate::table::test_support::NOW_MS)
+            .generation,
+        1
+    );
 }
 
 #[test]
@@ -264,7 +277,14 @@ fn an_unwritable_state_file_is_said_and_the_next_save_carries_the_change() {
     assert_eq!(reply.status, 500);
     assert_eq!(error_code(&reply), "state_not_saved");
     assert!(reply.body.contains("in effect"), "{}", reply.body);
-    assert_eq!(owned.view().to_wire(&[]).peers[0].weight, 5);
+    assert_eq!(
+        owned
+            .view()
+            .to_wire(&[], crate::table::test_support::NOW_MS)
+            .peers[0]
+            .weight,
+        5
+    );
 
     let path = dir.path().join("app.json");
     let second = r#"{"peers": {"127.0.0.1:8001": {"weight": 7}}}"#;

@@ -31,11 +31,13 @@ pub struct UpstreamData<'z> {
 }
 
 impl UpstreamData<'_> {
-    pub fn endpoint(&self) -> Endpoint<'_> {
+    /// The upstream as a request that came at `now_ms` (Unix ms) works on it.
+    pub fn endpoint(&self, now_ms: u64) -> Endpoint<'_> {
         Endpoint {
             table: Table::new(self.header, &self.peers),
             state_path: self.state_path.as_deref(),
             active: &self.active,
+            now_ms,
         }
     }
 }

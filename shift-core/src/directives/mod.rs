@@ -6,6 +6,7 @@ mod api;
 mod check;
 mod resolve;
 mod shift;
+mod slow_start;
 mod steering;
 mod zone;
 
@@ -15,6 +16,7 @@ pub use api::{parse_shift_api, Principal, Readers, ShiftApiArgs, DEFAULT_API_CON
 pub use check::{parse_shift_check, CheckArgs, CheckKind};
 pub use resolve::{parse_shift_resolve, ResolvedName};
 pub use shift::{duplicate_address, parse_shift, ShiftArgs};
+pub use slow_start::parse_shift_slow_start;
 pub use steering::{
     label_for, parse_shift_label, parse_shift_pin, parse_shift_sticky, unknown_label_server,
     LabelLine,

@@ -247,7 +247,7 @@ mod tests {
     fn config_down_peers_start_as_standby() {
         let owned = OwnedTable::new("app", &[("a:1", 5, false), ("b:1", 1, true)]);
         assert_eq!(routes(owned.view()), vec![route(5, true), route(1, false)]);
-        let wire = owned.view().to_wire(&[]);
+        let wire = owned.view().to_wire(&[], NOW_MS);
         assert_eq!(wire.peers[1].state, PeerState::Down);
         assert_eq!(wire.generation, 1);
     }
@@ -258,26 +258,29 @@ mod tests {
             &[("a:1", 5, false), ("b:1", 5, true), ("c:1", 5, false)],
         );
         let guard = old.view().lock(1, |_| true).unwrap();
-        guard.apply(&[
-            PeerChange {
-                index: 0,
-                weight: Some(0),
-                state: None,
-                ..Default::default()
-            },
-            PeerChange {
-                index: 1,
-                weight: Some(100),
-                state: Some(PeerState::Up),
-                ..Default::default()
-            },
-            PeerChange {
-                index: 2,
-                weight: Some(9),
-                state: None,
-                ..Default::default()
-            },
-        ]);
+        guard.apply(
+            &[
+                PeerChange {
+                    index: 0,
+                    weight: Some(0),
+                    state: None,
+                    ..Default::default()
+                },
+                PeerChange {
+                    index: 1,
+                    weight: Some(100),
+                    state: Some(PeerState::Up),
+                    ..Default::default()
+                },
+                PeerChange {
+                    index: 2,
+                    weight: Some(9),
+                    state: None,
+                    ..Default::default()
+                },
+            ],
+            NOW_MS,
+        );
         drop(guard);
         // The new config keeps a:1 and b:1 as they were, changes c:1's weight, adds d:1.
         let new = OwnedTable::new(
@@ -294,7 +297,7 @@ mod tests {
             .lock(1, |_| true)
             .unwrap()
             .carry_over(&old.view().carried(), old.view().generation());
-        let wire = new.view().to_wire(&[]);
+        let wire = new.view().to_wire(&[], NOW_MS);
         let summary: Vec<_> = wire
             .peers
             .iter()
@@ -340,20 +343,23 @@ mod tests {
             1,
             "the first commit is the start, not a change"
         );
-        table.lock(1, |_| true).unwrap().apply(&[
-            PeerChange {
-                index: 0,
-                weight: Some(0),
-                state: None,
-                ..Default::default()
-            },
-            PeerChange {
-                index: 1,
-                weight: Some(100),
-                state: Some(PeerState::Up),
-                ..Default::default()
-            },
-        ]);
+        table.lock(1, |_| true).unwrap().apply(
+            &[
+                PeerChange {
+                    index: 0,
+                    weight: Some(0),
+                    state: None,
+                    ..Default::default()
+                },
+                PeerChange {
+                    index: 1,
+                    weight: Some(100),
+                    state: Some(PeerState::Up),
+                    ..Default::default()
+                },
+            ],
+            NOW_MS,
+        );
         assert_eq!(table.generation(), 2);
 
         // The same configuration again: nothing changes, not even the generation.
@@ -393,7 +399,7 @@ mod tests {
         assert!(notes.contains(&CarryNote::ConfigChanged {
             server: "b:1".into()
         }));
-        let wire = table.to_wire(&[]);
+        let wire = table.to_wire(&[], NOW_MS);
         let values: Vec<_> = wire
             .peers
             .iter()
@@ -411,14 +417,17 @@ mod tests {
         };
         let owned = OwnedTable::with_checks("app", &[labelled(blue)], CheckMode::Off);
         let table = owned.view();
-        let label_now = || table.to_wire(&[]).peers[0].label.clone();
+        let label_now = || table.to_wire(&[], NOW_MS).peers[0].label.clone();
         assert_eq!(label_now().as_deref(), Some("blue"));
-        table.lock(1, |_| true).unwrap().apply(&[PeerChange {
-            index: 0,
-            weight: Some(50),
-            label: Some(Label::parse("v2").unwrap()),
-            ..Default::default()
-        }]);
+        table.lock(1, |_| true).unwrap().apply(
+            &[PeerChange {
+                index: 0,
+                weight: Some(50),
+                label: Some(Label::parse("v2").unwrap()),
+                ..Default::default()
+            }],
+            NOW_MS,
+        );
         // A reload with the same `shift_label`: the API's label and weight stay.
         table
             .lock(1, |_| true)
@@ -432,7 +441,7 @@ mod tests {
             .lock(1, |_| true)
             .unwrap()
             .commit(CheckMode::Off, &[labelled(green)], &[], 1, NOW_MS);
-        let wire = table.to_wire(&[]);
+        let wire = table.to_wire(&[], NOW_MS);
         assert_eq!(
             (wire.peers[0].label.as_deref(), wire.peers[0].weight),
             (Some("green"), 50)
@@ -448,7 +457,9 @@ mod tests {
             .unwrap()
             .carry_over(&saved, 4);
         assert_eq!(
-            restarted.view().to_wire(&[]).peers[0].label.as_deref(),
+            restarted.view().to_wire(&[], NOW_MS).peers[0]
+                .label
+                .as_deref(),
             Some("v3")
         );
     }

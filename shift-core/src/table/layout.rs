@@ -3,12 +3,15 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
-use shift_wire::{CheckStatus, Health, Peer, PeerOrigin, PeerState, PinCounts, ResponseCounts};
+use shift_wire::{
+    CheckStatus, Health, Peer, PeerOrigin, PeerState, PinCounts, Ramp, ResponseCounts,
+};
 
 use super::eligible;
 use super::label::{Label, LabelCell};
 use super::latency::LatencyCell;
 use crate::health::ProbeError;
+use crate::slow_start::SlowStart;
 
 /// Longest upstream or peer name a table holds (a `unix:` peer path fits).
 pub const NAME_CAPACITY: usize = 128;
@@ -77,6 +80,8 @@ pub struct TableHeader {
     /// peer and took the normal pick.
     pub(crate) pinned: AtomicU64,
     pub(crate) pin_fallbacks: AtomicU64,
+    /// `shift_slow_start`, `SlowStart::encode`d (0: off); each configuration load sets it.
+    pub(crate) slow_start: AtomicU64,
 }
 
 /// Whether the upstream's peers are health-checked, and whether they must pass first.
@@ -117,6 +122,7 @@ impl TableHeader {
             next_lookup_ms: AtomicU64::new(0),
             pinned: AtomicU64::new(0),
             pin_fallbacks: AtomicU64::new(0),
+            slow_start: AtomicU64::new(0),
         })
     }
 
@@ -151,6 +157,17 @@ impl TableHeader {
             &self.pin_fallbacks
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn slow_start(&self) -> SlowStart {
+        SlowStart::decode(self.slow_start.load(Ordering::Relaxed))
+    }
+
+    /// Sets the upstream's slow start, as a configuration load gives it. A ramp running keeps
+    /// its start and follows the new window.
+    pub fn set_slow_start(&self, slow_start: SlowStart) {
+        self.slow_start
+            .store(slow_start.encode(), Ordering::Relaxed);
     }
 
     pub fn pins(&self) -> PinCounts {
@@ -239,6 +256,10 @@ pub struct PeerSlot {
     /// peers that are not resolved: a deploy that just started a container waits for a lookup
     /// after it, which drops the address a recreated container no longer has.
     pub(crate) resolved_ms: AtomicU64,
+    /// When it last started taking new requests after it could not (Unix ms; 0: it has taken
+    /// them since the table began, or never): where its slow start ramps from
+    /// (`crate::slow_start`). Set under the write lock, with the change that made it eligible.
+    pub(crate) ramp_from_ms: AtomicU64,
     /// The label the config gives it, and the one it has now (the API may have changed it).
     pub(crate) config_label: LabelCell,
     pub(crate) label: LabelCell,
@@ -278,6 +299,7 @@ impl PeerSlot {
             joined_ms: AtomicU64::new(0),
             source: AtomicU64::new(0),
             resolved_ms: AtomicU64::new(0),
+            ramp_from_ms: AtomicU64::new(0),
             config_label: LabelCell::new(config.label),
             label: LabelCell::new(config.label),
             response_time: LatencyCell::new(),
@@ -449,20 +471,40 @@ impl PeerSlot {
         }
     }
 
-    pub(crate) fn to_wire(&self, values: PeerValues, active: u64, checks: CheckMode) -> Peer {
+    /// The peer as the API shows it; `(slow_start, now_ms)` tell whether it is ramping up.
+    pub(crate) fn to_wire(
+        &self,
+        values: PeerValues,
+        active: u64,
+        checks: CheckMode,
+        (slow_start, now_ms): (SlowStart, u64),
+    ) -> Peer {
         let count = |class: usize| self.responses[class].load(Ordering::Relaxed);
+        let eligible = eligible(
+            values.weight,
+            values.state,
+            values.health,
+            checks == CheckMode::Mandatory,
+        );
+        let ramp = slow_start
+            .ramp_ends_ms(values.ramp_from_ms)
+            .filter(|&ends| eligible && now_ms < ends)
+            .map(|ramp_ends_ms| Ramp {
+                effective_weight: slow_start.effective_weight(
+                    values.weight,
+                    values.ramp_from_ms,
+                    now_ms,
+                ),
+                ramp_ends_ms,
+            });
         Peer {
             server: self.server().to_string(),
             weight: values.weight,
             state: values.state,
             health: values.health,
             label: values.label.to_wire(),
-            eligible: eligible(
-                values.weight,
-                values.state,
-                values.health,
-                checks == CheckMode::Mandatory,
-            ),
+            eligible,
+            ramp,
             backup: self.backup.load(Ordering::Relaxed),
             origin: self.origin(),
             joined_ms: self.joined_ms(),
@@ -495,6 +537,7 @@ pub(crate) struct PeerValues {
     pub(crate) state: PeerState,
     pub(crate) health: Health,
     pub(crate) label: Label,
+    pub(crate) ramp_from_ms: u64,
 }
 
 impl PeerValues {
@@ -504,6 +547,7 @@ impl PeerValues {
             state: peer.state(),
             health: peer.health(),
             label: peer.label(),
+            ramp_from_ms: peer.ramp_from_ms.load(Ordering::Relaxed),
         }
     }
 }
@@ -552,6 +596,7 @@ pub(crate) fn decode_health(value: u8) -> Health {
 mod tests {
     use super::*;
     use crate::table::test_support::OwnedTable;
+    use crate::table::test_support::NOW_MS;
 
     #[test]
     #[should_panic(expected = "used after it was freed")]
@@ -579,10 +624,10 @@ mod tests {
         peer.record_request();
         peer.record_finish(false, Some(200));
         // `active` is what the workers' in-flight records say, handed in by the caller.
-        let mid = owned.view().to_wire(&[1]);
+        let mid = owned.view().to_wire(&[1], NOW_MS);
         assert_eq!(mid.peers[0].active, 1);
         peer.record_finish(true, Some(503));
-        let wire = owned.view().to_wire(&[]).peers.remove(0);
+        let wire = owned.view().to_wire(&[], NOW_MS).peers.remove(0);
         assert_eq!((wire.requests, wire.failures, wire.active), (2, 1, 0));
         assert_eq!(
             (wire.responses.success, wire.responses.server_error),

@@ -3,10 +3,15 @@
 
 use std::sync::atomic::{fence, Ordering};
 
-use shift_wire::Health;
+use shift_wire::{Health, PeerOrigin};
 
 use super::layout::{encode_health, encode_state, PeerSlot};
-use super::{PeerChange, Table};
+use super::{eligible, CheckMode, PeerChange, Table};
+
+/// Whether `peer` takes new requests, as its values stand (inside a write section).
+pub(super) fn takes_requests(peer: &PeerSlot, mandatory: bool) -> bool {
+    eligible(peer.weight(), peer.state(), peer.health(), mandatory)
+}
 
 /// How many times a writer tries the lock before giving up (each try yields the CPU).
 const LOCK_ATTEMPTS: usize = 10_000;
@@ -68,11 +73,15 @@ impl<'a> WriteGuard<'a> {
         self.table
     }
 
-    /// Applies all `changes` as one new generation, visible to readers at once; returns it.
-    pub fn apply(&self, changes: &[PeerChange]) -> u64 {
+    /// Applies all `changes` as one new generation, visible to readers at once; returns it. A
+    /// peer the changes let take new requests again (up from `down` or `drain`, a weight from
+    /// 0) starts its slow start at `now_ms`.
+    pub fn apply(&self, changes: &[PeerChange], now_ms: u64) -> u64 {
+        let mandatory = self.table.header.checks() == CheckMode::Mandatory;
         self.write_section(|peers| {
             for change in changes {
                 let peer = &peers[change.index];
+                let was_eligible = takes_requests(peer, mandatory);
                 if let Some(weight) = change.weight {
                     peer.weight.store(weight, Ordering::Relaxed);
                 }
@@ -82,17 +91,30 @@ impl<'a> WriteGuard<'a> {
                 if let Some(label) = change.label {
                     peer.label.store(label);
                 }
+                if !was_eligible && takes_requests(peer, mandatory) {
+                    peer.ramp_from_ms.store(now_ms.max(1), Ordering::Relaxed);
+                }
             }
         });
         self.bump_generation()
     }
 
     /// Sets a peer's health; routing changes at once. Health is not a generation of its own.
-    pub fn set_health(&self, index: usize, health: Health) {
+    /// A peer back from `unhealthy`, or a run-time one whose first check lets it take requests
+    /// (`mandatory`), starts its slow start at `now_ms`; a `server` line's first check does not
+    /// (at Nginx start nothing is warm to protect).
+    pub fn set_health(&self, index: usize, health: Health, now_ms: u64) {
+        let mandatory = self.table.header.checks() == CheckMode::Mandatory;
         self.write_section(|peers| {
-            peers[index]
-                .health
-                .store(encode_health(health), Ordering::Relaxed);
+            let peer = peers[index];
+            let was_eligible = takes_requests(peer, mandatory);
+            let recovered = peer.health() == Health::Unhealthy;
+            peer.health.store(encode_health(health), Ordering::Relaxed);
+            let joined_at_run_time = peer.origin() != PeerOrigin::Config;
+            if !was_eligible && takes_requests(peer, mandatory) && (recovered || joined_at_run_time)
+            {
+                peer.ramp_from_ms.store(now_ms.max(1), Ordering::Relaxed);
+            }
         });
     }
 
@@ -131,7 +153,8 @@ mod tests {
     use shift_wire::PeerState;
 
     use super::*;
-    use crate::table::test_support::{route, OwnedTable};
+    use crate::table::test_support::{route, OwnedTable, NOW_MS};
+    use crate::table::Route;
 
     #[test]
     fn apply_changes_routing_and_generation_at_once() {
@@ -139,32 +162,74 @@ mod tests {
         let table = owned.view();
         let seen = table.seq();
         let guard = table.lock(7, |_| true).unwrap();
-        let generation = guard.apply(&[
-            PeerChange {
-                index: 0,
-                weight: Some(0),
-                state: None,
-                ..Default::default()
-            },
-            PeerChange {
-                index: 1,
-                weight: Some(30),
-                state: Some(PeerState::Up),
-                ..Default::default()
-            },
-        ]);
+        let generation = guard.apply(
+            &[
+                PeerChange {
+                    index: 0,
+                    weight: Some(0),
+                    state: None,
+                    ..Default::default()
+                },
+                PeerChange {
+                    index: 1,
+                    weight: Some(30),
+                    state: Some(PeerState::Up),
+                    ..Default::default()
+                },
+            ],
+            NOW_MS,
+        );
         drop(guard);
         assert_eq!(generation, 2);
         let mut routes = Vec::new();
         let seq = table
             .routes_if_changed(seen, &mut routes)
             .expect("seq moved");
-        assert_eq!(routes, vec![route(0, false), route(30, true)]);
+        // b takes requests again: its slow start begins with the change.
+        let ramping = Route {
+            ramp_from_ms: NOW_MS,
+            ..route(30, true)
+        };
+        assert_eq!(routes, vec![route(0, false), ramping]);
         assert!(
             table.routes_if_changed(seq, &mut routes).is_none(),
             "nothing new since"
         );
     }
+    #[test]
+    fn a_peer_ramps_up_from_a_recovery_or_a_run_time_first_pass_not_from_a_lines_first_check() {
+        let owned = OwnedTable::checked("app", &["a:1", "b:1"], CheckMode::Mandatory);
+        let table = owned.view();
+        let ramp_of = |index: usize| table.peers()[index].ramp_from_ms.load(Ordering::Relaxed);
+        let guard = table.lock(1, |_| true).unwrap();
+        guard.set_health(0, Health::Healthy, 10);
+        assert_eq!(
+            ramp_of(0),
+            0,
+            "a server line's first pass: Nginx just started"
+        );
+        guard.set_health(0, Health::Unhealthy, 20);
+        guard.set_health(0, Health::Healthy, 30);
+        assert_eq!(ramp_of(0), 30, "back from unhealthy");
+        table.peers()[1].set_origin(PeerOrigin::Api);
+        guard.set_health(1, Health::Healthy, 40);
+        assert_eq!(
+            ramp_of(1),
+            40,
+            "a run-time peer's first pass lets it take requests"
+        );
+        // A change that keeps it taking requests does not start it again.
+        guard.apply(
+            &[PeerChange {
+                index: 1,
+                weight: Some(9),
+                ..Default::default()
+            }],
+            50,
+        );
+        assert_eq!(ramp_of(1), 40);
+    }
+
     #[test]
     fn the_lock_excludes_a_live_writer_and_is_taken_from_a_dead_one() {
         let owned = OwnedTable::new("app", &[("a:1", 1, false)]);
@@ -192,7 +257,7 @@ mod tests {
             state: None,
             ..Default::default()
         }];
-        assert_eq!(guard.apply(&change), MAX_GENERATION);
-        assert_eq!(guard.apply(&change), MAX_GENERATION);
+        assert_eq!(guard.apply(&change, NOW_MS), MAX_GENERATION);
+        assert_eq!(guard.apply(&change, NOW_MS), MAX_GENERATION);
     }
 }

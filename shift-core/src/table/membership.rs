@@ -17,7 +17,8 @@ use shift_wire::{Health, PeerOrigin, PeerState};
 
 use super::label::Label;
 use super::layout::{encode_health, encode_state, PeerConfig, PeerSlot};
-use super::lock::WriteGuard;
+use super::lock::{takes_requests, WriteGuard};
+use super::CheckMode;
 
 /// What a peer added at run time starts with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +74,7 @@ fn start_instance(slot: &PeerSlot, at_ms: u64) {
     }
     slot.response_time.clear();
     slot.header_time.clear();
+    slot.ramp_from_ms.store(0, Ordering::Relaxed);
 }
 
 /// A slot becoming current at `at_ms` that never was before (a new `server` line, a run-time
@@ -89,7 +91,9 @@ impl WriteGuard<'_> {
     /// listing, as `addition` says, at membership `epoch`: a new instance unless it is current
     /// already. One new generation, which it returns.
     pub fn add_peer(&self, slot: &PeerSlot, addition: &Addition, order: u32, epoch: u64) -> u64 {
+        let mandatory = self.table.header.checks() == CheckMode::Mandatory;
         self.write_section(|_| {
+            let was_eligible = slot.is_current() && takes_requests(slot, mandatory);
             if !slot.is_current() {
                 start_instance(slot, addition.at_ms);
             }
@@ -114,6 +118,12 @@ impl WriteGuard<'_> {
             };
             slot.resolved_ms.store(resolved, Ordering::Relaxed);
             slot.removed_epoch.store(0, Ordering::Relaxed);
+            // A peer that joins (or comes back) taking requests ramps up from now; under
+            // `mandatory` checks it does from its first passed check (`set_health`).
+            if !was_eligible && takes_requests(slot, mandatory) {
+                slot.ramp_from_ms
+                    .store(addition.at_ms.max(1), Ordering::Relaxed);
+            }
             slot.set_current(true, order);
             self.table.header.members.store(epoch, Ordering::Release);
         });
@@ -187,12 +197,56 @@ mod tests {
         assert_eq!(added.origin(), PeerOrigin::Api);
         assert_eq!(table.header().members(), 7);
         let peers = [owned.peers[0], added];
-        let wire = Table::new(owned.header, &peers).to_wire(&[]);
+        let wire = Table::new(owned.header, &peers).to_wire(&[], NOW_MS);
         assert_eq!(wire.peers[1].weight, 5);
         assert_eq!(wire.peers[1].state, PeerState::Drain);
         assert_eq!(wire.peers[1].config_weight, 5);
         assert_eq!(wire.peers[1].origin, PeerOrigin::Api);
         assert_eq!(wire.peers[0].origin, PeerOrigin::Config);
+    }
+
+    #[test]
+    fn a_peer_added_taking_requests_ramps_up_from_its_join_and_the_api_shows_it() {
+        let owned = OwnedTable::new("app", &[("127.0.0.1:1", 1, false)]);
+        let table = owned.view();
+        owned.header.set_slow_start(crate::slow_start::SlowStart {
+            window_ms: 10_000,
+            min_permille: 100,
+            aggression_centi: 100,
+        });
+        let added = slot("127.0.0.1:2");
+        let standby = slot("127.0.0.1:3");
+        let guard = table.lock(1, |_| true).unwrap();
+        guard.add_peer(
+            added,
+            &Addition::api(100, PeerState::Up, Label::NONE, NOW_MS),
+            1,
+            7,
+        );
+        guard.add_peer(
+            standby,
+            &Addition::api(100, PeerState::Down, Label::NONE, NOW_MS),
+            2,
+            8,
+        );
+        drop(guard);
+        let peers = [owned.peers[0], added, standby];
+        let wire = Table::new(owned.header, &peers).to_wire(&[], NOW_MS + 5_000);
+        let ramp = wire.peers[1].ramp.expect("ramping");
+        assert_eq!(
+            (ramp.effective_weight, ramp.ramp_ends_ms),
+            (50, NOW_MS + 10_000)
+        );
+        assert_eq!(
+            wire.peers[0].ramp, None,
+            "a server line at start does not ramp"
+        );
+        assert_eq!(
+            wire.peers[2].ramp, None,
+            "a standby takes no requests to ramp"
+        );
+        let later = Table::new(owned.header, &peers).to_wire(&[], NOW_MS + 10_000);
+        assert_eq!(later.peers[1].ramp, None, "the ramp is over");
     }
 
     #[test]
@@ -245,7 +299,7 @@ mod tests {
             .record_check(1, NOW_MS, Ok(()), 1, 1, NOW_MS + 5, 1, |_| true)
             .unwrap();
         table_with.claim_check(1, 1_000, 5_000);
-        let first = table_with.to_wire(&[]).peers[1].clone();
+        let first = table_with.to_wire(&[], NOW_MS).peers[1].clone();
         assert_eq!((first.requests, first.health), (1, Health::Healthy));
 
         // Removed, then the address comes back within the same millisecond (the slot is still
@@ -254,7 +308,7 @@ mod tests {
         guard.remove_peer(added, 4);
         guard.add_peer(added, &up(NOW_MS), 1, 5);
         drop(guard);
-        let second = table_with.to_wire(&[]).peers[1].clone();
+        let second = table_with.to_wire(&[], NOW_MS).peers[1].clone();
         assert_eq!(
             second.joined_ms,
             NOW_MS + 1,
@@ -274,7 +328,7 @@ mod tests {
             .record_check(1, first.joined_ms, Ok(()), 1, 1, NOW_MS + 9, 1, |_| true)
             .unwrap();
         assert_eq!(late, None);
-        let after_late = table_with.to_wire(&[]).peers[1].clone();
+        let after_late = table_with.to_wire(&[], NOW_MS).peers[1].clone();
         assert_eq!(after_late.health, Health::Unchecked);
         assert_eq!(after_late.check.and_then(|check| check.last_check_ms), None);
 
@@ -284,7 +338,7 @@ mod tests {
         added.record_request();
         guard.add_peer(added, &up(NOW_MS + 60_000), 1, 6);
         drop(guard);
-        let same = table_with.to_wire(&[]).peers[1].clone();
+        let same = table_with.to_wire(&[], NOW_MS).peers[1].clone();
         assert_eq!((same.joined_ms, same.requests), (NOW_MS + 1, 1));
     }
 

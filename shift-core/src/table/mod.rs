@@ -56,6 +56,8 @@ pub struct Route {
     /// health check calls it unhealthy.
     pub pinnable: bool,
     pub label: Label,
+    /// When its slow start began (`crate::slow_start`), 0 for none.
+    pub ramp_from_ms: u64,
 }
 
 /// A weight, state or label change of one peer, by its index in the table.
@@ -124,15 +126,16 @@ impl<'a> Table<'a> {
                     eligible: eligible(values.weight, values.state, values.health, mandatory),
                     pinnable: values.health != Health::Unhealthy,
                     label: values.label,
+                    ramp_from_ms: values.ramp_from_ms,
                 }
             }));
         })
         .map(|(seq, ())| seq)
     }
 
-    /// The upstream as the API shows it: weights and states from one consistent snapshot.
-    /// `active` holds each peer's requests in flight (missing ones count as 0).
-    pub fn to_wire(&self, active: &[u64]) -> Upstream {
+    /// The upstream as the API shows it at `now_ms`: weights and states from one consistent
+    /// snapshot. `active` holds each peer's requests in flight (missing ones count as 0).
+    pub fn to_wire(&self, active: &[u64], now_ms: u64) -> Upstream {
         let snapshot = self.read_consistent(|peers| {
             peers
                 .iter()
@@ -145,6 +148,7 @@ impl<'a> Table<'a> {
             .map(|(_, values)| values)
             .unwrap_or_else(|| self.peers.iter().map(|peer| PeerValues::of(peer)).collect());
         let checks = self.header.checks();
+        let slow_start = self.header.slow_start();
         Upstream {
             name: self.name().to_string(),
             generation: self.generation(),
@@ -155,7 +159,7 @@ impl<'a> Table<'a> {
                 .enumerate()
                 .map(|(index, (peer, values))| {
                     let active = active.get(index).copied().unwrap_or(0);
-                    peer.to_wire(values, active, checks)
+                    peer.to_wire(values, active, checks, (slow_start, now_ms))
                 })
                 .collect(),
             pins: self.header.pins(),
@@ -200,6 +204,7 @@ mod tests {
 
     use super::test_support::OwnedTable;
     use super::*;
+    use crate::table::test_support::NOW_MS;
 
     #[test]
     fn drain_and_unhealthy_peers_are_not_eligible() {
@@ -219,7 +224,7 @@ mod tests {
         let table = owned.view();
         let eligible = |table: Table| -> Vec<bool> {
             table
-                .to_wire(&[])
+                .to_wire(&[], NOW_MS)
                 .peers
                 .iter()
                 .map(|peer| peer.eligible)

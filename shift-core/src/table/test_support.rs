@@ -87,6 +87,7 @@ pub(crate) fn route(weight: u32, eligible: bool) -> Route {
         eligible,
         pinnable: true,
         label: Label::NONE,
+        ramp_from_ms: 0,
     }
 }
 
