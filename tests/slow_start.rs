@@ -3,7 +3,7 @@
 //! Nginx start or across a reload does not ramp; the API and the metrics show the ramp; bad
 //! arguments fail `nginx -t`.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use harness::{check_config, Backend, BlueGreen, HttpClient, NginxOptions};
 
@@ -12,76 +12,103 @@ const WINDOW_S: f64 = 6.0;
 
 /// The share (percent) a ramping peer of `weight` has next to `others` (the weight of the
 /// peers that do not ramp), `t` seconds into its ramp: 10% of its weight at first, then
-/// linear.
+/// linear. Only the ratio of the weights counts.
 fn expected_share(weight: f64, others: f64, t: f64) -> f64 {
     let effective = weight * (t / WINDOW_S).clamp(0.1, 1.0);
     effective * 100.0 / (effective + others)
 }
 
-/// The share (percent) of answers from `backend` over `span`, on four keep-alive
-/// connections (both workers).
-fn share_of(port: u16, backend: &str, span: Duration) -> (f64, usize) {
+/// Answers over `span` on four keep-alive connections (both workers): when each came, and
+/// whether `backend` gave it.
+fn answers(port: u16, backend: &str, span: Duration) -> Vec<(Instant, bool)> {
     let mut clients: Vec<HttpClient> = (0..4).map(|_| HttpClient::new(port)).collect();
-    let (mut hits, mut total) = (0, 0);
+    let mut seen = Vec::new();
     let end = Instant::now() + span;
     while Instant::now() < end {
-        let response = clients[total % 4].get("/").expect("request through nginx");
+        let response = clients[seen.len() % 4]
+            .get("/")
+            .expect("request through nginx");
         assert_eq!(response.status, 200, "{}", response.body);
-        hits += usize::from(response.body == backend);
-        total += 1;
+        seen.push((Instant::now(), response.body == backend));
     }
-    (hits as f64 * 100.0 / total as f64, total)
+    seen
 }
 
-/// Measures `backend`'s share half a second around `t` seconds after `started`, and compares
-/// it with the curve.
+/// The share (percent) of `backend` in `span`'s answers.
+fn share_of(port: u16, backend: &str, span: Duration) -> (f64, usize) {
+    let seen = answers(port, backend, span);
+    let hits = seen.iter().filter(|(_, hit)| *hit).count();
+    (hits as f64 * 100.0 / seen.len() as f64, seen.len())
+}
+
+/// When `server`'s ramp began, as an `Instant`, from the `ramp_ends_ms` the API shows.
+fn ramp_start(site: &BlueGreen, server: &str) -> Instant {
+    let ramp = site
+        .admin
+        .peer("app", server)
+        .unwrap()
+        .ramp
+        .expect("it ramps");
+    let unix_now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let since = unix_now.saturating_sub(ramp.ramp_ends_ms - (WINDOW_S * 1000.0) as u64);
+    Instant::now() - Duration::from_millis(since)
+}
+
+/// Measures `backend`'s share half a second around `t` seconds into its ramp (begun at
+/// `started`), and compares it with the curve at the times the answers came.
 fn assert_on_the_curve(site: &BlueGreen, backend: &str, started: Instant, t: f64, others: f64) {
     let from = started + Duration::from_secs_f64(t - 0.25);
     std::thread::sleep(from.saturating_duration_since(Instant::now()));
-    let (share, total) = share_of(site.port, backend, Duration::from_millis(500));
-    let expected = expected_share(500.0, others, t);
+    let seen = answers(site.port, backend, Duration::from_millis(500));
+    assert!(
+        seen.len() >= 50,
+        "only {} answers in half a second",
+        seen.len()
+    );
+    let share = seen.iter().filter(|(_, hit)| *hit).count() as f64 * 100.0 / seen.len() as f64;
+    let expected = seen
+        .iter()
+        .map(|(at, _)| expected_share(1.0, others, (*at - started).as_secs_f64()))
+        .sum::<f64>()
+        / seen.len() as f64;
     assert!(
         (share - expected).abs() <= 5.0,
-        "{t} s into the ramp: {backend} got {share:.1}% of {total} requests, the curve says \
-         {expected:.1}%"
+        "{t} s into the ramp: {backend} got {share:.1}% of {} answers, the curve says \
+         {expected:.1}%",
+        seen.len()
     );
 }
 
 #[test]
-fn an_undrained_peer_ramps_up_along_the_curve_and_nothing_ramps_at_start_or_across_a_reload() {
+fn an_undrained_peer_of_weight_1_ramps_along_the_curve_also_across_a_reload_and_no_more_after() {
     let mut site = BlueGreen::start("shift_slow_start 6s;");
     let (blue, green) = (site.blue.addr().to_string(), site.green.addr().to_string());
-    // Blue has taken requests since Nginx started: no ramp.
-    site.admin
-        .set_weights("app", &[(&blue, 500), (&green, 500)]);
-    let peer = site.admin.peer("app", &blue).unwrap();
-    assert_eq!(peer.ramp, None, "{peer:?}");
-    let (share, _) = share_of(site.port, "blue", Duration::from_millis(300));
-    assert_eq!(share, 100.0);
-
+    // Blue has taken requests since Nginx started: no ramp. Both keep Nginx's weight 1.
+    assert_eq!(site.admin.peer("app", &blue).unwrap().ramp, None);
     let response = site.admin.patch(
         "app",
         &format!(r#"{{"peers": {{"{green}": {{"state": "up"}}}}}}"#),
     );
-    let started = Instant::now();
     assert_eq!(response.status, 200, "{}", response.body);
-    let ramp = site
+    let started = ramp_start(&site, &green);
+    let ends = site
         .admin
         .peer("app", &green)
         .unwrap()
         .ramp
-        .expect("green ramps");
-    assert!(ramp.effective_weight < 500, "{ramp:?}");
-    let metric = site
-        .admin
-        .metric(&format!(
-            "nginx_shift_peer_effective_weight{{upstream=\"app\",peer=\"{green}\"}}"
-        ))
-        .expect("the effective weight gauge");
-    assert!(metric < 500.0, "{metric}");
-    for t in [1.0, 3.0, 5.0] {
-        assert_on_the_curve(&site, "green", started, t, 500.0);
-    }
+        .unwrap()
+        .ramp_ends_ms;
+    assert_on_the_curve(&site, "green", started, 1.0, 1.0);
+    assert_on_the_curve(&site, "green", started, 3.0, 1.0);
+    // A reload in the middle: the ramp goes on where it was.
+    site.nginx.reload(None);
+    let ramp = site.admin.peer("app", &green).unwrap().ramp;
+    assert_eq!(ramp.map(|ramp| ramp.ramp_ends_ms), Some(ends), "{ramp:?}");
+    assert_on_the_curve(&site, "green", started, 5.0, 1.0);
+
     std::thread::sleep(
         (started + Duration::from_secs(6)).saturating_duration_since(Instant::now()),
     );
@@ -92,8 +119,9 @@ fn an_undrained_peer_ramps_up_along_the_curve_and_nothing_ramps_at_start_or_acro
         "after the ramp: {share:.1}% of {total}"
     );
 
-    // A reload changes nothing for peers that take requests.
-    site.nginx.reload(None);
+    // A reload to a longer window starts no ramp that had ended.
+    let longer = BlueGreen::config(&site.blue, &site.green, "shift_slow_start 1h;", site.port);
+    site.nginx.reload(Some(&longer));
     assert_eq!(site.admin.peer("app", &green).unwrap().ramp, None);
     let (share, total) = share_of(site.port, "green", Duration::from_millis(500));
     assert!(
@@ -108,13 +136,21 @@ fn a_peer_added_at_run_time_ramps_up_along_the_curve() {
     let blue = site.blue.addr().to_string();
     site.admin.set_weights("app", &[(&blue, 500)]);
     let canary = Backend::start("canary");
-    let response = site
-        .admin
-        .add_peer("app", &canary.addr().to_string(), r#""weight": 500"#);
-    let started = Instant::now();
+    let server = canary.addr().to_string();
+    let response = site.admin.add_peer("app", &server, r#""weight": 500"#);
     assert!(response.status < 300, "{}", response.body);
+    let started = ramp_start(&site, &server);
+    let ramp = site.admin.peer("app", &server).unwrap().ramp.unwrap();
+    assert!(ramp.effective_weight < 500, "{ramp:?}");
+    let metric = site
+        .admin
+        .metric(&format!(
+            "nginx_shift_peer_effective_weight{{upstream=\"app\",peer=\"{server}\"}}"
+        ))
+        .expect("the effective weight gauge");
+    assert!(metric < 500.0, "{metric}");
     for t in [1.0, 3.0, 5.0] {
-        assert_on_the_curve(&site, "canary", started, t, 500.0);
+        assert_on_the_curve(&site, "canary", started, t, 1.0);
     }
 }
 

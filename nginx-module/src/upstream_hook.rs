@@ -385,6 +385,9 @@ fn follow_members(
         // SAFETY: just built; it lives while it is this upstream's current list.
         uscf.peer.data = unsafe { std::ptr::addr_of_mut!((*list).peers) }.cast();
         conf.routing.seen_seq = u64::MAX;
+        // The ramps noted were of the old list's order; the next copy notes them again.
+        conf.routing.ramping.clear();
+        conf.routing.ramp_scaled = false;
         // Run-time peers are checked like the others (a `mandatory` check keeps a new one
         // out of traffic until it passes).
         // SAFETY: as above.

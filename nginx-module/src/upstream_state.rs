@@ -80,6 +80,8 @@ pub struct WorkerRouting {
     /// were last set for.
     pub ramping: Vec<usize>,
     pub ramp_weights_ms: u64,
+    /// Whether its round-robin weights are `RAMP_SCALE` times the table's (while a ramp runs).
+    pub ramp_scaled: bool,
 }
 
 impl Default for WorkerRouting {
@@ -97,6 +99,7 @@ impl Default for WorkerRouting {
             next_lookup_ms: u64::MAX,
             ramping: Vec::new(),
             ramp_weights_ms: 0,
+            ramp_scaled: false,
         }
     }
 }

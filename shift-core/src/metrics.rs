@@ -69,7 +69,7 @@ const NUMBERS: [(&str, &str, &str, Value); 7] = [
     (
         "nginx_shift_peer_effective_weight",
         "gauge",
-        "Weight the peer routes with now: below its weight while shift_slow_start ramps it up.",
+        "Weight the peer routes with when it takes requests: below its weight while shift_slow_start ramps it up.",
         |p| p.ramp.map_or(p.weight, |ramp| ramp.effective_weight) as u64,
     ),
     (

@@ -23,6 +23,14 @@ pub struct SlowStart {
 /// The longest window: 24 h, in milliseconds, fits the table's 32 bits.
 pub const MAX_WINDOW_MS: u64 = 24 * 3600 * 1000;
 
+/// A peer's `ramp_from_ms` while it waits for its first passed check under `mandatory` checks,
+/// having joined at run time: its ramp begins with that pass. Not a ramp until then.
+pub const RAMP_AT_FIRST_PASS: u64 = u64::MAX;
+
+/// How many times finer than a peer's weight workers weigh peers while a ramp runs in their
+/// upstream, so that a peer of weight 1 (Nginx's default) ramps in 5% steps too.
+pub const RAMP_SCALE: u32 = 20;
+
 impl SlowStart {
     pub const OFF: SlowStart = SlowStart {
         window_ms: 0,
@@ -52,7 +60,14 @@ impl SlowStart {
     /// When a ramp that began at `ramp_from_ms` ends; `None` without one (0: the peer has taken
     /// requests since the table began, or slow start is off).
     pub fn ramp_ends_ms(&self, ramp_from_ms: u64) -> Option<u64> {
-        (self.is_on() && ramp_from_ms != 0).then(|| ramp_from_ms + self.window_ms as u64)
+        let started = ramp_from_ms != 0 && ramp_from_ms != RAMP_AT_FIRST_PASS;
+        (self.is_on() && started).then(|| ramp_from_ms + self.window_ms as u64)
+    }
+
+    /// Whether a ramp that began at `ramp_from_ms` still runs at `now_ms`.
+    pub fn ramps(&self, ramp_from_ms: u64, now_ms: u64) -> bool {
+        self.ramp_ends_ms(ramp_from_ms)
+            .is_some_and(|ends| now_ms < ends)
     }
 
     /// The weight a peer of `weight` routes with at `now_ms`, its ramp having begun at
@@ -66,11 +81,13 @@ impl SlowStart {
             return weight;
         }
         let elapsed = now_ms.saturating_sub(ramp_from_ms) as f64;
-        let fraction = (elapsed / self.window_ms as f64).max(self.min_permille as f64 / 1000.0);
-        let fraction = match self.aggression_centi {
-            0 | 100 => fraction,
-            centi => fraction.powf(100.0 / centi as f64),
+        let linear = elapsed / self.window_ms as f64;
+        let curve = match self.aggression_centi {
+            0 | 100 => linear,
+            centi => linear.powf(100.0 / centi as f64),
         };
+        // The floor is `min` whatever the aggression.
+        let fraction = curve.max(self.min_permille as f64 / 1000.0);
         ((weight as f64 * fraction).ceil() as u32).clamp(1, weight)
     }
 }
@@ -119,6 +136,21 @@ mod tests {
         // (0.25)^(1/2) = 0.5 of the weight a quarter of the way in.
         assert_eq!(eager.effective_weight(1_000, 1, 2_501), 500);
         assert!(eager.effective_weight(1_000, 1, 2_501) > TEN_S.effective_weight(1_000, 1, 2_501));
+        // The floor stays `min`: (0.01)^(1/2) would be 10% without it; with min=5%, 10%.
+        let low_floor = SlowStart {
+            min_permille: 50,
+            ..eager
+        };
+        assert_eq!(low_floor.effective_weight(1_000, 1, 1), 50);
+        assert_eq!(low_floor.effective_weight(1_000, 1, 101), 100);
+    }
+
+    #[test]
+    fn a_peer_waiting_for_its_first_pass_is_not_ramping_yet() {
+        assert_eq!(TEN_S.ramp_ends_ms(RAMP_AT_FIRST_PASS), None);
+        assert!(!TEN_S.ramps(RAMP_AT_FIRST_PASS, 5));
+        assert_eq!(TEN_S.effective_weight(500, RAMP_AT_FIRST_PASS, 5), 500);
+        assert!(TEN_S.ramps(1_000, 10_999) && !TEN_S.ramps(1_000, 11_000));
     }
 
     #[test]

@@ -133,6 +133,9 @@ pub unsafe fn commit(zone: Zone, main: &MainConf, log: *mut ngx_log_t) {
             };
             let checks = check_mode(conf);
             let notes = guard.commit(checks, &conf.placement.configs, &removed, epoch, now_ms);
+            let current: Vec<&PeerSlot> =
+                slots_of(header).filter(|slot| slot.is_current()).collect();
+            guard.end_finished_ramps(&current, header.slow_start(), now_ms);
             header.set_slow_start(conf.slow_start);
             if checks == CheckMode::Off {
                 // Nothing probes them any more: an unhealthy peer would stay out for good.

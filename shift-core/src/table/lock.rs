@@ -3,10 +3,11 @@
 
 use std::sync::atomic::{fence, Ordering};
 
-use shift_wire::{Health, PeerOrigin};
+use shift_wire::Health;
 
 use super::layout::{encode_health, encode_state, PeerSlot};
 use super::{eligible, CheckMode, PeerChange, Table};
+use crate::slow_start::{SlowStart, RAMP_AT_FIRST_PASS};
 
 /// Whether `peer` takes new requests, as its values stand (inside a write section).
 pub(super) fn takes_requests(peer: &PeerSlot, mandatory: bool) -> bool {
@@ -78,6 +79,7 @@ impl<'a> WriteGuard<'a> {
     /// 0) starts its slow start at `now_ms`.
     pub fn apply(&self, changes: &[PeerChange], now_ms: u64) -> u64 {
         let mandatory = self.table.header.checks() == CheckMode::Mandatory;
+        let slow_start = self.table.header.slow_start().is_on();
         self.write_section(|peers| {
             for change in changes {
                 let peer = &peers[change.index];
@@ -91,7 +93,7 @@ impl<'a> WriteGuard<'a> {
                 if let Some(label) = change.label {
                     peer.label.store(label);
                 }
-                if !was_eligible && takes_requests(peer, mandatory) {
+                if slow_start && !was_eligible && takes_requests(peer, mandatory) {
                     peer.ramp_from_ms.store(now_ms.max(1), Ordering::Relaxed);
                 }
             }
@@ -100,20 +102,39 @@ impl<'a> WriteGuard<'a> {
     }
 
     /// Sets a peer's health; routing changes at once. Health is not a generation of its own.
-    /// A peer back from `unhealthy`, or a run-time one whose first check lets it take requests
-    /// (`mandatory`), starts its slow start at `now_ms`; a `server` line's first check does not
-    /// (at Nginx start nothing is warm to protect).
+    /// A peer back from `unhealthy`, or one added at run time whose first check lets it take
+    /// requests (`mandatory`; `add_peer` marks it), starts its slow start at `now_ms`; other
+    /// first checks do not (at Nginx start nothing is warm to protect).
     pub fn set_health(&self, index: usize, health: Health, now_ms: u64) {
         let mandatory = self.table.header.checks() == CheckMode::Mandatory;
+        let slow_start = self.table.header.slow_start().is_on();
         self.write_section(|peers| {
             let peer = peers[index];
             let was_eligible = takes_requests(peer, mandatory);
             let recovered = peer.health() == Health::Unhealthy;
             peer.health.store(encode_health(health), Ordering::Relaxed);
-            let joined_at_run_time = peer.origin() != PeerOrigin::Config;
-            if !was_eligible && takes_requests(peer, mandatory) && (recovered || joined_at_run_time)
+            let first_pass_due = peer.ramp_from_ms.load(Ordering::Relaxed) == RAMP_AT_FIRST_PASS;
+            if slow_start
+                && !was_eligible
+                && takes_requests(peer, mandatory)
+                && (recovered || first_pass_due)
             {
                 peer.ramp_from_ms.store(now_ms.max(1), Ordering::Relaxed);
+            }
+        });
+    }
+
+    /// Before a configuration load sets a new slow start: forgets the ramps that do not run
+    /// under the one it replaces (`previous`) at `now_ms`, so that a longer window (or slow
+    /// start turned on) starts none again. A ramp that runs follows the new window.
+    /// `peers` are the table's current peers (a guard's view may hold only some).
+    pub fn end_finished_ramps(&self, peers: &[&PeerSlot], previous: SlowStart, now_ms: u64) {
+        self.write_section(|_| {
+            for peer in peers {
+                let from = peer.ramp_from_ms.load(Ordering::Relaxed);
+                if from != RAMP_AT_FIRST_PASS && !previous.ramps(from, now_ms) {
+                    peer.ramp_from_ms.store(0, Ordering::Relaxed);
+                }
             }
         });
     }
@@ -154,7 +175,6 @@ mod tests {
 
     use super::*;
     use crate::table::test_support::{route, OwnedTable, NOW_MS};
-    use crate::table::Route;
 
     #[test]
     fn apply_changes_routing_and_generation_at_once() {
@@ -185,21 +205,23 @@ mod tests {
         let seq = table
             .routes_if_changed(seen, &mut routes)
             .expect("seq moved");
-        // b takes requests again: its slow start begins with the change.
-        let ramping = Route {
-            ramp_from_ms: NOW_MS,
-            ..route(30, true)
-        };
-        assert_eq!(routes, vec![route(0, false), ramping]);
+        assert_eq!(routes, vec![route(0, false), route(30, true)]);
         assert!(
             table.routes_if_changed(seq, &mut routes).is_none(),
             "nothing new since"
         );
     }
+    const SLOW: SlowStart = SlowStart {
+        window_ms: 10_000,
+        min_permille: 100,
+        aggression_centi: 100,
+    };
+
     #[test]
     fn a_peer_ramps_up_from_a_recovery_or_a_run_time_first_pass_not_from_a_lines_first_check() {
         let owned = OwnedTable::checked("app", &["a:1", "b:1"], CheckMode::Mandatory);
         let table = owned.view();
+        table.header().set_slow_start(SLOW);
         let ramp_of = |index: usize| table.peers()[index].ramp_from_ms.load(Ordering::Relaxed);
         let guard = table.lock(1, |_| true).unwrap();
         guard.set_health(0, Health::Healthy, 10);
@@ -211,7 +233,10 @@ mod tests {
         guard.set_health(0, Health::Unhealthy, 20);
         guard.set_health(0, Health::Healthy, 30);
         assert_eq!(ramp_of(0), 30, "back from unhealthy");
-        table.peers()[1].set_origin(PeerOrigin::Api);
+        // As `add_peer` marks a peer that joins at run time waiting for its first pass.
+        table.peers()[1]
+            .ramp_from_ms
+            .store(RAMP_AT_FIRST_PASS, Ordering::Relaxed);
         guard.set_health(1, Health::Healthy, 40);
         assert_eq!(
             ramp_of(1),
@@ -228,6 +253,42 @@ mod tests {
             50,
         );
         assert_eq!(ramp_of(1), 40);
+    }
+
+    #[test]
+    fn a_new_or_longer_window_starts_no_ramp_that_had_ended() {
+        let owned = OwnedTable::new("app", &[("a:1", 5, true), ("b:1", 5, true)]);
+        let table = owned.view();
+        table.header().set_slow_start(SLOW);
+        let guard = table.lock(1, |_| true).unwrap();
+        let up = |index| PeerChange {
+            index,
+            state: Some(PeerState::Up),
+            ..Default::default()
+        };
+        guard.apply(&[up(0)], 1_000);
+        guard.apply(&[up(1)], 20_000);
+        // At 25 s a reload makes the window an hour: a's ramp ended at 11 s and stays ended;
+        // b's, still running, follows the new window.
+        guard.end_finished_ramps(table.peers(), SLOW, 25_000);
+        let ramp_of = |index: usize| table.peers()[index].ramp_from_ms.load(Ordering::Relaxed);
+        assert_eq!((ramp_of(0), ramp_of(1)), (0, 20_000));
+    }
+
+    #[test]
+    fn no_ramp_starts_while_slow_start_is_off() {
+        let owned = OwnedTable::new("app", &[("a:1", 5, true)]);
+        let table = owned.view();
+        let guard = table.lock(1, |_| true).unwrap();
+        guard.apply(
+            &[PeerChange {
+                index: 0,
+                state: Some(PeerState::Up),
+                ..Default::default()
+            }],
+            1_000,
+        );
+        assert_eq!(table.peers()[0].ramp_from_ms.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -19,6 +19,7 @@ use super::label::Label;
 use super::layout::{encode_health, encode_state, PeerConfig, PeerSlot};
 use super::lock::{takes_requests, WriteGuard};
 use super::CheckMode;
+use crate::slow_start::RAMP_AT_FIRST_PASS;
 
 /// What a peer added at run time starts with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,9 +93,11 @@ impl WriteGuard<'_> {
     /// already. One new generation, which it returns.
     pub fn add_peer(&self, slot: &PeerSlot, addition: &Addition, order: u32, epoch: u64) -> u64 {
         let mandatory = self.table.header.checks() == CheckMode::Mandatory;
+        let slow_start = self.table.header.slow_start().is_on();
         self.write_section(|_| {
             let was_eligible = slot.is_current() && takes_requests(slot, mandatory);
-            if !slot.is_current() {
+            let joins = !slot.is_current();
+            if joins {
                 start_instance(slot, addition.at_ms);
             }
             slot.set_config(&PeerConfig {
@@ -118,11 +121,16 @@ impl WriteGuard<'_> {
             };
             slot.resolved_ms.store(resolved, Ordering::Relaxed);
             slot.removed_epoch.store(0, Ordering::Relaxed);
-            // A peer that joins (or comes back) taking requests ramps up from now; under
-            // `mandatory` checks it does from its first passed check (`set_health`).
-            if !was_eligible && takes_requests(slot, mandatory) {
-                slot.ramp_from_ms
-                    .store(addition.at_ms.max(1), Ordering::Relaxed);
+            // A peer that joins (or comes back) taking requests ramps up from now; one that
+            // joins waiting for its first passed check (`mandatory`) ramps from that pass.
+            if slow_start && !was_eligible {
+                if takes_requests(slot, mandatory) {
+                    slot.ramp_from_ms
+                        .store(addition.at_ms.max(1), Ordering::Relaxed);
+                } else if joins {
+                    slot.ramp_from_ms
+                        .store(RAMP_AT_FIRST_PASS, Ordering::Relaxed);
+                }
             }
             slot.set_current(true, order);
             self.table.header.members.store(epoch, Ordering::Release);
