@@ -384,6 +384,34 @@ fn a_canary_on_a_quiet_upstream_ends_as_on_quiet_says() {
     );
 }
 
+/// With `shift_slow_start`, a canary step's weight is where its target's ramp ends, and the
+/// step is watched from there: the first step (the target up from standby) waits for its ramp;
+/// the second (a higher weight for a target already taking requests) has none.
+#[test]
+fn a_canary_step_is_watched_from_the_end_of_its_targets_ramp() {
+    let setup = Setup::start("shift_slow_start 2s;");
+    let output = setup.run(&[
+        "canary",
+        "app",
+        "--to",
+        &setup.green(),
+        "--steps",
+        "50,100",
+        "--interval",
+        "1s",
+        "--min-requests",
+        "0",
+    ]);
+    let said = text(&output.stderr);
+    assert!(output.status.success(), "{said}");
+    let ramps: Vec<&str> = said
+        .lines()
+        .filter(|line| line.contains("ramps up (shift_slow_start)"))
+        .collect();
+    assert_eq!(ramps.len(), 1, "{said}");
+    assert!(ramps[0].contains("step 1/2 (50% to"), "{said}");
+}
+
 #[test]
 fn a_canary_whose_target_fails_is_rolled_back() {
     let setup = Setup::start("");
