@@ -8,7 +8,11 @@
 use shift_core::slow_start::RAMP_SCALE;
 use shift_core::table::TableHeader;
 
+use ngx::ffi::ngx_http_upstream_rr_peer_t;
+
 use crate::conf::UpstreamConf;
+use crate::peer_list::PeerList;
+use crate::upstream_state::Placement;
 
 /// After a copy of the table's routes (which set every peer's whole weight): notes the peers
 /// that ramp, and weighs the upstream finely while any does.
@@ -42,11 +46,7 @@ pub fn follow(conf: &mut UpstreamConf, header: &TableHeader, now_ms: u64) {
     let UpstreamConf {
         routing, placement, ..
     } = conf;
-    // SAFETY: a non-null list is this worker's current one, alive while it is.
-    let rr_peers = match unsafe { routing.list.as_ref() } {
-        Some(list) => &list.rr_peers,
-        None => &placement.rr_peers,
-    };
+    let rr_peers = rr_peers(routing.list, placement);
     let routes = &routing.routes;
     routing.ramping.retain(|&index| {
         let (Some(route), Some(&peer)) = (routes.get(index), rr_peers.get(index)) else {
@@ -74,12 +74,10 @@ fn set_weights(conf: &mut UpstreamConf, weigh: impl Fn(u32) -> u32) {
     let UpstreamConf {
         routing, placement, ..
     } = conf;
-    // SAFETY: a non-null list is this worker's current one, alive while it is.
-    let rr_peers = match unsafe { routing.list.as_ref() } {
-        Some(list) => &list.rr_peers,
-        None => &placement.rr_peers,
-    };
-    for (&peer, route) in rr_peers.iter().zip(&routing.routes) {
+    for (&peer, route) in rr_peers(routing.list, placement)
+        .iter()
+        .zip(&routing.routes)
+    {
         if !route.eligible {
             continue;
         }
@@ -88,5 +86,16 @@ fn set_weights(conf: &mut UpstreamConf, weigh: impl Fn(u32) -> u32) {
         peer.weight = weigh(route.weight) as isize;
         peer.effective_weight = peer.weight;
         peer.current_weight = 0;
+    }
+}
+
+/// The round-robin peers the worker routes with now, in its routes' order: those of its own
+/// `list` (`WorkerRouting::list`), or its configuration's.
+fn rr_peers(list: *mut PeerList, placement: &Placement) -> &[*mut ngx_http_upstream_rr_peer_t] {
+    // SAFETY: a non-null list is this worker's current one, alive while it is (longer than
+    // the caller's use, within one request).
+    match unsafe { list.as_ref() } {
+        Some(list) => &list.rr_peers,
+        None => &placement.rr_peers,
     }
 }
