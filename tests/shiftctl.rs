@@ -412,6 +412,33 @@ fn a_canary_step_is_watched_from_the_end_of_its_targets_ramp() {
     assert!(ramps[0].contains("step 1/2 (50% to"), "{said}");
 }
 
+/// Under `shift_slow_start` a switch brings the target up beside the others and drains them
+/// once the target's ramp ended: while it ramps, the target has a part of the traffic, not all
+/// of it; then all of it.
+#[test]
+fn a_switch_under_slow_start_ramps_the_target_up_beside_the_others_then_drains_them() {
+    let setup = Setup::start("shift_slow_start 3s;");
+    let green = setup.green();
+    let switch = setup.spawn(&["switch", "app", "--to", &green]);
+    let ramping = wait_until(Duration::from_secs(10), || {
+        setup
+            .admin
+            .peer("app", &green)
+            .is_some_and(|peer| peer.ramp.is_some())
+    });
+    assert!(ramping.is_some(), "{:?}", setup.admin.upstream("app"));
+    let share = setup.green_share(200);
+    assert!(
+        share > 0.0 && share < 60.0,
+        "green's share while it ramps: {share}%"
+    );
+    let output = switch.wait_with_output().unwrap();
+    let said = text(&output.stderr);
+    assert!(output.status.success(), "{said}");
+    assert!(said.contains("ramps up (shift_slow_start)"), "{said}");
+    assert_eq!(setup.green_share(100), 100.0);
+}
+
 #[test]
 fn a_canary_whose_target_fails_is_rolled_back() {
     let setup = Setup::start("");

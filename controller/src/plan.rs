@@ -202,6 +202,24 @@ pub fn check_canary(upstream: &Upstream, target: &str) -> Result<(), PlanError> 
 /// A blue-green switch: the peers `target` names up (each with its weight, or its config's,
 /// or 1), every other peer that takes traffic drained.
 pub fn switch(upstream: &Upstream, target: &str) -> Result<UpstreamPatch, PlanError> {
+    let mut patch = bring_up(upstream, target)?;
+    let targets = target_servers(upstream, target)?;
+    for other in stable_peers(upstream, &targets) {
+        patch.peers.insert(
+            other.server.clone(),
+            PeerPatch {
+                weight: None,
+                state: Some(PeerState::Drain),
+                ..Default::default()
+            },
+        );
+    }
+    Ok(patch)
+}
+
+/// The first half of a switch under `shift_slow_start`: the target's peers up with their
+/// weight, the others as they are, so that the target ramps up beside them.
+pub fn bring_up(upstream: &Upstream, target: &str) -> Result<UpstreamPatch, PlanError> {
     let targets = target_peers(upstream, target)?;
     require_not_unhealthy(upstream, target)?;
     let mut peers = BTreeMap::new();
@@ -216,17 +234,6 @@ pub fn switch(upstream: &Upstream, target: &str) -> Result<UpstreamPatch, PlanEr
             PeerPatch {
                 weight: Some(weight),
                 state: Some(PeerState::Up),
-                ..Default::default()
-            },
-        );
-    }
-    let servers: Vec<String> = targets.iter().map(|peer| peer.server.clone()).collect();
-    for other in stable_peers(upstream, &servers) {
-        peers.insert(
-            other.server.clone(),
-            PeerPatch {
-                weight: None,
-                state: Some(PeerState::Drain),
                 ..Default::default()
             },
         );
@@ -313,6 +320,7 @@ mod tests {
             generation: 4,
             peers,
             pins: Default::default(),
+            slow_start_ms: None,
         }
     }
 

@@ -216,6 +216,10 @@ pub struct Upstream {
     /// What `shift_pin` did with the requests that carried a value.
     #[serde(default)]
     pub pins: PinCounts,
+    /// `shift_slow_start`'s window (ms), when the upstream has one: a peer that starts taking
+    /// requests ramps up over it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_start_ms: Option<u64>,
 }
 
 /// Requests with a `shift_pin` value, since the zone was created.

@@ -3,12 +3,13 @@
 
 use std::fs;
 use std::io::IsTerminal;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use shift_wire::{Health, Upstream, UpstreamPatch};
 use shiftctl::deploy::verdict::{is_quiet, judge, quantile_name, Gates, Verdict, Window};
 use tokio::io::AsyncBufReadExt;
 
+use super::ramp::{ramp_end, wait_for_ramp};
 use super::switch::{wait_ready, Unhealthy};
 use super::{Ctx, POLL};
 use crate::commands::state_dir::write_file;
@@ -157,7 +158,8 @@ pub async fn canary(ctx: &Ctx, upstream: &str, options: &CanaryOptions) -> Resul
         // step's watch starts there, on the share it was given.
         let baseline = match ramp_end(&ctx.fleet.read(upstream).await?, &targets) {
             Some(ends_ms) => {
-                if !wait_for_ramp(ctx, &step, ends_ms, &mut interrupts).await {
+                let then = "its watch starts then";
+                if !wait_for_ramp(ctx, &step, then, ends_ms, &mut interrupts).await {
                     if options.on_interrupt == OnInterrupt::Hold {
                         return Err(Failure::aborted(anyhow::anyhow!(
                             "interrupted; holding at {step}"
@@ -258,38 +260,6 @@ pub async fn canary(ctx: &Ctx, upstream: &str, options: &CanaryOptions) -> Resul
         ctx.print_upstreams(&ctx.fleet.read(upstream).await?);
     }
     Ok(())
-}
-
-/// When the last of the target's peers ends its slow start in any Nginx (Unix ms), if one
-/// ramps.
-fn ramp_end(states: &[Upstream], targets: &[Vec<String>]) -> Option<u64> {
-    states
-        .iter()
-        .zip(targets)
-        .flat_map(|(state, servers)| {
-            state
-                .peers
-                .iter()
-                .filter(|peer| servers.contains(&peer.server))
-        })
-        .filter_map(|peer| peer.ramp.map(|ramp| ramp.ramp_ends_ms))
-        .max()
-}
-
-/// Waits until `ends_ms` (Unix ms, the Nginx's clock), saying so; false when interrupted.
-async fn wait_for_ramp(ctx: &Ctx, step: &str, ends_ms: u64, interrupts: &mut Interrupts) -> bool {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis() as u64);
-    let left = Duration::from_millis(ends_ms.saturating_sub(now_ms));
-    ctx.progress.event(&format!(
-        "{step}: the target ramps up (shift_slow_start) for {:.1}s; its watch starts then",
-        left.as_secs_f64()
-    ));
-    tokio::select! {
-        _ = tokio::time::sleep(left) => true,
-        _ = interrupts.recv() => false,
-    }
 }
 
 /// Automatic rollback: all traffic back on the stable set; the failure says why.

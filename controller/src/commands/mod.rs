@@ -3,6 +3,7 @@
 mod canary;
 mod output;
 mod peers;
+mod ramp;
 mod set;
 pub(crate) mod state_dir;
 mod status;

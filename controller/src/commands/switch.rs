@@ -5,8 +5,10 @@ use std::time::{Duration, Instant};
 use shift_wire::Health;
 use shiftctl::deploy::started::StartBaseline;
 
+use super::ramp::{ramp_end, wait_for_ramp};
 use super::{Ctx, POLL};
 use crate::exit::Failure;
+use crate::interrupts::Interrupts;
 use crate::plan;
 
 /// How `wait_ready` treats a target its checks call unhealthy.
@@ -117,7 +119,11 @@ pub async fn switch(
     wait_ready(ctx, upstream, target, check_url, timeout, unhealthy).await?;
     // With --etcd: the stable set is what every host has, not one host's lagging view.
     ctx.settle_everywhere(upstream, timeout).await?;
-    ctx.save_stable(&ctx.fleet.read(upstream).await?).await?;
+    let before = ctx.fleet.read(upstream).await?;
+    ctx.save_stable(&before).await?;
+    if before.iter().any(|state| state.slow_start_ms.is_some()) {
+        ramp_up_beside_the_others(ctx, upstream, target, timeout).await?;
+    }
     let states = ctx
         .fleet
         .apply(upstream, |_, current| {
@@ -131,6 +137,49 @@ pub async fn switch(
     ));
     ctx.print_upstreams(&states);
     Ok(())
+}
+
+/// Under `shift_slow_start`: brings the target up beside the others and waits for its ramp,
+/// so that it takes its share gradually; the switch then drains the others. Alone, a target
+/// would take all traffic at once whatever its ramp.
+async fn ramp_up_beside_the_others(
+    ctx: &Ctx,
+    upstream: &str,
+    target: &str,
+    timeout: Duration,
+) -> Result<(), Failure> {
+    ctx.fleet
+        .apply(upstream, |_, current| {
+            plan::bring_up(current, target).map_err(|err| err.to_string())
+        })
+        .await?;
+    ctx.settle_everywhere(upstream, timeout).await?;
+    let states = ctx.fleet.read(upstream).await?;
+    let targets: Vec<Vec<String>> = states
+        .iter()
+        .map(|state| plan::target_servers(state, target))
+        .collect::<Result<_, _>>()?;
+    let Some(ends_ms) = ramp_end(&states, &targets) else {
+        return Ok(());
+    };
+    let mut interrupts = Interrupts::new()?;
+    let waiting = format!("switch of upstream \"{upstream}\" to {target}");
+    if wait_for_ramp(
+        ctx,
+        &waiting,
+        "then the others drain",
+        ends_ms,
+        &mut interrupts,
+    )
+    .await
+    {
+        return Ok(());
+    }
+    Err(Failure::aborted(anyhow::anyhow!(
+        "interrupted while {target} ramped up: it and the others take traffic; \
+         \"shiftctl switch {upstream} --to {target}\" finishes the switch, \"shiftctl rollback \
+         {upstream}\" puts the stable set back"
+    )))
 }
 
 pub async fn rollback(ctx: &Ctx, upstream: &str, timeout: Duration) -> Result<(), Failure> {

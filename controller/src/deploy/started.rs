@@ -140,6 +140,7 @@ mod tests {
             generation: 1,
             peers,
             pins: Default::default(),
+            slow_start_ms: None,
         }
     }
 

@@ -333,6 +333,7 @@ mod tests {
             generation: 7,
             peers,
             pins: Default::default(),
+            slow_start_ms: None,
         }
     }
 

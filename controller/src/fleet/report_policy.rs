@@ -165,6 +165,7 @@ mod tests {
                     }),
                 }],
                 pins: Default::default(),
+                slow_start_ms: None,
             }],
             reported_ms: last_check_ms,
             ..Default::default()

@@ -108,6 +108,7 @@ mod tests {
                 peer("127.0.0.1:8004", 5, true, true),
             ],
             pins: Default::default(),
+            slow_start_ms: None,
         };
         let text = render_table(&upstream);
         assert!(
@@ -130,6 +131,7 @@ mod tests {
             generation: 1,
             peers: vec![peer("127.0.0.1:8001", 0, true, false)],
             pins: Default::default(),
+            slow_start_ms: None,
         };
         assert_eq!(rows(&upstream)[0][3], "-");
     }

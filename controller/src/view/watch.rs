@@ -169,6 +169,7 @@ mod tests {
                 peer("10.0.0.2:80", green.0, green.1),
             ],
             pins: Default::default(),
+            slow_start_ms: None,
         }
     }
 

@@ -163,6 +163,7 @@ impl<'a> Table<'a> {
                 })
                 .collect(),
             pins: self.header.pins(),
+            slow_start_ms: slow_start.is_on().then_some(slow_start.window_ms as u64),
         }
     }
 
