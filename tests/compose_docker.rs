@@ -103,7 +103,12 @@ impl Stage {
     fn plan(&self, file: &str, health_timeout: &str) -> PathBuf {
         let plan = fs::read_to_string(self.example.join(file))
             .unwrap()
-            .replace("interval = \"30s\"", "interval = \"1s\"")
+            // Shorter watches, and the quiet timeout the example's 30 s interval gives (10 x 30 s):
+            // the tests' light traffic needs longer than 10 x 1 s for a step's 100 requests.
+            .replace(
+                "interval = \"30s\"",
+                "interval = \"1s\"\nquiet_timeout = \"300s\"",
+            )
             .replace(
                 "health_timeout = \"120s\"",
                 &format!("health_timeout = \"{health_timeout}\""),

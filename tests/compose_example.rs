@@ -166,7 +166,12 @@ fn example_plan(sides: &HookedBackends, ports: (u16, u16)) -> std::path::PathBuf
         .replace("./compose.sh up -d backend_green", &sides.start_hook(green))
         .replace("./compose.sh stop backend_blue", &sides.stop_hook())
         .replace("./compose.sh stop backend_green", &sides.stop_hook())
-        .replace("interval = \"30s\"", "interval = \"1s\"")
+        // Shorter watches, and the quiet timeout the example's 30 s interval gives (10 x 30 s):
+        // the tests' light traffic needs longer than 10 x 1 s for a step's 100 requests.
+        .replace(
+            "interval = \"30s\"",
+            "interval = \"1s\"\nquiet_timeout = \"300s\"",
+        )
         .replace("health_timeout = \"120s\"", "health_timeout = \"20s\"");
     let plan_path = sides.dir().join("deploy.toml");
     fs::write(&plan_path, plan).unwrap();
@@ -426,7 +431,12 @@ fn roll_the_scaled_example(addresses: Addresses, log: &str, ending: &[u8]) {
     let plan = scaled("deploy.toml")
         .replace("\"./start-replica.sh\"", &format!("'{start}'"))
         .replace("\"./stop-replica.sh\"", &format!("'{stop}'"))
-        .replace("interval = \"30s\"", "interval = \"1s\"")
+        // Shorter watches, and the quiet timeout the example's 30 s interval gives (10 x 30 s):
+        // the tests' light traffic needs longer than 10 x 1 s for a step's 100 requests.
+        .replace(
+            "interval = \"30s\"",
+            "interval = \"1s\"\nquiet_timeout = \"300s\"",
+        )
         .replace("health_timeout = \"120s\"", "health_timeout = \"20s\"");
     let plan_path = dir.path().join("deploy.toml");
     fs::write(&plan_path, plan).unwrap();
