@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod error;
 pub mod etcd;
+mod not_etcd;
 pub mod sockets;
 pub mod store;
 
