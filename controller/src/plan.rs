@@ -303,6 +303,7 @@ mod tests {
             joined_ms: 0,
             resolved_ms: None,
             ramp: None,
+            ejection: Default::default(),
             config_weight: 1,
             requests: 0,
             failures: 0,

@@ -16,6 +16,7 @@ use crate::shm::LoadRecord;
 use crate::upstream_state::{Placement, WorkerRouting};
 use shift_core::api::Access;
 use shift_core::directives::{CheckArgs, LabelLine, ResolvedName, ShiftArgs};
+use shift_core::eject::EjectArgs;
 use shift_core::slow_start::SlowStart;
 
 /// Per-`http` state: the upstreams that use `shift`, and the shared zone of their tables.
@@ -57,6 +58,8 @@ pub struct UpstreamConf {
     pub check: Option<CheckArgs>,
     /// `shift_slow_start`; off without it.
     pub slow_start: SlowStart,
+    /// `shift_eject`; none without it.
+    pub eject: Option<EjectArgs>,
     pub state_path: Option<PathBuf>,
     /// Names whose addresses are peers (`shift_resolve`, or `server NAME resolve` on 1.27.3+),
     /// and the resolver that looks them up (set by `upstream_hook::init_upstream`).
@@ -81,6 +84,7 @@ impl Default for UpstreamConf {
             shift: None,
             check: None,
             slow_start: SlowStart::OFF,
+            eject: None,
             state_path: None,
             resolve: Vec::new(),
             resolver: ptr::null_mut(),

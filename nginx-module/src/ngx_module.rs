@@ -106,7 +106,7 @@ unsafe impl HttpModuleLocationConf for Module {
     type LocationConf = LocationConf;
 }
 
-static mut COMMANDS: [ngx_command_t; 10] = [
+static mut COMMANDS: [ngx_command_t; 11] = [
     ngx_command_t {
         name: ngx_string!("shift"),
         type_: (NGX_HTTP_UPS_CONF | NGX_CONF_ANY) as ngx_uint_t,
@@ -127,6 +127,14 @@ static mut COMMANDS: [ngx_command_t; 10] = [
         name: ngx_string!("shift_slow_start"),
         type_: (NGX_HTTP_UPS_CONF | NGX_CONF_1MORE) as ngx_uint_t,
         set: Some(set_shift_slow_start),
+        conf: NGX_HTTP_MAIN_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("shift_eject"),
+        type_: (NGX_HTTP_UPS_CONF | NGX_CONF_ANY) as ngx_uint_t,
+        set: Some(set_shift_eject),
         conf: NGX_HTTP_MAIN_CONF_OFFSET,
         offset: 0,
         post: ptr::null_mut(),
@@ -372,6 +380,25 @@ extern "C" fn set_shift_slow_start(
     }
     ours.slow_start = parsed;
     main.checked.push((uscf, "shift_slow_start"));
+    NGX_CONF_OK
+}
+
+extern "C" fn set_shift_eject(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: Nginx calls directive handlers with a valid cf and this module's main conf.
+    let found = unsafe { upstream_directive(cf, conf, directives::parse_shift_eject) };
+    let (_, parsed, main, uscf, ours) = match found {
+        Ok(found) => found,
+        Err(rc) => return rc,
+    };
+    if ours.eject.is_some() {
+        return is_duplicate();
+    }
+    ours.eject = Some(parsed);
+    main.checked.push((uscf, "shift_eject"));
     NGX_CONF_OK
 }
 

@@ -547,6 +547,9 @@ unsafe extern "C" fn free_peer(
         };
         let failed = state & NGX_PEER_FAILED as ngx_uint_t != 0;
         slot.record_finish(failed, status);
+        // SAFETY: `conf` outlives the request; Nginx passes a valid peer connection.
+        let (conf, log) = unsafe { (&*attempt.conf, (*pc).log) };
+        crate::ejection::after_attempt(conf, attempt.list, slot, failed, status, log);
         let response_ms = current_msec().wrapping_sub(attempt.started_ms);
         slot.record_times(response_ms as u64, header_ms.map(|ms| ms as u64));
         if let Some(inflight) = inflight() {

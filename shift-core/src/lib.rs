@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod directives;
+pub mod eject;
 pub mod health;
 pub mod health_record;
 pub mod inflight;

@@ -36,7 +36,7 @@ enum Family {
     Health,
 }
 
-const FAMILIES: [Family; 17] = [
+const FAMILIES: [Family; 19] = [
     Family::Zone,
     Family::Generation,
     Family::Pinned,
@@ -49,6 +49,8 @@ const FAMILIES: [Family; 17] = [
     Family::Number(4),
     Family::Number(5),
     Family::Number(6),
+    Family::Number(7),
+    Family::Number(8),
     Family::Responses,
     Family::Histogram(0),
     Family::Histogram(1),
@@ -59,7 +61,7 @@ const FAMILIES: [Family; 17] = [
 type Value = fn(&shift_wire::Peer) -> u64;
 
 /// The plain numbers of a peer: name, type, help, value.
-const NUMBERS: [(&str, &str, &str, Value); 7] = [
+const NUMBERS: [(&str, &str, &str, Value); 9] = [
     (
         "nginx_shift_peer_weight",
         "gauge",
@@ -101,6 +103,18 @@ const NUMBERS: [(&str, &str, &str, Value); 7] = [
         "gauge",
         "1 for a backup server.",
         |p| p.backup as u64,
+    ),
+    (
+        "nginx_shift_peer_ejections_total",
+        "counter",
+        "Times shift_eject took the peer out for failing real requests.",
+        |p| p.ejection.ejections as u64,
+    ),
+    (
+        "nginx_shift_peer_ejected",
+        "gauge",
+        "1 while shift_eject keeps the peer out.",
+        |p| p.ejection.ejected_until_ms.is_some() as u64,
     ),
 ];
 
@@ -435,7 +449,7 @@ mod tests {
             "rendered in steps, the text differs"
         );
         assert!(steps > 20, "{steps} steps");
-        assert_eq!(whole.matches("# TYPE").count(), 18);
+        assert_eq!(whole.matches("# TYPE").count(), 20);
     }
 
     #[test]
@@ -469,6 +483,10 @@ mod tests {
             "{text}"
         );
         assert!(
+            text.contains("nginx_shift_peer_ejected{upstream=\"app\",peer=\"127.0.0.1:8000\"} 0\n"),
+            "{text}"
+        );
+        assert!(
             text.contains(
                 "nginx_shift_peer_info{upstream=\"app\",peer=\"127.0.0.1:8000\",label=\"\"} 1\n"
             ),
@@ -495,6 +513,6 @@ mod tests {
             text.contains("nginx_shift_peer_header_seconds_sum{upstream=\"app\",peer=\"127.0.0.1:8000\"} 0.004\n"),
             "{text}"
         );
-        assert_eq!(text.matches("# TYPE").count(), 16);
+        assert_eq!(text.matches("# TYPE").count(), 18);
     }
 }

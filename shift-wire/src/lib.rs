@@ -136,6 +136,17 @@ pub struct Ramp {
     pub ramp_ends_ms: u64,
 }
 
+/// What `shift_eject` did to a peer: all zero and absent without it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ejection {
+    /// How many times it was ejected for failing real requests.
+    #[serde(default)]
+    pub ejections: u32,
+    /// While it is ejected: when it takes requests again (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ejected_until_ms: Option<u64>,
+}
+
 /// One peer of an upstream, as live in shared memory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peer {
@@ -149,8 +160,8 @@ pub struct Peer {
     /// without one. `shift_pin` and `shiftctl --to` can name it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
-    /// Whether it takes new requests now: weight above 0, state `up`, not unhealthy, and
-    /// healthy when checks are `mandatory`. The module decides it, the one place that does.
+    /// Whether it takes new requests now: weight above 0, state `up`, not unhealthy, not
+    /// ejected, and healthy when checks are `mandatory`. The module decides it, the one place that does.
     #[serde(default)]
     pub eligible: bool,
     /// A `backup` server: used only when no primary peer can take a request.
@@ -174,6 +185,9 @@ pub struct Peer {
     /// ends (absent otherwise).
     #[serde(flatten)]
     pub ramp: Option<Ramp>,
+    /// Its ejections by `shift_eject`; `eligible` is false while it is ejected.
+    #[serde(flatten)]
+    pub ejection: Ejection,
     /// The weight the config gives it; `weight` differs once changed at run time.
     pub config_weight: u32,
     /// Requests sent to this peer (every attempt, retries included).

@@ -118,6 +118,7 @@ mod tests {
             joined_ms: 100,
             resolved_ms: (origin == PeerOrigin::Resolved).then_some(1_000),
             ramp: None,
+            ejection: Default::default(),
             config_weight: 1,
             requests: 0,
             failures: 0,
@@ -158,6 +159,7 @@ mod tests {
         let looked_up = Peer {
             resolved_ms: Some(1_001),
             ramp: None,
+            ejection: Default::default(),
             ..old.clone()
         };
         let missing = baseline.missing(0, &looked_up).unwrap().unwrap();

@@ -233,6 +233,7 @@ fn new_peer_view(wanted: &DesiredPeer) -> Peer {
         joined_ms: 0,
         resolved_ms: None,
         ramp: None,
+        ejection: Default::default(),
         config_weight: wanted.weight,
         requests: 0,
         failures: 0,

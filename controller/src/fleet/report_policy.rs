@@ -104,6 +104,7 @@ fn strip_peer(peer: &Peer, counters: bool) -> Peer {
     let timeless = Peer {
         resolved_ms: None,
         ramp: None,
+        ejection: Default::default(),
         check: peer.check.as_ref().map(|check| CheckStatus {
             last_check_ms: None,
             consecutive_fails: 0,
@@ -150,6 +151,7 @@ mod tests {
                     joined_ms: 1,
                     resolved_ms: None,
                     ramp: None,
+                    ejection: Default::default(),
                     config_weight: 1,
                     requests,
                     failures: 0,

@@ -75,6 +75,7 @@ mod tests {
             joined_ms: 0,
             resolved_ms: None,
             ramp: None,
+            ejection: Default::default(),
             config_weight: weight,
             requests: 12,
             failures: 1,

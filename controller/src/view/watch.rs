@@ -146,6 +146,7 @@ mod tests {
             joined_ms: 0,
             resolved_ms: None,
             ramp: None,
+            ejection: Default::default(),
             config_weight: 1,
             requests,
             failures: 0,

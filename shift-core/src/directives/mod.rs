@@ -4,6 +4,7 @@
 
 mod api;
 mod check;
+mod eject;
 mod resolve;
 mod shift;
 mod slow_start;
@@ -14,6 +15,7 @@ use std::fmt;
 
 pub use api::{parse_shift_api, Principal, Readers, ShiftApiArgs, DEFAULT_API_CONNECTIONS};
 pub use check::{parse_shift_check, CheckArgs, CheckKind};
+pub use eject::parse_shift_eject;
 pub use resolve::{parse_shift_resolve, ResolvedName};
 pub use shift::{duplicate_address, parse_shift, ShiftArgs};
 pub use slow_start::parse_shift_slow_start;

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use shift_wire::{
-    CheckStatus, Health, Peer, PeerOrigin, PeerState, PinCounts, Ramp, ResponseCounts,
+    CheckStatus, Ejection, Health, Peer, PeerOrigin, PeerState, PinCounts, Ramp, ResponseCounts,
 };
 
 use super::eligible;
@@ -260,6 +260,13 @@ pub struct PeerSlot {
     /// them since the table began, or never): where its slow start ramps from
     /// (`crate::slow_start`). Set under the write lock, with the change that made it eligible.
     pub(crate) ramp_from_ms: AtomicU64,
+    /// Its attempts that failed in a row, as `shift_eject` counts failures (any worker's; a
+    /// success sets it back to 0).
+    pub(crate) consecutive_failures: AtomicU32,
+    /// How many times `shift_eject` ejected it (the next ejection lasts one base longer).
+    pub(crate) ejections: AtomicU32,
+    /// Until when it is ejected (Unix ms; 0: it is not). Set and cleared under the write lock.
+    pub(crate) ejected_until_ms: AtomicU64,
     /// The label the config gives it, and the one it has now (the API may have changed it).
     pub(crate) config_label: LabelCell,
     pub(crate) label: LabelCell,
@@ -300,6 +307,9 @@ impl PeerSlot {
             source: AtomicU64::new(0),
             resolved_ms: AtomicU64::new(0),
             ramp_from_ms: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
             config_label: LabelCell::new(config.label),
             label: LabelCell::new(config.label),
             response_time: LatencyCell::new(),
@@ -480,12 +490,7 @@ impl PeerSlot {
         (slow_start, now_ms): (SlowStart, u64),
     ) -> Peer {
         let count = |class: usize| self.responses[class].load(Ordering::Relaxed);
-        let eligible = eligible(
-            values.weight,
-            values.state,
-            values.health,
-            checks == CheckMode::Mandatory,
-        );
+        let eligible = values.eligible(checks == CheckMode::Mandatory);
         let ramp = slow_start
             .ramp_ends_ms(values.ramp_from_ms)
             .filter(|&ends| eligible && now_ms < ends)
@@ -505,6 +510,10 @@ impl PeerSlot {
             label: values.label.to_wire(),
             eligible,
             ramp,
+            ejection: Ejection {
+                ejections: self.ejections.load(Ordering::Relaxed),
+                ejected_until_ms: Some(values.ejected_until_ms).filter(|&until| until != 0),
+            },
             backup: self.backup.load(Ordering::Relaxed),
             origin: self.origin(),
             joined_ms: self.joined_ms(),
@@ -538,6 +547,15 @@ pub(crate) struct PeerValues {
     pub(crate) health: Health,
     pub(crate) label: Label,
     pub(crate) ramp_from_ms: u64,
+    /// Until when `shift_eject` keeps it out (0: not ejected).
+    pub(crate) ejected_until_ms: u64,
+}
+
+impl PeerValues {
+    /// Whether it takes new requests: `table::eligible`, and not ejected.
+    pub(crate) fn eligible(&self, mandatory: bool) -> bool {
+        self.ejected_until_ms == 0 && eligible(self.weight, self.state, self.health, mandatory)
+    }
 }
 
 impl PeerValues {
@@ -548,6 +566,7 @@ impl PeerValues {
             health: peer.health(),
             label: peer.label(),
             ramp_from_ms: peer.ramp_from_ms.load(Ordering::Relaxed),
+            ejected_until_ms: peer.ejected_until_ms.load(Ordering::Relaxed),
         }
     }
 }

@@ -76,6 +76,9 @@ fn start_instance(slot: &PeerSlot, at_ms: u64) {
     slot.response_time.clear();
     slot.header_time.clear();
     slot.ramp_from_ms.store(0, Ordering::Relaxed);
+    slot.consecutive_failures.store(0, Ordering::Relaxed);
+    slot.ejections.store(0, Ordering::Relaxed);
+    slot.ejected_until_ms.store(0, Ordering::Relaxed);
 }
 
 /// A slot becoming current at `at_ms` that never was before (a new `server` line, a run-time
@@ -307,8 +310,14 @@ mod tests {
             .record_check(1, NOW_MS, Ok(()), 1, 1, NOW_MS + 5, 1, |_| true)
             .unwrap();
         table_with.claim_check(1, 1_000, 5_000);
+        let eject = crate::eject::EjectArgs {
+            max_percent: 100,
+            ..Default::default()
+        };
+        table_with.eject(1, &eject, NOW_MS, 1, |_| true).unwrap();
         let first = table_with.to_wire(&[], NOW_MS).peers[1].clone();
         assert_eq!((first.requests, first.health), (1, Health::Healthy));
+        assert_eq!(first.ejection.ejections, 1);
 
         // Removed, then the address comes back within the same millisecond (the slot is still
         // held by a worker's list): another instance, with nothing of the first one's.
@@ -324,6 +333,7 @@ mod tests {
         );
         assert_eq!(second.health, Health::Unchecked);
         assert_eq!((second.requests, second.failures), (0, 0));
+        assert_eq!(second.ejection, shift_wire::Ejection::default());
         assert_eq!(second.responses.server_error, 0);
         assert!(second.response_time.counts.iter().all(|&count| count == 0));
         assert_eq!(second.header_time.sum_ms, 0);

@@ -21,6 +21,7 @@
 //! references to them, and the tests use ordinary heap memory.
 
 mod carry;
+mod ejection;
 mod label;
 mod latency;
 mod layout;
@@ -34,6 +35,7 @@ use std::sync::atomic::{fence, Ordering};
 use shift_wire::{Health, PeerState, Upstream};
 
 pub use carry::{CarriedCounters, CarriedPeer, CarryNote};
+pub use ejection::{Ejected, Returned};
 pub use label::{BadLabel, Label, LABEL_CAPACITY};
 pub(crate) use layout::PeerValues;
 pub use layout::{
@@ -50,10 +52,11 @@ const READ_ATTEMPTS: usize = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route {
     pub weight: u32,
-    /// False for weight 0, `drain`, `down` and unhealthy peers: they get no new requests.
+    /// False for weight 0, `drain`, `down`, unhealthy and ejected peers: they get no new
+    /// requests.
     pub eligible: bool,
     /// Whether `shift_pin` may send a request to it: whatever its weight and state, unless its
-    /// health check calls it unhealthy.
+    /// health check calls it unhealthy or `shift_eject` ejected it.
     pub pinnable: bool,
     pub label: Label,
     /// When its slow start began (`crate::slow_start`), 0 for none.
@@ -123,8 +126,8 @@ impl<'a> Table<'a> {
                 let values = PeerValues::of(peer);
                 Route {
                     weight: values.weight,
-                    eligible: eligible(values.weight, values.state, values.health, mandatory),
-                    pinnable: values.health != Health::Unhealthy,
+                    eligible: values.eligible(mandatory),
+                    pinnable: values.health != Health::Unhealthy && values.ejected_until_ms == 0,
                     label: values.label,
                     ramp_from_ms: values.ramp_from_ms,
                 }
