@@ -117,6 +117,37 @@ fn a_target_that_fails_every_request_is_rolled_back_within_fifty_failures() {
 }
 
 #[test]
+fn a_target_ejected_by_shift_eject_fails_its_step_at_once() {
+    let _alone = alone();
+    // Its failures eject it long before the error gate has the requests it needs.
+    let site = BlueGreen::start("shift_eject consecutive=3 base=5m max=5m max_percent=50;");
+    site.green.set_status(500);
+    let _load = PacedLoad::start(site.port, 1000);
+    let output = canary(
+        &site,
+        &[
+            "--steps",
+            "5,25,50,100",
+            "--interval",
+            "10s",
+            "--min-requests",
+            "500",
+        ],
+    );
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let green = site.green.addr().to_string();
+    assert!(
+        stderr.contains("rolled back because step 1/4")
+            && stderr.contains(&format!("{green} was ejected")),
+        "{stderr}"
+    );
+    let peer = green_peer(&site);
+    assert_eq!(peer.ejection.ejections, 1);
+    assert!(peer.responses.server_error <= 10, "{peer:?}");
+}
+
+#[test]
 fn a_target_three_times_slower_is_rolled_back_one_ten_percent_slower_is_not() {
     let _alone = alone();
     let site = BlueGreen::start("");

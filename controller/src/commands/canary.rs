@@ -304,21 +304,35 @@ impl Watched<'_> {
         (Window::between(pairs.0), Window::between(pairs.1))
     }
 
-    /// A target peer the checks call unhealthy, with why.
-    fn sick(&self, states: &[Upstream]) -> Option<String> {
+    /// A target peer the checks call unhealthy, or that `shift_eject` took out since the step
+    /// began (`baseline`), with why: either fails the step at once.
+    fn sick(&self, baseline: &[Upstream], states: &[Upstream]) -> Option<String> {
         states.iter().enumerate().find_map(|(index, state)| {
+            let ejections_before = |server: &str| {
+                baseline
+                    .get(index)
+                    .and_then(|before| before.peers.iter().find(|peer| peer.server == server))
+                    .map_or(0, |peer| peer.ejection.ejections)
+            };
             state
                 .peers
                 .iter()
                 .filter(|peer| self.servers[index].contains(&peer.server))
-                .find(|peer| peer.health == Health::Unhealthy)
-                .map(|peer| {
-                    let reason = peer
-                        .check
-                        .as_ref()
-                        .and_then(|check| check.last_error.clone())
-                        .unwrap_or_default();
-                    format!("{} became unhealthy ({reason})", peer.server)
+                .find_map(|peer| {
+                    if peer.health == Health::Unhealthy {
+                        let reason = peer
+                            .check
+                            .as_ref()
+                            .and_then(|check| check.last_error.clone())
+                            .unwrap_or_default();
+                        return Some(format!("{} became unhealthy ({reason})", peer.server));
+                    }
+                    (peer.ejection.ejections > ejections_before(&peer.server)).then(|| {
+                        format!(
+                            "{} was ejected: its real requests failed in a row (shift_eject)",
+                            peer.server
+                        )
+                    })
                 })
         })
     }
@@ -344,7 +358,7 @@ async fn watch_step(
     loop {
         let states = ctx.fleet.read(upstream).await?;
         let (target, stable) = watched.windows(baseline, &states);
-        if let Some(why) = watched.sick(&states) {
+        if let Some(why) = watched.sick(baseline, &states) {
             return Ok((Watch::Failed(why), target, stable));
         }
         let compared = if stable.requests >= gates.min_requests {

@@ -1,5 +1,5 @@
-//! The status table of one upstream: each peer's weight, share of traffic, state, health and
-//! counters.
+//! The status table of one upstream: each peer's weight, share of traffic, state, health (or
+//! its ejection) and counters.
 
 use shift_wire::{Peer, Upstream};
 
@@ -37,13 +37,22 @@ pub fn render_table(upstream: &Upstream) -> String {
             peer.weight,
             share,
             peer.state.as_str(),
-            peer.health.as_str(),
+            health(peer),
             peer.requests,
             peer.failures,
             peer.active
         );
     }
     out
+}
+
+/// Its health, or `ejected` while `shift_eject` keeps it out (whatever its check says).
+fn health(peer: &Peer) -> &'static str {
+    if peer.ejection.ejected_until_ms.is_some() {
+        "ejected"
+    } else {
+        peer.health.as_str()
+    }
 }
 
 /// A primary peer the module says takes new requests (a backup one takes them only when no
@@ -123,6 +132,27 @@ mod tests {
         assert_eq!(rows[2][..5], ["127.0.0.1:8003", "-", "60", "-", "down"]);
         assert_eq!(rows[3][..5], ["127.0.0.1:8004", "(backup)", "-", "5", "-"]);
         assert_eq!(rows[0][5..], ["unchecked", "12", "1", "3"]);
+    }
+
+    #[test]
+    fn an_ejected_peer_says_so_in_place_of_its_health() {
+        let mut ejected = peer("127.0.0.1:8002", 10, false, false);
+        ejected.state = PeerState::Up;
+        ejected.health = Health::Healthy;
+        ejected.ejection = shift_wire::Ejection {
+            ejections: 2,
+            ejected_until_ms: Some(1_800_000_000_000),
+        };
+        let upstream = Upstream {
+            name: "app".into(),
+            generation: 1,
+            peers: vec![peer("127.0.0.1:8001", 10, true, false), ejected],
+            pins: Default::default(),
+            slow_start_ms: None,
+        };
+        let rows = rows(&upstream);
+        assert_eq!(rows[1][3..6], ["-", "up", "ejected"]);
+        assert_eq!(rows[0][5], "unchecked");
     }
 
     #[test]
