@@ -20,7 +20,14 @@ fn unix_ms() -> u64 {
 fn site(good: &Backend, eject: &str) -> (Nginx, Admin, u16, String) {
     let (port, bad_port) = (free_port(), free_port());
     let bad = format!("127.0.0.1:{bad_port}");
-    let config = format!(
+    let nginx = Nginx::start(NginxOptions::new(site_config(good, &bad, port, eject)));
+    let admin = Admin::new(nginx.path("api.sock"), "/api/");
+    (nginx, admin, port, bad)
+}
+
+/// The `http {}` body of `site`.
+fn site_config(good: &Backend, bad: &str, port: u16, eject: &str) -> String {
+    format!(
         "upstream app {{\n    server {good};\n    server {bad};\n    shift;\n    \
          shift_check uri=/health interval=200ms;\n    {eject}\n}}\n\
          server {{\n    listen 127.0.0.1:{port};\n    location / {{ proxy_pass http://app; }}\n}}\n\
@@ -28,10 +35,7 @@ fn site(good: &Backend, eject: &str) -> (Nginx, Admin, u16, String) {
          location / {{ return 500 bad; }}\n}}\n\
          server {{\n    listen unix:{{prefix}}/api.sock;\n    location /api/ {{ shift_api; }}\n}}\n",
         good = good.addr()
-    );
-    let nginx = Nginx::start(NginxOptions::new(config));
-    let admin = Admin::new(nginx.path("api.sock"), "/api/");
-    (nginx, admin, port, bad)
+    )
 }
 
 /// `count` requests, one after another, each on a new connection so that both workers take
@@ -137,6 +141,34 @@ fn a_peer_failing_real_requests_is_out_after_exactly_n_failures_until_its_time_t
         said(&format!("peer {bad} is back from its ejection")),
         1,
         "{log}"
+    );
+}
+
+#[test]
+fn a_reload_that_takes_shift_eject_away_lets_the_ejected_peer_back() {
+    let good = Backend::start("good");
+    let (mut nginx, admin, port, bad) = site(&good, "shift_eject consecutive=2 base=1h max=1h;");
+    assert!(wait_for(Duration::from_secs(5), || {
+        (admin.peer("app", &bad)?.health == shift_wire::Health::Healthy).then_some(())
+    })
+    .is_some());
+    assert_eq!(failed_of(port, 10), 2);
+    assert!(!admin.peer("app", &bad).unwrap().eligible);
+
+    nginx.reload(Some(&site_config(&good, &bad, port, "")));
+    let back = wait_for(Duration::from_secs(5), || {
+        let peer = admin.peer("app", &bad)?;
+        peer.eligible.then_some(peer)
+    })
+    .expect("back once shift_eject is gone");
+    assert_eq!(back.ejection.ejected_until_ms, None);
+    assert!(failed_of(port, 10) > 0, "it takes requests again");
+    assert!(
+        nginx.error_log().contains(&format!(
+            "peer {bad} is back from its ejection: the upstream has no shift_eject any more"
+        )),
+        "{}",
+        nginx.error_log()
     );
 }
 

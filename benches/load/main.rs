@@ -1,8 +1,8 @@
 //! Load benchmarks against real processes: the data-path cost of the module, how fast a switch
 //! takes effect (the module's API, shiftctl, `nginx -s reload`, HAProxy's runtime API; idle and
 //! under load), whether every change acknowledged during a reload storm is applied, how many
-//! requests fail while traffic moves under load, and how fast a fleet of Nginx hosts applies a
-//! desired state written to etcd.
+//! requests fail while traffic moves under load or while a peer fails real requests, and how
+//! fast a fleet of Nginx hosts applies a desired state written to etcd.
 //!
 //! `cargo bench --bench load` runs them in full and prints a Markdown report (see
 //! scripts/bench.sh and BENCHMARKS.md). Run without `--bench` — as `cargo test --all-targets`
@@ -22,6 +22,7 @@ use harness::{
 };
 
 mod data_path;
+mod eject;
 mod fleet;
 mod fleet_history;
 mod peers;
@@ -33,6 +34,7 @@ mod wrk;
 mod zero_downtime;
 
 use data_path::data_path;
+use eject::failing_peer;
 use fleet::fleet_sync;
 use fleet_history::fleet_history;
 use harness::{wrk, wrk_result};
@@ -132,12 +134,13 @@ fn main() {
         .filter(|arg| !arg.starts_with('-'))
         .collect();
     type Scenario = (&'static str, fn(&Settings));
-    let scenarios: [Scenario; 9] = [
+    let scenarios: [Scenario; 10] = [
         ("data_path", data_path),
         ("switch_latency", switch_latency),
         ("peer_changes", peer_changes),
         ("api_at_scale", api_at_scale),
         ("resolve_cost", resolve_cost),
+        ("failing_peer", failing_peer),
         ("reload_storm", reload_storm),
         ("zero_downtime", zero_downtime),
         ("fleet_sync", fleet_sync),

@@ -9,7 +9,7 @@ use ngx::ngx_log_error;
 use crate::conf::UpstreamConf;
 use crate::peer_list::PeerList;
 use shift_core::process::{own_token, token_alive};
-use shift_core::table::{PeerSlot, Table};
+use shift_core::table::{Early, PeerSlot, Table};
 
 /// After an attempt on `slot` ended (`failed` as Nginx says, `status` its response's), from the
 /// request's `list` (null: the configuration's own peers).
@@ -70,15 +70,14 @@ pub fn after_attempt(
     }
 }
 
-/// From the worker's tick: lets back the upstream's peers whose ejection is over.
+/// From the worker's tick: lets back the upstream's peers whose ejection is over, or all of
+/// them once a reload took its `shift_eject` away.
 pub fn tick(conf: &UpstreamConf, log: *mut ngx_log_t) {
-    let Some(args) = &conf.eject else {
-        return;
-    };
     let Some(table) = table_of(conf, conf.routing.list) else {
         return;
     };
-    match table.end_ejections(args, crate::clock::unix_ms(), own_token(), token_alive) {
+    let now_ms = crate::clock::unix_ms();
+    match table.end_ejections(conf.eject.as_ref(), now_ms, own_token(), token_alive) {
         Ok(returned) => {
             for peer in returned {
                 ngx_log_error!(
@@ -87,10 +86,10 @@ pub fn tick(conf: &UpstreamConf, log: *mut ngx_log_t) {
                     "shift: upstream \"{}\" peer {} is back from its ejection{}",
                     table.name(),
                     peer.server,
-                    if peer.early {
-                        " early: too few other peers take requests (panic)"
-                    } else {
-                        ""
+                    match peer.early {
+                        Early::No => "",
+                        Early::Panic => " early: too few other peers take requests (panic)",
+                        Early::EjectionOff => ": the upstream has no shift_eject any more",
                     }
                 );
             }

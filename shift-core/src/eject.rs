@@ -46,9 +46,10 @@ impl Default for EjectArgs {
 pub struct Standing {
     /// The upstream's primary peers.
     pub peers: usize,
-    /// Those ejected now.
+    /// Those ejected now that would take requests otherwise (up, weight above 0, not
+    /// unhealthy).
     pub ejected: usize,
-    /// Those that take new requests now (not ejected).
+    /// Those that take new requests now.
     pub eligible: usize,
 }
 

@@ -41,8 +41,10 @@ pub fn parse_shift_eject(args: &[&str]) -> Result<EjectArgs, DirectiveError> {
                     .ok_or_else(|| invalid(param, "max=TIME above 0 and up to 24h, e.g. 300s"))?;
             }
             "max_percent" => {
+                // 0 would still let one peer out (at least one always may): refused.
                 eject.max_percent = parse_percent(value.strip_suffix('%').unwrap_or(value))
-                    .ok_or_else(|| invalid(param, "max_percent=N from 0 to 100, e.g. 10"))?;
+                    .filter(|&percent| percent > 0)
+                    .ok_or_else(|| invalid(param, "max_percent=N from 1 to 100, e.g. 10"))?;
             }
             "panic" => {
                 eject.panic_percent = value
@@ -131,6 +133,7 @@ mod tests {
         assert!(refused(&["base=0s"]).contains("base=TIME"));
         assert!(refused(&["max=25h"]).contains("up to 24h"));
         assert!(refused(&["max_percent=101"]).contains("max_percent=N"));
+        assert!(refused(&["max_percent=0"]).contains("from 1 to 100"));
         assert!(refused(&["panic=50"]).contains("panic=N%"));
         assert!(refused(&["status=600"]).contains("status=LIST"));
         assert!(refused(&["status=504-500"]).contains("status=LIST"));

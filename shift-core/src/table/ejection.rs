@@ -23,8 +23,17 @@ pub struct Ejected {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Returned {
     pub server: String,
-    /// Ended before its time: too few peers were left to keep any out (`panic`).
-    pub early: bool,
+    pub early: Early,
+}
+
+/// Why an ejection ended before its time, if it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Early {
+    No,
+    /// Too few peers were left to keep any out (`panic`).
+    Panic,
+    /// The upstream has no `shift_eject` any more.
+    EjectionOff,
 }
 
 impl PeerSlot {
@@ -44,7 +53,20 @@ impl PeerSlot {
             }
             return false;
         }
-        self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1 == consecutive
+        // The failure that completes a run takes the count back to 0 in the same step: one
+        // worker weighs the ejection, and a run is never left past the threshold (a lock that
+        // was busy, or a reload that lowered `consecutive`) where no failure would complete it.
+        let before = self
+            .consecutive_failures
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |count| {
+                Some(if count + 1 >= consecutive {
+                    0
+                } else {
+                    count + 1
+                })
+            })
+            .unwrap_or_default();
+        before + 1 >= consecutive
     }
 
     fn ejected_until_ms(&self) -> u64 {
@@ -53,10 +75,11 @@ impl PeerSlot {
 }
 
 impl<'a> Table<'a> {
-    /// After the `consecutive`-th failure in a row of peer `index`: ejects it for as long as
-    /// its number of ejections says, if it still takes requests and the upstream's bounds allow
-    /// (`EjectArgs::may_eject`, counted over this view's peers). Its count starts over either
-    /// way, so a peer the bounds keep in is weighed again after as many failures.
+    /// After the `consecutive`-th failure in a row of peer `index` (whose count then started
+    /// over): ejects it for as long as its number of ejections says, if it is a primary peer
+    /// that still takes requests and the upstream's bounds allow (`EjectArgs::may_eject`,
+    /// counted over this view's peers). A peer the bounds keep in is weighed again after as
+    /// many failures.
     pub fn eject(
         &self,
         index: usize,
@@ -67,10 +90,11 @@ impl<'a> Table<'a> {
     ) -> Result<Option<Ejected>, LockError> {
         let guard = self.lock(pid, is_alive)?;
         let peer = self.peers[index];
-        peer.consecutive_failures.store(0, Ordering::Relaxed);
         let mandatory = self.header.checks() == CheckMode::Mandatory;
         let out_already = peer.ejected_until_ms() != 0;
-        if out_already || !peer.is_current() || !takes_requests(peer, mandatory) {
+        // Backup peers are outside the bounds, which count the primary ones: never ejected.
+        let backup = peer.backup.load(Ordering::Relaxed);
+        if out_already || backup || !peer.is_current() || !takes_requests(peer, mandatory) {
             return Ok(None);
         }
         if !args.may_eject(self.standing(mandatory)) {
@@ -91,35 +115,42 @@ impl<'a> Table<'a> {
         }))
     }
 
-    /// Lets back the peers whose ejection is over at `now_ms` (Unix ms), or every ejected peer
-    /// when too few others take requests (`EjectArgs::in_panic`); each comes back through its
-    /// slow start. Without anything to end it takes no lock (a worker asks once a second).
+    /// Lets back the peers whose ejection is over at `now_ms` (Unix ms); every ejected peer
+    /// when too few others take requests (`EjectArgs::in_panic`), or when the upstream has no
+    /// `shift_eject` any more (`args` is `None`: a reload took it away). Each comes back
+    /// through its slow start. Without anything to end it takes no lock (a worker asks once a
+    /// second).
     pub fn end_ejections(
         &self,
-        args: &EjectArgs,
+        args: Option<&EjectArgs>,
         now_ms: u64,
         pid: u64,
         is_alive: impl Fn(u64) -> bool,
     ) -> Result<Vec<Returned>, LockError> {
         let mandatory = self.header.checks() == CheckMode::Mandatory;
-        let due = |panic: bool| -> Vec<(&PeerSlot, bool)> {
+        let due = || -> Vec<(&PeerSlot, Early)> {
+            let all = match args {
+                None => Some(Early::EjectionOff),
+                Some(args) => args
+                    .in_panic(self.standing(mandatory))
+                    .then_some(Early::Panic),
+            };
             self.peers
                 .iter()
                 .filter(|peer| peer.ejected_until_ms() != 0)
-                .filter_map(|&peer| {
-                    let over = is_over(peer.ejected_until_ms(), now_ms);
-                    (over || panic).then_some((peer, !over))
+                .filter_map(|&peer| match all {
+                    _ if is_over(peer.ejected_until_ms(), now_ms) => Some((peer, Early::No)),
+                    Some(early) => Some((peer, early)),
+                    None => None,
                 })
                 .collect()
         };
-        if self.peers.iter().all(|peer| peer.ejected_until_ms() == 0)
-            || due(args.in_panic(self.standing(mandatory))).is_empty()
-        {
+        if self.peers.iter().all(|peer| peer.ejected_until_ms() == 0) || due().is_empty() {
             return Ok(Vec::new());
         }
         let guard = self.lock(pid, is_alive)?;
         // Again under the lock: another worker may have let them back meanwhile.
-        let ending = due(args.in_panic(self.standing(mandatory)));
+        let ending = due();
         if ending.is_empty() {
             return Ok(Vec::new());
         }
@@ -142,7 +173,8 @@ impl<'a> Table<'a> {
             .collect())
     }
 
-    /// How this view's current primary peers stand, for `shift_eject`'s bounds.
+    /// How this view's current primary peers stand, for `shift_eject`'s bounds: `peers`
+    /// counts them all, `ejected` and `eligible` those that could take requests.
     fn standing(&self, mandatory: bool) -> Standing {
         let mut standing = Standing::default();
         for peer in self.peers {
@@ -150,9 +182,14 @@ impl<'a> Table<'a> {
                 continue;
             }
             standing.peers += 1;
+            // An ejected peer that could not take requests anyway (drained, unhealthy) is
+            // neither: it holds no place under `max_percent` and no share under `panic`.
+            if !takes_requests(peer, mandatory) {
+                continue;
+            }
             if peer.ejected_until_ms() != 0 {
                 standing.ejected += 1;
-            } else if takes_requests(peer, mandatory) {
+            } else {
                 standing.eligible += 1;
             }
         }
@@ -193,6 +230,11 @@ mod tests {
         assert!(!peer.count_outcome(true, 3));
         assert!(!peer.count_outcome(true, 3));
         assert!(peer.count_outcome(true, 3));
+        // That failure started the count over.
+        assert!(!peer.count_outcome(true, 3));
+        assert!(!peer.count_outcome(true, 3));
+        // A reload that lowers the threshold below the count: the next failure completes it.
+        assert!(peer.count_outcome(true, 1));
     }
 
     #[test]
@@ -220,16 +262,16 @@ mod tests {
         // Failures of attempts begun before it went out count for nothing.
         assert!(!table.peers()[0].count_outcome(true, 1));
 
-        let not_yet = table.end_ejections(&args(), NOW_MS + 999, 1, ALIVE);
+        let not_yet = table.end_ejections(Some(&args()), NOW_MS + 999, 1, ALIVE);
         assert_eq!(not_yet, Ok(Vec::new()));
         let back = table
-            .end_ejections(&args(), NOW_MS + 1_000, 1, ALIVE)
+            .end_ejections(Some(&args()), NOW_MS + 1_000, 1, ALIVE)
             .unwrap();
         assert_eq!(
             back,
             [Returned {
                 server: "a:1".into(),
-                early: false
+                early: Early::No
             }]
         );
         assert_eq!(eligible(table), [true, true, true]);
@@ -244,7 +286,7 @@ mod tests {
         let second = table.eject(0, &args(), NOW_MS, 1, ALIVE).unwrap().unwrap();
         assert_eq!((second.ejections, second.for_ms), (2, 2_000));
         table
-            .end_ejections(&args(), NOW_MS + 2_000, 1, ALIVE)
+            .end_ejections(Some(&args()), NOW_MS + 2_000, 1, ALIVE)
             .unwrap();
         let third = table.eject(0, &args(), NOW_MS, 1, ALIVE).unwrap().unwrap();
         assert_eq!((third.ejections, third.for_ms), (3, 2_500));
@@ -278,12 +320,14 @@ mod tests {
             }],
             NOW_MS,
         );
-        let back = table.end_ejections(&bounded, NOW_MS + 1, 1, ALIVE).unwrap();
+        let back = table
+            .end_ejections(Some(&bounded), NOW_MS + 1, 1, ALIVE)
+            .unwrap();
         assert_eq!(
             back,
             [Returned {
                 server: "a:1".into(),
-                early: true
+                early: Early::Panic
             }]
         );
         assert_eq!(eligible(table), [true, false]);
@@ -292,5 +336,53 @@ mod tests {
             Ok(None),
             "the last peer is never ejected"
         );
+    }
+
+    #[test]
+    fn backups_are_never_ejected_and_a_reload_without_eject_lets_everyone_back() {
+        let owned = OwnedTable::new(
+            "app",
+            &[("a:1", 1, false), ("b:1", 1, false), ("c:1", 1, false)],
+        );
+        let table = owned.view();
+        owned.peers[2].backup.store(true, Ordering::Relaxed);
+        assert_eq!(table.eject(2, &args(), NOW_MS, 1, ALIVE), Ok(None));
+        assert!(table.eject(0, &args(), NOW_MS, 1, ALIVE).unwrap().is_some());
+        let back = table.end_ejections(None, NOW_MS + 1, 1, ALIVE).unwrap();
+        assert_eq!(
+            back,
+            [Returned {
+                server: "a:1".into(),
+                early: Early::EjectionOff
+            }]
+        );
+        assert_eq!(eligible(table), [true, true, true]);
+    }
+
+    #[test]
+    fn an_ejected_peer_that_is_drained_holds_no_place_under_the_bounds() {
+        let owned = OwnedTable::checked("app", &["a:1", "b:1", "c:1"], CheckMode::Off);
+        let table = owned.view();
+        let one_at_a_time = EjectArgs {
+            max_percent: 34,
+            ..args()
+        };
+        assert!(table
+            .eject(0, &one_at_a_time, NOW_MS, 1, ALIVE)
+            .unwrap()
+            .is_some());
+        assert_eq!(table.eject(1, &one_at_a_time, NOW_MS, 1, ALIVE), Ok(None));
+        table.lock(1, ALIVE).unwrap().apply(
+            &[crate::table::PeerChange {
+                index: 0,
+                state: Some(shift_wire::PeerState::Drain),
+                ..Default::default()
+            }],
+            NOW_MS,
+        );
+        assert!(table
+            .eject(1, &one_at_a_time, NOW_MS, 1, ALIVE)
+            .unwrap()
+            .is_some());
     }
 }

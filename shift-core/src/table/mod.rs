@@ -35,7 +35,7 @@ use std::sync::atomic::{fence, Ordering};
 use shift_wire::{Health, PeerState, Upstream};
 
 pub use carry::{CarriedCounters, CarriedPeer, CarryNote};
-pub use ejection::{Ejected, Returned};
+pub use ejection::{Early, Ejected, Returned};
 pub use label::{BadLabel, Label, LABEL_CAPACITY};
 pub(crate) use layout::PeerValues;
 pub use layout::{
