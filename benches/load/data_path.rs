@@ -27,6 +27,10 @@ pub(crate) fn data_path(settings: &Settings) {
             format!("{servers} shift; shift_check interval=1s; keepalive 64;"),
         ),
         (
+            "shift, with shift_check and shift_eject",
+            format!("{servers} shift; shift_check interval=1s; shift_eject; keepalive 64;"),
+        ),
+        (
             "shift, shift_sticky with a new key per request",
             format!(
                 "{servers} shift; shift_check interval=1s; shift_sticky $connection:$connection_requests; keepalive 64;"
