@@ -23,6 +23,7 @@ pub fn start(conf: &mut UpstreamConf, header: &TableHeader, now_ms: u64) {
     routing.ramp_weights_ms = 0;
     routing.ramp_scaled = false;
     for (index, route) in routing.routes.iter().enumerate() {
+        let slow_start = slow_start.with_window(route.ramp_window_ms);
         if route.eligible && slow_start.ramps(route.ramp_from_ms, now_ms) {
             routing.ramping.push(index);
         }
@@ -53,7 +54,9 @@ pub fn follow(conf: &mut UpstreamConf, header: &TableHeader, now_ms: u64) {
             return false;
         };
         let whole = route.weight * RAMP_SCALE;
-        let weight = slow_start.effective_weight(whole, route.ramp_from_ms, now_ms);
+        let weight = slow_start
+            .with_window(route.ramp_window_ms)
+            .effective_weight(whole, route.ramp_from_ms, now_ms);
         // SAFETY: the list's or the configuration's round-robin peers, alive while this worker
         // routes with them and touched only by this (single-threaded) worker.
         let peer = unsafe { &mut *peer };

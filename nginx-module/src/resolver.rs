@@ -396,6 +396,7 @@ fn apply(
                     origin: PeerOrigin::Resolved,
                     source,
                     at_ms: answered_ms,
+                    slow_start_ms: None,
                 };
                 guard.add_peer(slot, &addition, order, epoch);
                 order += 1;

@@ -57,6 +57,21 @@ impl SlowStart {
         }
     }
 
+    /// The slow start of one peer's ramp: the upstream's, with the window the change that
+    /// started the ramp gave it (`window_ms` above 0: a `slow_start` in the API) in its place.
+    /// Without `shift_slow_start` such a ramp rises linearly from 10%.
+    pub fn with_window(self, window_ms: u32) -> SlowStart {
+        match window_ms {
+            0 => self,
+            _ if self.is_on() => SlowStart { window_ms, ..self },
+            _ => SlowStart {
+                window_ms,
+                min_permille: 100,
+                aggression_centi: 100,
+            },
+        }
+    }
+
     /// When a ramp that began at `ramp_from_ms` ends; `None` without one (0: the peer has taken
     /// requests since the table began, or slow start is off).
     pub fn ramp_ends_ms(&self, ramp_from_ms: u64) -> Option<u64> {
@@ -112,6 +127,31 @@ mod tests {
         assert_eq!(at(9_999), 500);
         assert_eq!(at(10_000), 500);
         assert_eq!(TEN_S.ramp_ends_ms(1_000), Some(11_000));
+    }
+
+    #[test]
+    fn a_ramp_of_its_own_keeps_the_upstreams_curve_or_rises_linearly_from_ten_percent() {
+        let eager = SlowStart {
+            aggression_centi: 200,
+            min_permille: 50,
+            ..TEN_S
+        };
+        assert_eq!(eager.with_window(0), eager);
+        assert_eq!(
+            eager.with_window(3_000),
+            SlowStart {
+                window_ms: 3_000,
+                ..eager
+            }
+        );
+        assert_eq!(
+            SlowStart::OFF.with_window(3_000),
+            SlowStart {
+                window_ms: 3_000,
+                ..TEN_S
+            }
+        );
+        assert_eq!(SlowStart::OFF.with_window(0), SlowStart::OFF);
     }
 
     #[test]

@@ -272,6 +272,10 @@ pub struct PeerPatch {
     /// A new label; `""` takes the label away.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// The window of the slow start this change begins if it lets the peer take requests
+    /// (`"30s"`; `"0s"`: none), in place of the upstream's `shift_slow_start`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_start: Option<String>,
 }
 
 /// `PATCH upstreams/{name}`: applied all or nothing, as one new generation.
@@ -302,6 +306,10 @@ pub struct NewPeer {
     /// None when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// The window of its slow start (`"30s"`; `"0s"`: none), in place of the upstream's
+    /// `shift_slow_start`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_start: Option<String>,
     /// When set, the peer is added only if the upstream is still at this generation (else 409).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect_generation: Option<u64>,

@@ -37,6 +37,7 @@ pub async fn add(
         weight: Some(weight),
         state: Some(state),
         label,
+        slow_start: None,
         expect_generation: None,
     };
     let states = ctx.fleet.add_peer(upstream, &peer).await?;

@@ -118,6 +118,7 @@ async fn start_replica(
             state: Some(PeerState::Down),
             // The new replica runs the version of the one it replaces.
             label: replacing.label.clone(),
+            slow_start: None,
             expect_generation: None,
         };
         states = ctx

@@ -142,6 +142,8 @@ pub fn with_peer(
         weight: new.weight,
         state: new.state,
         label: new.label.clone(),
+        // The fleet's desired state holds no ramps; `--slow-start` is refused with `--etcd`.
+        slow_start: None,
     };
     apply_peer_patch(&mut peer, &change)?;
     let mut next = desired.clone();
@@ -276,6 +278,7 @@ pub fn converge(desired: &DesiredUpstream, local: &Upstream) -> Convergence {
                     weight: Some(wanted.weight),
                     state: Some(wanted.state),
                     label: wanted.label.clone(),
+                    slow_start: None,
                     expect_generation: None,
                 });
             } else {
@@ -291,6 +294,7 @@ pub fn converge(desired: &DesiredUpstream, local: &Upstream) -> Convergence {
             weight: (peer.weight != wanted.weight).then_some(wanted.weight),
             state: (peer.state != wanted.state).then_some(wanted.state),
             label: (peer.label != wanted.label).then(|| wanted.label.clone().unwrap_or_default()),
+            slow_start: None,
         };
         if change != PeerPatch::default() {
             plan.patch.insert(wanted.server.clone(), change);
@@ -442,6 +446,7 @@ mod tests {
             weight: None,
             state: None,
             label: None,
+            slow_start: None,
             expect_generation: None,
         };
         assert_eq!(with_peer(&desired, &new, 9), Err(refused.clone()));
@@ -518,6 +523,7 @@ mod tests {
                 weight: Some(10),
                 state: Some(PeerState::Drain),
                 label: Some("green".into()),
+                slow_start: None,
             })
         );
         assert_eq!(plan.remove, ["old:1"]);
@@ -541,6 +547,7 @@ mod tests {
             weight: Some(2),
             state: None,
             label: Some("green".into()),
+            slow_start: None,
             expect_generation: None,
         };
         let added = with_peer(&desired, &new, 1).unwrap();

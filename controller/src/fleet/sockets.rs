@@ -81,6 +81,7 @@ impl Sockets {
                 weight: Some(peer.weight),
                 state: Some(peer.state),
                 label: peer.label.clone(),
+                slow_start: None,
                 expect_generation: None,
             });
         }

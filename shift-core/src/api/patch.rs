@@ -1,6 +1,7 @@
-//! `PATCH upstreams/NAME`: weights, states and labels of several peers, validated first,
-//! applied as one generation, then saved. The answer holds the new generation and the peers the
-//! PATCH named (`?full=1`: the whole upstream), so that its size follows the question.
+//! `PATCH upstreams/NAME`: weights, states and labels of several peers (and the slow start of
+//! the ramps it begins), validated first, applied as one generation, then saved. The answer
+//! holds the new generation and the peers the PATCH named (`?full=1`: the whole upstream), so
+//! that its size follows the question.
 
 use shift_wire::{PatchApplied, UpstreamPatch, MAX_BODY_BYTES, MAX_WEIGHT};
 
@@ -8,6 +9,7 @@ use super::query::Query;
 use super::{
     expect_generation, ok, too_large, unknown_peer, Endpoint, Failure, PendingSave, Respond, Writer,
 };
+use crate::slow_start::MAX_WINDOW_MS;
 use crate::table::{Label, PeerChange, PeerSlot, Table};
 
 pub(super) fn patch(endpoint: &Endpoint, body: &[u8], args: &str, writer: &Writer) -> Respond {
@@ -86,6 +88,7 @@ fn plan(table: Table, request: &UpstreamPatch) -> Result<Vec<PeerChange>, Failur
                     ),
                 ));
             }
+            let slow_start_ms = slow_start_of(server, change.slow_start.as_deref())?;
             let label = change
                 .label
                 .as_deref()
@@ -99,7 +102,35 @@ fn plan(table: Table, request: &UpstreamPatch) -> Result<Vec<PeerChange>, Failur
                 weight: change.weight,
                 state: change.state,
                 label,
+                slow_start_ms,
             })
         })
         .collect()
+}
+
+/// A peer's `slow_start` in a PATCH or POST, in ms: `"0s"` for none; up to 24 h.
+pub(super) fn slow_start_of(server: &str, text: Option<&str>) -> Result<Option<u32>, Failure> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    let zero = text
+        .trim_end_matches(|c: char| c.is_ascii_alphabetic())
+        .parse::<u64>()
+        == Ok(0);
+    let ms = if zero {
+        Ok(0)
+    } else {
+        shift_wire::parse_duration(text).map(|time| time.as_millis() as u64)
+    };
+    match ms {
+        Ok(ms) if ms <= MAX_WINDOW_MS => Ok(Some(ms as u32)),
+        _ => Err(Failure::new(
+            400,
+            "bad_request",
+            format!(
+                "slow_start \"{text}\" of peer \"{server}\" is not a duration from 0s to 24h, \
+                 e.g. \"30s\" (\"0s\": no slow start)"
+            ),
+        )),
+    }
 }

@@ -63,6 +63,7 @@ pub(super) fn add(
     let state = request.state.unwrap_or(PeerState::Up);
     let label = Label::parse(request.label.as_deref().unwrap_or(""))
         .map_err(|err| Failure::new(400, "bad_request", format!("peer \"{server}\": {err}")))?;
+    let slow_start_ms = super::patch::slow_start_of(&server, request.slow_start.as_deref())?;
     let table = endpoint.table;
     if table.peer_index(&server).is_some() {
         return Err(Failure::new(
@@ -88,12 +89,11 @@ pub(super) fn add(
         .max()
         .unwrap_or(0);
     let epoch = membership.next_epoch();
-    guard.add_peer(
-        slot,
-        &Addition::api(weight, state, label, received_ms),
-        order,
-        epoch,
-    );
+    let addition = Addition {
+        slow_start_ms,
+        ..Addition::api(weight, state, label, received_ms)
+    };
+    guard.add_peer(slot, &addition, order, epoch);
     drop(guard);
     let mut now: Vec<&PeerSlot> = table.peers().to_vec();
     now.push(slot);
@@ -246,6 +246,24 @@ mod tests {
     }
 
     #[test]
+    fn a_posted_peer_ramps_up_with_the_slow_start_it_was_given() {
+        let owned = app();
+        let mut membership = HeapMembership::default();
+        let reply = post(
+            &owned,
+            r#"{"server": "10.0.0.7:8000", "weight": 10, "slow_start": "20s"}"#,
+            &mut membership,
+        );
+        assert_eq!(reply.status, 201, "{}", reply.body);
+        let applied: PatchApplied = serde_json::from_str(&reply.body).unwrap();
+        let ramp = applied.peers[0].ramp.expect("it ramps");
+        assert_eq!(
+            (ramp.ramp_ends_ms, ramp.effective_weight),
+            (crate::table::test_support::NOW_MS + 20_000, 1)
+        );
+    }
+
+    #[test]
     fn addresses_are_written_as_the_status_lists_them() {
         let owned = app();
         let mut membership = HeapMembership::default();
@@ -277,6 +295,11 @@ mod tests {
                 r#"{"server": "10.0.0.7:80", "expect_generation": 7}"#,
                 409,
                 "conflict",
+            ),
+            (
+                r#"{"server": "10.0.0.7:80", "slow_start": "-1s"}"#,
+                400,
+                "bad_request",
             ),
         ] {
             let mut membership = HeapMembership::default();

@@ -144,6 +144,20 @@ fn patch_sets_and_takes_away_labels_as_a_generation() {
 }
 
 #[test]
+fn a_patch_gives_the_ramp_it_begins_its_own_slow_start() {
+    let owned = app();
+    let body = r#"{"peers": {"127.0.0.1:8001": {"state": "up", "slow_start": "30s"}}}"#;
+    let reply = call(&owned, "PATCH", "upstreams/app", body, WRITER);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let applied: PatchApplied = serde_json::from_str(&reply.body).unwrap();
+    let ramp = applied.peers[0].ramp.expect("it ramps");
+    assert_eq!(
+        ramp.ramp_ends_ms,
+        crate::table::test_support::NOW_MS + 30_000
+    );
+}
+
+#[test]
 fn bad_patches_get_their_status_and_change_nothing() {
     let owned = app();
     let before = owned
@@ -187,6 +201,17 @@ fn bad_patches_get_their_status_and_change_nothing() {
         // A good weight with a label that could pass for an address: neither is applied.
         (
             r#"{"peers": {"127.0.0.1:8000": {"weight": 5}, "127.0.0.1:8001": {"label": "10.0.0.1:80"}}}"#,
+            400,
+            "bad_request",
+        ),
+        // A slow start that is no duration, or over a day.
+        (
+            r#"{"peers": {"127.0.0.1:8001": {"state": "up", "slow_start": "soon"}}}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            r#"{"peers": {"127.0.0.1:8001": {"state": "up", "slow_start": "25h"}}}"#,
             400,
             "bad_request",
         ),

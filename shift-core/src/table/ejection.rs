@@ -5,7 +5,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::lock::takes_requests;
+use super::lock::{start_ramp, takes_requests};
 use super::{CheckMode, LockError, PeerSlot, Table};
 use crate::eject::{is_over, EjectArgs, Standing};
 
@@ -154,13 +154,13 @@ impl<'a> Table<'a> {
         if ending.is_empty() {
             return Ok(Vec::new());
         }
-        let slow_start = self.header.slow_start().is_on();
+        let slow_start = self.header.slow_start();
         guard.write_section(|_| {
             for (peer, _) in &ending {
                 peer.ejected_until_ms.store(0, Ordering::Relaxed);
                 peer.consecutive_failures.store(0, Ordering::Relaxed);
-                if slow_start && takes_requests(peer, mandatory) {
-                    peer.ramp_from_ms.store(now_ms.max(1), Ordering::Relaxed);
+                if takes_requests(peer, mandatory) {
+                    start_ramp(peer, slow_start, None, now_ms);
                 }
             }
         });

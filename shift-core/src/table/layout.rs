@@ -260,6 +260,9 @@ pub struct PeerSlot {
     /// them since the table began, or never): where its slow start ramps from
     /// (`crate::slow_start`). Set under the write lock, with the change that made it eligible.
     pub(crate) ramp_from_ms: AtomicU64,
+    /// The window the change that started its ramp gave it (a `slow_start` in the API), 0 for
+    /// the upstream's `shift_slow_start`. Set with `ramp_from_ms`.
+    pub(crate) ramp_window_ms: AtomicU32,
     /// Its attempts that failed in a row, as `shift_eject` counts failures (any worker's; a
     /// success sets it back to 0).
     pub(crate) consecutive_failures: AtomicU32,
@@ -307,6 +310,7 @@ impl PeerSlot {
             source: AtomicU64::new(0),
             resolved_ms: AtomicU64::new(0),
             ramp_from_ms: AtomicU64::new(0),
+            ramp_window_ms: AtomicU32::new(0),
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
@@ -489,6 +493,7 @@ impl PeerSlot {
         checks: CheckMode,
         (slow_start, now_ms): (SlowStart, u64),
     ) -> Peer {
+        let slow_start = slow_start.with_window(values.ramp_window_ms);
         let count = |class: usize| self.responses[class].load(Ordering::Relaxed);
         let eligible = values.eligible(checks == CheckMode::Mandatory);
         let ramp = slow_start
@@ -547,6 +552,7 @@ pub(crate) struct PeerValues {
     pub(crate) health: Health,
     pub(crate) label: Label,
     pub(crate) ramp_from_ms: u64,
+    pub(crate) ramp_window_ms: u32,
     /// Until when `shift_eject` keeps it out (0: not ejected).
     pub(crate) ejected_until_ms: u64,
 }
@@ -566,6 +572,7 @@ impl PeerValues {
             health: peer.health(),
             label: peer.label(),
             ramp_from_ms: peer.ramp_from_ms.load(Ordering::Relaxed),
+            ramp_window_ms: peer.ramp_window_ms.load(Ordering::Relaxed),
             ejected_until_ms: peer.ejected_until_ms.load(Ordering::Relaxed),
         }
     }

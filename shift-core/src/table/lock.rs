@@ -14,6 +14,21 @@ pub(super) fn takes_requests(peer: &PeerSlot, mandatory: bool) -> bool {
     eligible(peer.weight(), peer.state(), peer.health(), mandatory)
 }
 
+/// Starts `peer`'s ramp at `at_ms` (or marks it to start at its first passed check, with
+/// `RAMP_AT_FIRST_PASS`), as the change that lets it take requests asks: `window` `None` follows
+/// the upstream's `shift_slow_start` (none when it has none), `Some(0)` starts none, and
+/// `Some(ms)` starts one of that window. Inside a write section.
+pub(super) fn start_ramp(peer: &PeerSlot, upstream: SlowStart, window: Option<u32>, at_ms: u64) {
+    let (from, window) = match window {
+        Some(0) => (0, 0),
+        Some(window) => (at_ms.max(1), window),
+        None if upstream.is_on() => (at_ms.max(1), 0),
+        None => return,
+    };
+    peer.ramp_from_ms.store(from, Ordering::Relaxed);
+    peer.ramp_window_ms.store(window, Ordering::Relaxed);
+}
+
 /// How many times a writer tries the lock before giving up (each try yields the CPU).
 const LOCK_ATTEMPTS: usize = 10_000;
 
@@ -79,7 +94,7 @@ impl<'a> WriteGuard<'a> {
     /// 0) starts its slow start at `now_ms`.
     pub fn apply(&self, changes: &[PeerChange], now_ms: u64) -> u64 {
         let mandatory = self.table.header.checks() == CheckMode::Mandatory;
-        let slow_start = self.table.header.slow_start().is_on();
+        let slow_start = self.table.header.slow_start();
         self.write_section(|peers| {
             for change in changes {
                 let peer = &peers[change.index];
@@ -93,8 +108,8 @@ impl<'a> WriteGuard<'a> {
                 if let Some(label) = change.label {
                     peer.label.store(label);
                 }
-                if slow_start && !was_eligible && takes_requests(peer, mandatory) {
-                    peer.ramp_from_ms.store(now_ms.max(1), Ordering::Relaxed);
+                if !was_eligible && takes_requests(peer, mandatory) {
+                    start_ramp(peer, slow_start, change.slow_start_ms, now_ms);
                 }
             }
         });
@@ -107,19 +122,21 @@ impl<'a> WriteGuard<'a> {
     /// first checks do not (at Nginx start nothing is warm to protect).
     pub fn set_health(&self, index: usize, health: Health, now_ms: u64) {
         let mandatory = self.table.header.checks() == CheckMode::Mandatory;
-        let slow_start = self.table.header.slow_start().is_on();
+        let slow_start = self.table.header.slow_start();
         self.write_section(|peers| {
             let peer = peers[index];
             let was_eligible = takes_requests(peer, mandatory);
             let recovered = peer.health() == Health::Unhealthy;
             peer.health.store(encode_health(health), Ordering::Relaxed);
             let first_pass_due = peer.ramp_from_ms.load(Ordering::Relaxed) == RAMP_AT_FIRST_PASS;
-            if slow_start
-                && !was_eligible
-                && takes_requests(peer, mandatory)
-                && (recovered || first_pass_due)
-            {
+            if was_eligible || !takes_requests(peer, mandatory) {
+                return;
+            }
+            if first_pass_due {
+                // With the window its addition gave it.
                 peer.ramp_from_ms.store(now_ms.max(1), Ordering::Relaxed);
+            } else if recovered {
+                start_ramp(peer, slow_start, None, now_ms);
             }
         });
     }
@@ -132,8 +149,10 @@ impl<'a> WriteGuard<'a> {
         self.write_section(|_| {
             for peer in peers {
                 let from = peer.ramp_from_ms.load(Ordering::Relaxed);
-                if from != RAMP_AT_FIRST_PASS && !previous.ramps(from, now_ms) {
+                let window = peer.ramp_window_ms.load(Ordering::Relaxed);
+                if from != RAMP_AT_FIRST_PASS && !previous.with_window(window).ramps(from, now_ms) {
                     peer.ramp_from_ms.store(0, Ordering::Relaxed);
+                    peer.ramp_window_ms.store(0, Ordering::Relaxed);
                 }
             }
         });
@@ -289,6 +308,48 @@ mod tests {
             1_000,
         );
         assert_eq!(table.peers()[0].ramp_from_ms.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_change_may_give_its_ramp_a_window_of_its_own_or_none() {
+        let owned = OwnedTable::new("app", &[("a:1", 10, true), ("b:1", 10, true)]);
+        let table = owned.view();
+        let guard = table.lock(1, |_| true).unwrap();
+        // No shift_slow_start: a change's own window still ramps, from 10%, linearly.
+        guard.apply(
+            &[PeerChange {
+                index: 0,
+                state: Some(PeerState::Up),
+                slow_start_ms: Some(4_000),
+                ..Default::default()
+            }],
+            1_000,
+        );
+        let ramp = table.to_wire(&[], 2_000).peers[0].ramp.unwrap();
+        assert_eq!((ramp.ramp_ends_ms, ramp.effective_weight), (5_000, 3));
+        // With shift_slow_start, a window of 0 starts none; a drain and an undrain with its
+        // own window replaces the running ramp.
+        table.header().set_slow_start(SLOW);
+        let change = |index, state, slow_start_ms| PeerChange {
+            index,
+            state: Some(state),
+            slow_start_ms,
+            ..Default::default()
+        };
+        guard.apply(&[change(1, PeerState::Up, Some(0))], 3_000);
+        assert_eq!(table.to_wire(&[], 3_000).peers[1].ramp, None);
+        guard.apply(&[change(0, PeerState::Drain, None)], 3_000);
+        guard.apply(&[change(0, PeerState::Up, Some(2_000))], 3_500);
+        let ramp = table.to_wire(&[], 3_500).peers[0].ramp.unwrap();
+        assert_eq!(ramp.ramp_ends_ms, 5_500);
+        // A reload ends it with the window it had, not the upstream's 10 s.
+        guard.end_finished_ramps(table.peers(), SLOW, 6_000);
+        assert_eq!(table.peers()[0].ramp_from_ms.load(Ordering::Relaxed), 0);
+        // Back from unhealthy: the upstream's window again.
+        guard.set_health(0, Health::Unhealthy, 7_000);
+        guard.set_health(0, Health::Healthy, 8_000);
+        let ramp = table.to_wire(&[], 8_000).peers[0].ramp.unwrap();
+        assert_eq!(ramp.ramp_ends_ms, 18_000);
     }
 
     #[test]

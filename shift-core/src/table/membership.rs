@@ -17,7 +17,7 @@ use shift_wire::{Health, PeerOrigin, PeerState};
 
 use super::label::Label;
 use super::layout::{encode_health, encode_state, PeerConfig, PeerSlot};
-use super::lock::{takes_requests, WriteGuard};
+use super::lock::{start_ramp, takes_requests, WriteGuard};
 use super::CheckMode;
 use crate::slow_start::RAMP_AT_FIRST_PASS;
 
@@ -36,6 +36,9 @@ pub struct Addition {
     pub source: u64,
     /// When it is added (Unix ms): the new instance's `joined_ms`.
     pub at_ms: u64,
+    /// The window of its ramp (ms; 0: none), when the API gives one; `None` follows the
+    /// upstream's `shift_slow_start`.
+    pub slow_start_ms: Option<u32>,
 }
 
 impl Addition {
@@ -50,6 +53,7 @@ impl Addition {
             origin: PeerOrigin::Api,
             source: 0,
             at_ms,
+            slow_start_ms: None,
         }
     }
 }
@@ -76,6 +80,7 @@ fn start_instance(slot: &PeerSlot, at_ms: u64) {
     slot.response_time.clear();
     slot.header_time.clear();
     slot.ramp_from_ms.store(0, Ordering::Relaxed);
+    slot.ramp_window_ms.store(0, Ordering::Relaxed);
     slot.consecutive_failures.store(0, Ordering::Relaxed);
     slot.ejections.store(0, Ordering::Relaxed);
     slot.ejected_until_ms.store(0, Ordering::Relaxed);
@@ -96,7 +101,7 @@ impl WriteGuard<'_> {
     /// already. One new generation, which it returns.
     pub fn add_peer(&self, slot: &PeerSlot, addition: &Addition, order: u32, epoch: u64) -> u64 {
         let mandatory = self.table.header.checks() == CheckMode::Mandatory;
-        let slow_start = self.table.header.slow_start().is_on();
+        let slow_start = self.table.header.slow_start();
         self.write_section(|_| {
             let was_eligible = slot.is_current() && takes_requests(slot, mandatory);
             let joins = !slot.is_current();
@@ -126,13 +131,11 @@ impl WriteGuard<'_> {
             slot.removed_epoch.store(0, Ordering::Relaxed);
             // A peer that joins (or comes back) taking requests ramps up from now; one that
             // joins waiting for its first passed check (`mandatory`) ramps from that pass.
-            if slow_start && !was_eligible {
+            if !was_eligible {
                 if takes_requests(slot, mandatory) {
-                    slot.ramp_from_ms
-                        .store(addition.at_ms.max(1), Ordering::Relaxed);
+                    start_ramp(slot, slow_start, addition.slow_start_ms, addition.at_ms);
                 } else if joins {
-                    slot.ramp_from_ms
-                        .store(RAMP_AT_FIRST_PASS, Ordering::Relaxed);
+                    start_ramp(slot, slow_start, addition.slow_start_ms, RAMP_AT_FIRST_PASS);
                 }
             }
             slot.set_current(true, order);

@@ -59,8 +59,10 @@ pub struct Route {
     /// health check calls it unhealthy or `shift_eject` ejected it.
     pub pinnable: bool,
     pub label: Label,
-    /// When its slow start began (`crate::slow_start`), 0 for none.
+    /// When its slow start began (`crate::slow_start`), 0 for none, and the window its change
+    /// gave the ramp (0: the upstream's; `SlowStart::with_window`).
     pub ramp_from_ms: u64,
+    pub ramp_window_ms: u32,
 }
 
 /// A weight, state or label change of one peer, by its index in the table.
@@ -71,6 +73,9 @@ pub struct PeerChange {
     pub state: Option<PeerState>,
     /// `Label::NONE` takes the label away.
     pub label: Option<Label>,
+    /// The window of the ramp this change starts if it lets the peer take requests (ms; 0:
+    /// none); `None` follows the upstream's `shift_slow_start`.
+    pub slow_start_ms: Option<u32>,
 }
 
 /// A view of one upstream's table: its header and the slots of some of its peers, in an order
@@ -130,6 +135,7 @@ impl<'a> Table<'a> {
                     pinnable: values.health != Health::Unhealthy && values.ejected_until_ms == 0,
                     label: values.label,
                     ramp_from_ms: values.ramp_from_ms,
+                    ramp_window_ms: values.ramp_window_ms,
                 }
             }));
         })

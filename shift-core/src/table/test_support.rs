@@ -88,6 +88,7 @@ pub(crate) fn route(weight: u32, eligible: bool) -> Route {
         pinnable: true,
         label: Label::NONE,
         ramp_from_ms: 0,
+        ramp_window_ms: 0,
     }
 }
 
