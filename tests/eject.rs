@@ -173,6 +173,27 @@ fn a_reload_that_takes_shift_eject_away_lets_the_ejected_peer_back() {
 }
 
 #[test]
+fn an_ejected_peer_comes_back_through_its_slow_start() {
+    let good = Backend::start("good");
+    let (_nginx, admin, port, bad) = site(
+        &good,
+        "shift_eject consecutive=2 base=1s max_percent=50; shift_slow_start 1h;",
+    );
+    assert!(wait_for(Duration::from_secs(5), || {
+        (admin.peer("app", &bad)?.health == shift_wire::Health::Healthy).then_some(())
+    })
+    .is_some());
+    assert_eq!(failed_of(port, 10), 2);
+    let back = wait_for(Duration::from_secs(4), || {
+        let peer = admin.peer("app", &bad)?;
+        peer.eligible.then_some(peer)
+    })
+    .expect("back after a second");
+    let ramp = back.ramp.expect("it ramps up again");
+    assert!(ramp.ramp_ends_ms > unix_ms() + 3_000_000, "{ramp:?}");
+}
+
+#[test]
 fn no_ejection_takes_more_than_max_percent_and_a_lone_peer_is_never_out() {
     // Two failing peers, 10% at most: one goes, the other stays and keeps failing.
     let (port, bad_a, bad_b) = (free_port(), free_port(), free_port());

@@ -406,7 +406,7 @@ fn a_canary_step_is_watched_from_the_end_of_its_targets_ramp() {
     assert!(output.status.success(), "{said}");
     let ramps: Vec<&str> = said
         .lines()
-        .filter(|line| line.contains("ramps up (shift_slow_start)"))
+        .filter(|line| line.contains("ramps up (slow start)"))
         .collect();
     assert_eq!(ramps.len(), 1, "{said}");
     assert!(ramps[0].contains("step 1/2 (50% to"), "{said}");
@@ -417,9 +417,34 @@ fn a_canary_step_is_watched_from_the_end_of_its_targets_ramp() {
 /// of it; then all of it.
 #[test]
 fn a_switch_under_slow_start_ramps_the_target_up_beside_the_others_then_drains_them() {
-    let setup = Setup::start("shift_slow_start 3s;");
+    switch_ramps_beside_the_others("shift_slow_start 3s;", &[]);
+}
+
+/// `--slow-start` does the same where the upstream has no `shift_slow_start`.
+#[test]
+fn a_switch_with_a_slow_start_of_its_own_ramps_where_the_upstream_has_none() {
+    switch_ramps_beside_the_others("", &["--slow-start", "3s"]);
+}
+
+/// `--slow-start 0s` moves all traffic at once under `shift_slow_start`.
+#[test]
+fn a_switch_with_no_slow_start_moves_at_once_whatever_the_upstream_says() {
+    let setup = Setup::start("shift_slow_start 1h;");
     let green = setup.green();
-    let switch = setup.spawn(&["switch", "app", "--to", &green]);
+    let output = setup.run(&["switch", "app", "--to", &green, "--slow-start", "0s"]);
+    let said = text(&output.stderr);
+    assert!(output.status.success(), "{said}");
+    assert!(!said.contains("ramps up"), "{said}");
+    assert_eq!(setup.admin.peer("app", &green).unwrap().ramp, None);
+    assert_eq!(setup.green_share(100), 100.0);
+}
+
+fn switch_ramps_beside_the_others(upstream_extra: &str, args: &[&str]) {
+    let setup = Setup::start(upstream_extra);
+    let green = setup.green();
+    let mut all = vec!["switch", "app", "--to", &green];
+    all.extend(args);
+    let switch = setup.spawn(&all);
     let ramping = wait_until(Duration::from_secs(10), || {
         setup
             .admin
@@ -435,7 +460,7 @@ fn a_switch_under_slow_start_ramps_the_target_up_beside_the_others_then_drains_t
     let output = switch.wait_with_output().unwrap();
     let said = text(&output.stderr);
     assert!(output.status.success(), "{said}");
-    assert!(said.contains("ramps up (shift_slow_start)"), "{said}");
+    assert!(said.contains("ramps up (slow start)"), "{said}");
     assert_eq!(setup.green_share(100), 100.0);
 }
 

@@ -1,7 +1,7 @@
 //! `shift_slow_start` against real Nginx (two workers): a peer that starts taking requests gets
 //! a share that follows the ramp's curve, measured from the answers; a peer taking requests at
-//! Nginx start or across a reload does not ramp; the API and the metrics show the ramp; bad
-//! arguments fail `nginx -t`.
+//! Nginx start or across a reload does not ramp; a change may give its ramp a window of its own
+//! (or none); the API and the metrics show the ramp; bad arguments fail `nginx -t`.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -152,6 +152,34 @@ fn a_peer_added_at_run_time_ramps_up_along_the_curve() {
     for t in [1.0, 3.0, 5.0] {
         assert_on_the_curve(&site, "canary", started, t, 1.0);
     }
+}
+
+#[test]
+fn a_change_with_a_slow_start_of_its_own_ramps_along_its_curve_where_the_upstream_has_none() {
+    let site = BlueGreen::start("");
+    let green = site.green.addr().to_string();
+    let response = site.admin.patch(
+        "app",
+        &format!(r#"{{"peers": {{"{green}": {{"state": "up", "slow_start": "6s"}}}}}}"#),
+    );
+    assert_eq!(response.status, 200, "{}", response.body);
+    let started = ramp_start(&site, &green);
+    assert_on_the_curve(&site, "green", started, 1.0, 1.0);
+    assert_on_the_curve(&site, "green", started, 3.0, 1.0);
+
+    // "0s": a change that starts no ramp.
+    let drain_and_up = |state: &str, slow_start: &str| {
+        let response = site.admin.patch(
+            "app",
+            &format!(
+                r#"{{"peers": {{"{green}": {{"state": "{state}", "slow_start": "{slow_start}"}}}}}}"#
+            ),
+        );
+        assert_eq!(response.status, 200, "{}", response.body);
+    };
+    drain_and_up("drain", "0s");
+    drain_and_up("up", "0s");
+    assert_eq!(site.admin.peer("app", &green).unwrap().ramp, None);
 }
 
 #[test]

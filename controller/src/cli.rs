@@ -180,6 +180,10 @@ pub enum Command {
         /// Longest wait for the target to become ready
         #[arg(long, default_value = "60s", value_parser = duration)]
         timeout: Duration,
+        /// Ramp the target up over this long beside the others before they drain (0s: no
+        /// ramp), in place of the upstream's shift_slow_start
+        #[arg(long, value_parser = window)]
+        slow_start: Option<Duration>,
         /// With --etcd: go on with the hosts that report when some are GONE or STALE (the
         /// outcome names them) instead of stopping with exit 1
         #[arg(long)]
@@ -223,6 +227,11 @@ pub enum Command {
         /// What a quiet step does: hold it (exit 4), promote it, or roll back
         #[arg(long, value_enum, default_value_t = OnQuiet::Hold)]
         on_quiet: OnQuiet,
+        /// Ramp the target up over this long when its first step lets it take requests (0s: no
+        /// ramp), in place of the upstream's shift_slow_start; a step is watched once its ramp
+        /// ended
+        #[arg(long, value_parser = window)]
+        slow_start: Option<Duration>,
         /// With --etcd: go on with the hosts that report when some are GONE or STALE (the
         /// outcome names them) instead of stopping with exit 1
         #[arg(long)]
@@ -285,6 +294,11 @@ pub enum Command {
 
 fn duration(text: &str) -> Result<Duration, String> {
     plan::parse_duration(text)
+}
+
+/// A slow start's window: a duration up to 24 h, or 0 (`0s`) for none.
+fn window(text: &str) -> Result<Duration, String> {
+    plan::parse_window(text)
 }
 
 fn peer_state(text: &str) -> Result<PeerState, String> {

@@ -159,15 +159,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             to,
             check_url,
             timeout,
+            slow_start,
             ..
         } => {
             commands::switch(
                 &ctx,
                 &upstream,
-                &to,
-                check_url.as_deref(),
+                (&to, check_url.as_deref()),
                 timeout,
                 Unhealthy::Refuse,
+                slow_start,
             )
             .await
         }
@@ -184,6 +185,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             sync_timeout,
             quiet_timeout,
             on_quiet,
+            slow_start,
             ..
         } => {
             let options = CanaryOptions {
@@ -199,6 +201,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 sync_timeout,
                 quiet_timeout,
                 on_quiet,
+                slow_start,
             };
             commands::canary(&ctx, &upstream, &options).await
         }

@@ -4,6 +4,7 @@
 //! replicas), which then move as one.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use shift_wire::{Health, Peer, PeerPatch, PeerState, Upstream, UpstreamPatch, MAX_WEIGHT};
 
@@ -242,6 +243,42 @@ pub fn bring_up(upstream: &Upstream, target: &str) -> Result<UpstreamPatch, Plan
         peers,
         expect_generation: None,
     })
+}
+
+/// Gives the changes of the `targets` in `patch` the slow start `window` (`--slow-start`,
+/// `slow_start` in a deploy plan): the window of the ramp each begins if it lets its peer take
+/// requests (0: none). `None` leaves it to the upstream's `shift_slow_start`.
+pub fn with_slow_start(
+    mut patch: UpstreamPatch,
+    targets: &[String],
+    window: Option<Duration>,
+) -> UpstreamPatch {
+    let Some(window) = window else {
+        return patch;
+    };
+    for (server, change) in &mut patch.peers {
+        if targets.contains(server) {
+            change.slow_start = Some(format!("{}ms", window.as_millis()));
+        }
+    }
+    patch
+}
+
+/// A slow start's window on the command line and in deploy plans: a duration up to 24 h, or 0
+/// (`0s`) for none, as the API takes it.
+pub fn parse_window(text: &str) -> Result<Duration, String> {
+    let number = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let window = if number.parse::<u64>() == Ok(0) {
+        Duration::ZERO
+    } else {
+        parse_duration(text)?
+    };
+    if window > Duration::from_secs(24 * 3600) {
+        return Err(format!(
+            "\"{text}\" is longer than 24h, the longest slow start"
+        ));
+    }
+    Ok(window)
 }
 
 /// Durations of the command line and deploy plans: Nginx's notation, as the directives read it

@@ -73,6 +73,9 @@ pub struct CanaryOptions {
     /// How long a step may wait for the requests a verdict needs (`None`: 10 × interval).
     pub quiet_timeout: Option<Duration>,
     pub on_quiet: OnQuiet,
+    /// The window of the target's ramp when its first step lets it take requests (0: none), in
+    /// place of the upstream's `shift_slow_start`.
+    pub slow_start: Option<Duration>,
 }
 
 impl CanaryOptions {
@@ -92,6 +95,7 @@ enum Watch {
 pub async fn canary(ctx: &Ctx, upstream: &str, options: &CanaryOptions) -> Result<(), Failure> {
     let target = options.target.as_str();
     let check_url = options.check_url.as_deref();
+    ctx.refuse_slow_start_in_a_fleet(options.slow_start)?;
     wait_ready(
         ctx,
         upstream,
@@ -132,7 +136,12 @@ pub async fn canary(ctx: &Ctx, upstream: &str, options: &CanaryOptions) -> Resul
         let applied = ctx
             .fleet
             .apply(upstream, |index, _| {
-                Ok(plan::canary_step(&stable[index], &targets[index], percent))
+                let step = plan::canary_step(&stable[index], &targets[index], percent);
+                Ok(plan::with_slow_start(
+                    step,
+                    &targets[index],
+                    options.slow_start,
+                ))
             })
             .await;
         // With --etcd the watch starts once every live host applied the step: a host that

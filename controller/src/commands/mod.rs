@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::exit::Failure;
 use crate::fleet::{Fleet, FleetError, Laggards};
 use crate::view::progress::Progress;
 
@@ -61,6 +62,20 @@ impl Ctx {
             .expect("went-without lock")
             .push(laggards.hosts());
         Ok(laggards)
+    }
+
+    /// A slow start per change (`--slow-start`, `slow_start` in a plan) goes in each Nginx's
+    /// PATCH; the fleet's desired state (`--etcd`) has no place for it yet.
+    pub fn refuse_slow_start_in_a_fleet(
+        &self,
+        slow_start: Option<Duration>,
+    ) -> Result<(), Failure> {
+        if slow_start.is_some() && matches!(self.fleet, Fleet::Etcd(_)) {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "--slow-start (slow_start in a deploy plan) does not work with --etcd yet: the                  fleet's desired state holds weights and states only; give the upstream                  shift_slow_start in each Nginx instead"
+            )));
+        }
+        Ok(())
     }
 
     /// The hosts a change went on without (`--allow-partial`), if any: "GONE: a; STALE: b".

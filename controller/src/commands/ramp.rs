@@ -38,7 +38,7 @@ pub(super) async fn wait_for_ramp(
         .map_or(0, |since| since.as_millis() as u64);
     let left = Duration::from_millis(ends_ms.saturating_sub(now_ms));
     ctx.progress.event(&format!(
-        "{waiting}: the target ramps up (shift_slow_start) for {:.1}s; {then}",
+        "{waiting}: the target ramps up (slow start) for {:.1}s; {then}",
         left.as_secs_f64()
     ));
     tokio::select! {

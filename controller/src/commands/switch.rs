@@ -108,26 +108,35 @@ pub async fn wait_ready(
     }
 }
 
+/// Moves all traffic to `target` once it is ready; `slow_start` gives its ramp a window of its
+/// own (0: none) in place of the upstream's `shift_slow_start`.
 pub async fn switch(
     ctx: &Ctx,
     upstream: &str,
-    target: &str,
-    check_url: Option<&str>,
+    (target, check_url): (&str, Option<&str>),
     timeout: Duration,
     unhealthy: Unhealthy,
+    slow_start: Option<Duration>,
 ) -> Result<(), Failure> {
+    ctx.refuse_slow_start_in_a_fleet(slow_start)?;
     wait_ready(ctx, upstream, target, check_url, timeout, unhealthy).await?;
     // With --etcd: the stable set is what every host has, not one host's lagging view.
     ctx.settle_everywhere(upstream, timeout).await?;
     let before = ctx.fleet.read(upstream).await?;
     ctx.save_stable(&before).await?;
-    if before.iter().any(|state| state.slow_start_ms.is_some()) {
-        ramp_up_beside_the_others(ctx, upstream, target, timeout).await?;
+    let ramps = match slow_start {
+        Some(window) => !window.is_zero(),
+        None => before.iter().any(|state| state.slow_start_ms.is_some()),
+    };
+    if ramps {
+        ramp_up_beside_the_others(ctx, upstream, target, timeout, slow_start).await?;
     }
     let states = ctx
         .fleet
         .apply(upstream, |_, current| {
-            plan::switch(current, target).map_err(|err| err.to_string())
+            let targets = plan::target_servers(current, target).map_err(|err| err.to_string())?;
+            let patch = plan::switch(current, target).map_err(|err| err.to_string())?;
+            Ok(plan::with_slow_start(patch, &targets, slow_start))
         })
         .await?;
     let laggards = ctx.settle_everywhere(upstream, timeout).await?;
@@ -139,7 +148,8 @@ pub async fn switch(
     Ok(())
 }
 
-/// Under `shift_slow_start`: brings the target up beside the others and waits for its ramp,
+/// Under a slow start (`shift_slow_start`, or `--slow-start`): brings the target up beside the
+/// others and waits for its ramp,
 /// so that it takes its share gradually; the switch then drains the others. Alone, a target
 /// would take all traffic at once whatever its ramp.
 async fn ramp_up_beside_the_others(
@@ -147,10 +157,13 @@ async fn ramp_up_beside_the_others(
     upstream: &str,
     target: &str,
     timeout: Duration,
+    slow_start: Option<Duration>,
 ) -> Result<(), Failure> {
     ctx.fleet
         .apply(upstream, |_, current| {
-            plan::bring_up(current, target).map_err(|err| err.to_string())
+            let targets = plan::target_servers(current, target).map_err(|err| err.to_string())?;
+            let patch = plan::bring_up(current, target).map_err(|err| err.to_string())?;
+            Ok(plan::with_slow_start(patch, &targets, slow_start))
         })
         .await?;
     ctx.settle_everywhere(upstream, timeout).await?;

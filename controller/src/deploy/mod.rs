@@ -117,10 +117,10 @@ pub async fn deploy(ctx: &Ctx, plan_path: &Path) -> Result<(), Failure> {
             commands::switch(
                 ctx,
                 &plan.upstream,
-                &new_side.server,
-                check_url,
+                (&new_side.server, check_url),
                 health_timeout,
                 started,
+                plan.slow_start,
             )
             .await
         }
@@ -140,6 +140,7 @@ pub async fn deploy(ctx: &Ctx, plan_path: &Path) -> Result<(), Failure> {
                 sync_timeout: health_timeout,
                 quiet_timeout: plan.quiet_timeout,
                 on_quiet: plan.on_quiet,
+                slow_start: plan.slow_start,
             };
             commands::canary(ctx, &plan.upstream, &options).await
         }

@@ -52,6 +52,11 @@ pub struct DeployPlan {
     pub quiet_timeout: Option<Duration>,
     #[serde(default = "default_on_quiet")]
     pub on_quiet: OnQuiet,
+    /// The window of the new side's ramp when traffic first reaches it (`"30s"`; `"0s"`: none),
+    /// in place of the upstream's `shift_slow_start`, as `--slow-start` (strategies `switch`
+    /// and `canary`).
+    #[serde(default, deserialize_with = "optional_window")]
+    pub slow_start: Option<Duration>,
     /// How long the new side may take to become healthy.
     #[serde(default = "default_health_timeout", deserialize_with = "duration")]
     pub health_timeout: Duration,
@@ -150,6 +155,15 @@ fn optional_duration<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<Duration>, D::Error> {
     duration(deserializer).map(Some)
+}
+
+fn optional_window<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    plan::parse_window(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 fn duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
@@ -347,5 +361,23 @@ mod tests {
         let err =
             toml::from_str::<DeployPlan>(&format!("{base}on_quiet = \"wait\"\n")).unwrap_err();
         assert!(err.to_string().contains("on_quiet"), "{err}");
+    }
+
+    #[test]
+    fn a_plan_may_give_the_new_side_a_slow_start_of_its_own_or_none() {
+        let base = "upstream = \"app\"\n";
+        let slow = |line: &str| {
+            toml::from_str::<DeployPlan>(&format!("{base}{line}\n")).map(|plan| plan.slow_start)
+        };
+        assert_eq!(slow("").unwrap(), None);
+        assert_eq!(
+            slow("slow_start = \"30s\"").unwrap(),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(slow("slow_start = \"0s\"").unwrap(), Some(Duration::ZERO));
+        let err = slow("slow_start = \"2d\"").unwrap_err();
+        assert!(err.to_string().contains("slow_start"), "{err}");
+        let err = slow("slow_start = \"25h\"").unwrap_err();
+        assert!(err.to_string().contains("24h"), "{err}");
     }
 }
