@@ -377,3 +377,35 @@ fn labels_come_from_the_config_and_the_api_and_outlive_reloads() {
     );
     assert_eq!(site.upstream().peers[1].weight, 1);
 }
+
+/// `shift_eject` with pins and sticky keys: an ejected peer takes no pinned request (the pin
+/// falls back to the normal pick) and its sticky users move to the peers that take requests.
+#[test]
+fn an_ejected_peer_takes_no_pin_and_its_sticky_users_move() {
+    let site = Site::start(
+        "    shift_pin $http_x_shift_to;\n    shift_sticky $http_x_user;\n    \
+         shift_eject consecutive=3 base=1h max=1h max_percent=50;",
+    );
+    site.split(50);
+    site.green.set_status(500);
+    // Requests pinned to green fail until the third failure in a row ejects it.
+    let statuses: Vec<u16> = (0..10)
+        .map(|_| {
+            HttpClient::new(site.port)
+                .get_with("/", &[("X-Shift-To", "green")])
+                .expect("request through nginx")
+                .status
+        })
+        .collect();
+    assert_eq!(statuses[..3], [500, 500, 500], "{statuses:?}");
+    assert_eq!(statuses[3..], [200; 7], "{statuses:?}");
+    let green = &site.upstream().peers[1];
+    assert_eq!(green.ejection.ejections, 1, "{green:?}");
+    // Pinned and sticky requests alike go to blue now, whoever the user.
+    for user in 0..40 {
+        let user = format!("user-{user}");
+        let pinned = site.get(&[("X-Shift-To", "green"), ("X-User", &user)]);
+        assert_eq!(pinned.body, "blue");
+        assert_eq!(site.get(&[("X-User", &user)]).body, "blue");
+    }
+}
