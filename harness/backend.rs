@@ -21,6 +21,9 @@ fn runtime() -> &'static Runtime {
     })
 }
 
+/// How many requests a cold backend (`Backend::set_cold`) serves at once.
+pub const COLD_CONCURRENCY: usize = 8;
+
 struct Behaviour {
     name: String,
     status: AtomicU16,
@@ -29,6 +32,11 @@ struct Behaviour {
     delay_ms: AtomicU64,
     /// Answers 500 to this many of every 1,000 requests, at random (a flaky dependency).
     failures_per_mille: AtomicU64,
+    /// A cold start: this many more requests (health checks aside) take `cold_ms` each, at
+    /// most `COLD_CONCURRENCY` at a time, as a release with cold caches and a small warm pool.
+    cold_left: AtomicU64,
+    cold_ms: AtomicU64,
+    cold_gate: tokio::sync::Semaphore,
     hits: AtomicU64,
     hits_by_path: Mutex<HashMap<String, u64>>,
 }
@@ -63,6 +71,9 @@ impl Backend {
             hang: AtomicBool::new(false),
             delay_ms: AtomicU64::new(0),
             failures_per_mille: AtomicU64::new(0),
+            cold_left: AtomicU64::new(0),
+            cold_ms: AtomicU64::new(0),
+            cold_gate: tokio::sync::Semaphore::new(COLD_CONCURRENCY),
             hits: AtomicU64::new(0),
             hits_by_path: Mutex::new(HashMap::new()),
         });
@@ -116,6 +127,13 @@ impl Backend {
         self.behaviour.delay_ms.store(ms, Ordering::SeqCst);
     }
 
+    /// A cold start: the next `requests` requests (health checks on `/health` aside) take
+    /// `ms` each, at most `COLD_CONCURRENCY` at a time (the others wait their turn).
+    pub fn set_cold(&self, requests: u64, ms: u64) {
+        self.behaviour.cold_ms.store(ms, Ordering::SeqCst);
+        self.behaviour.cold_left.store(requests, Ordering::SeqCst);
+    }
+
     /// The following requests fail (500) at random, `per_mille` of every 1,000.
     pub fn set_failure_rate(&self, per_mille: u64) {
         self.behaviour
@@ -165,6 +183,18 @@ async fn serve_connection(stream: TcpStream, behaviour: Arc<Behaviour>) {
             .or_default() += 1;
         if behaviour.hang.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
+        }
+        let cold = path != "/health"
+            && behaviour
+                .cold_left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                    left.checked_sub(1)
+                })
+                .is_ok();
+        if cold {
+            let _turn = behaviour.cold_gate.acquire().await;
+            let ms = behaviour.cold_ms.load(Ordering::SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         }
         let delay = path_delay_ms(&path).unwrap_or(0) + behaviour.delay_ms.load(Ordering::SeqCst);
         if delay > 0 {

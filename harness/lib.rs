@@ -16,7 +16,7 @@ mod traffic;
 mod wrk;
 
 pub use admin::Admin;
-pub use backend::Backend;
+pub use backend::{Backend, COLD_CONCURRENCY};
 pub use client::{api_request, HttpClient, Response};
 pub use dnsmasq::Dnsmasq;
 pub use etcd::{Agent, Etcd};

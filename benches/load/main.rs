@@ -21,6 +21,7 @@ use harness::{
     api_request, free_port, shiftctl_command, wait_until, Backend, HttpClient, Nginx, NginxOptions,
 };
 
+mod cold_switch;
 mod data_path;
 mod eject;
 mod fleet;
@@ -33,6 +34,7 @@ mod switch;
 mod wrk;
 mod zero_downtime;
 
+use cold_switch::cold_switch;
 use data_path::data_path;
 use eject::failing_peer;
 use fleet::fleet_sync;
@@ -134,13 +136,14 @@ fn main() {
         .filter(|arg| !arg.starts_with('-'))
         .collect();
     type Scenario = (&'static str, fn(&Settings));
-    let scenarios: [Scenario; 10] = [
+    let scenarios: [Scenario; 11] = [
         ("data_path", data_path),
         ("switch_latency", switch_latency),
         ("peer_changes", peer_changes),
         ("api_at_scale", api_at_scale),
         ("resolve_cost", resolve_cost),
         ("failing_peer", failing_peer),
+        ("cold_switch", cold_switch),
         ("reload_storm", reload_storm),
         ("zero_downtime", zero_downtime),
         ("fleet_sync", fleet_sync),
