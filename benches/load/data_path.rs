@@ -31,6 +31,10 @@ pub(crate) fn data_path(settings: &Settings) {
             format!("{servers} shift; shift_check interval=1s; shift_eject; keepalive 64;"),
         ),
         (
+            "shift, one peer ramping up all along (shift_slow_start 24h)",
+            format!("{servers} shift; shift_check interval=1s; shift_slow_start 24h; keepalive 64;"),
+        ),
+        (
             "shift, shift_sticky with a new key per request",
             format!(
                 "{servers} shift; shift_check interval=1s; shift_sticky $connection:$connection_requests; keepalive 64;"
@@ -66,6 +70,21 @@ pub(crate) fn data_path(settings: &Settings) {
                     admin.upstream("app").peers.len() == 2
                 });
                 assert!(resolved.is_some(), "both names resolved");
+            }
+            if configs[index].0.contains("ramping") {
+                // Drained and back: its ramp runs for the whole measurement.
+                for state in ["drain", "up"] {
+                    let body =
+                        format!(r#"{{"peers": {{"127.0.0.1:{b2}": {{"state": "{state}"}}}}}}"#);
+                    let response = api_request(
+                        &_nginx.path("api.sock"),
+                        "PATCH",
+                        "/api/upstreams/app",
+                        Some(&body),
+                    )
+                    .expect("PATCH");
+                    assert_eq!(response.status, 200, "{}", response.body);
+                }
             }
             if configs[index].0.contains("run time") {
                 let body = format!(r#"{{"server": "127.0.0.1:{b2}"}}"#);
