@@ -409,3 +409,60 @@ fn an_ejected_peer_takes_no_pin_and_its_sticky_users_move() {
         assert_eq!(site.get(&[("X-User", &user)]).body, "blue");
     }
 }
+
+/// Under `shift_slow_start`, sticky keys move to a peer that ramps up as its weight grows, and
+/// a key that moved stays: a third of the way in, fewer users are on green than at two thirds,
+/// fewer than at the end, and none goes back to blue.
+#[test]
+fn sticky_users_move_to_a_ramping_peer_as_its_weight_grows_and_stay() {
+    let site = Site::start("    shift_sticky $http_x_user;\n    shift_slow_start 6s;");
+    let users: Vec<String> = (0..300).map(|user| format!("user-{user}")).collect();
+    let on_green = |site: &Site| -> BTreeSet<String> {
+        let mut client = HttpClient::new(site.port);
+        users
+            .iter()
+            .filter(|user| {
+                let answer = client
+                    .get_with("/", &[("X-User", user.as_str())])
+                    .expect("request through nginx");
+                answer.body == "green"
+            })
+            .cloned()
+            .collect()
+    };
+    let body = format!(
+        r#"{{"peers": {{"{}": {{"state": "up"}}}}}}"#,
+        site.green.addr()
+    );
+    let response = site.admin.patch("app", &body);
+    assert_eq!(response.status, 200, "{}", response.body);
+    let start = std::time::Instant::now();
+    let at = |seconds: f64| {
+        let when = Duration::from_secs_f64(seconds);
+        thread::sleep(when.saturating_sub(start.elapsed()));
+    };
+    at(1.5);
+    let early = on_green(&site);
+    at(4.0);
+    let later = on_green(&site);
+    at(6.5);
+    let done = on_green(&site);
+    let share = |set: &BTreeSet<String>| set.len() * 100 / users.len();
+    assert!(
+        share(&early) < share(&later) && share(&later) < share(&done),
+        "green's users: {}% then {}% then {}%",
+        share(&early),
+        share(&later),
+        share(&done)
+    );
+    assert!(share(&early) <= 35, "{}% of users early on", share(&early));
+    assert!(
+        (35..=65).contains(&share(&done)),
+        "{}% once the ramp ended",
+        share(&done)
+    );
+    assert!(
+        early.is_subset(&later) && later.is_subset(&done),
+        "a user went back to blue"
+    );
+}

@@ -107,7 +107,12 @@ pub unsafe fn get(
         peers().map(|(index, peer, own)| {
             // SAFETY: the list's peers, alive while the request holds it.
             let peer = unsafe { &*peer };
-            candidate(view, own, usable(peer, bitmap.is_set(index), now))
+            candidate(
+                view,
+                own,
+                usable(peer, bitmap.is_set(index), now),
+                peer.weight,
+            )
         })
     };
     let chosen = match pin {
@@ -168,14 +173,27 @@ fn usable(peer: &ngx_http_upstream_rr_peer_t, tried: bool, now: i64) -> bool {
     !tried && !failed && !full
 }
 
-/// A primary peer as the choice sees it: `own` is its place in `view`.
-fn candidate<'a>(view: &'a ListView, own: Option<usize>, usable: bool) -> Candidate<'a> {
+/// A primary peer as the choice sees it: `own` is its place in `view`. A peer that takes
+/// requests weighs what round robin picks it by (`rr_weight`): the table's weight, or while a
+/// slow start runs the ramped one, every peer's scaled alike (`ramp.rs`), so that sticky keys
+/// move to a ramping peer as its weight grows, not all at once. Round robin's weight of a peer
+/// that takes none is not kept up to date: the table's is used.
+fn candidate<'a>(
+    view: &'a ListView,
+    own: Option<usize>,
+    usable: bool,
+    rr_weight: isize,
+) -> Candidate<'a> {
     match own.and_then(|own| Some((view.slots.get(own)?, view.routes.get(own)?, own))) {
         Some((slot, route, own)) => Candidate {
             hash: view.hashes.get(own).copied().unwrap_or(0),
             server: slot.server_bytes(),
             label: route.label,
-            weight: route.weight,
+            weight: if route.eligible {
+                u32::try_from(rr_weight).unwrap_or(0)
+            } else {
+                route.weight
+            },
             eligible: route.eligible,
             pinnable: route.pinnable,
             usable,
