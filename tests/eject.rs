@@ -16,12 +16,21 @@ fn unix_ms() -> u64 {
 }
 
 /// An upstream `app` of `good` and a peer served by Nginx itself that answers 500 to every real
-/// request but 200 to its check path, checked every 200 ms; with `eject` and the API.
+/// request but 200 to its check path, checked every 200 ms; with `eject` and the API; once
+/// that peer passed its check.
 fn site(good: &Backend, eject: &str) -> (Nginx, Admin, u16, String) {
     let (port, bad_port) = (free_port(), free_port());
     let bad = format!("127.0.0.1:{bad_port}");
     let nginx = Nginx::start(NginxOptions::new(site_config(good, &bad, port, eject)));
     let admin = Admin::new(nginx.path("api.sock"), "/api/");
+    // Its check passes: healthy, and taking requests.
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            (admin.peer("app", &bad)?.health == shift_wire::Health::Healthy).then_some(())
+        })
+        .is_some(),
+        "the check path answers 200"
+    );
     (nginx, admin, port, bad)
 }
 
@@ -58,15 +67,6 @@ fn a_peer_failing_real_requests_is_out_after_exactly_n_failures_until_its_time_t
         &good,
         "shift_eject consecutive=3 base=2s max=3s max_percent=50;",
     );
-    // Its check passes: healthy, and taking requests.
-    assert!(
-        wait_for(Duration::from_secs(5), || {
-            (admin.peer("app", &bad)?.health == shift_wire::Health::Healthy).then_some(())
-        })
-        .is_some(),
-        "the check path answers 200"
-    );
-
     // One request after another on both workers: exactly three reach the bad peer.
     let before = unix_ms();
     assert_eq!(failed_of(port, 30), 3, "three failures, then no more");
@@ -148,10 +148,6 @@ fn a_peer_failing_real_requests_is_out_after_exactly_n_failures_until_its_time_t
 fn a_reload_that_takes_shift_eject_away_lets_the_ejected_peer_back() {
     let good = Backend::start("good");
     let (mut nginx, admin, port, bad) = site(&good, "shift_eject consecutive=2 base=1h max=1h;");
-    assert!(wait_for(Duration::from_secs(5), || {
-        (admin.peer("app", &bad)?.health == shift_wire::Health::Healthy).then_some(())
-    })
-    .is_some());
     assert_eq!(failed_of(port, 10), 2);
     assert!(!admin.peer("app", &bad).unwrap().eligible);
 
@@ -179,10 +175,6 @@ fn an_ejected_peer_comes_back_through_its_slow_start() {
         &good,
         "shift_eject consecutive=2 base=1s max_percent=50; shift_slow_start 1h;",
     );
-    assert!(wait_for(Duration::from_secs(5), || {
-        (admin.peer("app", &bad)?.health == shift_wire::Health::Healthy).then_some(())
-    })
-    .is_some());
     assert_eq!(failed_of(port, 10), 2);
     let back = wait_for(Duration::from_secs(4), || {
         let peer = admin.peer("app", &bad)?;
