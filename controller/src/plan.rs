@@ -267,8 +267,9 @@ pub fn with_slow_start(
 /// A slow start's window on the command line and in deploy plans: a duration up to 24 h, or 0
 /// (`0s`) for none, as the API takes it.
 pub fn parse_window(text: &str) -> Result<Duration, String> {
-    let number = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let window = if number.parse::<u64>() == Ok(0) {
+    let zero = matches!(text.trim_start_matches('0'), "" | "ms" | "s" | "m" | "h")
+        && text.starts_with('0');
+    let window = if zero {
         Duration::ZERO
     } else {
         parse_duration(text)?

@@ -46,9 +46,11 @@ impl Default for EjectArgs {
 pub struct Standing {
     /// The upstream's primary peers.
     pub peers: usize,
-    /// Those ejected now that would take requests otherwise (up, weight above 0, not
-    /// unhealthy).
+    /// Those ejected now: `max_percent` counts them all.
     pub ejected: usize,
+    /// Those of them that would take requests otherwise (up, weight above 0, not unhealthy):
+    /// `panic` weighs them against the eligible ones.
+    pub ejected_eligible: usize,
     /// Those that take new requests now.
     pub eligible: usize,
 }
@@ -80,12 +82,13 @@ impl EjectArgs {
             return false;
         }
         let left = standing.eligible - 1;
-        !self.below_panic(left, standing.ejected + 1)
+        !self.below_panic(left, standing.ejected_eligible + 1)
     }
 
     /// Whether an upstream standing so has too few eligible peers to keep any ejected.
     pub fn in_panic(&self, standing: Standing) -> bool {
-        standing.ejected > 0 && self.below_panic(standing.eligible, standing.ejected)
+        standing.ejected_eligible > 0
+            && self.below_panic(standing.eligible, standing.ejected_eligible)
     }
 
     /// Whether `eligible` peers are fewer than `panic` of those that could take requests
@@ -108,6 +111,7 @@ mod tests {
         Standing {
             peers,
             ejected,
+            ejected_eligible: ejected,
             eligible,
         }
     }

@@ -72,7 +72,9 @@ impl Ctx {
     ) -> Result<(), Failure> {
         if slow_start.is_some() && matches!(self.fleet, Fleet::Etcd(_)) {
             return Err(Failure::usage(anyhow::anyhow!(
-                "--slow-start (slow_start in a deploy plan) does not work with --etcd yet: the                  fleet's desired state holds weights and states only; give the upstream                  shift_slow_start in each Nginx instead"
+                "--slow-start (slow_start in a deploy plan) does not work with --etcd yet: the \
+                 fleet's desired state holds weights and states only; give the upstream \
+                 shift_slow_start in each Nginx instead"
             )));
         }
         Ok(())

@@ -87,6 +87,8 @@ async fn run_hook(
 
 pub async fn deploy(ctx: &Ctx, plan_path: &Path) -> Result<(), Failure> {
     let plan = DeployPlan::load(plan_path)?;
+    // Before any hook runs.
+    ctx.refuse_slow_start_in_a_fleet(plan.slow_start)?;
     if let (Strategy::Rolling, Some(rolling)) = (plan.strategy, &plan.rolling) {
         return rolling::rolling(ctx, &plan, rolling).await;
     }

@@ -242,6 +242,13 @@ impl DeployPlan {
                     path.display()
                 )))
             }
+            (Strategy::Rolling, Some(_)) if plan.slow_start.is_some() => {
+                return Err(Failure::usage(anyhow::anyhow!(
+                    "{}: slow_start is for strategies \"switch\" and \"canary\"; a rolling \
+                     deploy's new replicas ramp up with the upstream's shift_slow_start",
+                    path.display()
+                )))
+            }
             (Strategy::Rolling, Some(_)) => {}
             (_, Some(_)) => {
                 return Err(Failure::usage(anyhow::anyhow!(

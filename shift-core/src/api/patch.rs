@@ -113,10 +113,8 @@ pub(super) fn slow_start_of(server: &str, text: Option<&str>) -> Result<Option<u
     let Some(text) = text else {
         return Ok(None);
     };
-    let zero = text
-        .trim_end_matches(|c: char| c.is_ascii_alphabetic())
-        .parse::<u64>()
-        == Ok(0);
+    let zero = text.starts_with('0')
+        && matches!(text.trim_start_matches('0'), "" | "ms" | "s" | "m" | "h");
     let ms = if zero {
         Ok(0)
     } else {

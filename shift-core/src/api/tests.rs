@@ -215,6 +215,11 @@ fn bad_patches_get_their_status_and_change_nothing() {
             400,
             "bad_request",
         ),
+        (
+            r#"{"peers": {"127.0.0.1:8001": {"state": "up", "slow_start": "0x"}}}"#,
+            400,
+            "bad_request",
+        ),
     ] {
         let reply = call(&owned, "PATCH", "upstreams/app", body, WRITER);
         assert_eq!(

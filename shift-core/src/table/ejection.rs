@@ -173,8 +173,7 @@ impl<'a> Table<'a> {
             .collect())
     }
 
-    /// How this view's current primary peers stand, for `shift_eject`'s bounds: `peers`
-    /// counts them all, `ejected` and `eligible` those that could take requests.
+    /// How this view's current primary peers stand, for `shift_eject`'s bounds.
     fn standing(&self, mandatory: bool) -> Standing {
         let mut standing = Standing::default();
         for peer in self.peers {
@@ -182,15 +181,17 @@ impl<'a> Table<'a> {
                 continue;
             }
             standing.peers += 1;
-            // An ejected peer that could not take requests anyway (drained, unhealthy) is
-            // neither: it holds no place under `max_percent` and no share under `panic`.
-            if !takes_requests(peer, mandatory) {
-                continue;
-            }
-            if peer.ejected_until_ms() != 0 {
-                standing.ejected += 1;
-            } else {
-                standing.eligible += 1;
+            // An ejected peer that could not take requests anyway (drained, unhealthy) still
+            // holds its place under `max_percent` (it is out again once put back), but no share
+            // under `panic`.
+            let could_take = takes_requests(peer, mandatory);
+            match (peer.ejected_until_ms() != 0, could_take) {
+                (true, could_take) => {
+                    standing.ejected += 1;
+                    standing.ejected_eligible += usize::from(could_take);
+                }
+                (false, true) => standing.eligible += 1,
+                (false, false) => {}
             }
         }
         standing
@@ -360,7 +361,7 @@ mod tests {
     }
 
     #[test]
-    fn an_ejected_peer_that_is_drained_holds_no_place_under_the_bounds() {
+    fn an_ejected_peer_that_is_drained_keeps_its_place_under_max_percent_not_under_panic() {
         let owned = OwnedTable::checked("app", &["a:1", "b:1", "c:1"], CheckMode::Off);
         let table = owned.view();
         let one_at_a_time = EjectArgs {
@@ -371,7 +372,6 @@ mod tests {
             .eject(0, &one_at_a_time, NOW_MS, 1, ALIVE)
             .unwrap()
             .is_some());
-        assert_eq!(table.eject(1, &one_at_a_time, NOW_MS, 1, ALIVE), Ok(None));
         table.lock(1, ALIVE).unwrap().apply(
             &[crate::table::PeerChange {
                 index: 0,
@@ -380,9 +380,16 @@ mod tests {
             }],
             NOW_MS,
         );
-        assert!(table
-            .eject(1, &one_at_a_time, NOW_MS, 1, ALIVE)
-            .unwrap()
-            .is_some());
+        assert_eq!(
+            table.eject(1, &one_at_a_time, NOW_MS, 1, ALIVE),
+            Ok(None),
+            "a:1 still holds the one place"
+        );
+        // With room for two, b:1 may go: a:1 takes no share from panic's count.
+        let two = EjectArgs {
+            max_percent: 67,
+            ..args()
+        };
+        assert!(table.eject(1, &two, NOW_MS, 1, ALIVE).unwrap().is_some());
     }
 }

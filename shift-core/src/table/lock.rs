@@ -17,13 +17,14 @@ pub(super) fn takes_requests(peer: &PeerSlot, mandatory: bool) -> bool {
 /// Starts `peer`'s ramp at `at_ms` (or marks it to start at its first passed check, with
 /// `RAMP_AT_FIRST_PASS`), as the change that lets it take requests asks: `window` `None` follows
 /// the upstream's `shift_slow_start` (none when it has none), `Some(0)` starts none, and
-/// `Some(ms)` starts one of that window. Inside a write section.
+/// `Some(ms)` starts one of that window. Both words are written either way, so that no earlier
+/// ramp of a window of its own is taken up again. Inside a write section.
 pub(super) fn start_ramp(peer: &PeerSlot, upstream: SlowStart, window: Option<u32>, at_ms: u64) {
     let (from, window) = match window {
         Some(0) => (0, 0),
         Some(window) => (at_ms.max(1), window),
         None if upstream.is_on() => (at_ms.max(1), 0),
-        None => return,
+        None => (0, 0),
     };
     peer.ramp_from_ms.store(from, Ordering::Relaxed);
     peer.ramp_window_ms.store(window, Ordering::Relaxed);
@@ -350,6 +351,24 @@ mod tests {
         guard.set_health(0, Health::Healthy, 8_000);
         let ramp = table.to_wire(&[], 8_000).peers[0].ramp.unwrap();
         assert_eq!(ramp.ramp_ends_ms, 18_000);
+    }
+
+    #[test]
+    fn a_ramp_of_its_own_is_not_taken_up_again_by_a_later_change_without_one() {
+        let owned = OwnedTable::new("app", &[("a:1", 10, true)]);
+        let table = owned.view();
+        let guard = table.lock(1, |_| true).unwrap();
+        let change = |state, slow_start_ms| PeerChange {
+            index: 0,
+            state: Some(state),
+            slow_start_ms,
+            ..Default::default()
+        };
+        guard.apply(&[change(PeerState::Up, Some(60_000))], 1_000);
+        guard.apply(&[change(PeerState::Drain, None)], 6_000);
+        // No shift_slow_start, no window of its own: back at its whole weight.
+        guard.apply(&[change(PeerState::Up, None)], 20_000);
+        assert_eq!(table.to_wire(&[], 20_000).peers[0].ramp, None);
     }
 
     #[test]
