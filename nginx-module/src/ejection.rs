@@ -46,15 +46,15 @@ pub fn after_attempt(
     ) {
         Ok(Some(ejected)) => {
             ngx_log_error!(
-            NGX_LOG_WARN,
-            log,
-            "shift: upstream \"{}\" peer {} ejected for {} ms after {} failed attempts in a row \
-             (ejection {})",
-            table.name(),
-            ejected.server,
-            ejected.for_ms,
-            args.consecutive,
-            ejected.ejections
+                NGX_LOG_WARN,
+                log,
+                "shift: upstream \"{}\" peer {} ejected for {} ms after {} failed attempts in a \
+                 row (ejection {})",
+                table.name(),
+                ejected.server,
+                ejected.for_ms,
+                args.consecutive,
+                ejected.ejections
             );
         }
         Ok(None) => {}
