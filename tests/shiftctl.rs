@@ -937,11 +937,14 @@ fn add_and_remove_change_every_nginx_or_none() {
     };
     let red = Backend::start("red");
     let server = red.addr().to_string();
-    let output = both(&["add", "app", &server, "--weight", "3"]);
+    let output = both(&["add", "app", &server, "--weight", "3", "--slow-start", "1h"]);
     assert!(output.status.success(), "{}", text(&output.stderr));
     for setup in [&first, &second] {
         let peer = setup.admin.peer("app", &server).expect("added");
         assert_eq!((peer.weight, peer.state), (3, PeerState::Up));
+        // A ramp of its own, though the upstream has no shift_slow_start.
+        let ramp = peer.ramp.expect("it ramps up");
+        assert_eq!(ramp.effective_weight, 1, "{ramp:?}");
     }
     // Added twice: the first Nginx refuses (409), nothing changes anywhere.
     let output = both(&["add", "app", &server]);

@@ -144,6 +144,10 @@ pub enum Command {
         /// Its label, e.g. the version it runs (what shift_pin and --to can name)
         #[arg(long)]
         label: Option<String>,
+        /// Ramp it up over this long once it takes requests (0s: no ramp), in place of the
+        /// upstream's shift_slow_start
+        #[arg(long, value_parser = window)]
+        slow_start: Option<Duration>,
     },
     /// Give a peer a label (e.g. the version it runs), or take it away with ""
     Label {

@@ -142,7 +142,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             weight,
             state,
             label,
-        } => commands::add(&ctx, &upstream, &server, weight, state, label).await,
+            slow_start,
+        } => commands::add(&ctx, &upstream, &server, (weight, state, label), slow_start).await,
         Command::Label {
             upstream,
             server,

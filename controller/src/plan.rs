@@ -258,10 +258,15 @@ pub fn with_slow_start(
     };
     for (server, change) in &mut patch.peers {
         if targets.contains(server) {
-            change.slow_start = Some(format!("{}ms", window.as_millis()));
+            change.slow_start = Some(window_text(window));
         }
     }
     patch
+}
+
+/// A slow start's window as the API reads it.
+pub fn window_text(window: Duration) -> String {
+    format!("{}ms", window.as_millis())
 }
 
 /// A slow start's window on the command line and in deploy plans: a duration up to 24 h, or 0

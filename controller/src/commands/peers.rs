@@ -7,6 +7,7 @@ use shift_wire::{NewPeer, PeerState, MAX_WEIGHT};
 
 use super::Ctx;
 use crate::exit::Failure;
+use crate::plan;
 
 /// A peer's address as the module lists it (`10.0.0.7:8000`, `[fd00::7]:8000`).
 pub fn parse_server(server: &str) -> Result<String, Failure> {
@@ -18,14 +19,16 @@ pub fn parse_server(server: &str) -> Result<String, Failure> {
     }
 }
 
+/// Adds a peer with its weight, state and label; `slow_start` gives its ramp a window of its
+/// own (0: none) in place of the upstream's `shift_slow_start`.
 pub async fn add(
     ctx: &Ctx,
     upstream: &str,
     server: &str,
-    weight: u32,
-    state: PeerState,
-    label: Option<String>,
+    (weight, state, label): (u32, PeerState, Option<String>),
+    slow_start: Option<Duration>,
 ) -> Result<(), Failure> {
+    ctx.refuse_slow_start_in_a_fleet(slow_start)?;
     let server = parse_server(server)?;
     if weight > MAX_WEIGHT {
         return Err(Failure::usage(anyhow::anyhow!(
@@ -37,7 +40,7 @@ pub async fn add(
         weight: Some(weight),
         state: Some(state),
         label,
-        slow_start: None,
+        slow_start: slow_start.map(plan::window_text),
         expect_generation: None,
     };
     let states = ctx.fleet.add_peer(upstream, &peer).await?;
