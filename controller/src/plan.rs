@@ -269,23 +269,8 @@ pub fn window_text(window: Duration) -> String {
     format!("{}ms", window.as_millis())
 }
 
-/// A slow start's window on the command line and in deploy plans: a duration up to 24 h, or 0
-/// (`0s`) for none, as the API takes it.
-pub fn parse_window(text: &str) -> Result<Duration, String> {
-    let zero = matches!(text.trim_start_matches('0'), "" | "ms" | "s" | "m" | "h")
-        && text.starts_with('0');
-    let window = if zero {
-        Duration::ZERO
-    } else {
-        parse_duration(text)?
-    };
-    if window > Duration::from_secs(24 * 3600) {
-        return Err(format!(
-            "\"{text}\" is longer than 24h, the longest slow start"
-        ));
-    }
-    Ok(window)
-}
+/// A slow start's window on the command line and in deploy plans, as the API takes it.
+pub use shift_wire::parse_window;
 
 /// Durations of the command line and deploy plans: Nginx's notation, as the directives read it
 /// (`shift_wire::parse_duration`).

@@ -359,6 +359,24 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// A slow start's window, as the API's `slow_start` and shiftctl's `--slow-start` take it: a
+/// duration up to 24 h (`parse_duration`), or zero (`0`, `0s`, `0ms`…) for no ramp.
+pub fn parse_window(text: &str) -> Result<Duration, String> {
+    let zero = text.starts_with('0')
+        && matches!(text.trim_start_matches('0'), "" | "ms" | "s" | "m" | "h");
+    let window = if zero {
+        Duration::ZERO
+    } else {
+        parse_duration(text)?
+    };
+    if window > Duration::from_secs(24 * 3600) {
+        return Err(format!(
+            "\"{text}\" is longer than 24h, the longest slow start"
+        ));
+    }
+    Ok(window)
+}
+
 /// A JSON object as a map, refusing a key that comes twice.
 fn unique_keys<'de, D, V>(deserializer: D) -> Result<BTreeMap<String, V>, D::Error>
 where

@@ -9,7 +9,6 @@ use super::query::Query;
 use super::{
     expect_generation, ok, too_large, unknown_peer, Endpoint, Failure, PendingSave, Respond, Writer,
 };
-use crate::slow_start::MAX_WINDOW_MS;
 use crate::table::{Label, PeerChange, PeerSlot, Table};
 
 pub(super) fn patch(endpoint: &Endpoint, body: &[u8], args: &str, writer: &Writer) -> Respond {
@@ -113,16 +112,9 @@ pub(super) fn slow_start_of(server: &str, text: Option<&str>) -> Result<Option<u
     let Some(text) = text else {
         return Ok(None);
     };
-    let zero = text.starts_with('0')
-        && matches!(text.trim_start_matches('0'), "" | "ms" | "s" | "m" | "h");
-    let ms = if zero {
-        Ok(0)
-    } else {
-        shift_wire::parse_duration(text).map(|time| time.as_millis() as u64)
-    };
-    match ms {
-        Ok(ms) if ms <= MAX_WINDOW_MS => Ok(Some(ms as u32)),
-        _ => Err(Failure::new(
+    match shift_wire::parse_window(text) {
+        Ok(window) => Ok(Some(window.as_millis() as u32)),
+        Err(_) => Err(Failure::new(
             400,
             "bad_request",
             format!(
