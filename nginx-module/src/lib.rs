@@ -13,6 +13,7 @@ mod api_reply;
 mod clock;
 mod conf;
 mod conf_ext;
+mod drain_close;
 mod ejection;
 mod health_probe;
 mod ngx_module;

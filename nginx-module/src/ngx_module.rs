@@ -243,6 +243,7 @@ unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
             return Status::NGX_OK.0;
         }
         crate::worker_tick::start(cycle);
+        crate::drain_close::start(cycle);
         crate::health_probe::start_probes(cycle)
     }
 }

@@ -23,6 +23,7 @@ use crate::ngx_module::Module;
 use crate::peer_list::{ListHold, Member, PeerList};
 use crate::shm::{inflight, table_of};
 use crate::steering::{self, ListView, Steering};
+use shift_core::attached::Ticket;
 use shift_core::directives::{duplicate_address, unknown_label_server};
 use shift_core::table::{slot_of, PeerSlot, Table, TableHeader};
 
@@ -124,7 +125,6 @@ unsafe fn server_lines(uscf: &ngx_http_upstream_srv_conf_t) -> Vec<(String, Vec<
 
 /// What this module keeps per request: round robin's own callbacks and data, and the table slot
 /// of the peer the current attempt uses.
-#[derive(Clone, Copy)]
 struct Attempt {
     rr_data: *mut c_void,
     rr_get: ngx_event_get_peer_pt,
@@ -138,6 +138,8 @@ struct Attempt {
     /// The slot and load position of the peer the current attempt uses, and when it began
     /// (Nginx's cached clock, as its own `$upstream_response_time` reads it).
     slot: Option<(&'static PeerSlot, usize)>,
+    /// The current attempt in the worker's record of who uses which peer (`drain_close`).
+    carried: Option<Ticket>,
     started_ms: ngx_msec_t,
     /// Its `shift_sticky` and `shift_pin` values, and round robin's primary list when it
     /// started (steering stops once round robin goes on to the backups).
@@ -171,10 +173,6 @@ fn init_request_peer(request: &mut Request, uscf: *mut ngx_http_upstream_srv_con
     if !list.is_null() && request.pool().allocate(ListHold::new(list)).is_null() {
         return Status::NGX_ERROR;
     }
-    let attempt = request.pool().alloc_type::<Attempt>();
-    if attempt.is_null() {
-        return Status::NGX_ERROR;
-    }
     let Some(upstream) = request.upstream() else {
         return Status::NGX_ERROR;
     };
@@ -184,23 +182,25 @@ fn init_request_peer(request: &mut Request, uscf: *mut ngx_http_upstream_srv_con
     // SAFETY: round robin's init left its own data in `peer.data`.
     let primary = unsafe { (*peer.data.cast::<ngx_http_upstream_rr_peer_data_t>()).peers };
     let steering = Steering::of(request, conf);
-    // SAFETY: `attempt` was just allocated from the request's pool for an `Attempt`.
-    unsafe {
-        attempt.write(Attempt {
-            rr_data: peer.data,
-            rr_get: peer.get,
-            rr_free: peer.free,
-            rr_set_session: peer.set_session,
-            rr_save_session: peer.save_session,
-            conf,
-            request: r,
-            list,
-            slot: None,
-            started_ms: 0,
-            steering,
-            primary,
-        })
-    };
+    // In the request's pool, with a cleanup that detaches it when the pool goes (`Drop`).
+    let attempt = request.pool().allocate(Attempt {
+        rr_data: peer.data,
+        rr_get: peer.get,
+        rr_free: peer.free,
+        rr_set_session: peer.set_session,
+        rr_save_session: peer.save_session,
+        conf,
+        request: r,
+        list,
+        slot: None,
+        carried: None,
+        started_ms: 0,
+        steering,
+        primary,
+    });
+    if attempt.is_null() {
+        return Status::NGX_ERROR;
+    }
     peer.data = attempt.cast();
     peer.get = Some(get_peer);
     peer.free = Some(free_peer);
@@ -472,6 +472,12 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
             slot.server()
         );
         slot.record_request();
+        if let Some(ticket) = attempt
+            .carried
+            .replace(crate::drain_close::attach(slot, attempt.request))
+        {
+            crate::drain_close::detach(ticket);
+        }
         attempt.started_ms = current_msec();
         if let Some(inflight) = inflight() {
             inflight.started(position);
@@ -529,6 +535,7 @@ unsafe extern "C" fn free_peer(
 ) {
     // SAFETY: as in get_peer.
     let attempt = unsafe { &mut *data.cast::<Attempt>() };
+    attempt.end_carrying();
     if let Some((slot, position)) = attempt.slot.take() {
         slot.verify();
         // SAFETY: the request outlives its upstream attempts; `upstream` and its `state` are
@@ -559,6 +566,22 @@ unsafe extern "C" fn free_peer(
     if let Some(rr_free) = attempt.rr_free {
         // SAFETY: round robin's free, with its own data.
         unsafe { rr_free(pc, attempt.rr_data, state) };
+    }
+}
+
+impl Attempt {
+    fn end_carrying(&mut self) {
+        if let Some(ticket) = self.carried.take() {
+            crate::drain_close::detach(ticket);
+        }
+    }
+}
+
+/// Runs when the request's pool goes, before its memory does: an attempt that Nginx never
+/// freed (none should be) leaves no pointer to the request in the worker's record.
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        self.end_carrying();
     }
 }
 

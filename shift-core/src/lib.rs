@@ -4,7 +4,9 @@
 //! crate connects it to Nginx through a few small FFI modules.
 
 pub mod api;
+pub mod attached;
 pub mod directives;
+pub mod drain_close;
 pub mod eject;
 pub mod health;
 pub mod health_record;

@@ -36,7 +36,7 @@ enum Family {
     Health,
 }
 
-const FAMILIES: [Family; 19] = [
+const FAMILIES: [Family; 20] = [
     Family::Zone,
     Family::Generation,
     Family::Pinned,
@@ -51,6 +51,7 @@ const FAMILIES: [Family; 19] = [
     Family::Number(6),
     Family::Number(7),
     Family::Number(8),
+    Family::Number(9),
     Family::Responses,
     Family::Histogram(0),
     Family::Histogram(1),
@@ -61,7 +62,7 @@ const FAMILIES: [Family; 19] = [
 type Value = fn(&shift_wire::Peer) -> u64;
 
 /// The plain numbers of a peer: name, type, help, value.
-const NUMBERS: [(&str, &str, &str, Value); 9] = [
+const NUMBERS: [(&str, &str, &str, Value); 10] = [
     (
         "nginx_shift_peer_weight",
         "gauge",
@@ -115,6 +116,12 @@ const NUMBERS: [(&str, &str, &str, Value); 9] = [
         "gauge",
         "1 while shift_eject keeps the peer out.",
         |p| p.ejection.ejected_until_ms.is_some() as u64,
+    ),
+    (
+        "nginx_shift_peer_closed_by_drain_total",
+        "counter",
+        "Requests closed at the deadline (close_after) of the peer's drain or removal.",
+        |p| p.drain_close.closed_by_drain,
     ),
 ];
 
@@ -449,7 +456,7 @@ mod tests {
             "rendered in steps, the text differs"
         );
         assert!(steps > 20, "{steps} steps");
-        assert_eq!(whole.matches("# TYPE").count(), 20);
+        assert_eq!(whole.matches("# TYPE").count(), 21);
     }
 
     #[test]
@@ -488,6 +495,12 @@ mod tests {
         );
         assert!(
             text.contains(
+                "nginx_shift_peer_closed_by_drain_total{upstream=\"app\",peer=\"127.0.0.1:8000\"} 0\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
                 "nginx_shift_peer_info{upstream=\"app\",peer=\"127.0.0.1:8000\",label=\"\"} 1\n"
             ),
             "{text}"
@@ -513,6 +526,6 @@ mod tests {
             text.contains("nginx_shift_peer_header_seconds_sum{upstream=\"app\",peer=\"127.0.0.1:8000\"} 0.004\n"),
             "{text}"
         );
-        assert_eq!(text.matches("# TYPE").count(), 18);
+        assert_eq!(text.matches("# TYPE").count(), 19);
     }
 }

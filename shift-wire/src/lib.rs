@@ -147,6 +147,21 @@ pub struct Ejection {
     pub ejected_until_ms: Option<u64>,
 }
 
+/// A deadline a drain or removal gave the requests a peer still carries (`close_after`): all
+/// zero and absent without one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainClose {
+    /// When the workers start closing its requests (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close_at_ms: Option<u64>,
+    /// Over how long after `close_at_ms` they close them, evenly (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close_spread_ms: Option<u64>,
+    /// Requests closed at such a deadline, since this instance of the peer joined.
+    #[serde(default)]
+    pub closed_by_drain: u64,
+}
+
 /// One peer of an upstream, as live in shared memory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peer {
@@ -188,6 +203,9 @@ pub struct Peer {
     /// Its ejections by `shift_eject`; `eligible` is false while it is ejected.
     #[serde(flatten)]
     pub ejection: Ejection,
+    /// The deadline of its drain or removal, and what it closed.
+    #[serde(flatten)]
+    pub drain_close: DrainClose,
     /// The weight the config gives it; `weight` differs once changed at run time.
     pub config_weight: u32,
     /// Requests sent to this peer (every attempt, retries included).
@@ -276,6 +294,14 @@ pub struct PeerPatch {
     /// (`"30s"`; `"0s"`: none), in place of the upstream's `shift_slow_start`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slow_start: Option<String>,
+    /// With `state` `drain` or `down`: close the requests it still carries after this long
+    /// (`"30s"`; `"0s"`: at once), upgraded connections included. `state` `up` cancels it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close_after: Option<String>,
+    /// Spread those closes evenly over this long after the deadline (`"10s"`; none: all at
+    /// once), so that clients reconnect gradually.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close_spread: Option<String>,
 }
 
 /// `PATCH upstreams/{name}`: applied all or nothing, as one new generation.

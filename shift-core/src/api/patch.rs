@@ -3,12 +3,13 @@
 //! holds the new generation and the peers the PATCH named (`?full=1`: the whole upstream), so
 //! that its size follows the question.
 
-use shift_wire::{PatchApplied, UpstreamPatch, MAX_BODY_BYTES, MAX_WEIGHT};
+use shift_wire::{PatchApplied, PeerState, UpstreamPatch, MAX_BODY_BYTES, MAX_WEIGHT};
 
 use super::query::Query;
 use super::{
     expect_generation, ok, too_large, unknown_peer, Endpoint, Failure, PendingSave, Respond, Writer,
 };
+use crate::drain_close::CloseOrder;
 use crate::table::{Label, PeerChange, PeerSlot, Table};
 
 pub(super) fn patch(endpoint: &Endpoint, body: &[u8], args: &str, writer: &Writer) -> Respond {
@@ -88,6 +89,23 @@ fn plan(table: Table, request: &UpstreamPatch) -> Result<Vec<PeerChange>, Failur
                 ));
             }
             let slow_start_ms = slow_start_of(server, change.slow_start.as_deref())?;
+            let close = close_order_of(
+                server,
+                change.close_after.as_deref(),
+                change.close_spread.as_deref(),
+            )?;
+            if close.is_some() && !matches!(change.state, Some(PeerState::Drain | PeerState::Down))
+            {
+                return Err(Failure::new(
+                    400,
+                    "bad_request",
+                    format!(
+                        "peer \"{server}\": close_after goes with \"state\": \"drain\" or \
+                         \"down\", which stop new requests; a peer that takes them keeps its \
+                         connections"
+                    ),
+                ));
+            }
             let label = change
                 .label
                 .as_deref()
@@ -102,9 +120,20 @@ fn plan(table: Table, request: &UpstreamPatch) -> Result<Vec<PeerChange>, Failur
                 state: change.state,
                 label,
                 slow_start_ms,
+                close,
             })
         })
         .collect()
+}
+
+/// A peer's `close_after` and `close_spread` in a PATCH or DELETE.
+pub(super) fn close_order_of(
+    server: &str,
+    after: Option<&str>,
+    spread: Option<&str>,
+) -> Result<Option<CloseOrder>, Failure> {
+    CloseOrder::parse(after, spread)
+        .map_err(|err| Failure::new(400, "bad_request", format!("peer \"{server}\": {err}")))
 }
 
 /// A peer's `slow_start` in a PATCH or POST, in ms: `"0s"` for none; up to 24 h.

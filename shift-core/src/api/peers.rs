@@ -125,6 +125,11 @@ pub(super) fn remove(
     let index = table
         .peer_index(server)
         .ok_or_else(|| unknown_peer(table, server))?;
+    let close = super::patch::close_order_of(
+        server,
+        query.close_after.as_deref(),
+        query.close_spread.as_deref(),
+    )?;
     let slot = table.peers()[index];
     if slot.origin() == PeerOrigin::Resolved {
         return Err(Failure::new(
@@ -153,7 +158,7 @@ pub(super) fn remove(
         .map_err(|err| Failure::new(503, "busy", err.to_string()))?;
     expect_generation(table, query.expect_generation)?;
     let epoch = membership.next_epoch();
-    guard.remove_peer(slot, epoch);
+    guard.remove_peer_closing(slot, epoch, close, endpoint.now_ms);
     drop(guard);
     let active = endpoint.active.get(index).copied().unwrap_or(0);
     let mut rest: Vec<&PeerSlot> = table.peers().to_vec();
@@ -412,6 +417,20 @@ mod tests {
     }
 
     #[test]
+    fn a_deleted_peer_keeps_the_deadline_its_delete_gave() {
+        let owned = app_with_runtime_peer();
+        let path = "upstreams/app/peers/127.0.0.1:8001?close_after=30s&close_spread=10s";
+        let mut membership = HeapMembership::default();
+        let reply = call_with(&owned, "DELETE", path, "", WRITER, None, &mut membership);
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert!(!owned.peers[1].is_current());
+        assert_eq!(
+            owned.peers[1].close_deadline(),
+            Some((NOW_MS + 30_000, 10_000))
+        );
+    }
+
+    #[test]
     fn config_peers_unknown_peers_and_stale_generations_are_not_deleted() {
         let owned = app_with_runtime_peer();
         let generation = owned.view().generation();
@@ -423,11 +442,18 @@ mod tests {
                 409,
             ),
             ("upstreams/app/peers/127.0.0.1:8001?generation=1", 400),
+            ("upstreams/app/peers/127.0.0.1:8001?close_after=soon", 400),
+            ("upstreams/app/peers/127.0.0.1:8001?close_spread=10s", 400),
+            (
+                "upstreams/app/peers/127.0.0.1:8001?close_after=1s&close_spread=25h",
+                400,
+            ),
         ] {
             let mut membership = HeapMembership::default();
             let reply = call_with(&owned, "DELETE", path, "", WRITER, None, &mut membership);
             assert_eq!(reply.status, status, "{path}: {}", reply.body);
             assert!(owned.peers[1].is_current(), "{path}");
+            assert_eq!(owned.peers[1].close_deadline(), None, "{path}");
             assert_eq!(owned.view().generation(), generation, "{path}");
         }
         let config_line = call_with(

@@ -158,6 +158,33 @@ fn a_patch_gives_the_ramp_it_begins_its_own_slow_start() {
 }
 
 #[test]
+fn a_drain_with_close_after_sets_a_deadline_that_up_cancels() {
+    let owned = app();
+    let body = r#"{"peers": {"127.0.0.1:8000": {"state": "drain", "close_after": "30s", "close_spread": "10s"}}}"#;
+    let reply = call(&owned, "PATCH", "upstreams/app", body, WRITER);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let applied: PatchApplied = serde_json::from_str(&reply.body).unwrap();
+    let close = applied.peers[0].drain_close;
+    let now = crate::table::test_support::NOW_MS;
+    assert_eq!(close.close_at_ms, Some(now + 30_000));
+    assert_eq!(close.close_spread_ms, Some(10_000));
+    // Drained again without one: the deadline stays.
+    let body = r#"{"peers": {"127.0.0.1:8000": {"state": "drain"}}}"#;
+    assert_eq!(
+        call(&owned, "PATCH", "upstreams/app", body, WRITER).status,
+        200
+    );
+    assert_eq!(
+        owned.peers[0].close_deadline(),
+        Some((now + 30_000, 10_000))
+    );
+    let body = r#"{"peers": {"127.0.0.1:8000": {"state": "up"}}}"#;
+    let reply = call(&owned, "PATCH", "upstreams/app", body, WRITER);
+    let applied: PatchApplied = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(applied.peers[0].drain_close, Default::default());
+}
+
+#[test]
 fn bad_patches_get_their_status_and_change_nothing() {
     let owned = app();
     let before = owned
@@ -217,6 +244,27 @@ fn bad_patches_get_their_status_and_change_nothing() {
         ),
         (
             r#"{"peers": {"127.0.0.1:8001": {"state": "up", "slow_start": "0x"}}}"#,
+            400,
+            "bad_request",
+        ),
+        // A deadline for a peer that keeps taking requests, a spread alone, a bad duration.
+        (
+            r#"{"peers": {"127.0.0.1:8000": {"state": "up", "close_after": "30s"}}}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            r#"{"peers": {"127.0.0.1:8000": {"weight": 0, "close_after": "30s"}}}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            r#"{"peers": {"127.0.0.1:8000": {"state": "drain", "close_spread": "10s"}}}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            r#"{"peers": {"127.0.0.1:8000": {"state": "drain", "close_after": "later"}}}"#,
             400,
             "bad_request",
         ),

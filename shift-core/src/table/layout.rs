@@ -270,6 +270,13 @@ pub struct PeerSlot {
     pub(crate) ejections: AtomicU32,
     /// Until when it is ejected (Unix ms; 0: it is not). Set and cleared under the write lock.
     pub(crate) ejected_until_ms: AtomicU64,
+    /// When a drain or removal that gave a `close_after` closes the requests the peer still
+    /// carries (Unix ms; 0: never), and over how long (`crate::drain_close`). Set and cleared
+    /// under the write lock.
+    pub(crate) close_at_ms: AtomicU64,
+    pub(crate) close_spread_ms: AtomicU32,
+    /// Requests the workers closed at that deadline.
+    pub(crate) closed_by_drain: AtomicU64,
     /// The label the config gives it, and the one it has now (the API may have changed it).
     pub(crate) config_label: LabelCell,
     pub(crate) label: LabelCell,
@@ -314,6 +321,9 @@ impl PeerSlot {
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
+            close_at_ms: AtomicU64::new(0),
+            close_spread_ms: AtomicU32::new(0),
+            closed_by_drain: AtomicU64::new(0),
             config_label: LabelCell::new(config.label),
             label: LabelCell::new(config.label),
             response_time: LatencyCell::new(),
@@ -519,6 +529,7 @@ impl PeerSlot {
                 ejections: self.ejections.load(Ordering::Relaxed),
                 ejected_until_ms: Some(values.ejected_until_ms).filter(|&until| until != 0),
             },
+            drain_close: self.drain_close_to_wire(),
             backup: self.backup.load(Ordering::Relaxed),
             origin: self.origin(),
             joined_ms: self.joined_ms(),

@@ -109,6 +109,7 @@ impl<'a> WriteGuard<'a> {
                 if let Some(label) = change.label {
                     peer.label.store(label);
                 }
+                peer.follow_close_order(change.state, change.close, now_ms);
                 if !was_eligible && takes_requests(peer, mandatory) {
                     start_ramp(peer, slow_start, change.slow_start_ms, now_ms);
                 }

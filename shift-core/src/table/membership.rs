@@ -19,6 +19,7 @@ use super::label::Label;
 use super::layout::{encode_health, encode_state, PeerConfig, PeerSlot};
 use super::lock::{start_ramp, takes_requests, WriteGuard};
 use super::CheckMode;
+use crate::drain_close::CloseOrder;
 use crate::slow_start::RAMP_AT_FIRST_PASS;
 
 /// What a peer added at run time starts with.
@@ -84,6 +85,7 @@ fn start_instance(slot: &PeerSlot, at_ms: u64) {
     slot.consecutive_failures.store(0, Ordering::Relaxed);
     slot.ejections.store(0, Ordering::Relaxed);
     slot.ejected_until_ms.store(0, Ordering::Relaxed);
+    slot.forget_close();
 }
 
 /// A slot becoming current at `at_ms` that never was before (a new `server` line, a run-time
@@ -142,6 +144,19 @@ impl WriteGuard<'_> {
             self.table.header.members.store(epoch, Ordering::Release);
         });
         self.bump_generation()
+    }
+
+    /// `remove_peer`, and the requests it still carries closed as `close` says (given at
+    /// `now_ms`, in the same write section).
+    pub fn remove_peer_closing(
+        &self,
+        slot: &PeerSlot,
+        epoch: u64,
+        close: Option<CloseOrder>,
+        now_ms: u64,
+    ) -> u64 {
+        self.write_section(|_| slot.follow_close_order(None, close, now_ms));
+        self.remove_peer(slot, epoch)
     }
 
     /// Takes a run-time peer out of the table at membership `epoch`: no new requests from the

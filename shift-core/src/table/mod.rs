@@ -21,6 +21,7 @@
 //! references to them, and the tests use ordinary heap memory.
 
 mod carry;
+mod closing;
 mod ejection;
 mod label;
 mod latency;
@@ -76,6 +77,8 @@ pub struct PeerChange {
     /// The window of the ramp this change starts if it lets the peer take requests (ms; 0:
     /// none); `None` follows the upstream's `shift_slow_start`.
     pub slow_start_ms: Option<u32>,
+    /// With a drain or `down`: close the requests it still carries on this schedule.
+    pub close: Option<crate::drain_close::CloseOrder>,
 }
 
 /// A view of one upstream's table: its header and the slots of some of its peers, in an order
