@@ -121,6 +121,8 @@ pub enum Command {
         /// Longest wait with --wait
         #[arg(long, default_value = "60s", value_parser = duration)]
         timeout: Duration,
+        #[command(flatten)]
+        close: CloseArgs,
     },
     /// Send new requests to a drained or standby peer again
     Undrain {
@@ -170,6 +172,8 @@ pub enum Command {
         /// Longest wait with --wait
         #[arg(long, default_value = "5m", value_parser = duration)]
         timeout: Duration,
+        #[command(flatten)]
+        close: CloseArgs,
     },
     /// Blue-green: wait until the target is healthy, move all traffic to it, drain the others
     Switch {
@@ -301,6 +305,28 @@ fn duration(text: &str) -> Result<Duration, String> {
 }
 
 /// A slow start's window: a duration up to 24 h, or 0 (`0s`) for none.
+/// `--close-after` and `--close-spread` of `drain` and `remove`.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct CloseArgs {
+    /// Close the requests the peer still carries this long after the drain (WebSockets and
+    /// other long-lived connections included; 0s: at once), so that it ends in bounded time
+    #[arg(long, value_parser = window)]
+    pub close_after: Option<Duration>,
+    /// Spread those closes evenly over this long after --close-after, so that clients
+    /// reconnect gradually
+    #[arg(long, value_parser = window, requires = "close_after")]
+    pub close_spread: Option<Duration>,
+}
+
+impl CloseArgs {
+    pub fn order(self) -> Option<plan::CloseAfter> {
+        self.close_after.map(|after| plan::CloseAfter {
+            after,
+            spread: self.close_spread.unwrap_or_default(),
+        })
+    }
+}
+
 fn window(text: &str) -> Result<Duration, String> {
     plan::parse_window(text)
 }

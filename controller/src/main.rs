@@ -123,18 +123,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             server,
             wait,
             timeout,
+            close,
         } => {
             commands::set_state(
                 &ctx,
                 &upstream,
                 &server,
-                PeerState::Drain,
+                (PeerState::Drain, close.order()),
                 wait.then_some(timeout),
             )
             .await
         }
         Command::Undrain { upstream, server } => {
-            commands::set_state(&ctx, &upstream, &server, PeerState::Up, None).await
+            commands::set_state(&ctx, &upstream, &server, (PeerState::Up, None), None).await
         }
         Command::Add {
             upstream,
@@ -154,7 +155,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             server,
             wait,
             timeout,
-        } => commands::remove(&ctx, &upstream, &server, wait.then_some(timeout)).await,
+            close,
+        } => {
+            commands::remove(
+                &ctx,
+                &upstream,
+                &server,
+                (wait.then_some(timeout), close.order()),
+            )
+            .await
+        }
         Command::Switch {
             upstream,
             to,

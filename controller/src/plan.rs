@@ -264,7 +264,44 @@ pub fn with_slow_start(
     patch
 }
 
-/// A slow start's window as the API reads it.
+/// What a drain does with the requests its peer still carries (`--close-after` and
+/// `--close-spread`, `close_after` and `close_spread` in a deploy plan): close them after
+/// `after`, evenly over `spread`, so that a drain of long-lived connections (WebSockets,
+/// server-sent events) ends in bounded time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseAfter {
+    pub after: Duration,
+    pub spread: Duration,
+}
+
+impl CloseAfter {
+    /// `after` and `spread` as the command line or a plan gives them; a spread needs `after`.
+    pub fn of(after: Option<Duration>, spread: Option<Duration>) -> Result<Option<Self>, String> {
+        match (after, spread) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err("a close spread needs close_after: it starts at that \
+                                    deadline"
+                .to_string()),
+            (Some(after), spread) => Ok(Some(CloseAfter {
+                after,
+                spread: spread.unwrap_or_default(),
+            })),
+        }
+    }
+
+    /// Gives a drain's change the deadline.
+    pub fn apply(&self, change: &mut PeerPatch) {
+        change.close_after = Some(window_text(self.after));
+        change.close_spread = Some(window_text(self.spread));
+    }
+
+    /// When the last of the requests it closes is closed, from the drain on.
+    pub fn ends_after(&self) -> Duration {
+        self.after + self.spread
+    }
+}
+
+/// A window (a slow start's, a drain's `close_after`) as the API reads it.
 pub fn window_text(window: Duration) -> String {
     format!("{}ms", window.as_millis())
 }
@@ -332,6 +369,7 @@ mod tests {
             resolved_ms: None,
             ramp: None,
             ejection: Default::default(),
+            drain_close: Default::default(),
             config_weight: 1,
             requests: 0,
             failures: 0,

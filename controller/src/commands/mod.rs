@@ -80,6 +80,22 @@ impl Ctx {
         Ok(())
     }
 
+    /// `--close-after` (`close_after` in a deploy plan) goes to each Nginx's API; the fleet's
+    /// desired state in etcd has no place for it.
+    pub fn refuse_close_after_in_a_fleet(
+        &self,
+        close: Option<crate::plan::CloseAfter>,
+    ) -> Result<(), Failure> {
+        if close.is_some() && matches!(self.fleet, Fleet::Etcd(_)) {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "--close-after (close_after in a deploy plan) does not work with --etcd yet: \
+                 the fleet's desired state holds weights and states only; drain without it, \
+                 or run shiftctl against each Nginx's socket"
+            )));
+        }
+        Ok(())
+    }
+
     /// The hosts a change went on without (`--allow-partial`), if any: "GONE: a; STALE: b".
     pub fn hosts_gone_without(&self) -> Option<String> {
         let went = self.went_without.lock().expect("went-without lock");

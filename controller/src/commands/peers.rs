@@ -7,7 +7,7 @@ use shift_wire::{NewPeer, PeerState, MAX_WEIGHT};
 
 use super::Ctx;
 use crate::exit::Failure;
-use crate::plan;
+use crate::plan::{self, CloseAfter};
 
 /// A peer's address as the module lists it (`10.0.0.7:8000`, `[fd00::7]:8000`).
 pub fn parse_server(server: &str) -> Result<String, Failure> {
@@ -51,16 +51,19 @@ pub async fn add(
 }
 
 /// Removes a peer. With `drain_first`, it is drained and its requests are waited for (at most
-/// that long) before it goes, so that whoever stops it next cuts no request.
+/// that long) before it goes, so that whoever stops it next cuts no request. With `close`, the
+/// requests it still carries are closed on that schedule (given with the drain that comes
+/// first, which the removal keeps), in-flight and upgraded ones alike.
 pub async fn remove(
     ctx: &Ctx,
     upstream: &str,
     server: &str,
-    drain_first: Option<Duration>,
+    (drain_first, close): (Option<Duration>, Option<CloseAfter>),
 ) -> Result<(), Failure> {
     let server = parse_server(server)?;
-    if let Some(timeout) = drain_first {
-        super::set::set_state(ctx, upstream, &server, PeerState::Drain, Some(timeout)).await?;
+    if drain_first.is_some() || close.is_some() {
+        let state = (PeerState::Drain, close);
+        super::set::set_state(ctx, upstream, &server, state, drain_first).await?;
     }
     let removals = ctx.fleet.remove_peer(upstream, &server).await?;
     let active: u64 = removals.iter().map(|removal| removal.active).sum();

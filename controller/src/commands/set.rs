@@ -8,7 +8,7 @@ use shift_wire::{PeerPatch, PeerState, Upstream, UpstreamPatch, MAX_WEIGHT};
 use super::{Ctx, POLL};
 use crate::exit::Failure;
 use crate::fleet::Laggards;
-use crate::plan;
+use crate::plan::{self, CloseAfter};
 
 /// Parses `SERVER=WEIGHT` arguments.
 pub fn parse_assignments(assignments: &[String]) -> Result<BTreeMap<String, PeerPatch>, Failure> {
@@ -108,17 +108,34 @@ pub async fn set_label(
     Ok(())
 }
 
+/// Sets `server`'s state on every Nginx; with `wait`, waits (at most that long) for its
+/// requests in flight to end. `close` (a drain's or standby's) closes what it still carries
+/// after a deadline, so that the wait ends even with long-lived connections.
 pub async fn set_state(
     ctx: &Ctx,
     upstream: &str,
     server: &str,
-    state: PeerState,
+    (state, close): (PeerState, Option<CloseAfter>),
     wait: Option<Duration>,
 ) -> Result<(), Failure> {
-    let patch = PeerPatch {
+    ctx.refuse_close_after_in_a_fleet(close)?;
+    if let (Some(close), Some(timeout)) = (close, wait) {
+        if close.ends_after() >= timeout {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "--timeout {timeout:?} ends before the drain closes the last request (close \
+                 after {:?}, spread over {:?}): give a --timeout longer than both together",
+                close.after,
+                close.spread
+            )));
+        }
+    }
+    let mut patch = PeerPatch {
         state: Some(state),
         ..Default::default()
     };
+    if let Some(close) = close {
+        close.apply(&mut patch);
+    }
     let states = patch_peer(ctx, upstream, server, patch).await?;
     if let Some(timeout) = wait {
         let deadline = Instant::now() + timeout;

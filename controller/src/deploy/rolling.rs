@@ -254,7 +254,7 @@ async fn retire(ctx: &Ctx, plan: &DeployPlan, rolling: &Rolling, old: &Peer) -> 
         ctx,
         upstream,
         &old.server,
-        PeerState::Drain,
+        (PeerState::Drain, None),
         Some(plan.health_timeout),
     )
     .await

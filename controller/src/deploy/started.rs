@@ -119,6 +119,7 @@ mod tests {
             resolved_ms: (origin == PeerOrigin::Resolved).then_some(1_000),
             ramp: None,
             ejection: Default::default(),
+            drain_close: Default::default(),
             config_weight: 1,
             requests: 0,
             failures: 0,

@@ -142,8 +142,9 @@ pub fn with_peer(
         weight: new.weight,
         state: new.state,
         label: new.label.clone(),
-        // The fleet's desired state holds no ramps; `--slow-start` is refused with `--etcd`.
-        slow_start: None,
+        // The fleet's desired state holds no ramps and no deadlines; `--slow-start` and
+        // `--close-after` are refused with `--etcd`.
+        ..Default::default()
     };
     apply_peer_patch(&mut peer, &change)?;
     let mut next = desired.clone();
@@ -236,6 +237,7 @@ fn new_peer_view(wanted: &DesiredPeer) -> Peer {
         resolved_ms: None,
         ramp: None,
         ejection: Default::default(),
+        drain_close: Default::default(),
         config_weight: wanted.weight,
         requests: 0,
         failures: 0,
@@ -294,7 +296,7 @@ pub fn converge(desired: &DesiredUpstream, local: &Upstream) -> Convergence {
             weight: (peer.weight != wanted.weight).then_some(wanted.weight),
             state: (peer.state != wanted.state).then_some(wanted.state),
             label: (peer.label != wanted.label).then(|| wanted.label.clone().unwrap_or_default()),
-            slow_start: None,
+            ..Default::default()
         };
         if change != PeerPatch::default() {
             plan.patch.insert(wanted.server.clone(), change);
@@ -524,6 +526,7 @@ mod tests {
                 state: Some(PeerState::Drain),
                 label: Some("green".into()),
                 slow_start: None,
+                ..Default::default()
             })
         );
         assert_eq!(plan.remove, ["old:1"]);

@@ -105,6 +105,7 @@ fn strip_peer(peer: &Peer, counters: bool) -> Peer {
         resolved_ms: None,
         ramp: None,
         ejection: Default::default(),
+        drain_close: Default::default(),
         check: peer.check.as_ref().map(|check| CheckStatus {
             last_check_ms: None,
             consecutive_fails: 0,
@@ -152,6 +153,7 @@ mod tests {
                     resolved_ms: None,
                     ramp: None,
                     ejection: Default::default(),
+                    drain_close: Default::default(),
                     config_weight: 1,
                     requests,
                     failures: 0,

@@ -85,6 +85,7 @@ mod tests {
             resolved_ms: None,
             ramp: None,
             ejection: Default::default(),
+            drain_close: Default::default(),
             config_weight: weight,
             requests: 12,
             failures: 1,

@@ -147,6 +147,7 @@ mod tests {
             resolved_ms: None,
             ramp: None,
             ejection: Default::default(),
+            drain_close: Default::default(),
             config_weight: 1,
             requests,
             failures: 0,
