@@ -39,11 +39,16 @@ struct Behaviour {
     cold_gate: tokio::sync::Semaphore,
     hits: AtomicU64,
     hits_by_path: Mutex<HashMap<String, u64>>,
+    /// WebSocket-style and event-stream connections open now (`/ws`, `/events`).
+    streams_open: AtomicU64,
 }
 
 /// A backend that answers every request with its name as the body. Its status code can be
 /// changed, or it can be told to hang, to stand in for a failing version; a request for
-/// `/slow/MS` is answered after MS milliseconds, to stand in for a long request. Dropping it closes the
+/// `/slow/MS` is answered after MS milliseconds, to stand in for a long request. Two paths stay
+/// open for as long as the client keeps them: `/ws` upgrades the connection (101, as a WebSocket
+/// server would), says its name on a line and then echoes what it reads; `/events` is a
+/// server-sent event stream that sends `data: NAME` every 200 ms. Dropping it closes the
 /// listener and every open connection.
 pub struct Backend {
     addr: SocketAddr,
@@ -76,6 +81,7 @@ impl Backend {
             cold_gate: tokio::sync::Semaphore::new(COLD_CONCURRENCY),
             hits: AtomicU64::new(0),
             hits_by_path: Mutex::new(HashMap::new()),
+            streams_open: AtomicU64::new(0),
         });
         let listener = runtime()
             .block_on(TcpListener::bind(address))
@@ -104,6 +110,11 @@ impl Backend {
     /// Requests answered (or, when hanging, received) so far.
     pub fn hits(&self) -> u64 {
         self.behaviour.hits.load(Ordering::SeqCst)
+    }
+
+    /// Its `/ws` and `/events` connections open now.
+    pub fn streams_open(&self) -> u64 {
+        self.behaviour.streams_open.load(Ordering::SeqCst)
     }
 
     /// Requests received for `path` so far (e.g. health probes on `/health` apart from traffic).
@@ -184,6 +195,16 @@ async fn serve_connection(stream: TcpStream, behaviour: Arc<Behaviour>) {
         if behaviour.hang.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
+        if path == "/ws" || path == "/events" {
+            behaviour.streams_open.fetch_add(1, Ordering::SeqCst);
+            if path == "/ws" {
+                echo_upgraded(reader, write, &behaviour.name).await;
+            } else {
+                stream_events(write, &behaviour.name).await;
+            }
+            behaviour.streams_open.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
         let cold = path != "/health"
             && behaviour
                 .cold_left
@@ -215,6 +236,39 @@ async fn serve_connection(stream: TcpStream, behaviour: Arc<Behaviour>) {
         if write.write_all(answer.as_bytes()).await.is_err() {
             return;
         }
+    }
+}
+
+/// `/ws`: switches protocols, says its name, then echoes until either side closes.
+async fn echo_upgraded(
+    mut reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    mut write: tokio::net::tcp::OwnedWriteHalf,
+    name: &str,
+) {
+    let hello = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\
+         {name}\n"
+    );
+    if write.write_all(hello.as_bytes()).await.is_err() {
+        return;
+    }
+    let _ = tokio::io::copy(&mut reader, &mut write).await;
+}
+
+/// `/events`: a chunked event stream, one event every 200 ms, until the client goes.
+async fn stream_events(mut write: tokio::net::tcp::OwnedWriteHalf, name: &str) {
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+                Transfer-Encoding: chunked\r\n\r\n";
+    if write.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    let event = format!("data: {name}\n\n");
+    let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+    loop {
+        if write.write_all(chunk.as_bytes()).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
 
