@@ -188,3 +188,133 @@ fn a_drain_closes_long_lived_connections_at_its_deadline_spread_over_the_window(
         "{log}"
     );
 }
+
+#[test]
+fn up_before_the_deadline_cancels_it() {
+    let site = Site::start();
+    let blue = site.blue.addr().to_string();
+    let mut on_blue = site.open(4, "blue");
+    let drain = format!(r#"{{"peers": {{"{blue}": {{"state": "drain", "close_after": "1s"}}}}}}"#);
+    assert_eq!(site.admin.patch("app", &drain).status, 200);
+    let up = format!(r#"{{"peers": {{"{blue}": {{"state": "up"}}}}}}"#);
+    assert_eq!(site.admin.patch("app", &up).status, 200);
+    let peer = site.admin.peer("app", &blue).unwrap();
+    assert_eq!(peer.drain_close, Default::default(), "no deadline left");
+    thread::sleep(Duration::from_millis(2_500));
+    for connection in &mut on_blue[..4] {
+        assert_eq!(connection.echo("kept").unwrap(), "kept");
+    }
+    assert_eq!(site.blue.streams_open(), 6);
+    assert_eq!(closed_by_drain(&site.admin, &blue), 0);
+}
+
+#[test]
+fn old_workers_of_a_reload_close_what_they_carry_at_the_deadline() {
+    let mut site = Site::start();
+    let blue = site.blue.addr().to_string();
+    let on_blue = site.open(4, "blue");
+    // The workers that hold them now live on after the reload, for their connections' sake.
+    let old = site.nginx.begin_reload(None);
+    let green = site.green.addr().to_string();
+    let body = format!(
+        r#"{{"peers": {{"{blue}": {{"state": "drain", "close_after": "1s"}}, "{green}": {{"state": "up"}}}}}}"#
+    );
+    let before = Instant::now();
+    assert_eq!(site.admin.patch("app", &body).status, 200);
+    for closed in closes(on_blue, Duration::from_secs(10)) {
+        let after = closed
+            .expect("closed by the old worker")
+            .duration_since(before);
+        assert!(after >= Duration::from_secs(1), "closed at {after:?}");
+    }
+    site.nginx.finish_reload(&old);
+    assert_eq!(closed_by_drain(&site.admin, &blue), 6);
+}
+
+#[test]
+fn shiftctl_remove_with_close_after_ends_a_runtime_peers_connections_and_its_wait() {
+    let site = Site::start();
+    let extra = Backend::start("extra");
+    let (blue, server) = (site.blue.addr().to_string(), extra.addr().to_string());
+    assert_eq!(site.admin.add_peer("app", &server, "").status, 201);
+    let down = format!(r#"{{"peers": {{"{blue}": {{"state": "down"}}}}}}"#);
+    assert_eq!(site.admin.patch("app", &down).status, 200);
+    let on_extra = site.open(4, "extra");
+    let started = Instant::now();
+    let waiters = thread::spawn(move || closes(on_extra, Duration::from_secs(20)));
+    let removed = site.shiftctl(&[
+        "remove",
+        "app",
+        &server,
+        "--wait",
+        "--timeout",
+        "20s",
+        "--close-after",
+        "1s",
+        "--close-spread",
+        "1s",
+    ]);
+    let took = started.elapsed();
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(15),
+        "the wait ends once the window did: {took:?}"
+    );
+    for closed in waiters.join().unwrap() {
+        let after = closed.expect("closed").duration_since(started);
+        assert!(after >= Duration::from_secs(1), "closed at {after:?}");
+    }
+    assert!(site.admin.peer("app", &server).is_none(), "removed");
+    // An event stream's backend notices at its next event.
+    assert!(
+        wait_for(Duration::from_secs(5), || (extra.streams_open() == 0)
+            .then_some(()))
+        .is_some()
+    );
+}
+
+#[test]
+fn shiftctl_refuses_bad_close_options_and_changes_nothing() {
+    let site = Site::start();
+    let blue = site.blue.addr().to_string();
+    for args in [
+        vec!["drain", "app", &blue, "--close-spread", "1s"],
+        vec!["drain", "app", &blue, "--close-after", "soon"],
+        vec!["drain", "app", &blue, "--close-after", "25h"],
+        vec![
+            "drain",
+            "app",
+            &blue,
+            "--wait",
+            "--timeout",
+            "2s",
+            "--close-after",
+            "5s",
+        ],
+        vec!["remove", "app", &blue, "--close-spread", "1s"],
+    ] {
+        let output = site.shiftctl(&args);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let peer = site.admin.peer("app", &blue).unwrap();
+    assert_eq!(peer.state, shift_wire::PeerState::Up);
+    assert_eq!(peer.drain_close, Default::default());
+    // The API refuses them as well, naming what was wrong.
+    let bad = format!(r#"{{"peers": {{"{blue}": {{"state": "up", "close_after": "1s"}}}}}}"#);
+    let reply = site.admin.patch("app", &bad);
+    assert_eq!(reply.status, 400);
+    assert!(
+        reply.body.contains("close_after goes with"),
+        "{}",
+        reply.body
+    );
+}
