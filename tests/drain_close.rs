@@ -8,11 +8,28 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use harness::{
-    shiftctl_command, wait_for, Admin, Backend, HttpClient, LongLived, Nginx, NginxOptions,
+    free_port, shiftctl_command, wait_for, Admin, Backend, HookedBackends, HttpClient, LongLived,
+    Nginx, NginxOptions,
 };
 
-/// Blue (up) and green (standby) behind upstream `app`, with WebSocket and event-stream
-/// locations, two workers, and the API.
+/// The `http {}` body of an upstream `app` over `blue` (up) and `green` (standby) with
+/// WebSocket and event-stream locations on `port`, and the API.
+fn config(blue: &str, green: &str, port: u16, upstream_extra: &str) -> String {
+    format!(
+        "upstream app {{\n    server {blue};\n    server {green} down;\n    shift;\n    \
+         {upstream_extra}\n}}\n\
+         server {{\n    listen 127.0.0.1:{port};\n    proxy_read_timeout 1h;\n    \
+         location / {{ proxy_pass http://app; }}\n    \
+         location = /ws {{\n        proxy_pass http://app;\n        \
+         proxy_http_version 1.1;\n        proxy_set_header Upgrade $http_upgrade;\n        \
+         proxy_set_header Connection \"upgrade\";\n    }}\n    \
+         location = /events {{\n        proxy_pass http://app;\n        \
+         proxy_http_version 1.1;\n        proxy_buffering off;\n    }}\n}}\n\
+         server {{\n    listen unix:{{prefix}}/api.sock;\n    location /api/ {{ shift_api; }}\n}}\n"
+    )
+}
+
+/// Blue (up) and green (standby) behind upstream `app` (`config`), two workers.
 struct Site {
     nginx: Nginx,
     admin: Admin,
@@ -24,19 +41,12 @@ struct Site {
 impl Site {
     fn start() -> Site {
         let (blue, green) = (Backend::start("blue"), Backend::start("green"));
-        let port = harness::free_port();
-        let config = format!(
-            "upstream app {{\n    server {blue};\n    server {green} down;\n    shift;\n}}\n\
-             server {{\n    listen 127.0.0.1:{port};\n    proxy_read_timeout 1h;\n    \
-             location / {{ proxy_pass http://app; }}\n    \
-             location = /ws {{\n        proxy_pass http://app;\n        \
-             proxy_http_version 1.1;\n        proxy_set_header Upgrade $http_upgrade;\n        \
-             proxy_set_header Connection \"upgrade\";\n    }}\n    \
-             location = /events {{\n        proxy_pass http://app;\n        \
-             proxy_http_version 1.1;\n        proxy_buffering off;\n    }}\n}}\n\
-             server {{\n    listen unix:{{prefix}}/api.sock;\n    location /api/ {{ shift_api; }}\n}}\n",
-            blue = blue.addr(),
-            green = green.addr()
+        let port = free_port();
+        let config = config(
+            &blue.addr().to_string(),
+            &green.addr().to_string(),
+            port,
+            "",
         );
         let nginx = Nginx::start(NginxOptions::new(config));
         let admin = Admin::new(nginx.path("api.sock"), "/api/");
@@ -316,5 +326,71 @@ fn shiftctl_refuses_bad_close_options_and_changes_nothing() {
         reply.body.contains("close_after goes with"),
         "{}",
         reply.body
+    );
+}
+
+#[test]
+fn a_deploy_plan_with_close_after_stops_the_old_side_after_the_drain_closed_it() {
+    let sides = HookedBackends::new();
+    let (blue_port, green_port, port) = (free_port(), free_port(), free_port());
+    let (blue, green) = (
+        format!("127.0.0.1:{blue_port}"),
+        format!("127.0.0.1:{green_port}"),
+    );
+    let nginx = Nginx::start(NginxOptions::new(config(
+        &blue,
+        &green,
+        port,
+        "shift_check interval=200ms;",
+    )));
+    let admin = Admin::new(nginx.path("api.sock"), "/api/");
+    sides.start_now("blue", blue_port);
+    assert!(wait_for(Duration::from_secs(10), || {
+        (admin.peer("app", &blue)?.health == shift_wire::Health::Healthy).then_some(())
+    })
+    .is_some());
+    let plan = sides.dir().join("deploy.toml");
+    std::fs::write(
+        &plan,
+        format!(
+            "upstream = \"app\"\nstrategy = \"switch\"\nhealth_timeout = \"10s\"\n\
+             close_after = \"1s\"\nclose_spread = \"1s\"\n\
+             [sides.blue]\nserver = \"{blue}\"\nstart = \"{start_blue}\"\nstop = \"{stop}\"\n\
+             [sides.green]\nserver = \"{green}\"\nstart = \"{start_green}\"\nstop = \"{stop}\"\n",
+            start_blue = sides.start_hook(blue_port),
+            start_green = sides.start_hook(green_port),
+            stop = sides.stop_hook(),
+        ),
+    )
+    .unwrap();
+    let mut on_blue = Vec::new();
+    for _ in 0..4 {
+        let socket = LongLived::websocket(port).expect("a WebSocket through nginx");
+        assert_eq!(socket.backend, "blue");
+        on_blue.push(socket);
+    }
+    let state_dir = tempfile::TempDir::new().unwrap();
+    let started = Instant::now();
+    let waiters = thread::spawn(move || closes(on_blue, Duration::from_secs(30)));
+    let output = shiftctl_command(&[nginx.path("api.sock")], Some(state_dir.path()))
+        .arg("deploy")
+        .arg(&plan)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(sides.log(), "start green\nstop blue\n");
+    for closed in waiters.join().unwrap() {
+        assert!(closed.expect("closed").duration_since(started) >= Duration::from_secs(1));
+    }
+    // The drain closed them, not the stop hook: blue was stopped after its window.
+    assert_eq!(closed_by_drain(&admin, &blue), 4);
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("closes what it still carries"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
     );
 }

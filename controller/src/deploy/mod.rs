@@ -14,13 +14,13 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use shift_wire::{PeerState, Upstream};
+use shift_wire::{PeerPatch, PeerState, Upstream, UpstreamPatch};
 
 use crate::commands::state_dir::write_file;
 use crate::commands::{self, CanaryOptions, Ctx, OnInterrupt, Unhealthy::AwaitStart};
 use crate::exit::Failure;
 use crate::interrupts::Interrupts;
-use crate::plan;
+use crate::plan::{self, CloseAfter};
 use plan_file::{DeployPlan, Side, Strategy};
 
 /// The side taking traffic now: the one side with a peer up with a weight (a side with no
@@ -89,6 +89,7 @@ pub async fn deploy(ctx: &Ctx, plan_path: &Path) -> Result<(), Failure> {
     let plan = DeployPlan::load(plan_path)?;
     // Before any hook runs.
     ctx.refuse_slow_start_in_a_fleet(plan.slow_start)?;
+    ctx.refuse_close_after_in_a_fleet(plan.close())?;
     if let (Strategy::Rolling, Some(rolling)) = (plan.strategy, &plan.rolling) {
         return rolling::rolling(ctx, &plan, rolling).await;
     }
@@ -163,7 +164,7 @@ pub async fn deploy(ctx: &Ctx, plan_path: &Path) -> Result<(), Failure> {
                 ctx.hosts_gone_without().unwrap_or_default()
             ),
             None => {
-                wait_drained(ctx, &plan.upstream, &new_side.server).await;
+                wait_drained(ctx, &plan.upstream, &new_side.server, DRAIN_WAIT).await;
                 match run_hook(ctx, &plan, &new_name, &new_side, "stop").await {
                     Ok(()) => format!("traffic stays on {old_name}; {new_name} is stopped"),
                     Err(why) => {
@@ -193,8 +194,14 @@ pub async fn deploy(ctx: &Ctx, plan_path: &Path) -> Result<(), Failure> {
         ));
         return Ok(());
     }
-    // Let requests the old side still has finish before it is stopped.
-    wait_drained(ctx, &plan.upstream, &old_side.server).await;
+    // Let requests the old side still has finish before it is stopped; with `close_after`,
+    // those that would not end by themselves are closed on the plan's schedule first.
+    let mut longest = DRAIN_WAIT;
+    if let Some(close) = plan.close() {
+        close_side(ctx, &plan.upstream, &old_side.server, close).await?;
+        longest += close.ends_after();
+    }
+    wait_drained(ctx, &plan.upstream, &old_side.server, longest).await;
     run_hook(ctx, &plan, &old_name, &old_side, "stop")
         .await
         .map_err(|why| {
@@ -227,9 +234,45 @@ async fn takes_traffic(ctx: &Ctx, upstream: &str, target: &str) -> Option<String
         .map(|peer| format!("{} still takes traffic", peer.server))
 }
 
-/// Waits (up to 30 s) until the peers `target` names have no requests in progress anywhere.
-async fn wait_drained(ctx: &Ctx, upstream: &str, target: &str) {
-    for _ in 0..120 {
+/// Gives the drain of the peers `target` names the deadline `close` on every Nginx.
+async fn close_side(
+    ctx: &Ctx,
+    upstream: &str,
+    target: &str,
+    close: CloseAfter,
+) -> Result<(), Failure> {
+    let mut change = PeerPatch {
+        state: Some(PeerState::Drain),
+        ..Default::default()
+    };
+    close.apply(&mut change);
+    ctx.fleet
+        .apply(upstream, |_, current| {
+            let peers = plan::target_peers(current, target).map_err(|err| err.to_string())?;
+            Ok(UpstreamPatch {
+                peers: peers
+                    .iter()
+                    .map(|peer| (peer.server.clone(), change.clone()))
+                    .collect(),
+                expect_generation: None,
+            })
+        })
+        .await?;
+    ctx.progress.event(&format!(
+        "{target} closes what it still carries {:?} from now, over {:?}",
+        close.after, close.spread
+    ));
+    Ok(())
+}
+
+/// How long a deploy waits for a side's requests to end by themselves before it stops it.
+const DRAIN_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits (up to `longest`) until the peers `target` names have no requests in progress
+/// anywhere.
+async fn wait_drained(ctx: &Ctx, upstream: &str, target: &str, longest: Duration) {
+    let give_up = tokio::time::Instant::now() + longest;
+    while tokio::time::Instant::now() < give_up {
         let Ok(states) = ctx.fleet.read(upstream).await else {
             return;
         };

@@ -11,7 +11,7 @@ use shiftctl::deploy::verdict::{self, Gates};
 
 use crate::commands::OnQuiet;
 use crate::exit::Failure;
-use crate::plan;
+use crate::plan::{self, CloseAfter};
 
 /// A deploy plan.
 #[derive(Debug, Clone, Deserialize)]
@@ -57,6 +57,14 @@ pub struct DeployPlan {
     /// and `canary`).
     #[serde(default, deserialize_with = "optional_window")]
     pub slow_start: Option<Duration>,
+    /// What the old side's drain does with the requests it still carries (WebSockets, event
+    /// streams): close them this long after the deploy drained it (`"30s"`; `"0s"`: at once),
+    /// evenly over `close_spread`, before the old side is stopped, as `--close-after` and
+    /// `--close-spread` (every strategy; a rolling deploy, for each replica it retires).
+    #[serde(default, deserialize_with = "optional_window")]
+    pub close_after: Option<Duration>,
+    #[serde(default, deserialize_with = "optional_window")]
+    pub close_spread: Option<Duration>,
     /// How long the new side may take to become healthy.
     #[serde(default = "default_health_timeout", deserialize_with = "duration")]
     pub health_timeout: Duration,
@@ -205,6 +213,14 @@ impl DeployPlan {
         self.quiet_timeout.unwrap_or(self.interval * 10)
     }
 
+    /// The deadline the old side's drain carries, if the plan gives one.
+    pub fn close(&self) -> Option<CloseAfter> {
+        self.close_after.map(|after| CloseAfter {
+            after,
+            spread: self.close_spread.unwrap_or_default(),
+        })
+    }
+
     /// The gates of the plan's canary steps.
     pub fn gates(&self) -> Gates {
         Gates {
@@ -229,6 +245,9 @@ impl DeployPlan {
                 path.display()
             ))
         })?;
+        if let Err(why) = CloseAfter::of(plan.close_after, plan.close_spread) {
+            return Err(Failure::usage(anyhow::anyhow!("{}: {why}", path.display())));
+        }
         match (plan.strategy, &plan.rolling) {
             (Strategy::Rolling, None) => {
                 return Err(Failure::usage(anyhow::anyhow!(
@@ -368,6 +387,39 @@ mod tests {
         let err =
             toml::from_str::<DeployPlan>(&format!("{base}on_quiet = \"wait\"\n")).unwrap_err();
         assert!(err.to_string().contains("on_quiet"), "{err}");
+    }
+
+    #[test]
+    fn a_plan_may_give_the_old_sides_drain_a_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plan.toml");
+        let sides =
+            "[sides.blue]\nserver = \"127.0.0.1:1\"\n[sides.green]\nserver = \"127.0.0.1:2\"\n";
+        let load = |lines: &str| {
+            fs::write(&path, format!("upstream = \"app\"\n{lines}\n{sides}")).unwrap();
+            DeployPlan::load(&path)
+        };
+        let plan = load("close_after = \"30s\"\nclose_spread = \"10s\"").unwrap();
+        assert_eq!(
+            plan.close(),
+            Some(CloseAfter {
+                after: Duration::from_secs(30),
+                spread: Duration::from_secs(10)
+            })
+        );
+        assert_eq!(load("").unwrap().close(), None);
+        for bad in [
+            "close_spread = \"10s\"",
+            "close_after = \"soon\"",
+            "close_after = \"2d\"",
+        ] {
+            let failure = load(bad).unwrap_err();
+            assert!(
+                failure.error.to_string().contains("close"),
+                "{bad}: {:#}",
+                failure.error
+            );
+        }
     }
 
     #[test]

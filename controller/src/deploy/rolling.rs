@@ -250,12 +250,17 @@ async fn take_out(ctx: &Ctx, plan: &DeployPlan, rolling: &Rolling, new: &str) {
 /// and stops it. A resolved replica then waits to leave its name's answers in every Nginx.
 async fn retire(ctx: &Ctx, plan: &DeployPlan, rolling: &Rolling, old: &Peer) -> Result<(), String> {
     let upstream = plan.upstream.as_str();
+    // With `close_after`, the wait lasts at least until the drain closed what it carries.
+    let close = plan.close();
+    let wait = close.map_or(plan.health_timeout, |close| {
+        close.ends_after() + plan.health_timeout
+    });
     commands::set_state(
         ctx,
         upstream,
         &old.server,
-        (PeerState::Drain, None),
-        Some(plan.health_timeout),
+        (PeerState::Drain, close),
+        Some(wait),
     )
     .await
     .map_err(|failure| format!("{:#}", failure.error))?;
