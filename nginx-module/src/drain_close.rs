@@ -95,7 +95,9 @@ fn look(now_ms: u64, log: *mut ngx_log_t) -> bool {
         closer.keep_only(&keys);
         for (key, carried, sample) in groups {
             let (close_at_ms, spread_ms) = sample.slot.close_deadline().unwrap_or((0, 0));
-            busy |= close_at_ms != 0;
+            // Looked at often only from shortly before a deadline: one hours away costs nothing
+            // meanwhile.
+            busy |= close_at_ms != 0 && close_at_ms <= now_ms + IDLE_MS as u64;
             let due = closer.due(key, close_at_ms, spread_ms, now_ms, carried);
             if due == 0 {
                 continue;

@@ -97,7 +97,7 @@ impl<T: Copy> Attached<T> {
             .collect()
     }
 
-    /// Detaches up to `count` entries of `key` and returns their values, oldest slots first.
+    /// Detaches up to `count` entries of `key` and returns their values, in the record's order.
     pub fn take(&mut self, key: usize, count: usize) -> Vec<T> {
         let mut taken = Vec::new();
         for index in 0..self.entries.len() {
