@@ -21,7 +21,7 @@ pub use backend::{Backend, COLD_CONCURRENCY};
 pub use client::{api_request, HttpClient, Response};
 pub use dnsmasq::Dnsmasq;
 pub use etcd::{Agent, Etcd};
-pub use long_lived::LongLived;
+pub use long_lived::{long_lived_site, LongLived};
 pub use nginx::{check_config, ConfigCheck, Nginx, NginxOptions};
 pub use processes::HookedBackends;
 pub use setup::{BlueGreen, ShiftSetup};

@@ -6,6 +6,23 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+/// The `http {}` body of an upstream `app` over `blue` (up) and `green` (standby) with
+/// WebSocket and event-stream locations on `port`, and the API.
+pub fn long_lived_site(blue: &str, green: &str, port: u16, upstream_extra: &str) -> String {
+    format!(
+        "upstream app {{\n    server {blue};\n    server {green} down;\n    shift;\n    \
+         {upstream_extra}\n}}\n\
+         server {{\n    listen 127.0.0.1:{port};\n    proxy_read_timeout 1h;\n    \
+         location / {{ proxy_pass http://app; }}\n    \
+         location = /ws {{\n        proxy_pass http://app;\n        \
+         proxy_http_version 1.1;\n        proxy_set_header Upgrade $http_upgrade;\n        \
+         proxy_set_header Connection \"upgrade\";\n    }}\n    \
+         location = /events {{\n        proxy_pass http://app;\n        \
+         proxy_http_version 1.1;\n        proxy_buffering off;\n    }}\n}}\n\
+         server {{\n    listen unix:{{prefix}}/api.sock;\n    location /api/ {{ shift_api; }}\n}}\n"
+    )
+}
+
 /// An open long-lived connection.
 pub struct LongLived {
     reader: BufReader<TcpStream>,

@@ -41,6 +41,8 @@ pub struct NginxOptions {
     /// such as a packaged `load_module modules/…;` then resolve where the package put them. The
     /// config still lives in the temporary prefix.
     pub installed_prefix: bool,
+    /// Each worker's `worker_connections`.
+    pub worker_connections: u32,
 }
 
 impl NginxOptions {
@@ -54,6 +56,7 @@ impl NginxOptions {
             log_level: "info",
             binary: None,
             installed_prefix: false,
+            worker_connections: 1024,
         }
     }
 
@@ -68,7 +71,15 @@ impl NginxOptions {
             log_level: "info",
             binary: None,
             installed_prefix: false,
+            worker_connections: 1024,
         }
+    }
+
+    /// Room for more connections than the default 1,024 per worker (a proxied WebSocket
+    /// takes two).
+    pub fn worker_connections(mut self, connections: u32) -> NginxOptions {
+        self.worker_connections = connections;
+        self
     }
 
     pub fn workers(mut self, workers: u32) -> NginxOptions {
@@ -482,13 +493,14 @@ fn write_config(prefix: &Path, options: &NginxOptions) {
          error_log {prefix}/logs/error.log {log_level};\n\
          pid {prefix}/logs/nginx.pid;\n\
          {main}\n\
-         events {{ worker_connections 1024; }}\n\
+         events {{ worker_connections {connections}; }}\n\
          http {{\n\
          access_log off;\n\
          {http}\n\
          }}\n",
         module = module_path().display(),
         workers = options.workers,
+        connections = options.worker_connections,
         daemon = if options.daemon { "on" } else { "off" },
         log_level = options.log_level,
         prefix = prefix_text,

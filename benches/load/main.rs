@@ -26,6 +26,7 @@ mod data_path;
 mod eject;
 mod fleet;
 mod fleet_history;
+mod long_lived;
 mod peers;
 mod reload_storm;
 mod resolve;
@@ -40,6 +41,7 @@ use eject::failing_peer;
 use fleet::fleet_sync;
 use fleet_history::fleet_history;
 use harness::{wrk, wrk_result};
+use long_lived::websocket_drain;
 use peers::peer_changes;
 use reload_storm::reload_storm;
 use resolve::resolve_cost;
@@ -136,7 +138,7 @@ fn main() {
         .filter(|arg| !arg.starts_with('-'))
         .collect();
     type Scenario = (&'static str, fn(&Settings));
-    let scenarios: [Scenario; 11] = [
+    let scenarios: [Scenario; 12] = [
         ("data_path", data_path),
         ("switch_latency", switch_latency),
         ("peer_changes", peer_changes),
@@ -144,6 +146,7 @@ fn main() {
         ("resolve_cost", resolve_cost),
         ("failing_peer", failing_peer),
         ("cold_switch", cold_switch),
+        ("websocket_drain", websocket_drain),
         ("reload_storm", reload_storm),
         ("zero_downtime", zero_downtime),
         ("fleet_sync", fleet_sync),
