@@ -8,28 +8,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use harness::{
-    free_port, shiftctl_command, wait_for, Admin, Backend, HookedBackends, HttpClient, LongLived,
-    Nginx, NginxOptions,
+    free_port, long_lived_site, shiftctl_command, wait_for, Admin, Backend, HookedBackends,
+    HttpClient, LongLived, Nginx, NginxOptions,
 };
 
-/// The `http {}` body of an upstream `app` over `blue` (up) and `green` (standby) with
-/// WebSocket and event-stream locations on `port`, and the API.
-fn config(blue: &str, green: &str, port: u16, upstream_extra: &str) -> String {
-    format!(
-        "upstream app {{\n    server {blue};\n    server {green} down;\n    shift;\n    \
-         {upstream_extra}\n}}\n\
-         server {{\n    listen 127.0.0.1:{port};\n    proxy_read_timeout 1h;\n    \
-         location / {{ proxy_pass http://app; }}\n    \
-         location = /ws {{\n        proxy_pass http://app;\n        \
-         proxy_http_version 1.1;\n        proxy_set_header Upgrade $http_upgrade;\n        \
-         proxy_set_header Connection \"upgrade\";\n    }}\n    \
-         location = /events {{\n        proxy_pass http://app;\n        \
-         proxy_http_version 1.1;\n        proxy_buffering off;\n    }}\n}}\n\
-         server {{\n    listen unix:{{prefix}}/api.sock;\n    location /api/ {{ shift_api; }}\n}}\n"
-    )
-}
-
-/// Blue (up) and green (standby) behind upstream `app` (`config`), two workers.
+/// Blue (up) and green (standby) behind upstream `app` (`long_lived_site`), two workers.
 struct Site {
     nginx: Nginx,
     admin: Admin,
@@ -42,7 +25,7 @@ impl Site {
     fn start() -> Site {
         let (blue, green) = (Backend::start("blue"), Backend::start("green"));
         let port = free_port();
-        let config = config(
+        let config = long_lived_site(
             &blue.addr().to_string(),
             &green.addr().to_string(),
             port,
@@ -288,6 +271,32 @@ fn shiftctl_remove_with_close_after_ends_a_runtime_peers_connections_and_its_wai
 }
 
 #[test]
+fn a_delete_with_close_after_closes_what_the_removed_peer_carries() {
+    let site = Site::start();
+    let extra = Backend::start("extra");
+    let (blue, server) = (site.blue.addr().to_string(), extra.addr().to_string());
+    assert_eq!(site.admin.add_peer("app", &server, "").status, 201);
+    let down = format!(r#"{{"peers": {{"{blue}": {{"state": "down"}}}}}}"#);
+    assert_eq!(site.admin.patch("app", &down).status, 200);
+    let on_extra = site.open(2, "extra");
+    let before = Instant::now();
+    let path = format!("upstreams/app/peers/{server}?close_after=1s&close_spread=500ms");
+    let reply = site.admin.request("DELETE", &path, None);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let removal: shift_wire::PeerRemoval = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!((removal.gone, removal.active), (false, 3));
+    for closed in closes(on_extra, Duration::from_secs(10)) {
+        let after = closed.expect("closed").duration_since(before);
+        assert!(after >= Duration::from_secs(1), "closed at {after:?}");
+    }
+    assert!(site.admin.peer("app", &server).is_none());
+    assert!(site
+        .nginx
+        .error_log()
+        .contains(&format!("peer {server} closed")));
+}
+
+#[test]
 fn shiftctl_refuses_bad_close_options_and_changes_nothing() {
     let site = Site::start();
     let blue = site.blue.addr().to_string();
@@ -337,7 +346,7 @@ fn a_deploy_plan_with_close_after_stops_the_old_side_after_the_drain_closed_it()
         format!("127.0.0.1:{blue_port}"),
         format!("127.0.0.1:{green_port}"),
     );
-    let nginx = Nginx::start(NginxOptions::new(config(
+    let nginx = Nginx::start(NginxOptions::new(long_lived_site(
         &blue,
         &green,
         port,
