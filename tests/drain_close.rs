@@ -59,6 +59,16 @@ impl Site {
         open
     }
 
+    /// A backend `extra` added at run time, and blue put `down`: new connections go to it.
+    fn runtime_peer_alone(&self) -> (Backend, String) {
+        let extra = Backend::start("extra");
+        let (blue, server) = (self.blue.addr().to_string(), extra.addr().to_string());
+        assert_eq!(self.admin.add_peer("app", &server, "").status, 201);
+        let down = format!(r#"{{"peers": {{"{blue}": {{"state": "down"}}}}}}"#);
+        assert_eq!(self.admin.patch("app", &down).status, 200);
+        (extra, server)
+    }
+
     fn shiftctl(&self, args: &[&str]) -> std::process::Output {
         shiftctl_command(&[self.nginx.path("api.sock")], None)
             .args(args)
@@ -227,11 +237,7 @@ fn old_workers_of_a_reload_close_what_they_carry_at_the_deadline() {
 #[test]
 fn shiftctl_remove_with_close_after_ends_a_runtime_peers_connections_and_its_wait() {
     let site = Site::start();
-    let extra = Backend::start("extra");
-    let (blue, server) = (site.blue.addr().to_string(), extra.addr().to_string());
-    assert_eq!(site.admin.add_peer("app", &server, "").status, 201);
-    let down = format!(r#"{{"peers": {{"{blue}": {{"state": "down"}}}}}}"#);
-    assert_eq!(site.admin.patch("app", &down).status, 200);
+    let (extra, server) = site.runtime_peer_alone();
     let on_extra = site.open(4, "extra");
     let started = Instant::now();
     let waiters = thread::spawn(move || closes(on_extra, Duration::from_secs(20)));
@@ -273,11 +279,7 @@ fn shiftctl_remove_with_close_after_ends_a_runtime_peers_connections_and_its_wai
 #[test]
 fn a_delete_with_close_after_closes_what_the_removed_peer_carries() {
     let site = Site::start();
-    let extra = Backend::start("extra");
-    let (blue, server) = (site.blue.addr().to_string(), extra.addr().to_string());
-    assert_eq!(site.admin.add_peer("app", &server, "").status, 201);
-    let down = format!(r#"{{"peers": {{"{blue}": {{"state": "down"}}}}}}"#);
-    assert_eq!(site.admin.patch("app", &down).status, 200);
+    let (_extra, server) = site.runtime_peer_alone();
     let on_extra = site.open(2, "extra");
     let before = Instant::now();
     let path = format!("upstreams/app/peers/{server}?close_after=1s&close_spread=500ms");

@@ -10,14 +10,11 @@
 //! back of the request's handlers.
 
 use std::cell::RefCell;
-use std::mem::MaybeUninit;
 
 use ngx::ffi::{ngx_cycle_t, ngx_event_t, ngx_http_request_t, ngx_log_t, NGX_LOG_WARN};
-use ngx::http::HttpModuleMainConf;
 use ngx::ngx_log_error;
 use nix::sys::socket::{shutdown, Shutdown};
 
-use crate::ngx_module::Module;
 use shift_core::attached::{Attached, Ticket};
 use shift_core::drain_close::Closer;
 use shift_core::table::PeerSlot;
@@ -55,25 +52,14 @@ pub fn detach(ticket: Ticket) {
     ATTACHED.with(|attached| attached.borrow_mut().detach(ticket));
 }
 
-/// Starts this worker's timer; from `init_process`.
+/// Starts this worker's timer; from `init_process`. A graceful shutdown does not wait for it;
+/// an old worker keeps closing what it carries while it lives, since a drain's deadline is
+/// meant for its requests too.
 ///
 /// SAFETY: `cycle` is the worker's cycle, as Nginx passes it to `init_process`.
 pub unsafe fn start(cycle: *mut ngx_cycle_t) {
     // SAFETY: per the contract.
-    let cycle = unsafe { &*cycle };
-    if Module::main_conf(cycle).is_none_or(|main| main.upstreams.is_empty()) {
-        return;
-    }
-    // SAFETY: an all-zero event (no handler, no timer yet) is valid, as Nginx zeroes its own.
-    let event: &mut ngx_event_t =
-        Box::leak(Box::new(unsafe { MaybeUninit::zeroed().assume_init() }));
-    event.handler = Some(on_look);
-    event.log = cycle.log;
-    // A graceful shutdown does not wait for it; an old worker keeps closing what it carries
-    // while it lives, since a drain's deadline is meant for its requests too.
-    event.set_cancelable(1);
-    // SAFETY: a timer of this worker's event loop, on its own thread.
-    unsafe { ngx::ffi::ngx_add_timer(event, IDLE_MS) };
+    unsafe { crate::worker_tick::start_timer(cycle, on_look, IDLE_MS) };
 }
 
 unsafe extern "C" fn on_look(event: *mut ngx_event_t) {

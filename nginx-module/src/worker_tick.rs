@@ -20,6 +20,20 @@ const TICK_MS: usize = 1000;
 /// SAFETY: `cycle` is the worker's cycle, as Nginx passes it to `init_process`.
 pub unsafe fn start(cycle: *mut ngx_cycle_t) {
     // SAFETY: per the contract.
+    unsafe { start_timer(cycle, on_tick, TICK_MS) };
+}
+
+/// Starts a timer of this worker that calls `handler` after `after_ms`, with the cycle as its
+/// event's data, if the configuration has `shift` upstreams. Cancelable: a graceful shutdown
+/// does not wait for it (it still fires while the worker lives). The handler adds it again.
+///
+/// SAFETY: `cycle` is the worker's cycle, as Nginx passes it to `init_process`.
+pub unsafe fn start_timer(
+    cycle: *mut ngx_cycle_t,
+    handler: unsafe extern "C" fn(*mut ngx_event_t),
+    after_ms: usize,
+) {
+    // SAFETY: per the contract.
     let cycle = unsafe { &*cycle };
     if Module::main_conf(cycle).is_none_or(|main| main.upstreams.is_empty()) {
         return;
@@ -27,13 +41,12 @@ pub unsafe fn start(cycle: *mut ngx_cycle_t) {
     // SAFETY: an all-zero event (no handler, no timer yet) is valid, as Nginx zeroes its own.
     let event: &mut ngx_event_t =
         Box::leak(Box::new(unsafe { MaybeUninit::zeroed().assume_init() }));
-    event.handler = Some(on_tick);
+    event.handler = Some(handler);
     event.data = std::ptr::from_ref(cycle).cast_mut().cast();
     event.log = cycle.log;
-    // Do not hold up a graceful shutdown.
     event.set_cancelable(1);
     // SAFETY: a timer of this worker's event loop, on its own thread.
-    unsafe { ngx::ffi::ngx_add_timer(event, TICK_MS) };
+    unsafe { ngx::ffi::ngx_add_timer(event, after_ms) };
 }
 
 unsafe extern "C" fn on_tick(event: *mut ngx_event_t) {
