@@ -34,6 +34,14 @@ pub extern "C" fn handle(r: *mut ngx_http_request_t) -> ngx_int_t {
         let Some((incoming, main)) = Incoming::of(request) else {
             return Status::NGX_ERROR.0;
         };
+        // The status page needs no zone.
+        if let Some(reply) = api::status_page(&incoming.as_request(&[])) {
+            let rc = request.discard_request_body();
+            if rc != Status::NGX_OK {
+                return rc.0;
+            }
+            return send(request, &reply);
+        }
         // A read of every upstream is served a page per event-loop turn.
         if let Some(listing) = api::listing(&incoming.as_request(&[])) {
             return crate::api_listing::start(request, main, listing);

@@ -1,5 +1,6 @@
 //! FFI: sending an API answer (`shift_core::api::Reply`) as the response of a request whose
-//! header has not been sent: status, content type, `Allow`, and the body in one buffer.
+//! header has not been sent: status, content type, `Allow` and other headers, and the body in
+//! one buffer.
 
 use ngx::core::{Buffer, Status};
 use ngx::ffi::{ngx_chain_t, ngx_int_t, ngx_str_t};
@@ -24,6 +25,11 @@ pub fn send(request: &mut Request, reply: &Reply) -> ngx_int_t {
     headers_out.content_type_len = content_type.len();
     if let Some(allow) = reply.allow {
         if request.add_header_out("Allow", allow).is_none() {
+            return Status::NGX_ERROR.0;
+        }
+    }
+    for (name, value) in reply.headers {
+        if request.add_header_out(name, value).is_none() {
             return Status::NGX_ERROR.0;
         }
     }

@@ -124,6 +124,7 @@ impl Listing {
                 content_type: metrics::CONTENT_TYPE,
                 body: rendering.finish(),
                 allow: None,
+                headers: &[],
             },
             _ => {
                 self.json.push_str("]}\n");

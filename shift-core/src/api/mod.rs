@@ -8,6 +8,7 @@
 
 mod access;
 mod listing;
+mod page;
 mod patch;
 mod peers;
 mod query;
@@ -25,6 +26,7 @@ use crate::table::Table;
 
 pub use access::{Access, Caller};
 pub use listing::{ListKind, Listing, PAGE_PEERS};
+pub use page::{status_page, STATUS_PAGE};
 pub use peers::{Membership, PlaceError};
 pub use save::{Answered, PendingSave};
 pub use upstreams::{TableList, UpstreamData, Upstreams};
@@ -57,6 +59,8 @@ pub struct Reply {
     pub body: String,
     /// For 405: the methods the resource allows.
     pub allow: Option<&'static str>,
+    /// More response headers (the status page's security policy).
+    pub headers: &'static [(&'static str, &'static str)],
 }
 
 /// The writer's identity for the table lock: its process token (`process::own_token`), and how
@@ -137,6 +141,7 @@ impl Failure {
             content_type: JSON,
             body: to_json(&body),
             allow: self.allow,
+            headers: &[],
         }
     }
 }
@@ -201,6 +206,9 @@ fn respond(request: &ApiRequest, context: &mut ApiContext) -> Respond {
     let method = request.method;
     let route = request.path.trim_start_matches('/');
     let upstreams = context.upstreams;
+    if let Some(reply) = status_page(request) {
+        return Ok((reply, None));
+    }
     if route == "metrics" {
         if method != "GET" && method != "HEAD" {
             return Err(Failure::method_not_allowed(method, "GET, HEAD"));
@@ -215,7 +223,7 @@ fn respond(request: &ApiRequest, context: &mut ApiContext) -> Respond {
             "not_found",
             format!(
                 "no API resource \"{route}\"; try \"upstreams\", \"upstreams/NAME\", \
-                 \"upstreams/NAME/peers\" or \"metrics\""
+                 \"upstreams/NAME/peers\", \"metrics\" or the status page (the prefix itself)"
             ),
         )
     })?;
@@ -349,6 +357,7 @@ fn ok_json(body: String) -> Reply {
         content_type: JSON,
         body,
         allow: None,
+        headers: &[],
     }
 }
 

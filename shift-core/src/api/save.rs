@@ -131,6 +131,7 @@ mod tests {
                 content_type: "application/json",
                 body: "{}".into(),
                 allow: None,
+                headers: &[],
             },
             save: Some(pending(path, 2, 1)),
         }
