@@ -4,6 +4,7 @@
 
 mod admin;
 mod backend;
+mod browser;
 mod client;
 pub mod debian;
 mod dnsmasq;
@@ -18,6 +19,7 @@ mod wrk;
 
 pub use admin::Admin;
 pub use backend::{Backend, COLD_CONCURRENCY};
+pub use browser::Browser;
 pub use client::{api_request, HttpClient, Response};
 pub use dnsmasq::Dnsmasq;
 pub use etcd::{Agent, Etcd};

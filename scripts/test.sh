@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 # Docker and docker-compose for the Compose examples on a real engine.
 source scripts/docker-for-tests.sh
 # shellcheck disable=SC2046
-source scripts/setup.sh nginx nginx-dev wrk haproxy dnsmasq-base etcd-server etcd-client openssl \
+# chromium: the status page is loaded and checked in a real (headless) browser.
+source scripts/setup.sh nginx nginx-dev wrk haproxy dnsmasq-base etcd-server etcd-client openssl chromium \
   iptables $(docker_packages)
 
 # The module's .so is what the integration tests load; build it (and everything else) first.
@@ -54,7 +55,7 @@ if module=$(scripts/build-for-system-nginx.sh); then
   SHIFT_NGINX=/usr/sbin/nginx SHIFT_MODULE=$module SHIFT_TEST_CHURN=0.2 \
     cargo test --no-fail-fast --workspace --test runtime_weights --test health_checks \
     --test foundation --test metrics --test lifecycle --test sticky --test membership \
-    --test api_many_upstreams --test runtime_peers --test resolve --test slow_start --test eject --test drain_close \
+    --test api_many_upstreams --test runtime_peers --test resolve --test slow_start --test eject --test drain_close --test status_page \
     -- --include-ignored --skip unreadable_proc_entries --skip a_worker_without_a_record --skip a_delete_while_a_worker_builds_its_list 2>&1 \
     | tee -a "$log" || status=$?
 else
