@@ -1,5 +1,5 @@
 //! The status table of one upstream: each peer's weight, share of traffic, state, health (or
-//! its ejection) and counters.
+//! its ejection) and counters, and below it when a drain closes what a peer carries.
 
 use shift_wire::{Peer, Upstream};
 
@@ -43,7 +43,41 @@ pub fn render_table(upstream: &Upstream) -> String {
             peer.active
         );
     }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64);
+    for peer in &upstream.peers {
+        if let Some(note) = closing_note(peer, now_ms) {
+            out += &format!("{}: {note}\n", peer.server);
+        }
+    }
     out
+}
+
+/// What a drain's deadline (`close_after`) does to the peer's requests, as of `now_ms`.
+fn closing_note(peer: &Peer, now_ms: u64) -> Option<String> {
+    let close = peer.drain_close;
+    let at = close.close_at_ms?;
+    let spread = close
+        .close_spread_ms
+        .map(|ms| format!(", spread over {}", seconds(ms)))
+        .unwrap_or_default();
+    let when = if now_ms < at {
+        format!(
+            "closes the requests it carries in {}{spread}",
+            seconds(at - now_ms)
+        )
+    } else {
+        format!(
+            "closing the requests it carries since {} ago{spread}",
+            seconds(now_ms - at)
+        )
+    };
+    Some(format!("{when}; {} closed", close.closed_by_drain))
+}
+
+fn seconds(ms: u64) -> String {
+    format!("{:.1} s", ms as f64 / 1000.0)
 }
 
 /// Its health, or `ejected` while `shift_eject` keeps it out (whatever its check says).
@@ -154,6 +188,37 @@ mod tests {
         let rows = rows(&upstream);
         assert_eq!(rows[1][3..6], ["-", "up", "ejected"]);
         assert_eq!(rows[0][5], "unchecked");
+    }
+
+    #[test]
+    fn a_drain_with_a_deadline_says_when_it_closes_what_it_carries() {
+        let mut drained = peer("127.0.0.1:8002", 10, false, false);
+        drained.state = PeerState::Drain;
+        drained.drain_close = shift_wire::DrainClose {
+            close_at_ms: Some(10_000),
+            close_spread_ms: Some(5_000),
+            closed_by_drain: 3,
+        };
+        assert_eq!(
+            closing_note(&drained, 7_500).as_deref(),
+            Some("closes the requests it carries in 2.5 s, spread over 5.0 s; 3 closed")
+        );
+        assert_eq!(
+            closing_note(&drained, 11_000).as_deref(),
+            Some("closing the requests it carries since 1.0 s ago, spread over 5.0 s; 3 closed")
+        );
+        assert_eq!(
+            closing_note(&peer("127.0.0.1:8001", 1, true, false), 0),
+            None
+        );
+        let upstream = Upstream {
+            name: "app".into(),
+            generation: 1,
+            peers: vec![drained],
+            pins: Default::default(),
+            slow_start_ms: None,
+        };
+        assert!(render_table(&upstream).contains("127.0.0.1:8002: closing the requests"));
     }
 
     #[test]
