@@ -159,4 +159,11 @@ fn the_page_is_served_on_a_readers_any_tcp_location_and_refused_where_tcp_may_no
     assert!(page.body.len() < 64 * 1024);
     // TCP callers have no uid: with the default readers, the page is as closed as the API.
     assert_eq!(client.get("/closed/").unwrap().status, 403);
+    // The page is only read; a change sent to it is refused before its body is looked at.
+    let post = harness::api_request(&site.nginx.path("api.sock"), "POST", "/api/", Some("{}"))
+        .expect("a POST to the page");
+    assert_eq!(
+        (post.status, post.header("Allow")),
+        (405, Some("GET, HEAD"))
+    );
 }

@@ -1,6 +1,6 @@
-//! The data path: requests/s through stock round robin, `zone`, and `shift` (plain, with a
-//! sticky key that differs on every request so that each one pays for the whole choice, with
-//! a run-time peer, and with resolved peers).
+//! The data path: requests/s through stock round robin, `zone`, and `shift` (plain, with ten
+//! status pages open, with a sticky key that differs on every request so that each one pays
+//! for the whole choice, with a run-time peer, and with resolved peers).
 
 use super::*;
 use harness::WrkResult;
@@ -24,6 +24,10 @@ pub(crate) fn data_path(settings: &Settings) {
         ),
         (
             "shift, with shift_check",
+            format!("{servers} shift; shift_check interval=1s; keepalive 64;"),
+        ),
+        (
+            "shift, with shift_check and 10 status pages open",
             format!("{servers} shift; shift_check interval=1s; keepalive 64;"),
         ),
         (
@@ -56,12 +60,15 @@ pub(crate) fn data_path(settings: &Settings) {
     let mut results: Vec<Vec<WrkResult>> = vec![Vec::new(); configs.len()];
     for _ in 0..settings.rounds {
         for (index, (_, upstream)) in configs.iter().enumerate() {
-            let port = free_port();
+            let (port, status) = (free_port(), free_port());
+            // The status page reads through a local proxy_pass to the API's socket, as the
+            // docs set it up.
             let _nginx = Nginx::start(NginxOptions::new(format!(
                 "resolver 127.0.0.1:{} valid=30s ipv6=off;\n\
                  upstream app {{ {upstream} }}\n\
                  server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n\
-                 server {{ listen unix:{{prefix}}/api.sock; location /api/ {{ shift_api; }} }}",
+                 server {{ listen unix:{{prefix}}/api.sock; location /api/ {{ shift_api readers=any; }} }}\n\
+                 server {{ listen 127.0.0.1:{status}; location /status/ {{ proxy_pass http://unix:{{prefix}}/api.sock:/api/; }} }}",
                 dns.port()
             )));
             if configs[index].0.contains("resolved") {
@@ -97,7 +104,18 @@ pub(crate) fn data_path(settings: &Settings) {
                 .expect("POST");
                 assert_eq!(response.status, 201, "{}", response.body);
             }
+            let pages = configs[index]
+                .0
+                .contains("status pages")
+                .then(|| StatusPages::open(status, 10));
             let result = wrk_result(wrk(port, settings.wrk_seconds));
+            if let Some(pages) = pages {
+                let reads = pages.close();
+                assert!(
+                    reads >= settings.wrk_seconds as u64 * 10 / 2,
+                    "the pages read the API: {reads}"
+                );
+            }
             assert_eq!(
                 result.failed(),
                 0,
@@ -136,4 +154,43 @@ pub(crate) fn data_path(settings: &Settings) {
         );
     }
     println!();
+}
+
+/// Open status pages, as far as Nginx sees them: each reads `GET upstreams` through the status
+/// location once a second, as the page's script does.
+struct StatusPages {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pages: Vec<thread::JoinHandle<u64>>,
+}
+
+impl StatusPages {
+    fn open(port: u16, count: usize) -> StatusPages {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pages = (0..count)
+            .map(|_| {
+                let stop = stop.clone();
+                thread::spawn(move || {
+                    let mut client = HttpClient::new(port);
+                    let mut reads = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let answer = client.get("/status/upstreams").expect("a page's read");
+                        assert_eq!(answer.status, 200, "{}", answer.body);
+                        reads += 1;
+                        thread::sleep(Duration::from_secs(1));
+                    }
+                    reads
+                })
+            })
+            .collect();
+        StatusPages { stop, pages }
+    }
+
+    /// Closes them; how many reads they made.
+    fn close(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.pages
+            .into_iter()
+            .map(|page| page.join().expect("a page"))
+            .sum()
+    }
 }

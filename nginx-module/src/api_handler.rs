@@ -29,19 +29,19 @@ pub extern "C" fn handle(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: Nginx calls content handlers with a valid request of this location, which lives
     // until it is finalized.
     let request = unsafe { Request::from_ngx_http_request(r) };
-    // PATCH and POST have a body; nothing else of the API reads one.
-    if !matches!(method_name(request).as_str(), "PATCH" | "POST") {
-        let Some((incoming, main)) = Incoming::of(request) else {
-            return Status::NGX_ERROR.0;
-        };
-        // The status page needs no zone.
-        if let Some(reply) = api::status_page(&incoming.as_request(&[])) {
-            let rc = request.discard_request_body();
-            if rc != Status::NGX_OK {
-                return rc.0;
-            }
-            return send(request, &reply);
+    let Some((incoming, main)) = Incoming::of(request) else {
+        return Status::NGX_ERROR.0;
+    };
+    // The status page (or its 405) needs no zone and no body.
+    if let Some(reply) = api::status_page(&incoming.as_request(&[])) {
+        let rc = request.discard_request_body();
+        if rc != Status::NGX_OK {
+            return rc.0;
         }
+        return send(request, &reply);
+    }
+    // PATCH and POST have a body; nothing else of the API reads one.
+    if !matches!(incoming.method.as_str(), "PATCH" | "POST") {
         // A read of every upstream is served a page per event-loop turn.
         if let Some(listing) = api::listing(&incoming.as_request(&[])) {
             return crate::api_listing::start(request, main, listing);

@@ -18,6 +18,7 @@ mod ejection;
 mod health_probe;
 mod ngx_module;
 mod peer_list;
+mod pool_value;
 mod ramp;
 mod resolver;
 mod shm;

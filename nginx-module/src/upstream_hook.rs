@@ -11,8 +11,8 @@ use ngx::ffi::{
     ngx_conf_t, ngx_event_free_peer_pt, ngx_event_get_peer_pt, ngx_event_save_peer_session_pt,
     ngx_event_set_peer_session_pt, ngx_http_request_t, ngx_http_upstream_rr_peer_data_t,
     ngx_http_upstream_rr_peers_t, ngx_http_upstream_server_t, ngx_http_upstream_srv_conf_t,
-    ngx_int_t, ngx_log_t, ngx_msec_t, ngx_peer_connection_t, ngx_pool_cleanup_add, ngx_pool_t,
-    ngx_uint_t, NGX_LOG_EMERG, NGX_LOG_ERR, NGX_PEER_FAILED,
+    ngx_int_t, ngx_log_t, ngx_msec_t, ngx_peer_connection_t, ngx_uint_t, NGX_LOG_EMERG,
+    NGX_LOG_ERR, NGX_PEER_FAILED,
 };
 use ngx::http::{HttpModuleMainConf, HttpModuleServerConf, Request};
 use ngx::log::DebugMask;
@@ -125,7 +125,6 @@ unsafe fn server_lines(uscf: &ngx_http_upstream_srv_conf_t) -> Vec<(String, Vec<
 
 /// What this module keeps per request: round robin's own callbacks and data, and the table slot
 /// of the peer the current attempt uses.
-#[derive(Clone, Copy)]
 struct Attempt {
     rr_data: *mut c_void,
     rr_get: ngx_event_get_peer_pt,
@@ -171,7 +170,7 @@ fn init_request_peer(request: &mut Request, uscf: *mut ngx_http_upstream_srv_con
         return Status(rc);
     }
     let list = conf.routing.list;
-    if !list.is_null() && request.pool().allocate(ListHold::new(list)).is_null() {
+    if !list.is_null() && crate::pool_value::place(&request.pool(), ListHold::new(list)).is_null() {
         return Status::NGX_ERROR;
     }
     let Some(upstream) = request.upstream() else {
@@ -183,13 +182,10 @@ fn init_request_peer(request: &mut Request, uscf: *mut ngx_http_upstream_srv_con
     // SAFETY: round robin's init left its own data in `peer.data`.
     let primary = unsafe { (*peer.data.cast::<ngx_http_upstream_rr_peer_data_t>()).peers };
     let steering = Steering::of(request, conf);
-    let attempt = request.pool().alloc_type::<Attempt>();
-    if attempt.is_null() {
-        return Status::NGX_ERROR;
-    }
-    // SAFETY: `attempt` was just allocated from the request's pool for an `Attempt`.
-    unsafe {
-        attempt.write(Attempt {
+    // Dropped when the pool goes (`Drop`): it leaves no pointer to the request behind.
+    let attempt = crate::pool_value::place(
+        &request.pool(),
+        Attempt {
             rr_data: peer.data,
             rr_get: peer.get,
             rr_free: peer.free,
@@ -203,10 +199,9 @@ fn init_request_peer(request: &mut Request, uscf: *mut ngx_http_upstream_srv_con
             started_ms: 0,
             steering,
             primary,
-        })
-    };
-    // SAFETY: the request's own pool, and an Attempt allocated from it.
-    if !unsafe { end_carrying_when_the_pool_goes(request.pool().as_ptr(), attempt) } {
+        },
+    );
+    if attempt.is_null() {
         return Status::NGX_ERROR;
     }
     peer.data = attempt.cast();
@@ -585,31 +580,12 @@ impl Attempt {
     }
 }
 
-/// Registers a cleanup of `pool` that takes `attempt` out of the worker's record when the pool
-/// goes, before its memory does: an attempt that Nginx never freed (none should be) leaves no
-/// pointer to the request behind. By hand, as `Pool::allocate` writes its value before it
-/// checks the allocation. False when the pool has no memory for it.
-///
-/// SAFETY: `attempt` was allocated from `pool`, a live pool of this worker.
-unsafe fn end_carrying_when_the_pool_goes(pool: *mut ngx_pool_t, attempt: *mut Attempt) -> bool {
-    // SAFETY: per the contract.
-    let cleanup = unsafe { ngx_pool_cleanup_add(pool, 0) };
-    if cleanup.is_null() {
-        return false;
+/// Runs when the request's pool goes, before its memory does: an attempt that Nginx never
+/// freed (none should be) leaves no pointer to the request in the worker's record.
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        self.end_carrying();
     }
-    // SAFETY: a cleanup Nginx just added to the pool, ours to fill.
-    unsafe {
-        (*cleanup).handler = Some(end_carrying);
-        (*cleanup).data = attempt.cast();
-    }
-    true
-}
-
-/// The pool cleanup of `end_carrying_when_the_pool_goes`.
-unsafe extern "C" fn end_carrying(data: *mut c_void) {
-    // SAFETY: the Attempt the cleanup was registered with; a pool runs its cleanups before it
-    // frees any of its memory.
-    unsafe { (*data.cast::<Attempt>()).end_carrying() };
 }
 
 /// Nginx's cached clock in milliseconds, updated by the worker's event loop.
