@@ -10,6 +10,7 @@ pub mod drain_close;
 pub mod eject;
 pub mod health;
 pub mod health_record;
+pub mod history;
 pub mod inflight;
 pub mod lifecycle;
 pub mod metrics;
