@@ -126,6 +126,8 @@ struct Incoming {
     path: String,
     args: String,
     uid: Option<u32>,
+    /// The caller's pid, for the history.
+    pid: Option<u32>,
     caller: api::Caller,
 }
 
@@ -143,12 +145,13 @@ impl Incoming {
         let args = unsafe { ngx::core::NgxStr::from_ngx_str(request.as_ref().args) }
             .to_string_lossy()
             .into_owned();
-        let uid = caller_uid(request);
+        let (uid, pid) = caller_credentials(request).unzip();
         let incoming = Incoming {
             method: method_name(request),
             path,
             args,
             uid,
+            pid,
             caller: api_conf.access.caller(uid),
         };
         // SAFETY: the main conf lives as long as the cycle, which outlives its requests.
@@ -163,6 +166,7 @@ impl Incoming {
             body,
             caller: self.caller,
             received_ms: crate::clock::unix_ms(),
+            pid: self.pid,
         }
     }
 }
@@ -227,8 +231,8 @@ fn method_name(request: &Request) -> String {
         .into_owned()
 }
 
-/// The uid of the process at the other end of a Unix socket connection.
-fn caller_uid(request: &Request) -> Option<u32> {
+/// The uid and pid of the process at the other end of a Unix socket connection.
+fn caller_credentials(request: &Request) -> Option<(u32, u32)> {
     // SAFETY: the request's connection and its address are valid while it runs.
     let (family, fd) = unsafe {
         let connection = &*request.connection();
@@ -244,5 +248,5 @@ fn caller_uid(request: &Request) -> Option<u32> {
     let fd = unsafe { BorrowedFd::borrow_raw(fd) };
     getsockopt(&fd, PeerCredentials)
         .ok()
-        .map(|credentials| credentials.uid())
+        .map(|credentials| (credentials.uid(), credentials.pid() as u32))
 }

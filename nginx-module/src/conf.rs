@@ -60,6 +60,8 @@ pub struct UpstreamConf {
     pub slow_start: SlowStart,
     /// `shift_eject`; none without it.
     pub eject: Option<EjectArgs>,
+    /// `shift_history`: how many changes its history keeps; `DEFAULT_HISTORY` without it.
+    pub history: Option<usize>,
     pub state_path: Option<PathBuf>,
     /// Names whose addresses are peers (`shift_resolve`, or `server NAME resolve` on 1.27.3+),
     /// and the resolver that looks them up (set by `upstream_hook::init_upstream`).
@@ -85,6 +87,7 @@ impl Default for UpstreamConf {
             check: None,
             slow_start: SlowStart::OFF,
             eject: None,
+            history: None,
             state_path: None,
             resolve: Vec::new(),
             resolver: ptr::null_mut(),

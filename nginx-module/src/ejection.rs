@@ -8,6 +8,7 @@ use ngx::ngx_log_error;
 
 use crate::conf::UpstreamConf;
 use crate::peer_list::PeerList;
+use shift_core::history::Actor;
 use shift_core::process::{own_token, token_alive};
 use shift_core::table::{Early, PeerSlot, Table};
 
@@ -45,6 +46,16 @@ pub fn after_attempt(
         token_alive,
     ) {
         Ok(Some(ejected)) => {
+            crate::shm::record_history(
+                table.header(),
+                Actor::Eject,
+                vec![(
+                    ejected.server.clone(),
+                    "ejected",
+                    "no".to_string(),
+                    format!("for {} ms", ejected.for_ms),
+                )],
+            );
             ngx_log_error!(
                 NGX_LOG_WARN,
                 log,
@@ -79,6 +90,23 @@ pub fn tick(conf: &UpstreamConf, log: *mut ngx_log_t) {
     let now_ms = crate::clock::unix_ms();
     match table.end_ejections(conf.eject.as_ref(), now_ms, own_token(), token_alive) {
         Ok(returned) => {
+            let back: Vec<_> = returned
+                .iter()
+                .map(|peer| {
+                    let why = match peer.early {
+                        Early::No => "no",
+                        Early::Panic => "no (panic)",
+                        Early::EjectionOff => "no (shift_eject off)",
+                    };
+                    (
+                        peer.server.clone(),
+                        "ejected",
+                        "yes".to_string(),
+                        why.to_string(),
+                    )
+                })
+                .collect();
+            crate::shm::record_history(table.header(), Actor::Eject, back);
             for peer in returned {
                 ngx_log_error!(
                     NGX_LOG_WARN,

@@ -32,6 +32,7 @@ use crate::shm::table_of;
 use nix::sys::socket::SockaddrLike;
 use shift_core::directives::{CheckArgs, CheckKind};
 use shift_core::health::{http_request, judge_http, with_port, ProbeError, MAX_RESPONSE_BYTES};
+use shift_core::history::Actor;
 use shift_core::process::{own_token, token_alive};
 use shift_core::table::{PeerSlot, Table, TableHeader};
 use shift_wire::PeerOrigin;
@@ -468,6 +469,16 @@ fn finish(probe: &mut Probe, result: Result<(), ProbeError>) {
         token_alive,
     ) {
         Ok(Some(transition)) => {
+            crate::shm::record_history(
+                probe.header,
+                Actor::Health,
+                vec![(
+                    transition.server.clone(),
+                    "health",
+                    transition.from.as_str().to_string(),
+                    transition.to.as_str().to_string(),
+                )],
+            );
             let reason = transition.error.map(ProbeError::describe);
             ngx_log_error!(
                 NGX_LOG_WARN,

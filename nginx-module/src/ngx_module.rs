@@ -74,7 +74,19 @@ impl HttpModule for Module {
         if !main.zone.is_null() {
             // SAFETY: round robin built every upstream's peers before postconfiguration.
             let peers = unsafe { shm::peer_count(&main.upstreams) };
-            let needed = shift_core::lifecycle::zone_size(main.upstreams.len(), peers);
+            let history: usize = main
+                .upstreams
+                .iter()
+                // SAFETY: as above.
+                .filter_map(|&uscf| unsafe { Module::server_conf(&*uscf) })
+                .map(|conf| {
+                    shift_core::lifecycle::history_bytes(
+                        conf.history
+                            .unwrap_or(shift_core::directives::DEFAULT_HISTORY),
+                    )
+                })
+                .sum();
+            let needed = shift_core::lifecycle::zone_size(main.upstreams.len(), peers, history);
             shm::set_zone_size(main, main.zone_size.unwrap_or(needed));
         }
         for &uscf in &main.upstreams {
@@ -106,7 +118,7 @@ unsafe impl HttpModuleLocationConf for Module {
     type LocationConf = LocationConf;
 }
 
-static mut COMMANDS: [ngx_command_t; 11] = [
+static mut COMMANDS: [ngx_command_t; 12] = [
     ngx_command_t {
         name: ngx_string!("shift"),
         type_: (NGX_HTTP_UPS_CONF | NGX_CONF_ANY) as ngx_uint_t,
@@ -135,6 +147,14 @@ static mut COMMANDS: [ngx_command_t; 11] = [
         name: ngx_string!("shift_eject"),
         type_: (NGX_HTTP_UPS_CONF | NGX_CONF_ANY) as ngx_uint_t,
         set: Some(set_shift_eject),
+        conf: NGX_HTTP_MAIN_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("shift_history"),
+        type_: (NGX_HTTP_UPS_CONF | NGX_CONF_ANY) as ngx_uint_t,
+        set: Some(set_shift_history),
         conf: NGX_HTTP_MAIN_CONF_OFFSET,
         offset: 0,
         post: ptr::null_mut(),
@@ -400,6 +420,25 @@ extern "C" fn set_shift_eject(
     }
     ours.eject = Some(parsed);
     main.checked.push((uscf, "shift_eject"));
+    NGX_CONF_OK
+}
+
+extern "C" fn set_shift_history(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: Nginx calls directive handlers with a valid cf and this module's main conf.
+    let found = unsafe { upstream_directive(cf, conf, directives::parse_shift_history) };
+    let (_, parsed, main, uscf, ours) = match found {
+        Ok(found) => found,
+        Err(rc) => return rc,
+    };
+    if ours.history.is_some() {
+        return is_duplicate();
+    }
+    ours.history = Some(parsed);
+    main.checked.push((uscf, "shift_history"));
     NGX_CONF_OK
 }
 

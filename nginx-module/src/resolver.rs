@@ -22,6 +22,7 @@ use ngx::ngx_log_error;
 use shift_core::api::save::{self, PendingSave, SaveError};
 use shift_core::api::Membership;
 use shift_core::directives::label_for;
+use shift_core::history::Actor;
 use shift_core::process::{own_token, token_alive};
 use shift_core::resolve::{
     answer_peers, changes, earlier_places, joining_settings, next_lookup_in, settings_of,
@@ -351,6 +352,8 @@ fn apply(
     let Ok(guard) = Table::new(header, &[]).lock(own_token(), token_alive) else {
         return; // another change holds it; the next lookup tries again
     };
+    // SAFETY: the zone's lock is held.
+    let members_before = unsafe { crate::shm::members(header) };
     let mut membership = crate::shm::ZoneMembership::new(zone, &locked);
     let mut order = all
         .iter()
@@ -431,6 +434,8 @@ fn apply(
         let epoch = membership.next_epoch();
         guard.remove_peer(slot, epoch);
     }
+    // SAFETY: the zone's lock and the table's write lock are held.
+    unsafe { crate::shm::record_since(header, Actor::Resolver, &members_before) };
     drop(guard);
     let removed: Vec<&str> = remove.iter().map(|slot| slot.server()).collect();
     // The state file follows, so that a restart finds the name's place (`earlier_places`):

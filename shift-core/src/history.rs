@@ -4,8 +4,8 @@
 //! upstream's table and be written and read from safe code (under the table's write lock);
 //! this module encodes and decodes records, and keeps the ring's order and bound.
 //!
-//! Not wired to the zone yet: the FFI module is to place a ring per upstream and every writer
-//! (the API, a reload's commit, the resolver, health checks, ejections) to append what it did.
+//! The FFI module places a ring per upstream in the zone (`shift_history`); writers append what
+//! they did while they hold the table's write lock, and the API reads under it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -41,6 +41,111 @@ pub struct Change {
     /// Its value before and after (`""` for none, e.g. a peer that was not a member).
     pub old: String,
     pub new: String,
+}
+
+impl Change {
+    /// As the API sends it.
+    pub fn to_wire(&self) -> shift_wire::HistoryEntry {
+        let (actor, uid, pid) = match self.actor {
+            Actor::Api { uid, pid } => ("api", uid, pid),
+            Actor::Reload => ("reload", None, None),
+            Actor::Resolver => ("resolver", None, None),
+            Actor::Health => ("health", None, None),
+            Actor::Eject => ("eject", None, None),
+        };
+        shift_wire::HistoryEntry {
+            generation: self.generation,
+            at_ms: self.at_ms,
+            actor: actor.to_string(),
+            uid,
+            pid,
+            peer: self.peer.clone(),
+            field: self.field.clone(),
+            old: self.old.clone(),
+            new: self.new.clone(),
+        }
+    }
+}
+
+/// A peer's values a change may move, read inside the table's write lock before and after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    weight: u32,
+    state: shift_wire::PeerState,
+    label: crate::table::Label,
+}
+
+impl Snapshot {
+    pub fn of(slot: &crate::table::PeerSlot) -> Snapshot {
+        Snapshot {
+            weight: slot.weight(),
+            state: slot.state(),
+            label: slot.label(),
+        }
+    }
+
+    /// What differs in `after`: (field, old, new), in a fixed order.
+    pub fn changes_to(&self, after: &Snapshot) -> Vec<(&'static str, String, String)> {
+        let label = |label: crate::table::Label| label.to_wire().unwrap_or_default();
+        let mut changes = Vec::new();
+        if self.weight != after.weight {
+            changes.push(("weight", self.weight.to_string(), after.weight.to_string()));
+        }
+        if self.state != after.state {
+            changes.push((
+                "state",
+                self.state.as_str().to_string(),
+                after.state.as_str().to_string(),
+            ));
+        }
+        if self.label != after.label {
+            changes.push(("label", label(self.label), label(after.label)));
+        }
+        changes
+    }
+
+    /// The values of a peer that joins or leaves, as `member` changes: its weight and state.
+    pub fn describe(&self) -> String {
+        format!("weight {} {}", self.weight, self.state.as_str())
+    }
+}
+
+/// A peer as a whole-table change sees it: its address, whether it is a member (current), and
+/// its values.
+pub type Member = (String, bool, Snapshot);
+
+/// What changed between two looks at a table's peers (by address): peers that joined or left
+/// (`member`), and the values of those that stayed. Peers in neither look, or members in
+/// neither, give nothing.
+pub fn differences(
+    before: &[Member],
+    after: &[Member],
+) -> Vec<(String, &'static str, String, String)> {
+    let mut changes = Vec::new();
+    for (server, current, values) in after {
+        let old = before.iter().find(|(old, _, _)| old == server);
+        let was = old.filter(|(_, was_current, _)| *was_current);
+        match (was, current) {
+            (None, true) => {
+                changes.push((server.clone(), "member", String::new(), values.describe()))
+            }
+            (Some((_, _, old)), true) => {
+                for (field, from, to) in old.changes_to(values) {
+                    changes.push((server.clone(), field, from, to));
+                }
+            }
+            (Some((_, _, old)), false) => {
+                changes.push((server.clone(), "member", old.describe(), String::new()))
+            }
+            (None, false) => {}
+        }
+    }
+    for (server, current, values) in before {
+        if *current && !after.iter().any(|(new, _, _)| new == server) {
+            changes.push((server.clone(), "member", values.describe(), String::new()));
+        }
+    }
+    changes
 }
 
 /// How many words one record takes: 256 bytes.
@@ -156,6 +261,20 @@ fn cut(text: &str, capacity: usize) -> &str {
     &text[..end]
 }
 
+/// The head of a ring in the zone; `capacity` records (`RecordCell`s) follow it.
+#[repr(C)]
+pub struct RingHead {
+    pub capacity: AtomicU64,
+    pub written: AtomicU64,
+}
+
+impl RingHead {
+    /// The bytes a ring of `capacity` records takes.
+    pub const fn bytes(capacity: usize) -> usize {
+        std::mem::size_of::<RingHead>() + capacity * std::mem::size_of::<RecordCell>()
+    }
+}
+
 /// One record's place in a ring.
 #[derive(Debug, Default)]
 pub struct RecordCell([AtomicU64; RECORD_WORDS]);
@@ -175,12 +294,18 @@ impl RecordCell {
 /// A ring of records: the latest `records.len()` changes. `written` counts every record ever
 /// appended; record `n` lives at `n % records.len()`. Appends and reads happen under the
 /// table's write lock, which orders them.
+#[derive(Clone, Copy)]
 pub struct Ring<'a> {
     pub written: &'a AtomicU64,
     pub records: &'a [RecordCell],
 }
 
 impl Ring<'_> {
+    /// How many changes it keeps.
+    pub fn capacity(&self) -> usize {
+        self.records.len()
+    }
+
     /// Appends `change`, over the oldest record when the ring is full.
     pub fn append(&self, change: &Change) {
         if self.records.is_empty() {
@@ -189,6 +314,26 @@ impl Ring<'_> {
         let written = self.written.load(Ordering::Relaxed);
         self.records[(written % self.records.len() as u64) as usize].store(&change.encode());
         self.written.store(written + 1, Ordering::Relaxed);
+    }
+
+    /// Appends `changes` (peer, field, old, new), all made by `actor` at `generation` and
+    /// `at_ms`.
+    pub fn record(
+        &self,
+        (actor, generation, at_ms): (Actor, u64, u64),
+        changes: Vec<(String, &str, String, String)>,
+    ) {
+        for (peer, field, old, new) in changes {
+            self.append(&Change {
+                generation,
+                at_ms,
+                actor,
+                peer,
+                field: field.to_string(),
+                old,
+                new,
+            });
+        }
     }
 
     /// The changes kept, oldest first, of a generation above `since` (all with 0).
@@ -306,6 +451,43 @@ mod tests {
         bigger.copy_into(&smaller);
         let kept: Vec<u64> = smaller.since(0).iter().map(|c| c.generation).collect();
         assert_eq!(kept, [6, 7]);
+    }
+
+    #[test]
+    fn differences_name_members_that_came_and_went_and_values_that_moved() {
+        use shift_wire::PeerState;
+        let snapshot = |weight, state| Snapshot {
+            weight,
+            state,
+            label: crate::table::Label::NONE,
+        };
+        let before = vec![
+            ("a:1".to_string(), true, snapshot(1, PeerState::Up)),
+            ("b:1".to_string(), true, snapshot(1, PeerState::Up)),
+            ("c:1".to_string(), false, snapshot(1, PeerState::Up)),
+            ("gone:1".to_string(), true, snapshot(2, PeerState::Drain)),
+        ];
+        let after = vec![
+            ("a:1".to_string(), true, snapshot(5, PeerState::Up)),
+            ("b:1".to_string(), false, snapshot(1, PeerState::Up)),
+            ("c:1".to_string(), true, snapshot(1, PeerState::Down)),
+            ("new:1".to_string(), true, snapshot(3, PeerState::Up)),
+        ];
+        let seen: Vec<(String, &str, String, String)> = differences(&before, &after);
+        let text: Vec<String> = seen
+            .iter()
+            .map(|(peer, field, old, new)| format!("{peer} {field} [{old}] [{new}]"))
+            .collect();
+        assert_eq!(
+            text,
+            [
+                "a:1 weight [1] [5]",
+                "b:1 member [weight 1 up] []",
+                "c:1 member [] [weight 1 down]",
+                "new:1 member [] [weight 3 up]",
+                "gone:1 member [weight 2 drain] []",
+            ]
+        );
     }
 
     /// Random appends against a plain list: the ring always holds the last `capacity` of them.

@@ -51,12 +51,24 @@ pub const ZONE_PEER_BYTES: usize = 4 * 1024;
 /// The smallest zone.
 pub const ZONE_MIN_BYTES: usize = 1024 * 1024;
 
-/// The zone size for a configuration without `shift_zone`: the reservations above, rounded up
-/// to a power of two so that adding a few peers does not change it (a changed size makes Nginx
-/// create a new zone, and the state moves into it).
-pub fn zone_size(upstreams: usize, peers: usize) -> usize {
-    let needed = ZONE_BASE_BYTES + ZONE_UPSTREAM_BYTES * upstreams + ZONE_PEER_BYTES * peers;
+/// The zone size for a configuration without `shift_zone`: the reservations above and the
+/// upstreams' history rings (`history_bytes`), rounded up to a power of two so that adding a
+/// few peers does not change it (a changed size makes Nginx create a new zone, and the state
+/// moves into it).
+pub fn zone_size(upstreams: usize, peers: usize, history_bytes: usize) -> usize {
+    let needed =
+        ZONE_BASE_BYTES + ZONE_UPSTREAM_BYTES * upstreams + ZONE_PEER_BYTES * peers + history_bytes;
     needed.next_power_of_two().max(ZONE_MIN_BYTES)
+}
+
+/// What a history ring of `capacity` changes takes in the zone: whole pages, as the zone's
+/// allocator gives them for an allocation that size, and one more for its bookkeeping.
+pub fn history_bytes(capacity: usize) -> usize {
+    const PAGE: usize = 4096;
+    if capacity == 0 {
+        return 0;
+    }
+    crate::history::RingHead::bytes(capacity).next_multiple_of(PAGE) + PAGE
 }
 
 #[cfg(test)]
@@ -98,13 +110,13 @@ mod tests {
 
     #[test]
     fn zone_size_rounds_up_and_holds_ten_thousand_peers() {
-        assert_eq!(zone_size(1, 2), ZONE_MIN_BYTES);
+        assert_eq!(zone_size(1, 2, 0), ZONE_MIN_BYTES);
         assert_eq!(
-            zone_size(1, 2),
-            zone_size(3, 40),
+            zone_size(1, 2, 0),
+            zone_size(3, 40, 0),
             "a few more peers keep the size"
         );
-        let large = zone_size(1000, 10_000);
+        let large = zone_size(1000, 10_000, 0);
         assert_eq!(large, 64 * 1024 * 1024);
         assert!(large.is_power_of_two());
     }

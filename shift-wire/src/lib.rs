@@ -341,6 +341,39 @@ pub struct NewPeer {
     pub expect_generation: Option<u64>,
 }
 
+/// One change in an upstream's history (`GET upstreams/{name}/history`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// The upstream's generation the change made (a health verdict or an ejection, which make
+    /// none, carries the one it happened at).
+    pub generation: u64,
+    /// When (Unix ms).
+    pub at_ms: u64,
+    /// Who: `api`, `reload`, `resolver`, `health` or `eject`.
+    pub actor: String,
+    /// For `api`: the caller's uid and pid, from the Unix socket's credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// The peer's address.
+    pub peer: String,
+    /// What changed: `weight`, `state`, `label`, `health`, `ejected` or `member`.
+    pub field: String,
+    /// Before and after (`""`: none, e.g. no label, or not a member).
+    pub old: String,
+    pub new: String,
+}
+
+/// `GET upstreams/{name}/history[?since=GEN]`: the changes kept, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamHistory {
+    pub name: String,
+    /// How many changes the upstream keeps (`shift_history`).
+    pub capacity: u64,
+    pub entries: Vec<HistoryEntry>,
+}
+
 /// The answer to `DELETE upstreams/{name}/peers/{server}`: the peer takes no new requests at
 /// once; it is `gone` when none were in flight, else it is removed once its `active` ones end.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

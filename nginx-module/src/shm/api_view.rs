@@ -121,6 +121,8 @@ impl ApiView {
             active,
             // SAFETY: the lock is held.
             state_path: unsafe { state_path(header) },
+            // SAFETY: the zone's lock is held for as long as the view lives.
+            history: unsafe { super::history::ring_of(header) },
         }
     }
 }

@@ -13,11 +13,13 @@ use ngx::http::{HttpModuleMainConf, HttpModuleServerConf};
 use ngx::ngx_log_error;
 use shift_wire::PeerOrigin;
 
+use super::history::{members, record_since};
 use super::load::{check_mode, COMMITTED_ZONE};
 use super::reclaim::reclaim;
 use super::zone::{allocate_zeroed, slots_of, Zone};
 use crate::conf::{MainConf, UpstreamConf};
 use crate::ngx_module::Module;
+use shift_core::history::Actor;
 use shift_core::process::{own_token, token_alive};
 use shift_core::state_file::{self, SavedUpstream};
 use shift_core::table::{CarryNote, CheckMode, PeerSlot, Table, TableHeader};
@@ -108,6 +110,8 @@ pub unsafe fn commit(zone: Zone, main: &MainConf, log: *mut ngx_log_t) {
                 );
                 continue;
             };
+            // A table's first configuration is its start, not a change.
+            let members_before = (!conf.placement.new_table).then(|| members(header));
             let state_before = if conf.placement.new_table {
                 restore(previous, &guard, conf, log)
             } else {
@@ -161,6 +165,9 @@ pub unsafe fn commit(zone: Zone, main: &MainConf, log: *mut ngx_log_t) {
                 let epoch = root.next_members_epoch();
                 let first_order = conf.placement.configs.len() as u32;
                 guard.keep_runtime_peers(&conf.placement.runtime, first_order, epoch, now_ms);
+            }
+            if let Some(before) = &members_before {
+                record_since(header, Actor::Reload, before);
             }
             drop(guard);
             log_notes(log, name, "the running state", &notes);

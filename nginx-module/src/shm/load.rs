@@ -27,7 +27,7 @@ use super::reclaim::{reclaim, sweep};
 use super::zone::{allocate, allocate_zeroed, foreign_root, push_front, slots_of, Zone};
 use crate::conf::{MainConf, UpstreamConf};
 use crate::ngx_module::Module;
-use shift_core::directives::{label_for, LabelLine};
+use shift_core::directives::{label_for, LabelLine, DEFAULT_HISTORY};
 use shift_core::reclaim::PositionKind;
 use shift_core::state_file;
 use shift_core::table::{CheckMode, PeerConfig, PeerSlot, TableHeader};
@@ -259,6 +259,10 @@ unsafe fn place_views(
                 true,
             ),
         };
+        let history = conf.history.unwrap_or(DEFAULT_HISTORY);
+        // SAFETY: as above. A ring that keeps its old size (a writer holding the table) does no
+        // harm: the next configuration sizes it.
+        unsafe { super::history::place(locked, header, history)? };
         let epoch = zone.root().members_epoch.load(Ordering::Acquire);
         let mut view = Vec::with_capacity(configs.len());
         for config in &configs {

@@ -14,9 +14,11 @@
 //! - `reclaim`: freeing what no live process can touch; the workers' housekeeping.
 //! - `worker`: each worker's record, binary-upgrade detection.
 //! - `api_view`: the API's view of the zone, an upstream found by name.
+//! - `history`: each upstream's ring of its latest changes.
 
 mod api_view;
 mod commit;
+mod history;
 mod load;
 mod membership;
 mod positions;
@@ -26,6 +28,7 @@ mod zone;
 
 pub use api_view::{api_view, NotServing};
 pub use commit::commit_cycle;
+pub use history::{members, record as record_history, record_since};
 pub use load::{peer_count, LoadRecord};
 pub use membership::{with_load_positions, ZoneMembership};
 pub use reclaim::housekeeping;

@@ -108,6 +108,7 @@ pub unsafe fn sweep(zone: Zone, locked: &LockedSlabPool) {
                 if unused {
                     let [address, _] = &header.state_path;
                     super::zone::free(locked, address.load(Ordering::Acquire) as *mut u8);
+                    super::history::forget(locked, header);
                 }
                 unused
             },

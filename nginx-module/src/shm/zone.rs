@@ -20,7 +20,7 @@ use shift_core::table::{PeerSlot, Table, TableHeader, FREED_BYTE};
 
 pub const ZONE_NAME: &str = "nginx_shift";
 /// Marks the zone's root; change it when the layout of anything in the zone changes.
-const ROOT_MAGIC: u64 = 0x7368_6966_745f_000a;
+const ROOT_MAGIC: u64 = 0x7368_6966_745f_000b;
 
 /// The zone's root, at the slab pool's `data`.
 #[repr(C)]

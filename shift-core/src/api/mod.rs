@@ -7,6 +7,7 @@
 //! here touches Nginx.
 
 mod access;
+mod history;
 mod listing;
 mod page;
 mod patch;
@@ -21,6 +22,7 @@ use std::path::Path;
 
 use shift_wire::{ApiError, MAX_BODY_BYTES};
 
+use crate::history::{Actor, Ring};
 use crate::metrics::ZoneUsage;
 use crate::table::Table;
 
@@ -42,6 +44,8 @@ pub struct Endpoint<'a> {
     pub active: &'a [u64],
     /// When the request came (Unix ms): where a peer's slow start stands.
     pub now_ms: u64,
+    /// Where its changes are recorded (`shift_history`), when it keeps any.
+    pub history: Option<Ring<'a>>,
 }
 
 impl Endpoint<'_> {
@@ -79,6 +83,18 @@ pub struct ApiRequest<'a> {
     pub caller: Caller,
     /// When it came (Unix ms): the `joined_ms` of a peer it adds.
     pub received_ms: u64,
+    /// The caller's pid, from the Unix socket's credentials (none over TCP).
+    pub pid: Option<u32>,
+}
+
+impl ApiRequest<'_> {
+    /// Who the history names for a change this request makes.
+    fn actor(&self) -> Actor {
+        Actor::Api {
+            uid: self.caller.uid,
+            pid: self.pid,
+        }
+    }
 }
 
 /// What the API works on: the current upstreams, the writer's identity, the zone's usage for
@@ -150,6 +166,7 @@ impl Failure {
 enum Resource<'a> {
     List,
     Upstream(&'a str),
+    History(&'a str),
     Peers(&'a str),
     Peer(&'a str, &'a str),
 }
@@ -159,6 +176,7 @@ impl Resource<'_> {
         match self {
             Resource::List => "GET, HEAD",
             Resource::Upstream(_) => "GET, HEAD, PATCH",
+            Resource::History(_) => "GET, HEAD",
             Resource::Peers(_) => "POST",
             Resource::Peer(..) => "DELETE",
         }
@@ -177,6 +195,9 @@ fn resource(route: &str) -> Option<Resource<'_>> {
     }
     if rest.is_empty() {
         return Some(Resource::Upstream(name));
+    }
+    if rest == "history" {
+        return Some(Resource::History(name));
     }
     let rest = rest.strip_prefix("peers")?;
     match rest.strip_prefix('/') {
@@ -223,12 +244,13 @@ fn respond(request: &ApiRequest, context: &mut ApiContext) -> Respond {
             "not_found",
             format!(
                 "no API resource \"{route}\"; try \"upstreams\", \"upstreams/NAME\", \
-                 \"upstreams/NAME/peers\", \"metrics\" or the status page (the prefix itself)"
+                 \"upstreams/NAME/peers\", \"upstreams/NAME/history\", \"metrics\" or the \
+                 status page (the prefix itself)"
             ),
         )
     })?;
     let writing = match (method, &resource) {
-        ("GET" | "HEAD", Resource::List | Resource::Upstream(_)) => false,
+        ("GET" | "HEAD", Resource::List | Resource::Upstream(_) | Resource::History(_)) => false,
         ("PATCH", Resource::Upstream(_))
         | ("POST", Resource::Peers(_))
         | ("DELETE", Resource::Peer(..)) => true,
@@ -241,19 +263,22 @@ fn respond(request: &ApiRequest, context: &mut ApiContext) -> Respond {
             let listing = Listing::new(ListKind::Upstreams, request.received_ms);
             return Ok((listing.run(upstreams, context.zone), None));
         }
-        Resource::Upstream(name) | Resource::Peers(name) | Resource::Peer(name, _) => name,
+        Resource::Upstream(name)
+        | Resource::History(name)
+        | Resource::Peers(name)
+        | Resource::Peer(name, _) => name,
     };
     let data = upstreams
         .find(name)
         .ok_or_else(|| unknown_upstream(upstreams, name))?;
     let endpoint = &data.endpoint(request.received_ms);
     match (method, resource) {
-        ("PATCH", _) => patch::patch(endpoint, request.body, request.args, context.writer),
+        (_, Resource::History(_)) => history::history(endpoint, request.args, context.writer),
+        ("PATCH", _) => patch::patch(endpoint, request, context.writer),
         ("POST", _) => peers::add(endpoint, request, context.writer, context.membership),
         ("DELETE", Resource::Peer(_, server)) => peers::remove(
             endpoint,
-            server,
-            request.args,
+            (request, server),
             context.writer,
             context.membership,
         ),

@@ -66,6 +66,7 @@ mod tests {
             body: &[],
             caller,
             received_ms: 0,
+            pid: None,
         }
     }
 

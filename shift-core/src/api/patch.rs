@@ -7,26 +7,50 @@ use shift_wire::{PatchApplied, PeerState, UpstreamPatch, MAX_BODY_BYTES, MAX_WEI
 
 use super::query::Query;
 use super::{
-    expect_generation, ok, too_large, unknown_peer, Endpoint, Failure, PendingSave, Respond, Writer,
+    expect_generation, ok, too_large, unknown_peer, ApiRequest, Endpoint, Failure, PendingSave,
+    Respond, Writer,
 };
 use crate::drain_close::CloseOrder;
+use crate::history::{Change, Snapshot};
 use crate::table::{Label, PeerChange, PeerSlot, Table};
 
-pub(super) fn patch(endpoint: &Endpoint, body: &[u8], args: &str, writer: &Writer) -> Respond {
+pub(super) fn patch(endpoint: &Endpoint, request: &ApiRequest, writer: &Writer) -> Respond {
+    let (body, args) = (request.body, request.args);
     if body.len() > MAX_BODY_BYTES {
         return Err(too_large());
     }
     let full = Query::parse(args, "PATCH", false)?.full;
-    let request: UpstreamPatch = serde_json::from_slice(body)
+    let patch: UpstreamPatch = serde_json::from_slice(body)
         .map_err(|err| Failure::new(400, "bad_request", format!("invalid PATCH body: {err}")))?;
     let table = endpoint.table;
-    let changes = plan(table, &request)?;
+    let changes = plan(table, &patch)?;
 
     let guard = table
         .lock(writer.pid, writer.is_alive)
         .map_err(|err| Failure::new(503, "busy", err.to_string()))?;
-    expect_generation(table, request.expect_generation)?;
-    guard.apply(&changes, endpoint.now_ms);
+    expect_generation(table, patch.expect_generation)?;
+    let peers = table.peers();
+    let before: Vec<Snapshot> = changes
+        .iter()
+        .map(|change| Snapshot::of(peers[change.index]))
+        .collect();
+    let generation = guard.apply(&changes, endpoint.now_ms);
+    if let Some(ring) = endpoint.history {
+        for (change, before) in changes.iter().zip(&before) {
+            let slot = peers[change.index];
+            for (field, old, new) in before.changes_to(&Snapshot::of(slot)) {
+                ring.append(&Change {
+                    generation,
+                    at_ms: endpoint.now_ms,
+                    actor: request.actor(),
+                    peer: slot.server().to_string(),
+                    field: field.to_string(),
+                    old,
+                    new,
+                });
+            }
+        }
+    }
     drop(guard);
     let reply = if full {
         ok(&endpoint.wire())

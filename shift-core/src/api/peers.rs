@@ -15,6 +15,7 @@ use super::{
     expect_generation, ok, too_large, unknown_peer, ApiRequest, Endpoint, Failure, PendingSave,
     Respond, Writer,
 };
+use crate::history::{Change, Snapshot};
 use crate::table::{Addition, Label, PeerSlot, Table, TableHeader};
 
 /// Why the zone cannot take a new peer: it is full (the message names `shift_zone`). Nothing
@@ -47,6 +48,7 @@ pub(super) fn add(
     if body.len() > MAX_BODY_BYTES {
         return Err(too_large());
     }
+    let request_actor = request.actor();
     let full = Query::parse(args, "POST", false)?.full;
     let received_ms = request.received_ms;
     let request: NewPeer = serde_json::from_slice(body)
@@ -93,7 +95,18 @@ pub(super) fn add(
         slow_start_ms,
         ..Addition::api(weight, state, label, received_ms)
     };
-    guard.add_peer(slot, &addition, order, epoch);
+    let generation = guard.add_peer(slot, &addition, order, epoch);
+    if let Some(ring) = endpoint.history {
+        ring.append(&Change {
+            generation,
+            at_ms: received_ms,
+            actor: request_actor,
+            peer: server.clone(),
+            field: "member".to_string(),
+            old: String::new(),
+            new: Snapshot::of(slot).describe(),
+        });
+    }
     drop(guard);
     let mut now: Vec<&PeerSlot> = table.peers().to_vec();
     now.push(slot);
@@ -115,12 +128,11 @@ pub(super) fn add(
 
 pub(super) fn remove(
     endpoint: &Endpoint,
-    server: &str,
-    args: &str,
+    (request, server): (&ApiRequest, &str),
     writer: &Writer,
     membership: &mut dyn Membership,
 ) -> Respond {
-    let query = Query::parse(args, "DELETE", true)?;
+    let query = Query::parse(request.args, "DELETE", true)?;
     let table = endpoint.table;
     let index = table
         .peer_index(server)
@@ -158,7 +170,19 @@ pub(super) fn remove(
         .map_err(|err| Failure::new(503, "busy", err.to_string()))?;
     expect_generation(table, query.expect_generation)?;
     let epoch = membership.next_epoch();
-    guard.remove_peer_closing(slot, epoch, close, endpoint.now_ms);
+    let before = Snapshot::of(slot);
+    let generation = guard.remove_peer_closing(slot, epoch, close, endpoint.now_ms);
+    if let Some(ring) = endpoint.history {
+        ring.append(&Change {
+            generation,
+            at_ms: endpoint.now_ms,
+            actor: request.actor(),
+            peer: server.to_string(),
+            field: "member".to_string(),
+            old: before.describe(),
+            new: String::new(),
+        });
+    }
     drop(guard);
     let active = endpoint.active.get(index).copied().unwrap_or(0);
     let mut rest: Vec<&PeerSlot> = table.peers().to_vec();

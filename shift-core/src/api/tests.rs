@@ -26,7 +26,8 @@ pub(crate) fn call_with(
     state_path: Option<&Path>,
     membership: &mut test_support::HeapMembership,
 ) -> Reply {
-    let upstreams = TableList::new(vec![(owned.view(), state_path)]);
+    let upstreams =
+        TableList::with_histories(vec![(owned.view(), state_path, Some(owned.history))]);
     let (path, args) = path.split_once('?').unwrap_or((path, ""));
     let answered = handle(
         &ApiRequest {
@@ -36,6 +37,7 @@ pub(crate) fn call_with(
             body: body.as_bytes(),
             caller,
             received_ms: crate::table::test_support::NOW_MS,
+            pid: Some(4242),
         },
         &mut ApiContext {
             upstreams: &upstreams,
@@ -370,4 +372,80 @@ fn an_unwritable_state_file_is_said_and_the_next_save_carries_the_change() {
     let saved = crate::state_file::load(&path, "app").unwrap().unwrap();
     assert_eq!(saved.generation, 3);
     assert_eq!((saved.peers[0].weight, saved.peers[1].weight), (5, 7));
+}
+
+#[test]
+fn changes_are_recorded_with_their_caller_and_read_back_by_generation() {
+    let owned = app();
+    let body = r#"{"peers": {"127.0.0.1:8000": {"weight": 5, "label": "blue"},
+                  "127.0.0.1:8001": {"state": "up"}}}"#;
+    assert_eq!(
+        call(&owned, "PATCH", "upstreams/app", body, WRITER).status,
+        200
+    );
+    let body = r#"{"peers": {"127.0.0.1:8000": {"weight": 5}}}"#;
+    assert_eq!(
+        call(&owned, "PATCH", "upstreams/app", body, WRITER).status,
+        200,
+        "no change"
+    );
+    let body = r#"{"peers": {"127.0.0.1:8000": {"state": "drain"}}}"#;
+    assert_eq!(
+        call(&owned, "PATCH", "upstreams/app", body, WRITER).status,
+        200
+    );
+
+    let reply = call(&owned, "GET", "upstreams/app/history", "", WRITER);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let history: shift_wire::UpstreamHistory = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!((history.name.as_str(), history.capacity), ("app", 8));
+    let seen: Vec<(u64, &str, &str, &str, &str)> = history
+        .entries
+        .iter()
+        .map(|e| {
+            (
+                e.generation,
+                e.peer.as_str(),
+                e.field.as_str(),
+                e.old.as_str(),
+                e.new.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (2, "127.0.0.1:8000", "weight", "1", "5"),
+            (2, "127.0.0.1:8000", "label", "", "blue"),
+            (2, "127.0.0.1:8001", "state", "down", "up"),
+            (4, "127.0.0.1:8000", "state", "up", "drain"),
+        ]
+    );
+    let first = &history.entries[0];
+    assert_eq!(
+        (first.actor.as_str(), first.uid, first.pid),
+        ("api", Some(0), Some(4242))
+    );
+    assert_eq!(first.at_ms, crate::table::test_support::NOW_MS);
+
+    let later: shift_wire::UpstreamHistory = serde_json::from_str(
+        &call(&owned, "GET", "upstreams/app/history?since=2", "", WRITER).body,
+    )
+    .unwrap();
+    assert_eq!(later.entries.len(), 1);
+    for (path, status) in [
+        ("upstreams/app/history?since=x", 400),
+        ("upstreams/app/history?from=1", 400),
+        ("upstreams/nope/history", 404),
+    ] {
+        assert_eq!(
+            call(&owned, "GET", path, "", WRITER).status,
+            status,
+            "{path}"
+        );
+    }
+    assert_eq!(
+        call(&owned, "PATCH", "upstreams/app/history", "{}", WRITER).status,
+        405
+    );
 }

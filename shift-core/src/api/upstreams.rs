@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use super::Endpoint;
+use crate::history::Ring;
 use crate::table::{PeerSlot, Table, TableHeader};
 
 /// The current upstreams, under the zone's lock while the API uses them.
@@ -28,6 +29,8 @@ pub struct UpstreamData<'z> {
     /// Requests in flight on each of `peers`, summed over running workers.
     pub active: Vec<u64>,
     pub state_path: Option<PathBuf>,
+    /// Its history (`shift_history`), when it keeps one.
+    pub history: Option<Ring<'z>>,
 }
 
 impl UpstreamData<'_> {
@@ -38,6 +41,7 @@ impl UpstreamData<'_> {
             state_path: self.state_path.as_deref(),
             active: &self.active,
             now_ms,
+            history: self.history,
         }
     }
 }
@@ -45,22 +49,35 @@ impl UpstreamData<'_> {
 /// Upstreams from tables the caller holds, sorted by name: the API's tests, and callers that
 /// have their tables at hand.
 pub struct TableList<'a> {
-    tables: Vec<(Table<'a>, Option<&'a Path>)>,
+    tables: Vec<(Table<'a>, Option<&'a Path>, Option<Ring<'a>>)>,
 }
 
 impl<'a> TableList<'a> {
-    pub fn new(mut tables: Vec<(Table<'a>, Option<&'a Path>)>) -> TableList<'a> {
-        tables.sort_by(|(a, _), (b, _)| a.name().cmp(b.name()));
+    pub fn new(tables: Vec<(Table<'a>, Option<&'a Path>)>) -> TableList<'a> {
+        TableList::with_histories(
+            tables
+                .into_iter()
+                .map(|(table, path)| (table, path, None))
+                .collect(),
+        )
+    }
+
+    /// As `new`, each table with its history ring, if it keeps one.
+    pub fn with_histories(
+        mut tables: Vec<(Table<'a>, Option<&'a Path>, Option<Ring<'a>>)>,
+    ) -> TableList<'a> {
+        tables.sort_by(|(a, _, _), (b, _, _)| a.name().cmp(b.name()));
         TableList { tables }
     }
 
     fn data(&self, index: usize) -> Option<UpstreamData<'a>> {
-        let (table, state_path) = self.tables.get(index)?;
+        let (table, state_path, history) = self.tables.get(index)?;
         Some(UpstreamData {
             header: table.header(),
             peers: table.peers().to_vec(),
             active: vec![0; table.peers().len()],
             state_path: state_path.map(Path::to_path_buf),
+            history: *history,
         })
     }
 }
@@ -73,7 +90,7 @@ impl Upstreams for TableList<'_> {
     fn find(&self, name: &str) -> Option<UpstreamData<'_>> {
         let index = self
             .tables
-            .binary_search_by(|(table, _)| table.name().cmp(name))
+            .binary_search_by(|(table, _, _)| table.name().cmp(name))
             .ok()?;
         self.data(index)
     }
@@ -83,6 +100,6 @@ impl Upstreams for TableList<'_> {
     }
 
     fn name_at(&self, index: usize) -> Option<&str> {
-        self.tables.get(index).map(|(table, _)| table.name())
+        self.tables.get(index).map(|(table, _, _)| table.name())
     }
 }

@@ -5,6 +5,7 @@
 mod api;
 mod check;
 mod eject;
+mod history;
 mod resolve;
 mod shift;
 mod slow_start;
@@ -16,6 +17,7 @@ use std::fmt;
 pub use api::{parse_shift_api, Principal, Readers, ShiftApiArgs, DEFAULT_API_CONNECTIONS};
 pub use check::{parse_shift_check, CheckArgs, CheckKind};
 pub use eject::parse_shift_eject;
+pub use history::{parse_shift_history, DEFAULT_HISTORY, MAX_HISTORY};
 pub use resolve::{parse_shift_resolve, ResolvedName};
 pub use shift::{duplicate_address, parse_shift, ShiftArgs};
 pub use slow_start::parse_shift_slow_start;

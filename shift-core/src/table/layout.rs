@@ -58,6 +58,9 @@ pub struct TableHeader {
     pub next: AtomicUsize,
     /// Address of the upstream's first peer slot (slots link through `PeerSlot::next`).
     pub peers: AtomicUsize,
+    /// Address of its history ring (`crate::history::RingHead`), 0 when it keeps none; changed
+    /// and followed only under the table's write lock.
+    pub history: AtomicUsize,
     /// Address and length of the committed `state=` path in the zone (0 when there is none).
     pub state_path: [AtomicUsize; 2],
     /// How many live configuration loads use this upstream (changed under the zone's lock).
@@ -110,6 +113,7 @@ impl TableHeader {
         Ok(TableHeader {
             next: AtomicUsize::new(0),
             peers: AtomicUsize::new(0),
+            history: AtomicUsize::new(0),
             state_path: [AtomicUsize::new(0), AtomicUsize::new(0)],
             refs: AtomicU32::new(0),
             current: AtomicBool::new(false),

@@ -9,6 +9,8 @@ pub(crate) const NOW_MS: u64 = 1_700_000_000_000;
 pub(crate) struct OwnedTable {
     pub(crate) header: &'static TableHeader,
     pub(crate) peers: Vec<&'static PeerSlot>,
+    /// A history of 8 changes.
+    pub(crate) history: crate::history::Ring<'static>,
 }
 
 impl OwnedTable {
@@ -48,7 +50,20 @@ impl OwnedTable {
             .iter()
             .map(|config| &*Box::leak(Box::new(PeerSlot::new(config).unwrap())))
             .collect();
-        let owned = OwnedTable { header, peers };
+        let history = crate::history::Ring {
+            written: Box::leak(Box::new(std::sync::atomic::AtomicU64::new(0))),
+            records: Box::leak(
+                (0..8)
+                    .map(|_| Default::default())
+                    .collect::<Vec<_>>()
+                    .into_boxed_slice(),
+            ),
+        };
+        let owned = OwnedTable {
+            header,
+            peers,
+            history,
+        };
         owned
             .view()
             .lock(1, |_| true)
