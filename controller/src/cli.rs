@@ -97,6 +97,14 @@ pub enum Command {
     },
     /// Print the Prometheus metrics of every Nginx
     Metrics,
+    /// Who changed what in an upstream: its latest changes (shift_history), oldest first
+    History {
+        /// The shift upstream
+        upstream: String,
+        /// Only the changes after this generation
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+    },
     /// Set weights in one atomic change: shiftctl set app 127.0.0.1:8001=30 127.0.0.1:8000=70
     Set {
         /// The shift upstream to change

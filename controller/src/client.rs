@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use shift_wire::{
-    ApiError, NewPeer, PatchApplied, PeerRemoval, Upstream, UpstreamList, UpstreamPatch,
+    ApiError, NewPeer, PatchApplied, PeerRemoval, Upstream, UpstreamHistory, UpstreamList,
+    UpstreamPatch,
 };
 
 /// What can go wrong talking to one Nginx.
@@ -104,6 +105,12 @@ impl AdminClient {
 
     pub async fn upstream(&self, name: &str) -> Result<Upstream, ClientError> {
         let url = self.url(&upstream_path(name)?);
+        self.send(self.http.get(url)).await
+    }
+
+    /// `GET upstreams/NAME/history?since=GEN`: the changes it keeps after that generation.
+    pub async fn history(&self, name: &str, since: u64) -> Result<UpstreamHistory, ClientError> {
+        let url = self.url(&format!("{}/history?since={since}", upstream_path(name)?));
         self.send(self.http.get(url)).await
     }
 

@@ -113,6 +113,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             fleet: false,
         } => commands::status(&ctx, upstream, watch, every).await,
         Command::Metrics => commands::metrics(&ctx).await,
+        Command::History { upstream, since } => commands::history(&ctx, &upstream, since).await,
         Command::Set {
             upstream,
             weights,

@@ -1,6 +1,7 @@
 //! The commands, over a fleet of one or more Nginx instances: one file per family.
 
 mod canary;
+mod history;
 mod output;
 mod peers;
 mod ramp;
@@ -18,6 +19,7 @@ use crate::fleet::{Fleet, FleetError, Laggards};
 use crate::view::progress::Progress;
 
 pub use canary::{canary, promote, CanaryOptions, OnInterrupt, OnQuiet};
+pub use history::history;
 pub use peers::{add, parse_server, remove};
 pub use set::{set, set_label, set_state};
 pub use status::{fleet_status, metrics, status};

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 
 use ngx::core::slab::LockedSlabPool;
 
-use super::zone::{allocate_zeroed, free};
+use super::zone::{allocate_words, free};
 use shift_core::history::{differences, Actor, Member, RecordCell, Ring, RingHead, Snapshot};
 use shift_core::process::{own_token, token_alive};
 use shift_core::table::{Table, TableHeader};
@@ -30,8 +30,8 @@ unsafe fn ring_at(address: usize) -> Option<Ring<'static>> {
     if address == 0 {
         return None;
     }
-    // SAFETY: per the contract: a `RingHead` followed by `capacity` records, every byte of it
-    // initialised (zeroed when placed), aligned for `u64`.
+    // SAFETY: per the contract: a `RingHead` followed by `capacity` records of `u64` words,
+    // aligned for them; any bits are a valid word (`zone::allocate_words`).
     unsafe {
         let head = &*(address as *const RingHead);
         let capacity = head.capacity.load(Ordering::Relaxed) as usize;
@@ -66,14 +66,15 @@ pub unsafe fn place(
         0
     } else {
         let words = RingHead::bytes(capacity) / size_of::<u64>();
-        let memory = allocate_zeroed::<u64>(locked, words)?;
-        // SAFETY: zeroed memory for a `RingHead` and its records, aligned for `u64`s, not
-        // linked anywhere yet.
+        let memory = allocate_words(locked, words)?;
+        // SAFETY: memory for a `RingHead` and its records, aligned for `u64`s, not linked
+        // anywhere yet. Only the head is written: a record is read only once written
+        // (`Ring::since` stops at `written`), so its pages are touched as the ring fills.
         unsafe {
-            (*memory.cast::<RingHead>())
-                .capacity
-                .store(capacity as u64, Ordering::Relaxed)
-        };
+            let head = &*memory.cast::<RingHead>();
+            head.capacity.store(capacity as u64, Ordering::Relaxed);
+            head.written.store(0, Ordering::Relaxed);
+        }
         memory as usize
     };
     let table = Table::new(header, &[]);

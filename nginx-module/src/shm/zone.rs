@@ -292,7 +292,19 @@ pub fn allocate_zeroed<T>(locked: &LockedSlabPool, count: usize) -> Result<*mut 
         .map_err(|_| zone_full())
 }
 
-/// Frees what `allocate` or `allocate_zeroed` returned. Debug builds fill the `T` with
+/// An array of `count` `u64`s in the zone, left as the zone had them: its pages are touched
+/// only as they are written (a history ring fills over weeks; zeroing it would take its whole
+/// size in memory at once). Every byte of the zone has a value (the kernel's zeros, or what an
+/// earlier allocation wrote), so any `u64` read from it is a valid one.
+pub fn allocate_words(locked: &LockedSlabPool, count: usize) -> Result<*mut u64, String> {
+    let layout = Layout::array::<u64>(count.max(1)).map_err(|_| zone_full())?;
+    locked
+        .allocate(layout)
+        .map(|memory| memory.cast::<u64>().as_ptr())
+        .map_err(|_| zone_full())
+}
+
+/// Frees what `allocate`, `allocate_zeroed` or `allocate_words` returned. Debug builds fill the `T` with
 /// `FREED_BYTE` first, so that a slot used after this fails its check (`PeerSlot::verify`).
 ///
 /// SAFETY: `item` came from this zone's allocator and nothing uses it any more.
