@@ -115,6 +115,21 @@ fn the_page_draws_the_peers_and_follows_a_patch_in_a_real_browser() {
         .any(|(server, weight, _)| server == &green && weight == "5"));
     eprintln!("the bars followed the PATCH in {took:?}");
 
+    // The change is in the upstream's history under it, with who made it.
+    let (history, listed) = browser.wait_for(
+        "document.querySelector('[data-history=app]').textContent",
+        Duration::from_secs(5),
+        |text| {
+            text.as_str()
+                .is_some_and(|text| text.contains("weight 1 → 5"))
+        },
+    );
+    assert!(listed, "{history}");
+    assert!(
+        history.as_str().unwrap_or("").contains(" · api uid "),
+        "{history}"
+    );
+
     let screenshot = browser.screenshot();
     assert!(screenshot.starts_with(b"\x89PNG"), "a PNG");
     let artifact = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
@@ -134,6 +149,14 @@ fn the_page_draws_the_peers_and_follows_a_patch_in_a_real_browser() {
             "only GETs of its own origin: {request}"
         );
     }
+    assert!(
+        browser
+            .requests
+            .iter()
+            .any(|request| request.ends_with("/upstreams/app/history")),
+        "{:?}",
+        browser.requests
+    );
     traffic.stop();
     drop(site.nginx);
 }
