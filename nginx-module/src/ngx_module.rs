@@ -74,7 +74,9 @@ impl HttpModule for Module {
         if !main.zone.is_null() {
             // SAFETY: round robin built every upstream's peers before postconfiguration.
             let peers = unsafe { shm::peer_count(&main.upstreams) };
-            let history: usize = main
+            // Twice over: a configuration that resizes a ring holds the old and the new one for
+            // a moment, and an upstream a reload dropped keeps its own until its loads go.
+            let history: usize = 2 * main
                 .upstreams
                 .iter()
                 // SAFETY: as above.
@@ -85,7 +87,7 @@ impl HttpModule for Module {
                             .unwrap_or(shift_core::directives::DEFAULT_HISTORY),
                     )
                 })
-                .sum();
+                .sum::<usize>();
             let needed = shift_core::lifecycle::zone_size(main.upstreams.len(), peers, history);
             shm::set_zone_size(main, main.zone_size.unwrap_or(needed));
         }

@@ -7,6 +7,7 @@
 //! The FFI module places a ring per upstream in the zone (`shift_history`); writers append what
 //! they did while they hold the table's write lock, and the API reads under it.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Who made a change.
@@ -121,10 +122,17 @@ pub fn differences(
     before: &[Member],
     after: &[Member],
 ) -> Vec<(String, &'static str, String, String)> {
+    // By address, so that a table of thousands of peers is compared in one pass.
+    let earlier: HashMap<&str, &Member> = before
+        .iter()
+        .map(|member| (member.0.as_str(), member))
+        .collect();
+    let later: HashSet<&str> = after.iter().map(|(server, _, _)| server.as_str()).collect();
     let mut changes = Vec::new();
     for (server, current, values) in after {
-        let old = before.iter().find(|(old, _, _)| old == server);
-        let was = old.filter(|(_, was_current, _)| *was_current);
+        let was = earlier
+            .get(server.as_str())
+            .filter(|(_, was_current, _)| *was_current);
         match (was, current) {
             (None, true) => {
                 changes.push((server.clone(), "member", String::new(), values.describe()))
@@ -141,7 +149,7 @@ pub fn differences(
         }
     }
     for (server, current, values) in before {
-        if *current && !after.iter().any(|(new, _, _)| new == server) {
+        if *current && !later.contains(server.as_str()) {
             changes.push((server.clone(), "member", values.describe(), String::new()));
         }
     }

@@ -47,26 +47,26 @@ unsafe fn ring_at(address: usize) -> Option<Ring<'static>> {
 }
 
 /// Gives `header` a ring of `capacity` records (none for 0), keeping the latest records of the
-/// one it had. False when the table's write lock stayed taken (a writer that does not let go):
-/// the table keeps its ring as it was, until the next configuration. An error when the zone
-/// has no room for the ring.
+/// one it had. On an error (no room in the zone, or the table's write lock held by a writer
+/// that does not let go) the table keeps the ring it had.
 ///
 /// SAFETY: the caller holds the zone's lock.
 pub unsafe fn place(
     locked: &LockedSlabPool,
     header: &TableHeader,
     capacity: usize,
-) -> Result<bool, String> {
+) -> Result<(), String> {
     // SAFETY: the zone's lock is held.
     let old = unsafe { ring_of(header) };
     if old.map_or(0, |ring| ring.capacity()) == capacity {
-        return Ok(true);
+        return Ok(());
     }
     let new = if capacity == 0 {
         0
     } else {
         let words = RingHead::bytes(capacity) / size_of::<u64>();
-        let memory = allocate_words(locked, words)?;
+        let memory = allocate_words(locked, words)
+            .map_err(|_| "the zone has no room for it (see shift_zone)".to_string())?;
         // SAFETY: memory for a `RingHead` and its records, aligned for `u64`s, not linked
         // anywhere yet. Only the head is written: a record is read only once written
         // (`Ring::since` stops at `written`), so its pages are touched as the ring fills.
@@ -78,10 +78,13 @@ pub unsafe fn place(
         memory as usize
     };
     let table = Table::new(header, &[]);
-    let Ok(guard) = table.lock(own_token(), token_alive) else {
-        // SAFETY: the new ring was never linked: nobody else knows it.
-        unsafe { free(locked, new as *mut u64) };
-        return Ok(false);
+    let guard = match table.lock(own_token(), token_alive) {
+        Ok(guard) => guard,
+        Err(err) => {
+            // SAFETY: the new ring was never linked: nobody else knows it.
+            unsafe { free(locked, new as *mut u64) };
+            return Err(err.to_string());
+        }
     };
     // SAFETY: placed above and not linked yet; the old one is followed under the locks held.
     if let (Some(old), Some(new)) = (old, unsafe { ring_at(new) }) {
@@ -91,7 +94,7 @@ pub unsafe fn place(
     drop(guard);
     // SAFETY: unlinked under both locks: nobody follows it any more.
     unsafe { free(locked, previous as *mut u64) };
-    Ok(true)
+    Ok(())
 }
 
 /// Frees the ring of a header that is being freed.
@@ -125,10 +128,14 @@ pub fn record(header: &TableHeader, actor: Actor, changes: Vec<(String, &str, St
 }
 
 /// Every peer slot of `header`'s table as a whole-table change compares them
-/// (`shift_core::history::differences`).
+/// (`shift_core::history::differences`); nothing when the table keeps no history.
 ///
 /// SAFETY: the caller holds the zone's lock, which keeps the slots.
 pub unsafe fn members(header: &TableHeader) -> Vec<Member> {
+    // SAFETY: per the contract.
+    if unsafe { ring_of(header) }.is_none() {
+        return Vec::new();
+    }
     // SAFETY: per the contract.
     unsafe { super::slots_of(header) }
         .map(|slot| {
@@ -147,8 +154,9 @@ pub unsafe fn members(header: &TableHeader) -> Vec<Member> {
 /// SAFETY: the caller holds the zone's lock and the table's write lock.
 pub unsafe fn record_since(header: &TableHeader, actor: Actor, before: &[Member]) {
     // SAFETY: per the contract.
-    let (after, ring) = unsafe { (members(header), ring_of(header)) };
-    if let Some(ring) = ring {
+    if let Some(ring) = unsafe { ring_of(header) } {
+        // SAFETY: as above.
+        let after = unsafe { members(header) };
         let generation = Table::new(header, &[]).generation();
         ring.record(
             (actor, generation, crate::clock::unix_ms()),

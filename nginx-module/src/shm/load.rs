@@ -18,7 +18,7 @@ use ngx::core::CoreModuleMainConf;
 use ngx::core::{SlabPool, Status};
 use ngx::ffi::{
     ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t, ngx_http_upstream_srv_conf_t,
-    ngx_int_t, ngx_shm_zone_t, NGX_LOG_EMERG, NGX_LOG_WARN,
+    ngx_int_t, ngx_log_t, ngx_shm_zone_t, NGX_LOG_EMERG, NGX_LOG_WARN,
 };
 use ngx::http::HttpModuleServerConf;
 use ngx::ngx_log_error;
@@ -186,11 +186,11 @@ pub extern "C" fn init_zone(shm: *mut ngx_shm_zone_t, old_data: *mut c_void) -> 
             let locked = SlabPool::from_shm_zone(shm.as_ref())
                 .expect("a mapped zone")
                 .lock();
-            Zone::create(shm, &locked).and_then(|zone| build_view(zone, &locked, main))
+            Zone::create(shm, &locked).and_then(|zone| build_view(zone, &locked, main, log))
         } else {
             Zone::at(shm)
                 .ok_or_else(foreign_root)
-                .and_then(|zone| build_view(zone, &zone.lock(), main))
+                .and_then(|zone| build_view(zone, &zone.lock(), main, log))
         };
         match result {
             Ok(()) => Status::NGX_OK.0,
@@ -212,6 +212,7 @@ pub unsafe fn build_view(
     zone: Zone,
     locked: &LockedSlabPool,
     main: &mut MainConf,
+    log: *mut ngx_log_t,
 ) -> Result<(), String> {
     // SAFETY: per the contract.
     unsafe {
@@ -220,7 +221,7 @@ pub unsafe fn build_view(
         let root = &mut *zone.root;
         let id = root.next_load_id;
         root.next_load_id += 1;
-        let result = place_views(zone, locked, main, id);
+        let result = place_views(zone, locked, main, id, log);
         if result.is_err() {
             sweep(zone, locked);
         }
@@ -239,6 +240,7 @@ unsafe fn place_views(
     locked: &LockedSlabPool,
     main: &mut MainConf,
     id: u64,
+    log: *mut ngx_log_t,
 ) -> Result<(), String> {
     let mut positions: Vec<Option<&'static PeerSlot>> = Vec::new();
     let mut tables: Vec<(&'static TableHeader, Range)> = Vec::new();
@@ -260,9 +262,21 @@ unsafe fn place_views(
             ),
         };
         let history = conf.history.unwrap_or(DEFAULT_HISTORY);
-        // SAFETY: as above. A ring that keeps its old size (a writer holding the table) does no
-        // harm: the next configuration sizes it.
-        unsafe { super::history::place(locked, header, history)? };
+        // SAFETY: as above. The history is no reason to refuse a configuration: without room
+        // for it (a `shift_zone` sized before there was one), or with a writer holding the
+        // table, the upstream keeps the ring it had until a configuration can size it.
+        if let Err(why) = unsafe { super::history::place(locked, header, history) } {
+            ngx_log_error!(
+                NGX_LOG_WARN,
+                log,
+                "shift: upstream \"{}\" keeps {} changes in its history, not {}: {}",
+                name,
+                // SAFETY: as above.
+                unsafe { super::history::ring_of(header) }.map_or(0, |ring| ring.capacity()),
+                history,
+                why
+            );
+        }
         let epoch = zone.root().members_epoch.load(Ordering::Acquire);
         let mut view = Vec::with_capacity(configs.len());
         for config in &configs {
