@@ -1,7 +1,8 @@
 //! An upstream's history against real Nginx (two workers): each kind of change is recorded
 //! once, with who made it (the test process's uid and pid for API writes; `reload`, `health`,
 //! `eject` for the others), in generation order; `since=` pages; the ring keeps its bound; the
-//! history outlives reloads, also one that resizes it; `shiftctl history` prints it.
+//! history outlives reloads, also one that resizes it or replaces the zone; `shiftctl history`
+//! prints it.
 
 use std::time::Duration;
 
@@ -190,6 +191,23 @@ fn the_ring_keeps_its_bound_and_outlives_reloads_also_one_that_resizes_it() {
         shrunk.entries,
         kept.entries[2..],
         "a smaller one the latest"
+    );
+    // A reload that makes Nginx replace the zone (another size) brings the history along.
+    let replaced = format!(
+        "shift_zone 8m;\n{}",
+        config(&blue, &green, port, "shift_history 2;")
+    );
+    let size_before = admin.metric("nginx_shift_zone_size_bytes");
+    nginx.reload(Some(&replaced));
+    assert_eq!(
+        admin.metric("nginx_shift_zone_size_bytes"),
+        Some(8.0 * 1024.0 * 1024.0)
+    );
+    assert_ne!(size_before, Some(8.0 * 1024.0 * 1024.0), "another zone");
+    assert_eq!(
+        history(&admin, 0).entries,
+        shrunk.entries,
+        "the new zone has it"
     );
     nginx.reload(Some(&config(&blue, &green, port, "shift_history 0;")));
     let none = history(&admin, 0);

@@ -13,7 +13,7 @@ use ngx::http::{HttpModuleMainConf, HttpModuleServerConf};
 use ngx::ngx_log_error;
 use shift_wire::PeerOrigin;
 
-use super::history::{members, record_since};
+use super::history::{members, record_since, ring_of};
 use super::load::{check_mode, COMMITTED_ZONE};
 use super::reclaim::reclaim;
 use super::zone::{allocate_zeroed, slots_of, Zone};
@@ -230,6 +230,17 @@ unsafe fn restore(
         let carried = table.carried();
         let notes = guard.carry_over(&carried, table.generation());
         log_notes(log, name, "the replaced zone", &notes);
+        // Its history comes along, read under the old table's lock (old workers may still
+        // record there) into the new one, whose lock the caller holds.
+        if let Ok(old_guard) = Table::new(old, &[]).lock(own_token(), token_alive) {
+            // SAFETY: both zones are locked, and both tables.
+            if let (Some(from), Some(to)) =
+                unsafe { (ring_of(old), ring_of(guard.table().header())) }
+            {
+                from.copy_into(&to);
+            }
+            drop(old_guard);
+        }
         // Its names are looked up afresh in this zone: their new addresses take the places
         // the names had in the replaced one.
         return Some(SavedUpstream::new(name, table.generation(), &carried));
