@@ -222,3 +222,24 @@ fn the_ring_keeps_its_bound_and_outlives_reloads_also_one_that_resizes_it() {
     assert!(!check.ok, "too large a history fails nginx -t");
     assert!(check.output.contains("shift_history"), "{}", check.output);
 }
+
+#[test]
+fn a_restart_keeps_the_history_its_state_file_saved() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // The workers (not root) write the state file.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let state = dir.path().join("app.json");
+    let shift_args = format!("state={}", state.display());
+    let mut setup = harness::ShiftSetup::start(&[("blue", ""), ("green", "")], &shift_args, "");
+    let blue = setup.addr(0);
+    let body = format!(r#"{{"peers": {{"{blue}": {{"weight": 9}}}}}}"#);
+    assert_eq!(setup.admin.patch("app", &body).status, 200);
+    let before = history(&setup.admin, 0).entries;
+    assert_eq!(of(&before, "api", "weight").len(), 1, "{before:?}");
+
+    setup.nginx.restart();
+    let after = history(&setup.admin, 0).entries;
+    assert_eq!(after, before, "the state file brought them back");
+    assert_eq!(setup.admin.peer("app", &blue).unwrap().weight, 9);
+}

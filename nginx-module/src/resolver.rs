@@ -436,6 +436,10 @@ fn apply(
     }
     // SAFETY: the zone's lock and the table's write lock are held.
     unsafe { crate::shm::record_since(header, Actor::Resolver, &members_before) };
+    // For the state file below, read under the table's lock.
+    // SAFETY: as above.
+    let history =
+        unsafe { crate::shm::ring_of(header) }.map_or_else(Vec::new, |ring| ring.since(0));
     drop(guard);
     let removed: Vec<&str> = remove.iter().map(|slot| slot.server()).collect();
     // The state file follows, so that a restart finds the name's place (`earlier_places`):
@@ -447,10 +451,9 @@ fn apply(
             .filter(|slot| slot.is_current())
             .collect();
         let table = Table::new(header, &slots);
-        PendingSave {
-            path,
-            saved: SavedUpstream::new(header.name(), table.generation(), &table.carried()),
-        }
+        let mut saved = SavedUpstream::new(header.name(), table.generation(), &table.carried());
+        saved.history = history.iter().map(|change| change.to_wire()).collect();
+        PendingSave { path, saved }
     });
     ngx_log_error!(
         NGX_LOG_NOTICE,

@@ -45,6 +45,30 @@ pub struct Change {
 }
 
 impl Change {
+    /// A change as a state file kept it; `None` for an actor this module does not know.
+    pub fn from_wire(entry: &shift_wire::HistoryEntry) -> Option<Change> {
+        let actor = match entry.actor.as_str() {
+            "api" => Actor::Api {
+                uid: entry.uid,
+                pid: entry.pid,
+            },
+            "reload" => Actor::Reload,
+            "resolver" => Actor::Resolver,
+            "health" => Actor::Health,
+            "eject" => Actor::Eject,
+            _ => return None,
+        };
+        Some(Change {
+            generation: entry.generation,
+            at_ms: entry.at_ms,
+            actor,
+            peer: entry.peer.clone(),
+            field: entry.field.clone(),
+            old: entry.old.clone(),
+            new: entry.new.clone(),
+        })
+    }
+
     /// As the API sends it.
     pub fn to_wire(&self) -> shift_wire::HistoryEntry {
         let (actor, uid, pid) = match self.actor {

@@ -292,6 +292,7 @@ mod tests {
             source,
         };
         let saved = SavedUpstream {
+            history: Vec::new(),
             upstream: "app".into(),
             generation: 9,
             peers: vec![

@@ -19,6 +19,10 @@ pub struct SavedUpstream {
     pub upstream: String,
     pub generation: u64,
     pub peers: Vec<SavedPeer>,
+    /// Its latest changes (`shift_history`) when it was saved, oldest first: a restart keeps
+    /// them. Absent in files written before there was a history, or without one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<shift_wire::HistoryEntry>,
 }
 
 /// A peer's runtime values with the config line they were set under: on restore, a peer whose
@@ -78,6 +82,7 @@ impl SavedUpstream {
                     source: peer.source,
                 })
                 .collect(),
+            history: Vec::new(),
         }
     }
 
@@ -297,6 +302,7 @@ mod tests {
         let path = dir.path().join("app.json");
         assert_eq!(load(&path, "app").unwrap(), None);
         let saved = SavedUpstream {
+            history: Vec::new(),
             upstream: "app".into(),
             generation: 4,
             peers: vec![
@@ -438,6 +444,7 @@ mod tests {
     #[test]
     fn out_of_range_values_and_another_upstream_are_refused() {
         let good = SavedUpstream {
+            history: Vec::new(),
             upstream: "app".into(),
             generation: 3,
             peers: vec![peer("a:1", 1000), peer("b:1", 0)],
@@ -474,6 +481,7 @@ mod tests {
             ),
             (
                 SavedUpstream {
+                    history: Vec::new(),
                     upstream: "other".into(),
                     ..good.clone()
                 },
@@ -511,6 +519,7 @@ mod tests {
         let mut heavy = peer("a:1", 5000);
         heavy.config_weight = 5000;
         let saved = SavedUpstream {
+            history: Vec::new(),
             upstream: "app".into(),
             generation: 1,
             peers: vec![heavy],

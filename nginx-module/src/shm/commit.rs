@@ -19,7 +19,7 @@ use super::reclaim::reclaim;
 use super::zone::{allocate_zeroed, slots_of, Zone};
 use crate::conf::{MainConf, UpstreamConf};
 use crate::ngx_module::Module;
-use shift_core::history::Actor;
+use shift_core::history::{Actor, Change};
 use shift_core::process::{own_token, token_alive};
 use shift_core::state_file::{self, SavedUpstream};
 use shift_core::table::{CarryNote, CheckMode, PeerSlot, Table, TableHeader};
@@ -253,6 +253,12 @@ unsafe fn restore(
         Ok(saved) => {
             let notes = guard.carry_over(&saved.carried(), saved.generation);
             log_notes(log, name, &format!("\"{}\"", path.display()), &notes);
+            // SAFETY: the zone's lock and the table's are held.
+            if let Some(ring) = unsafe { ring_of(guard.table().header()) } {
+                for change in saved.history.iter().filter_map(Change::from_wire) {
+                    ring.append(&change);
+                }
+            }
             Some(saved.clone())
         }
         Err(reason) => {

@@ -28,7 +28,7 @@ mod zone;
 
 pub use api_view::{api_view, NotServing};
 pub use commit::commit_cycle;
-pub use history::{members, record as record_history, record_since};
+pub use history::{members, record as record_history, record_since, ring_of};
 pub use load::{peer_count, LoadRecord};
 pub use membership::{with_load_positions, ZoneMembership};
 pub use reclaim::housekeeping;

@@ -49,6 +49,15 @@ pub struct Endpoint<'a> {
 }
 
 impl Endpoint<'_> {
+    /// Its history as a state file keeps it; call under the table's write lock. Nothing
+    /// without a state file to keep it in.
+    fn history_to_save(&self) -> Vec<crate::history::Change> {
+        match (self.state_path, self.history) {
+            (Some(_), Some(ring)) => ring.since(0),
+            _ => Vec::new(),
+        }
+    }
+
     /// The upstream as the API shows it now.
     pub fn wire(&self) -> shift_wire::Upstream {
         self.table.to_wire(self.active, self.now_ms)

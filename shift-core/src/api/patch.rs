@@ -51,13 +51,14 @@ pub(super) fn patch(endpoint: &Endpoint, request: &ApiRequest, writer: &Writer) 
             }
         }
     }
+    let history = endpoint.history_to_save();
     drop(guard);
     let reply = if full {
         ok(&endpoint.wire())
     } else {
         ok(&changed_peers(endpoint, &changes))
     };
-    Ok((reply, PendingSave::of(endpoint, table)))
+    Ok((reply, PendingSave::of(endpoint, table, history)))
 }
 
 /// The generation and the peers `changes` named, as they are now, in the upstream's order.

@@ -107,6 +107,7 @@ pub(super) fn add(
             new: Snapshot::of(slot).describe(),
         });
     }
+    let history = endpoint.history_to_save();
     drop(guard);
     let mut now: Vec<&PeerSlot> = table.peers().to_vec();
     now.push(slot);
@@ -123,7 +124,7 @@ pub(super) fn add(
         })
     };
     reply.status = 201;
-    Ok((reply, PendingSave::of(endpoint, now)))
+    Ok((reply, PendingSave::of(endpoint, now, history)))
 }
 
 pub(super) fn remove(
@@ -183,6 +184,7 @@ pub(super) fn remove(
             new: String::new(),
         });
     }
+    let history = endpoint.history_to_save();
     drop(guard);
     let active = endpoint.active.get(index).copied().unwrap_or(0);
     let mut rest: Vec<&PeerSlot> = table.peers().to_vec();
@@ -201,7 +203,7 @@ pub(super) fn remove(
             .full
             .then(|| rest.to_wire(&rest_active, endpoint.now_ms)),
     };
-    Ok((ok(&removal), PendingSave::of(endpoint, rest)))
+    Ok((ok(&removal), PendingSave::of(endpoint, rest, history)))
 }
 
 /// A peer's address as the status lists it (`127.0.0.1:8000`, `[::1]:8000`); names are not

@@ -12,6 +12,7 @@
 use std::path::PathBuf;
 
 use super::{Endpoint, Failure, Reply};
+use crate::history::Change;
 use crate::state_file::{self, SavedUpstream};
 use crate::table::Table;
 
@@ -23,13 +24,20 @@ pub struct PendingSave {
 }
 
 impl PendingSave {
-    /// The upstream as `table` shows it now (its peers after the change), for an endpoint with
-    /// a state file. Call under the zone's lock, right after applying.
-    pub(super) fn of(endpoint: &Endpoint, table: Table) -> Option<PendingSave> {
+    /// The upstream as `table` shows it now (its peers after the change), with its `history`
+    /// as read under the table's lock, for an endpoint with a state file. Call under the zone's
+    /// lock, right after applying.
+    pub(super) fn of(
+        endpoint: &Endpoint,
+        table: Table,
+        history: Vec<Change>,
+    ) -> Option<PendingSave> {
         let path = endpoint.state_path?;
+        let mut saved = SavedUpstream::new(table.name(), table.generation(), &table.carried());
+        saved.history = history.iter().map(Change::to_wire).collect();
         Some(PendingSave {
             path: path.to_path_buf(),
-            saved: SavedUpstream::new(table.name(), table.generation(), &table.carried()),
+            saved,
         })
     }
 }
