@@ -234,9 +234,8 @@ unsafe fn restore(
         // record there) into the new one, whose lock the caller holds.
         if let Ok(old_guard) = Table::new(old, &[]).lock(own_token(), token_alive) {
             // SAFETY: both zones are locked, and both tables.
-            if let (Some(from), Some(to)) =
-                unsafe { (ring_of(old), ring_of(guard.table().header())) }
-            {
+            let rings = unsafe { (ring_of(old), ring_of(guard.table().header())) };
+            if let (Some(from), Some(to)) = rings {
                 from.copy_into(&to);
             }
             drop(old_guard);
