@@ -111,6 +111,31 @@ fn a_name_gains_and_loses_addresses_under_load_without_a_failed_request() {
             "{name} never answered: {answers:?}"
         );
     }
+    // The history says the resolver made each of those changes: .2 joined (at the first
+    // answer), left and joined again; .3 joined, left and joined again; .4 joined and left.
+    let reply = admin.request("GET", "upstreams/app/history", None);
+    let history: shift_wire::UpstreamHistory = serde_json::from_str(&reply.body).unwrap();
+    let members = |address: &str, joined: bool| {
+        history
+            .entries
+            .iter()
+            .filter(|entry| entry.actor == "resolver" && entry.field == "member")
+            .filter(|entry| entry.peer == format!("{address}:{port}"))
+            .filter(|entry| entry.new.is_empty() != joined)
+            .count()
+    };
+    for (address, joined, left) in [
+        ("127.0.0.2", 2, 1),
+        ("127.0.0.3", 2, 1),
+        ("127.0.0.4", 1, 1),
+    ] {
+        assert_eq!(
+            [members(address, true), members(address, false)],
+            [joined, left],
+            "{address}: {:#?}",
+            history.entries
+        );
+    }
     drop(replicas);
 }
 
