@@ -161,8 +161,15 @@ fn clients_gone_mid_listing_give_their_connections_back() {
         drop(stream);
         thread::sleep(std::time::Duration::from_millis(50));
     }
-    // Every listing has ended by now (about 10 ms each), and each one's connection with it.
-    thread::sleep(std::time::Duration::from_millis(500));
+    // Every listing ends (about 10 ms each alone, longer beside other tests), and each one's
+    // connection with it: the API takes connections again. One that was never given back would
+    // hold its place for good, and this would time out.
+    let taken = harness::wait_for(std::time::Duration::from_secs(10), || {
+        harness::api_request(&socket, "GET", "/api/upstreams/u0001", None)
+            .ok()
+            .filter(|answer| answer.status == 200)
+    });
+    assert!(taken.is_some(), "the API takes connections again");
     for _ in 0..5 {
         let answer = harness::api_request(&socket, "GET", "/api/upstreams/u0001", None)
             .expect("the API still takes connections");
