@@ -198,7 +198,15 @@ pub async fn deploy(ctx: &Ctx, plan_path: &Path) -> Result<(), Failure> {
     // those that would not end by themselves are closed on the plan's schedule first.
     let mut longest = DRAIN_WAIT;
     if let Some(close) = plan.close() {
-        close_side(ctx, &plan.upstream, &old_side.server, close).await?;
+        close_side(ctx, &plan.upstream, &old_side.server, close)
+            .await
+            .map_err(|failure| Failure {
+                code: failure.code,
+                error: failure.error.context(format!(
+                    "{new_name} is live, but the drain of {old_name} got no close_after: stop \
+                     {old_name} by hand once it carries no request"
+                )),
+            })?;
         longest += close.ends_after();
     }
     wait_drained(ctx, &plan.upstream, &old_side.server, longest).await;
