@@ -157,13 +157,8 @@ mod tests {
     /// the record holds exactly the entries attached and not yet detached or taken.
     #[test]
     fn model_over_random_sequences() {
-        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = move |bound: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % bound
-        };
+        let mut rng = crate::test_rng::XorShift::new(0x9e37_79b9_7f4a_7c15);
+        let mut next = |bound: u64| rng.below(bound);
         for _ in 0..200 {
             let mut attached = Attached::default();
             let mut model: Vec<(usize, u64, Ticket)> = Vec::new();

@@ -22,3 +22,5 @@ pub mod slow_start;
 pub mod state_file;
 pub mod sticky;
 pub mod table;
+#[cfg(test)]
+mod test_rng;

@@ -153,13 +153,8 @@ mod tests {
     /// Random appends against a plain list: the ring always holds the last `capacity` of them.
     #[test]
     fn model_over_random_sequences() {
-        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut next = move |bound: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % bound
-        };
+        let mut rng = crate::test_rng::XorShift::new(0x2545_f491_4f6c_dd1d);
+        let mut next = |bound: u64| rng.below(bound);
         for _ in 0..50 {
             let capacity = 1 + next(9) as usize;
             let (written, records) = cells(capacity);
