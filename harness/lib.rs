@@ -204,8 +204,8 @@ pub fn wait_for_interrupt() {
 }
 
 /// Runs `command` and returns its output; panics with what it printed when it cannot run or
-/// fails (dpkg in the package tests, docker in the Compose tests).
-pub(crate) fn run_ok(command: &mut std::process::Command) -> std::process::Output {
+/// fails (dpkg in the package tests, docker in the Compose tests, shiftctl in the tests).
+pub fn run_ok(command: &mut std::process::Command) -> std::process::Output {
     let output = command
         .output()
         .unwrap_or_else(|err| panic!("cannot run {command:?}: {err}"));

@@ -482,16 +482,7 @@ fn the_recreate_example_switches_on_real_docker() {
     }
 
     // The rollback flips back to the side that still runs the version before.
-    let output = stage
-        .shiftctl("v1")
-        .args(["rollback", "backend"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    harness::run_ok(stage.shiftctl("v1").args(["rollback", "backend"]));
     live = other_side(live);
     let previous = versions[versions.len() - 2];
     assert_eq!(stage.answers(), BTreeSet::from([previous.to_string()]));

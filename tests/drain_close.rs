@@ -8,7 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use harness::{
-    free_port, long_lived_site, shiftctl_command, wait_for, Admin, Backend, HookedBackends,
+    free_port, long_lived_site, run_ok, shiftctl_command, wait_for, Admin, Backend, HookedBackends,
     HttpClient, LongLived, Nginx, NginxOptions,
 };
 
@@ -383,15 +383,10 @@ fn a_deploy_plan_with_close_after_stops_the_old_side_after_the_drain_closed_it()
     let state_dir = tempfile::TempDir::new().unwrap();
     let started = Instant::now();
     let waiters = thread::spawn(move || closes(on_blue, Duration::from_secs(30)));
-    let output = shiftctl_command(&[nginx.path("api.sock")], Some(state_dir.path()))
-        .arg("deploy")
-        .arg(&plan)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let output = run_ok(
+        shiftctl_command(&[nginx.path("api.sock")], Some(state_dir.path()))
+            .arg("deploy")
+            .arg(&plan),
     );
     assert_eq!(sides.log(), "start green\nstop blue\n");
     for closed in waiters.join().unwrap() {

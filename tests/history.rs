@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use harness::{shiftctl_command, wait_for, Admin, Backend, HttpClient, Nginx, NginxOptions};
+use harness::{
+    run_ok, shiftctl_command, wait_for, Admin, Backend, HttpClient, Nginx, NginxOptions,
+};
 use shift_wire::{HistoryEntry, UpstreamHistory};
 
 /// The `http {}` body: upstream `app` over blue and green (a standby `down` line) with `extra`
@@ -123,15 +125,7 @@ fn each_kind_of_change_is_recorded_once_with_who_made_it() {
     assert!(!later.is_empty() && later.iter().all(|entry| entry.generation > after));
 
     // shiftctl prints it, and as JSON.
-    let output = shiftctl_command(&[nginx.path("api.sock")], None)
-        .args(["history", "app"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = run_ok(shiftctl_command(&[nginx.path("api.sock")], None).args(["history", "app"]));
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(
         text.starts_with("upstream app (the last 256 changes kept)"),

@@ -222,16 +222,7 @@ fn complete(script: &Path, words: &[&str]) -> Vec<String> {
         current = words[words.len() - 1],
         previous = words[words.len() - 2],
     );
-    let output = Command::new("bash")
-        .arg("-c")
-        .arg(program)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = harness::run_ok(Command::new("bash").arg("-c").arg(program));
     String::from_utf8_lossy(&output.stdout)
         .split_whitespace()
         .map(str::to_owned)
