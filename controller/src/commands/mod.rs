@@ -72,14 +72,11 @@ impl Ctx {
         &self,
         slow_start: Option<Duration>,
     ) -> Result<(), Failure> {
-        if slow_start.is_some() && matches!(self.fleet, Fleet::Etcd(_)) {
-            return Err(Failure::usage(anyhow::anyhow!(
-                "--slow-start (slow_start in a deploy plan) does not work with --etcd yet: the \
-                 fleet's desired state holds weights and states only; give the upstream \
-                 shift_slow_start in each Nginx instead"
-            )));
-        }
-        Ok(())
+        self.refuse_in_a_fleet(
+            slow_start.is_some(),
+            "--slow-start (slow_start in a deploy plan)",
+            "give the upstream shift_slow_start in each Nginx instead",
+        )
     }
 
     /// `--close-after` (`close_after` in a deploy plan) goes to each Nginx's API; the fleet's
@@ -88,11 +85,20 @@ impl Ctx {
         &self,
         close: Option<crate::plan::CloseAfter>,
     ) -> Result<(), Failure> {
-        if close.is_some() && matches!(self.fleet, Fleet::Etcd(_)) {
+        self.refuse_in_a_fleet(
+            close.is_some(),
+            "--close-after (close_after in a deploy plan)",
+            "drain without it, or run shiftctl against each Nginx's socket",
+        )
+    }
+
+    /// Refuses an `option` the fleet's desired state cannot carry, when it is `given` with
+    /// `--etcd`, saying what to do `instead`.
+    fn refuse_in_a_fleet(&self, given: bool, option: &str, instead: &str) -> Result<(), Failure> {
+        if given && matches!(self.fleet, Fleet::Etcd(_)) {
             return Err(Failure::usage(anyhow::anyhow!(
-                "--close-after (close_after in a deploy plan) does not work with --etcd yet: \
-                 the fleet's desired state holds weights and states only; drain without it, \
-                 or run shiftctl against each Nginx's socket"
+                "{option} does not work with --etcd yet: the fleet's desired state holds \
+                 weights and states only; {instead}"
             )));
         }
         Ok(())
