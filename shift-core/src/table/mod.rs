@@ -28,6 +28,7 @@ mod latency;
 mod layout;
 mod lock;
 mod membership;
+mod peer_wire;
 #[cfg(test)]
 pub(crate) mod test_support;
 
