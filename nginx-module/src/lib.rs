@@ -26,4 +26,5 @@ mod steering;
 mod steering_conf;
 mod upstream_hook;
 mod upstream_state;
+mod worker_routes;
 mod worker_tick;

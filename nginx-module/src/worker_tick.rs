@@ -66,7 +66,7 @@ unsafe extern "C" fn on_tick(event: *mut ngx_event_t) {
             let uscf = unsafe { &mut *uscf };
             if let Some(conf) = Module::server_conf_mut(uscf) {
                 crate::resolver::tick(conf, main, cycle.log, crate::clock::monotonic_ms());
-                crate::upstream_hook::follow_if_changed(conf, main, uscf, cycle.log);
+                crate::worker_routes::follow_if_changed(conf, main, uscf, cycle.log);
                 crate::ejection::tick(conf, cycle.log);
             }
         }
