@@ -66,7 +66,8 @@ pub(crate) fn shift_nginx(pair: &Pair) -> (Nginx, u16) {
         "upstream app {{ server {} weight=1; server {} weight=1; shift; }}\n\
          server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://app; }} }}\n\
          server {{ listen unix:{{prefix}}/api.sock; location /api/ {{ shift_api; }} \
-         location = /ping {{ return 200; }} }}",
+         location = /ping {{ return 200; }} }}\n\
+         server {{ listen unix:{{prefix}}/api-threads.sock; location /api/ {{ shift_api threads=2; }} }}",
         pair.blue.addr(),
         pair.green.addr()
     )));
@@ -122,42 +123,55 @@ impl Drop for LoadWhile {
     }
 }
 
-/// PATCHes, each followed by a bare `return 200` on the same socket (Nginx's own floor for a
-/// request there).
+/// PATCHes served by the event loop, each followed by a bare `return 200` on the same socket
+/// (Nginx's own floor for a request there), and PATCHes served by the API's threads
+/// (`shift_api threads=2`) on another socket of the same Nginx, in turn.
 fn shift_api_switches(settings: &Settings, loaded: bool) -> Vec<SwitchFigures> {
     let pair = Pair::new();
     let (nginx, port) = shift_nginx(&pair);
     let load = LoadWhile::start(loaded, port);
-    let socket = nginx.path("api.sock");
-    let (mut micros, mut stale, mut bare) = (Vec::new(), 0, Vec::new());
+    let sockets = [nginx.path("api.sock"), nginx.path("api-threads.sock")];
+    let (mut micros, mut stale) = ([Vec::new(), Vec::new()], [0, 0]);
+    let mut bare = Vec::new();
     for index in 0..settings.switches {
-        let (blue, green) = weights_for(&pair, index);
-        let body = format!(
-            r#"{{"peers": {{"{}": {{"weight": {}}}, "{}": {{"weight": {}}}}}}}"#,
-            pair.blue.addr(),
-            blue.rsplit('=').next().unwrap(),
-            pair.green.addr(),
-            green.rsplit('=').next().unwrap()
-        );
-        let start = Instant::now();
-        let response =
-            api_request(&socket, "PATCH", "/api/upstreams/app", Some(&body)).expect("PATCH");
-        micros.push(start.elapsed().as_secs_f64() * 1e6);
-        assert_eq!(response.status, 200, "{}", response.body);
-        stale += usize::from(first_answer(port) != Pair::name(index));
+        for (served_by, socket) in sockets.iter().enumerate() {
+            // Each PATCH switches: the threads' moves the traffic back.
+            let switch = index * 2 + served_by;
+            let (blue, green) = weights_for(&pair, switch);
+            let body = format!(
+                r#"{{"peers": {{"{}": {{"weight": {}}}, "{}": {{"weight": {}}}}}}}"#,
+                pair.blue.addr(),
+                blue.rsplit('=').next().unwrap(),
+                pair.green.addr(),
+                green.rsplit('=').next().unwrap()
+            );
+            let start = Instant::now();
+            let response =
+                api_request(socket, "PATCH", "/api/upstreams/app", Some(&body)).expect("PATCH");
+            micros[served_by].push(start.elapsed().as_secs_f64() * 1e6);
+            assert_eq!(response.status, 200, "{}", response.body);
+            stale[served_by] += usize::from(first_answer(port) != Pair::name(switch));
+        }
         // The bare request follows a proxied one too, as each PATCH does.
         let _ = first_answer(port);
         let start = Instant::now();
-        let response = api_request(&socket, "GET", "/ping", None).expect("GET /ping");
+        let response = api_request(&sockets[0], "GET", "/ping", None).expect("GET /ping");
         bare.push(start.elapsed().as_secs_f64() * 1e6);
         assert_eq!(response.status, 200);
     }
+    let [event_loop, threads] = micros;
     vec![
         figures(
             &load.label("shift API (PATCH over the Unix socket)"),
-            micros,
-            stale,
-            "one request on a new connection per PATCH",
+            event_loop,
+            stale[0],
+            "one request on a new connection per PATCH; served by the event loop",
+        ),
+        figures(
+            &load.label("shift API with `threads=2`"),
+            threads,
+            stale[1],
+            "the same PATCHes, served by the API's threads, off the event loop",
         ),
         figures(
             &load.label("bare `return 200` on the same socket"),

@@ -20,9 +20,7 @@ use shift_wire::MAX_BODY_BYTES;
 
 use crate::api_reply::send;
 use crate::ngx_module::Module;
-use crate::shm::{api_view, still_serving, NotServing};
-use shift_core::api::{self, ApiContext, ApiRequest, Writer};
-use shift_core::process::{own_token, token_alive};
+use shift_core::api::{self, ApiRequest};
 
 /// Serves the admin API.
 pub extern "C" fn handle(r: *mut ngx_http_request_t) -> ngx_int_t {
@@ -186,31 +184,9 @@ fn answer_incoming(
     main: &crate::conf::MainConf,
     body: &[u8],
 ) -> ngx_int_t {
-    // The zone stays locked while the request is decided and applied (a configuration committed
-    // meanwhile waits for the change, and the change sees the last committed configuration);
-    // the state file is written and the answer sent once it is unlocked.
-    let view = match api_view(main) {
-        Ok(view) => view,
-        Err(NotServing::Superseded(why)) => return send(request, &api::superseded_reply(why)),
-        Err(NotServing::NoZone) => return Status::NGX_ERROR.0,
+    let Some(reply) = crate::api_answer::answer(main, &incoming.as_request(body)) else {
+        return Status::NGX_ERROR.0;
     };
-
-    let writer = Writer {
-        pid: own_token(),
-        is_alive: &token_alive,
-    };
-    let mut membership = view.membership();
-    let answered = api::handle(
-        &incoming.as_request(body),
-        &mut ApiContext {
-            upstreams: &view,
-            writer: &writer,
-            zone: Some(view.usage()),
-            membership: &mut membership,
-        },
-    );
-    drop(view);
-    let reply = api::save::finish(answered, still_serving);
     ngx_log_debug!(
         mask: DebugMask::Http,
         request.log(),

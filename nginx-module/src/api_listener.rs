@@ -14,11 +14,12 @@ use std::cell::RefCell;
 use std::ffi::c_void;
 
 use ngx::ffi::{
-    ngx_connection_t, ngx_cycle_t, ngx_http_close_connection, ngx_http_core_srv_conf_t,
-    ngx_http_in_addr_t, ngx_http_init_connection, ngx_http_port_t, ngx_listening_t,
-    ngx_pool_cleanup_add, NGX_LOG_WARN,
+    ngx_connection_t, ngx_cycle_t, ngx_http_close_connection, ngx_http_in_addr_t,
+    ngx_http_init_connection, ngx_http_port_t, ngx_listening_t, ngx_pool_cleanup_add, NGX_LOG_WARN,
 };
 use ngx::ngx_log_error;
+
+use crate::conf::ApiServer;
 
 /// One capped listener of this process.
 struct Capped {
@@ -34,17 +35,20 @@ thread_local! {
     static CAPPED: RefCell<Vec<Capped>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Caps the Unix-socket listeners whose default server is one of `api_servers` (with its
-/// `connections=`); from `init_module`, once the configuration's listeners exist.
+/// The Unix-socket HTTP listeners of `cycle` whose default server is one of `api_servers`, each
+/// with that server.
 ///
-/// SAFETY: `cycle` is the cycle being committed; its listeners are HTTP listeners of this
-/// configuration, and `api_servers` are server confs of it.
-pub unsafe fn cap(cycle: *mut ngx_cycle_t, api_servers: &[(*mut ngx_http_core_srv_conf_t, u32)]) {
-    let mut capped = Vec::new();
+/// SAFETY: `cycle` is a cycle whose configuration is parsed; its listeners are HTTP listeners of
+/// this configuration, and `api_servers` are server confs of it.
+pub unsafe fn api_listeners(
+    cycle: *mut ngx_cycle_t,
+    api_servers: &[ApiServer],
+) -> Vec<(*mut ngx_listening_t, &ApiServer)> {
+    let mut found = Vec::new();
     // SAFETY: per the contract; an HTTP listener's `servers` is its `ngx_http_port_t`, with
     // `ngx_http_in_addr_t` addresses for every family but AF_INET6.
     unsafe {
-        let listening: &[ngx_listening_t] = (*cycle).listening.as_slice();
+        let listening: &mut [ngx_listening_t] = (*cycle).listening.as_slice_mut();
         for ls in listening {
             let unix =
                 !ls.sockaddr.is_null() && (*ls.sockaddr).sa_family == nix::libc::AF_UNIX as u16;
@@ -61,24 +65,39 @@ pub unsafe fn cap(cycle: *mut ngx_cycle_t, api_servers: &[(*mut ngx_http_core_sr
             let port = &*ls.servers.cast::<ngx_http_port_t>();
             let addrs =
                 std::slice::from_raw_parts(port.addrs.cast::<ngx_http_in_addr_t>(), port.naddrs);
-            let limit = addrs.iter().find_map(|addr| {
+            let server = addrs.iter().find_map(|addr| {
                 api_servers
                     .iter()
-                    .find(|(server, _)| *server == addr.conf.default_server)
-                    .map(|(_, limit)| *limit)
+                    .find(|api| api.server == addr.conf.default_server)
             });
-            if let Some(limit) = limit {
-                capped.push(Capped {
-                    listening: ls,
-                    limit,
-                    open: 0,
-                    reported: false,
-                });
+            if let Some(server) = server {
+                found.push((std::ptr::from_mut(ls), server));
             }
         }
-        for entry in &capped {
-            (*entry.listening.cast_mut()).handler = Some(accept);
-        }
+    }
+    found
+}
+
+/// Caps the Unix-socket listeners whose default server is one of `api_servers` served by the
+/// event loop (with its `connections=`); from `init_module`, once the configuration's listeners
+/// exist.
+///
+/// SAFETY: as for `api_listeners`, with the cycle being committed.
+pub unsafe fn cap(cycle: *mut ngx_cycle_t, api_servers: &[ApiServer]) {
+    // SAFETY: per the contract.
+    let capped: Vec<Capped> = unsafe { api_listeners(cycle, api_servers) }
+        .into_iter()
+        .filter(|(_, server)| server.threads == 0)
+        .map(|(listening, server)| Capped {
+            listening,
+            limit: server.connections,
+            open: 0,
+            reported: false,
+        })
+        .collect();
+    for entry in &capped {
+        // SAFETY: a listener of the cycle, not yet listening in any worker.
+        unsafe { (*entry.listening.cast_mut()).handler = Some(accept) };
     }
     CAPPED.with(|all| *all.borrow_mut() = capped);
 }

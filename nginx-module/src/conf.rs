@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::ptr;
 
 use ngx::ffi::{
-    ngx_cycle_t, ngx_http_complex_value_t, ngx_http_core_srv_conf_t,
+    ngx_cycle_t, ngx_http_complex_value_t, ngx_http_core_loc_conf_t, ngx_http_core_srv_conf_t,
     ngx_http_upstream_init_peer_pt, ngx_http_upstream_init_pt, ngx_http_upstream_srv_conf_t,
     ngx_msec_t, ngx_resolver_t, ngx_shm_zone_t,
 };
@@ -31,9 +31,22 @@ pub struct MainConf {
     pub load: *mut LoadRecord,
     /// The cycle this configuration belongs to.
     pub cycle: *mut ngx_cycle_t,
-    /// Servers with a `shift_api` location, and the connections each worker may keep open on
-    /// their Unix-socket listeners.
-    pub api_servers: Vec<(*mut ngx_http_core_srv_conf_t, u32)>,
+    /// Servers with a `shift_api` location, and how their Unix-socket listeners are served.
+    pub api_servers: Vec<ApiServer>,
+}
+
+/// A server with a `shift_api` location.
+pub struct ApiServer {
+    pub server: *mut ngx_http_core_srv_conf_t,
+    /// The `shift_api` location's core conf (its `client_body_timeout` and `send_timeout`).
+    pub location: *mut ngx_http_core_loc_conf_t,
+    /// The connections each worker may keep open on the server's Unix-socket listeners.
+    pub connections: u32,
+    /// Threads of each worker that serve those listeners off the event loop (0: none).
+    pub threads: u32,
+    /// The location's prefix and who may use it, for those threads.
+    pub prefix: String,
+    pub access: Access,
 }
 
 impl Default for MainConf {

@@ -6,10 +6,12 @@
 // (`cargo test --all-targets` builds it all the same, whatever `test = false` says).
 #![cfg(not(test))]
 
+mod api_answer;
 mod api_handler;
 mod api_listener;
 mod api_listing;
 mod api_reply;
+mod api_thread;
 mod clock;
 mod conf;
 mod conf_ext;

@@ -21,7 +21,7 @@ use ngx::http::{
 use ngx::ngx_string;
 use nix::unistd::{Uid, User};
 
-use crate::conf::{ApiConf, LocationConf, MainConf, UpstreamConf};
+use crate::conf::{ApiConf, ApiServer, LocationConf, MainConf, UpstreamConf};
 use crate::conf_ext::{is_duplicate, ConfExt};
 use crate::shm;
 use shift_core::api::Access;
@@ -236,6 +236,7 @@ pub static mut ngx_http_shift_module: ngx_module_t = ngx_module_t {
     type_: NGX_HTTP_MODULE as _,
     init_module: Some(init_module),
     init_process: Some(init_process),
+    exit_process: Some(exit_process),
     ..ngx_module_t::default()
 };
 
@@ -248,6 +249,7 @@ unsafe extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         shm::commit_cycle(cycle);
         if let Some(main) = Module::main_conf(&*cycle) {
             crate::api_listener::cap(cycle, &main.api_servers);
+            crate::api_thread::claim(cycle, &main.api_servers);
         }
     }
     Status::NGX_OK.0
@@ -264,10 +266,16 @@ unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         if ngx::ffi::ngx_process == ngx::ffi::NGX_PROCESS_HELPER as ngx::ffi::ngx_uint_t {
             return Status::NGX_OK.0;
         }
+        crate::api_thread::start(cycle);
         crate::worker_tick::start(cycle);
         crate::drain_close::start(cycle);
         crate::health_probe::start_probes(cycle)
     }
+}
+
+/// `exit_process`, in each worker as it exits: its API threads answer no more requests.
+unsafe extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
+    crate::api_thread::stop();
 }
 
 /// The directive's arguments parsed by `parse`; `Err` is what the handler returns (the error is
@@ -515,10 +523,15 @@ extern "C" fn set_shift_api(
     };
     let prefix = clcf.name.to_string();
     clcf.handler = Some(crate::api_handler::handle);
-    main.api_servers.push((server, args.connections));
-    loc.api = Some(ApiConf {
-        access: Access { writers, readers },
-        prefix,
+    let access = Access { writers, readers };
+    main.api_servers.push(ApiServer {
+        server,
+        location: std::ptr::from_mut(clcf),
+        connections: args.connections,
+        threads: args.threads,
+        prefix: prefix.clone(),
+        access: access.clone(),
     });
+    loc.api = Some(ApiConf { access, prefix });
     NGX_CONF_OK
 }

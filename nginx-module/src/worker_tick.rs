@@ -59,6 +59,7 @@ unsafe extern "C" fn on_tick(event: *mut ngx_event_t) {
     }
     // SAFETY: the tick's data is the worker's cycle, alive while the worker runs.
     let cycle = unsafe { &*(*event).data.cast::<ngx_cycle_t>() };
+    crate::api_thread::log_pending(cycle.log);
     if let Some(main) = Module::main_conf(cycle) {
         for &uscf in &main.upstreams {
             // SAFETY: the upstream confs live as long as the cycle; this worker's copy is

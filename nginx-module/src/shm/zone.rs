@@ -131,6 +131,9 @@ impl Zone {
                 },
             )?;
             (*pool).data = root.cast();
+            // No "ngx_slab_alloc() failed" from Nginx when the zone is full: what allocates says
+            // so in its own words, and the API's threads (`api_thread`) must not log.
+            (*pool).set_log_nomem(0);
             Zone::at(zone).ok_or_else(foreign_root)
         }
     }

@@ -8,6 +8,7 @@
 
 mod access;
 mod history;
+pub mod http1;
 mod listing;
 mod page;
 mod patch;
@@ -361,6 +362,17 @@ pub fn superseded_reply(why: &str) -> Reply {
         503,
         "superseded",
         format!("{why}; this worker is finishing its requests and no longer serves the API: retry, and the new workers will answer"),
+    )
+    .into_reply()
+}
+
+/// The answer when the zone cannot be read: no `shift` upstream in the configuration, or none
+/// committed in the zone.
+pub fn no_zone_reply() -> Reply {
+    Failure::new(
+        500,
+        "no_zone",
+        "this Nginx has no shift upstream in its shared zone: add \"shift;\" to an upstream",
     )
     .into_reply()
 }

@@ -1,5 +1,5 @@
-//! `shift_api …;` in a location: who may read and write the admin API, and how many
-//! connections it may hold.
+//! `shift_api …;` in a location: who may read and write the admin API, how many connections
+//! it may hold, and whether threads of its own serve it.
 
 use super::{duplicate, DirectiveError};
 
@@ -24,7 +24,7 @@ pub enum Readers {
 }
 
 /// Arguments of `shift_api` (location context):
-/// `shift_api [writers=USER|UID,...] [readers=any|USER|UID,...] [connections=N];`
+/// `shift_api [writers=USER|UID,...] [readers=any|USER|UID,...] [connections=N] [threads=N];`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShiftApiArgs {
     /// `None` means the default: root and the user the master process runs as.
@@ -34,7 +34,13 @@ pub struct ShiftApiArgs {
     /// closed at once, so that clients of the API cannot take the workers' connections from
     /// the traffic.
     pub connections: u32,
+    /// Threads of each worker that serve the API server's Unix-socket listeners off the event
+    /// loop, each one connection at a time; 0: the event loop serves them, as any listener.
+    pub threads: u32,
 }
+
+/// The most `shift_api threads=`.
+pub const MAX_API_THREADS: u32 = 16;
 
 /// Default of `shift_api connections=`: far more than operators and controllers open, far
 /// fewer than `worker_connections`.
@@ -46,6 +52,7 @@ impl Default for ShiftApiArgs {
             writers: None,
             readers: Readers::Writers,
             connections: DEFAULT_API_CONNECTIONS,
+            threads: 0,
         }
     }
 }
@@ -53,7 +60,7 @@ impl Default for ShiftApiArgs {
 /// Parses the arguments that follow `shift_api`.
 pub fn parse_shift_api(args: &[&str]) -> Result<ShiftApiArgs, DirectiveError> {
     let mut parsed = ShiftApiArgs::default();
-    let (mut readers_seen, mut connections_seen) = (false, false);
+    let (mut readers_seen, mut connections_seen, mut threads_seen) = (false, false, false);
     for &arg in args {
         match arg.split_once('=') {
             Some(("connections", value)) => {
@@ -69,6 +76,21 @@ pub fn parse_shift_api(args: &[&str]) -> Result<ShiftApiArgs, DirectiveError> {
                         directive: SHIFT_API,
                         param: arg.into(),
                         expected: "a number of connections from 1 to 65535",
+                    })?;
+            }
+            Some(("threads", value)) => {
+                if threads_seen {
+                    return Err(duplicate(SHIFT_API, arg));
+                }
+                threads_seen = true;
+                parsed.threads = value
+                    .parse()
+                    .ok()
+                    .filter(|count| *count <= MAX_API_THREADS)
+                    .ok_or_else(|| DirectiveError::InvalidParameter {
+                        directive: SHIFT_API,
+                        param: arg.into(),
+                        expected: "a number of threads from 0 to 16",
                     })?;
             }
             Some(("writers", list)) => {
@@ -91,10 +113,17 @@ pub fn parse_shift_api(args: &[&str]) -> Result<ShiftApiArgs, DirectiveError> {
                 return Err(DirectiveError::InvalidParameter {
                     directive: SHIFT_API,
                     param: arg.into(),
-                    expected: "\"writers=USER,...\", \"readers=any|USER,...\" or \"connections=N\"",
+                    expected: "\"writers=USER,...\", \"readers=any|USER,...\", \"connections=N\" or \"threads=N\"",
                 })
             }
         }
+    }
+    if connections_seen && parsed.threads > 0 {
+        // Each thread serves one connection at a time: the threads are the cap.
+        return Err(DirectiveError::Conflict {
+            directive: SHIFT_API,
+            detail: "\"connections=\" caps the event loop's API connections; with \"threads=N\" each worker serves N at a time, leave \"connections=\" out".into(),
+        });
     }
     Ok(parsed)
 }
@@ -131,6 +160,22 @@ mod tests {
             assert!(parse_shift_api(&[bad]).is_err(), "{bad}");
         }
         assert!(parse_shift_api(&["connections=1", "connections=2"]).is_err());
+    }
+
+    #[test]
+    fn api_threads_are_a_small_count_and_replace_the_connection_cap() {
+        assert_eq!(parse_shift_api(&[]).unwrap().threads, 0);
+        assert_eq!(parse_shift_api(&["threads=2"]).unwrap().threads, 2);
+        for bad in ["threads=17", "threads=x", "threads=-1"] {
+            assert!(parse_shift_api(&[bad]).is_err(), "{bad}");
+        }
+        assert!(parse_shift_api(&["threads=1", "threads=2"]).is_err());
+        let err = parse_shift_api(&["threads=2", "connections=4"]).unwrap_err();
+        assert!(
+            err.to_string().contains("leave \"connections=\" out"),
+            "{err}"
+        );
+        assert!(parse_shift_api(&["threads=0", "connections=4"]).is_ok());
     }
 
     #[test]

@@ -1,0 +1,255 @@
+//! `shift_api threads=N` against a real Nginx: the API's Unix socket served by threads of each
+//! worker, off the event loop. Its answers are the event loop's (changes in every worker, the
+//! status page, refusals), it answers while the worker's event loop is stalled, a client that
+//! sends half a request holds one thread only, and reloads lose no acknowledged change.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use harness::{api_request, check_config, wait_until, Backend, HttpClient, NginxOptions};
+use harness::{shift_upstream_config, ShiftSetup as Setup};
+
+/// A request sent on a thread of its own; `done` is set once its answer (or error) is in.
+struct Pending<T> {
+    done: Arc<AtomicBool>,
+    handle: thread::JoinHandle<T>,
+}
+
+impl<T: Send + 'static> Pending<T> {
+    fn start(send: impl FnOnce() -> T + Send + 'static) -> Pending<T> {
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&done);
+        let handle = thread::spawn(move || {
+            let answer = send();
+            flag.store(true, Ordering::SeqCst);
+            answer
+        });
+        Pending { done, handle }
+    }
+
+    fn is_done(&self) -> bool {
+        self.done.load(Ordering::SeqCst)
+    }
+
+    fn join(self) -> T {
+        self.handle.join().expect("the request's thread")
+    }
+}
+
+fn status(socket: &Path, method: &str, path: &str, body: Option<&str>) -> u16 {
+    api_request(socket, method, path, body)
+        .map(|response| response.status)
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_patch_served_by_threads_moves_every_worker_and_they_refuse_what_nginx_would() {
+    let setup = Setup::start(&[("blue", ""), ("green", "")], "", "threads=2");
+    let (blue, green) = (setup.addr(0), setup.addr(1));
+    for (to, weights) in [
+        ("green", [(blue.as_str(), 0), (green.as_str(), 1)]),
+        ("blue", [(blue.as_str(), 1), (green.as_str(), 0)]),
+    ] {
+        setup.admin.set_weights("app", &weights);
+        let (served, workers) = setup.spread(30);
+        assert_eq!(served.get(to), Some(&30), "{served:?}");
+        assert_eq!(workers.len(), 2, "both workers served: {workers:?}");
+    }
+    // Peers added and removed at run time, through the threads.
+    let extra = Backend::start("extra");
+    let server = extra.addr().to_string();
+    assert_eq!(setup.admin.add_peer("app", &server, "").status, 201);
+    assert!(setup.admin.peer("app", &server).is_some());
+    assert_eq!(setup.admin.remove_peer("app", &server).status, 200);
+
+    let socket = setup.nginx.path("api.sock");
+    let page = api_request(&socket, "GET", "/api/", None).expect("the status page");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("<html"), "{}", page.body);
+    let elsewhere = api_request(&socket, "GET", "/elsewhere", None).expect("an answer");
+    assert_eq!(elsewhere.status, 404);
+    assert!(
+        elsewhere.body.contains("serves the shift API under"),
+        "{}",
+        elsewhere.body
+    );
+    assert_eq!(
+        status(&socket, "PUT", "/api/upstreams/app", Some("{}")),
+        405
+    );
+    assert_eq!(
+        status(&socket, "PATCH", "/api/upstreams/app", Some("{nope")),
+        400
+    );
+    let metrics = api_request(&socket, "GET", "/api/metrics", None).expect("metrics");
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.body.contains("nginx_shift_peer_weight"),
+        "{}",
+        metrics.body
+    );
+
+    // A chunked body is refused, and a body over the limit before it is read.
+    let mut raw = UnixStream::connect(&socket).expect("connect");
+    raw.write_all(
+        b"PATCH /api/upstreams/app HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    raw.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 411 "), "{answer}");
+    let log = setup.nginx.error_log();
+    assert!(!log.contains("[alert]") && !log.contains("[crit]"), "{log}");
+}
+
+#[test]
+fn threads_answer_while_the_workers_event_loop_is_stalled() {
+    // One worker, which stops for 3 s after each peer list it builds (a debug build's test
+    // hook); a second API socket of the same worker is served by its event loop.
+    let setup = Setup::start_with(&[("blue", "")], "", "threads=2", |mut options| {
+        options.main = "env SHIFT_TEST_PAUSE_AFTER_LIST_MS=3000;".into();
+        options.http.push_str(
+            "server {\n    listen unix:{prefix}/api-loop.sock;\n    \
+             location /api/ { shift_api; }\n}\n",
+        );
+        options.workers(1)
+    });
+    let hooked = wait_until(Duration::from_secs(5), || {
+        setup.nginx.error_log().contains("pauses 3000 ms")
+    });
+    assert!(hooked.is_some(), "the test hook is active (a debug build)");
+    let (threads, event_loop) = (
+        setup.nginx.path("api.sock"),
+        setup.nginx.path("api-loop.sock"),
+    );
+    // A new peer: the worker's next request builds its list with it, and stalls.
+    let green = Backend::start("green");
+    let added = setup.admin.add_peer("app", &green.addr().to_string(), "");
+    assert_eq!(added.status, 201);
+    let port = setup.port;
+    let proxied = Pending::start(move || HttpClient::new(port).get("/"));
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        !proxied.is_done(),
+        "the proxied request was not held up by the stall"
+    );
+    // Sent first, to the event loop's socket: it waits for the stall.
+    let loop_socket = event_loop.clone();
+    let by_event_loop =
+        Pending::start(move || status(&loop_socket, "GET", "/api/upstreams/app", None));
+    thread::sleep(Duration::from_millis(100));
+    // Sent second, to the threads: answered during the stall, change included.
+    assert_eq!(status(&threads, "GET", "/api/upstreams/app", None), 200);
+    let body = r#"{"peers": {"BLUE": {"weight": 7}}}"#.replace("BLUE", &setup.addr(0));
+    assert_eq!(
+        status(&threads, "PATCH", "/api/upstreams/app", Some(&body)),
+        200
+    );
+    assert!(
+        !by_event_loop.is_done() && !proxied.is_done(),
+        "the threads' answers came after the stall ended"
+    );
+    assert_eq!(by_event_loop.join(), 200);
+    let proxied = proxied.join().expect("the proxied request");
+    assert_eq!(proxied.status, 200);
+    assert_eq!(
+        setup
+            .admin
+            .peer("app", &setup.addr(0))
+            .map(|peer| peer.weight),
+        Some(7)
+    );
+}
+
+#[test]
+fn a_half_sent_request_holds_one_api_thread_until_its_header_timeout() {
+    let setup = Setup::start_with(&[("blue", "")], "", "threads=1", |mut options| {
+        options.http.insert_str(0, "client_header_timeout 1s;\n");
+        options.workers(1)
+    });
+    let socket = setup.nginx.path("api.sock");
+    let mut half = UnixStream::connect(&socket).expect("connect");
+    half.write_all(b"GET /api/upstreams HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    thread::sleep(Duration::from_millis(100));
+    // The only thread is held: the next request waits for the header timeout.
+    let waiting_socket = socket.clone();
+    let waiting =
+        Pending::start(move || status(&waiting_socket, "GET", "/api/upstreams/app", None));
+    // Meanwhile the traffic is served.
+    let proxied = HttpClient::new(setup.port)
+        .get("/")
+        .expect("a proxied request");
+    assert_eq!(proxied.status, 200);
+    assert!(
+        !waiting.is_done(),
+        "the request was answered while the thread was held"
+    );
+    // The half-sent request is closed unanswered, and the waiting one then answered.
+    half.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut unanswered = Vec::new();
+    let _ = half.read_to_end(&mut unanswered);
+    assert!(
+        unanswered.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&unanswered)
+    );
+    assert_eq!(waiting.join(), 200);
+}
+
+#[test]
+fn reloads_with_api_threads_finish_and_keep_every_acknowledged_change() {
+    let mut setup = Setup::start(&[("blue", ""), ("green", "")], "", "threads=2");
+    let blue = setup.addr(0);
+    let socket = setup.nginx.path("api.sock");
+    for round in 1..=12u32 {
+        let old = setup.nginx.begin_reload(None);
+        // PATCHes while the old workers stop and the new ones start: each acknowledged one is
+        // what the next read sees, whichever generation answers.
+        for step in 0..5u32 {
+            let weight = round * 10 + step;
+            let body = format!(r#"{{"peers": {{"{blue}": {{"weight": {weight}}}}}}}"#);
+            let response =
+                api_request(&socket, "PATCH", "/api/upstreams/app", Some(&body)).expect("PATCH");
+            assert_eq!(response.status, 200, "round {round}: {}", response.body);
+            assert_eq!(
+                setup.admin.peer("app", &blue).map(|peer| peer.weight),
+                Some(weight),
+                "round {round} step {step}"
+            );
+        }
+        // The old workers exit: their threads let them.
+        setup.nginx.finish_reload(&old);
+    }
+    let log = setup.nginx.error_log();
+    assert!(!log.contains("open socket"), "{log}");
+    assert!(!log.contains("[alert]"), "{log}");
+}
+
+#[test]
+fn nginx_t_refuses_bad_thread_counts_and_a_connection_cap_beside_them() {
+    let blue = Backend::start("blue");
+    let servers = [(blue.addr().to_string(), "")];
+    for (api_args, expected) in [
+        ("threads=17", "a number of threads from 0 to 16"),
+        ("threads=2 connections=4", "leave \"connections=\" out"),
+    ] {
+        let config = shift_upstream_config(&servers, "", api_args, 1);
+        let check = check_config(&NginxOptions::new(config));
+        assert!(!check.ok, "{api_args} passed nginx -t");
+        assert!(
+            check.output.contains(expected),
+            "{api_args}: {}",
+            check.output
+        );
+    }
+    let config = shift_upstream_config(&servers, "", "threads=3", 1);
+    let check = check_config(&NginxOptions::new(config));
+    assert!(check.ok, "{}", check.output);
+}
