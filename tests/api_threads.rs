@@ -204,6 +204,22 @@ fn a_half_sent_request_holds_one_api_thread_until_its_header_timeout() {
 }
 
 #[test]
+fn a_caller_who_may_not_read_is_refused_before_it_sends_anything() {
+    // Root (the tests' uid) is neither a writer nor a reader here.
+    let setup = Setup::start_with(&[("blue", "")], "", "threads=1 writers=12345", |options| {
+        options.workers(1)
+    });
+    let mut silent = UnixStream::connect(setup.nginx.path("api.sock")).expect("connect");
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = String::new();
+    silent.read_to_string(&mut answer).expect("an answer");
+    assert!(answer.starts_with("HTTP/1.1 403 "), "{answer}");
+    assert!(answer.contains("may not read upstreams"), "{answer}");
+}
+
+#[test]
 fn reloads_with_api_threads_finish_and_keep_every_acknowledged_change() {
     let mut setup = Setup::start(&[("blue", ""), ("green", "")], "", "threads=2");
     let blue = setup.addr(0);
@@ -233,6 +249,39 @@ fn reloads_with_api_threads_finish_and_keep_every_acknowledged_change() {
 }
 
 #[test]
+fn a_request_in_service_when_its_worker_is_told_to_stop_is_still_answered() {
+    let mut setup = Setup::start_with(&[("blue", "")], "", "threads=1", |options| {
+        options.workers(1)
+    });
+    let blue = setup.addr(0);
+    let body = format!(r#"{{"peers": {{"{blue}": {{"weight": 42}}}}}}"#);
+    let (first, rest) = body.split_at(10);
+    let mut patch = UnixStream::connect(setup.nginx.path("api.sock")).expect("connect");
+    write!(
+        patch,
+        "PATCH /api/upstreams/app HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{first}",
+        body.len()
+    )
+    .unwrap();
+    thread::sleep(Duration::from_millis(200));
+    // The worker reading it is told to stop; the rest of the body comes after.
+    let old = setup.nginx.begin_reload(None);
+    thread::sleep(Duration::from_millis(300));
+    patch.write_all(rest.as_bytes()).unwrap();
+    patch
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = String::new();
+    patch.read_to_string(&mut answer).expect("the answer");
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    setup.nginx.finish_reload(&old);
+    assert_eq!(
+        setup.admin.peer("app", &blue).map(|peer| peer.weight),
+        Some(42)
+    );
+}
+
+#[test]
 fn nginx_t_refuses_bad_thread_counts_and_a_connection_cap_beside_them() {
     let blue = Backend::start("blue");
     let servers = [(blue.addr().to_string(), "")];
@@ -249,6 +298,18 @@ fn nginx_t_refuses_bad_thread_counts_and_a_connection_cap_beside_them() {
             check.output
         );
     }
+    // The threads serve the whole socket: another location of the server would go unserved.
+    let config = shift_upstream_config(&servers, "", "threads=2", 1).replace(
+        "location /api/ {",
+        "location = /ping { return 200; }\n    location /api/ {",
+    );
+    let check = check_config(&NginxOptions::new(config));
+    assert!(!check.ok, "a second location passed nginx -t");
+    assert!(
+        check.output.contains("serves its server's socket alone"),
+        "{}",
+        check.output
+    );
     let config = shift_upstream_config(&servers, "", "threads=3", 1);
     let check = check_config(&NginxOptions::new(config));
     assert!(check.ok, "{}", check.output);

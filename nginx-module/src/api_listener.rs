@@ -36,14 +36,14 @@ thread_local! {
 }
 
 /// The Unix-socket HTTP listeners of `cycle` whose default server is one of `api_servers`, each
-/// with that server.
+/// with that server, and whether other servers share it by name (`server_name`).
 ///
 /// SAFETY: `cycle` is a cycle whose configuration is parsed; its listeners are HTTP listeners of
 /// this configuration, and `api_servers` are server confs of it.
 pub unsafe fn api_listeners(
     cycle: *mut ngx_cycle_t,
     api_servers: &[ApiServer],
-) -> Vec<(*mut ngx_listening_t, &ApiServer)> {
+) -> Vec<(*mut ngx_listening_t, &ApiServer, bool)> {
     let mut found = Vec::new();
     // SAFETY: per the contract; an HTTP listener's `servers` is its `ngx_http_port_t`, with
     // `ngx_http_in_addr_t` addresses for every family but AF_INET6.
@@ -70,25 +70,26 @@ pub unsafe fn api_listeners(
                     .iter()
                     .find(|api| api.server == addr.conf.default_server)
             });
+            let shared = addrs.iter().any(|addr| !addr.conf.virtual_names.is_null());
             if let Some(server) = server {
-                found.push((std::ptr::from_mut(ls), server));
+                found.push((std::ptr::from_mut(ls), server, shared));
             }
         }
     }
     found
 }
 
-/// Caps the Unix-socket listeners whose default server is one of `api_servers` served by the
-/// event loop (with its `connections=`); from `init_module`, once the configuration's listeners
-/// exist.
+/// Caps the Unix-socket listeners whose default server is one of `api_servers` (with its
+/// `connections=`): what the event loop serves of them, a listener with `threads=` too when it
+/// stays with the event loop (`api_thread`); from `init_module`, once the configuration's
+/// listeners exist.
 ///
 /// SAFETY: as for `api_listeners`, with the cycle being committed.
 pub unsafe fn cap(cycle: *mut ngx_cycle_t, api_servers: &[ApiServer]) {
     // SAFETY: per the contract.
     let capped: Vec<Capped> = unsafe { api_listeners(cycle, api_servers) }
         .into_iter()
-        .filter(|(_, server)| server.threads == 0)
-        .map(|(listening, server)| Capped {
+        .map(|(listening, server, _)| Capped {
             listening,
             limit: server.connections,
             open: 0,

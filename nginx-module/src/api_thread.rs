@@ -1,28 +1,33 @@
 //! FFI: `shift_api threads=N`. The API server's Unix-socket listeners are taken out of each
 //! worker's event loop and served by N threads of that worker, each one connection at a time
 //! (`shift_core::api::http1`). An API request then never waits for a turn of an event loop
-//! busy with traffic, and a large answer never holds one up.
+//! busy with traffic (or stalled), and a large answer never holds one up.
 //!
 //! What the threads share with the event loop is the zone, under the same locks as any other
 //! process (Nginx's zone mutex, which spins or sleeps on another thread of its own pid as on
 //! another process, and each table's write lock, which never takes over from a holder that is
 //! alive). They touch nothing else of Nginx: no pool, no event, no log. What they would log is
 //! left in a queue the worker's tick writes to the error log (`log_pending`); Nginx's slab
-//! allocator stays silent when the zone is full (`log_nomem` is off), as the API says so itself.
-//! Signals are blocked in them, so that Nginx's handlers run on the event loop's thread, whose
+//! allocator stays silent when the zone is full (`log_nomem` is off), as the API says so itself
+//! (a `--with-debug` build still writes its lock's debug lines, at `debug` level only). Signals
+//! are blocked in them, so that Nginx's handlers run on the event loop's thread, whose
 //! `epoll_wait` they interrupt.
 //!
-//! A worker that is told to stop (reload, quit) stops its threads' accepting within
+//! The threads serve the whole socket, so its server may have no other location (`nginx -t`
+//! refuses it, `not_alone`), and a socket other servers share by name stays with the event
+//! loop. A worker that is told to stop (reload, quit) stops its threads' accepting within
 //! `STOP_POLL_MS`, as an event loop stops accepting when it closes its listeners. When the
-//! worker exits, `stop` waits for the requests being answered and lets no other start: Nginx
-//! frees the configuration, which the threads read, right after.
+//! worker exits, `stop` lets the connections in service finish (a graceful stop waits up to
+//! `STOP_WAIT` for them) and lets no other request start: Nginx frees the configuration, which
+//! the threads read, right after. A single process (`master_process off`) reloads in place and
+//! keeps the event loop serving the socket.
 
 use std::cell::RefCell;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ngx::ffi::{
     ngx_cycle_t, ngx_event_actions, ngx_free_connection, ngx_listening_t, ngx_log_t, NGX_LOG_ERR,
@@ -32,7 +37,7 @@ use ngx::http::HttpModuleMainConf;
 use ngx::ngx_log_error;
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
@@ -84,6 +89,12 @@ static STOPPING: AtomicBool = AtomicBool::new(false);
 /// process exits.
 static ANSWERING: RwLock<()> = RwLock::new(());
 
+/// Connections accepted and not yet closed: a worker that stops gracefully waits for them.
+static IN_SERVICE: AtomicUsize = AtomicUsize::new(0);
+
+/// The longest a graceful stop waits for connections in service.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
 /// What the threads leave for the error log.
 static PENDING_LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
@@ -94,10 +105,25 @@ static PENDING_LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
 pub unsafe fn claim(cycle: *mut ngx_cycle_t, api_servers: &[ApiServer]) {
     // SAFETY: per the contract.
     let listeners = unsafe { crate::api_listener::api_listeners(cycle, api_servers) };
+    for (_, server, _) in listeners
+        .iter()
+        .filter(|(_, server, shared)| server.threads > 0 && *shared)
+    {
+        // SAFETY: the cycle's log, valid while it is committed.
+        unsafe {
+            ngx_log_error!(
+                NGX_LOG_WARN,
+                (*cycle).log,
+                "shift: the API location \"{}\" is served by the event loop, not by threads: other \
+                 servers share its socket by name",
+                server.prefix
+            );
+        }
+    }
     let claimed: Vec<Claimed> = listeners
         .iter()
-        .filter(|(_, server)| server.threads > 0)
-        .map(|&(listening, server)| {
+        .filter(|(_, server, shared)| server.threads > 0 && !shared)
+        .map(|&(listening, server, _)| {
             // SAFETY: per the contract; both confs are merged and live as long as the cycle.
             let (header, body, send) = unsafe {
                 (
@@ -122,7 +148,7 @@ pub unsafe fn claim(cycle: *mut ngx_cycle_t, api_servers: &[ApiServer]) {
     for server in api_servers.iter().filter(|server| server.threads > 0) {
         let listened = listeners
             .iter()
-            .any(|(_, found)| std::ptr::eq(*found, server));
+            .any(|(_, found, _)| std::ptr::eq(*found, server));
         if !listened {
             // SAFETY: the cycle's log, valid while it is committed.
             unsafe {
@@ -140,8 +166,41 @@ pub unsafe fn claim(cycle: *mut ngx_cycle_t, api_servers: &[ApiServer]) {
     CLAIMED.with(|all| *all.borrow_mut() = claimed);
 }
 
-/// Takes this worker's claimed listeners out of its event loop and starts their threads; from
-/// `init_process`, after the event module set up the listeners.
+/// Why `server`'s `shift_api threads=` location cannot have its socket to itself: its server
+/// has other locations, which the threads would not serve; from `postconfiguration`, once
+/// Nginx built the servers' location trees.
+///
+/// SAFETY: `server` is an API server of the configuration being parsed, whose location trees
+/// are built.
+pub unsafe fn not_alone(server: &ApiServer) -> Option<String> {
+    // SAFETY: per the contract: a server's conf context has a location conf per HTTP module,
+    // the core module's at its index, and the tree's nodes live as long as the configuration.
+    let alone = unsafe {
+        let index = ngx::ffi::ngx_http_core_module.ctx_index;
+        let root = (*(*(*server.server).ctx).loc_conf.add(index))
+            .cast::<ngx::ffi::ngx_http_core_loc_conf_t>();
+        let tree = (*root).static_locations;
+        !tree.is_null()
+            && (*root).regex_locations.is_null()
+            && (*tree).left.is_null()
+            && (*tree).right.is_null()
+            && (*tree).tree.is_null()
+            && ((*tree).exact == server.location || (*tree).inclusive == server.location)
+    };
+    (!alone).then(|| {
+        format!(
+            "\"shift_api threads={}\" in location \"{}\" serves its server's socket alone, and \
+             the server has other locations: move them to a server that listens elsewhere, or \
+             leave \"threads=\" out",
+            server.threads, server.prefix
+        )
+    })
+}
+
+/// Starts this worker's threads for its claimed listeners and takes those out of its event loop;
+/// from `init_process`, after the event module set up the listeners. Only in a worker of a
+/// master: a single process (`master_process off`) reloads in place, and would free what its
+/// threads read.
 ///
 /// SAFETY: `cycle` is the worker's cycle, as Nginx passes it to `init_process`.
 pub unsafe fn start(cycle: *mut ngx_cycle_t) {
@@ -150,19 +209,26 @@ pub unsafe fn start(cycle: *mut ngx_cycle_t) {
     let Some(main) = Module::main_conf(cycle) else {
         return;
     };
+    // SAFETY: set by Nginx before any module's `init_process`.
+    let worker =
+        unsafe { ngx::ffi::ngx_process } == ngx::ffi::NGX_PROCESS_WORKER as ngx::ffi::ngx_uint_t;
     CLAIMED.with(|all| {
         for claim in all.borrow().iter() {
+            if !worker {
+                ngx_log_error!(
+                    NGX_LOG_WARN,
+                    log,
+                    "shift: the API location \"{}\" is served by the event loop, not by threads: \
+                     threads need \"master_process on\"",
+                    claim.prefix
+                );
+                continue;
+            }
             // SAFETY: a listener of this configuration, claimed by the master that forked us.
-            let fd = match unsafe { take_from_event_loop(claim.listening) } {
+            let fd = match unsafe { dup_listener(claim.listening) } {
                 Ok(fd) => fd,
                 Err(why) => {
-                    ngx_log_error!(
-                        NGX_LOG_WARN,
-                        log,
-                        "shift: the API location \"{}\" is served by the event loop, not by \
-                         threads: {why}",
-                        claim.prefix
-                    );
+                    ngx_log_error!(NGX_LOG_WARN, log, "shift: the API location \"{}\" is served by the event loop, not by threads: {why}", claim.prefix);
                     continue;
                 }
             };
@@ -173,11 +239,23 @@ pub unsafe fn start(cycle: *mut ngx_cycle_t) {
                 timeouts: claim.timeouts,
                 main: ConfRef(std::ptr::from_ref(main)),
             });
+            // Threads first: should the event loop keep the listener, both serve it.
             if let Err(why) = spawn_threads(&served, claim.threads) {
                 ngx_log_error!(
                     NGX_LOG_ERR,
                     log,
-                    "shift: cannot start the API threads of location \"{}\": {why}",
+                    "shift: the API location \"{}\" is served by the event loop, not by threads: \
+                     {why}",
+                    claim.prefix
+                );
+                continue;
+            }
+            // SAFETY: as above.
+            if let Err(why) = unsafe { take_from_event_loop(claim.listening) } {
+                ngx_log_error!(
+                    NGX_LOG_WARN,
+                    log,
+                    "shift: the event loop also serves the API location \"{}\": {why}",
                     claim.prefix
                 );
             }
@@ -185,21 +263,28 @@ pub unsafe fn start(cycle: *mut ngx_cycle_t) {
     });
 }
 
+/// A descriptor of `listening`'s socket of our own.
+///
+/// SAFETY: `listening` is a listener of this worker's cycle.
+unsafe fn dup_listener(listening: *mut ngx_listening_t) -> Result<OwnedFd, String> {
+    // SAFETY: per the contract; its socket is open while the worker runs.
+    let fd = fcntl(unsafe { (*listening).fd }, FcntlArg::F_DUPFD_CLOEXEC(0))
+        .map_err(|errno| format!("dup() of the listener failed: {errno}"))?;
+    // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor, ours alone.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
 /// Removes `listening` from this worker's event loop (and from the accept mutex's, which adds
-/// only listeners that have a connection); returns a descriptor of its socket of our own.
+/// only listeners that have a connection).
 ///
 /// SAFETY: `listening` is a listener of this worker's cycle, whose event module's
 /// `init_process` has run.
-unsafe fn take_from_event_loop(listening: *mut ngx_listening_t) -> Result<OwnedFd, String> {
+unsafe fn take_from_event_loop(listening: *mut ngx_listening_t) -> Result<(), String> {
     // SAFETY: per the contract.
     let ls = unsafe { &mut *listening };
-    let fd = fcntl(ls.fd, FcntlArg::F_DUPFD_CLOEXEC(0))
-        .map_err(|errno| format!("dup() of the listener failed: {errno}"))?;
-    // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor, ours alone.
-    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     let c = ls.connection;
     if c.is_null() {
-        return Ok(fd);
+        return Ok(());
     }
     // SAFETY: the listener's connection and its read event were set up by the event module in
     // this worker; `ngx_event_actions` is this worker's event method.
@@ -216,7 +301,7 @@ unsafe fn take_from_event_loop(listening: *mut ngx_listening_t) -> Result<OwnedF
         (*c).fd = -1;
     }
     ls.connection = std::ptr::null_mut();
-    Ok(fd)
+    Ok(())
 }
 
 /// Starts `count` threads serving `served`, with every signal blocked in them.
@@ -259,16 +344,32 @@ fn stopping() -> bool {
     told || STOPPING.load(Ordering::Acquire)
 }
 
-/// One thread: waits for a connection, serves it, and again, until the worker stops.
+/// One thread: waits for a connection, serves it, and again, until the worker stops. It waits
+/// in an epoll of its own with `EPOLLEXCLUSIVE`, so that a connection wakes one of the threads
+/// of all workers, not each (on a busy host, waking them all costs the answer more than it
+/// saves).
 fn accept_loop(served: &Served) {
+    let waiting = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).and_then(|epoll| {
+        let interest = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, 0);
+        epoll.add(served.listener.as_fd(), interest).map(|()| epoll)
+    });
+    let epoll = match waiting {
+        Ok(epoll) => epoll,
+        Err(errno) => {
+            leave_log(format!(
+                "shift: an API thread cannot wait for connections: {errno}"
+            ));
+            return;
+        }
+    };
+    let mut ready = [EpollEvent::empty()];
     while !stopping() {
-        let mut ready = [PollFd::new(served.listener.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut ready, PollTimeout::from(STOP_POLL_MS)) {
+        match epoll.wait(&mut ready, STOP_POLL_MS) {
             Ok(0) | Err(Errno::EINTR) => continue,
             Ok(_) => {}
             Err(errno) => {
                 leave_log(format!(
-                    "shift: an API thread cannot poll its listener: {errno}"
+                    "shift: an API thread cannot wait for connections: {errno}"
                 ));
                 std::thread::sleep(Duration::from_millis(STOP_POLL_MS.into()));
                 continue;
@@ -277,10 +378,15 @@ fn accept_loop(served: &Served) {
         if stopping() {
             return;
         }
-        // The listener is non-blocking (Nginx made it so): the threads of every worker race
-        // for each connection, and the losers find none.
+        // The listener is non-blocking (Nginx made it so): a thread woken for a connection
+        // another took finds none.
         match served.listener.accept() {
-            Ok((stream, _)) => serve(served, &stream),
+            Ok((stream, _)) => {
+                IN_SERVICE.fetch_add(1, Ordering::AcqRel);
+                serve(served, &stream);
+                drop(stream);
+                IN_SERVICE.fetch_sub(1, Ordering::AcqRel);
+            }
             Err(error)
                 if matches!(
                     error.kind(),
@@ -306,6 +412,11 @@ fn serve(served: &Served, stream: &UnixStream) {
     let uid = credentials.map(|credentials| credentials.uid());
     let pid = credentials.map(|credentials| credentials.pid() as u32);
     let caller = served.access.caller(uid);
+    if let Some(refusal) = api::refusal_before_reading(caller) {
+        // Answered before its request is read: who may not read cannot hold a thread either.
+        let _ = http1::refuse_unread(stream, &served.timeouts, &refusal);
+        return;
+    }
     // A client that left or stalled gets no answer, as from the event loop.
     let _ = http1::serve(stream, &served.prefix, &served.timeouts, |line, body| {
         let _answering = ANSWERING.read().unwrap_or_else(PoisonError::into_inner);
@@ -324,10 +435,16 @@ fn serve(served: &Served, stream: &UnixStream) {
     });
 }
 
-/// Lets the requests being answered finish and no other start; from `exit_process`, as the
-/// worker exits.
+/// Lets the connections in service finish (for up to `STOP_WAIT`, in a graceful stop) and no
+/// other request start; from `exit_process`, as the worker exits.
 pub fn stop() {
     STOPPING.store(true, Ordering::Release);
+    // SAFETY: a word of this process, written by its own signal handling on this thread.
+    let fast = unsafe { ngx::ffi::ngx_terminate } != 0;
+    let deadline = Instant::now() + STOP_WAIT;
+    while !fast && IN_SERVICE.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let held = ANSWERING.write().unwrap_or_else(PoisonError::into_inner);
     // Held until the process exits: a thread that still reads a request waits for it forever.
     std::mem::forget(held);

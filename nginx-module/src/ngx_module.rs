@@ -71,6 +71,14 @@ impl HttpModule for Module {
                 return Status::NGX_ERROR.0;
             }
         }
+        for server in main.api_servers.iter().filter(|server| server.threads > 0) {
+            // SAFETY: servers of this configuration, whose location trees Nginx built before
+            // postconfiguration.
+            if let Some(message) = unsafe { crate::api_thread::not_alone(server) } {
+                cf.error(&message);
+                return Status::NGX_ERROR.0;
+            }
+        }
         if !main.zone.is_null() {
             // SAFETY: round robin built every upstream's peers before postconfiguration.
             let peers = unsafe { shm::peer_count(&main.upstreams) };
@@ -248,8 +256,9 @@ unsafe extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     unsafe {
         shm::commit_cycle(cycle);
         if let Some(main) = Module::main_conf(&*cycle) {
-            crate::api_listener::cap(cycle, &main.api_servers);
+            // Before the cap, which replaces the listeners' handler that tells them apart.
             crate::api_thread::claim(cycle, &main.api_servers);
+            crate::api_listener::cap(cycle, &main.api_servers);
         }
     }
     Status::NGX_OK.0

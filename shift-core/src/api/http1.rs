@@ -127,6 +127,16 @@ pub fn serve(
     reply_and_close(stream, timeouts, &reply, head_only, unread)
 }
 
+/// Answers `reply` at once, before the request is read (a caller refused whatever it asks),
+/// then reads what it sent for a while, so that the answer is not lost to a reset.
+pub fn refuse_unread(
+    stream: &UnixStream,
+    timeouts: &Timeouts,
+    reply: &Reply,
+) -> io::Result<Exchange> {
+    reply_and_close(stream, timeouts, reply, false, true)
+}
+
 /// A request head as far as the API reads it.
 #[derive(Debug)]
 struct Head {
@@ -175,8 +185,9 @@ fn parse_head(bytes: &[u8]) -> Result<Option<Head>, Failure> {
         .filter(|header| header.name.eq_ignore_ascii_case("content-length"));
     if let Some(header) = lengths.next() {
         let value = std::str::from_utf8(header.value).unwrap_or("").trim();
+        let digits = !value.is_empty() && value.bytes().all(|byte| byte.is_ascii_digit());
         head.content_length = match value.parse::<usize>() {
-            Ok(length) if lengths.next().is_none() => length,
+            Ok(length) if digits && lengths.next().is_none() => length,
             _ => {
                 return Err(bad_request(
                     "one Content-Length, a number, is expected".into(),
@@ -212,8 +223,11 @@ fn percent_decode(path: &str) -> Option<String> {
     let mut at = 0;
     while at < bytes.len() {
         if bytes[at] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(at + 1..at + 3)?).ok()?;
-            decoded.push(u8::from_str_radix(hex, 16).ok()?);
+            let hex = bytes.get(at + 1..at + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            decoded.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
             at += 3;
         } else {
             decoded.push(bytes[at]);
@@ -436,6 +450,8 @@ mod tests {
                 400,
             ),
             (b"PATCH /api/x HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
+            (b"PATCH /api/x HTTP/1.1\r\nContent-Length: +1\r\n\r\n", 400),
+            (b"GET /api/%+f HTTP/1.1\r\n\r\n", 400),
             (b"NOT HTTP\r\n\r\n", 400),
         ] {
             let (answer, outcome, seen) = exchange(request);

@@ -366,6 +366,12 @@ pub fn superseded_reply(why: &str) -> Reply {
     .into_reply()
 }
 
+/// The 403 for a caller who may not even read, `None` for one who may: a server that knows
+/// the caller before the request (the API's threads) refuses it unread.
+pub fn refusal_before_reading(caller: Caller) -> Option<Reply> {
+    check_access(caller, false).err().map(Failure::into_reply)
+}
+
 /// The answer when the zone cannot be read: no `shift` upstream in the configuration, or none
 /// committed in the zone.
 pub fn no_zone_reply() -> Reply {
