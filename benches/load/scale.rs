@@ -30,10 +30,12 @@ pub(crate) fn api_at_scale(settings: &Settings) {
     http.push_str(&format!(
         "server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://u0000; }} }}\n\
          server {{ listen unix:{{prefix}}/api.sock; location /api/ {{ shift_api; }} \
-         location = /ping {{ return 200 ok; }} }}"
+         location = /ping {{ return 200 ok; }} }}\n\
+         server {{ listen unix:{{prefix}}/api-threads.sock; location /api/ {{ shift_api threads=2; }} }}"
     ));
     let nginx = Nginx::start(NginxOptions::new(http));
     let socket = nginx.path("api.sock");
+    let threads = nginx.path("api-threads.sock");
     let middle = format!("/api/upstreams/u{:04}", upstreams / 2);
 
     let mut rows = Vec::new();
@@ -46,6 +48,11 @@ pub(crate) fn api_at_scale(settings: &Settings) {
         how: "PATCH of one upstream".into(),
         micros: time_patches(&socket, &middle, samples),
         note: "answer: the generation and the peer it named".into(),
+    });
+    rows.push(Timed {
+        how: "PATCH of one upstream, served by `threads=2`".into(),
+        micros: time_patches(&threads, &middle, samples),
+        note: "off the event loop".into(),
     });
     rows.push(Timed {
         how: "GET of one upstream".into(),
@@ -66,6 +73,11 @@ pub(crate) fn api_at_scale(settings: &Settings) {
         ),
     });
     rows.push(Timed {
+        how: "GET of every upstream, served by `threads=2`".into(),
+        micros: time_requests(&threads, "GET", "/api/upstreams", None, whole),
+        note: "the same, read by a thread, off the event loop".into(),
+    });
+    rows.push(Timed {
         how: "GET metrics".into(),
         micros: time_requests(&socket, "GET", "/api/metrics", None, whole),
         note: String::new(),
@@ -76,8 +88,18 @@ pub(crate) fn api_at_scale(settings: &Settings) {
     let _ = wrk_result(wrk(port, 2));
     let configs = [
         ("no API requests", None),
-        ("GET of one upstream every 250 ms", Some(middle.as_str())),
-        ("GET of every upstream every 250 ms", Some("/api/upstreams")),
+        (
+            "GET of one upstream every 250 ms",
+            Some((&socket, middle.as_str())),
+        ),
+        (
+            "GET of every upstream every 250 ms",
+            Some((&socket, "/api/upstreams")),
+        ),
+        (
+            "GET of every upstream every 250 ms, served by `threads=2`",
+            Some((&threads, "/api/upstreams")),
+        ),
     ];
     let mut runs: Vec<Vec<harness::WrkResult>> = vec![Vec::new(); configs.len()];
     // Each round starts with the next configuration, so that none is always first.
@@ -87,7 +109,7 @@ pub(crate) fn api_at_scale(settings: &Settings) {
         let (what, poll_path) = configs[config];
         let load = wrk(port, settings.wrk_seconds);
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let poller = poll_path.map(|path| {
+        let poller = poll_path.map(|(socket, path)| {
             let (socket, path, stop) = (socket.clone(), path.to_string(), stop.clone());
             thread::spawn(move || {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -110,6 +132,11 @@ pub(crate) fn api_at_scale(settings: &Settings) {
     rows.push(Timed {
         how: "PATCH of one upstream, under `wrk -c32`".into(),
         micros: time_patches(&socket, &middle, samples.min(500)),
+        note: "traffic through another upstream".into(),
+    });
+    rows.push(Timed {
+        how: "PATCH of one upstream, under `wrk -c32`, served by `threads=2`".into(),
+        micros: time_patches(&threads, &middle, samples.min(500)),
         note: "traffic through another upstream".into(),
     });
     let _ = wrk_result(loaded);

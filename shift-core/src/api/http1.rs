@@ -300,9 +300,15 @@ fn reply_and_close(
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("Connection: close\r\n\r\n");
-    write_all(stream, head.as_bytes(), timeouts.send)?;
-    if !head_only {
-        write_all(stream, reply.body.as_bytes(), timeouts.send)?;
+    let body = if head_only { "" } else { reply.body.as_str() };
+    if body.len() <= ONE_WRITE_BYTES {
+        // One write for the head and the body: the client wakes once for the whole answer.
+        let mut answer = head.into_bytes();
+        answer.extend_from_slice(body.as_bytes());
+        write_all(stream, &answer, timeouts.send)?;
+    } else {
+        write_all(stream, head.as_bytes(), timeouts.send)?;
+        write_all(stream, body.as_bytes(), timeouts.send)?;
     }
     // The client may be gone already; the answer is written either way.
     let _ = stream.shutdown(Shutdown::Write);
@@ -311,6 +317,9 @@ fn reply_and_close(
     }
     Ok(Exchange::Answered(reply.status))
 }
+
+/// The largest body copied after its head to be written with it (a listing is written apart).
+const ONE_WRITE_BYTES: usize = 64 * 1024;
 
 /// How long, and how many bytes, a lingering close reads at most.
 const LINGER: Duration = Duration::from_secs(2);
