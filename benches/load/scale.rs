@@ -38,27 +38,28 @@ pub(crate) fn api_at_scale(settings: &Settings) {
     let threads = nginx.path("api-threads.sock");
     let middle = format!("/api/upstreams/u{:04}", upstreams / 2);
 
-    let mut rows = Vec::new();
-    rows.push(Timed {
-        how: "bare `return 200` on the API socket".into(),
-        micros: time_requests(&socket, "GET", "/ping", None, samples),
-        note: "Nginx's own floor".into(),
-    });
-    rows.push(Timed {
-        how: "PATCH of one upstream".into(),
-        micros: time_patches(&socket, &middle, samples),
-        note: "answer: the generation and the peer it named".into(),
-    });
-    rows.push(Timed {
-        how: "PATCH of one upstream, served by `threads=2`".into(),
-        micros: time_patches(&threads, &middle, samples),
-        note: "off the event loop".into(),
-    });
-    rows.push(Timed {
-        how: "GET of one upstream".into(),
-        micros: time_requests(&socket, "GET", &middle, None, samples),
-        note: String::new(),
-    });
+    let mut rows = vec![
+        Timed {
+            how: "bare `return 200` on the API socket".into(),
+            micros: time_requests(&socket, "GET", "/ping", None, samples),
+            note: "Nginx's own floor".into(),
+        },
+        Timed {
+            how: "PATCH of one upstream".into(),
+            micros: time_patches(&socket, &middle, samples),
+            note: "answer: the generation and the peer it named".into(),
+        },
+        Timed {
+            how: "PATCH of one upstream, served by `threads=2`".into(),
+            micros: time_patches(&threads, &middle, samples),
+            note: "off the event loop".into(),
+        },
+        Timed {
+            how: "GET of one upstream".into(),
+            micros: time_requests(&socket, "GET", &middle, None, samples),
+            note: String::new(),
+        },
+    ];
     let whole = samples.clamp(3, 50);
     let list_bytes = api_request(&socket, "GET", "/api/upstreams", None)
         .expect("GET upstreams")
