@@ -318,6 +318,7 @@ fn spawn_threads(served: &Arc<Served>, count: u32) -> Result<(), String> {
         std::thread::Builder::new()
             .name("shift-api".into())
             .spawn(move || {
+                ask_for_short_slice();
                 // A panic here is a bug, as it is in the event loop, where it aborts the worker.
                 if std::panic::catch_unwind(|| accept_loop(&served)).is_err() {
                     std::process::abort();
@@ -330,6 +331,48 @@ fn spawn_threads(served: &Arc<Served>, count: u32) -> Result<(), String> {
     let restored = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&previous), None);
     spawned?;
     restored.map_err(|errno| format!("pthread_sigmask() failed: {errno}"))
+}
+
+/// Asks the kernel for a short time slice for this thread (EEVDF's latency hint, Linux 6.12
+/// and later): woken for a connection on a busy host, it then runs ahead of the traffic's
+/// longer slices for the moment its answer takes. An older kernel refuses or ignores it, and
+/// the thread runs as any other; its nice value (`worker_priority`) is kept either way.
+fn ask_for_short_slice() {
+    /// `struct sched_attr` as `sched_setattr(2)` first defined it.
+    #[repr(C)]
+    struct SchedAttr {
+        size: u32,
+        policy: u32,
+        flags: u64,
+        nice: i32,
+        priority: u32,
+        runtime_ns: u64,
+        deadline_ns: u64,
+        period_ns: u64,
+    }
+    /// The shortest slice the kernel grants.
+    const SLICE_NS: u64 = 100_000;
+    // SAFETY: reads the calling thread's nice value.
+    let nice = unsafe { nix::libc::getpriority(nix::libc::PRIO_PROCESS, 0) };
+    let attr = SchedAttr {
+        size: std::mem::size_of::<SchedAttr>() as u32,
+        policy: nix::libc::SCHED_OTHER as u32,
+        flags: 0,
+        nice,
+        priority: 0,
+        runtime_ns: SLICE_NS,
+        deadline_ns: 0,
+        period_ns: 0,
+    };
+    // SAFETY: `attr` is a valid `sched_attr` of the size it says, for the calling thread (0).
+    let _refused = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_sched_setattr,
+            0,
+            std::ptr::from_ref(&attr),
+            0,
+        )
+    };
 }
 
 /// Whether the worker is stopping: `stop` ran, or Nginx was told to quit, exit or reload.
