@@ -298,18 +298,41 @@ fn nginx_t_refuses_bad_thread_counts_and_a_connection_cap_beside_them() {
             check.output
         );
     }
-    // The threads serve the whole socket: another location of the server would go unserved.
-    let config = shift_upstream_config(&servers, "", "threads=2", 1).replace(
-        "location /api/ {",
-        "location = /ping { return 200; }\n    location /api/ {",
-    );
-    let check = check_config(&NginxOptions::new(config));
-    assert!(!check.ok, "a second location passed nginx -t");
-    assert!(
-        check.output.contains("serves its server's socket alone"),
-        "{}",
-        check.output
-    );
+    // The threads serve the whole socket: another location of the server, an exact location
+    // of the same name, or one inside the API's would go unserved.
+    let base = shift_upstream_config(&servers, "", "threads=2", 1);
+    let before_api = |extra: &str| {
+        base.replace(
+            "location /api/ {",
+            &format!("{extra}\n    location /api/ {{"),
+        )
+    };
+    for (what, config) in [
+        (
+            "another location",
+            before_api("location = /ping { return 200; }"),
+        ),
+        (
+            "an exact location of the same name",
+            before_api("location = /api/ { return 403; }"),
+        ),
+        (
+            "a location inside",
+            base.replace(
+                "shift_api threads=2;",
+                "shift_api threads=2; location /api/x { return 403; }",
+            ),
+        ),
+    ] {
+        assert_ne!(config, base, "{what}: the config was not changed");
+        let check = check_config(&NginxOptions::new(config));
+        assert!(!check.ok, "{what} passed nginx -t");
+        assert!(
+            check.output.contains("serves its server's socket alone"),
+            "{what}: {}",
+            check.output
+        );
+    }
     let config = shift_upstream_config(&servers, "", "threads=3", 1);
     let check = check_config(&NginxOptions::new(config));
     assert!(check.ok, "{}", check.output);

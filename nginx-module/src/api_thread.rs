@@ -180,18 +180,24 @@ pub unsafe fn not_alone(server: &ApiServer) -> Option<String> {
         let root = (*(*(*server.server).ctx).loc_conf.add(index))
             .cast::<ngx::ffi::ngx_http_core_loc_conf_t>();
         let tree = (*root).static_locations;
+        let location = &*server.location;
+        // One node, of this prefix location alone: an exact location of the same name would
+        // share it (`exact`), and nested locations live in the location's own trees.
         !tree.is_null()
             && (*root).regex_locations.is_null()
             && (*tree).left.is_null()
             && (*tree).right.is_null()
             && (*tree).tree.is_null()
-            && ((*tree).exact == server.location || (*tree).inclusive == server.location)
+            && (*tree).exact.is_null()
+            && (*tree).inclusive == server.location
+            && location.static_locations.is_null()
+            && location.regex_locations.is_null()
     };
     (!alone).then(|| {
         format!(
-            "\"shift_api threads={}\" in location \"{}\" serves its server's socket alone, and \
-             the server has other locations: move them to a server that listens elsewhere, or \
-             leave \"threads=\" out",
+            "\"shift_api threads={}\" in location \"{}\" serves its server's socket alone: it \
+             must be a prefix location, with no other location in its server or inside it; move \
+             those to a server that listens elsewhere, or leave \"threads=\" out",
             server.threads, server.prefix
         )
     })
@@ -336,7 +342,7 @@ fn spawn_threads(served: &Arc<Served>, count: u32) -> Result<(), String> {
 /// Asks the kernel for a short time slice for this thread (EEVDF's latency hint, Linux 6.12
 /// and later): woken for a connection on a busy host, it then runs ahead of the traffic's
 /// longer slices for the moment its answer takes. An older kernel refuses or ignores it, and
-/// the thread runs as any other; its nice value (`worker_priority`) is kept either way.
+/// the thread runs as any other; its policy and nice value (`worker_priority`) are kept.
 fn ask_for_short_slice() {
     /// `struct sched_attr` as `sched_setattr(2)` first defined it.
     #[repr(C)]
@@ -352,11 +358,17 @@ fn ask_for_short_slice() {
     }
     /// The shortest slice the kernel grants.
     const SLICE_NS: u64 = 100_000;
+    // SAFETY: reads the calling thread's policy.
+    let policy = unsafe { nix::libc::sched_getscheduler(0) } & !nix::libc::SCHED_RESET_ON_FORK;
+    if policy != nix::libc::SCHED_OTHER && policy != nix::libc::SCHED_BATCH {
+        // A real-time or idle policy the operator chose stays as it is.
+        return;
+    }
     // SAFETY: reads the calling thread's nice value.
     let nice = unsafe { nix::libc::getpriority(nix::libc::PRIO_PROCESS, 0) };
     let attr = SchedAttr {
         size: std::mem::size_of::<SchedAttr>() as u32,
-        policy: nix::libc::SCHED_OTHER as u32,
+        policy: policy as u32,
         flags: 0,
         nice,
         priority: 0,
@@ -418,18 +430,18 @@ fn accept_loop(served: &Served) {
                 continue;
             }
         }
-        if stopping() {
-            return;
-        }
-        // The listener is non-blocking (Nginx made it so): a thread woken for a connection
-        // another took finds none.
-        match served.listener.accept() {
-            Ok((stream, _)) => {
-                IN_SERVICE.fetch_add(1, Ordering::AcqRel);
-                serve(served, &stream);
-                drop(stream);
-                IN_SERVICE.fetch_sub(1, Ordering::AcqRel);
-            }
+        // Served even when the worker is stopping: `EPOLLEXCLUSIVE` woke this thread alone,
+        // and a connection left in the backlog would wait for the next one. The listener is
+        // non-blocking (Nginx made it so): a thread woken for a connection another took finds
+        // none. Counted from before the accept, so that an exit waits for it.
+        IN_SERVICE.fetch_add(1, Ordering::AcqRel);
+        let served_one = served
+            .listener
+            .accept()
+            .map(|(stream, _)| serve(served, &stream));
+        IN_SERVICE.fetch_sub(1, Ordering::AcqRel);
+        match served_one {
+            Ok(()) => {}
             Err(error)
                 if matches!(
                     error.kind(),
@@ -482,10 +494,11 @@ fn serve(served: &Served, stream: &UnixStream) {
 /// other request start; from `exit_process`, as the worker exits.
 pub fn stop() {
     STOPPING.store(true, Ordering::Release);
+    // A fast stop (SIGTERM, now or while this waits) waits for nothing.
     // SAFETY: a word of this process, written by its own signal handling on this thread.
-    let fast = unsafe { ngx::ffi::ngx_terminate } != 0;
+    let fast = || unsafe { std::ptr::read_volatile(&raw const ngx::ffi::ngx_terminate) } != 0;
     let deadline = Instant::now() + STOP_WAIT;
-    while !fast && IN_SERVICE.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+    while !fast() && IN_SERVICE.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
     let held = ANSWERING.write().unwrap_or_else(PoisonError::into_inner);

@@ -255,11 +255,12 @@ unsafe extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     // SAFETY: Nginx calls init_module with the cycle it commits.
     unsafe {
         shm::commit_cycle(cycle);
-        if let Some(main) = Module::main_conf(&*cycle) {
-            // Before the cap, which replaces the listeners' handler that tells them apart.
-            crate::api_thread::claim(cycle, &main.api_servers);
-            crate::api_listener::cap(cycle, &main.api_servers);
-        }
+        // Every time, with no servers when this configuration has no `http` block: what an
+        // earlier one claimed points into a cycle that is about to be freed.
+        let api_servers = Module::main_conf(&*cycle).map_or(&[][..], |main| &main.api_servers);
+        // Before the cap, which replaces the listeners' handler that tells them apart.
+        crate::api_thread::claim(cycle, api_servers);
+        crate::api_listener::cap(cycle, api_servers);
     }
     Status::NGX_OK.0
 }

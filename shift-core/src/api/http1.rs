@@ -107,7 +107,8 @@ pub fn serve(
     }
     let mut body = buffer.split_off(head.length);
     if body.len() < head.content_length && head.expects_continue {
-        write_all(stream, b"HTTP/1.1 100 Continue\r\n\r\n", timeouts.send)?;
+        let deadline = Instant::now() + timeouts.send;
+        write_all(stream, b"HTTP/1.1 100 Continue\r\n\r\n", deadline)?;
     }
     let body_deadline = Instant::now() + timeouts.body;
     while body.len() < head.content_length {
@@ -128,13 +129,23 @@ pub fn serve(
 }
 
 /// Answers `reply` at once, before the request is read (a caller refused whatever it asks),
-/// then reads what it sent for a while, so that the answer is not lost to a reset.
+/// and drops what it already sent, so that the answer is not lost to a reset. No lingering:
+/// a caller refused cannot hold the connection.
 pub fn refuse_unread(
     stream: &UnixStream,
     timeouts: &Timeouts,
     reply: &Reply,
 ) -> io::Result<Exchange> {
-    reply_and_close(stream, timeouts, reply, false, true)
+    let answered = reply_and_close(stream, timeouts, reply, false, false)?;
+    stream.set_nonblocking(true)?;
+    let mut dropped = [0u8; 4096];
+    for _ in 0..16 {
+        match (&*stream).read(&mut dropped) {
+            Ok(count) if count > 0 => {}
+            _ => break,
+        }
+    }
+    Ok(answered)
 }
 
 /// A request head as far as the API reads it.
@@ -301,14 +312,17 @@ fn reply_and_close(
     }
     head.push_str("Connection: close\r\n\r\n");
     let body = if head_only { "" } else { reply.body.as_str() };
+    // The whole answer within `send_timeout`: a client that reads it slowly cannot hold the
+    // thread for longer.
+    let deadline = Instant::now() + timeouts.send;
     if body.len() <= ONE_WRITE_BYTES {
         // One write for the head and the body: the client wakes once for the whole answer.
         let mut answer = head.into_bytes();
         answer.extend_from_slice(body.as_bytes());
-        write_all(stream, &answer, timeouts.send)?;
+        write_all(stream, &answer, deadline)?;
     } else {
-        write_all(stream, head.as_bytes(), timeouts.send)?;
-        write_all(stream, body.as_bytes(), timeouts.send)?;
+        write_all(stream, head.as_bytes(), deadline)?;
+        write_all(stream, body.as_bytes(), deadline)?;
     }
     // The client may be gone already; the answer is written either way.
     let _ = stream.shutdown(Shutdown::Write);
@@ -339,9 +353,22 @@ fn linger(stream: &UnixStream) {
     }
 }
 
-fn write_all(stream: &UnixStream, bytes: &[u8], timeout: Duration) -> io::Result<()> {
-    stream.set_write_timeout(Some(timeout.max(Duration::from_millis(1))))?;
-    (&*stream).write_all(bytes)
+/// Writes all of `bytes` before `deadline`.
+fn write_all(stream: &UnixStream, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|left| !left.is_zero())
+            .ok_or_else(|| io::Error::from(io::ErrorKind::TimedOut))?;
+        stream.set_write_timeout(Some(left))?;
+        match (&*stream).write(bytes) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            Ok(written) => bytes = &bytes[written..],
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
 }
 
 /// The reason phrase of the statuses the API answers with.
