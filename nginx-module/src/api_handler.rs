@@ -15,7 +15,6 @@ use ngx::ffi::{
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, Request};
 use ngx::log::DebugMask;
 use ngx::ngx_log_debug;
-use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use shift_wire::MAX_BODY_BYTES;
 
 use crate::api_reply::send;
@@ -221,8 +220,5 @@ fn caller_credentials(request: &Request) -> Option<(u32, u32)> {
         return None;
     }
     // SAFETY: the connection's fd stays open while the request runs.
-    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-    getsockopt(&fd, PeerCredentials)
-        .ok()
-        .map(|credentials| (credentials.uid(), credentials.pid() as u32))
+    crate::api_answer::peer_credentials(unsafe { BorrowedFd::borrow_raw(fd) })
 }

@@ -12,7 +12,6 @@ use ngx::ffi::{ngx_log_t, NGX_LOG_ERR};
 use ngx::ngx_log_error;
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
-use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
 use crate::conf::MainConf;
 use shift_core::api::http1::{self, Timeouts};
@@ -180,9 +179,7 @@ pub(super) fn accept_loop(served: &Served) {
 /// Serves one connection: its caller from the socket's credentials, its request answered with
 /// the zone.
 fn serve(served: &Served, stream: &UnixStream) {
-    let credentials = getsockopt(stream, PeerCredentials).ok();
-    let uid = credentials.map(|credentials| credentials.uid());
-    let pid = credentials.map(|credentials| credentials.pid() as u32);
+    let (uid, pid) = crate::api_answer::peer_credentials(stream).unzip();
     let caller = served.access.caller(uid);
     if let Some(refusal) = api::refusal_before_reading(caller) {
         // Answered before its request is read: who may not read cannot hold a thread either.

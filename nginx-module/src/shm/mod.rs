@@ -26,7 +26,7 @@ mod reclaim;
 mod worker;
 mod zone;
 
-pub use api_view::{api_view, NotServing};
+pub use api_view::{api_view, ApiView, NotServing};
 pub use commit::commit_cycle;
 pub use history::{members, record as record_history, record_since, ring_of};
 pub use load::{peer_count, LoadRecord};

@@ -64,34 +64,22 @@ pub fn parse_shift_api(args: &[&str]) -> Result<ShiftApiArgs, DirectiveError> {
     for &arg in args {
         match arg.split_once('=') {
             Some(("connections", value)) => {
-                if connections_seen {
-                    return Err(duplicate(SHIFT_API, arg));
-                }
-                connections_seen = true;
-                parsed.connections = value
-                    .parse()
-                    .ok()
-                    .filter(|count| (1..=65535).contains(count))
-                    .ok_or_else(|| DirectiveError::InvalidParameter {
-                        directive: SHIFT_API,
-                        param: arg.into(),
-                        expected: "a number of connections from 1 to 65535",
-                    })?;
+                parsed.connections = count_once(
+                    arg,
+                    value,
+                    1..=65535,
+                    &mut connections_seen,
+                    "a number of connections from 1 to 65535",
+                )?;
             }
             Some(("threads", value)) => {
-                if threads_seen {
-                    return Err(duplicate(SHIFT_API, arg));
-                }
-                threads_seen = true;
-                parsed.threads = value
-                    .parse()
-                    .ok()
-                    .filter(|count| *count <= MAX_API_THREADS)
-                    .ok_or_else(|| DirectiveError::InvalidParameter {
-                        directive: SHIFT_API,
-                        param: arg.into(),
-                        expected: "a number of threads from 0 to 16",
-                    })?;
+                parsed.threads = count_once(
+                    arg,
+                    value,
+                    0..=MAX_API_THREADS,
+                    &mut threads_seen,
+                    "a number of threads from 0 to 16",
+                )?;
             }
             Some(("writers", list)) => {
                 if parsed.writers.is_some() {
@@ -126,6 +114,29 @@ pub fn parse_shift_api(args: &[&str]) -> Result<ShiftApiArgs, DirectiveError> {
         });
     }
     Ok(parsed)
+}
+
+/// The count `value` of the parameter `arg`, within `range`, given once (`seen` says whether it
+/// came before, and is set).
+fn count_once(
+    arg: &str,
+    value: &str,
+    range: std::ops::RangeInclusive<u32>,
+    seen: &mut bool,
+    expected: &'static str,
+) -> Result<u32, DirectiveError> {
+    if std::mem::replace(seen, true) {
+        return Err(duplicate(SHIFT_API, arg));
+    }
+    value
+        .parse()
+        .ok()
+        .filter(|count| range.contains(count))
+        .ok_or_else(|| DirectiveError::InvalidParameter {
+            directive: SHIFT_API,
+            param: arg.into(),
+            expected,
+        })
 }
 
 fn parse_principals(arg: &str, list: &str) -> Result<Vec<Principal>, DirectiveError> {
