@@ -3,7 +3,10 @@
 //! status page, refusals), it answers while the worker's event loop is stalled, a client that
 //! sends half a request holds one thread only, and reloads lose no acknowledged change.
 
+use std::fs;
 use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,8 +14,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use harness::{api_request, check_config, wait_until, Backend, HttpClient, NginxOptions};
+use harness::{api_request, check_config, wait_for, wait_until, Backend, HttpClient, NginxOptions};
 use harness::{shift_upstream_config, ShiftSetup as Setup};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 /// A request sent on a thread of its own; `done` is set once its answer (or error) is in.
 struct Pending<T> {
@@ -279,6 +284,149 @@ fn a_request_in_service_when_its_worker_is_told_to_stop_is_still_answered() {
         setup.admin.peer("app", &blue).map(|peer| peer.weight),
         Some(42)
     );
+}
+
+/// The number of threads process `pid` runs.
+fn threads_of(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| tasks.count())
+        .unwrap_or(0)
+}
+
+fn weight_patch(server: &str, weight: u32) -> String {
+    format!(r#"{{"peers": {{"{server}": {{"weight": {weight}}}}}}}"#)
+}
+
+#[test]
+fn a_worker_killed_while_its_api_thread_holds_the_zone_lock_leaves_the_zone_to_the_others() {
+    // While the flag file exists, a change through the API waits with the zone locked (a debug
+    // build's test hook) and names its worker in hold.holder; the workers' user writes it.
+    let hook_dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(hook_dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let flag = hook_dir.path().join("hold");
+    let setup = Setup::start_with(&[("blue", "")], "", "threads=1", |mut options| {
+        options.main = format!("env SHIFT_TEST_HOLD_ZONE_WHILE={};", flag.display());
+        options.workers(2)
+    });
+    let blue = setup.addr(0);
+    let socket = setup.nginx.path("api.sock");
+    fs::write(&flag, "").unwrap();
+    let held_socket = socket.clone();
+    let held_body = weight_patch(&blue, 5);
+    let held = Pending::start(move || {
+        status(
+            &held_socket,
+            "PATCH",
+            "/api/upstreams/app",
+            Some(&held_body),
+        )
+    });
+    let holder_file = hook_dir.path().join("hold.holder");
+    let holder: u32 = wait_for(Duration::from_secs(10), || {
+        fs::read_to_string(&holder_file).ok()?.trim().parse().ok()
+    })
+    .expect("an API thread holds the zone's lock (a debug build's test hook)");
+    assert!(setup.nginx.worker_pids().contains(&holder), "{holder}");
+    kill(Pid::from_raw(holder as i32), Signal::SIGKILL).unwrap();
+    fs::remove_file(&flag).unwrap();
+    assert_ne!(
+        held.join(),
+        200,
+        "a killed worker's change was acknowledged"
+    );
+
+    // The master unlocks the zone when it reaps the worker, and starts another in its place.
+    let respawned = wait_until(Duration::from_secs(10), || {
+        let workers = setup.nginx.worker_pids();
+        workers.len() == 2 && !workers.contains(&holder)
+    });
+    assert!(respawned.is_some(), "{:?}", setup.nginx.worker_pids());
+    // Changes go on, through whichever worker's thread takes them, and traffic is served.
+    for weight in [6, 7, 8] {
+        let body = weight_patch(&blue, weight);
+        assert_eq!(
+            status(&socket, "PATCH", "/api/upstreams/app", Some(&body)),
+            200
+        );
+        assert_eq!(
+            setup.admin.peer("app", &blue).map(|peer| peer.weight),
+            Some(weight)
+        );
+    }
+    let proxied = HttpClient::new(setup.port)
+        .get("/")
+        .expect("a proxied request");
+    assert_eq!(proxied.status, 200);
+    let log = setup.nginx.error_log();
+    assert!(
+        log.contains(&format!("worker process {holder} exited on signal 9")),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_failed_reload_keeps_the_api_threads_and_a_respawned_worker_starts_its_own() {
+    let mut setup = Setup::start(&[("blue", "")], "", "threads=2");
+    let blue = setup.addr(0);
+    let socket = setup.nginx.path("api.sock");
+    let workers = setup.nginx.worker_pids();
+    let threads_each = threads_of(workers[0]);
+    assert!(
+        threads_each >= 3,
+        "a worker and its 2 API threads: {threads_each}"
+    );
+
+    // A reload Nginx refuses after our configuration is read and the zone set up: a port someone
+    // else holds. It would have given the API one thread.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let failing = format!(
+        "{}server {{ listen {}; location / {{ return 204; }} }}\n",
+        shift_upstream_config(&[(blue.clone(), "")], "", "threads=1", setup.port),
+        taken.local_addr().unwrap()
+    );
+    let why = setup.nginx.failed_reload(&failing);
+    assert!(why.contains("bind()"), "{why}");
+    let body = weight_patch(&blue, 9);
+    assert_eq!(
+        status(&socket, "PATCH", "/api/upstreams/app", Some(&body)),
+        200
+    );
+    assert_eq!(
+        setup.admin.peer("app", &blue).map(|peer| peer.weight),
+        Some(9)
+    );
+
+    // A worker of the configuration that runs, started again by the master, takes up the
+    // threads of that configuration.
+    kill(Pid::from_raw(workers[0] as i32), Signal::SIGKILL).unwrap();
+    let respawned = wait_for(Duration::from_secs(10), || {
+        let now = setup.nginx.worker_pids();
+        (now.len() == workers.len() && !now.contains(&workers[0]))
+            .then(|| now.into_iter().find(|pid| !workers.contains(pid)))
+            .flatten()
+    })
+    .expect("the master starts a worker in place of the killed one");
+    let threads_started = wait_until(Duration::from_secs(5), || {
+        threads_of(respawned) == threads_each
+    });
+    assert!(
+        threads_started.is_some(),
+        "{} threads in the new worker, {threads_each} before",
+        threads_of(respawned)
+    );
+    for weight in [10, 11, 12, 13] {
+        let body = weight_patch(&blue, weight);
+        assert_eq!(
+            status(&socket, "PATCH", "/api/upstreams/app", Some(&body)),
+            200
+        );
+    }
+    assert_eq!(
+        setup.admin.peer("app", &blue).map(|peer| peer.weight),
+        Some(13)
+    );
+    let log = setup.nginx.error_log();
+    assert!(!log.contains("open socket"), "{log}");
 }
 
 #[test]

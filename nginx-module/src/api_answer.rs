@@ -38,6 +38,9 @@ pub fn answer(main: &MainConf, request: &ApiRequest) -> Option<Reply> {
         Ok(view) => view,
         Err(instead) => return instead,
     };
+    if request.method != "GET" {
+        crate::shm::hold_zone_while_flagged();
+    }
     let writer = Writer {
         pid: own_token(),
         is_alive: &token_alive,

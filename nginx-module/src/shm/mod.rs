@@ -33,6 +33,7 @@ pub use load::{peer_count, LoadRecord};
 pub use membership::{with_load_positions, ZoneMembership};
 pub use reclaim::housekeeping;
 pub use worker::{
-    inflight, pause_after_list, publish_held, register_worker, state_path, still_serving,
+    hold_zone_while_flagged, inflight, pause_after_list, publish_held, register_worker, state_path,
+    still_serving,
 };
 pub use zone::{add_zone, set_zone_size, slots_of, table_of, Zone};

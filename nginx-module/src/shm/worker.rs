@@ -172,7 +172,9 @@ pub unsafe fn register_worker(cycle: *mut ngx_cycle_t, main: &MainConf) {
 /// that found the zone full would not (it must then stay away from peers added at run time);
 /// `SHIFT_TEST_HIDE_PROC=1` (read in `shift_core::process`) hides other processes' `/proc`;
 /// `SHIFT_TEST_PAUSE_AFTER_LIST_MS=N` stops the worker for N ms after each peer list it builds
-/// (`pause_after_list`), so that another worker's change falls between the list and its routes.
+/// (`pause_after_list`), so that another worker's change falls between the list and its routes;
+/// `SHIFT_TEST_HOLD_ZONE_WHILE=FILE` makes the API's changes wait with the zone locked while FILE
+/// exists (`hold_zone_while_flagged`), so that a test can kill a worker holding the lock.
 #[cfg(debug_assertions)]
 fn test_hooks_skip_registration(log: *mut ngx::ffi::ngx_log_t) -> bool {
     let pause = std::env::var("SHIFT_TEST_PAUSE_AFTER_LIST_MS")
@@ -225,6 +227,30 @@ pub fn pause_after_list() {
     match PAUSE_AFTER_LIST_MS.load(Ordering::Relaxed) {
         0 => {}
         ms => std::thread::sleep(std::time::Duration::from_millis(ms)),
+    }
+}
+
+/// The test hook that holds the zone's lock (debug builds only; see above): called by the API
+/// with the zone locked, before a change is decided. While FILE exists it writes this worker's
+/// pid to FILE.holder and waits, at most 20 s.
+pub fn hold_zone_while_flagged() {
+    #[cfg(debug_assertions)]
+    {
+        let Some(flag) = std::env::var_os("SHIFT_TEST_HOLD_ZONE_WHILE").map(PathBuf::from) else {
+            return;
+        };
+        if !flag.exists() {
+            return;
+        }
+        let holder = flag.with_extension("holder");
+        let written = holder.with_extension("holder.new");
+        if std::fs::write(&written, std::process::id().to_string()).is_ok() {
+            let _ = std::fs::rename(&written, &holder);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while flag.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 }
 
