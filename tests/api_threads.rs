@@ -1,7 +1,9 @@
 //! `shift_api threads=N` against a real Nginx: the API's Unix socket served by threads of each
 //! worker, off the event loop. Its answers are the event loop's (changes in every worker, the
 //! status page, refusals), it answers while the worker's event loop is stalled, a client that
-//! sends half a request holds one thread only, and reloads lose no acknowledged change.
+//! sends half a request holds one thread only, reloads lose no acknowledged change, a failed
+//! reload keeps the threads, and a worker killed while its thread holds the zone's lock leaves
+//! the zone to the others.
 
 use std::fs;
 use std::io::{Read, Write};
