@@ -79,7 +79,11 @@ pub struct EtcdArgs {
     pub etcd_key: Option<PathBuf>,
 }
 
+/// Each command's own arguments are defined only when it is the one run, or when its help, the
+/// manuals or the completions are made: a `set` or a `status` then does not build every other
+/// command's arguments, which was most of the time the arguments' parsing took.
 #[derive(Subcommand)]
+#[command(defer = true)]
 pub enum Command {
     /// Show weights, shares, states, health and counters
     Status {
@@ -312,8 +316,8 @@ fn duration(text: &str) -> Result<Duration, String> {
     plan::parse_duration(text)
 }
 
-/// A slow start's window: a duration up to 24 h, or 0 (`0s`) for none.
-/// `--close-after` and `--close-spread` of `drain` and `remove`.
+// `--close-after` and `--close-spread` of `drain` and `remove`. (Not a doc comment: clap would
+// make it the about of the commands that flatten it, once their arguments are deferred.)
 #[derive(Debug, Clone, Copy, clap::Args)]
 pub struct CloseArgs {
     /// Close the requests the peer still carries this long after the drain (WebSockets and
@@ -355,8 +359,8 @@ fn error_rate(text: &str) -> Result<f64, String> {
     plan::parse_error_rate(rate)
 }
 
-/// What a canary step's target must pass (`shiftctl::deploy::verdict::Gates`): it is compared with
-/// the stable peers over the same window.
+// What a canary step's target must pass (`shiftctl::deploy::verdict::Gates`): it is compared with
+// the stable peers over the same window. (Not a doc comment, as for `CloseArgs`.)
 #[derive(clap::Args)]
 pub struct GateArgs {
     /// How many more errors (5xx and failed attempts, as a fraction of requests) than the
