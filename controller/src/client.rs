@@ -1,7 +1,18 @@
 //! The admin API client: HTTP over the Unix socket Nginx serves `shift_api` on.
+//!
+//! Each request is one HTTP/1.1 exchange on a connection of its own, made with hyper's
+//! connection API rather than a general HTTP client: a `shiftctl set` is a process that sends
+//! one request, and setting up a client with its pool, proxies and redirects was half the time
+//! that request took.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::Method;
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
 
 use shift_wire::{
     ApiError, NewPeer, PatchApplied, PeerRemoval, Upstream, UpstreamHistory, UpstreamList,
@@ -52,7 +63,8 @@ impl ClientError {
     }
 }
 
-/// The innermost error: "No such file or directory (os error 2)" rather than reqwest's layers.
+/// The innermost error: "No such file or directory (os error 2)" rather than an HTTP client's
+/// layers.
 pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     let mut cause = error;
     while let Some(source) = cause.source() {
@@ -61,21 +73,44 @@ pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
+/// How long one request may take, from connecting to the end of the answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One request to the API: its method, its path under the prefix (with any query) and its JSON
+/// body.
+struct Call {
+    method: Method,
+    path: String,
+    body: Option<Vec<u8>>,
+}
+
+impl Call {
+    fn get(path: String) -> Call {
+        Call {
+            method: Method::GET,
+            path,
+            body: None,
+        }
+    }
+
+    fn with_json(method: Method, path: String, body: &impl serde::Serialize) -> Call {
+        Call {
+            method,
+            path,
+            body: Some(serde_json::to_vec(body).expect("API request bodies serialize")),
+        }
+    }
+}
+
 /// One Nginx's admin API.
 #[derive(Debug, Clone)]
 pub struct AdminClient {
     socket: PathBuf,
     prefix: String,
-    http: reqwest::Client,
 }
 
 impl AdminClient {
     pub fn new(socket: &Path, prefix: &str) -> AdminClient {
-        let http = reqwest::Client::builder()
-            .unix_socket(socket)
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("an HTTP client with static settings builds");
         let mut prefix = prefix.to_string();
         if !prefix.starts_with('/') {
             prefix.insert(0, '/');
@@ -86,7 +121,6 @@ impl AdminClient {
         AdminClient {
             socket: socket.to_path_buf(),
             prefix,
-            http,
         }
     }
 
@@ -94,31 +128,26 @@ impl AdminClient {
         &self.socket
     }
 
-    fn url(&self, path: &str) -> String {
-        // The host is ignored on a Unix socket; Nginx only needs one.
-        format!("http://localhost{}{path}", self.prefix)
-    }
-
     pub async fn upstreams(&self) -> Result<UpstreamList, ClientError> {
-        self.send(self.http.get(self.url("upstreams"))).await
+        self.send(&Call::get("upstreams".to_string())).await
     }
 
     pub async fn upstream(&self, name: &str) -> Result<Upstream, ClientError> {
-        let url = self.url(&upstream_path(name)?);
-        self.send(self.http.get(url)).await
+        self.send(&Call::get(upstream_path(name)?)).await
     }
 
     /// `GET upstreams/NAME/history?since=GEN`: the changes it keeps after that generation.
     pub async fn history(&self, name: &str, since: u64) -> Result<UpstreamHistory, ClientError> {
-        let url = self.url(&format!("{}/history?since={since}", upstream_path(name)?));
-        self.send(self.http.get(url)).await
+        let path = format!("{}/history?since={since}", upstream_path(name)?);
+        self.send(&Call::get(path)).await
     }
 
     /// `PATCH upstreams/NAME?full=1`: the whole upstream after the change, as the status shows
     /// it.
     pub async fn patch(&self, name: &str, patch: &UpstreamPatch) -> Result<Upstream, ClientError> {
-        let url = format!("{}?full=1", self.url(&upstream_path(name)?));
-        self.send(self.http.patch(url).json(patch)).await
+        let path = format!("{}?full=1", upstream_path(name)?);
+        self.send(&Call::with_json(Method::PATCH, path, patch))
+            .await
     }
 
     /// `PATCH upstreams/NAME`: the new generation and the peers the patch named.
@@ -127,38 +156,41 @@ impl AdminClient {
         name: &str,
         patch: &UpstreamPatch,
     ) -> Result<PatchApplied, ClientError> {
-        let url = self.url(&upstream_path(name)?);
-        self.send(self.http.patch(url).json(patch)).await
+        let path = upstream_path(name)?;
+        self.send(&Call::with_json(Method::PATCH, path, patch))
+            .await
     }
 
     /// `POST upstreams/NAME/peers?full=1`: the upstream with the new peer.
     pub async fn add_peer(&self, name: &str, peer: &NewPeer) -> Result<Upstream, ClientError> {
-        let url = self.url(&format!("{}/peers?full=1", upstream_path(name)?));
-        self.send(self.http.post(url).json(peer)).await
+        let path = format!("{}/peers?full=1", upstream_path(name)?);
+        self.send(&Call::with_json(Method::POST, path, peer)).await
     }
 
     /// `DELETE upstreams/NAME/peers/SERVER?full=1`: the removal, with the upstream without it.
     pub async fn remove_peer(&self, name: &str, server: &str) -> Result<PeerRemoval, ClientError> {
         // Brackets of an IPv6 address are escaped for the URL; Nginx decodes them.
         let server = server.replace('[', "%5B").replace(']', "%5D");
-        let url = self.url(&format!("{}/peers/{server}?full=1", upstream_path(name)?));
-        self.send(self.http.delete(url)).await
+        let path = format!("{}/peers/{server}?full=1", upstream_path(name)?);
+        let call = Call {
+            method: Method::DELETE,
+            path,
+            body: None,
+        };
+        self.send(&call).await
     }
 
     /// The Prometheus text of `GET metrics`.
     pub async fn metrics(&self) -> Result<String, ClientError> {
-        match self.fetch(self.http.get(self.url("metrics"))).await? {
+        match self.fetch(&Call::get("metrics".to_string())).await? {
             (200, body) => Ok(body),
             (status, body) => Err(self.failure(status, body)),
         }
     }
 
     /// A JSON answer of the API, decoded.
-    async fn send<T: serde::de::DeserializeOwned>(
-        &self,
-        request: reqwest::RequestBuilder,
-    ) -> Result<T, ClientError> {
-        let (status, body) = self.fetch(request).await?;
+    async fn send<T: serde::de::DeserializeOwned>(&self, call: &Call) -> Result<T, ClientError> {
+        let (status, body) = self.fetch(call).await?;
         if !(200..300).contains(&status) {
             return Err(self.failure(status, body));
         }
@@ -172,25 +204,59 @@ impl AdminClient {
     /// The status and body of an answer, or why Nginx could not be reached. A worker of an
     /// older generation answers 503 `superseded` while a binary upgrade or a zone resize is
     /// under way (it changed nothing); the request is sent again until a newer worker answers.
-    async fn fetch(&self, request: reqwest::RequestBuilder) -> Result<(u16, String), ClientError> {
-        let unreachable = |error: reqwest::Error| ClientError::Unreachable {
-            socket: self.socket.clone(),
-            reason: root_cause(&error),
-        };
+    async fn fetch(&self, call: &Call) -> Result<(u16, String), ClientError> {
         let mut attempts = 0;
         loop {
-            let attempt = request
-                .try_clone()
-                .expect("API requests have in-memory bodies");
-            let response = attempt.send().await.map_err(unreachable)?;
-            let status = response.status().as_u16();
-            let body = response.text().await.map_err(unreachable)?;
+            let (status, body) = tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(call))
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {REQUEST_TIMEOUT:?}")))
+                .map_err(|reason| ClientError::Unreachable {
+                    socket: self.socket.clone(),
+                    reason,
+                })?;
             attempts += 1;
             if status != 503 || attempts >= SUPERSEDED_RETRIES || !is_superseded(&body) {
                 return Ok((status, body));
             }
             tokio::time::sleep(SUPERSEDED_PAUSE).await;
         }
+    }
+
+    /// One request on a connection of its own: the answer's status and body, or why there is
+    /// none.
+    async fn exchange(&self, call: &Call) -> Result<(u16, String), String> {
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|error| error.to_string())?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|error| root_cause(&error))?;
+        // The connection is driven beside the request, and closes once `sender` is dropped.
+        tokio::spawn(connection);
+        let mut request = hyper::Request::builder()
+            .method(call.method.clone())
+            .uri(format!("{}{}", self.prefix, call.path))
+            // Nginx needs a host; on a Unix socket it means nothing.
+            .header(hyper::header::HOST, "localhost");
+        if call.body.is_some() {
+            request = request.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let body = Full::new(Bytes::from(call.body.clone().unwrap_or_default()));
+        let request = request
+            .body(body)
+            .map_err(|error| format!("cannot make the request: {error}"))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|error| root_cause(&error))?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|error| root_cause(&error))?
+            .to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 
     /// A failed answer: the API's own error, or whatever else answered on the socket.
