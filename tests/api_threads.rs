@@ -288,15 +288,36 @@ fn a_request_in_service_when_its_worker_is_told_to_stop_is_still_answered() {
     );
 }
 
-/// The number of threads process `pid` runs.
-fn threads_of(pid: u32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|tasks| tasks.count())
-        .unwrap_or(0)
+/// The number of API threads (named `shift-api`) process `pid` runs.
+fn api_threads_of(pid: u32) -> usize {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|task| fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim() == "shift-api")
+        .count()
 }
 
 fn weight_patch(server: &str, weight: u32) -> String {
     format!(r#"{{"peers": {{"{server}": {{"weight": {weight}}}}}}}"#)
+}
+
+/// Gives `server` of upstream `app` each weight in turn through the API's socket, and reads
+/// each back.
+fn set_and_read_back(setup: &Setup, server: &str, weights: &[u32]) {
+    let socket = setup.nginx.path("api.sock");
+    for &weight in weights {
+        let body = weight_patch(server, weight);
+        assert_eq!(
+            status(&socket, "PATCH", "/api/upstreams/app", Some(&body)),
+            200
+        );
+        assert_eq!(
+            setup.admin.peer("app", server).map(|peer| peer.weight),
+            Some(weight)
+        );
+    }
 }
 
 #[test]
@@ -311,9 +332,8 @@ fn a_worker_killed_while_its_api_thread_holds_the_zone_lock_leaves_the_zone_to_t
         options.workers(2)
     });
     let blue = setup.addr(0);
-    let socket = setup.nginx.path("api.sock");
     fs::write(&flag, "").unwrap();
-    let held_socket = socket.clone();
+    let held_socket = setup.nginx.path("api.sock");
     let held_body = weight_patch(&blue, 5);
     let held = Pending::start(move || {
         status(
@@ -329,6 +349,15 @@ fn a_worker_killed_while_its_api_thread_holds_the_zone_lock_leaves_the_zone_to_t
     })
     .expect("an API thread holds the zone's lock (a debug build's test hook)");
     assert!(setup.nginx.worker_pids().contains(&holder), "{holder}");
+    // The other worker's thread takes the next request, and waits for the zone's lock.
+    let waiting_socket = setup.nginx.path("api.sock");
+    let waiting =
+        Pending::start(move || status(&waiting_socket, "GET", "/api/upstreams/app", None));
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        !waiting.is_done(),
+        "a request was answered while the zone was locked"
+    );
     kill(Pid::from_raw(holder as i32), Signal::SIGKILL).unwrap();
     fs::remove_file(&flag).unwrap();
     assert_ne!(
@@ -336,6 +365,7 @@ fn a_worker_killed_while_its_api_thread_holds_the_zone_lock_leaves_the_zone_to_t
         200,
         "a killed worker's change was acknowledged"
     );
+    assert_eq!(waiting.join(), 200, "the request that waited for the lock");
 
     // The master unlocks the zone when it reaps the worker, and starts another in its place.
     let respawned = wait_until(Duration::from_secs(10), || {
@@ -344,17 +374,7 @@ fn a_worker_killed_while_its_api_thread_holds_the_zone_lock_leaves_the_zone_to_t
     });
     assert!(respawned.is_some(), "{:?}", setup.nginx.worker_pids());
     // Changes go on, through whichever worker's thread takes them, and traffic is served.
-    for weight in [6, 7, 8] {
-        let body = weight_patch(&blue, weight);
-        assert_eq!(
-            status(&socket, "PATCH", "/api/upstreams/app", Some(&body)),
-            200
-        );
-        assert_eq!(
-            setup.admin.peer("app", &blue).map(|peer| peer.weight),
-            Some(weight)
-        );
-    }
+    set_and_read_back(&setup, &blue, &[6, 7, 8]);
     let proxied = HttpClient::new(setup.port)
         .get("/")
         .expect("a proxied request");
@@ -370,12 +390,12 @@ fn a_worker_killed_while_its_api_thread_holds_the_zone_lock_leaves_the_zone_to_t
 fn a_failed_reload_keeps_the_api_threads_and_a_respawned_worker_starts_its_own() {
     let mut setup = Setup::start(&[("blue", "")], "", "threads=2");
     let blue = setup.addr(0);
-    let socket = setup.nginx.path("api.sock");
     let workers = setup.nginx.worker_pids();
-    let threads_each = threads_of(workers[0]);
+    let started = wait_until(Duration::from_secs(5), || api_threads_of(workers[0]) == 2);
     assert!(
-        threads_each >= 3,
-        "a worker and its 2 API threads: {threads_each}"
+        started.is_some(),
+        "{} API threads in a worker",
+        api_threads_of(workers[0])
     );
 
     // A reload Nginx refuses after our configuration is read and the zone set up: a port someone
@@ -388,18 +408,10 @@ fn a_failed_reload_keeps_the_api_threads_and_a_respawned_worker_starts_its_own()
     );
     let why = setup.nginx.failed_reload(&failing);
     assert!(why.contains("bind()"), "{why}");
-    let body = weight_patch(&blue, 9);
-    assert_eq!(
-        status(&socket, "PATCH", "/api/upstreams/app", Some(&body)),
-        200
-    );
-    assert_eq!(
-        setup.admin.peer("app", &blue).map(|peer| peer.weight),
-        Some(9)
-    );
+    set_and_read_back(&setup, &blue, &[9]);
 
     // A worker of the configuration that runs, started again by the master, takes up the
-    // threads of that configuration.
+    // threads of that configuration (2, not the failed one's 1).
     kill(Pid::from_raw(workers[0] as i32), Signal::SIGKILL).unwrap();
     let respawned = wait_for(Duration::from_secs(10), || {
         let now = setup.nginx.worker_pids();
@@ -408,25 +420,13 @@ fn a_failed_reload_keeps_the_api_threads_and_a_respawned_worker_starts_its_own()
             .flatten()
     })
     .expect("the master starts a worker in place of the killed one");
-    let threads_started = wait_until(Duration::from_secs(5), || {
-        threads_of(respawned) == threads_each
-    });
+    let threads_started = wait_until(Duration::from_secs(5), || api_threads_of(respawned) == 2);
     assert!(
         threads_started.is_some(),
-        "{} threads in the new worker, {threads_each} before",
-        threads_of(respawned)
+        "{} API threads in the new worker",
+        api_threads_of(respawned)
     );
-    for weight in [10, 11, 12, 13] {
-        let body = weight_patch(&blue, weight);
-        assert_eq!(
-            status(&socket, "PATCH", "/api/upstreams/app", Some(&body)),
-            200
-        );
-    }
-    assert_eq!(
-        setup.admin.peer("app", &blue).map(|peer| peer.weight),
-        Some(13)
-    );
+    set_and_read_back(&setup, &blue, &[10, 11, 12, 13]);
     let log = setup.nginx.error_log();
     assert!(!log.contains("open socket"), "{log}");
 }

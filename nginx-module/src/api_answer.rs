@@ -38,6 +38,7 @@ pub fn answer(main: &MainConf, request: &ApiRequest) -> Option<Reply> {
         Ok(view) => view,
         Err(instead) => return instead,
     };
+    #[cfg(debug_assertions)]
     if request.method != "GET" {
         crate::shm::hold_zone_while_flagged();
     }

@@ -32,8 +32,9 @@ pub use history::{members, record as record_history, record_since, ring_of};
 pub use load::{peer_count, LoadRecord};
 pub use membership::{with_load_positions, ZoneMembership};
 pub use reclaim::housekeeping;
+#[cfg(debug_assertions)]
+pub use worker::hold_zone_while_flagged;
 pub use worker::{
-    hold_zone_while_flagged, inflight, pause_after_list, publish_held, register_worker, state_path,
-    still_serving,
+    inflight, pause_after_list, publish_held, register_worker, state_path, still_serving,
 };
 pub use zone::{add_zone, set_zone_size, slots_of, table_of, Zone};

@@ -233,24 +233,22 @@ pub fn pause_after_list() {
 /// The test hook that holds the zone's lock (debug builds only; see above): called by the API
 /// with the zone locked, before a change is decided. While FILE exists it writes this worker's
 /// pid to FILE.holder and waits, at most 20 s.
+#[cfg(debug_assertions)]
 pub fn hold_zone_while_flagged() {
-    #[cfg(debug_assertions)]
-    {
-        let Some(flag) = std::env::var_os("SHIFT_TEST_HOLD_ZONE_WHILE").map(PathBuf::from) else {
-            return;
-        };
-        if !flag.exists() {
-            return;
-        }
-        let holder = flag.with_extension("holder");
-        let written = holder.with_extension("holder.new");
-        if std::fs::write(&written, std::process::id().to_string()).is_ok() {
-            let _ = std::fs::rename(&written, &holder);
-        }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while flag.exists() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+    let Some(flag) = std::env::var_os("SHIFT_TEST_HOLD_ZONE_WHILE").map(PathBuf::from) else {
+        return;
+    };
+    if !flag.exists() {
+        return;
+    }
+    let holder = flag.with_extension("holder");
+    let written = holder.with_extension("holder.new");
+    if std::fs::write(&written, std::process::id().to_string()).is_ok() {
+        let _ = std::fs::rename(&written, &holder);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while flag.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 
