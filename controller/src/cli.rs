@@ -442,7 +442,9 @@ mod tests {
     /// `shiftctl COMMAND --help` explains every argument and option it lists.
     #[test]
     fn every_argument_has_help() {
-        let cli = Cli::command();
+        let mut cli = Cli::command();
+        // Each command's own arguments are deferred until the command is built.
+        cli.build();
         let mut missing = Vec::new();
         for command in std::iter::once(&cli).chain(cli.get_subcommands()) {
             assert!(
@@ -458,5 +460,29 @@ mod tests {
             }
         }
         assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
+
+    /// A command that flattens a group of options keeps its own description: clap would take
+    /// the group's doc comment instead, once the command's arguments are deferred.
+    #[test]
+    fn commands_with_option_groups_keep_their_own_description() {
+        let mut cli = Cli::command();
+        cli.build();
+        for (name, starts) in [
+            ("drain", "Stop sending new requests"),
+            ("remove", "Remove a peer"),
+            ("canary", "Shift traffic to a target in steps"),
+        ] {
+            let command = cli.find_subcommand(name).expect(name);
+            let about = command.get_about().map(ToString::to_string);
+            assert!(
+                about
+                    .as_deref()
+                    .is_some_and(|about| about.starts_with(starts)),
+                "{name}: {about:?}"
+            );
+            let arguments = command.get_arguments().count();
+            assert!(arguments > 9, "{name} has only the global options");
+        }
     }
 }
