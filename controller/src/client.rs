@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::Method;
 use hyper_util::rt::TokioIo;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use tokio::net::UnixStream;
 
 use shift_wire::{
@@ -235,7 +236,7 @@ impl AdminClient {
         tokio::spawn(connection);
         let mut request = hyper::Request::builder()
             .method(call.method.clone())
-            .uri(format!("{}{}", self.prefix, call.path))
+            .uri(request_target(&self.prefix, &call.path))
             // Nginx needs a host; on a Unix socket it means nothing.
             .header(hyper::header::HOST, "localhost");
         if call.body.is_some() {
@@ -277,6 +278,44 @@ impl AdminClient {
     }
 }
 
+/// What a request's path has percent-encoded (Nginx decodes it): all but RFC 3986's `pchar`,
+/// `/`, and the `%` of what is already escaped.
+const ESCAPED_IN_PATH: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'!')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')')
+    .remove(b'*')
+    .remove(b'+')
+    .remove(b',')
+    .remove(b';')
+    .remove(b'=')
+    .remove(b':')
+    .remove(b'@')
+    .remove(b'/')
+    .remove(b'%');
+
+/// The request line's target for `path` (with any query) under `prefix`: the path escaped, as
+/// a URL would have it.
+fn request_target(prefix: &str, path: &str) -> String {
+    let (path, query) = match path.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path, None),
+    };
+    let mut target = utf8_percent_encode(&format!("{prefix}{path}"), ESCAPED_IN_PATH).to_string();
+    if let Some(query) = query {
+        target.push('?');
+        target.push_str(query);
+    }
+    target
+}
+
 /// The API path of upstream `name`. Nginx decodes `%2F` and merges `..` before the module sees
 /// a path, so a name that could change the path is refused rather than encoded: `app?x`,
 /// `app#x` and `x/../app` must not reach upstream `app`.
@@ -307,6 +346,19 @@ fn is_superseded(body: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_a_path_may_not_hold_is_escaped_and_the_query_kept() {
+        assert_eq!(
+            request_target("/api/", "upstreams/app<1>`x`{2}\"é\"?full=1"),
+            "/api/upstreams/app%3C1%3E%60x%60%7B2%7D%22%C3%A9%22?full=1"
+        );
+        assert_eq!(
+            request_target("/my api/", "upstreams/a/peers/%5B::1%5D:80"),
+            "/my%20api/upstreams/a/peers/%5B::1%5D:80"
+        );
+        assert_eq!(request_target("/api/", "metrics"), "/api/metrics");
+    }
 
     #[test]
     fn names_that_would_change_the_path_are_refused() {
