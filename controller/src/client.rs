@@ -170,8 +170,8 @@ impl AdminClient {
 
     /// `DELETE upstreams/NAME/peers/SERVER?full=1`: the removal, with the upstream without it.
     pub async fn remove_peer(&self, name: &str, server: &str) -> Result<PeerRemoval, ClientError> {
-        // Brackets of an IPv6 address are escaped for the URL; Nginx decodes them.
-        let server = server.replace('[', "%5B").replace(']', "%5D");
+        // The brackets of an IPv6 address are escaped with the rest of the path (`request_target`);
+        // Nginx decodes them.
         let path = format!("{}/peers/{server}?full=1", upstream_path(name)?);
         let call = Call {
             method: Method::DELETE,
@@ -356,6 +356,10 @@ mod tests {
         assert_eq!(
             request_target("/my api/", "upstreams/a/peers/%5B::1%5D:80"),
             "/my%20api/upstreams/a/peers/%5B::1%5D:80"
+        );
+        assert_eq!(
+            request_target("/api/", "upstreams/a/peers/[::1]:80?full=1"),
+            "/api/upstreams/a/peers/%5B::1%5D:80?full=1"
         );
         assert_eq!(request_target("/api/", "metrics"), "/api/metrics");
     }
